@@ -1,0 +1,367 @@
+//! DIMSE command sets (PS3.7 §9.3, §E): decoding and encoding, always Implicit VR Little Endian.
+//!
+//! A command set is a flat list of group 0000 elements. [`decode_command`] is a pure function
+//! over the reassembled command bytes; it keeps only the fields the services need and rejects
+//! anything that would make a response ambiguous (odd lengths, overruns, other groups).
+//! [`CommandBuilder`] writes a response with its Command Group Length computed.
+
+/// Command Field values (PS3.7 §E.1), named as in the standard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+#[non_exhaustive]
+pub enum CommandField {
+    /// C-STORE-RQ
+    CStoreRq = 0x0001,
+    /// C-STORE-RSP
+    CStoreRsp = 0x8001,
+    /// C-GET-RQ
+    CGetRq = 0x0010,
+    /// C-FIND-RQ
+    CFindRq = 0x0020,
+    /// C-MOVE-RQ
+    CMoveRq = 0x0021,
+    /// C-ECHO-RQ
+    CEchoRq = 0x0030,
+    /// C-ECHO-RSP
+    CEchoRsp = 0x8030,
+    /// C-CANCEL-RQ
+    CCancelRq = 0x0FFF,
+}
+
+/// Command Data Set Type value meaning "no dataset follows" (PS3.7 §E.1).
+pub const NO_DATASET: u16 = 0x0101;
+
+/// Tags of the command group used here (PS3.7 Table E.1-1), as (group, element).
+pub mod tags {
+    /// Command Group Length
+    pub const GROUP_LENGTH: (u16, u16) = (0x0000, 0x0000);
+    /// Affected SOP Class UID
+    pub const AFFECTED_SOP_CLASS_UID: (u16, u16) = (0x0000, 0x0002);
+    /// Command Field
+    pub const COMMAND_FIELD: (u16, u16) = (0x0000, 0x0100);
+    /// Message ID
+    pub const MESSAGE_ID: (u16, u16) = (0x0000, 0x0110);
+    /// Message ID Being Responded To
+    pub const MESSAGE_ID_BEING_RESPONDED_TO: (u16, u16) = (0x0000, 0x0120);
+    /// Priority
+    pub const PRIORITY: (u16, u16) = (0x0000, 0x0700);
+    /// Command Data Set Type
+    pub const COMMAND_DATA_SET_TYPE: (u16, u16) = (0x0000, 0x0800);
+    /// Status
+    pub const STATUS: (u16, u16) = (0x0000, 0x0900);
+    /// Error Comment
+    pub const ERROR_COMMENT: (u16, u16) = (0x0000, 0x0902);
+    /// Affected SOP Instance UID
+    pub const AFFECTED_SOP_INSTANCE_UID: (u16, u16) = (0x0000, 0x1000);
+    /// Move Originator Application Entity Title
+    pub const MOVE_ORIGINATOR_AE_TITLE: (u16, u16) = (0x0000, 0x1030);
+    /// Move Originator Message ID
+    pub const MOVE_ORIGINATOR_MESSAGE_ID: (u16, u16) = (0x0000, 0x1031);
+}
+
+/// The fields of a received command that the services act on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Command {
+    /// Command Field (raw, so unsupported commands can be answered by value).
+    pub command_field: u16,
+    /// Message ID, echoed in the response.
+    pub message_id: u16,
+    /// Affected SOP Class UID, padding removed.
+    pub affected_sop_class_uid: Option<String>,
+    /// Affected SOP Instance UID, padding removed.
+    pub affected_sop_instance_uid: Option<String>,
+    /// Whether a dataset follows (Command Data Set Type ≠ 0101H).
+    pub has_dataset: bool,
+    /// Priority (0 medium, 1 high, 2 low).
+    pub priority: u16,
+    /// Move Originator AE Title, when the C-STORE is a sub-operation of a C-MOVE.
+    pub move_originator_ae_title: Option<String>,
+    /// Move Originator Message ID.
+    pub move_originator_message_id: Option<u16>,
+    /// Status (present in responses).
+    pub status: Option<u16>,
+}
+
+/// Why a command set could not be decoded; the association is aborted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// Fewer bytes than an element header or its value.
+    #[error("command set truncated at offset {0}")]
+    Truncated(usize),
+    /// Element outside group 0000.
+    #[error("command set holds element ({0:04X},{1:04X}) outside group 0000")]
+    WrongGroup(u16, u16),
+    /// Element value with an odd length (PS3.5 §7.1.1).
+    #[error("command element ({0:04X},{1:04X}) has odd length {2}")]
+    OddLength(u16, u16, u32),
+    /// A US element that is not 2 bytes.
+    #[error("command element ({0:04X},{1:04X}) should be 2 bytes, is {2}")]
+    BadUsLength(u16, u16, u32),
+    /// Command Field or Message ID missing.
+    #[error("command set lacks required element {0}")]
+    Missing(&'static str),
+    /// A UID or AE value that is not ASCII.
+    #[error("command element ({0:04X},{1:04X}) is not ASCII text")]
+    NotText(u16, u16),
+}
+
+fn text(group: u16, elem: u16, v: &[u8]) -> Result<String, CommandError> {
+    if !v.is_ascii() {
+        return Err(CommandError::NotText(group, elem));
+    }
+    let s = std::str::from_utf8(v).map_err(|_| CommandError::NotText(group, elem))?;
+    Ok(s.trim_end_matches(['\0', ' ']).trim_start().to_owned())
+}
+
+fn us(group: u16, elem: u16, v: &[u8]) -> Result<u16, CommandError> {
+    match v {
+        [a, b] => Ok(u16::from_le_bytes([*a, *b])),
+        _ => Err(CommandError::BadUsLength(group, elem, v.len() as u32)),
+    }
+}
+
+/// Decodes a complete command set (Implicit VR Little Endian, PS3.7 §6.3.1).
+pub fn decode_command(bytes: &[u8]) -> Result<Command, CommandError> {
+    let mut cmd = Command::default();
+    let (mut field, mut message_id) = (None, None);
+    let mut dataset_type = None;
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let header = bytes
+            .get(pos..pos + 8)
+            .ok_or(CommandError::Truncated(pos))?;
+        let group = u16::from_le_bytes([header[0], header[1]]);
+        let elem = u16::from_le_bytes([header[2], header[3]]);
+        let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if group != 0x0000 {
+            return Err(CommandError::WrongGroup(group, elem));
+        }
+        if len % 2 != 0 {
+            return Err(CommandError::OddLength(group, elem, len));
+        }
+        let start = pos + 8;
+        let end = start
+            .checked_add(len as usize)
+            .ok_or(CommandError::Truncated(pos))?;
+        let v = bytes.get(start..end).ok_or(CommandError::Truncated(pos))?;
+        match (group, elem) {
+            tags::AFFECTED_SOP_CLASS_UID => {
+                cmd.affected_sop_class_uid = Some(text(group, elem, v)?)
+            }
+            tags::COMMAND_FIELD => field = Some(us(group, elem, v)?),
+            tags::MESSAGE_ID => message_id = Some(us(group, elem, v)?),
+            tags::PRIORITY => cmd.priority = us(group, elem, v)?,
+            tags::COMMAND_DATA_SET_TYPE => dataset_type = Some(us(group, elem, v)?),
+            tags::STATUS => cmd.status = Some(us(group, elem, v)?),
+            tags::AFFECTED_SOP_INSTANCE_UID => {
+                cmd.affected_sop_instance_uid = Some(text(group, elem, v)?)
+            }
+            tags::MOVE_ORIGINATOR_AE_TITLE => {
+                cmd.move_originator_ae_title = Some(text(group, elem, v)?)
+            }
+            tags::MOVE_ORIGINATOR_MESSAGE_ID => {
+                cmd.move_originator_message_id = Some(us(group, elem, v)?)
+            }
+            tags::MESSAGE_ID_BEING_RESPONDED_TO => {
+                // Present in responses only; a response's own "message id".
+                if message_id.is_none() {
+                    message_id = Some(us(group, elem, v)?);
+                }
+            }
+            _ => {}
+        }
+        pos = end;
+    }
+    cmd.command_field = field.ok_or(CommandError::Missing("Command Field (0000,0100)"))?;
+    cmd.message_id = message_id.ok_or(CommandError::Missing("Message ID (0000,0110)"))?;
+    cmd.has_dataset = dataset_type
+        .ok_or(CommandError::Missing("Command Data Set Type (0000,0800)"))?
+        != NO_DATASET;
+    Ok(cmd)
+}
+
+/// Builds a command set in Implicit VR LE; elements must be added in ascending tag order.
+#[derive(Debug, Default)]
+pub struct CommandBuilder {
+    body: Vec<u8>,
+}
+
+impl CommandBuilder {
+    /// An empty command set.
+    pub fn new() -> Self {
+        Self {
+            body: Vec::with_capacity(160),
+        }
+    }
+
+    fn header(&mut self, tag: (u16, u16), len: usize) {
+        self.body.extend_from_slice(&tag.0.to_le_bytes());
+        self.body.extend_from_slice(&tag.1.to_le_bytes());
+        self.body.extend_from_slice(&(len as u32).to_le_bytes());
+    }
+
+    /// Adds a UI (UID) element, padded with NUL to even length.
+    pub fn uid(mut self, tag: (u16, u16), value: &str) -> Self {
+        let padded = value.len() + value.len() % 2;
+        self.header(tag, padded);
+        self.body.extend_from_slice(value.as_bytes());
+        if value.len() % 2 == 1 {
+            self.body.push(0);
+        }
+        self
+    }
+
+    /// Adds a text element (AE, LO), padded with a space to even length.
+    pub fn text(mut self, tag: (u16, u16), value: &str) -> Self {
+        let padded = value.len() + value.len() % 2;
+        self.header(tag, padded);
+        self.body.extend_from_slice(value.as_bytes());
+        if value.len() % 2 == 1 {
+            self.body.push(b' ');
+        }
+        self
+    }
+
+    /// Adds a US element.
+    pub fn us(mut self, tag: (u16, u16), value: u16) -> Self {
+        self.header(tag, 2);
+        self.body.extend_from_slice(&value.to_le_bytes());
+        self
+    }
+
+    /// Finishes the command set, prefixing the Command Group Length (0000,0000) UL.
+    pub fn build(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() + 12);
+        out.extend_from_slice(&[0, 0, 0, 0, 4, 0, 0, 0]);
+        out.extend_from_slice(&(self.body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// Encodes a response (C-ECHO-RSP, C-STORE-RSP, …) to `rq` with the given status.
+pub fn encode_response(
+    rq: &Command,
+    response_field: u16,
+    status: u16,
+    error_comment: Option<&str>,
+) -> Vec<u8> {
+    let mut b = CommandBuilder::new();
+    if let Some(class) = &rq.affected_sop_class_uid {
+        b = b.uid(tags::AFFECTED_SOP_CLASS_UID, class);
+    }
+    b = b
+        .us(tags::COMMAND_FIELD, response_field)
+        .us(tags::MESSAGE_ID_BEING_RESPONDED_TO, rq.message_id)
+        .us(tags::COMMAND_DATA_SET_TYPE, NO_DATASET)
+        .us(tags::STATUS, status);
+    if let Some(comment) = error_comment {
+        // Error Comment is LO: at most 64 characters.
+        let comment: String = comment
+            .chars()
+            .filter(|c| c.is_ascii() && !c.is_ascii_control())
+            .take(64)
+            .collect();
+        b = b.text(tags::ERROR_COMMENT, &comment);
+    }
+    if let Some(instance) = &rq.affected_sop_instance_uid {
+        b = b.uid(tags::AFFECTED_SOP_INSTANCE_UID, instance);
+    }
+    b.build()
+}
+
+/// Encodes a request with no dataset other than C-STORE (C-ECHO-RQ); used by SCUs and tests.
+pub fn encode_echo_rq(message_id: u16) -> Vec<u8> {
+    CommandBuilder::new()
+        .uid(
+            tags::AFFECTED_SOP_CLASS_UID,
+            dicom_dictionary_std::uids::VERIFICATION,
+        )
+        .us(tags::COMMAND_FIELD, CommandField::CEchoRq as u16)
+        .us(tags::MESSAGE_ID, message_id)
+        .us(tags::COMMAND_DATA_SET_TYPE, NO_DATASET)
+        .build()
+}
+
+/// Encodes a C-STORE-RQ announcing a dataset; used by SCUs (forwarder, load generator, tests).
+pub fn encode_store_rq(message_id: u16, sop_class: &str, sop_instance: &str) -> Vec<u8> {
+    CommandBuilder::new()
+        .uid(tags::AFFECTED_SOP_CLASS_UID, sop_class)
+        .us(tags::COMMAND_FIELD, CommandField::CStoreRq as u16)
+        .us(tags::MESSAGE_ID, message_id)
+        .us(tags::PRIORITY, 0)
+        .us(tags::COMMAND_DATA_SET_TYPE, 0x0000)
+        .uid(tags::AFFECTED_SOP_INSTANCE_UID, sop_instance)
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_rq_roundtrip() {
+        let bytes = encode_store_rq(7, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5");
+        let cmd = decode_command(&bytes).unwrap();
+        assert_eq!(cmd.command_field, CommandField::CStoreRq as u16);
+        assert_eq!(cmd.message_id, 7);
+        assert!(cmd.has_dataset);
+        assert_eq!(
+            cmd.affected_sop_class_uid.as_deref(),
+            Some("1.2.840.10008.5.1.4.1.1.2")
+        );
+        assert_eq!(cmd.affected_sop_instance_uid.as_deref(), Some("1.2.3.4.5"));
+        // Group length covers everything after itself.
+        assert_eq!(
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            bytes.len() - 12
+        );
+    }
+
+    #[test]
+    fn response_echoes_message_id_and_status() {
+        let rq = decode_command(&encode_echo_rq(42)).unwrap();
+        assert!(!rq.has_dataset);
+        let rsp = decode_command(&encode_response(
+            &rq,
+            CommandField::CEchoRsp as u16,
+            0xA700,
+            Some("disk full"),
+        ))
+        .unwrap();
+        assert_eq!(rsp.command_field, 0x8030);
+        assert_eq!(rsp.message_id, 42);
+        assert_eq!(rsp.status, Some(0xA700));
+    }
+
+    #[test]
+    fn rejects_malformed_commands() {
+        let good = encode_echo_rq(1);
+        assert!(matches!(
+            decode_command(&good[..good.len() - 1]),
+            Err(CommandError::Truncated(_))
+        ));
+        let mut odd = good.clone();
+        odd[4] = 3; // group length element claims 3 bytes
+        assert!(matches!(
+            decode_command(&odd),
+            Err(CommandError::OddLength(0, 0, 3))
+        ));
+        let mut wrong = good.clone();
+        wrong[0] = 8;
+        assert!(matches!(
+            decode_command(&wrong),
+            Err(CommandError::WrongGroup(8, 0))
+        ));
+        let huge = [0u8, 0, 0, 1, 0xFE, 0xFF, 0xFF, 0xFF];
+        assert!(matches!(
+            decode_command(&huge),
+            Err(CommandError::Truncated(0))
+        ));
+        assert_eq!(
+            decode_command(&[]),
+            Err(CommandError::Missing("Command Field (0000,0100)"))
+        );
+    }
+}

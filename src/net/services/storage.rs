@@ -1,0 +1,180 @@
+//! Storage Service Class (PS3.4 Annex B): which SOP classes we accept, the C-STORE statuses,
+//! and the checks run on a C-STORE before and after its dataset is received.
+//!
+//! The streaming itself (fragments to a temporary file) is in `store::writer`; durability in
+//! the group committer. This module decides, and maps every failure to one status.
+
+use std::collections::HashSet;
+
+use crate::store::attrs::{self, ExtractError, IndexAttrs};
+use crate::store::uid::validate_uid;
+use crate::store::StoreError;
+
+pub use super::storage_classes::STORAGE_SOP_CLASSES;
+
+/// C-STORE statuses (PS3.4 Table B.2-1; PS3.7 Annex C for the general ones).
+pub mod status {
+    /// Success.
+    pub const SUCCESS: u16 = 0x0000;
+    /// Refused: Out of Resources.
+    pub const OUT_OF_RESOURCES: u16 = 0xA700;
+    /// Error: Data Set does not match SOP Class.
+    pub const DATASET_DOES_NOT_MATCH_SOP_CLASS: u16 = 0xA900;
+    /// Error: Cannot understand.
+    pub const CANNOT_UNDERSTAND: u16 = 0xC000;
+    /// Refused: SOP Class not supported.
+    pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+    /// Failure: Duplicate SOP Instance.
+    pub const DUPLICATE_SOP_INSTANCE: u16 = 0x0111;
+    /// Failure: Processing failure.
+    pub const PROCESSING_FAILURE: u16 = 0x0110;
+}
+
+/// Which abstract syntaxes the store service accepts.
+#[derive(Debug, Clone)]
+pub struct SopClassPolicy {
+    classes: HashSet<String>,
+    accept_any: bool,
+}
+
+impl SopClassPolicy {
+    /// Verification, every standard storage class, and `extra`; with `accept_any`, also any
+    /// UID the standard does not define as some other (non-storage) SOP class.
+    pub fn new(extra: &[String], accept_any: bool) -> Self {
+        let mut classes: HashSet<String> = STORAGE_SOP_CLASSES
+            .iter()
+            .map(|(uid, _)| (*uid).to_owned())
+            .collect();
+        classes.insert(super::verification::VERIFICATION_SOP_CLASS.to_owned());
+        classes.extend(extra.iter().cloned());
+        Self {
+            classes,
+            accept_any,
+        }
+    }
+
+    /// Whether an abstract syntax is accepted.
+    pub fn supports(&self, uid: &str) -> bool {
+        use dicom_core::dictionary::UidDictionary;
+        if self.classes.contains(uid) {
+            return true;
+        }
+        self.accept_any
+            && validate_uid(uid).is_ok()
+            && dicom_dictionary_std::sop_class::StandardSopClassDictionary
+                .by_uid(uid)
+                .is_none()
+    }
+}
+
+/// The largest dataset prefix read back from disk for attribute extraction: groups
+/// 0008–0020 of any sane object fit; a dataset needing more is refused as not understood.
+pub const MAX_HEADER_SCAN: usize = 16 * 1024 * 1024;
+
+/// Extracts index attributes, asking `more(len)` for a longer prefix when the in-memory one
+/// is too short (`dataset_size` is the full dataset length).
+pub fn extract_attrs(
+    prefix: &[u8],
+    dataset_size: u64,
+    ts_uid: &str,
+    more: impl Fn(usize) -> std::io::Result<Vec<u8>>,
+) -> Result<IndexAttrs, StoreError> {
+    let complete = prefix.len() as u64 >= dataset_size;
+    match attrs::extract(prefix, ts_uid, complete) {
+        Err(ExtractError::NeedMore) => {
+            let len = (dataset_size as usize).min(MAX_HEADER_SCAN);
+            let bytes = more(len).map_err(|e| StoreError::from_io("read back dataset", &e))?;
+            attrs::extract(&bytes, ts_uid, bytes.len() as u64 >= dataset_size).map_err(
+                |e| match e {
+                    ExtractError::NeedMore => StoreError::CannotUnderstand(format!(
+                        "groups 0008-0020 exceed {MAX_HEADER_SCAN} bytes"
+                    )),
+                    other => other.into(),
+                },
+            )
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Checks the dataset against the C-STORE command (PS3.4 B.2.3: the dataset's SOP Class and
+/// Instance UIDs are those of the command) and that the UIDs the path is built from are valid.
+pub fn check_dataset(
+    attrs: &IndexAttrs,
+    sop_class: &str,
+    sop_instance: &str,
+) -> Result<(), StoreError> {
+    if !attrs.sop_instance_uid.is_empty() && attrs.sop_instance_uid != sop_instance {
+        return Err(StoreError::Mismatch(format!(
+            "SOPInstanceUID {} in dataset, {} in command",
+            attrs.sop_instance_uid, sop_instance
+        )));
+    }
+    if !attrs.sop_class_uid.is_empty() && attrs.sop_class_uid != sop_class {
+        return Err(StoreError::Mismatch(format!(
+            "SOPClassUID {} in dataset, {} in command",
+            attrs.sop_class_uid, sop_class
+        )));
+    }
+    if attrs.study_instance_uid.is_empty() {
+        return Err(StoreError::CannotUnderstand(
+            "StudyInstanceUID (0020,000D) missing".into(),
+        ));
+    }
+    if attrs.series_instance_uid.is_empty() {
+        return Err(StoreError::CannotUnderstand(
+            "SeriesInstanceUID (0020,000E) missing".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_accepts_storage_and_verification_only() {
+        let p = SopClassPolicy::new(&[], false);
+        assert!(p.supports(dicom_dictionary_std::uids::CT_IMAGE_STORAGE));
+        assert!(p.supports(dicom_dictionary_std::uids::ENHANCED_MR_IMAGE_STORAGE));
+        assert!(p.supports(dicom_dictionary_std::uids::VERIFICATION));
+        assert!(!p.supports(dicom_dictionary_std::uids::STORAGE_COMMITMENT_PUSH_MODEL));
+        assert!(!p.supports(
+            dicom_dictionary_std::uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_FIND
+        ));
+        assert!(!p.supports("1.2.3.4.5.6"));
+        assert!(STORAGE_SOP_CLASSES.len() > 150);
+    }
+
+    #[test]
+    fn extras_and_accept_any() {
+        assert!(SopClassPolicy::new(&["1.2.3.4.5.6".into()], false).supports("1.2.3.4.5.6"));
+        let any = SopClassPolicy::new(&[], true);
+        assert!(any.supports("1.2.3.4.5.6"));
+        assert!(!any.supports(
+            dicom_dictionary_std::uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_FIND
+        ));
+        assert!(!any.supports("not-a-uid"));
+    }
+
+    #[test]
+    fn dataset_checks() {
+        let mut a = IndexAttrs {
+            study_instance_uid: "1.2".into(),
+            series_instance_uid: "1.2.3".into(),
+            sop_instance_uid: "1.5".into(),
+            ..Default::default()
+        };
+        assert!(check_dataset(&a, "1.9", "1.5").is_ok());
+        assert_eq!(
+            check_dataset(&a, "1.9", "1.6").unwrap_err().status(),
+            status::DATASET_DOES_NOT_MATCH_SOP_CLASS
+        );
+        a.series_instance_uid.clear();
+        assert_eq!(
+            check_dataset(&a, "1.9", "1.5").unwrap_err().status(),
+            status::CANNOT_UNDERSTAND
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! Per-core runtimes and the small owned-buffer I/O trait the services are written against.
+//!
+//! dicom-gw runs one OS thread per core, each with a single-threaded runtime and its own
+//! `SO_REUSEPORT` listener; an association lives and dies on the thread that accepted it.
+//! Two backends implement [`Io`]: [`Uring`] (tokio-uring, io_uring) and [`Epoll`] (a plain
+//! tokio current-thread runtime, with file writes done inline by `pwrite`, which measured
+//! fastest on this class of machine). Service code is generic over `Io`, so it is written once,
+//! and a later swap of tokio-uring (unmaintained upstream) stays inside this file.
+//!
+//! Buffers are owned (`BytesMut` in, `BytesMut` back; `Bytes` out) because io_uring needs the
+//! kernel to own the memory while an operation is in flight.
+#![allow(async_fn_in_trait)] // single-threaded runtimes: futures are never sent across threads
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use bytes::{Bytes, BytesMut};
+
+/// The configured choice of I/O backend (`io = "auto" | "uring" | "epoll"`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// io_uring when the kernel allows it, epoll otherwise.
+    Auto,
+    /// io_uring; start-up fails if it is unavailable.
+    Uring,
+    /// epoll (plain tokio).
+    Epoll,
+}
+
+/// The backend actually running, after probing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// tokio-uring.
+    Uring,
+    /// tokio current-thread runtime over epoll.
+    Epoll,
+}
+
+impl Backend {
+    /// Name used in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Uring => "uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+}
+
+/// Why no backend could be chosen.
+#[derive(Debug, thiserror::Error)]
+#[error("io_uring was requested but is unavailable: {0} (set io = \"epoll\" or \"auto\")")]
+pub struct UringUnavailable(#[source] io::Error);
+
+/// Probes io_uring by building (and dropping) a tokio-uring runtime: where io_uring is disabled
+/// (`kernel.io_uring_disabled`, container seccomp profiles) this fails with EPERM or ENOSYS.
+pub fn probe_uring() -> io::Result<()> {
+    tokio_uring::Runtime::new(&tokio_uring::builder()).map(drop)
+}
+
+/// Resolves the configured mode to a backend (probing for `auto` and `uring`).
+pub fn resolve(mode: IoMode) -> Result<Backend, UringUnavailable> {
+    match mode {
+        IoMode::Epoll => Ok(Backend::Epoll),
+        IoMode::Uring => probe_uring()
+            .map(|()| Backend::Uring)
+            .map_err(UringUnavailable),
+        IoMode::Auto => Ok(if probe_uring().is_ok() {
+            Backend::Uring
+        } else {
+            Backend::Epoll
+        }),
+    }
+}
+
+/// A connected stream, driven with owned buffers.
+pub trait NetStream: 'static {
+    /// Reads into the spare capacity of `buf` (appending); returns bytes read (0 = EOF).
+    async fn read_buf(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut);
+    /// Writes all of `data`.
+    async fn write_all(&mut self, data: Bytes) -> io::Result<()>;
+}
+
+/// A file being written, driven with owned buffers.
+pub trait ObjFile: Sized + 'static {
+    /// Creates (truncating) a file for writing.
+    async fn create(path: &Path) -> io::Result<Self>;
+    /// Writes all of `data` at `pos`.
+    async fn write_all_at(&self, data: Bytes, pos: u64) -> io::Result<()>;
+    /// Closes the file, reporting a close error (which can carry a delayed write error).
+    async fn close(self) -> io::Result<()>;
+}
+
+/// A backend: its stream, file and listener types, and how to run a core on it.
+pub trait Io: 'static {
+    /// Connected stream type.
+    type Stream: NetStream;
+    /// File type.
+    type File: ObjFile;
+    /// Listener type.
+    type Listener;
+    /// Which backend this is.
+    const BACKEND: Backend;
+    /// Wraps a bound, listening std listener.
+    fn listener(l: std::net::TcpListener) -> io::Result<Self::Listener>;
+    /// Accepts one connection, with `TCP_NODELAY` set (Nagle would delay every response).
+    async fn accept(l: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)>;
+    /// Runs `f` to completion on a new single-threaded runtime on the current thread.
+    /// Tasks are spawned with `tokio::task::spawn_local` on both backends.
+    fn block_on<F: Future<Output = ()> + 'static>(f: F) -> io::Result<()>;
+}
+
+/// The io_uring backend (tokio-uring).
+#[derive(Debug)]
+pub enum Uring {}
+
+impl NetStream for tokio_uring::net::TcpStream {
+    async fn read_buf(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+        use tokio_uring::buf::BoundedBuf;
+        if buf.capacity() == buf.len() {
+            buf.reserve(64 * 1024);
+        }
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (res, slice) = self.read(buf.slice(len..cap)).await;
+        (res, slice.into_inner())
+    }
+
+    async fn write_all(&mut self, data: Bytes) -> io::Result<()> {
+        tokio_uring::net::TcpStream::write_all(self, data).await.0
+    }
+}
+
+impl ObjFile for tokio_uring::fs::File {
+    async fn create(path: &Path) -> io::Result<Self> {
+        tokio_uring::fs::File::create(path).await
+    }
+
+    async fn write_all_at(&self, data: Bytes, pos: u64) -> io::Result<()> {
+        tokio_uring::fs::File::write_all_at(self, data, pos).await.0
+    }
+
+    async fn close(self) -> io::Result<()> {
+        tokio_uring::fs::File::close(self).await
+    }
+}
+
+impl Io for Uring {
+    type Stream = tokio_uring::net::TcpStream;
+    type File = tokio_uring::fs::File;
+    type Listener = tokio_uring::net::TcpListener;
+    const BACKEND: Backend = Backend::Uring;
+
+    fn listener(l: std::net::TcpListener) -> io::Result<Self::Listener> {
+        Ok(tokio_uring::net::TcpListener::from_std(l))
+    }
+
+    async fn accept(l: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)> {
+        let (s, addr) = l.accept().await?;
+        s.set_nodelay(true)?;
+        Ok((s, addr))
+    }
+
+    fn block_on<F: Future<Output = ()> + 'static>(f: F) -> io::Result<()> {
+        let rt = tokio_uring::Runtime::new(tokio_uring::builder().entries(256))?;
+        rt.block_on(f);
+        Ok(())
+    }
+}
+
+/// The epoll backend (tokio current-thread runtime; file writes inline with `pwrite`).
+#[derive(Debug)]
+pub enum Epoll {}
+
+impl NetStream for tokio::net::TcpStream {
+    async fn read_buf(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+        if buf.capacity() == buf.len() {
+            buf.reserve(64 * 1024);
+        }
+        let res = tokio::io::AsyncReadExt::read_buf(self, &mut buf).await;
+        (res, buf)
+    }
+
+    async fn write_all(&mut self, data: Bytes) -> io::Result<()> {
+        tokio::io::AsyncWriteExt::write_all(self, &data).await
+    }
+}
+
+/// A std file written inline on the core's thread: page-cache writes are short, and the
+/// durable sync happens on the committer thread, not here.
+#[derive(Debug)]
+pub struct InlineFile(std::fs::File);
+
+impl ObjFile for InlineFile {
+    async fn create(path: &Path) -> io::Result<Self> {
+        std::fs::File::create(path).map(InlineFile)
+    }
+
+    async fn write_all_at(&self, data: Bytes, pos: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&self.0, &data, pos)
+    }
+
+    async fn close(self) -> io::Result<()> {
+        drop(self.0);
+        Ok(())
+    }
+}
+
+impl Io for Epoll {
+    type Stream = tokio::net::TcpStream;
+    type File = InlineFile;
+    type Listener = tokio::net::TcpListener;
+    const BACKEND: Backend = Backend::Epoll;
+
+    fn listener(l: std::net::TcpListener) -> io::Result<Self::Listener> {
+        l.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(l)
+    }
+
+    async fn accept(l: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)> {
+        let (s, addr) = l.accept().await?;
+        s.set_nodelay(true)?;
+        Ok((s, addr))
+    }
+
+    fn block_on<F: Future<Output = ()> + 'static>(f: F) -> io::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, f);
+        Ok(())
+    }
+}
+
+/// Binds `n` listeners to `addr` with `SO_REUSEPORT`, one per core. When `addr` has port 0
+/// the first bind picks the port and the others reuse it, so all cores serve one port.
+pub fn bind_reuseport(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n.max(1) {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_tcp_nodelay(true)?;
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        let l: std::net::TcpListener = s.into();
+        addr = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
+}

@@ -1,0 +1,259 @@
+//! Wires the daemon together: data directory, index, committer, one thread per core with its
+//! own runtime and `SO_REUSEPORT` listener, and shutdown in phases.
+//!
+//! Shutdown (SIGTERM/SIGINT): stop accepting; let associations finish for the grace period;
+//! abort what is left; the committer finishes every object already handed to it (so each
+//! association that got far enough is answered) and the process exits 0.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::commit::{Committer, CommitterConfig};
+use crate::config::Settings;
+use crate::net::scp::{serve_association, CoreCtx, Phase};
+use crate::net::services::storage::SopClassPolicy;
+use crate::net::ul::association::AcceptorPolicy;
+use crate::rt::{self, Backend, Epoll, Io, Uring};
+use crate::store::index::Index;
+use crate::store::DataDir;
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The data directory could not be prepared.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The index could not be opened.
+    #[error("index {path}: {source}")]
+    Index {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: crate::store::index::IndexError,
+    },
+    /// The requested backend is unavailable.
+    #[error(transparent)]
+    Backend(#[from] rt::UringUnavailable),
+    /// Binding the listen address failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A thread could not be started.
+    #[error("cannot start thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Facts about a started daemon, for the caller's readiness report.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The store service's bound address (port resolved when 0 was asked).
+    pub store_addr: SocketAddr,
+    /// The I/O backend running.
+    pub backend: Backend,
+}
+
+/// Runs the daemon until `shutdown` resolves, then shuts down in phases.
+pub fn serve(
+    settings: Settings,
+    on_ready: impl FnOnce(&Started),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let (data, removed) =
+        DataDir::prepare(&settings.data_dir).map_err(|source| ServeError::DataDir {
+            path: settings.data_dir.clone(),
+            source,
+        })?;
+    if removed > 0 {
+        warn!(
+            removed,
+            "removed leftover temporary files of unfinished receptions"
+        );
+    }
+    let index_path = data.index_path();
+    let index = Arc::new(
+        Index::open(&index_path).map_err(|source| ServeError::Index {
+            path: index_path.clone(),
+            source,
+        })?,
+    );
+    let backend = rt::resolve(settings.io)?;
+    info!(backend = backend.name(), threads = settings.threads, data_dir = %data.root().display(), durability = ?settings.durability, "starting");
+
+    let (committer, committer_thread, _stats) = Committer::start(
+        index.clone(),
+        data.clone(),
+        CommitterConfig {
+            durability: settings.durability,
+            duplicate_policy: settings.store.duplicate_policy,
+            max_batch: settings.store.commit_max_batch,
+            window: settings.store.commit_window,
+        },
+    )
+    .map_err(ServeError::Thread)?;
+
+    let store = &settings.store;
+    let listeners =
+        rt::bind_reuseport(store.listen, settings.threads).map_err(|source| ServeError::Bind {
+            addr: store.listen,
+            source,
+        })?;
+    let store_addr = listeners[0]
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            addr: store.listen,
+            source,
+        })?;
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let active = Arc::new(AtomicUsize::new(0));
+    let policy = AcceptorPolicy {
+        ae_title: store.ae_title.clone(),
+        require_called_ae_title: store.require_called_ae_title,
+        allowed_calling_ae_titles: store.allowed_calling_ae_titles.clone(),
+        max_pdu_length: store.max_pdu_length,
+    };
+    let sop_classes = Arc::new(SopClassPolicy::new(
+        &store.extra_sop_classes,
+        store.accept_any_storage_class,
+    ));
+
+    let mut cores = Vec::with_capacity(listeners.len());
+    for (core, listener) in listeners.into_iter().enumerate() {
+        let parts = CoreParts {
+            core,
+            policy: policy.clone(),
+            sop_classes: sop_classes.clone(),
+            max_associations: store.max_associations,
+            active: active.clone(),
+            acse_timeout: store.acse_timeout,
+            dimse_timeout: store.dimse_timeout,
+            data: data.clone(),
+            committer: committer.clone(),
+            phase: phase_rx.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("core-{core}"))
+            .spawn(move || {
+                let result = match backend {
+                    Backend::Uring => run_core::<Uring>(listener, parts),
+                    Backend::Epoll => run_core::<Epoll>(listener, parts),
+                };
+                if let Err(e) = result {
+                    error!(core, error = %e, "core stopped with an error");
+                }
+            })
+            .map_err(ServeError::Thread)?;
+        cores.push(handle);
+    }
+    drop(committer);
+
+    on_ready(&Started {
+        store_addr,
+        backend,
+    });
+    info!(%store_addr, ae_title = %store.ae_title, "store service listening");
+
+    // Wait for the stop signal on a small runtime of our own.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ServeError::Thread)?;
+    rt.block_on(shutdown);
+    info!(grace = ?settings.grace_period, active = active.load(Ordering::Acquire), "stopping: no new associations");
+    let _ = phase_tx.send(Phase::Draining);
+    let deadline = Instant::now() + settings.grace_period;
+    while active.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = active.load(Ordering::Acquire);
+    if left > 0 {
+        warn!(
+            associations = left,
+            "grace period over: aborting associations"
+        );
+    }
+    let _ = phase_tx.send(Phase::Abort);
+    for c in cores {
+        let _ = c.join();
+    }
+    // Every core has dropped its committer handle: the committer drains and ends.
+    let _ = committer_thread.join();
+    info!("stopped");
+    Ok(())
+}
+
+/// What a core thread is given (all `Send`); it builds its `Rc<CoreCtx>` on its own thread.
+struct CoreParts {
+    core: usize,
+    policy: AcceptorPolicy,
+    sop_classes: Arc<SopClassPolicy>,
+    max_associations: usize,
+    active: Arc<AtomicUsize>,
+    acse_timeout: Duration,
+    dimse_timeout: Duration,
+    data: DataDir,
+    committer: Committer,
+    phase: watch::Receiver<Phase>,
+}
+
+fn run_core<I: Io>(listener: std::net::TcpListener, p: CoreParts) -> std::io::Result<()> {
+    I::block_on(async move {
+        let listener = match I::listener(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                error!(core = p.core, error = %e, "cannot use listener");
+                return;
+            }
+        };
+        let mut phase = p.phase.clone();
+        let ctx = Rc::new(CoreCtx {
+            core: p.core,
+            policy: p.policy,
+            sop_classes: p.sop_classes,
+            max_associations: p.max_associations,
+            active: p.active,
+            acse_timeout: p.acse_timeout,
+            dimse_timeout: p.dimse_timeout,
+            data: p.data,
+            committer: p.committer,
+            phase: p.phase,
+            temp_seq: Cell::new(0),
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = I::accept(&listener) => match accepted {
+                    Ok((stream, peer)) => {
+                        tasks.spawn_local(serve_association::<I>(stream, peer, ctx.clone()));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = phase.wait_for(|p| *p != Phase::Running) => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        drop(listener);
+        while tasks.join_next().await.is_some() {}
+    })
+}

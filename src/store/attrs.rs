@@ -1,0 +1,299 @@
+//! Index-attribute extraction: the patient/study/series/instance attributes Query/Retrieve and
+//! routing need, read with dicom-parser from the leading bytes of a received dataset.
+//!
+//! Only top-level elements of groups 0008, 0010 and 0020 are wanted, and those come before
+//! Pixel Data, so the parse stops at the first top-level element past group 0020. The caller
+//! passes a prefix of the dataset: [`extract`] answers [`ExtractError::NeedMore`] when the
+//! prefix ended before the wanted groups did, and the caller retries with more bytes (it has
+//! the whole dataset on disk). It is a pure function over bytes, fuzzed and benchmarked.
+
+use std::borrow::Cow;
+use std::io::Read;
+
+use dicom_core::Tag;
+use dicom_encoding::transfer_syntax::{Codec, TransferSyntaxIndex};
+use dicom_parser::dataset::read::DataSetReader;
+use dicom_parser::dataset::DataToken;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use serde::{Deserialize, Serialize};
+
+/// The index attributes of one instance. Text values are trimmed of DICOM padding.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexAttrs {
+    /// (0008,0005) Specific Character Set, kept to interpret the names later.
+    pub specific_character_set: String,
+    /// (0008,0016) SOP Class UID.
+    pub sop_class_uid: String,
+    /// (0008,0018) SOP Instance UID.
+    pub sop_instance_uid: String,
+    /// (0008,0020) Study Date.
+    pub study_date: String,
+    /// (0008,0030) Study Time.
+    pub study_time: String,
+    /// (0008,0050) Accession Number.
+    pub accession_number: String,
+    /// (0008,0060) Modality.
+    pub modality: String,
+    /// (0008,0090) Referring Physician's Name.
+    pub referring_physician_name: String,
+    /// (0008,1030) Study Description.
+    pub study_description: String,
+    /// (0008,103E) Series Description.
+    pub series_description: String,
+    /// (0010,0010) Patient's Name.
+    pub patient_name: String,
+    /// (0010,0020) Patient ID.
+    pub patient_id: String,
+    /// (0010,0030) Patient's Birth Date.
+    pub patient_birth_date: String,
+    /// (0010,0040) Patient's Sex.
+    pub patient_sex: String,
+    /// (0020,000D) Study Instance UID.
+    pub study_instance_uid: String,
+    /// (0020,000E) Series Instance UID.
+    pub series_instance_uid: String,
+    /// (0020,0010) Study ID.
+    pub study_id: String,
+    /// (0020,0011) Series Number.
+    pub series_number: String,
+    /// (0020,0013) Instance Number.
+    pub instance_number: String,
+}
+
+/// Why attributes could not be extracted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExtractError {
+    /// The prefix ended before group 0020 did; call again with more bytes.
+    #[error("dataset prefix too short for the index attributes")]
+    NeedMore,
+    /// The transfer syntax is not one dicom-parser knows.
+    #[error("unknown transfer syntax {0}")]
+    UnknownTransferSyntax(String),
+    /// The dataset does not parse.
+    #[error("dataset does not parse: {0}")]
+    Malformed(String),
+    /// Deflated data that does not inflate.
+    #[error("deflated dataset does not inflate: {0}")]
+    Inflate(String),
+}
+
+/// Whether the transfer syntax deflates the whole dataset (PS3.5 §A.5), which is then
+/// inflated before parsing.
+pub fn is_deflated(ts_uid: &str) -> bool {
+    TransferSyntaxRegistry
+        .get(ts_uid)
+        .is_some_and(|ts| matches!(ts.codec(), Codec::Dataset(_)))
+}
+
+/// Inflates as much of a raw-deflate stream as `data` holds (it may be a prefix).
+fn inflate_prefix(data: &[u8], complete: bool) -> Result<Vec<u8>, ExtractError> {
+    let mut out = Vec::with_capacity(data.len() * 4);
+    let mut dec = flate2::read::DeflateDecoder::new(data);
+    match dec.read_to_end(&mut out) {
+        Ok(_) => Ok(out),
+        // A truncated stream ends with UnexpectedEof; what was inflated so far is usable.
+        Err(_) if !complete => Ok(out),
+        Err(e) => Err(ExtractError::Inflate(e.to_string())),
+    }
+}
+
+/// Extracts the index attributes from the first bytes of a dataset in transfer syntax
+/// `ts_uid`. `complete` says whether `prefix` is the whole dataset.
+pub fn extract(prefix: &[u8], ts_uid: &str, complete: bool) -> Result<IndexAttrs, ExtractError> {
+    let ts = TransferSyntaxRegistry
+        .get(ts_uid)
+        .ok_or_else(|| ExtractError::UnknownTransferSyntax(ts_uid.to_owned()))?;
+    let inflated;
+    let (bytes, ts) = if matches!(ts.codec(), Codec::Dataset(_)) {
+        inflated = inflate_prefix(prefix, complete)?;
+        let explicit = TransferSyntaxRegistry
+            .get(dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN)
+            .expect("explicit VR little endian is always registered");
+        (&inflated[..], explicit)
+    } else {
+        (prefix, ts)
+    };
+    let reader = DataSetReader::new_with_ts(bytes, ts)
+        .map_err(|e| ExtractError::Malformed(e.to_string()))?;
+    let mut attrs = IndexAttrs::default();
+    let mut depth = 0usize;
+    let mut pending: Option<Tag> = None;
+    for token in reader {
+        let token = match token {
+            Ok(t) => t,
+            Err(_) if !complete => return Err(ExtractError::NeedMore),
+            Err(e) => return Err(ExtractError::Malformed(e.to_string())),
+        };
+        match token {
+            DataToken::SequenceStart { .. } | DataToken::PixelSequenceStart => {
+                if depth == 0 {
+                    pending = None;
+                }
+                depth += 1;
+            }
+            DataToken::SequenceEnd => depth = depth.saturating_sub(1),
+            DataToken::ElementHeader(h) if depth == 0 => {
+                if h.tag.group() > 0x0020 {
+                    return Ok(attrs);
+                }
+                pending = Some(h.tag);
+            }
+            DataToken::PrimitiveValue(v) if depth == 0 => {
+                if let Some(tag) = pending.take() {
+                    store(&mut attrs, tag, v.to_str());
+                }
+            }
+            _ => {}
+        }
+    }
+    // The token stream ended: the whole dataset was read, or the prefix ended exactly on an
+    // element boundary before group 0020 was done.
+    if complete {
+        Ok(attrs)
+    } else {
+        Err(ExtractError::NeedMore)
+    }
+}
+
+fn store(attrs: &mut IndexAttrs, tag: Tag, value: Cow<'_, str>) {
+    let v = value.trim_end_matches(['\0', ' ']).trim_start().to_owned();
+    let slot = match (tag.group(), tag.element()) {
+        (0x0008, 0x0005) => &mut attrs.specific_character_set,
+        (0x0008, 0x0016) => &mut attrs.sop_class_uid,
+        (0x0008, 0x0018) => &mut attrs.sop_instance_uid,
+        (0x0008, 0x0020) => &mut attrs.study_date,
+        (0x0008, 0x0030) => &mut attrs.study_time,
+        (0x0008, 0x0050) => &mut attrs.accession_number,
+        (0x0008, 0x0060) => &mut attrs.modality,
+        (0x0008, 0x0090) => &mut attrs.referring_physician_name,
+        (0x0008, 0x1030) => &mut attrs.study_description,
+        (0x0008, 0x103E) => &mut attrs.series_description,
+        (0x0010, 0x0010) => &mut attrs.patient_name,
+        (0x0010, 0x0020) => &mut attrs.patient_id,
+        (0x0010, 0x0030) => &mut attrs.patient_birth_date,
+        (0x0010, 0x0040) => &mut attrs.patient_sex,
+        (0x0020, 0x000D) => &mut attrs.study_instance_uid,
+        (0x0020, 0x000E) => &mut attrs.series_instance_uid,
+        (0x0020, 0x0010) => &mut attrs.study_id,
+        (0x0020, 0x0011) => &mut attrs.series_number,
+        (0x0020, 0x0013) => &mut attrs.instance_number,
+        _ => return,
+    };
+    *slot = v;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Encodes one Explicit VR Little Endian element with a short (2-byte) length.
+    fn el(group: u16, elem: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut v = value.to_vec();
+        if v.len() % 2 == 1 {
+            v.push(if vr == b"UI" { 0 } else { b' ' });
+        }
+        let mut out = Vec::new();
+        out.extend_from_slice(&group.to_le_bytes());
+        out.extend_from_slice(&elem.to_le_bytes());
+        out.extend_from_slice(vr);
+        out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+        out.extend_from_slice(&v);
+        out
+    }
+
+    fn sample() -> Vec<u8> {
+        let mut ds = Vec::new();
+        ds.extend(el(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2"));
+        ds.extend(el(0x0008, 0x0018, b"UI", b"1.2.3.4.5.6"));
+        ds.extend(el(0x0008, 0x0020, b"DA", b"20260102"));
+        ds.extend(el(0x0008, 0x0050, b"SH", b"ACC1"));
+        ds.extend(el(0x0008, 0x0060, b"CS", b"CT"));
+        ds.extend(el(0x0010, 0x0010, b"PN", b"Doe^Jane"));
+        ds.extend(el(0x0010, 0x0020, b"LO", b"PID-7"));
+        ds.extend(el(0x0020, 0x000D, b"UI", b"1.2.3.4"));
+        ds.extend(el(0x0020, 0x000E, b"UI", b"1.2.3.4.5"));
+        ds.extend(el(0x0020, 0x0013, b"IS", b"3"));
+        ds.extend(el(0x0028, 0x0010, b"US", &[4, 0]));
+        // Pixel Data OW with a 4-byte length header (explicit VR long form).
+        ds.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 8, 0, 0, 0]);
+        ds.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        ds
+    }
+
+    #[test]
+    fn extracts_top_level_attributes() {
+        let a = extract(
+            &sample(),
+            dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+            true,
+        )
+        .unwrap();
+        assert_eq!(a.sop_instance_uid, "1.2.3.4.5.6");
+        assert_eq!(a.study_date, "20260102");
+        assert_eq!(a.accession_number, "ACC1");
+        assert_eq!(a.modality, "CT");
+        assert_eq!(a.patient_name, "Doe^Jane");
+        assert_eq!(a.patient_id, "PID-7");
+        assert_eq!(a.study_instance_uid, "1.2.3.4");
+        assert_eq!(a.series_instance_uid, "1.2.3.4.5");
+        assert_eq!(a.instance_number, "3");
+    }
+
+    #[test]
+    fn a_short_prefix_asks_for_more() {
+        let ds = sample();
+        let cut = ds.len() / 2;
+        assert_eq!(
+            extract(
+                &ds[..cut],
+                dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+                false
+            ),
+            Err(ExtractError::NeedMore)
+        );
+        // The same bytes presented as a whole dataset are malformed.
+        assert!(matches!(
+            extract(
+                &ds[..cut],
+                dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+                true
+            ),
+            Err(ExtractError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn stops_before_pixel_data_even_if_truncated_there() {
+        let ds = sample();
+        let cut = ds.len() - 4; // inside the pixel data value
+        let a = extract(
+            &ds[..cut],
+            dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+            false,
+        )
+        .unwrap();
+        assert_eq!(a.series_instance_uid, "1.2.3.4.5");
+    }
+
+    #[test]
+    fn inflates_deflated_datasets() {
+        use std::io::Write;
+        let mut enc =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(&sample()).unwrap();
+        let deflated = enc.finish().unwrap();
+        let uid = dicom_dictionary_std::uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN;
+        assert!(is_deflated(uid));
+        let a = extract(&deflated, uid, true).unwrap();
+        assert_eq!(a.study_instance_uid, "1.2.3.4");
+    }
+
+    #[test]
+    fn unknown_transfer_syntax_is_an_error() {
+        assert!(matches!(
+            extract(&sample(), "1.2.3.999", true),
+            Err(ExtractError::UnknownTransferSyntax(_))
+        ));
+    }
+}

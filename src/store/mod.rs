@@ -1,0 +1,111 @@
+//! Storage: UID validation, the Part-10 header, the streaming object writer, index-attribute
+//! extraction and the redb index. Everything here is below the network layer: it knows files
+//! and bytes, not associations.
+
+pub mod attrs;
+pub mod error;
+pub mod index;
+pub mod meta;
+pub mod uid;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+
+pub use error::StoreError;
+
+/// The layout of the data directory (see `docs/design.md`):
+/// `objects/<Study>/<Series>/<SOPInstance>.dcm`, `tmp/` for objects being received (same
+/// filesystem, so the final rename is atomic), `gateway.redb` for index and queue.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// Creates the directories if needed and removes leftover temporary files (objects whose
+    /// reception never completed: they were never acknowledged, so nothing is lost).
+    pub fn prepare(root: &Path) -> std::io::Result<(Self, usize)> {
+        let dd = Self {
+            root: root.to_path_buf(),
+        };
+        std::fs::create_dir_all(dd.objects())?;
+        std::fs::create_dir_all(dd.tmp())?;
+        let mut removed = 0;
+        for entry in std::fs::read_dir(dd.tmp())? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok((dd, removed))
+    }
+
+    /// The data directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where stored objects live.
+    pub fn objects(&self) -> PathBuf {
+        self.root.join("objects")
+    }
+
+    /// Where objects being received are written.
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// The index and queue database.
+    pub fn index_path(&self) -> PathBuf {
+        self.root.join("gateway.redb")
+    }
+
+    /// Path of an object relative to the data directory. Every UID is validated first
+    /// (PS3.5 §9.1: digits and dots only), so no UID can steer the path anywhere else.
+    pub fn object_rel_path(study: &str, series: &str, sop: &str) -> Result<PathBuf, StoreError> {
+        let study = uid::validate_uid(study).map_err(|e| StoreError::InvalidUid {
+            field: "StudyInstanceUID",
+            source: e,
+        })?;
+        let series = uid::validate_uid(series).map_err(|e| StoreError::InvalidUid {
+            field: "SeriesInstanceUID",
+            source: e,
+        })?;
+        let sop = uid::validate_uid(sop).map_err(|e| StoreError::InvalidUid {
+            field: "SOPInstanceUID",
+            source: e,
+        })?;
+        Ok(Path::new("objects")
+            .join(study)
+            .join(series)
+            .join(format!("{sop}.dcm")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_paths_come_only_from_valid_uids() {
+        assert_eq!(
+            DataDir::object_rel_path("1.2", "1.2.3", "1.2.3.4").unwrap(),
+            Path::new("objects/1.2/1.2.3/1.2.3.4.dcm")
+        );
+        assert!(DataDir::object_rel_path("../..", "1.2", "1.3").is_err());
+        assert!(DataDir::object_rel_path("1.2", "1.2/../../x", "1.3").is_err());
+        assert!(DataDir::object_rel_path("1.2", "1.2", "").is_err());
+    }
+
+    #[test]
+    fn prepare_removes_leftover_temporary_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("tmp")).unwrap();
+        std::fs::write(d.path().join("tmp/0-1.part"), b"half an object").unwrap();
+        let (dd, removed) = DataDir::prepare(d.path()).unwrap();
+        assert_eq!(removed, 1);
+        assert_eq!(std::fs::read_dir(dd.tmp()).unwrap().count(), 0);
+        assert!(dd.objects().is_dir());
+    }
+}

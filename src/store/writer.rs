@@ -1,0 +1,146 @@
+//! The streaming object writer: one temporary file per object being received.
+//!
+//! The Part-10 header goes first, then every data fragment at the offset where it belongs,
+//! exactly as received. The dataset is hashed (BLAKE3) on the way and its first bytes are kept
+//! for index-attribute extraction; nothing else is held in memory, whatever the object's size.
+//! A write error (disk full) is remembered and the remaining fragments are drained without
+//! writing, so the association stays usable and the peer gets a status, not a dropped link.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use crate::rt::ObjFile;
+
+/// How many leading dataset bytes are kept in memory for attribute extraction; more are read
+/// back from the file in the rare case the wanted groups are longer.
+pub const PREFIX_LEN: usize = 64 * 1024;
+
+/// An object being written to its temporary file.
+#[derive(Debug)]
+pub struct ObjectWriter<F: ObjFile> {
+    file: Option<F>,
+    temp_path: PathBuf,
+    pos: u64,
+    header_len: u64,
+    hasher: blake3::Hasher,
+    prefix: Vec<u8>,
+    error: Option<io::Error>,
+}
+
+/// An object whose bytes are all in its temporary file (not yet synced or renamed).
+#[derive(Debug)]
+pub struct WrittenObject {
+    /// The temporary file.
+    pub temp_path: PathBuf,
+    /// Size of the whole file.
+    pub file_size: u64,
+    /// Offset of the dataset in the file (header length).
+    pub dataset_offset: u64,
+    /// Size of the dataset bytes.
+    pub dataset_size: u64,
+    /// BLAKE3 of the dataset bytes, hex.
+    pub dataset_blake3: String,
+    /// The first [`PREFIX_LEN`] bytes of the dataset (or all of it).
+    pub prefix: Vec<u8>,
+}
+
+impl<F: ObjFile> ObjectWriter<F> {
+    /// Creates the temporary file and writes the Part-10 header.
+    pub async fn create(temp_path: PathBuf, header: Vec<u8>) -> io::Result<Self> {
+        let file = F::create(&temp_path).await?;
+        let header_len = header.len() as u64;
+        let mut w = Self {
+            file: None,
+            temp_path,
+            pos: 0,
+            header_len,
+            hasher: blake3::Hasher::new(),
+            prefix: Vec::new(),
+            error: None,
+        };
+        if let Err(e) = file.write_all_at(Bytes::from(header), 0).await {
+            let _ = file.close().await;
+            remove_quietly(&w.temp_path);
+            return Err(e);
+        }
+        w.file = Some(file);
+        w.pos = header_len;
+        Ok(w)
+    }
+
+    /// Appends one dataset fragment. After a write error the fragment is only counted.
+    pub async fn write(&mut self, data: Bytes) {
+        if self.error.is_some() {
+            return;
+        }
+        let Some(file) = &self.file else { return };
+        if self.prefix.len() < PREFIX_LEN {
+            let take = (PREFIX_LEN - self.prefix.len()).min(data.len());
+            self.prefix.extend_from_slice(&data[..take]);
+        }
+        self.hasher.update(&data);
+        let len = data.len() as u64;
+        match file.write_all_at(data, self.pos).await {
+            Ok(()) => self.pos += len,
+            Err(e) => self.error = Some(e),
+        }
+    }
+
+    /// Whether a write has failed (the object will be refused when its last fragment lands).
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// Closes the file. On any earlier or closing error the temporary file is removed and the
+    /// error returned, so no partial file survives.
+    pub async fn finish(mut self) -> io::Result<WrittenObject> {
+        let file = self
+            .file
+            .take()
+            .expect("writer holds its file until finished");
+        let closed = file.close().await;
+        if let Some(e) = self.error.take().or(closed.err()) {
+            remove_quietly(&self.temp_path);
+            return Err(e);
+        }
+        Ok(WrittenObject {
+            temp_path: std::mem::take(&mut self.temp_path),
+            file_size: self.pos,
+            dataset_offset: self.header_len,
+            dataset_size: self.pos - self.header_len,
+            dataset_blake3: self.hasher.finalize().to_hex().to_string(),
+            prefix: std::mem::take(&mut self.prefix),
+        })
+    }
+}
+
+impl<F: ObjFile> Drop for ObjectWriter<F> {
+    /// An abandoned writer (association aborted mid-object) removes its temporary file.
+    fn drop(&mut self) {
+        if !self.temp_path.as_os_str().is_empty() && self.file.is_some() {
+            remove_quietly(&self.temp_path);
+        }
+    }
+}
+
+/// Removes a file, ignoring "not found"; other failures are logged (start-up cleans `tmp/`).
+pub fn remove_quietly(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove temporary file");
+        }
+    }
+}
+
+/// Reads up to `len` dataset bytes of a written object back from its file (used when the
+/// in-memory prefix was too short for attribute extraction).
+pub fn read_dataset_prefix(obj: &WrittenObject, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(&obj.temp_path)?;
+    let len = len.min(obj.dataset_size as usize);
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, obj.dataset_offset)?;
+    Ok(buf)
+}
