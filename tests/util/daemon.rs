@@ -114,6 +114,8 @@ impl Daemon {
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(addr) = line.strip_prefix(READY_PREFIX) {
+                        // "ADDR:PORT (io=BACKEND)": the address is the first word.
+                        let addr = addr.split_whitespace().next().unwrap_or("");
                         match addr
                             .rsplit_once(':')
                             .and_then(|(_, p)| p.trim().parse::<u16>().ok())
