@@ -267,6 +267,8 @@ fn commit_batch(
     }
     for it in items {
         if let Some(Err(e)) = &it.result {
+            // Whatever stage it failed at, its temporary file must not outlive the refusal.
+            remove_quietly(&it.req.temp_path);
             tracing::warn!(sop = %it.req.record.sop_instance_uid, error = %e, "object refused");
         }
         let result = it
@@ -315,9 +317,17 @@ fn place(
             remove_quietly(&it.req.temp_path);
             return Err(StoreError::from_io("create directory", &e));
         }
-        made_dirs.insert(dir);
+        made_dirs.insert(dir.clone());
     }
-    if let Err(e) = std::fs::rename(&it.req.temp_path, &dest) {
+    let mut renamed = std::fs::rename(&it.req.temp_path, &dest);
+    if matches!(&renamed, Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        && it.req.temp_path.exists()
+    {
+        // The directory was removed behind our back (the cache above is stale): recreate it.
+        renamed =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::rename(&it.req.temp_path, &dest));
+    }
+    if let Err(e) = renamed {
         remove_quietly(&it.req.temp_path);
         return Err(StoreError::from_io("rename into place", &e));
     }
