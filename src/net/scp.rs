@@ -278,7 +278,7 @@ async fn run<I: Io>(stream: I::Stream, ctx: Rc<CoreCtx>) {
             state = transition(state, Event::Evt7)
                 .expect("table: Evt7/Sta3")
                 .next_state(true, false);
-            if conn.send_pdu(&Pdu::AssociationAC(ac)).await.is_err() {
+            if conn.send_pdu(&Pdu::AssociationAC(*ac)).await.is_err() {
                 return;
             }
             info!(
@@ -418,8 +418,8 @@ const MAX_COMMAND_LEN: usize = 64 * 1024;
 
 /// What happens to the dataset fragments of the current message.
 enum DataOp<F: ObjFile> {
-    /// Streamed to a temporary file.
-    Store(ObjectWriter<F>),
+    /// Streamed to a temporary file (boxed: the writer holds the hasher and prefix).
+    Store(Box<ObjectWriter<F>>),
     /// Dropped; the response is already decided.
     Discard { status: u16, comment: String },
 }
@@ -507,7 +507,7 @@ impl<F: ObjFile> Dimse<F> {
         let Pending { cmd, pc_id, op } = self.pending.take().expect("checked above");
         let (status, comment) = match op {
             DataOp::Discard { status, comment } => (status, Some(comment)),
-            DataOp::Store(w) => match self.finish_store(&cmd, pc_id, w, ctx).await {
+            DataOp::Store(w) => match self.finish_store(&cmd, pc_id, *w, ctx).await {
                 Ok(()) => (storage::status::SUCCESS, None),
                 Err(e) => {
                     warn!(sop = cmd.affected_sop_instance_uid.as_deref().unwrap_or(""), status = format_args!("{:04X}", e.status()), error = %e, "C-STORE refused");
@@ -621,7 +621,7 @@ impl<F: ObjFile> Dimse<F> {
             Err(e) => return discard(StoreError::CannotUnderstand(e.to_string())),
         };
         match ObjectWriter::<F>::create(ctx.temp_path(), header).await {
-            Ok(w) => DataOp::Store(w),
+            Ok(w) => DataOp::Store(Box::new(w)),
             Err(e) => discard(StoreError::from_io("create temporary file", &e)),
         }
     }

@@ -163,11 +163,9 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, CommandError> {
             tags::MOVE_ORIGINATOR_MESSAGE_ID => {
                 cmd.move_originator_message_id = Some(us(group, elem, v)?)
             }
-            tags::MESSAGE_ID_BEING_RESPONDED_TO => {
-                // Present in responses only; a response's own "message id".
-                if message_id.is_none() {
-                    message_id = Some(us(group, elem, v)?);
-                }
+            // Present in responses only: a response's own "message id".
+            tags::MESSAGE_ID_BEING_RESPONDED_TO if message_id.is_none() => {
+                message_id = Some(us(group, elem, v)?);
             }
             _ => {}
         }

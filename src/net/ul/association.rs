@@ -78,8 +78,8 @@ pub enum RejectReason {
 /// The answer to an A-ASSOCIATE-RQ.
 #[derive(Debug, Clone)]
 pub enum Decision {
-    /// Send this A-ASSOCIATE-AC.
-    Accept(AssociationAC, Negotiated),
+    /// Send this A-ASSOCIATE-AC (boxed: it carries every context's result).
+    Accept(Box<AssociationAC>, Negotiated),
     /// Send this A-ASSOCIATE-RJ.
     Reject(AssociationRJ, RejectReason),
 }
@@ -224,7 +224,7 @@ pub fn negotiate(
         ],
     };
     Decision::Accept(
-        ac,
+        Box::new(ac),
         Negotiated {
             calling_ae_title: calling,
             called_ae_title: called,

@@ -180,7 +180,7 @@ pub fn split_pdata(mut body: Bytes) -> Result<Vec<Pdv>, FramingError> {
             return Err(FramingError::PdvOverrun { length, remaining });
         }
         let pc_id = body[4];
-        if pc_id % 2 == 0 {
+        if pc_id.is_multiple_of(2) {
             return Err(FramingError::EvenContextId(pc_id));
         }
         let control = body[5];
