@@ -164,18 +164,28 @@ pub fn serve(
     }
     drop(committer);
 
-    on_ready(&Started {
-        store_addr,
-        backend,
-    });
-    info!(%store_addr, ae_title = %store.ae_title, "store service listening");
-
-    // Wait for the stop signal on a small runtime of our own.
+    // Wait for the stop signal on a small runtime of our own. `shutdown` is polled once before
+    // readiness is reported, so the signal handlers it installs are in place by then (a SIGTERM
+    // right after the ready line must mean a clean stop, not the default action).
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(ServeError::Thread)?;
-    rt.block_on(shutdown);
+    rt.block_on(async {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let early = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(shutdown.as_mut().poll(cx).is_ready())
+        })
+        .await;
+        on_ready(&Started {
+            store_addr,
+            backend,
+        });
+        info!(%store_addr, ae_title = %store.ae_title, "store service listening");
+        if !early {
+            shutdown.await;
+        }
+    });
     info!(grace = ?settings.grace_period, active = active.load(Ordering::Acquire), "stopping: no new associations");
     let _ = phase_tx.send(Phase::Draining);
     let deadline = Instant::now() + settings.grace_period;
@@ -237,22 +247,29 @@ fn run_core<I: Io>(listener: std::net::TcpListener, p: CoreParts) -> std::io::Re
             temp_seq: Cell::new(0),
         });
         let mut tasks = tokio::task::JoinSet::new();
+        // One accept stays in flight across loop turns: dropping an io_uring accept does not
+        // cancel it in the kernel, so recreating it each turn would orphan connections.
+        let mut accept = Box::pin(I::accept(&listener));
         loop {
             tokio::select! {
-                accepted = I::accept(&listener) => match accepted {
-                    Ok((stream, peer)) => {
-                        tasks.spawn_local(serve_association::<I>(stream, peer, ctx.clone()));
+                accepted = &mut accept => {
+                    accept = Box::pin(I::accept(&listener));
+                    match accepted {
+                        Ok((stream, peer)) => {
+                            tasks.spawn_local(serve_association::<I>(stream, peer, ctx.clone()));
+                        }
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                     }
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
+                }
                 _ = phase.wait_for(|p| *p != Phase::Running) => break,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }
+        drop(accept);
         drop(listener);
         while tasks.join_next().await.is_some() {}
     })

@@ -87,13 +87,19 @@ pub fn is_deflated(ts_uid: &str) -> bool {
 }
 
 /// Inflates as much of a raw-deflate stream as `data` holds (it may be a prefix).
-fn inflate_prefix(data: &[u8], complete: bool) -> Result<Vec<u8>, ExtractError> {
-    let mut out = Vec::with_capacity(data.len() * 4);
-    let mut dec = flate2::read::DeflateDecoder::new(data);
+/// Most inflated bytes examined: the header groups of any sane object fit many times over,
+/// and a deflate bomb cannot make us allocate more.
+pub const MAX_INFLATED: u64 = 64 * 1024 * 1024;
+
+/// Inflates as much of a raw-deflate stream as `data` holds (it may be a prefix), at most
+/// [`MAX_INFLATED`] bytes. Returns the bytes and whether they are the whole dataset.
+fn inflate_prefix(data: &[u8], complete: bool) -> Result<(Vec<u8>, bool), ExtractError> {
+    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(1 << 20));
+    let mut dec = flate2::read::DeflateDecoder::new(data).take(MAX_INFLATED);
     match dec.read_to_end(&mut out) {
-        Ok(_) => Ok(out),
+        Ok(n) => Ok((out, complete && (n as u64) < MAX_INFLATED)),
         // A truncated stream ends with UnexpectedEof; what was inflated so far is usable.
-        Err(_) if !complete => Ok(out),
+        Err(_) if !complete => Ok((out, false)),
         Err(e) => Err(ExtractError::Inflate(e.to_string())),
     }
 }
@@ -105,14 +111,15 @@ pub fn extract(prefix: &[u8], ts_uid: &str, complete: bool) -> Result<IndexAttrs
         .get(ts_uid)
         .ok_or_else(|| ExtractError::UnknownTransferSyntax(ts_uid.to_owned()))?;
     let inflated;
-    let (bytes, ts) = if matches!(ts.codec(), Codec::Dataset(_)) {
-        inflated = inflate_prefix(prefix, complete)?;
+    let (bytes, ts, complete) = if matches!(ts.codec(), Codec::Dataset(_)) {
+        let whole;
+        (inflated, whole) = inflate_prefix(prefix, complete)?;
         let explicit = TransferSyntaxRegistry
             .get(dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN)
             .expect("explicit VR little endian is always registered");
-        (&inflated[..], explicit)
+        (&inflated[..], explicit, whole)
     } else {
-        (prefix, ts)
+        (prefix, ts, complete)
     };
     let reader = DataSetReader::new_with_ts(bytes, ts)
         .map_err(|e| ExtractError::Malformed(e.to_string()))?;
@@ -125,7 +132,24 @@ pub fn extract(prefix: &[u8], ts_uid: &str, complete: bool) -> Result<IndexAttrs
             Err(_) if !complete => return Err(ExtractError::NeedMore),
             Err(e) => return Err(ExtractError::Malformed(e.to_string())),
         };
+        // A value longer than all the bytes we hold cannot be complete: refuse it *before*
+        // the parser allocates a buffer of the announced (peer-controlled, up to 4 GiB) size.
+        if let DataToken::ElementHeader(h) = &token {
+            let beyond_data = h.len.get().is_some_and(|n| n as usize > bytes.len());
+            if beyond_data && !(depth == 0 && h.tag.group() > 0x0020) {
+                return Err(if complete {
+                    ExtractError::Malformed(format!("element {} is longer than the dataset", h.tag))
+                } else {
+                    ExtractError::NeedMore
+                });
+            }
+        }
         match token {
+            // Past group 0020 at the top level: everything wanted has been seen.
+            DataToken::PixelSequenceStart if depth == 0 => return Ok(attrs),
+            DataToken::SequenceStart { tag, .. } if depth == 0 && tag.group() > 0x0020 => {
+                return Ok(attrs)
+            }
             DataToken::SequenceStart { .. } | DataToken::PixelSequenceStart => {
                 if depth == 0 {
                     pending = None;
@@ -287,6 +311,37 @@ mod tests {
         assert!(is_deflated(uid));
         let a = extract(&deflated, uid, true).unwrap();
         assert_eq!(a.study_instance_uid, "1.2.3.4");
+    }
+
+    #[test]
+    fn huge_announced_lengths_are_refused_before_allocating() {
+        // Found by the `attrs` fuzz target: a private OB element announcing ~4 GiB.
+        let explicit = [
+            0x09, 0x00, 0x10, 0x00, b'O', b'B', 0, 0, 0xF0, 0xFF, 0xFF, 0xFF,
+        ];
+        let ele = dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN;
+        assert_eq!(extract(&explicit, ele, false), Err(ExtractError::NeedMore));
+        assert!(matches!(
+            extract(&explicit, ele, true),
+            Err(ExtractError::Malformed(_))
+        ));
+        let implicit = [0x08, 0x00, 0x12, 0x00, 0xF0, 0xFF, 0xFF, 0xFF];
+        let ile = dicom_dictionary_std::uids::IMPLICIT_VR_LITTLE_ENDIAN;
+        assert_eq!(extract(&implicit, ile, false), Err(ExtractError::NeedMore));
+    }
+
+    #[test]
+    fn encapsulated_pixel_data_ends_the_parse() {
+        let mut ds = sample();
+        let pixel_at = ds.len() - 20;
+        ds.truncate(pixel_at);
+        // Pixel Data OB, undefined length, then an item that the prefix cuts short.
+        ds.extend_from_slice(&[
+            0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ]);
+        ds.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0x00, 0x00, 0x10, 0x00, 1, 2]);
+        let a = extract(&ds, dicom_dictionary_std::uids::JPEG_BASELINE8_BIT, false).unwrap();
+        assert_eq!(a.series_instance_uid, "1.2.3.4.5");
     }
 
     #[test]
