@@ -215,8 +215,10 @@ fn key_line(text: &str, section: Option<&str>, key: &str) -> Option<usize> {
     let mut current: Option<String> = None;
     for (i, line) in text.lines().enumerate() {
         let t = line.trim();
-        if t.starts_with('[') {
-            current = Some(t.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+        if let Some(rest) = t.strip_prefix('[') {
+            // "[store]  # comment" and "[[destinations]]" both name their section.
+            let name = rest.trim_start_matches('[').split(']').next().unwrap_or("");
+            current = Some(name.trim().to_owned());
             continue;
         }
         let in_section = match section {
@@ -454,6 +456,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("store.dimse_timeout_seconds"), "{e}");
+        let e = resolve("[store]  # the store service\n\nmax_associations = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.max_associations") && e.contains("line 3"), "{e}");
     }
 
     #[test]

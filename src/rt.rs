@@ -83,6 +83,9 @@ pub trait NetStream: 'static {
     async fn read_buf(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut);
     /// Writes all of `data`.
     async fn write_all(&mut self, data: Bytes) -> io::Result<()>;
+    /// Shuts the connection down in both directions now. Dropping is not enough on io_uring:
+    /// a read still in flight (left behind by a timeout) keeps the socket open.
+    fn shutdown(&self);
 }
 
 /// A file being written, driven with owned buffers.
@@ -131,6 +134,10 @@ impl NetStream for tokio_uring::net::TcpStream {
 
     async fn write_all(&mut self, data: Bytes) -> io::Result<()> {
         tokio_uring::net::TcpStream::write_all(self, data).await.0
+    }
+
+    fn shutdown(&self) {
+        let _ = tokio_uring::net::TcpStream::shutdown(self, std::net::Shutdown::Both);
     }
 }
 
@@ -186,6 +193,10 @@ impl NetStream for tokio::net::TcpStream {
 
     async fn write_all(&mut self, data: Bytes) -> io::Result<()> {
         tokio::io::AsyncWriteExt::write_all(self, &data).await
+    }
+
+    fn shutdown(&self) {
+        let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Both);
     }
 }
 

@@ -153,7 +153,8 @@ impl<S: NetStream> Conn<S> {
 
     /// After A-RELEASE-RP or A-ASSOCIATE-RJ (Sta13): wait for the peer to close, at most ARTIM.
     async fn await_close(&mut self, artim: Duration) {
-        let _ = tokio::time::timeout(artim, async {
+        let mut phase = self.phase.clone();
+        let drain = async {
             loop {
                 let buf = std::mem::take(&mut self.buf);
                 let (res, mut buf) = self.stream.read_buf(buf).await;
@@ -163,8 +164,20 @@ impl<S: NetStream> Conn<S> {
                     return;
                 }
             }
-        })
-        .await;
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(artim, drain) => {}
+            // The grace period is over: do not wait for a peer that keeps its socket open.
+            _ = phase.wait_for(|p| *p == Phase::Abort) => {}
+        }
+    }
+}
+
+impl<S: NetStream> Drop for Conn<S> {
+    /// The association is over, however it ended: close the connection now, even if an
+    /// abandoned read is still queued in io_uring.
+    fn drop(&mut self) {
+        self.stream.shutdown();
     }
 }
 

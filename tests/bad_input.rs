@@ -1,0 +1,937 @@
+//! Hostile and broken input: malformed PDUs, broken DIMSE messages, invalid UIDs, datasets
+//! that do not match their command, duplicates, a full disk, leftovers of a crash and bad
+//! config files. Each case checks the answer (status, A-ASSOCIATE-RJ/AC result or A-ABORT),
+//! that nothing was stored or left half-written (objects/, tmp/, the index) and that the
+//! daemon still serves the next peer. Network cases run under both I/O backends (`gwtest!`).
+
+mod peer;
+mod util;
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use dicom_gw::store::index::Index;
+use dicom_ul::pdu::{Pdu, PresentationContextResultReason};
+use peer::*;
+use util::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dicom-gw");
+const STUDY_INSTANCE_UID: u32 = tag(0x0020, 0x000D);
+
+/// Writes `toml` to `dir/gw.toml` and starts a daemon on `dir/data` with it.
+fn start(dir: &Path, io: &str, toml: &str) -> Daemon {
+    start_on(dir, &dir.join("data"), io, toml)
+}
+
+/// Like [`start`] with an explicit data directory.
+fn start_on(dir: &Path, data: &Path, io: &str, toml: &str) -> Daemon {
+    let cfg = dir.join("gw.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    Daemon::start(BIN, data, io, &["--config", cfg.to_str().unwrap()])
+}
+
+/// echoscu must succeed.
+fn echo_ok(gw: &Daemon, what: &str) {
+    let out = echoscu(gw.port, &[]);
+    assert!(
+        out.status.success(),
+        "{what}: echoscu failed afterwards: {}\n{}\n--- daemon ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        gw.stderr()
+    );
+}
+
+/// Every file under the data directory except the index.
+fn stray_files(data: &Path) -> Vec<PathBuf> {
+    list_files(data)
+        .into_iter()
+        .filter(|p| p != &data.join("gateway.redb"))
+        .collect()
+}
+
+/// Files under `data/objects`, and entries of `data/tmp`.
+fn objects_and_tmp(data: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let tmp = std::fs::read_dir(data.join("tmp"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    (list_files(data.join("objects")), tmp)
+}
+
+/// Waits (at most 20 s) until `data/tmp` is empty; panics with what is left otherwise.
+fn wait_tmp_empty(gw: &Daemon, data: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, tmp) = objects_and_tmp(data);
+        if tmp.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{what}: temporary files left behind: {tmp:?}\n--- daemon ---\n{}",
+                gw.stderr()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts nothing but the index exists under the data directory.
+fn assert_nothing_stored(gw: &Daemon, data: &Path, what: &str) {
+    let stray = stray_files(data);
+    assert!(
+        stray.is_empty(),
+        "{what}: files written: {stray:?}\n--- daemon ---\n{}",
+        gw.stderr()
+    );
+}
+
+/// Stops the daemon (exit 0) and opens its index.
+fn stop_and_open_index(gw: &mut Daemon, data: &Path) -> Index {
+    gw.stop();
+    Index::open(&data.join("gateway.redb")).expect("open index after stop")
+}
+
+/// Generates `spec` under `dir/in/NAME.dcm`.
+fn gen(dir: &Path, name: &str, spec: &ObjSpec) -> PathBuf {
+    let d = dir.join("in");
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join(format!("{name}.dcm"));
+    gen_part10(&p, spec).unwrap();
+    p
+}
+
+/// The dataset bytes (Explicit VR LE) of `spec`, generated under `dir/in`.
+fn dataset_of(dir: &Path, name: &str, spec: &ObjSpec) -> Vec<u8> {
+    dataset_bytes(gen(dir, name, spec))
+}
+
+/// storescu of one file; returns its status (None: no response).
+fn store_one(gw: &Daemon, file: &Path) -> (Option<u16>, StoreResult) {
+    let r = storescu(gw.port, &[file], &storescu_flags_for(Ts::ExplicitLE));
+    assert!(!r.timed_out, "storescu timed out:\n{}", r.output);
+    (r.status_of(file), r)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Malformed PDUs and DIMSE messages: A-ABORT and close, never a hang.
+
+/// One malformed-input case: what to send, before or after associating.
+struct Case {
+    name: &'static str,
+    associate_first: bool,
+    bytes: Vec<u8>,
+}
+
+fn pdu_cases() -> Vec<Case> {
+    let echo = dicom_gw::net::dimse::command::encode_echo_rq(1);
+    let store_rq = dicom_gw::net::dimse::command::encode_store_rq(1, CT, &make_uid(&[9, 1]));
+    let rq = encode_pdu(&Pdu::AssociationRQ(association_rq(
+        "GWTEST",
+        "DICOM_GW",
+        &default_contexts(),
+    )));
+    let mut cases = vec![
+        Case {
+            name: "P-DATA-TF announcing 0xFFFFFFF0 bytes (none sent)",
+            associate_first: true,
+            bytes: vec![0x04, 0, 0xFF, 0xFF, 0xFF, 0xF0],
+        },
+        Case {
+            name: "unknown PDU type 0x09 in an association",
+            associate_first: true,
+            bytes: vec![0x09, 0, 0, 0, 0, 4, 0, 0, 0, 0],
+        },
+        Case {
+            name: "unknown PDU type 0x09 as the first PDU",
+            associate_first: false,
+            bytes: vec![0x09, 0, 0, 0, 0, 4, 0, 0, 0, 0],
+        },
+        Case {
+            name: "PDV with even presentation context id",
+            associate_first: true,
+            bytes: pdata_pdu(2, true, true, &echo),
+        },
+        Case {
+            name: "PDV length overrunning its PDU",
+            associate_first: true,
+            // PDU body of 10 bytes; its one PDV claims 100.
+            bytes: vec![0x04, 0, 0, 0, 0, 10, 0, 0, 0, 100, 1, 3, 0, 0, 0, 0],
+        },
+        Case {
+            name: "P-DATA-TF with no PDV item",
+            associate_first: true,
+            bytes: vec![0x04, 0, 0, 0, 0, 0],
+        },
+        Case {
+            name: "P-DATA-TF before A-ASSOCIATE-RQ",
+            associate_first: false,
+            bytes: pdata_pdu(1, true, true, &echo),
+        },
+        Case {
+            name: "A-RELEASE-RQ before A-ASSOCIATE-RQ",
+            associate_first: false,
+            bytes: encode_pdu(&Pdu::ReleaseRQ),
+        },
+        Case {
+            name: "A-ASSOCIATE-RQ body of 4 garbage bytes",
+            associate_first: false,
+            bytes: vec![0x01, 0, 0, 0, 0, 4, 0xDE, 0xAD, 0xBE, 0xEF],
+        },
+        Case {
+            name: "A-ASSOCIATE-RQ body of 200 bytes 0xFF",
+            associate_first: false,
+            bytes: [vec![0x01, 0, 0, 0, 0, 200], vec![0xFF; 200]].concat(),
+        },
+        Case {
+            name: "A-ASSOCIATE-RQ announcing 0xFFFFFFF0 bytes (none sent)",
+            associate_first: false,
+            bytes: vec![0x01, 0, 0xFF, 0xFF, 0xFF, 0xF0],
+        },
+        Case {
+            name: "A-ASSOCIATE-RQ truncated inside its items",
+            associate_first: false,
+            bytes: {
+                // A valid RQ cut short, with the PDU length fixed up to the cut.
+                let mut b = rq[..rq.len() - 20].to_vec();
+                let len = (b.len() - 6) as u32;
+                b[2..6].copy_from_slice(&len.to_be_bytes());
+                b
+            },
+        },
+        Case {
+            name: "second A-ASSOCIATE-RQ in an association",
+            associate_first: true,
+            bytes: rq.clone(),
+        },
+        Case {
+            name: "A-ASSOCIATE-AC sent by the requestor",
+            associate_first: false,
+            bytes: vec![0x02, 0, 0, 0, 0, 4, 0, 0, 0, 0],
+        },
+        Case {
+            name: "data PDV with no command",
+            associate_first: true,
+            bytes: pdata_pdu(
+                3,
+                false,
+                true,
+                &[0x08, 0, 0x18, 0, b'U', b'I', 2, 0, b'1', 0],
+            ),
+        },
+        Case {
+            name: "truncated command set",
+            associate_first: true,
+            bytes: pdata_pdu(1, true, true, &echo[..echo.len() - 3]),
+        },
+        Case {
+            name: "garbage command set",
+            associate_first: true,
+            bytes: pdata_pdu(1, true, true, b"\xDE\xAD\xBE\xEF\x01\x02\x03\x04garbage!"),
+        },
+        Case {
+            name: "command set without Command Field",
+            associate_first: true,
+            bytes: pdata_pdu(1, true, true, &[0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]),
+        },
+        Case {
+            name: "PDV on a presentation context that was never proposed",
+            associate_first: true,
+            bytes: pdata_pdu(99, true, true, &echo),
+        },
+        Case {
+            name: "P-DATA-TF one byte over the announced maximum length",
+            associate_first: true,
+            bytes: {
+                let mut b = pdata_pdu(1, true, true, &vec![0u8; 262_140]);
+                assert_eq!(b.len(), 6 + 262_146);
+                b.truncate(6 + 1000); // header announces 262145; the rest is never sent
+                b[2..6].copy_from_slice(&262_145u32.to_be_bytes());
+                b
+            },
+        },
+        Case {
+            name: "A-ASSOCIATE-RQ with an empty body",
+            associate_first: false,
+            bytes: vec![0x01, 0, 0, 0, 0, 0],
+        },
+        Case {
+            name: "command set larger than 64 KiB in fragments",
+            associate_first: true,
+            bytes: [
+                pdata_pdu(1, true, false, &vec![0u8; 40_000]),
+                pdata_pdu(1, true, false, &vec![0u8; 40_000]),
+            ]
+            .concat(),
+        },
+        Case {
+            name: "command fragment in the middle of a dataset",
+            associate_first: true,
+            bytes: [
+                pdata_pdu(3, true, true, &store_rq),
+                pdata_pdu(3, false, false, &[0u8; 4000]),
+                pdata_pdu(3, true, true, &echo),
+            ]
+            .concat(),
+        },
+        Case {
+            name: "dataset fragment switching presentation context mid-message",
+            associate_first: true,
+            bytes: [
+                pdata_pdu(3, true, true, &store_rq),
+                pdata_pdu(3, false, false, &[0u8; 4000]),
+                pdata_pdu(1, false, true, &[0u8; 4000]),
+            ]
+            .concat(),
+        },
+        Case {
+            name: "command fragments switching presentation context",
+            associate_first: true,
+            bytes: [
+                pdata_pdu(3, true, false, &store_rq[..20]),
+                pdata_pdu(1, true, true, &store_rq[20..]),
+            ]
+            .concat(),
+        },
+    ];
+    // A valid RQ whose first item length is absurd.
+    let mut b = rq;
+    let item = 6 + 68; // header + fixed fields: the application context item starts here
+    assert_eq!(b[item], 0x10, "application context item");
+    b[item + 2] = 0xFF;
+    b[item + 3] = 0xF0;
+    cases.push(Case {
+        name: "A-ASSOCIATE-RQ item length overrunning the PDU",
+        associate_first: false,
+        bytes: b,
+    });
+    cases
+}
+
+gwtest!(malformed_pdus_abort, |io: &str| {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut gw = start(tmp.path(), io, "");
+    for case in pdu_cases() {
+        let mut p = if case.associate_first {
+            Peer::associate(gw.port)
+        } else {
+            Peer::connect(gw.port)
+        };
+        // The daemon may abort and close before it read everything: a failed write is fine.
+        let _ = p.send(&case.bytes);
+        p.expect_abort_and_close(case.name);
+        wait_tmp_empty(&gw, &data, case.name);
+        echo_ok(&gw, case.name);
+    }
+    assert_nothing_stored(&gw, &data, "malformed PDUs");
+    gw.stop();
+});
+
+gwtest!(pdv_on_rejected_context_aborts, |io: &str| {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut gw = start(tmp.path(), io, "");
+    let mut contexts = default_contexts();
+    contexts.push((
+        5,
+        "1.2.826.0.1.3680043.10.999.77.1".into(),
+        vec![TS_EXPLICIT_LE.into()],
+    ));
+    let rq = association_rq("GWTEST", "DICOM_GW", &contexts);
+    let mut p = Peer::associate_with(gw.port, rq);
+    // Unknown SOP class: rejected with reason 3 (abstract syntax not supported).
+    assert_eq!(
+        p.context_result(5),
+        PresentationContextResultReason::AbstractSyntaxNotSupported
+    );
+    assert_eq!(
+        p.context_result(1),
+        PresentationContextResultReason::Acceptance
+    );
+    assert_eq!(
+        p.context_result(3),
+        PresentationContextResultReason::Acceptance
+    );
+    assert_eq!(p.echo(1, 1), 0x0000);
+    p.send_message(5, true, &dicom_gw::net::dimse::command::encode_echo_rq(2));
+    p.expect_abort_and_close("PDV on the rejected presentation context 5");
+    echo_ok(&gw, "after PDV on rejected context");
+    gw.stop();
+});
+
+// ---------------------------------------------------------------------------------------------
+// Interrupted receptions.
+
+gwtest!(connection_dropped_mid_dataset, |io: &str| {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut gw = start(tmp.path(), io, "");
+    let spec = ObjSpec::new(0).pixel_bytes(2 << 20);
+    let ds = dataset_of(tmp.path(), "a", &spec);
+    let mut p = Peer::associate(gw.port);
+    p.send_message(
+        3,
+        true,
+        &dicom_gw::net::dimse::command::encode_store_rq(1, CT, &spec.sop_instance_uid),
+    );
+    p.send_fragments(3, &ds[..ds.len() / 2], false);
+    // The reception is under way: its temporary file exists.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while objects_and_tmp(&data).1.is_empty() {
+        assert!(Instant::now() < deadline, "no temporary file appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(p);
+    wait_tmp_empty(&gw, &data, "connection dropped mid-dataset");
+    assert_nothing_stored(&gw, &data, "connection dropped mid-dataset");
+    echo_ok(&gw, "after dropped connection");
+    let index = stop_and_open_index(&mut gw, &data);
+    assert!(index.instance(&spec.sop_instance_uid).unwrap().is_none());
+    assert_eq!(index.instance_count().unwrap(), 0);
+});
+
+gwtest!(abort_mid_dataset_discards_object, |io: &str| {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut gw = start(tmp.path(), io, "");
+    let spec = ObjSpec::new(0).pixel_bytes(1 << 20);
+    let ds = dataset_of(tmp.path(), "a", &spec);
+    let mut p = Peer::associate(gw.port);
+    p.send_message(
+        3,
+        true,
+        &dicom_gw::net::dimse::command::encode_store_rq(1, CT, &spec.sop_instance_uid),
+    );
+    p.send_fragments(3, &ds[..ds.len() / 2], false);
+    p.send(&encode_pdu(&Pdu::AbortRQ {
+        source: dicom_ul::pdu::AbortRQSource::ServiceUser,
+    }))
+    .unwrap();
+    // A-ABORT received: the daemon closes without answering.
+    p.expect_close("A-ABORT from the peer mid-dataset");
+    wait_tmp_empty(&gw, &data, "A-ABORT mid-dataset");
+    assert_nothing_stored(&gw, &data, "A-ABORT mid-dataset");
+    echo_ok(&gw, "after A-ABORT mid-dataset");
+    let index = stop_and_open_index(&mut gw, &data);
+    assert_eq!(index.instance_count().unwrap(), 0);
+});
+
+gwtest!(release_mid_dataset_discards_object, |io: &str| {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut gw = start(tmp.path(), io, "");
+    let spec = ObjSpec::new(0).pixel_bytes(1 << 20);
+    let ds = dataset_of(tmp.path(), "a", &spec);
+    let mut p = Peer::associate(gw.port);
+    p.send_message(
+        3,
+        true,
+        &dicom_gw::net::dimse::command::encode_store_rq(1, CT, &spec.sop_instance_uid),
+    );
+    p.send_fragments(3, &ds[..ds.len() / 2], false);
+    p.release();
+    wait_tmp_empty(&gw, &data, "release mid-dataset");
+    assert_nothing_stored(&gw, &data, "release mid-dataset");
+    echo_ok(&gw, "after release mid-dataset");
+    let index = stop_and_open_index(&mut gw, &data);
+    assert_eq!(index.instance_count().unwrap(), 0);
+});
+
+// ---------------------------------------------------------------------------------------------
+// C-STORE refusals.
+
+gwtest!(invalid_sop_instance_uid_raw, |io: &str| {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut gw = start(tmp.path(), io, "");
+    let too_long = format!("1.2.{}", "3".repeat(62));
+    assert_eq!(too_long.len(), 66);
+    let bad = [
+        "1.2.03.4",
+        "1.2.abc",
+        "../../etc/passwd",
+        "/etc/passwd",
+        "1.2..3",
+        too_long.as_str(),
+    ];
+    let mut p = Peer::associate(gw.port);
+    for (i, uid) in bad.iter().enumerate() {
+        let mut spec = ObjSpec::new(i as u32);
+        spec.sop_instance_uid = uid.to_string();
+        let ds = dataset_of(tmp.path(), &format!("bad{i}"), &spec);
+        let rsp = p.store(3, i as u16 + 1, CT, uid, &ds);
+        assert_eq!(
+            rsp.status,
+            Some(0xC000),
+            "C-STORE with SOP Instance UID {uid:?}: {rsp:?}"
+        );
+        assert_nothing_stored(&gw, &data, uid);
+    }
+    // The association is still usable.
+    let good = ObjSpec::new(100);
+    let ds = dataset_of(tmp.path(), "good", &good);
+    assert_eq!(
+        p.store(3, 50, CT, &good.sop_instance_uid, &ds).status,
+        Some(0)
+    );
+    p.release();
+    assert!(!tmp.path().join("etc").exists() && !data.join("etc").exists());
+    echo_ok(&gw, "after invalid UIDs");
+    let index = stop_and_open_index(&mut gw, &data);
+    for uid in bad {
+        assert!(
+            index.instance(uid).unwrap().is_none(),
+            "index row for {uid:?}"
+        );
+    }
+    assert_eq!(index.instance_count().unwrap(), 1);
+    assert_eq!(stray_files(&data), vec![good.stored_path(&data)]);
+});
+
+gwtest!(invalid_sop_instance_uid_storescu, |io: &str| {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut gw = start(tmp.path(), io, "");
+    for (i, uid) in ["1.2.03.4", "1.2.abc"].iter().enumerate() {
+        let mut spec = ObjSpec::new(i as u32);
+        spec.sop_instance_uid = uid.to_string();
+        let f = gen(tmp.path(), &format!("bad{i}"), &spec);
+        let (status, r) = store_one(&gw, &f);
+        assert_eq!(
+            status,
+            Some(0xC000),
+            "storescu of a file with SOP Instance UID {uid:?}:\n{}",
+            r.output
+        );
+        assert_nothing_stored(&gw, &data, uid);
+    }
+    echo_ok(&gw, "after invalid UIDs via storescu");
+    let index = stop_and_open_index(&mut gw, &data);
+    assert_eq!(index.instance_count().unwrap(), 0);
+});
+
+gwtest!(path_tricks_in_dataset_uids, |io: &str| {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut gw = start(tmp.path(), io, "");
+    let specs = [
+        ObjSpec::new(0).study("../../../../tmp/gwtest-evil"),
+        ObjSpec::new(1).series("1.2/../../x"),
+        ObjSpec::new(2).study("1.2.abc"),
+        ObjSpec::new(3).series(".."),
+    ];
+    for (i, spec) in specs.iter().enumerate() {
+        let f = gen(tmp.path(), &format!("trick{i}"), spec);
+        let (status, r) = store_one(&gw, &f);
+        assert_eq!(
+            status,
+            Some(0xC000),
+            "study {:?} series {:?}:\n{}",
+            spec.study_instance_uid,
+            spec.series_instance_uid,
+            r.output
+        );
+        wait_tmp_empty(&gw, &data, "path trick");
+        assert_nothing_stored(&gw, &data, "path trick");
+    }
+    assert!(!Path::new("/tmp/gwtest-evil").exists());
+    echo_ok(&gw, "after path tricks");
+    let index = stop_and_open_index(&mut gw, &data);
+    assert_eq!(index.instance_count().unwrap(), 0);
+});
+
+gwtest!(dataset_without_study_uid, |io: &str| {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut gw = start(tmp.path(), io, "");
+    let spec = ObjSpec::new(0).omit(STUDY_INSTANCE_UID);
+    let f = gen(tmp.path(), "nostudy", &spec);
+    let (status, r) = store_one(&gw, &f);
+    assert_eq!(status, Some(0xC000), "no StudyInstanceUID:\n{}", r.output);
+    wait_tmp_empty(&gw, &data, "no StudyInstanceUID");
+    assert_nothing_stored(&gw, &data, "no StudyInstanceUID");
+    echo_ok(&gw, "after dataset without StudyInstanceUID");
+    let index = stop_and_open_index(&mut gw, &data);
+    assert!(index.instance(&spec.sop_instance_uid).unwrap().is_none());
+    assert_eq!(index.instance_count().unwrap(), 0);
+});
+
+gwtest!(dataset_uid_differs_from_command, |io: &str| {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut gw = start(tmp.path(), io, "");
+    let a = ObjSpec::new(0);
+    let b = ObjSpec::new(1);
+    let ds = dataset_of(tmp.path(), "a", &a);
+    let mut p = Peer::associate(gw.port);
+    let rsp = p.store(3, 1, CT, &b.sop_instance_uid, &ds);
+    assert_eq!(
+        rsp.status,
+        Some(0xA900),
+        "SOP Instance UID mismatch: {rsp:?}"
+    );
+    wait_tmp_empty(&gw, &data, "UID mismatch");
+    assert_nothing_stored(&gw, &data, "UID mismatch");
+    // Same association, matching UIDs: stored.
+    let rsp = p.store(3, 2, CT, &a.sop_instance_uid, &ds);
+    assert_eq!(rsp.status, Some(0x0000), "{rsp:?}");
+    p.release();
+    echo_ok(&gw, "after UID mismatch");
+    let index = stop_and_open_index(&mut gw, &data);
+    assert!(index.instance(&b.sop_instance_uid).unwrap().is_none());
+    assert!(index.instance(&a.sop_instance_uid).unwrap().is_some());
+    assert_eq!(index.instance_count().unwrap(), 1);
+});
+
+gwtest!(sop_class_differs_from_context, |io: &str| {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut gw = start(tmp.path(), io, "");
+    let spec = ObjSpec::new(0).sop_class(MR).modality("MR");
+    let ds = dataset_of(tmp.path(), "mr", &spec);
+    let mut p = Peer::associate(gw.port);
+    // Context 3 is CT Image Storage; the command says MR Image Storage.
+    let rsp = p.store(3, 1, MR, &spec.sop_instance_uid, &ds);
+    assert_eq!(
+        rsp.status,
+        Some(0x0122),
+        "SOP class not negotiated: {rsp:?}"
+    );
+    assert_nothing_stored(&gw, &data, "SOP class mismatch");
+    assert_eq!(p.echo(1, 2), 0x0000);
+    p.release();
+    echo_ok(&gw, "after SOP class mismatch");
+    let index = stop_and_open_index(&mut gw, &data);
+    assert_eq!(index.instance_count().unwrap(), 0);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Duplicates.
+
+gwtest!(identical_duplicate_is_one_row, |io: &str| {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut gw = start(tmp.path(), io, "");
+    let spec = ObjSpec::new(0);
+    let f = gen(tmp.path(), "a", &spec);
+    for round in 0..2 {
+        let (status, r) = store_one(&gw, &f);
+        assert_eq!(status, Some(0x0000), "round {round}:\n{}", r.output);
+    }
+    assert!(same_dataset(spec.stored_path(&data), &f));
+    assert_eq!(stray_files(&data), vec![spec.stored_path(&data)]);
+    let index = stop_and_open_index(&mut gw, &data);
+    assert_eq!(index.instance_count().unwrap(), 1);
+});
+
+/// Stores two different objects with the same SOP Instance UID under `policy` and checks the
+/// second's status, which one is stored (file and index row) and that tmp/ is empty.
+fn duplicate_case(io: &str, policy: &str, expect_second: u16, expect_stored_second: bool) {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut gw = start(
+        tmp.path(),
+        io,
+        &format!("[store]\nduplicate_policy = \"{policy}\"\n"),
+    );
+    let first = ObjSpec::new(0);
+    let mut second = ObjSpec::new(0).patient("OTHER^NAME", "PID0");
+    second.seed = 4242;
+    let f1 = gen(tmp.path(), "first", &first);
+    let f2 = gen(tmp.path(), "second", &second);
+    assert_ne!(dataset_bytes(&f1), dataset_bytes(&f2));
+    let (s1, r1) = store_one(&gw, &f1);
+    assert_eq!(s1, Some(0x0000), "{policy}: first:\n{}", r1.output);
+    let (s2, r2) = store_one(&gw, &f2);
+    assert_eq!(
+        s2,
+        Some(expect_second),
+        "{policy}: second, different bytes:\n{}",
+        r2.output
+    );
+    wait_tmp_empty(&gw, &data, policy);
+    let stored = first.stored_path(&data);
+    assert_eq!(stray_files(&data), vec![stored.clone()], "{policy}");
+    let want = if expect_stored_second { &f2 } else { &f1 };
+    assert!(
+        same_dataset(&stored, want),
+        "{policy}: stored object is not the {} one",
+        if expect_stored_second {
+            "second"
+        } else {
+            "first"
+        }
+    );
+    echo_ok(&gw, policy);
+    let index = stop_and_open_index(&mut gw, &data);
+    assert_eq!(index.instance_count().unwrap(), 1, "{policy}");
+    let row = index.instance(&first.sop_instance_uid).unwrap().unwrap();
+    assert_eq!(
+        row.dataset_size,
+        dataset_bytes(want).len() as u64,
+        "{policy}: index row describes the wrong object"
+    );
+    assert_eq!(
+        row.dataset_blake3,
+        blake3::hash(&dataset_bytes(want)).to_hex().to_string(),
+        "{policy}: index row hash"
+    );
+}
+
+gwtest!(duplicate_keep, |io: &str| duplicate_case(
+    io, "keep", 0x0000, false
+));
+gwtest!(duplicate_replace, |io: &str| duplicate_case(
+    io, "replace", 0x0000, true
+));
+gwtest!(duplicate_reject, |io: &str| duplicate_case(
+    io, "reject", 0x0111, false
+));
+
+// ---------------------------------------------------------------------------------------------
+// Disk full.
+
+/// A tmpfs mounted for the test, lazily unmounted on drop.
+struct TmpfsMount(CString);
+
+impl TmpfsMount {
+    /// Mounts a tmpfs of `size` (e.g. "4m") on `dir`; Err(reason) if that is not possible here.
+    fn mount(dir: &Path, size: &str) -> Result<TmpfsMount, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not running as root".into());
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let target = CString::new(dir.to_str().unwrap()).unwrap();
+        let fstype = CString::new("tmpfs").unwrap();
+        let opts = CString::new(format!("size={size},mode=0755")).unwrap();
+        // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            return Err(format!(
+                "mount -t tmpfs on {}: {}",
+                dir.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(TmpfsMount(target))
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        // SAFETY: valid NUL-terminated path.
+        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+gwtest!(disk_full_refuses_and_recovers, |io: &str| {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let _mount = match TmpfsMount::mount(&data, "4m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("SKIP disk_full_refuses_and_recovers ({io}): {why}");
+            return;
+        }
+    };
+    // Declared after the mount: dropped (killed) before the unmount.
+    let mut gw = start_on(tmp.path(), &data, io, "");
+    let big = ObjSpec::new(0).pixel_bytes(8 << 20);
+    let fbig = gen(tmp.path(), "big", &big);
+    let (status, r) = store_one(&gw, &fbig);
+    assert_eq!(
+        status,
+        Some(0xA700),
+        "8 MiB object on a 4 MiB disk:\n{}",
+        r.output
+    );
+    wait_tmp_empty(&gw, &data, "disk full");
+    let (objects, tmpfiles) = objects_and_tmp(&data);
+    assert!(
+        objects.is_empty() && tmpfiles.is_empty(),
+        "{objects:?} {tmpfiles:?}"
+    );
+    assert_nothing_stored(&gw, &data, "disk full");
+    // Recovered: a small object fits and is stored.
+    let small = ObjSpec::new(1);
+    let fsmall = gen(tmp.path(), "small", &small);
+    let (status, r) = store_one(&gw, &fsmall);
+    assert_eq!(
+        status,
+        Some(0x0000),
+        "small object after disk full:\n{}",
+        r.output
+    );
+    assert!(same_dataset(small.stored_path(&data), &fsmall));
+    echo_ok(&gw, "after disk full");
+    let index = stop_and_open_index(&mut gw, &data);
+    assert!(index.instance(&big.sop_instance_uid).unwrap().is_none());
+    assert!(index.instance(&small.sop_instance_uid).unwrap().is_some());
+    assert_eq!(index.instance_count().unwrap(), 1);
+    drop(index);
+    drop(gw);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Start-up and configuration.
+
+gwtest!(leftover_temporary_files_removed_at_startup, |io: &str| {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut gw = start(tmp.path(), io, "");
+    let spec = ObjSpec::new(0);
+    let f = gen(tmp.path(), "a", &spec);
+    let (status, r) = store_one(&gw, &f);
+    assert_eq!(status, Some(0), "{}", r.output);
+    gw.stop();
+    drop(gw);
+    // What a crash leaves: unfinished receptions in tmp/.
+    let leftovers = [
+        data.join("tmp").join("4242-0-0.part"),
+        data.join("tmp").join("4242-1-7.part"),
+        data.join("tmp").join("unrelated.tmp"),
+    ];
+    for (i, p) in leftovers.iter().enumerate() {
+        std::fs::write(p, vec![i as u8; 1000 * (i + 1)]).unwrap();
+    }
+    let mut gw = start(tmp.path(), io, "");
+    let (_, left) = objects_and_tmp(&data);
+    assert!(
+        left.is_empty(),
+        "leftovers not removed at start-up: {left:?}"
+    );
+    assert!(
+        same_dataset(spec.stored_path(&data), &f),
+        "stored object changed"
+    );
+    let second = ObjSpec::new(1);
+    let f2 = gen(tmp.path(), "b", &second);
+    let (status, r) = store_one(&gw, &f2);
+    assert_eq!(status, Some(0), "{}", r.output);
+    let index = stop_and_open_index(&mut gw, &data);
+    assert_eq!(index.instance_count().unwrap(), 2);
+    assert!(index.instance(&spec.sop_instance_uid).unwrap().is_some());
+});
+
+/// Runs `dicom-gw check-config FILE` on `text`; returns (exit code, stdout, stderr).
+fn check_config(text: &str) -> (Option<i32>, String, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("gw.toml");
+    std::fs::write(&p, text).unwrap();
+    let (out, timed_out) = run_timeout(
+        std::process::Command::new(BIN).arg("check-config").arg(&p),
+        Duration::from_secs(60),
+    );
+    assert!(!timed_out, "check-config hung");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_names_key_and_line() {
+    // (config, key that must be named, line that must be named)
+    let bad: &[(&str, &str, usize)] = &[
+        // Unknown keys.
+        (
+            "grace_period_seconds = 5\n[store]\nae_title = \"GW\"\nae_titel = \"X\"\n",
+            "ae_titel",
+            4,
+        ),
+        ("durability = \"full\"\nthreds = 2\n", "threds", 2),
+        // Values of the wrong type or outside the enumeration.
+        (
+            "[store]\nmax_associations = \"many\"\n",
+            "max_associations",
+            2,
+        ),
+        (
+            "# policy\n[store]\n\nduplicate_policy = \"sometimes\"\n",
+            "duplicate_policy",
+            4,
+        ),
+        ("grace_period_seconds = -1\n", "grace_period_seconds", 1),
+        // Values that parse but are invalid.
+        (
+            "[store]\nae_title = \"MUCH_TOO_LONG_AE_TITLE\"\n",
+            "store.ae_title",
+            2,
+        ),
+        (
+            "[store]\n# no\nmax_associations = 0\n",
+            "store.max_associations",
+            3,
+        ),
+        ("[store]\nmax_pdu_length = 10\n", "store.max_pdu_length", 2),
+        (
+            "[store]\nacse_timeout_seconds = 0\n",
+            "store.acse_timeout_seconds",
+            2,
+        ),
+        (
+            "[store]\nallowed_calling_ae_titles = [\"OK\", \"BAD\\\\AE\"]\n",
+            "store.allowed_calling_ae_titles",
+            2,
+        ),
+    ];
+    for (text, key, line) in bad {
+        let (code, stdout, stderr) = check_config(text);
+        assert_eq!(
+            code,
+            Some(2),
+            "check-config on {text:?}: exit {code:?}\n{stdout}\n{stderr}"
+        );
+        assert!(
+            stderr.contains(key),
+            "check-config on {text:?}: stderr does not name {key:?}:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("line {line}")),
+            "check-config on {text:?}: stderr does not name line {line}:\n{stderr}"
+        );
+    }
+    let good = "grace_period_seconds = 5\ndurability = \"relaxed\"\n\n[store]\nae_title = \"GW\"\n\
+                require_called_ae_title = true\nallowed_calling_ae_titles = [\"A\", \"B\"]\n\
+                max_associations = 4\nacse_timeout_seconds = 5\ndimse_timeout_seconds = 60\n\
+                duplicate_policy = \"reject\"\nmax_pdu_length = 65536\n";
+    let (code, stdout, stderr) = check_config(good);
+    assert_eq!(code, Some(0), "good config refused:\n{stdout}\n{stderr}");
+    let (code, _, stderr) = check_config("");
+    assert_eq!(code, Some(0), "empty config refused:\n{stderr}");
+}
+
+#[test]
+fn check_config_line_with_commented_section_header() {
+    // A section header followed by a comment is valid TOML; the error must still give the line.
+    let (code, _, stderr) = check_config("[store]  # the storage SCP\nmax_associations = 0\n");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("store.max_associations"), "{stderr}");
+    assert!(stderr.contains("line 2"), "no line in: {stderr}");
+}
