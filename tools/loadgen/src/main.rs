@@ -1,13 +1,461 @@
-//! dicom-loadgen: the load generator of dicom-gw (skeleton; built out in its own issue).
+//! dicom-loadgen: C-STORE / C-ECHO / C-FIND load against a DICOM SCP, with latency
+//! percentiles, a JSON summary and byte-for-byte verification of what was stored.
 
-use clap::Parser;
+use std::net::ToSocketAddrs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// DICOM load generator (C-STORE / C-ECHO / C-FIND). Not implemented yet.
+use anyhow::{bail, ensure, Context};
+use clap::{Args, Parser, Subcommand};
+use dicom_loadgen::dataset::{encode_meta, Ts};
+use dicom_loadgen::query::Query;
+use dicom_loadgen::run::{run, Operation, RunConfig, MWL_FIND};
+use dicom_loadgen::source::Source;
+use dicom_loadgen::stats::{RunInfo, Summary};
+use dicom_loadgen::synth::{SizeMix, SynthSpec, UidRoot, CT_IMAGE_STORAGE};
+use dicom_loadgen::verify::{self, Layout, VerifyReport};
+
+/// DICOM load generator: C-STORE, C-ECHO and C-FIND load with latency percentiles.
 #[derive(Debug, Parser)]
-#[command(version, about)]
-struct Cli {}
+#[command(
+    name = "dicom-loadgen",
+    version,
+    about,
+    after_help = "Exit status: 0 clean run; 1 some requests failed; 2 stopped early or bad \
+                  arguments (association rejected, peer unreachable, …); 3 verification failed."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _ = Cli::parse();
-    anyhow::bail!("dicom-loadgen is a skeleton; see the load generator issue")
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// C-STORE synthesized objects (or the Part-10 files of --dir).
+    Store(StoreArgs),
+    /// C-ECHO (Verification).
+    Echo(EchoArgs),
+    /// C-FIND (Modality Worklist by default).
+    Find(FindArgs),
+    /// Re-check a manifest written by `store --manifest` against a data directory.
+    Verify(VerifyArgs),
+    /// Write synthesized objects as Part-10 files (what `store` would send).
+    Synth(SynthArgs),
+}
+
+/// Options shared by store, echo and find.
+#[derive(Debug, Args)]
+struct Common {
+    /// The SCP, HOST:PORT.
+    target: String,
+    /// Concurrent associations (one thread each).
+    #[arg(
+        short = 'c',
+        long = "concurrency",
+        value_name = "N",
+        default_value_t = 1
+    )]
+    concurrency: usize,
+    /// Total requests (default 100; store --dir: one pass over the files).
+    #[arg(short = 'n', long = "count", value_name = "COUNT")]
+    count: Option<u64>,
+    /// Run for this long instead (with -n too: whichever ends first).
+    #[arg(short = 'd', long = "duration", value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Open loop: send R requests/s across all associations, latency measured from each
+    /// request's intended send time (corrected for coordinated omission). Default: closed loop.
+    #[arg(long, value_name = "R")]
+    rate: Option<f64>,
+    /// Release and reconnect after K requests per association (default: never).
+    #[arg(long = "per-association", value_name = "K")]
+    per_association: Option<u64>,
+    /// Calling AE title.
+    #[arg(long, value_name = "AET", default_value = "LOADGEN")]
+    aet: String,
+    /// Called AE title.
+    #[arg(long, value_name = "AET", default_value = "DICOM_GW")]
+    aec: String,
+    /// Write the JSON summary to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Network timeout in seconds (connect, each read, each write).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    timeout: f64,
+    /// Maximum PDU length we announce (for responses).
+    #[arg(long = "max-pdu", value_name = "BYTES", default_value_t = 262_144)]
+    max_pdu: u32,
+}
+
+/// How synthetic objects look.
+#[derive(Debug, Args)]
+struct SynthOpts {
+    /// Transfer syntax: implicit, explicit or bigendian.
+    #[arg(long, value_name = "TS", default_value = "explicit", value_parser = parse_ts)]
+    ts: Ts,
+    /// Dataset size(s): 16k, or a mix like 16k,512k or 16k:9,512k:1 (size:weight).
+    #[arg(long, value_name = "SIZES", default_value = "16k", value_parser = SizeMix::parse)]
+    size: SizeMix,
+    /// Instances per series.
+    #[arg(long = "series-size", value_name = "N", default_value_t = 100)]
+    series_size: u64,
+    /// Series per study (one patient per study).
+    #[arg(long = "series-per-study", value_name = "N", default_value_t = 1)]
+    series_per_study: u64,
+    /// SOP Class UID of the objects.
+    #[arg(long = "sop-class", value_name = "UID", default_value = CT_IMAGE_STORAGE)]
+    sop_class: String,
+    /// Modality (0008,0060).
+    #[arg(long, value_name = "CS", default_value = "CT")]
+    modality: String,
+    /// UID root (default: a fresh 2.25.<UUID> per run, so runs never collide).
+    #[arg(long = "uid-root", value_name = "UID")]
+    uid_root: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct StoreArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    synth: SynthOpts,
+    /// Send the Part-10 files under DIR verbatim (own transfer syntax), in rotation.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// After the run, check every acknowledged object is stored byte-identically in
+    /// DATA_DIR/objects/<Study>/<Series>/<SOP>.dcm.
+    #[arg(long, value_name = "DATA_DIR")]
+    verify: Option<PathBuf>,
+    /// --verify against a flat directory as written by DCMTK storescp (files <prefix>.<SOP>).
+    #[arg(long = "verify-flat", value_name = "DIR", conflicts_with = "verify")]
+    verify_flat: Option<PathBuf>,
+    /// How long verification waits for objects not yet on disk.
+    #[arg(long = "verify-wait", value_name = "SECONDS", default_value_t = 10.0)]
+    verify_wait: f64,
+    /// Write every acknowledged object (UIDs, blake3 of the dataset) as JSON lines to FILE.
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct EchoArgs {
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct FindArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Query as JSON: {"PatientName": "DOE*", "ScheduledProcedureStepSequence": {...}} or
+    /// DICOM JSON. Default: every scheduled procedure step.
+    #[arg(long, value_name = "FILE")]
+    query: Option<PathBuf>,
+    /// Information model: mwl (default), patient, study, or a SOP Class UID.
+    #[arg(long, value_name = "MODEL", default_value = "mwl")]
+    model: String,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// dicom-gw data directory (or storescp output directory with --flat).
+    data_dir: PathBuf,
+    /// Manifest written by `store --manifest`.
+    #[arg(long, value_name = "FILE")]
+    manifest: PathBuf,
+    /// Flat storescp layout instead of objects/<Study>/<Series>/<SOP>.dcm.
+    #[arg(long)]
+    flat: bool,
+    /// How long to wait for objects not yet on disk.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    wait: f64,
+    /// Write the report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct SynthArgs {
+    /// Output directory (created).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Number of files.
+    #[arg(
+        short = 'n',
+        long = "count",
+        value_name = "COUNT",
+        default_value_t = 10
+    )]
+    count: u64,
+    #[command(flatten)]
+    synth: SynthOpts,
+}
+
+fn parse_ts(s: &str) -> Result<Ts, String> {
+    Ts::parse(s).ok_or_else(|| format!("{s:?}: expected implicit, explicit or bigendian"))
+}
+
+fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
+    ensure!(
+        s.is_finite() && s >= 0.0,
+        "{what} must be a non-negative number of seconds"
+    );
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn synth_spec(o: &SynthOpts) -> anyhow::Result<SynthSpec> {
+    ensure!(o.series_size >= 1, "--series-size must be at least 1");
+    ensure!(
+        o.series_size <= 2_000_000_000,
+        "--series-size must fit an IS value"
+    );
+    ensure!(
+        o.series_per_study >= 1,
+        "--series-per-study must be at least 1"
+    );
+    ensure!(
+        o.series_per_study <= 999_999,
+        "--series-per-study is at most 999999"
+    );
+    ensure!(
+        !o.sop_class.is_empty() && o.sop_class.len() <= 64,
+        "bad --sop-class"
+    );
+    ensure!(
+        o.modality.len() <= 16
+            && o.modality
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'),
+        "bad --modality"
+    );
+    let root = match &o.uid_root {
+        Some(r) => UidRoot::new(r).map_err(anyhow::Error::msg)?,
+        None => UidRoot::random(),
+    };
+    Ok(SynthSpec {
+        root,
+        ts: o.ts,
+        sop_class: o.sop_class.clone(),
+        modality: o.modality.clone(),
+        sizes: o.size.clone(),
+        series_size: o.series_size,
+        series_per_study: o.series_per_study,
+    })
+}
+
+fn run_config(c: &Common, default_count: u64, record_sent: bool) -> anyhow::Result<RunConfig> {
+    let addr = c
+        .target
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {}", c.target))?
+        .next()
+        .with_context(|| format!("{} resolves to no address", c.target))?;
+    ensure!(
+        (1..=4096).contains(&c.concurrency),
+        "-c must be between 1 and 4096"
+    );
+    for (name, ae) in [("--aet", &c.aet), ("--aec", &c.aec)] {
+        ensure!(
+            !ae.trim().is_empty() && ae.len() <= 16 && ae.is_ascii() && !ae.contains('\\'),
+            "{name} must be 1 to 16 ASCII characters"
+        );
+    }
+    if let Some(r) = c.rate {
+        ensure!(r.is_finite() && r > 0.0, "--rate must be positive");
+    }
+    ensure!(
+        c.per_association != Some(0),
+        "--per-association must be at least 1"
+    );
+    ensure!(
+        (1024..=dicom_ul::pdu::MAXIMUM_PDU_SIZE).contains(&c.max_pdu),
+        "--max-pdu must be at least 1024"
+    );
+    let duration = c.duration.map(|d| secs(d, "-d")).transpose()?;
+    let count = match (c.count, duration) {
+        (None, None) => Some(default_count),
+        (n, _) => n,
+    };
+    Ok(RunConfig {
+        addr,
+        calling: c.aet.clone(),
+        called: c.aec.clone(),
+        concurrency: c.concurrency,
+        count,
+        duration,
+        rate: c.rate,
+        per_association: c.per_association,
+        timeout: secs(c.timeout, "--timeout")?.max(Duration::from_millis(1)),
+        max_pdu: c.max_pdu,
+        record_sent,
+    })
+}
+
+fn info(c: &Common, op: &Operation) -> RunInfo {
+    RunInfo {
+        operation: op.name().into(),
+        target: c.target.clone(),
+        calling_ae: c.aet.clone(),
+        called_ae: c.aec.clone(),
+        concurrency: c.concurrency,
+        rate: c.rate,
+        per_association: c.per_association,
+        mean_object_bytes: match op {
+            Operation::Store(s) => Some(s.mean_size()),
+            _ => None,
+        },
+    }
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+fn exit_code(s: &Summary) -> ExitCode {
+    if s.fatal.is_some() {
+        ExitCode::from(2)
+    } else if s.verify.as_ref().is_some_and(|v| !v.ok()) {
+        ExitCode::from(3)
+    } else if s.errors > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn finish(c: &Common, summary: &Summary) -> anyhow::Result<ExitCode> {
+    print!("{}", summary.report());
+    if let Some(p) = &c.json {
+        write_json(p, summary)?;
+    }
+    Ok(exit_code(summary))
+}
+
+fn store(a: StoreArgs) -> anyhow::Result<ExitCode> {
+    let verify_target = match (&a.verify, &a.verify_flat) {
+        (Some(d), _) => Some((d.clone(), Layout::Gw)),
+        (_, Some(d)) => Some((d.clone(), Layout::Flat)),
+        _ => None,
+    };
+    let record = verify_target.is_some() || a.manifest.is_some();
+    let source = match &a.dir {
+        Some(dir) => {
+            let (s, skipped) = Source::load_dir(dir, record)
+                .with_context(|| format!("loading {}", dir.display()))?;
+            if !skipped.is_empty() {
+                eprintln!(
+                    "dicom-loadgen: skipped {} non-DICOM file(s) under {}",
+                    skipped.len(),
+                    dir.display()
+                );
+            }
+            s
+        }
+        None => Source::synthetic(synth_spec(&a.synth)?),
+    };
+    let default_count = source.pass_len().unwrap_or(100);
+    let cfg = run_config(&a.common, default_count, record)?;
+    let op = Operation::Store(Arc::new(source));
+    let inf = info(&a.common, &op);
+    let r = run(cfg, op);
+    let mut summary = Summary::new(&inf, &r.stats, r.elapsed, r.fatal);
+    if let Some(m) = &a.manifest {
+        verify::write_manifest(m, &r.sent).with_context(|| format!("writing {}", m.display()))?;
+    }
+    if let Some((dir, layout)) = verify_target {
+        let wait = secs(a.verify_wait, "--verify-wait")?;
+        summary.verify = Some(verify::verify(&r.sent, &dir, layout, wait));
+    }
+    finish(&a.common, &summary)
+}
+
+fn echo(a: EchoArgs) -> anyhow::Result<ExitCode> {
+    let cfg = run_config(&a.common, 100, false)?;
+    let op = Operation::Echo;
+    let inf = info(&a.common, &op);
+    let r = run(cfg, op);
+    finish(&a.common, &Summary::new(&inf, &r.stats, r.elapsed, r.fatal))
+}
+
+fn find(a: FindArgs) -> anyhow::Result<ExitCode> {
+    let query = match &a.query {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Query::parse(&text).with_context(|| format!("in {}", p.display()))?
+        }
+        None => Query::default_worklist(),
+    };
+    let model = match a.model.as_str() {
+        "mwl" | "worklist" => MWL_FIND.to_owned(),
+        "patient" => "1.2.840.10008.5.1.4.1.2.1.1".to_owned(),
+        "study" => "1.2.840.10008.5.1.4.1.2.2.1".to_owned(),
+        uid if uid.bytes().all(|b| b.is_ascii_digit() || b == b'.') && !uid.is_empty() => {
+            uid.to_owned()
+        }
+        other => bail!("--model {other:?}: expected mwl, patient, study or a UID"),
+    };
+    let cfg = run_config(&a.common, 100, false)?;
+    let op = Operation::Find {
+        model,
+        query: Arc::new(query),
+    };
+    let inf = info(&a.common, &op);
+    let r = run(cfg, op);
+    finish(&a.common, &Summary::new(&inf, &r.stats, r.elapsed, r.fatal))
+}
+
+fn verify_cmd(a: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let records = verify::read_manifest(&a.manifest)
+        .with_context(|| format!("reading {}", a.manifest.display()))?;
+    let layout = if a.flat { Layout::Flat } else { Layout::Gw };
+    let rep: VerifyReport = verify::verify(&records, &a.data_dir, layout, secs(a.wait, "--wait")?);
+    print!("{}", rep.report());
+    if let Some(p) = &a.json {
+        write_json(p, &rep)?;
+    }
+    Ok(if rep.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+fn synth(a: SynthArgs) -> anyhow::Result<ExitCode> {
+    let spec = synth_spec(&a.synth)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let source = Arc::new(Source::synthetic(spec));
+    let mut cursor = source.cursor();
+    for i in 0..a.count {
+        let o = cursor.object(i);
+        let mut bytes = encode_meta(o.sop_class, o.sop_instance, o.ts);
+        bytes.reserve(o.len());
+        bytes.extend_from_slice(o.head);
+        bytes.extend_from_slice(o.tail);
+        let path = a.out.join(format!("{}.dcm", o.sop_instance));
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "dicom-loadgen: wrote {} file(s) to {}",
+        a.count,
+        a.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Cmd::Store(a) => store(a),
+        Cmd::Echo(a) => echo(a),
+        Cmd::Find(a) => find(a),
+        Cmd::Verify(a) => verify_cmd(a),
+        Cmd::Synth(a) => synth(a),
+    };
+    r.unwrap_or_else(|e| {
+        eprintln!("dicom-loadgen: error: {e:#}");
+        ExitCode::from(2)
+    })
 }
