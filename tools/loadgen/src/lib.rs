@@ -12,6 +12,7 @@
 //! - [`stats`]: histograms, counters, JSON summary and human report.
 //! - [`verify`]: checks that acknowledged objects are stored byte for byte.
 
+pub mod ceiling;
 pub mod dataset;
 pub mod query;
 pub mod run;

@@ -43,6 +43,39 @@ enum Cmd {
     Verify(VerifyArgs),
     /// Write synthesized objects as Part-10 files (what `store` would send).
     Synth(SynthArgs),
+    /// Measure the durable disk ceiling: files of one size written with one sync per batch.
+    DiskCeiling(CeilingArgs),
+}
+
+/// Options of `disk-ceiling`.
+#[derive(Debug, Args)]
+struct CeilingArgs {
+    /// Directory to write into (its filesystem is measured; files are left there).
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// Bytes per file (e.g. 16k, 512k, 50m).
+    #[arg(long, value_name = "SIZE", default_value = "16k", value_parser = dicom_loadgen::synth::parse_size)]
+    size: u64,
+    /// Total files (default 1000 without -d, unbounded with it).
+    #[arg(short = 'n', long = "count", value_name = "COUNT")]
+    count: Option<u64>,
+    /// Stop after this many seconds instead (with -n: whichever ends first).
+    #[arg(short = 'd', long = "duration", value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Concurrent writers.
+    #[arg(
+        short = 'c',
+        long = "concurrency",
+        value_name = "N",
+        default_value_t = 1
+    )]
+    concurrency: usize,
+    /// Files per writer between two syncs.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    batch: usize,
+    /// Write the report as JSON here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 /// Options shared by store, echo and find.
@@ -445,10 +478,36 @@ fn synth(a: SynthArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn disk_ceiling(a: CeilingArgs) -> anyhow::Result<ExitCode> {
+    ensure!(a.batch >= 1, "--batch must be at least 1");
+    let cfg = dicom_loadgen::ceiling::CeilingConfig {
+        dir: a.dir.clone(),
+        size: usize::try_from(a.size).context("--size")?,
+        count: a
+            .count
+            .unwrap_or(if a.duration.is_some() { u64::MAX } else { 1000 }),
+        duration: a.duration.map(Duration::from_secs_f64),
+        threads: a.concurrency,
+        batch: a.batch,
+    };
+    let r = dicom_loadgen::ceiling::run(&cfg)
+        .with_context(|| format!("writing into {}", a.dir.display()))?;
+    println!(
+        "disk ceiling: {} files of {} B in {:.2} s: {:.0} files/s, {:.1} MB/s, {} syncs",
+        r.files, a.size, r.elapsed_s, r.files_per_s, r.mb_per_s, r.syncs
+    );
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&r)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Cmd::Store(a) => store(a),
+        Cmd::DiskCeiling(a) => disk_ceiling(a),
         Cmd::Echo(a) => echo(a),
         Cmd::Find(a) => find(a),
         Cmd::Verify(a) => verify_cmd(a),
