@@ -21,7 +21,6 @@
 //! crash loses nothing, a power cut may lose the data of recently acknowledged objects.
 
 use std::collections::HashSet;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,7 +31,7 @@ use crate::config::{DuplicatePolicy, Durability};
 use crate::store::attrs::IndexAttrs;
 use crate::store::index::{self, Index, InstanceRecord};
 use crate::store::writer::remove_quietly;
-use crate::store::{DataDir, StoreError};
+use crate::store::{syncfs, DataDir, StoreError};
 
 /// What happened to an object handed to the committer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,15 +139,6 @@ fn now_us() -> u64 {
 /// Microseconds since the Unix epoch, for `received_at_us`.
 pub fn timestamp_us() -> u64 {
     now_us()
-}
-
-fn syncfs(root: &std::fs::File) -> std::io::Result<()> {
-    // SAFETY: syncfs only reads the descriptor, which `root` keeps open.
-    if unsafe { libc::syncfs(root.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 fn run(

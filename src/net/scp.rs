@@ -304,6 +304,7 @@ async fn run<I: Io>(stream: I::Stream, ctx: Rc<CoreCtx>) {
         Decision::Reject(rj, why) => {
             let _ = transition(state, Event::Evt8).expect("table: Evt8/Sta3");
             warn!(reason = %why, "association rejected");
+            drop(_guard); // a rejected association no longer counts against the limit
             if conn.send_pdu(&Pdu::AssociationRJ(rj)).await.is_ok() {
                 conn.await_close(ctx.acse_timeout).await;
             }

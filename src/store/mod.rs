@@ -9,9 +9,21 @@ pub mod meta;
 pub mod uid;
 pub mod writer;
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 pub use error::StoreError;
+
+/// Flushes every dirty page and metadata change of the filesystem holding `f` (`syncfs(2)`):
+/// the batched form of fdatasync-per-file plus fsync-per-directory, one journal commit.
+pub fn syncfs(f: &std::fs::File) -> std::io::Result<()> {
+    // SAFETY: syncfs only reads the descriptor, which `f` keeps open.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
 
 /// The layout of the data directory (see `docs/design.md`):
 /// `objects/<Study>/<Series>/<SOPInstance>.dcm`, `tmp/` for objects being received (same

@@ -174,14 +174,8 @@ impl Peer {
         if let Received::Pdu(pdu_type::ASSOCIATE_AC, bytes) = &r {
             match read_pdu(&bytes[..], MAXIMUM_PDU_SIZE, false) {
                 Ok(Some(Pdu::AssociationAC(ac))) => {
-                    p.daemon_max_pdu = ac
-                        .user_variables
-                        .iter()
-                        .find_map(|v| match v {
-                            UserVariableItem::MaxLength(n) => Some(*n),
-                            _ => None,
-                        })
-                        .unwrap_or(0);
+                    p.daemon_max_pdu =
+                        dicom_gw::net::ul::association::max_length(&ac.user_variables);
                     p.ac = Some(ac);
                 }
                 other => panic!("undecodable A-ASSOCIATE-AC: {other:?}"),

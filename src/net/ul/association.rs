@@ -92,6 +92,18 @@ pub fn transfer_syntax_supported(uid: &str) -> bool {
         .is_some()
 }
 
+/// The Maximum Length a peer announced in its user information (PS3.8 D.1); 0 = unlimited,
+/// which is also what an absent item means.
+pub fn max_length(user_variables: &[UserVariableItem]) -> u32 {
+    user_variables
+        .iter()
+        .find_map(|v| match v {
+            UserVariableItem::MaxLength(n) => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
 fn reject(result: AssociationRJResult, source: AssociationRJSource, why: RejectReason) -> Decision {
     Decision::Reject(AssociationRJ { result, source }, why)
 }
@@ -201,14 +213,7 @@ pub fn negotiate(
                 .unwrap_or_else(|| pc.transfer_syntaxes.first().cloned().unwrap_or_default()),
         });
     }
-    let peer_max_pdu_length = rq
-        .user_variables
-        .iter()
-        .find_map(|v| match v {
-            UserVariableItem::MaxLength(n) => Some(*n),
-            _ => None,
-        })
-        .unwrap_or(0);
+    let peer_max_pdu_length = max_length(&rq.user_variables);
     let ac = AssociationAC {
         protocol_version: 1,
         calling_ae_title: rq.calling_ae_title.clone(),

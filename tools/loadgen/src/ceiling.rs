@@ -6,12 +6,12 @@
 //! the filesystem, like a group commit does. No network, no DICOM: only the disk.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dicom_gw::store::syncfs;
 use serde::Serialize;
 
 /// What to write.
@@ -46,15 +46,6 @@ pub struct CeilingReport {
     pub mb_per_s: f64,
     /// `syncfs` calls made.
     pub syncs: u64,
-}
-
-fn syncfs(f: &std::fs::File) -> std::io::Result<()> {
-    // SAFETY: syncfs only reads the descriptor, which `f` keeps open.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 fn writer(

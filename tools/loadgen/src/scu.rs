@@ -209,14 +209,7 @@ impl Association {
         let (_, pdu) = a.read_raw()?;
         match read_pdu(&pdu[..], p.max_pdu, false).map_err(protocol)? {
             Some(Pdu::AssociationAC(ac)) => {
-                a.peer_max_pdu = ac
-                    .user_variables
-                    .iter()
-                    .find_map(|v| match v {
-                        UserVariableItem::MaxLength(n) => Some(*n),
-                        _ => None,
-                    })
-                    .unwrap_or(0);
+                a.peer_max_pdu = dicom_gw::net::ul::association::max_length(&ac.user_variables);
                 for r in &ac.presentation_contexts {
                     let k = (r.id as usize).saturating_sub(1) / 2;
                     if r.reason == PresentationContextResultReason::Acceptance
