@@ -459,7 +459,10 @@ mod tests {
         let e = resolve("[store]  # the store service\n\nmax_associations = 0\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("store.max_associations") && e.contains("line 3"), "{e}");
+        assert!(
+            e.contains("store.max_associations") && e.contains("line 3"),
+            "{e}"
+        );
     }
 
     #[test]
