@@ -3,17 +3,21 @@
 //! Associations on every core hand finished objects (a complete temporary file plus its index
 //! record) to one committer thread. It takes every request that is waiting, then, for the
 //! whole batch, inside one redb write transaction: renames each file into
-//! `objects/<Study>/<Series>/<SOP>.dcm`, calls `syncfs` once (the files' data and their new
-//! directory entries reach the disk), and commits the index rows durably. Only then does each
-//! association get its answer and send C-STORE-RSP. One journal flush pays for many objects:
-//! durability without giving up throughput. While a batch commits the next one gathers, so
-//! batches grow with load and no timer adds latency when idle.
+//! `objects/<Study>/<Series>/<SOP>.dcm` and writes the index rows; then it runs one `syncfs`
+//! (the files' data and their new directory entries reach the disk) *while* the transaction
+//! commits durably, and answers the batch only when both are done. One journal flush pays for
+//! many objects, and the two flushes overlap instead of adding up. While a batch commits the
+//! next one gathers, so batches grow with load and no timer adds latency when idle.
 //!
-//! The index, not the directory, says what is stored: a crash between the rename and the
-//! commit can leave a file under `objects/` without an index row. It was never acknowledged;
-//! after a power cut it may be incomplete; the sender resends it and the new copy is renamed
-//! over it. The one rename that would put unsynced bytes under an *indexed* name — a
-//! replacement (`duplicate_policy = "replace"`) — is preceded by its own `syncfs`.
+//! The index is the source of truth. Overlapping the sync and the commit means a crash can
+//! make a batch's rows durable before its files' data: so the transaction also records the
+//! batch's SOP Instance UIDs in `PENDING_SYNC` (deleted by the next batch, once this one is
+//! answered), and start-up ([`recover_pending`]) verifies those files and removes the rows of
+//! any that are incomplete — objects that were never acknowledged. A crash between the rename
+//! and the commit can also leave a file under `objects/` without a row: never acknowledged,
+//! overwritten when the sender resends it. The one rename that would put unsynced bytes under
+//! an *indexed* name — a replacement (`duplicate_policy = "replace"`) — is preceded by its own
+//! `syncfs`.
 //!
 //! `syncfs` on the data filesystem is the batched form of "fdatasync each file, then fsync its
 //! directory": it flushes exactly those dirty pages and metadata, in one journal commit. With
@@ -100,9 +104,21 @@ impl Committer {
         let stats = Arc::new(CommitStats::default());
         let s = stats.clone();
         let root = std::fs::File::open(data.root())?;
+        let (next_seq, removed) =
+            recover_pending(&index, &data).map_err(|e| std::io::Error::other(e.to_string()))?;
+        if removed > 0 {
+            tracing::warn!(
+                removed,
+                "removed index rows of unacknowledged objects whose files were incomplete"
+            );
+        }
+        let pending = Pending {
+            next_seq,
+            last: None,
+        };
         let handle = std::thread::Builder::new()
             .name("committer".into())
-            .spawn(move || run(&rx, &index, &data, &root, &cfg, &s))?;
+            .spawn(move || run(&rx, &index, &data, &root, &cfg, &s, pending))?;
         Ok((Self { tx }, handle, stats))
     }
 
@@ -141,6 +157,96 @@ pub fn timestamp_us() -> u64 {
     now_us()
 }
 
+/// The committer's bookkeeping of `PENDING_SYNC` entries.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Key of the next batch's entry.
+    next_seq: u64,
+    /// The entry of the last batch whose sync completed, deleted by the next transaction.
+    last: Option<u64>,
+}
+
+/// Start-up check of batches whose index rows may have become durable before their files'
+/// data (a crash during an overlapped sync and commit): every file they renamed is verified
+/// (size and BLAKE3 of the dataset bytes); a row whose file does not match is removed with its
+/// file — that object was never acknowledged. Returns the next batch sequence and how many
+/// rows were removed.
+pub fn recover_pending(index: &Index, data: &DataDir) -> Result<(u64, usize), StoreError> {
+    let tx = index
+        .database()
+        .begin_write()
+        .map_err(index::IndexError::from)?;
+    let mut entries: Vec<(u64, Vec<String>)> = Vec::new();
+    {
+        use redb::ReadableTable;
+        let t = tx
+            .open_table(crate::db::PENDING_SYNC)
+            .map_err(index::IndexError::from)?;
+        for row in t.iter().map_err(index::IndexError::from)? {
+            let (k, v) = row.map_err(index::IndexError::from)?;
+            // An undecodable entry verifies nothing: treat it as empty.
+            entries.push((
+                k.value(),
+                postcard::from_bytes(v.value()).unwrap_or_default(),
+            ));
+        }
+    }
+    let next_seq = entries.iter().map(|(k, _)| k + 1).max().unwrap_or(0);
+    let mut removed = 0;
+    for uid in entries.iter().flat_map(|(_, uids)| uids) {
+        let Some(rec) = index::get_instance_tx(&tx, uid)? else {
+            continue;
+        };
+        let path = data.root().join(&rec.path);
+        if file_matches(&path, &rec) {
+            continue;
+        }
+        tracing::warn!(sop = %uid, path = %path.display(), "file of an unacknowledged object is incomplete after a crash; removing it from the index");
+        index::remove_instance(&tx, uid)?;
+        remove_quietly(&path);
+        removed += 1;
+    }
+    {
+        let mut t = tx
+            .open_table(crate::db::PENDING_SYNC)
+            .map_err(index::IndexError::from)?;
+        for (k, _) in &entries {
+            t.remove(*k).map_err(index::IndexError::from)?;
+        }
+    }
+    tx.commit().map_err(index::IndexError::from)?;
+    Ok((next_seq, removed))
+}
+
+/// Whether the file at `path` holds exactly the object `rec` describes.
+fn file_matches(path: &std::path::Path, rec: &InstanceRecord) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let Ok(meta) = f.metadata() else { return false };
+    if meta.len() != rec.file_size || rec.dataset_size > rec.file_size {
+        return false;
+    }
+    if f.seek(SeekFrom::Start(rec.file_size - rec.dataset_size))
+        .is_err()
+    {
+        return false;
+    }
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+            }
+            Err(_) => return false,
+        }
+    }
+    hasher.finalize().to_hex().as_str() == rec.dataset_blake3
+}
+
 fn run(
     rx: &mpsc::Receiver<CommitRequest>,
     index: &Index,
@@ -148,6 +254,7 @@ fn run(
     root: &std::fs::File,
     cfg: &CommitterConfig,
     stats: &CommitStats,
+    mut pending: Pending,
 ) {
     let mut made_dirs: HashSet<PathBuf> = HashSet::new();
     while let Ok(first) = rx.recv() {
@@ -169,7 +276,7 @@ fn run(
             }
         }
         let n = batch.len();
-        commit_batch(batch, index, data, root, cfg, &mut made_dirs);
+        commit_batch(batch, index, data, root, cfg, &mut made_dirs, &mut pending);
         stats
             .batches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -210,6 +317,7 @@ fn commit_batch(
     root: &std::fs::File,
     cfg: &CommitterConfig,
     made_dirs: &mut HashSet<PathBuf>,
+    pending: &mut Pending,
 ) {
     let full = cfg.durability == Durability::Full;
     let mut items: Vec<Item> = batch
@@ -223,52 +331,89 @@ fn commit_batch(
 
     let t0 = std::time::Instant::now();
     let mut marks = [Duration::ZERO; 3];
-    let outcome = (|| -> Result<(), StoreError> {
+    // Err((error, committed)): `committed` says the index rows became durable anyway (the
+    // sync failed after the commit), so the files must stay for start-up verification.
+    let outcome = (|| -> Result<(), (StoreError, bool)> {
+        let early = |e: StoreError| (e, false);
         let mut tx = index
             .database()
             .begin_write()
-            .map_err(index::IndexError::from)?;
+            .map_err(|e| early(index::IndexError::from(e).into()))?;
         tx.set_durability(redb::Durability::Immediate)
-            .map_err(|e| StoreError::Io(e.to_string()))?;
+            .map_err(|e| early(StoreError::Io(e.to_string())))?;
         // 1. Only a replacement renames over an *indexed* file: its new data must reach the
         //    disk before it takes that name. New objects need no sync yet (see step 3).
-        if full && replaces_any(&items, &tx, cfg)? {
-            syncfs(root).map_err(|e| StoreError::from_io("syncfs", &e))?;
+        if full && replaces_any(&items, &tx, cfg).map_err(early)? {
+            syncfs(root).map_err(|e| early(StoreError::from_io("syncfs", &e)))?;
         }
         marks[0] = t0.elapsed();
         // 2. Decide duplicates and rename, inside the transaction that will index them.
         for it in items.iter_mut().filter(|it| it.result.is_none()) {
             it.result = Some(place(it, &tx, data, cfg, made_dirs));
         }
-        marks[1] = t0.elapsed();
-        // 3. One sync for the batch: the files' data and their new directory entries reach
-        //    the disk before the index points at them.
-        if full
-            && items.iter().any(|it| {
+        let renamed: Vec<&str> = items
+            .iter()
+            .filter(|it| {
                 it.created.is_some() || matches!(it.result, Some(Ok(CommitOutcome::Replaced)))
             })
-        {
-            syncfs(root).map_err(|e| StoreError::from_io("syncfs", &e))?;
+            .map(|it| it.req.record.sop_instance_uid.as_str())
+            .collect();
+        let sync_now = full && !renamed.is_empty();
+        if full {
+            // The previous batch's sync completed before it was answered: its entry goes.
+            // This batch's entry lets start-up verify its files if we crash mid-commit.
+            let mut t = tx
+                .open_table(crate::db::PENDING_SYNC)
+                .map_err(|e| early(index::IndexError::from(e).into()))?;
+            if let Some(prev) = pending.last.take() {
+                t.remove(prev)
+                    .map_err(|e| early(index::IndexError::from(e).into()))?;
+            }
+            if sync_now {
+                let uids = postcard::to_allocvec(&renamed).expect("encoding strings cannot fail");
+                t.insert(pending.next_seq, uids.as_slice())
+                    .map_err(|e| early(index::IndexError::from(e).into()))?;
+            }
         }
+        marks[1] = t0.elapsed();
+        // 3 and 4. One sync for the batch (the files' data and their new directory entries)
+        //    runs while the index commits; the batch is answered only when both are done.
+        let (synced, committed) = if sync_now {
+            std::thread::scope(|scope| {
+                let sync = scope.spawn(|| syncfs(root));
+                let committed = tx.commit();
+                let synced = sync
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("syncfs thread panicked")));
+                (synced, committed)
+            })
+        } else {
+            (Ok(()), tx.commit())
+        };
         marks[2] = t0.elapsed();
-        // 4. One durable commit for the batch.
-        tx.commit().map_err(index::IndexError::from)?;
+        committed.map_err(|e| early(index::IndexError::from(e).into()))?;
+        synced.map_err(|e| (StoreError::from_io("syncfs", &e), true))?;
+        if sync_now {
+            pending.last = Some(pending.next_seq);
+            pending.next_seq += 1;
+        }
         Ok(())
     })();
     tracing::debug!(
         objects = items.len(),
         sync_replaced_us = marks[0].as_micros() as u64,
         place_us = (marks[1] - marks[0]).as_micros() as u64,
-        sync_us = marks[2].saturating_sub(marks[1]).as_micros() as u64,
-        commit_us = t0.elapsed().saturating_sub(marks[2]).as_micros() as u64,
+        sync_and_commit_us = marks[2].saturating_sub(marks[1]).as_micros() as u64,
         "group commit"
     );
 
-    if let Err(e) = outcome {
-        tracing::error!(error = %e, objects = items.len(), "group commit failed; refusing the batch");
-        for it in &items {
-            if let Some(path) = &it.created {
-                remove_quietly(path);
+    if let Err((e, committed)) = outcome {
+        tracing::error!(error = %e, objects = items.len(), committed, "group commit failed; refusing the batch");
+        if !committed {
+            for it in &items {
+                if let Some(path) = &it.created {
+                    remove_quietly(path);
+                }
             }
         }
         fail_all(&mut items, &e);
@@ -368,4 +513,108 @@ fn place(
     } else {
         CommitOutcome::Stored
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(data: &DataDir, n: u32, dataset: &[u8]) -> (InstanceRecord, IndexAttrs) {
+        let sop = format!("1.2.3.{n}");
+        let rel = DataDir::object_rel_path("1.2", "1.2.9", &sop).unwrap();
+        let path = data.root().join(&rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut bytes = vec![0u8; 132];
+        bytes.extend_from_slice(dataset);
+        std::fs::write(&path, &bytes).unwrap();
+        let rec = InstanceRecord {
+            sop_instance_uid: sop.clone(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            study_instance_uid: "1.2".into(),
+            series_instance_uid: "1.2.9".into(),
+            instance_number: n.to_string(),
+            transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+            file_size: bytes.len() as u64,
+            dataset_size: dataset.len() as u64,
+            dataset_blake3: blake3::hash(dataset).to_hex().to_string(),
+            received_at_us: 0,
+            calling_ae_title: "T".into(),
+            called_ae_title: "DICOM_GW".into(),
+            path: rel.to_string_lossy().into_owned(),
+        };
+        let attrs = IndexAttrs {
+            patient_id: "P1".into(),
+            study_instance_uid: "1.2".into(),
+            series_instance_uid: "1.2.9".into(),
+            modality: "CT".into(),
+            ..Default::default()
+        };
+        (rec, attrs)
+    }
+
+    /// A crash while a batch's sync and commit overlap can leave durable rows whose files are
+    /// incomplete: start-up removes exactly those rows (and files), keeps the good ones, and
+    /// clears the pending entries.
+    #[test]
+    fn recover_pending_removes_rows_of_incomplete_files() {
+        let d = tempfile::tempdir().unwrap();
+        let (data, _) = DataDir::prepare(d.path()).unwrap();
+        let index = Index::open(&data.index_path()).unwrap();
+        let (good, ga) = object(&data, 1, b"complete dataset");
+        let (bad, ba) = object(&data, 2, b"another dataset!");
+        let tx = index.database().begin_write().unwrap();
+        index::put_instance(&tx, &good, &ga, false).unwrap();
+        index::put_instance(&tx, &bad, &ba, false).unwrap();
+        {
+            let mut t = tx.open_table(crate::db::PENDING_SYNC).unwrap();
+            let uids = postcard::to_allocvec(&vec![
+                good.sop_instance_uid.as_str(),
+                bad.sop_instance_uid.as_str(),
+            ])
+            .unwrap();
+            t.insert(7, uids.as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+        // The power cut left the second file with zeros where its data should be.
+        let bad_path = data.root().join(&bad.path);
+        let mut bytes = std::fs::read(&bad_path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] = 0;
+        std::fs::write(&bad_path, bytes).unwrap();
+
+        assert_eq!(recover_pending(&index, &data).unwrap(), (8, 1));
+        assert!(index.instance(&good.sop_instance_uid).unwrap().is_some());
+        assert!(index.instance(&bad.sop_instance_uid).unwrap().is_none());
+        assert!(!bad_path.exists());
+        assert!(data.root().join(&good.path).exists());
+        assert_eq!(
+            index.series("1.2", "1.2.9").unwrap().unwrap().num_instances,
+            1
+        );
+        assert_eq!(index.study("1.2").unwrap().unwrap().num_instances, 1);
+        // Entries are cleared: a second start-up has nothing to verify.
+        assert_eq!(recover_pending(&index, &data).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn removing_the_last_instance_removes_series_study_and_patient() {
+        let d = tempfile::tempdir().unwrap();
+        let (data, _) = DataDir::prepare(d.path()).unwrap();
+        let index = Index::open(&data.index_path()).unwrap();
+        let (rec, attrs) = object(&data, 1, b"x");
+        let tx = index.database().begin_write().unwrap();
+        index::put_instance(&tx, &rec, &attrs, false).unwrap();
+        tx.commit().unwrap();
+        let tx = index.database().begin_write().unwrap();
+        assert!(index::remove_instance(&tx, &rec.sop_instance_uid)
+            .unwrap()
+            .is_some());
+        assert!(index::remove_instance(&tx, &rec.sop_instance_uid)
+            .unwrap()
+            .is_none());
+        tx.commit().unwrap();
+        assert!(index.series("1.2", "1.2.9").unwrap().is_none());
+        assert!(index.study("1.2").unwrap().is_none());
+        assert!(index.patient("P1").unwrap().is_none());
+    }
 }

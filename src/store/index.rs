@@ -155,6 +155,7 @@ pub fn create_tables(tx: &WriteTransaction) -> Result<(), IndexError> {
     tx.open_table(db::SERIES)?;
     tx.open_table(db::STUDIES)?;
     tx.open_table(db::PATIENTS)?;
+    tx.open_table(db::PENDING_SYNC)?;
     Ok(())
 }
 
@@ -252,6 +253,75 @@ pub fn put_instance(
     }
     patients.insert(pid, encode(&patient).as_slice())?;
     Ok(())
+}
+
+/// Removes an instance's row and its contribution to the series, study and patient counts
+/// (rows that drop to zero instances are removed). Returns the removed record.
+pub fn remove_instance(
+    tx: &WriteTransaction,
+    sop_instance_uid: &str,
+) -> Result<Option<InstanceRecord>, IndexError> {
+    let mut instances = tx.open_table(db::INSTANCES)?;
+    let Some(rec) = instances
+        .remove(sop_instance_uid)?
+        .map(|g| decode::<InstanceRecord>(sop_instance_uid, g.value()))
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    drop(instances);
+    let (study_uid, series_uid) = (
+        rec.study_instance_uid.as_str(),
+        rec.series_instance_uid.as_str(),
+    );
+    let mut series_t = tx.open_table(db::SERIES)?;
+    let series = series_t
+        .get((study_uid, series_uid))?
+        .map(|g| decode::<SeriesRecord>(series_uid, g.value()))
+        .transpose()?;
+    let mut series_gone = false;
+    if let Some(mut s) = series {
+        s.num_instances = s.num_instances.saturating_sub(1);
+        if s.num_instances == 0 {
+            series_t.remove((study_uid, series_uid))?;
+            series_gone = true;
+        } else {
+            series_t.insert((study_uid, series_uid), encode(&s).as_slice())?;
+        }
+    }
+    drop(series_t);
+    let mut studies = tx.open_table(db::STUDIES)?;
+    let study = studies
+        .get(study_uid)?
+        .map(|g| decode::<StudyRecord>(study_uid, g.value()))
+        .transpose()?;
+    if let Some(mut st) = study {
+        st.num_instances = st.num_instances.saturating_sub(1);
+        if series_gone {
+            st.num_series = st.num_series.saturating_sub(1);
+        }
+        if st.num_instances == 0 {
+            studies.remove(study_uid)?;
+            drop(studies);
+            let mut patients = tx.open_table(db::PATIENTS)?;
+            let pid = st.patient_id.as_str();
+            let patient = patients
+                .get(pid)?
+                .map(|g| decode::<PatientRecord>(pid, g.value()))
+                .transpose()?;
+            if let Some(mut pt) = patient {
+                pt.num_studies = pt.num_studies.saturating_sub(1);
+                if pt.num_studies == 0 {
+                    patients.remove(pid)?;
+                } else {
+                    patients.insert(pid, encode(&pt).as_slice())?;
+                }
+            }
+        } else {
+            studies.insert(study_uid, encode(&st).as_slice())?;
+        }
+    }
+    Ok(Some(rec))
 }
 
 /// Read access to the index.
