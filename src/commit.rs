@@ -145,16 +145,12 @@ impl Committer {
     }
 }
 
-fn now_us() -> u64 {
+/// Microseconds since the Unix epoch, for `received_at_us`.
+pub fn timestamp_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
-}
-
-/// Microseconds since the Unix epoch, for `received_at_us`.
-pub fn timestamp_us() -> u64 {
-    now_us()
 }
 
 /// The committer's bookkeeping of `PENDING_SYNC` entries.
@@ -335,10 +331,8 @@ fn commit_batch(
     // sync failed after the commit), so the files must stay for start-up verification.
     let outcome = (|| -> Result<(), (StoreError, bool)> {
         let early = |e: StoreError| (e, false);
-        let mut tx = index
-            .database()
-            .begin_write()
-            .map_err(|e| early(index::IndexError::from(e).into()))?;
+        let db = |e: index::IndexError| early(e.into());
+        let mut tx = index.database().begin_write().map_err(|e| db(e.into()))?;
         tx.set_durability(redb::Durability::Immediate)
             .map_err(|e| early(StoreError::Io(e.to_string())))?;
         // 1. Only a replacement renames over an *indexed* file: its new data must reach the
@@ -364,15 +358,14 @@ fn commit_batch(
             // This batch's entry lets start-up verify its files if we crash mid-commit.
             let mut t = tx
                 .open_table(crate::db::PENDING_SYNC)
-                .map_err(|e| early(index::IndexError::from(e).into()))?;
+                .map_err(|e| db(e.into()))?;
             if let Some(prev) = pending.last.take() {
-                t.remove(prev)
-                    .map_err(|e| early(index::IndexError::from(e).into()))?;
+                t.remove(prev).map_err(|e| db(e.into()))?;
             }
             if sync_now {
                 let uids = postcard::to_allocvec(&renamed).expect("encoding strings cannot fail");
                 t.insert(pending.next_seq, uids.as_slice())
-                    .map_err(|e| early(index::IndexError::from(e).into()))?;
+                    .map_err(|e| db(e.into()))?;
             }
         }
         marks[1] = t0.elapsed();
@@ -391,7 +384,7 @@ fn commit_batch(
             (Ok(()), tx.commit())
         };
         marks[2] = t0.elapsed();
-        committed.map_err(|e| early(index::IndexError::from(e).into()))?;
+        committed.map_err(|e| db(e.into()))?;
         synced.map_err(|e| (StoreError::from_io("syncfs", &e), true))?;
         if sync_now {
             pending.last = Some(pending.next_seq);

@@ -107,6 +107,21 @@ fn dataset_of(dir: &Path, name: &str, spec: &ObjSpec) -> Vec<u8> {
     dataset_bytes(gen(dir, name, spec))
 }
 
+/// Associates and sends a C-STORE-RQ followed by the first half of its dataset (on context 3),
+/// leaving the reception under way: the set-up of every interrupted-reception test.
+fn begin_half_sent_store(gw: &Daemon, dir: &Path, pixel_bytes: u64) -> (ObjSpec, Peer) {
+    let spec = ObjSpec::new(0).pixel_bytes(pixel_bytes);
+    let ds = dataset_of(dir, "a", &spec);
+    let mut p = Peer::associate(gw.port);
+    p.send_message(
+        3,
+        true,
+        &dicom_gw::net::dimse::command::encode_store_rq(1, CT, &spec.sop_instance_uid),
+    );
+    p.send_fragments(3, &ds[..ds.len() / 2], false);
+    (spec, p)
+}
+
 /// storescu of one file; returns its status (None: no response).
 fn store_one(gw: &Daemon, file: &Path) -> (Option<u16>, StoreResult) {
     let r = storescu(gw.port, &[file], &storescu_flags_for(Ts::ExplicitLE));
@@ -370,15 +385,7 @@ gwtest!(connection_dropped_mid_dataset, |io: &str| {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let mut gw = start(tmp.path(), io, "");
-    let spec = ObjSpec::new(0).pixel_bytes(2 << 20);
-    let ds = dataset_of(tmp.path(), "a", &spec);
-    let mut p = Peer::associate(gw.port);
-    p.send_message(
-        3,
-        true,
-        &dicom_gw::net::dimse::command::encode_store_rq(1, CT, &spec.sop_instance_uid),
-    );
-    p.send_fragments(3, &ds[..ds.len() / 2], false);
+    let (spec, p) = begin_half_sent_store(&gw, tmp.path(), 2 << 20);
     // The reception is under way: its temporary file exists.
     let deadline = Instant::now() + Duration::from_secs(20);
     while objects_and_tmp(&data).1.is_empty() {
@@ -399,15 +406,7 @@ gwtest!(abort_mid_dataset_discards_object, |io: &str| {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let mut gw = start(tmp.path(), io, "");
-    let spec = ObjSpec::new(0).pixel_bytes(1 << 20);
-    let ds = dataset_of(tmp.path(), "a", &spec);
-    let mut p = Peer::associate(gw.port);
-    p.send_message(
-        3,
-        true,
-        &dicom_gw::net::dimse::command::encode_store_rq(1, CT, &spec.sop_instance_uid),
-    );
-    p.send_fragments(3, &ds[..ds.len() / 2], false);
+    let (_, mut p) = begin_half_sent_store(&gw, tmp.path(), 1 << 20);
     p.send(&encode_pdu(&Pdu::AbortRQ {
         source: dicom_ul::pdu::AbortRQSource::ServiceUser,
     }))
@@ -426,15 +425,7 @@ gwtest!(release_mid_dataset_discards_object, |io: &str| {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let mut gw = start(tmp.path(), io, "");
-    let spec = ObjSpec::new(0).pixel_bytes(1 << 20);
-    let ds = dataset_of(tmp.path(), "a", &spec);
-    let mut p = Peer::associate(gw.port);
-    p.send_message(
-        3,
-        true,
-        &dicom_gw::net::dimse::command::encode_store_rq(1, CT, &spec.sop_instance_uid),
-    );
-    p.send_fragments(3, &ds[..ds.len() / 2], false);
+    let (_, p) = begin_half_sent_store(&gw, tmp.path(), 1 << 20);
     p.release();
     wait_tmp_empty(&gw, &data, "release mid-dataset");
     assert_nothing_stored(&gw, &data, "release mid-dataset");
