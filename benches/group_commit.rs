@@ -70,7 +70,7 @@ async fn commit_all(committer: &Committer, jobs: Vec<Job>) {
     let mut set = tokio::task::JoinSet::new();
     for (temp, record, attrs) in jobs {
         let c = committer.clone();
-        set.spawn(async move { c.commit(temp, record, attrs).await });
+        set.spawn(async move { c.commit(temp, record, attrs, Vec::new()).await });
     }
     for r in set.join_all().await {
         assert_eq!(r.unwrap(), CommitOutcome::Stored);
@@ -96,6 +96,8 @@ fn bench_group_commit(c: &mut Criterion) {
             duplicate_policy: DuplicatePolicy::Keep,
             max_batch: 1024,
             window: Duration::ZERO,
+            retire_unrouted: false,
+            wake: None,
         };
         let (committer, handle, stats) =
             Committer::start(index.clone(), data.clone(), cfg).unwrap();

@@ -60,6 +60,8 @@ pub struct CommitRequest {
     pub record: InstanceRecord,
     /// Attributes for the patient/study/series rows.
     pub attrs: IndexAttrs,
+    /// Destinations the routing rules chose: one forward job each, written with the rows.
+    pub destinations: Vec<String>,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
 }
@@ -75,6 +77,20 @@ pub struct CommitterConfig {
     pub max_batch: usize,
     /// Extra time to wait for more objects once one arrived (0 = take what is queued).
     pub window: Duration,
+    /// Gateway-mode retention: an object no route sends anywhere is retirable at once.
+    pub retire_unrouted: bool,
+    /// Called with a destination's name after a commit that created jobs for it.
+    pub wake: Option<Wake>,
+}
+
+/// The forwarder's doorbell, rung by the committer once new jobs are durable.
+#[derive(Clone)]
+pub struct Wake(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for Wake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Wake")
+    }
 }
 
 /// Handle the cores use to submit objects; cloning is cheap. The committer thread ends when
@@ -128,12 +144,14 @@ impl Committer {
         temp_path: PathBuf,
         record: InstanceRecord,
         attrs: IndexAttrs,
+        destinations: Vec<String>,
     ) -> Result<CommitOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
         let req = CommitRequest {
             temp_path,
             record,
             attrs,
+            destinations,
             reply,
         };
         if let Err(mpsc::SendError(req)) = self.tx.send(req) {
@@ -189,6 +207,7 @@ pub fn recover_pending(index: &Index, data: &DataDir) -> Result<(u64, usize), St
     }
     let next_seq = entries.iter().map(|(k, _)| k + 1).max().unwrap_or(0);
     let mut removed = 0;
+    let mut removed_uids = HashSet::new();
     for uid in entries.iter().flat_map(|(_, uids)| uids) {
         let Some(rec) = index::get_instance_tx(&tx, uid)? else {
             continue;
@@ -201,7 +220,10 @@ pub fn recover_pending(index: &Index, data: &DataDir) -> Result<(u64, usize), St
         index::remove_instance(&tx, uid)?;
         remove_quietly(&path);
         removed += 1;
+        removed_uids.insert(uid.clone());
     }
+    // Their forward jobs go too: those objects were never acknowledged.
+    crate::queue::remove_jobs_of(&tx, &removed_uids).map_err(|e| StoreError::Io(e.to_string()))?;
     {
         let mut t = tx
             .open_table(crate::db::PENDING_SYNC)
@@ -411,6 +433,22 @@ fn commit_batch(
         }
         fail_all(&mut items, &e);
     }
+    if let Some(wake) = &cfg.wake {
+        let mut rung: Vec<&str> = Vec::new();
+        for it in items.iter().filter(|it| {
+            matches!(
+                it.result,
+                Some(Ok(CommitOutcome::Stored | CommitOutcome::Replaced))
+            )
+        }) {
+            for d in &it.req.destinations {
+                if !rung.contains(&d.as_str()) {
+                    rung.push(d);
+                    (wake.0)(d);
+                }
+            }
+        }
+    }
     for it in items {
         if let Some(Err(e)) = &it.result {
             // Whatever stage it failed at, its temporary file must not outlive the refusal.
@@ -501,6 +539,15 @@ fn place(
         it.created = Some(dest);
     }
     index::put_instance(tx, rec, &it.req.attrs, replaced)?;
+    let now = timestamp_us();
+    for dest in &it.req.destinations {
+        crate::queue::enqueue(tx, dest, &rec.sop_instance_uid, now)
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+    }
+    if it.req.destinations.is_empty() && cfg.retire_unrouted {
+        crate::queue::mark_retirable(tx, rec.received_at_us, &rec.sop_instance_uid)
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+    }
     Ok(if replaced {
         CommitOutcome::Replaced
     } else {
@@ -587,6 +634,75 @@ mod tests {
         assert_eq!(index.study("1.2").unwrap().unwrap().num_instances, 1);
         // Entries are cleared: a second start-up has nothing to verify.
         assert_eq!(recover_pending(&index, &data).unwrap(), (0, 0));
+    }
+
+    /// The jobs the routes chose are written by the same commit as the rows (an acknowledged
+    /// object always has them), the forwarder is woken once per destination, and identical
+    /// duplicates create no second job.
+    #[test]
+    fn jobs_commit_with_the_rows_and_wake_the_forwarder() {
+        let d = tempfile::tempdir().unwrap();
+        let (data, _) = DataDir::prepare(d.path()).unwrap();
+        let index = Arc::new(Index::open(&data.index_path()).unwrap());
+        let rung = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let r = rung.clone();
+        let (committer, thread, _) = Committer::start(
+            index.clone(),
+            data.clone(),
+            CommitterConfig {
+                durability: Durability::Full,
+                duplicate_policy: DuplicatePolicy::Keep,
+                max_batch: 16,
+                window: Duration::ZERO,
+                retire_unrouted: true,
+                wake: Some(Wake(Arc::new(move |n: &str| {
+                    r.lock().unwrap().push(n.to_owned())
+                }))),
+            },
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let submit = |n: u32, dests: &[&str]| {
+            let (mut rec, attrs) = object(&data, n, b"dataset bytes!");
+            let final_path = data.root().join(&rec.path);
+            let temp = data.tmp().join(format!("{n}.part"));
+            std::fs::rename(&final_path, &temp).unwrap();
+            rec.received_at_us = 1000 + u64::from(n);
+            rt.block_on(committer.commit(
+                temp,
+                rec,
+                attrs,
+                dests.iter().map(|s| s.to_string()).collect(),
+            ))
+            .unwrap()
+        };
+        assert_eq!(submit(1, &["a", "b"]), CommitOutcome::Stored);
+        assert_eq!(submit(1, &["a", "b"]), CommitOutcome::IdenticalDuplicate);
+        assert_eq!(submit(2, &[]), CommitOutcome::Stored);
+        drop(committer);
+        thread.join().unwrap();
+        let q = crate::queue::Queue::new(index.clone(), true);
+        let stats = q.stats(&[]).unwrap();
+        assert_eq!(stats.len(), 2);
+        assert!(stats.iter().all(|s| s.pending == 1), "{stats:?}");
+        let jobs = q.list(None, None, 10).unwrap();
+        assert!(jobs.iter().all(|j| j.job.sop_instance_uid == "1.2.3.1"));
+        assert_eq!(*rung.lock().unwrap(), vec!["a".to_owned(), "b".to_owned()]);
+        // Gateway mode: the unrouted object is retirable at once; the routed one is not.
+        let tx = index.database().begin_read().unwrap();
+        let t = tx.open_table(crate::db::RETIRABLE).unwrap();
+        use redb::{ReadableDatabase, ReadableTable};
+        let keys: Vec<(u64, String)> = t
+            .iter()
+            .unwrap()
+            .map(|x| {
+                let k = x.unwrap().0;
+                (k.value().0, k.value().1.to_owned())
+            })
+            .collect();
+        assert_eq!(keys, vec![(1002, "1.2.3.2".to_owned())]);
     }
 
     #[test]

@@ -64,6 +64,111 @@ pub struct RawConfig {
     pub grace_period_seconds: Option<u64>,
     /// The store service.
     pub store: RawStore,
+    /// `[[destinations]]`: remote archives objects are forwarded to.
+    pub destinations: Vec<RawDestination>,
+    /// `[[routes]]`: which objects go to which destinations.
+    pub routes: Vec<RawRoute>,
+    /// `[retention]`: what happens to objects once forwarded.
+    pub retention: RawRetention,
+}
+
+/// One `[[destinations]]` entry: a remote Storage SCP.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDestination {
+    /// Unique name used by routes, the CLI and the API (letters, digits, `-`, `_`, `.`).
+    pub name: Option<String>,
+    /// The destination's AE title (Called AE).
+    pub ae_title: Option<String>,
+    /// Host name or IP address.
+    pub host: Option<String>,
+    /// TCP port.
+    pub port: Option<u16>,
+    /// Our AE title towards it (Calling AE); default `store.ae_title`.
+    pub calling_ae_title: Option<String>,
+    /// Most concurrent associations to it (default 2).
+    pub max_associations: Option<usize>,
+    /// First retry delay, seconds (default 5).
+    pub retry_initial_seconds: Option<f64>,
+    /// Retry delay cap, seconds (default 3600).
+    pub retry_max_seconds: Option<f64>,
+    /// Growth of the delay per attempt (default 2).
+    pub retry_multiplier: Option<f64>,
+    /// Attempts before a job goes to the dead letters (default 20).
+    pub max_attempts: Option<u32>,
+    /// TCP connect timeout, seconds (default 10).
+    pub connect_timeout_seconds: Option<u64>,
+    /// Longest wait for an association answer or a C-STORE response, seconds (default 60).
+    pub dimse_timeout_seconds: Option<u64>,
+    /// An association idle this long is released, seconds (default 30).
+    pub idle_release_seconds: Option<u64>,
+    /// Maximum PDU length we announce to it (default 262144).
+    pub max_pdu_length: Option<u32>,
+    /// TLS towards the destination (reserved: refused until TLS support lands).
+    pub tls: Option<RawTls>,
+}
+
+/// TLS settings of a destination (accepted by the parser, refused by validation until TLS
+/// support exists: silently sending in clear text would be worse than not starting).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    /// CA certificate(s) to verify the destination, PEM.
+    pub ca_file: Option<PathBuf>,
+    /// Our client certificate, PEM.
+    pub cert_file: Option<PathBuf>,
+    /// Our client key, PEM.
+    pub key_file: Option<PathBuf>,
+    /// Name to verify in the destination's certificate (default: `host`).
+    pub server_name: Option<String>,
+}
+
+/// One match value: a pattern or a list of alternatives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One pattern.
+    One(String),
+    /// Any of these patterns.
+    Many(Vec<String>),
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRoute {
+    /// Name, for logs and the API.
+    pub name: Option<String>,
+    /// Attribute keyword (or tag, or `CallingAETitle` / `CalledAETitle`) → pattern(s); `*`
+    /// and `?` are wildcards; every key must match; omitted = every object.
+    #[serde(rename = "match")]
+    pub match_: Option<std::collections::BTreeMap<String, OneOrMany>>,
+    /// Destination names.
+    pub destinations: Option<Vec<String>>,
+}
+
+/// `[retention]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetention {
+    /// "archive" (keep everything, default) or "gateway" (delete once forwarded and old).
+    pub mode: Option<RetentionMode>,
+    /// Gateway mode: an object is deleted once every destination has it and it was received
+    /// at least this long ago, seconds (default 86400).
+    pub delete_after_seconds: Option<u64>,
+    /// How often the retention sweep runs, seconds (default 60).
+    pub sweep_interval_seconds: Option<u64>,
+}
+
+/// Retention mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetentionMode {
+    /// Keep every object.
+    #[default]
+    Archive,
+    /// Delete objects every destination has received, after `delete_after_seconds`.
+    Gateway,
 }
 
 /// `[store]`: the Storage SCP and Verification service.
@@ -96,6 +201,8 @@ pub struct RawStore {
     pub commit_window_micros: Option<u64>,
     /// Most objects per group commit (default 1024).
     pub commit_max_batch: Option<usize>,
+    /// Refuse new objects (A700) once the data filesystem is this full, percent (default 95).
+    pub disk_high_water_percent: Option<u8>,
 }
 
 /// Validated settings of the whole daemon.
@@ -113,6 +220,96 @@ pub struct Settings {
     pub grace_period: Duration,
     /// Store service.
     pub store: StoreSettings,
+    /// Forwarding destinations, in config order.
+    pub destinations: Vec<Destination>,
+    /// Routing rules, in config order.
+    pub routes: Vec<Route>,
+    /// Retention.
+    pub retention: Retention,
+}
+
+/// A validated destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Destination {
+    /// Unique name.
+    pub name: String,
+    /// Called AE title.
+    pub ae_title: String,
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Calling AE title.
+    pub calling_ae_title: String,
+    /// Concurrent associations.
+    pub max_associations: usize,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Association / response timeout.
+    pub dimse_timeout: Duration,
+    /// Idle association release.
+    pub idle_release: Duration,
+    /// Maximum PDU length we announce.
+    pub max_pdu_length: u32,
+}
+
+/// Exponential backoff with jitter, per destination.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Delay after the first failure.
+    pub initial: Duration,
+    /// Cap of the delay.
+    pub max: Duration,
+    /// Growth per attempt.
+    pub multiplier: f64,
+    /// Attempts before the dead letters.
+    pub max_attempts: u32,
+}
+
+/// What a route matches on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchKey {
+    /// The association's calling AE title.
+    CallingAeTitle,
+    /// The association's called AE title.
+    CalledAeTitle,
+    /// A top-level attribute of the dataset.
+    Tag(dicom_core::Tag),
+}
+
+/// One condition of a route: the value of `key` matches one of `patterns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matcher {
+    /// What is compared.
+    pub key: MatchKey,
+    /// The key as written, for messages.
+    pub key_text: String,
+    /// Alternatives; `*` and `?` are wildcards.
+    pub patterns: Vec<String>,
+}
+
+/// A validated route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Name.
+    pub name: String,
+    /// All must match (empty = every object).
+    pub matchers: Vec<Matcher>,
+    /// Destination names (validated to exist).
+    pub destinations: Vec<String>,
+}
+
+/// Validated `[retention]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Mode.
+    pub mode: RetentionMode,
+    /// Minimum age before deletion in gateway mode.
+    pub delete_after: Duration,
+    /// Sweep period.
+    pub sweep_interval: Duration,
 }
 
 /// Validated `[store]` settings.
@@ -144,6 +341,8 @@ pub struct StoreSettings {
     pub commit_window: Duration,
     /// Group-commit batch cap.
     pub commit_max_batch: usize,
+    /// Refuse objects once the data filesystem is this full (percent, 1–100; 100 = never).
+    pub disk_high_water_percent: u8,
 }
 
 /// A configuration error, naming the key (and line when known).
@@ -210,20 +409,32 @@ pub fn load(path: &Path) -> Result<(RawConfig, String), ConfigError> {
     Ok((parse(&text, path)?, text))
 }
 
-/// Finds the line of `key = …` inside `[section]` (or at top level) for error messages.
-fn key_line(text: &str, section: Option<&str>, key: &str) -> Option<usize> {
+/// Finds the line of `key = …` inside `[section]` (or at top level) for error messages. For
+/// an array of tables (`[[section]]`), `nth` picks the entry (0-based); else it is 0.
+fn key_line(text: &str, section: Option<&str>, nth: usize, key: &str) -> Option<usize> {
     let mut current: Option<String> = None;
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut occurrence = 0;
     for (i, line) in text.lines().enumerate() {
         let t = line.trim();
         if let Some(rest) = t.strip_prefix('[') {
             // "[store]  # comment" and "[[destinations]]" both name their section.
-            let name = rest.trim_start_matches('[').split(']').next().unwrap_or("");
-            current = Some(name.trim().to_owned());
+            let name = rest
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            let n = seen.entry(name.clone()).or_insert(0);
+            occurrence = *n;
+            *n += 1;
+            current = Some(name);
             continue;
         }
         let in_section = match section {
             None => current.is_none(),
-            Some(s) => current.as_deref() == Some(s),
+            Some(s) => current.as_deref() == Some(s) && occurrence == nth,
         };
         if in_section
             && t.strip_prefix(key)
@@ -268,7 +479,7 @@ impl RawConfig {
             let dotted = section.map_or_else(|| key.to_owned(), |s| format!("{s}.{key}"));
             let location = match (from_flag, source) {
                 (true, _) => "command line".to_owned(),
-                (false, Some((p, text))) => match key_line(text, section, key) {
+                (false, Some((p, text))) => match key_line(text, section, 0, key) {
                     Some(n) => format!("{} line {n}", p.display()),
                     None => p.display().to_string(),
                 },
@@ -376,6 +587,73 @@ impl RawConfig {
                 "must be at least 1".into(),
             ));
         }
+        let disk_high_water_percent = s.disk_high_water_percent.unwrap_or(95);
+        if !(1..=100).contains(&disk_high_water_percent) {
+            return Err(invalid(
+                Some("store"),
+                "disk_high_water_percent",
+                false,
+                format!("{disk_high_water_percent} is outside 1..=100"),
+            ));
+        }
+        let entry_err = |section: &str, nth: usize, key: &str, message: String| {
+            let location = match source {
+                Some((p, text)) => match key_line(text, Some(section), nth, key) {
+                    Some(n) => format!("{} line {n}", p.display()),
+                    None => p.display().to_string(),
+                },
+                None => "defaults".to_owned(),
+            };
+            ConfigError::Invalid {
+                location,
+                key: format!("{section}[{nth}].{key}"),
+                message,
+            }
+        };
+        let destinations = self
+            .destinations
+            .into_iter()
+            .enumerate()
+            .map(|(n, d)| {
+                resolve_destination(d, &ae_title)
+                    .map_err(|(key, m)| entry_err("destinations", n, key, m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (n, d) in destinations.iter().enumerate() {
+            if destinations[..n].iter().any(|o| o.name == d.name) {
+                return Err(entry_err(
+                    "destinations",
+                    n,
+                    "name",
+                    format!("{:?} is used by an earlier destination", d.name),
+                ));
+            }
+        }
+        let routes = self
+            .routes
+            .into_iter()
+            .enumerate()
+            .map(|(n, r)| {
+                resolve_route(r, n, &destinations)
+                    .map_err(|(key, m)| entry_err("routes", n, key, m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let r = self.retention;
+        let retention = Retention {
+            mode: r.mode.unwrap_or_default(),
+            delete_after: Duration::from_secs(r.delete_after_seconds.unwrap_or(86_400)),
+            sweep_interval: match r.sweep_interval_seconds.unwrap_or(60) {
+                0 => {
+                    return Err(invalid(
+                        Some("retention"),
+                        "sweep_interval_seconds",
+                        false,
+                        "must be at least 1 second".into(),
+                    ))
+                }
+                n => Duration::from_secs(n),
+            },
+        };
         Ok(Settings {
             data_dir,
             io: ov.io.or(self.io).unwrap_or(IoMode::Auto),
@@ -396,9 +674,208 @@ impl RawConfig {
                 duplicate_policy: s.duplicate_policy.unwrap_or_default(),
                 commit_window: Duration::from_micros(s.commit_window_micros.unwrap_or(0)),
                 commit_max_batch,
+                disk_high_water_percent,
             },
+            destinations,
+            routes,
+            retention,
         })
     }
+}
+
+/// A destination or route problem: (key within the entry, message).
+type EntryError = (&'static str, String);
+
+/// Validates one `[[destinations]]` entry.
+fn resolve_destination(d: RawDestination, our_ae: &str) -> Result<Destination, EntryError> {
+    let name = d.name.ok_or(("name", "is required".to_owned()))?;
+    validate_name(&name).map_err(|m| ("name", m))?;
+    let ae_title = validate_ae_title(&d.ae_title.ok_or(("ae_title", "is required".to_owned()))?)
+        .map_err(|m| ("ae_title", m))?;
+    let host = d.host.ok_or(("host", "is required".to_owned()))?;
+    if host.trim().is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(("host", format!("{host:?} is not a host name or address")));
+    }
+    let port = match d.port {
+        None => return Err(("port", "is required".to_owned())),
+        Some(0) => return Err(("port", "must be 1..=65535".to_owned())),
+        Some(p) => p,
+    };
+    let calling_ae_title = match d.calling_ae_title {
+        Some(ae) => validate_ae_title(&ae).map_err(|m| ("calling_ae_title", m))?,
+        None => our_ae.to_owned(),
+    };
+    let max_associations = d.max_associations.unwrap_or(2);
+    if !(1..=64).contains(&max_associations) {
+        return Err((
+            "max_associations",
+            format!("{max_associations} is outside 1..=64"),
+        ));
+    }
+    let seconds = |v: Option<f64>, default: f64, key: &'static str| {
+        let v = v.unwrap_or(default);
+        if v.is_finite() && v > 0.0 && v <= 30.0 * 86_400.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err((
+                key,
+                format!("{v} is not a number of seconds in (0, 2592000]"),
+            ))
+        }
+    };
+    let initial = seconds(d.retry_initial_seconds, 5.0, "retry_initial_seconds")?;
+    let max = seconds(d.retry_max_seconds, 3600.0, "retry_max_seconds")?;
+    if max < initial {
+        return Err((
+            "retry_max_seconds",
+            "must not be less than retry_initial_seconds".to_owned(),
+        ));
+    }
+    let multiplier = d.retry_multiplier.unwrap_or(2.0);
+    if !(multiplier.is_finite() && (1.0..=10.0).contains(&multiplier)) {
+        return Err((
+            "retry_multiplier",
+            format!("{multiplier} is outside 1..=10"),
+        ));
+    }
+    let max_attempts = d.max_attempts.unwrap_or(20);
+    if max_attempts == 0 {
+        return Err(("max_attempts", "must be at least 1".to_owned()));
+    }
+    let whole = |v: Option<u64>, default: u64, key: &'static str| match v.unwrap_or(default) {
+        0 => Err((key, "must be at least 1 second".to_owned())),
+        n => Ok(Duration::from_secs(n)),
+    };
+    let max_pdu_length = d.max_pdu_length.unwrap_or(DEFAULT_MAX_PDU_LENGTH);
+    if !(dicom_ul::pdu::MINIMUM_PDU_SIZE..=(64 * 1024 * 1024)).contains(&max_pdu_length) {
+        return Err((
+            "max_pdu_length",
+            format!(
+                "{max_pdu_length} is outside {}..=67108864",
+                dicom_ul::pdu::MINIMUM_PDU_SIZE
+            ),
+        ));
+    }
+    if d.tls.is_some() {
+        return Err((
+            "tls",
+            "TLS towards destinations is not supported yet; remove the table to send in clear \
+             text over a trusted network"
+                .to_owned(),
+        ));
+    }
+    Ok(Destination {
+        name,
+        ae_title,
+        host,
+        port,
+        calling_ae_title,
+        max_associations,
+        retry: RetryPolicy {
+            initial,
+            max,
+            multiplier,
+            max_attempts,
+        },
+        connect_timeout: whole(d.connect_timeout_seconds, 10, "connect_timeout_seconds")?,
+        dimse_timeout: whole(d.dimse_timeout_seconds, 60, "dimse_timeout_seconds")?,
+        idle_release: whole(d.idle_release_seconds, 30, "idle_release_seconds")?,
+        max_pdu_length,
+    })
+}
+
+/// Destination and route names: what the CLI, the API and metric labels can carry safely.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!("{name:?} must have 1 to 64 characters"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "{name:?} may hold only letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a route's match key: `CallingAETitle`, `CalledAETitle`, an attribute keyword
+/// (`Modality`) or a tag (`(0008,0060)`, `00080060`). Only top-level attributes read before
+/// the pixel data can be routed on: group 0002 (the file meta, which we write) and groups from
+/// 7FE0 on are refused.
+pub fn parse_match_key(text: &str) -> Result<MatchKey, String> {
+    use dicom_core::dictionary::DataDictionary;
+    match text {
+        "CallingAETitle" => return Ok(MatchKey::CallingAeTitle),
+        "CalledAETitle" => return Ok(MatchKey::CalledAeTitle),
+        _ => {}
+    }
+    let tag = dicom_dictionary_std::StandardDataDictionary
+        .parse_tag(text)
+        .ok_or_else(|| {
+            format!(
+                "{text:?} is not an attribute keyword, a tag like (0008,0060), CallingAETitle or \
+                 CalledAETitle"
+            )
+        })?;
+    if tag.group() <= 0x0002 || tag.group() >= 0x7FE0 || tag.element() == 0 {
+        return Err(format!(
+            "{text:?} {tag}: routes can match top-level dataset attributes of groups 0004 to 7FDF \
+             (no group lengths)"
+        ));
+    }
+    Ok(MatchKey::Tag(tag))
+}
+
+/// Validates one `[[routes]]` entry.
+fn resolve_route(r: RawRoute, n: usize, dests: &[Destination]) -> Result<Route, EntryError> {
+    let name = r.name.unwrap_or_else(|| format!("route-{}", n + 1));
+    validate_name(&name).map_err(|m| ("name", m))?;
+    let mut matchers = Vec::new();
+    for (key_text, value) in r.match_.unwrap_or_default() {
+        let key = parse_match_key(&key_text).map_err(|m| ("match", m))?;
+        let patterns = match value {
+            OneOrMany::One(p) => vec![p],
+            OneOrMany::Many(v) => v,
+        };
+        if patterns.is_empty() {
+            return Err((
+                "match",
+                format!("{key_text}: an empty list matches nothing"),
+            ));
+        }
+        if patterns.iter().any(|p| p.contains('\\') && p != "*") {
+            return Err((
+                "match",
+                format!("{key_text}: a pattern matches one value; list alternatives instead of using '\\'"),
+            ));
+        }
+        matchers.push(Matcher {
+            key,
+            key_text,
+            patterns,
+        });
+    }
+    let destinations = r
+        .destinations
+        .ok_or(("destinations", "is required".to_owned()))?;
+    if destinations.is_empty() {
+        return Err(("destinations", "names no destination".to_owned()));
+    }
+    for d in &destinations {
+        if !dests.iter().any(|x| &x.name == d) {
+            return Err((
+                "destinations",
+                format!("{d:?} is not the name of a [[destinations]] entry"),
+            ));
+        }
+    }
+    Ok(Route {
+        name,
+        matchers,
+        destinations,
+    })
 }
 
 #[cfg(test)]
@@ -493,6 +970,72 @@ mod tests {
             )
             .unwrap_err();
         assert!(e.to_string().contains("command line"), "{e}");
+    }
+
+    /// The issue's example, verbatim: operators' configs use exactly these keys.
+    #[test]
+    fn forwarding_keys_as_documented() {
+        let s = resolve(
+            r#"
+[[destinations]]
+name = "archive"
+ae_title = "ARCHIVE"
+host = "10.1.2.3"
+port = 104
+max_associations = 2
+retry_initial_seconds = 5     # first backoff
+retry_max_seconds = 3600      # backoff cap
+max_attempts = 20             # then dead letter
+
+[[routes]]
+name = "ct-to-archive"
+match = { Modality = "CT" }   # attribute keyword -> value or wildcard; omitted = everything
+destinations = ["archive"]
+
+[retention]
+mode = "gateway"
+delete_after_seconds = 3600
+"#,
+        )
+        .unwrap();
+        let d = &s.destinations[0];
+        assert_eq!(
+            (
+                d.name.as_str(),
+                d.ae_title.as_str(),
+                d.host.as_str(),
+                d.port
+            ),
+            ("archive", "ARCHIVE", "10.1.2.3", 104)
+        );
+        assert_eq!(d.max_associations, 2);
+        assert_eq!(d.calling_ae_title, "DICOM_GW");
+        assert_eq!(d.retry.initial, Duration::from_secs(5));
+        assert_eq!(d.retry.max, Duration::from_secs(3600));
+        assert_eq!(d.retry.max_attempts, 20);
+        assert_eq!(d.retry.multiplier, 2.0);
+        let r = &s.routes[0];
+        assert_eq!(r.name, "ct-to-archive");
+        assert_eq!(r.destinations, vec!["archive"]);
+        assert_eq!(
+            r.matchers[0].key,
+            MatchKey::Tag(dicom_core::Tag(0x0008, 0x0060))
+        );
+        assert_eq!(r.matchers[0].patterns, vec!["CT"]);
+        assert_eq!(s.retention.mode, RetentionMode::Gateway);
+        assert_eq!(s.retention.delete_after, Duration::from_secs(3600));
+        assert_eq!(s.store.disk_high_water_percent, 95);
+        let e = resolve("[store]\ndisk_high_water_percent = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("store.disk_high_water_percent") && e.contains("line 2"),
+            "{e}"
+        );
+        let e = resolve("[retention]\nmode = \"forever\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mode"), "{e}");
     }
 
     #[test]

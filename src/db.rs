@@ -20,3 +20,26 @@ pub const PATIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("patient
 /// found at start-up means a crash may have made index rows durable before their files'
 /// data: those files are verified and bad rows removed (see `commit::recover_pending`).
 pub const PENDING_SYNC: TableDefinition<u64, &[u8]> = TableDefinition::new("pending_sync");
+
+/// Waiting forward jobs: (destination, due time µs, job id) → `queue::JobRecord`. Pending
+/// jobs (never tried) are due at their creation time, retries at their backoff time, so "the
+/// next due jobs for destination D" is one range scan from `(D, 0, 0)` to `(D, now, MAX)`.
+pub const QUEUE: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("queue");
+/// Jobs a forwarder has claimed: job id → `queue::JobRecord`. Returned to `QUEUE` at start-up
+/// (delivery is at-least-once).
+pub const IN_FLIGHT: TableDefinition<u64, &[u8]> = TableDefinition::new("in_flight");
+/// Dead letters: (destination, job id) → `queue::JobRecord` with the reason.
+pub const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead");
+/// (destination, state) → number of jobs, kept in step with the tables above so counts are
+/// cheap; `done` counts delivered jobs, which are deleted (compacted) at once.
+pub const QUEUE_COUNTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("queue_counts");
+/// SOP Instance UID → jobs of that instance not yet delivered (absent = none). Retention
+/// deletes only objects without an entry.
+pub const OUTSTANDING: TableDefinition<&str, u64> = TableDefinition::new("outstanding");
+/// Gateway-mode retention candidates: (received at µs, SOP Instance UID) → (), written when an
+/// object's last job is delivered (or at ingest when no route matched).
+pub const RETIRABLE: TableDefinition<(u64, &str), ()> = TableDefinition::new("retirable");
+/// Paused destinations (name → ()), so a pause survives a restart.
+pub const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("paused");
+/// Small named counters, e.g. `next_job_id`.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

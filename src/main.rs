@@ -49,11 +49,89 @@ enum Command {
         /// TOML config file.
         file: PathBuf,
     },
+    /// Forwarding queue: counts, jobs, dead-letter retry, study replay, pause/resume. Goes
+    /// through the running daemon (DATA_DIR/control.sock), or opens the database when none runs.
+    Queue {
+        #[command(subcommand)]
+        op: QueueOp,
+    },
     /// Print the index of a data directory as JSON lines (the daemon must not be running).
     Index {
         /// Data directory.
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
+    },
+}
+
+/// Where the queue commands find the data.
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// Data directory (default: the config's data_dir, $DICOM_GW_DATA or ./dicom-gw-data).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Config file (for the data directory and the destination names).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueOp {
+    /// Job counts per destination, one JSON object per line.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Jobs as JSON lines (waiting ones in due order).
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Only this destination.
+        #[arg(long, value_name = "NAME")]
+        destination: Option<String>,
+        /// Only this state: pending, retry, in-flight or dead.
+        #[arg(long, value_name = "STATE")]
+        state: Option<dicom_gw::queue::JobState>,
+        /// At most this many jobs.
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Move dead jobs of a destination (all, or one) back to pending.
+    Retry {
+        #[command(flatten)]
+        target: Target,
+        /// Destination.
+        #[arg(long, value_name = "NAME")]
+        destination: String,
+        /// Only this job id.
+        #[arg(long, value_name = "ID")]
+        job: Option<u64>,
+    },
+    /// Queue every stored instance of a study for a destination again.
+    Replay {
+        #[command(flatten)]
+        target: Target,
+        /// Destination.
+        #[arg(long, value_name = "NAME")]
+        destination: String,
+        /// Study Instance UID.
+        #[arg(long, value_name = "UID")]
+        study: String,
+    },
+    /// Stop sending to a destination (jobs keep waiting; survives restarts).
+    Pause {
+        #[command(flatten)]
+        target: Target,
+        /// Destination.
+        #[arg(long, value_name = "NAME")]
+        destination: String,
+    },
+    /// Resume sending to a paused destination.
+    Resume {
+        #[command(flatten)]
+        target: Target,
+        /// Destination.
+        #[arg(long, value_name = "NAME")]
+        destination: String,
     },
 }
 
@@ -151,12 +229,105 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Queue { op } => queue_command(op),
         Command::Index { data_dir } => {
             let index = dicom_gw::store::index::Index::open(&data_dir.join("gateway.redb"))?;
             for rec in index.instances()? {
                 println!("{}", serde_json::to_string(&rec)?);
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn queue_command(op: QueueOp) -> anyhow::Result<ExitCode> {
+    use dicom_gw::queue::control::{self, Ops, Reply, Request};
+    let (target, req) = match op {
+        QueueOp::Stats { target } => (target, Request::Stats),
+        QueueOp::List {
+            target,
+            destination,
+            state,
+            limit,
+        } => (
+            target,
+            Request::List {
+                destination,
+                state,
+                limit,
+            },
+        ),
+        QueueOp::Retry {
+            target,
+            destination,
+            job,
+        } => (target, Request::Retry { destination, job }),
+        QueueOp::Replay {
+            target,
+            destination,
+            study,
+        } => (target, Request::Replay { destination, study }),
+        QueueOp::Pause {
+            target,
+            destination,
+        } => (target, Request::Pause { destination }),
+        QueueOp::Resume {
+            target,
+            destination,
+        } => (target, Request::Resume { destination }),
+    };
+    let ov = Overrides {
+        data_dir: target.data_dir,
+        ..Overrides::default()
+    };
+    let settings = match load(target.config.as_ref()).and_then(|(raw, src)| {
+        raw.resolve(&ov, src.as_ref().map(|(p, t)| (p.as_path(), t.as_str())))
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dicom-gw: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let reply = match control::request(&settings.data_dir, &req)? {
+        Some(r) => r,
+        None => {
+            let path = settings.data_dir.join("gateway.redb");
+            if !path.exists() {
+                eprintln!("dicom-gw: no database at {}", path.display());
+                return Ok(ExitCode::from(2));
+            }
+            let index = dicom_gw::store::index::Index::open(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e} (a daemon holds the database but its control socket does not answer?)"
+                )
+            })?;
+            let queue = dicom_gw::queue::Queue::new(std::sync::Arc::new(index), false);
+            let names = settings
+                .destinations
+                .iter()
+                .map(|d| d.name.clone())
+                .collect();
+            match Ops::offline(queue, names) {
+                Ok(ops) => ops.reply(&req),
+                Err(e) => Reply::Failed(e.to_string()),
+            }
+        }
+    };
+    match reply {
+        Reply::Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Reply::Usage(m) => {
+            eprintln!("dicom-gw: {m}");
+            Ok(ExitCode::from(2))
+        }
+        Reply::Failed(m) => {
+            eprintln!("dicom-gw: {m}");
+            Ok(ExitCode::from(1))
         }
     }
 }

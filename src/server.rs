@@ -17,13 +17,19 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::commit::{Committer, CommitterConfig};
+use crate::config::RetentionMode;
 use crate::config::Settings;
 use crate::net::scp::{serve_association, CoreCtx, Phase};
 use crate::net::services::storage::SopClassPolicy;
 use crate::net::ul::association::AcceptorPolicy;
+use crate::queue::control::{self, Ops};
+use crate::queue::forwarder::Forwarder;
+use crate::queue::retention::Sweeper;
+use crate::queue::routing::Routing;
+use crate::queue::Queue;
 use crate::rt::{self, Backend, Epoll, Io, Uring};
 use crate::store::index::Index;
-use crate::store::DataDir;
+use crate::store::{DataDir, DiskGuard};
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +103,10 @@ pub fn serve(
     let backend = rt::resolve(settings.io)?;
     info!(backend = backend.name(), threads = settings.threads, data_dir = %data.root().display(), durability = ?settings.durability, "starting");
 
+    let gateway_mode = settings.retention.mode == RetentionMode::Gateway;
+    let queue = Queue::new(index.clone(), gateway_mode);
+    let forwarder = Forwarder::start(queue.clone(), data.clone(), settings.destinations.clone())
+        .map_err(ServeError::Thread)?;
     let (committer, committer_thread, _stats) = Committer::start(
         index.clone(),
         data.clone(),
@@ -105,9 +115,37 @@ pub fn serve(
             duplicate_policy: settings.store.duplicate_policy,
             max_batch: settings.store.commit_max_batch,
             window: settings.store.commit_window,
+            retire_unrouted: gateway_mode,
+            wake: Some(forwarder.wake_handle()),
         },
     )
     .map_err(ServeError::Thread)?;
+    let sweeper = if gateway_mode {
+        Some(
+            Sweeper::start(
+                index.clone(),
+                data.clone(),
+                settings.retention.sweep_interval,
+                settings.retention.delete_after,
+            )
+            .map_err(ServeError::Thread)?,
+        )
+    } else {
+        None
+    };
+    let control = control::bind(data.root()).map_err(|source| ServeError::DataDir {
+        path: control::socket_path(data.root()),
+        source,
+    })?;
+    let ops = Arc::new(Ops::live(queue, forwarder.shared().clone()));
+    let routing = Arc::new(Routing::new(settings.routes.clone()));
+    let disk = DiskGuard::new(data.root(), settings.store.disk_high_water_percent);
+    info!(
+        destinations = settings.destinations.len(),
+        routes = settings.routes.len(),
+        retention = ?settings.retention.mode,
+        "forwarding configured"
+    );
 
     let store = &settings.store;
     let listeners =
@@ -146,6 +184,8 @@ pub fn serve(
             dimse_timeout: store.dimse_timeout,
             data: data.clone(),
             committer: committer.clone(),
+            routing: routing.clone(),
+            disk: disk.clone(),
             phase: phase_rx.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -183,7 +223,10 @@ pub fn serve(
         });
         info!(%store_addr, ae_title = %store.ae_title, "store service listening");
         if !early {
-            shutdown.await;
+            tokio::select! {
+                _ = shutdown => {}
+                _ = control::serve(control, ops) => {}
+            }
         }
     });
     info!(grace = ?settings.grace_period, active = active.load(Ordering::Acquire), "stopping: no new associations");
@@ -205,6 +248,11 @@ pub fn serve(
     }
     // Every core has dropped its committer handle: the committer drains and ends.
     let _ = committer_thread.join();
+    forwarder.stop();
+    if let Some(s) = sweeper {
+        s.stop();
+    }
+    let _ = std::fs::remove_file(control::socket_path(data.root()));
     info!("stopped");
     Ok(())
 }
@@ -220,6 +268,8 @@ struct CoreParts {
     dimse_timeout: Duration,
     data: DataDir,
     committer: Committer,
+    routing: Arc<Routing>,
+    disk: DiskGuard,
     phase: watch::Receiver<Phase>,
 }
 
@@ -243,6 +293,8 @@ fn run_core<I: Io>(listener: std::net::TcpListener, p: CoreParts) -> std::io::Re
             dimse_timeout: p.dimse_timeout,
             data: p.data,
             committer: p.committer,
+            routing: p.routing,
+            disk: p.disk,
             phase: p.phase,
             temp_seq: Cell::new(0),
         });

@@ -3,5 +3,6 @@
 
 pub mod dimse;
 pub mod scp;
+pub mod scu;
 pub mod services;
 pub mod ul;

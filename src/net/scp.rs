@@ -28,6 +28,7 @@ use super::ul::pdata::{
     check_length, encode_message, peek_header, split_pdata, FramingError, PduType,
 };
 use crate::commit::{timestamp_us, Committer};
+use crate::queue::routing::RouteInput;
 use crate::rt::{Io, NetStream, ObjFile};
 use crate::store::index::InstanceRecord;
 use crate::store::writer::{read_dataset_prefix, ObjectWriter};
@@ -65,6 +66,10 @@ pub struct CoreCtx {
     pub data: DataDir,
     /// Where finished objects go.
     pub committer: Committer,
+    /// Routing rules, evaluated per object.
+    pub routing: Arc<crate::queue::routing::Routing>,
+    /// The disk high-water mark.
+    pub disk: crate::store::DiskGuard,
     /// Shutdown phase.
     pub phase: watch::Receiver<Phase>,
     /// Counter for temporary file names.
@@ -608,6 +613,10 @@ impl<F: ObjFile> Dimse<F> {
         };
         let context = &self.negotiated.contexts[&pc_id];
         let class = cmd.affected_sop_class_uid.as_deref().unwrap_or("");
+        if let Err(e) = ctx.disk.check() {
+            warn!(error = %e, "C-STORE refused: disk above the high-water mark");
+            return discard(e);
+        }
         if class != context.abstract_syntax {
             return DataOp::Discard {
                 status: storage::status::SOP_CLASS_NOT_SUPPORTED,
@@ -660,6 +669,7 @@ impl<F: ObjFile> Dimse<F> {
                 &obj.prefix,
                 obj.dataset_size,
                 &context.transfer_syntax,
+                ctx.routing.wanted_tags(),
                 |len| read_dataset_prefix(&obj, len),
             )?;
             storage::check_dataset(&attrs, class, instance)?;
@@ -692,9 +702,15 @@ impl<F: ObjFile> Dimse<F> {
             called_ae_title: self.negotiated.called_ae_title.clone(),
             path: path.to_string_lossy().into_owned(),
         };
+        let lookup = |t| attrs.extra_value(t);
+        let destinations = ctx.routing.destinations(&RouteInput {
+            calling_ae_title: &self.negotiated.calling_ae_title,
+            called_ae_title: &self.negotiated.called_ae_title,
+            attribute: &lookup,
+        });
         let outcome = ctx
             .committer
-            .commit(obj.temp_path.clone(), record, attrs)
+            .commit(obj.temp_path.clone(), record, attrs, destinations)
             .await?;
         debug!(sop = instance, ?outcome, bytes = obj.file_size, "C-STORE");
         Ok(())

@@ -1,16 +1,984 @@
-//! The forwarding queue (issue: reliable forwarding). For now only the ingest-side job record:
-//! what the committer will write, in the same transaction as the index rows, for every
-//! destination a routing rule selects.
+//! The forwarding queue: durable jobs in redb, their state machine and backoff.
+//!
+//! A job is "send object S to destination D". Jobs are created by the group committer in the
+//! same transaction as the object's index rows ([`enqueue`]), so an acknowledged object always
+//! has its jobs. States: pending → in-flight → done (deleted at once; only counted) | retry at
+//! *t* → … → dead (after the destination's maximum attempts, or at once for a permanent
+//! refusal). Waiting jobs (pending and retry) share one table keyed `(destination, due, id)`:
+//! the next due jobs of a destination are one range scan. In-flight jobs found at start-up go
+//! back to waiting: delivery is at-least-once. Every operation takes the time as a parameter,
+//! so the schedule is tested with a controllable clock.
 
+pub mod control;
+pub mod forwarder;
+pub mod retention;
+pub mod routing;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::{ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-/// A forwarding job as created at ingest time.
+use crate::config::RetryPolicy;
+use crate::db;
+use crate::store::index::{Index, IndexError, InstanceRecord};
+
+/// Errors of the queue layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    /// The database failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// A stored job does not decode.
+    #[error("job {0} does not decode: {1}")]
+    Decode(u64, postcard::Error),
+    /// No such job (or not in the state the operation needs).
+    #[error("{0}")]
+    NotFound(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for QueueError {
+            fn from(e: $t) -> Self {
+                QueueError::Index(IndexError::Db(e.into()))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// One job as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ForwardJob {
-    /// Destination name (from the config).
+pub struct JobRecord {
+    /// Unique, increasing job id.
+    pub id: u64,
+    /// Destination name.
     pub destination: String,
-    /// SOP Instance UID of the object to send.
+    /// Object to send.
     pub sop_instance_uid: String,
-    /// When the job was created, microseconds since the Unix epoch.
+    /// Failed attempts so far (0 = pending, never tried).
+    pub attempts: u32,
+    /// Creation time, µs since the Unix epoch.
     pub created_at_us: u64,
+    /// When the job is (or was last) due, µs since the Unix epoch.
+    pub due_at_us: u64,
+    /// Why the last attempt failed (empty if none did).
+    pub last_error: String,
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobState {
+    /// Waiting, never tried.
+    Pending,
+    /// Waiting for its backoff after failed attempts.
+    Retry,
+    /// Claimed by a forwarder.
+    InFlight,
+    /// Given up; kept with its reason until retried.
+    Dead,
+}
+
+impl JobState {
+    /// Key in `QUEUE_COUNTS`.
+    fn counter(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Retry => "retry",
+            JobState::InFlight => "in_flight",
+            JobState::Dead => "dead",
+        }
+    }
+
+    fn waiting(attempts: u32) -> JobState {
+        if attempts == 0 {
+            JobState::Pending
+        } else {
+            JobState::Retry
+        }
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pending" => Ok(JobState::Pending),
+            "retry" => Ok(JobState::Retry),
+            "in-flight" | "in_flight" => Ok(JobState::InFlight),
+            "dead" => Ok(JobState::Dead),
+            _ => Err(format!("{s:?} is not pending, retry, in-flight or dead")),
+        }
+    }
+}
+
+/// A job with its state, as listed by the CLI and the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    /// The job.
+    #[serde(flatten)]
+    pub job: JobRecord,
+    /// Its state.
+    pub state: JobState,
+}
+
+/// Job counts of one destination.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationStats {
+    /// Name.
+    pub destination: String,
+    /// Waiting, never tried.
+    pub pending: u64,
+    /// Waiting for a retry.
+    pub retry: u64,
+    /// Being sent.
+    pub in_flight: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Delivered since the database was created.
+    pub done: u64,
+    /// Whether forwarding to it is paused.
+    pub paused: bool,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The destination answered success or a warning.
+    Delivered,
+    /// A transient failure (connection, timeout, out of resources): try again later.
+    Retry(String),
+    /// A permanent refusal (context rejected, 0122, Cxxx): dead letter at once.
+    Dead(String),
+    /// Not attempted (the association broke earlier in the batch, or the forwarder is
+    /// stopping): back to waiting, due now, no attempt charged.
+    Unsent,
+}
+
+/// A claimed job with the stored object it refers to (`None`: the object is gone).
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The job.
+    pub job: JobRecord,
+    /// The object's index record.
+    pub instance: Option<InstanceRecord>,
+}
+
+/// The delay before retry number `attempts` (1 = after the first failure): `initial ×
+/// multiplier^(attempts-1)`, capped at `max`, then scaled into 80–100 % by `jitter` ∈ [0, 1)
+/// so that jobs failed together do not all come back in the same instant, and never beyond
+/// the cap.
+pub fn retry_delay(p: &RetryPolicy, attempts: u32, jitter: f64) -> Duration {
+    let exp = f64::from(attempts.saturating_sub(1).min(1000) as u16);
+    let nominal = (p.initial.as_secs_f64() * p.multiplier.powf(exp)).min(p.max.as_secs_f64());
+    Duration::from_secs_f64(nominal * (1.0 - 0.2 * jitter.clamp(0.0, 1.0)))
+}
+
+fn decode_job(id: u64, bytes: &[u8]) -> Result<JobRecord, QueueError> {
+    postcard::from_bytes(bytes).map_err(|e| QueueError::Decode(id, e))
+}
+
+fn encode_job(job: &JobRecord) -> Vec<u8> {
+    postcard::to_allocvec(job).expect("postcard encoding of plain records cannot fail")
+}
+
+type Counts<'t> = Table<'t, (&'static str, &'static str), u64>;
+
+fn bump(counts: &mut Counts<'_>, dest: &str, state: &str, delta: i64) -> Result<(), QueueError> {
+    let old = counts.get((dest, state))?.map(|g| g.value()).unwrap_or(0);
+    let new = old.saturating_add_signed(delta);
+    counts.insert((dest, state), new)?;
+    Ok(())
+}
+
+fn next_id(tx: &WriteTransaction) -> Result<u64, QueueError> {
+    let mut meta = tx.open_table(db::META)?;
+    let id = meta.get("next_job_id")?.map(|g| g.value()).unwrap_or(1);
+    meta.insert("next_job_id", id + 1)?;
+    Ok(id)
+}
+
+/// Adds a pending job "send `sop` to `dest`" inside the caller's transaction (the committer's,
+/// so jobs and index rows become durable together). Returns the job id.
+pub fn enqueue(
+    tx: &WriteTransaction,
+    dest: &str,
+    sop: &str,
+    now_us: u64,
+) -> Result<u64, QueueError> {
+    let id = next_id(tx)?;
+    let job = JobRecord {
+        id,
+        destination: dest.to_owned(),
+        sop_instance_uid: sop.to_owned(),
+        attempts: 0,
+        created_at_us: now_us,
+        due_at_us: now_us,
+        last_error: String::new(),
+    };
+    tx.open_table(db::QUEUE)?
+        .insert((dest, now_us, id), encode_job(&job).as_slice())?;
+    bump(&mut tx.open_table(db::QUEUE_COUNTS)?, dest, "pending", 1)?;
+    let mut out = tx.open_table(db::OUTSTANDING)?;
+    let n = out.get(sop)?.map(|g| g.value()).unwrap_or(0);
+    out.insert(sop, n + 1)?;
+    Ok(id)
+}
+
+/// Records that the object received at `received_at_us` has no undelivered job left, for the
+/// gateway-mode retention sweep.
+pub fn mark_retirable(
+    tx: &WriteTransaction,
+    received_at_us: u64,
+    sop: &str,
+) -> Result<(), QueueError> {
+    tx.open_table(db::RETIRABLE)?
+        .insert((received_at_us, sop), ())?;
+    Ok(())
+}
+
+/// Deletes every waiting job of the given objects (used when start-up recovery removes the rows
+/// of objects that were never acknowledged). Scans the waiting jobs: a rare path.
+pub fn remove_jobs_of(tx: &WriteTransaction, sops: &HashSet<String>) -> Result<usize, QueueError> {
+    if sops.is_empty() {
+        return Ok(0);
+    }
+    let mut doomed = Vec::new();
+    {
+        let q = tx.open_table(db::QUEUE)?;
+        for row in q.iter()? {
+            let (k, v) = row?;
+            let (dest, due, id) = k.value();
+            let job = decode_job(id, v.value())?;
+            if sops.contains(&job.sop_instance_uid) {
+                doomed.push((dest.to_owned(), due, id, job.attempts));
+            }
+        }
+    }
+    let mut q = tx.open_table(db::QUEUE)?;
+    let mut counts = tx.open_table(db::QUEUE_COUNTS)?;
+    for (dest, due, id, attempts) in &doomed {
+        q.remove((dest.as_str(), *due, *id))?;
+        bump(
+            &mut counts,
+            dest,
+            JobState::waiting(*attempts).counter(),
+            -1,
+        )?;
+    }
+    let mut out = tx.open_table(db::OUTSTANDING)?;
+    for sop in sops {
+        out.remove(sop.as_str())?;
+    }
+    Ok(doomed.len())
+}
+
+/// The queue operations of forwarders, the CLI and the API, over the gateway database.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    index: Arc<Index>,
+    retire_delivered: bool,
+}
+
+impl Queue {
+    /// Wraps the database; `retire_delivered` (gateway-mode retention) records objects whose
+    /// jobs are all delivered for the retention sweep.
+    pub fn new(index: Arc<Index>, retire_delivered: bool) -> Self {
+        Self {
+            index,
+            retire_delivered,
+        }
+    }
+
+    /// The index this queue lives beside.
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
+    }
+
+    /// Moves up to `max` jobs of `dest` that are due at `now_us` to in-flight and returns them
+    /// with their objects' records, earliest first. The claim commits without an fsync: lost
+    /// in a crash, the jobs are simply still waiting, which is where start-up would put them.
+    pub fn claim(&self, dest: &str, now_us: u64, max: usize) -> Result<Vec<Claimed>, QueueError> {
+        let mut tx = self.index.database().begin_write()?;
+        tx.set_durability(redb::Durability::None)?;
+        let mut claimed = Vec::new();
+        {
+            let mut q = tx.open_table(db::QUEUE)?;
+            let mut keys = Vec::new();
+            for row in q.range((dest, 0u64, 0u64)..=(dest, now_us, u64::MAX))? {
+                let (k, v) = row?;
+                let (_, due, id) = k.value();
+                keys.push((due, id, decode_job(id, v.value())?));
+                if keys.len() >= max {
+                    break;
+                }
+            }
+            let mut flight = tx.open_table(db::IN_FLIGHT)?;
+            let mut counts = tx.open_table(db::QUEUE_COUNTS)?;
+            let instances = tx.open_table(db::INSTANCES)?;
+            for (due, id, job) in keys {
+                q.remove((dest, due, id))?;
+                flight.insert(id, encode_job(&job).as_slice())?;
+                bump(
+                    &mut counts,
+                    dest,
+                    JobState::waiting(job.attempts).counter(),
+                    -1,
+                )?;
+                bump(&mut counts, dest, "in_flight", 1)?;
+                let instance =
+                    match instances.get(job.sop_instance_uid.as_str())? {
+                        Some(g) => Some(postcard::from_bytes(g.value()).map_err(|e| {
+                            IndexError::Decode {
+                                key: job.sop_instance_uid.clone(),
+                                source: e,
+                            }
+                        })?),
+                        None => None,
+                    };
+                claimed.push(Claimed { job, instance });
+            }
+        }
+        tx.commit()?;
+        Ok(claimed)
+    }
+
+    /// When the earliest waiting job of `dest` is due (None: nothing waits).
+    pub fn next_due(&self, dest: &str) -> Result<Option<u64>, QueueError> {
+        let tx = self
+            .index
+            .database()
+            .begin_read()
+            .map_err(IndexError::from)?;
+        let q = tx.open_table(db::QUEUE).map_err(IndexError::from)?;
+        let first = q
+            .range((dest, 0u64, 0u64)..=(dest, u64::MAX, u64::MAX))
+            .map_err(IndexError::from)?
+            .next();
+        Ok(match first {
+            Some(row) => Some(row.map_err(IndexError::from)?.0.value().1),
+            None => None,
+        })
+    }
+
+    /// Records how attempts ended, in one durable transaction: delivered jobs are deleted and
+    /// counted, transient failures wait for their backoff (or die after `max_attempts`),
+    /// permanent ones die at once. `jitter` yields values in [0, 1). Returns the earliest new
+    /// due time of a retried job.
+    pub fn finish(
+        &self,
+        results: Vec<(JobRecord, Outcome)>,
+        policy: &RetryPolicy,
+        now_us: u64,
+        mut jitter: impl FnMut() -> f64,
+    ) -> Result<Option<u64>, QueueError> {
+        let tx = self.index.database().begin_write()?;
+        let mut earliest: Option<u64> = None;
+        {
+            let mut flight = tx.open_table(db::IN_FLIGHT)?;
+            let mut q = tx.open_table(db::QUEUE)?;
+            let mut dead = tx.open_table(db::DEAD)?;
+            let mut counts = tx.open_table(db::QUEUE_COUNTS)?;
+            let mut out = tx.open_table(db::OUTSTANDING)?;
+            let mut retirable = tx.open_table(db::RETIRABLE)?;
+            let instances = tx.open_table(db::INSTANCES)?;
+            for (mut job, outcome) in results {
+                let dest = job.destination.clone();
+                if flight.remove(job.id)?.is_none() {
+                    // Not ours any more (e.g. already finished): nothing to record.
+                    continue;
+                }
+                bump(&mut counts, &dest, "in_flight", -1)?;
+                match outcome {
+                    Outcome::Delivered => {
+                        bump(&mut counts, &dest, "done", 1)?;
+                        let sop = job.sop_instance_uid.as_str();
+                        let left = out.get(sop)?.map(|g| g.value()).unwrap_or(1);
+                        if left <= 1 {
+                            out.remove(sop)?;
+                            if self.retire_delivered {
+                                let received = instances.get(sop)?.and_then(|g| {
+                                    postcard::from_bytes::<InstanceRecord>(g.value()).ok()
+                                });
+                                if let Some(rec) = received {
+                                    retirable.insert((rec.received_at_us, sop), ())?;
+                                }
+                            }
+                        } else {
+                            out.insert(sop, left - 1)?;
+                        }
+                    }
+                    Outcome::Retry(reason) if job.attempts + 1 < policy.max_attempts => {
+                        job.attempts += 1;
+                        let due =
+                            now_us + retry_delay(policy, job.attempts, jitter()).as_micros() as u64;
+                        job.due_at_us = due;
+                        job.last_error = reason;
+                        q.insert((dest.as_str(), due, job.id), encode_job(&job).as_slice())?;
+                        bump(&mut counts, &dest, "retry", 1)?;
+                        earliest = Some(earliest.map_or(due, |e| e.min(due)));
+                    }
+                    Outcome::Retry(reason) => {
+                        job.attempts += 1;
+                        job.last_error =
+                            format!("gave up after {} attempts: {reason}", job.attempts);
+                        job.due_at_us = now_us;
+                        dead.insert((dest.as_str(), job.id), encode_job(&job).as_slice())?;
+                        bump(&mut counts, &dest, "dead", 1)?;
+                    }
+                    Outcome::Unsent => {
+                        job.due_at_us = now_us;
+                        q.insert((dest.as_str(), now_us, job.id), encode_job(&job).as_slice())?;
+                        bump(
+                            &mut counts,
+                            &dest,
+                            JobState::waiting(job.attempts).counter(),
+                            1,
+                        )?;
+                    }
+                    Outcome::Dead(reason) => {
+                        job.attempts += 1;
+                        job.last_error = reason;
+                        job.due_at_us = now_us;
+                        dead.insert((dest.as_str(), job.id), encode_job(&job).as_slice())?;
+                        bump(&mut counts, &dest, "dead", 1)?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(earliest)
+    }
+
+    /// Returns every in-flight job to waiting, due now (start-up: whatever was being sent when
+    /// the process stopped is sent again). Returns how many.
+    pub fn requeue_in_flight(&self, now_us: u64) -> Result<usize, QueueError> {
+        let tx = self.index.database().begin_write()?;
+        let mut n = 0;
+        {
+            let mut flight = tx.open_table(db::IN_FLIGHT)?;
+            let mut q = tx.open_table(db::QUEUE)?;
+            let mut counts = tx.open_table(db::QUEUE_COUNTS)?;
+            while let Some((k, v)) = flight.pop_first()? {
+                let id = k.value();
+                let mut job = decode_job(id, v.value())?;
+                drop((k, v));
+                job.due_at_us = now_us;
+                q.insert(
+                    (job.destination.as_str(), now_us, id),
+                    encode_job(&job).as_slice(),
+                )?;
+                bump(&mut counts, &job.destination, "in_flight", -1)?;
+                bump(
+                    &mut counts,
+                    &job.destination,
+                    JobState::waiting(job.attempts).counter(),
+                    1,
+                )?;
+                n += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Lists jobs, filtered by destination and state, at most `limit` (waiting jobs in due
+    /// order, the others by id).
+    pub fn list(
+        &self,
+        dest: Option<&str>,
+        state: Option<JobState>,
+        limit: usize,
+    ) -> Result<Vec<JobView>, QueueError> {
+        let tx = self
+            .index
+            .database()
+            .begin_read()
+            .map_err(IndexError::from)?;
+        let mut out = Vec::new();
+        let want = |s: JobState| state.is_none_or(|w| w == s);
+        let dest_ok = |d: &str| dest.is_none_or(|w| w == d);
+        if want(JobState::Pending) || want(JobState::Retry) {
+            let q = tx.open_table(db::QUEUE).map_err(IndexError::from)?;
+            let rows = match dest {
+                Some(d) => q.range((d, 0u64, 0u64)..=(d, u64::MAX, u64::MAX)),
+                None => q.range::<(&str, u64, u64)>(..),
+            }
+            .map_err(IndexError::from)?;
+            for row in rows {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = row.map_err(IndexError::from)?;
+                let job = decode_job(k.value().2, v.value())?;
+                let s = JobState::waiting(job.attempts);
+                if want(s) {
+                    out.push(JobView { job, state: s });
+                }
+            }
+        }
+        if want(JobState::InFlight) {
+            let t = tx.open_table(db::IN_FLIGHT).map_err(IndexError::from)?;
+            for row in t.iter().map_err(IndexError::from)? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = row.map_err(IndexError::from)?;
+                let job = decode_job(k.value(), v.value())?;
+                if dest_ok(&job.destination) {
+                    out.push(JobView {
+                        job,
+                        state: JobState::InFlight,
+                    });
+                }
+            }
+        }
+        if want(JobState::Dead) {
+            let t = tx.open_table(db::DEAD).map_err(IndexError::from)?;
+            let rows = match dest {
+                Some(d) => t.range((d, 0u64)..=(d, u64::MAX)),
+                None => t.range::<(&str, u64)>(..),
+            }
+            .map_err(IndexError::from)?;
+            for row in rows {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = row.map_err(IndexError::from)?;
+                out.push(JobView {
+                    job: decode_job(k.value().1, v.value())?,
+                    state: JobState::Dead,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counts per destination: every name in `known` (the configured destinations), plus any
+    /// other name the counters hold (e.g. a destination since removed from the config).
+    pub fn stats(&self, known: &[String]) -> Result<Vec<DestinationStats>, QueueError> {
+        let tx = self
+            .index
+            .database()
+            .begin_read()
+            .map_err(IndexError::from)?;
+        let mut by: BTreeMap<String, DestinationStats> = BTreeMap::new();
+        for k in known {
+            by.entry(k.clone()).or_default();
+        }
+        let counts = tx.open_table(db::QUEUE_COUNTS).map_err(IndexError::from)?;
+        for row in counts.iter().map_err(IndexError::from)? {
+            let (k, v) = row.map_err(IndexError::from)?;
+            let (dest, state) = k.value();
+            let s = by.entry(dest.to_owned()).or_default();
+            let n = v.value();
+            match state {
+                "pending" => s.pending = n,
+                "retry" => s.retry = n,
+                "in_flight" => s.in_flight = n,
+                "dead" => s.dead = n,
+                "done" => s.done = n,
+                _ => {}
+            }
+        }
+        let paused = tx.open_table(db::PAUSED).map_err(IndexError::from)?;
+        for (name, s) in by.iter_mut() {
+            s.destination = name.clone();
+            s.paused = paused
+                .get(name.as_str())
+                .map_err(IndexError::from)?
+                .is_some();
+        }
+        Ok(by.into_values().collect())
+    }
+
+    /// Moves dead jobs of `dest` (all, or the one with id `job`) back to pending with their
+    /// attempts reset, due now. Returns how many.
+    pub fn retry_dead(
+        &self,
+        dest: &str,
+        job: Option<u64>,
+        now_us: u64,
+    ) -> Result<usize, QueueError> {
+        let tx = self.index.database().begin_write()?;
+        let mut n = 0;
+        {
+            let mut dead = tx.open_table(db::DEAD)?;
+            let mut q = tx.open_table(db::QUEUE)?;
+            let mut counts = tx.open_table(db::QUEUE_COUNTS)?;
+            let ids: Vec<u64> = match job {
+                Some(id) => {
+                    if dead.get((dest, id))?.is_none() {
+                        return Err(QueueError::NotFound(format!(
+                            "no dead job {id} for destination {dest}"
+                        )));
+                    }
+                    vec![id]
+                }
+                None => dead
+                    .range((dest, 0u64)..=(dest, u64::MAX))?
+                    .map(|r| r.map(|(k, _)| k.value().1))
+                    .collect::<Result<_, _>>()?,
+            };
+            for id in ids {
+                let Some(g) = dead.remove((dest, id))? else {
+                    continue;
+                };
+                let mut j = decode_job(id, g.value())?;
+                drop(g);
+                j.attempts = 0;
+                j.due_at_us = now_us;
+                q.insert((dest, now_us, id), encode_job(&j).as_slice())?;
+                bump(&mut counts, dest, "dead", -1)?;
+                bump(&mut counts, dest, "pending", 1)?;
+                n += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Queues every stored instance of `study` for `dest` again. Scans the instance table (an
+    /// operator action, not a hot path). Returns how many jobs were created.
+    pub fn replay_study(&self, dest: &str, study: &str, now_us: u64) -> Result<usize, QueueError> {
+        let tx = self.index.database().begin_write()?;
+        let mut sops = Vec::new();
+        {
+            let t = tx.open_table(db::INSTANCES)?;
+            for row in t.iter()? {
+                let (k, v) = row?;
+                let rec: InstanceRecord =
+                    postcard::from_bytes(v.value()).map_err(|e| IndexError::Decode {
+                        key: k.value().to_owned(),
+                        source: e,
+                    })?;
+                if rec.study_instance_uid == study {
+                    sops.push(rec.sop_instance_uid);
+                }
+            }
+        }
+        for sop in &sops {
+            enqueue(&tx, dest, sop, now_us)?;
+        }
+        tx.commit()?;
+        Ok(sops.len())
+    }
+
+    /// Pauses or resumes a destination (persisted).
+    pub fn set_paused(&self, dest: &str, paused: bool) -> Result<(), QueueError> {
+        let tx = self.index.database().begin_write()?;
+        {
+            let mut t = tx.open_table(db::PAUSED)?;
+            if paused {
+                t.insert(dest, ())?;
+            } else {
+                t.remove(dest)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether a destination is paused.
+    pub fn is_paused(&self, dest: &str) -> Result<bool, QueueError> {
+        let tx = self
+            .index
+            .database()
+            .begin_read()
+            .map_err(IndexError::from)?;
+        let t = tx.open_table(db::PAUSED).map_err(IndexError::from)?;
+        Ok(t.get(dest).map_err(IndexError::from)?.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::attrs::IndexAttrs;
+
+    const S: u64 = 1_000_000;
+
+    fn policy(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            initial: Duration::from_secs(5),
+            max: Duration::from_secs(60),
+            multiplier: 2.0,
+            max_attempts,
+        }
+    }
+
+    /// A database with `n` stored instances of study 1.2 (SOP UIDs 1.2.3.<k>).
+    fn setup(n: u32, retire: bool) -> (tempfile::TempDir, Queue) {
+        let d = tempfile::tempdir().unwrap();
+        let index = Arc::new(Index::open(&d.path().join("gateway.redb")).unwrap());
+        let tx = index.database().begin_write().unwrap();
+        for k in 1..=n {
+            let rec = InstanceRecord {
+                sop_instance_uid: format!("1.2.3.{k}"),
+                sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+                study_instance_uid: "1.2".into(),
+                series_instance_uid: "1.2.9".into(),
+                instance_number: k.to_string(),
+                transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+                file_size: 200,
+                dataset_size: 10,
+                dataset_blake3: String::new(),
+                received_at_us: 7 * S + u64::from(k),
+                calling_ae_title: "M".into(),
+                called_ae_title: "GW".into(),
+                path: format!("objects/1.2/1.2.9/1.2.3.{k}.dcm"),
+            };
+            let attrs = IndexAttrs {
+                patient_id: "P".into(),
+                study_instance_uid: "1.2".into(),
+                series_instance_uid: "1.2.9".into(),
+                ..Default::default()
+            };
+            crate::store::index::put_instance(&tx, &rec, &attrs, false).unwrap();
+        }
+        tx.commit().unwrap();
+        (d, Queue::new(index, retire))
+    }
+
+    fn add_job(q: &Queue, dest: &str, sop: &str, now: u64) -> u64 {
+        let tx = q.index().database().begin_write().unwrap();
+        let id = enqueue(&tx, dest, sop, now).unwrap();
+        tx.commit().unwrap();
+        id
+    }
+
+    fn stats(q: &Queue, dest: &str) -> DestinationStats {
+        q.stats(&[dest.to_owned()])
+            .unwrap()
+            .into_iter()
+            .find(|s| s.destination == dest)
+            .unwrap()
+    }
+
+    fn counts(s: &DestinationStats) -> [u64; 5] {
+        [s.pending, s.retry, s.in_flight, s.dead, s.done]
+    }
+
+    #[test]
+    fn backoff_grows_by_the_multiplier_up_to_the_cap_with_bounded_jitter() {
+        let p = policy(20);
+        let secs: Vec<f64> = (1..=6)
+            .map(|a| retry_delay(&p, a, 0.0).as_secs_f64())
+            .collect();
+        assert_eq!(secs, vec![5.0, 10.0, 20.0, 40.0, 60.0, 60.0]);
+        for a in 1..=6 {
+            let nominal = retry_delay(&p, a, 0.0);
+            for j in [0.25, 0.5, 0.999] {
+                let d = retry_delay(&p, a, j);
+                assert!(d <= nominal && d >= nominal.mul_f64(0.8), "{a} {j} {d:?}");
+            }
+        }
+        // Huge attempt counts neither overflow nor exceed the cap.
+        assert_eq!(retry_delay(&p, u32::MAX, 0.0), Duration::from_secs(60));
+    }
+
+    /// The schedule, driven by an explicit clock: each failure makes the job due exactly at
+    /// the backoff, never earlier; after `max_attempts` it is a dead letter with the reason.
+    #[test]
+    fn retry_schedule_follows_the_backoff_then_dead_letters() {
+        let (_d, q) = setup(1, false);
+        let p = policy(4);
+        let t0 = 100 * S;
+        add_job(&q, "a", "1.2.3.1", t0);
+        assert_eq!(counts(&stats(&q, "a")), [1, 0, 0, 0, 0]);
+        let mut now = t0;
+        for (attempt, wait) in [(1u32, 5u64), (2, 10), (3, 20)] {
+            let c = q.claim("a", now, 10).unwrap();
+            assert_eq!(c.len(), 1, "attempt {attempt}");
+            assert_eq!(c[0].job.attempts, attempt - 1);
+            assert!(c[0].instance.is_some());
+            assert_eq!(counts(&stats(&q, "a"))[2], 1, "in flight");
+            let due = q
+                .finish(
+                    vec![(
+                        c[0].job.clone(),
+                        Outcome::Retry("connection refused".into()),
+                    )],
+                    &p,
+                    now,
+                    || 0.0,
+                )
+                .unwrap();
+            assert_eq!(due, Some(now + wait * S));
+            assert_eq!(counts(&stats(&q, "a")), [0, 1, 0, 0, 0]);
+            assert_eq!(q.next_due("a").unwrap(), Some(now + wait * S));
+            // One microsecond early: nothing to do.
+            assert!(q.claim("a", now + wait * S - 1, 10).unwrap().is_empty());
+            now += wait * S;
+        }
+        let c = q.claim("a", now, 10).unwrap();
+        assert_eq!(c[0].job.attempts, 3);
+        q.finish(
+            vec![(
+                c[0].job.clone(),
+                Outcome::Retry("connection refused".into()),
+            )],
+            &p,
+            now,
+            || 0.0,
+        )
+        .unwrap();
+        assert_eq!(counts(&stats(&q, "a")), [0, 0, 0, 1, 0]);
+        let dead = q.list(Some("a"), Some(JobState::Dead), 10).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].job.attempts, 4);
+        assert!(
+            dead[0].job.last_error.contains("gave up after 4 attempts")
+                && dead[0].job.last_error.contains("connection refused"),
+            "{}",
+            dead[0].job.last_error
+        );
+        assert_eq!(q.next_due("a").unwrap(), None);
+    }
+
+    #[test]
+    fn jitter_spreads_jobs_failed_together() {
+        let (_d, q) = setup(3, false);
+        let p = policy(10);
+        for k in 1..=3 {
+            add_job(&q, "a", &format!("1.2.3.{k}"), 0);
+        }
+        let c = q.claim("a", 0, 10).unwrap();
+        let mut j = [0.0, 0.5, 0.99].into_iter();
+        q.finish(
+            c.into_iter()
+                .map(|c| (c.job, Outcome::Retry("x".into())))
+                .collect(),
+            &p,
+            0,
+            || j.next().unwrap(),
+        )
+        .unwrap();
+        let dues: Vec<u64> = q
+            .list(Some("a"), Some(JobState::Retry), 10)
+            .unwrap()
+            .iter()
+            .map(|v| v.job.due_at_us)
+            .collect();
+        assert_eq!(dues, vec![4_010_000, 4_500_000, 5 * S]);
+    }
+
+    #[test]
+    fn delivery_permanent_failure_unsent_and_claim_order() {
+        let (_d, q) = setup(4, true);
+        let p = policy(5);
+        for k in 1..=4u64 {
+            add_job(&q, "a", &format!("1.2.3.{k}"), k);
+        }
+        add_job(&q, "b", "1.2.3.1", 0);
+        // Only due jobs of the asked destination, earliest first, at most `max`.
+        let c = q.claim("a", 3, 2).unwrap();
+        let sops: Vec<&str> = c.iter().map(|c| c.job.sop_instance_uid.as_str()).collect();
+        assert_eq!(sops, vec!["1.2.3.1", "1.2.3.2"]);
+        let c2 = q.claim("a", 10, 10).unwrap();
+        assert_eq!(c2.len(), 2);
+        q.finish(
+            vec![
+                (c[0].job.clone(), Outcome::Delivered),
+                (c[1].job.clone(), Outcome::Dead("status 0122".into())),
+                (c2[0].job.clone(), Outcome::Unsent),
+                (c2[1].job.clone(), Outcome::Delivered),
+            ],
+            &p,
+            20,
+            || 0.0,
+        )
+        .unwrap();
+        assert_eq!(counts(&stats(&q, "a")), [1, 0, 0, 1, 2]);
+        assert_eq!(counts(&stats(&q, "b")), [1, 0, 0, 0, 0]);
+        let unsent = q.list(Some("a"), Some(JobState::Pending), 10).unwrap();
+        assert_eq!(unsent[0].job.attempts, 0, "an unsent job is not charged");
+        assert_eq!(unsent[0].job.due_at_us, 20);
+        // Finishing a job twice records nothing the second time.
+        q.finish(vec![(c[0].job.clone(), Outcome::Delivered)], &p, 30, || 0.0)
+            .unwrap();
+        assert_eq!(counts(&stats(&q, "a"))[4], 2);
+        // Retention: 1.2.3.4 has no job left; 1.2.3.1 still has one for "b".
+        let tx = q.index().database().begin_read().unwrap();
+        let r = tx.open_table(db::RETIRABLE).unwrap();
+        let keys: Vec<String> = r
+            .iter()
+            .unwrap()
+            .map(|x| x.unwrap().0.value().1.to_owned())
+            .collect();
+        assert_eq!(keys, vec!["1.2.3.4"]);
+        let o = tx.open_table(db::OUTSTANDING).unwrap();
+        assert_eq!(o.get("1.2.3.1").unwrap().unwrap().value(), 1);
+    }
+
+    #[test]
+    fn in_flight_jobs_return_at_start_up_and_dead_ones_on_retry() {
+        let (_d, q) = setup(2, false);
+        let p = policy(5);
+        add_job(&q, "a", "1.2.3.1", 0);
+        add_job(&q, "a", "1.2.3.2", 0);
+        let c = q.claim("a", 0, 10).unwrap();
+        q.finish(
+            vec![(c[1].job.clone(), Outcome::Dead("rejected".into()))],
+            &p,
+            1,
+            || 0.0,
+        )
+        .unwrap();
+        // "Crash" with c[0] in flight.
+        assert_eq!(q.requeue_in_flight(50).unwrap(), 1);
+        assert_eq!(counts(&stats(&q, "a")), [1, 0, 0, 1, 0]);
+        assert_eq!(q.claim("a", 50, 10).unwrap().len(), 1);
+        assert!(matches!(
+            q.retry_dead("a", Some(999), 60),
+            Err(QueueError::NotFound(_))
+        ));
+        assert_eq!(q.retry_dead("a", None, 60).unwrap(), 1);
+        let again = q.claim("a", 60, 10).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].job.attempts, 0, "attempts reset");
+        assert_eq!(again[0].job.last_error, "rejected", "history kept");
+    }
+
+    #[test]
+    fn replay_pause_and_missing_objects() {
+        let (_d, q) = setup(3, false);
+        assert_eq!(q.replay_study("a", "1.2", 5).unwrap(), 3);
+        assert_eq!(q.replay_study("a", "9.9", 5).unwrap(), 0);
+        assert_eq!(counts(&stats(&q, "a")), [3, 0, 0, 0, 0]);
+        assert!(!q.is_paused("a").unwrap());
+        q.set_paused("a", true).unwrap();
+        assert!(stats(&q, "a").paused);
+        q.set_paused("a", false).unwrap();
+        assert!(!q.is_paused("a").unwrap());
+        add_job(&q, "a", "4.5.6", 6);
+        let c = q.claim("a", 10, 10).unwrap();
+        assert_eq!(c.len(), 4);
+        assert!(c.iter().any(|c| c.instance.is_none()));
+    }
+
+    #[test]
+    fn start_up_recovery_drops_jobs_of_unacknowledged_objects() {
+        let (_d, q) = setup(2, false);
+        add_job(&q, "a", "1.2.3.1", 0);
+        add_job(&q, "b", "1.2.3.1", 0);
+        add_job(&q, "a", "1.2.3.2", 0);
+        let tx = q.index().database().begin_write().unwrap();
+        let gone: HashSet<String> = ["1.2.3.1".to_owned()].into();
+        assert_eq!(remove_jobs_of(&tx, &gone).unwrap(), 2);
+        tx.commit().unwrap();
+        assert_eq!(counts(&stats(&q, "a")), [1, 0, 0, 0, 0]);
+        assert_eq!(counts(&stats(&q, "b")), [0, 0, 0, 0, 0]);
+    }
 }

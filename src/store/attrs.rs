@@ -58,6 +58,20 @@ pub struct IndexAttrs {
     pub series_number: String,
     /// (0020,0013) Instance Number.
     pub instance_number: String,
+    /// Values of the extra top-level attributes asked for (routing keys), in tag order of
+    /// appearance; not stored in the index.
+    #[serde(skip)]
+    pub extra: Vec<(Tag, String)>,
+}
+
+impl IndexAttrs {
+    /// The value of an extra attribute that was asked for and present.
+    pub fn extra_value(&self, tag: Tag) -> Option<&str> {
+        self.extra
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Why attributes could not be extracted.
@@ -107,6 +121,22 @@ fn inflate_prefix(data: &[u8], complete: bool) -> Result<(Vec<u8>, bool), Extrac
 /// Extracts the index attributes from the first bytes of a dataset in transfer syntax
 /// `ts_uid`. `complete` says whether `prefix` is the whole dataset.
 pub fn extract(prefix: &[u8], ts_uid: &str, complete: bool) -> Result<IndexAttrs, ExtractError> {
+    extract_with(prefix, ts_uid, complete, &[])
+}
+
+/// Like [`extract`], also collecting the top-level attributes `wanted` (sorted; groups below
+/// 7FE0) into [`IndexAttrs::extra`]: the parse then continues to the highest wanted group.
+pub fn extract_with(
+    prefix: &[u8],
+    ts_uid: &str,
+    complete: bool,
+    wanted: &[Tag],
+) -> Result<IndexAttrs, ExtractError> {
+    let last_group = wanted
+        .iter()
+        .map(|t| t.group())
+        .filter(|g| *g < 0x7FE0)
+        .fold(0x0020, u16::max);
     let ts = TransferSyntaxRegistry
         .get(ts_uid)
         .ok_or_else(|| ExtractError::UnknownTransferSyntax(ts_uid.to_owned()))?;
@@ -136,7 +166,7 @@ pub fn extract(prefix: &[u8], ts_uid: &str, complete: bool) -> Result<IndexAttrs
         // the parser allocates a buffer of the announced (peer-controlled, up to 4 GiB) size.
         if let DataToken::ElementHeader(h) = &token {
             let beyond_data = h.len.get().is_some_and(|n| n as usize > bytes.len());
-            if beyond_data && !(depth == 0 && h.tag.group() > 0x0020) {
+            if beyond_data && !(depth == 0 && h.tag.group() > last_group) {
                 return Err(if complete {
                     ExtractError::Malformed(format!("element {} is longer than the dataset", h.tag))
                 } else {
@@ -147,7 +177,7 @@ pub fn extract(prefix: &[u8], ts_uid: &str, complete: bool) -> Result<IndexAttrs
         match token {
             // Past group 0020 at the top level: everything wanted has been seen.
             DataToken::PixelSequenceStart if depth == 0 => return Ok(attrs),
-            DataToken::SequenceStart { tag, .. } if depth == 0 && tag.group() > 0x0020 => {
+            DataToken::SequenceStart { tag, .. } if depth == 0 && tag.group() > last_group => {
                 return Ok(attrs)
             }
             DataToken::SequenceStart { .. } | DataToken::PixelSequenceStart => {
@@ -158,13 +188,18 @@ pub fn extract(prefix: &[u8], ts_uid: &str, complete: bool) -> Result<IndexAttrs
             }
             DataToken::SequenceEnd => depth = depth.saturating_sub(1),
             DataToken::ElementHeader(h) if depth == 0 => {
-                if h.tag.group() > 0x0020 {
+                if h.tag.group() > last_group {
                     return Ok(attrs);
                 }
                 pending = Some(h.tag);
             }
             DataToken::PrimitiveValue(v) if depth == 0 => {
                 if let Some(tag) = pending.take() {
+                    if wanted.binary_search(&tag).is_ok() {
+                        let text = v.to_str();
+                        let t = text.trim_end_matches(['\0', ' ']).trim_start().to_owned();
+                        attrs.extra.push((tag, t));
+                    }
                     store(&mut attrs, tag, v.to_str());
                 }
             }
@@ -342,6 +377,35 @@ mod tests {
         ds.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0x00, 0x00, 0x10, 0x00, 1, 2]);
         let a = extract(&ds, dicom_dictionary_std::uids::JPEG_BASELINE8_BIT, false).unwrap();
         assert_eq!(a.series_instance_uid, "1.2.3.4.5");
+    }
+
+    #[test]
+    fn extra_attributes_for_routing() {
+        let mut ds = sample();
+        // Body Part Examined (0018,0015) goes before Study Instance UID (0020,000D); Rows
+        // (0028,0010) is beyond group 0020, so asking for it makes the parse go further.
+        let study = ds
+            .windows(4)
+            .position(|w| w == [0x20, 0x00, 0x0D, 0x00])
+            .unwrap();
+        let mut tail = ds.split_off(study);
+        ds.extend(el(0x0018, 0x0015, b"CS", b"CHEST"));
+        ds.append(&mut tail);
+        let ele = dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN;
+        let wanted = [
+            Tag(0x0008, 0x0060),
+            Tag(0x0018, 0x0015),
+            Tag(0x0028, 0x0010),
+        ];
+        let a = extract_with(&ds, ele, true, &wanted).unwrap();
+        assert_eq!(a.extra_value(Tag(0x0008, 0x0060)), Some("CT"));
+        assert_eq!(a.extra_value(Tag(0x0018, 0x0015)), Some("CHEST"));
+        assert_eq!(a.extra_value(Tag(0x0028, 0x0010)), Some("4"));
+        assert_eq!(a.extra_value(Tag(0x0010, 0x0010)), None, "not asked for");
+        // Without the group-0028 key the parse ends at group 0020 as before.
+        let b = extract_with(&ds, ele, true, &wanted[..2]).unwrap();
+        assert_eq!(b.extra_value(Tag(0x0028, 0x0010)), None);
+        assert_eq!(b.series_instance_uid, "1.2.3.4.5");
     }
 
     #[test]

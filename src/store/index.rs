@@ -156,6 +156,15 @@ pub fn create_tables(tx: &WriteTransaction) -> Result<(), IndexError> {
     tx.open_table(db::STUDIES)?;
     tx.open_table(db::PATIENTS)?;
     tx.open_table(db::PENDING_SYNC)?;
+    // The forwarding queue shares the database (and the committer's transactions).
+    tx.open_table(db::QUEUE)?;
+    tx.open_table(db::IN_FLIGHT)?;
+    tx.open_table(db::DEAD)?;
+    tx.open_table(db::QUEUE_COUNTS)?;
+    tx.open_table(db::OUTSTANDING)?;
+    tx.open_table(db::RETIRABLE)?;
+    tx.open_table(db::PAUSED)?;
+    tx.open_table(db::META)?;
     Ok(())
 }
 

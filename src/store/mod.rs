@@ -25,6 +25,66 @@ pub fn syncfs(f: &std::fs::File) -> std::io::Result<()> {
     }
 }
 
+/// Filesystem usage: (total bytes, bytes available to unprivileged writers).
+pub fn disk_usage(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("path holds a NUL byte"))?;
+    // SAFETY: `st` is plain old data filled by statvfs; `c` is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    Ok((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
+}
+
+/// The disk high-water mark: new objects are refused (A700) once the data filesystem is this
+/// full, so the disk never fills under a sender and the index and queue keep room to work.
+/// Checked with one `statvfs` per C-STORE request (about a microsecond).
+#[derive(Debug, Clone)]
+pub struct DiskGuard {
+    root: PathBuf,
+    high_water_percent: u8,
+}
+
+impl DiskGuard {
+    /// Guards the filesystem holding `root`; 100 % disables the check.
+    pub fn new(root: &Path, high_water_percent: u8) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            high_water_percent,
+        }
+    }
+
+    /// Percent of the filesystem in use (reserved blocks count as used).
+    pub fn used_percent(&self) -> std::io::Result<f64> {
+        let (total, avail) = disk_usage(&self.root)?;
+        Ok(if total == 0 {
+            100.0
+        } else {
+            100.0 * (total - avail.min(total)) as f64 / total as f64
+        })
+    }
+
+    /// `Err(DiskFull)` when usage is at or above the mark. A failing `statvfs` does not
+    /// refuse objects: the write itself would then report the real problem.
+    pub fn check(&self) -> Result<(), StoreError> {
+        if self.high_water_percent >= 100 {
+            return Ok(());
+        }
+        match self.used_percent() {
+            Ok(used) if used >= f64::from(self.high_water_percent) => {
+                Err(StoreError::DiskFull(format!(
+                    "data filesystem {:.1}% full, at or above the high-water mark of {}%",
+                    used, self.high_water_percent
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The layout of the data directory (see `docs/design.md`):
 /// `objects/<Study>/<Series>/<SOPInstance>.dcm`, `tmp/` for objects being received (same
 /// filesystem, so the final rename is atomic), `gateway.redb` for index and queue.

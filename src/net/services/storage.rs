@@ -77,17 +77,18 @@ pub fn extract_attrs(
     prefix: &[u8],
     dataset_size: u64,
     ts_uid: &str,
+    wanted: &[dicom_core::Tag],
     more: impl Fn(usize) -> std::io::Result<Vec<u8>>,
 ) -> Result<IndexAttrs, StoreError> {
     let complete = prefix.len() as u64 >= dataset_size;
-    match attrs::extract(prefix, ts_uid, complete) {
+    match attrs::extract_with(prefix, ts_uid, complete, wanted) {
         Err(ExtractError::NeedMore) => {
             let len = (dataset_size as usize).min(MAX_HEADER_SCAN);
             let bytes = more(len).map_err(|e| StoreError::from_io("read back dataset", &e))?;
-            attrs::extract(&bytes, ts_uid, bytes.len() as u64 >= dataset_size).map_err(
+            attrs::extract_with(&bytes, ts_uid, bytes.len() as u64 >= dataset_size, wanted).map_err(
                 |e| match e {
                     ExtractError::NeedMore => StoreError::CannotUnderstand(format!(
-                        "groups 0008-0020 exceed {MAX_HEADER_SCAN} bytes"
+                        "the indexed and routed attributes end beyond the first {MAX_HEADER_SCAN} bytes"
                     )),
                     other => other.into(),
                 },

@@ -5,8 +5,8 @@
 //! - [`synth`]: synthetic objects from pre-encoded templates with fixed-length, patchable
 //!   UIDs (making an object is a few digit writes; pixel data is shared).
 //! - [`source`]: synthetic objects or a directory of Part-10 files sent verbatim.
-//! - [`scu`]: a blocking SCU association (dicom-ul for association PDUs, dicom-gw's framing
-//!   for P-DATA).
+//! - [`scu`]: the blocking SCU association, re-exported from `dicom_gw::net::scu` (shared
+//!   with the gateway's forwarder).
 //! - [`query`]: C-FIND identifiers from JSON.
 //! - [`run`]: the workers, closed and open loop (see there for the threading rationale).
 //! - [`stats`]: histograms, counters, JSON summary and human report.

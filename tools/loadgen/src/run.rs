@@ -187,7 +187,10 @@ pub fn run(cfg: RunConfig, op: Operation) -> RunResult {
         called: cfg.called.clone(),
         max_pdu: cfg.max_pdu,
         timeout: cfg.timeout,
+        connect_timeout: None,
         contexts: op.contexts(),
+        implementation_class_uid: crate::dataset::IMPLEMENTATION_CLASS_UID.to_owned(),
+        implementation_version_name: crate::dataset::IMPLEMENTATION_VERSION_NAME.to_owned(),
     };
     let find_ids = match &op {
         Operation::Find { query, .. } => Some([

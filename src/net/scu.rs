@@ -1,0 +1,1170 @@
+//! A blocking SCU association over a std `TcpStream` (TCP_NODELAY, read/write timeouts): the
+//! requestor side shared by the forwarder and the load generator (`tools/loadgen`).
+//!
+//! Why blocking std I/O and not the per-core runtimes of [`crate::rt`]: an SCU drives one
+//! association at a time, in lock step (send a request, wait for its response), from a thread
+//! of its own; a runtime would add nothing but a second I/O path to keep correct.
+//!
+//! Association PDUs are small and built and parsed with dicom-ul ([`write_pdu`], [`read_pdu`]).
+//! The data phase uses dicom-gw's own framing ([`encode_message`]): each message is cut into
+//! P-DATA-TF PDUs of the peer's Maximum Length, and whole batches of PDUs (up to
+//! [`WRITE_BATCH`] bytes: the command and, for typical objects, the entire dataset) go out in
+//! one `write`. A dataset is framed from memory ([`Association::send`]) or streamed from a file
+//! with positional reads ([`Association::send_dataset_from`]); both go through the same framer,
+//! and only one batch of a file is ever in memory, whatever the object's size. Responses are
+//! read with [`peek_header`], [`check_length`] and [`split_pdata`].
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use dicom_ul::pdu::{
+    read_pdu, write_pdu, AssociationRQ, Pdu, PresentationContextProposed,
+    PresentationContextResultReason, UserVariableItem, MAXIMUM_PDU_SIZE,
+};
+
+use crate::net::dimse::command::{decode_command, encode_store_rq, tags, Command, CommandField};
+use crate::net::ul::association::{max_length, DICOM_APPLICATION_CONTEXT};
+use crate::net::ul::pdata::{
+    check_length, encode_message, peek_header, split_pdata, PduType, Pdv, PDU_HEADER_LEN,
+    PDV_HEADER_LEN,
+};
+
+/// Largest number of bytes framed into one `write` call, and so the most of a dataset held in
+/// memory at once: big enough that per-call overhead vanishes next to the copy, small enough
+/// that a 1 GiB object costs no more memory than a 1 MiB one.
+pub const WRITE_BATCH: usize = 1 << 20;
+
+/// PS3.8 §9.3.2.2: presentation context IDs are the odd numbers 1–255, so at most 128 can be
+/// proposed on one association.
+pub const MAX_PROPOSED_CONTEXTS: usize = 128;
+
+/// Everything needed to open an association: where, who, and what we intend to send.
+#[derive(Debug, Clone)]
+pub struct AssocParams {
+    /// Peer address.
+    pub addr: SocketAddr,
+    /// Our AE title (Calling AE), which the peer may check against its access list.
+    pub calling: String,
+    /// Peer AE title (Called AE), which the peer may require to be its own.
+    pub called: String,
+    /// Maximum Length we announce: the largest P-DATA-TF body we accept, and so the bound on
+    /// our read buffer (0 = unlimited).
+    pub max_pdu: u32,
+    /// Read and write timeout (and the connect timeout unless `connect_timeout` is set): a
+    /// silent peer costs at most this long per step.
+    pub timeout: Duration,
+    /// TCP connect timeout, when it should differ from `timeout` (a host that is down should
+    /// be noticed sooner than a slow archive's response).
+    pub connect_timeout: Option<Duration>,
+    /// Proposed presentation contexts: (abstract syntax, transfer syntaxes), given IDs 1, 3,
+    /// 5, … in this order (at most [`MAX_PROPOSED_CONTEXTS`]).
+    pub contexts: Vec<(String, Vec<String>)>,
+    /// Implementation Class UID we announce (PS3.7 D.3.3.2): each program using this module
+    /// (the gateway's forwarder, the load generator) identifies itself, so a peer's logs say
+    /// who sent what.
+    pub implementation_class_uid: String,
+    /// Implementation Version Name we announce (PS3.7 D.3.3.2), for the same reason.
+    pub implementation_version_name: String,
+}
+
+/// A presentation context the peer accepted: what [`Association::context`] looks up to pick
+/// the ID a message goes out on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedContext {
+    /// Presentation context ID.
+    pub id: u8,
+    /// Abstract syntax (as we proposed it; the A-ASSOCIATE-AC does not repeat it).
+    pub abstract_syntax: String,
+    /// The transfer syntax the peer chose; datasets on this context must be encoded in it.
+    pub transfer_syntax: String,
+}
+
+/// Errors of an SCU association. The variants say who failed (the network, the peer, our own
+/// source file) so a caller can decide whether a retry makes sense; [`ScuError::kind`] names
+/// them for error counters.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScuError {
+    /// TCP connect failed (peer down, wrong address, firewall).
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// Peer address.
+        addr: SocketAddr,
+        /// The error.
+        source: io::Error,
+    },
+    /// A-ASSOCIATE-RJ received.
+    #[error("association rejected by {addr}: {why}")]
+    Rejected {
+        /// Peer address.
+        addr: SocketAddr,
+        /// Result "rejected-transient" (PS3.8 Table 9-21): the peer expects the same request
+        /// to succeed later (e.g. its association limit), so it is worth retrying; permanent
+        /// rejections (unknown AE title, …) will not go away by themselves.
+        transient: bool,
+        /// Result, source and reason, for logs.
+        why: String,
+    },
+    /// A-ABORT received.
+    #[error("association aborted by the peer ({0})")]
+    Aborted(String),
+    /// No data within the timeout.
+    #[error("timed out waiting for the peer")]
+    Timeout,
+    /// The peer closed the connection.
+    #[error("connection closed by the peer")]
+    Closed,
+    /// Other I/O error on the connection.
+    #[error("I/O error: {0}")]
+    Io(io::Error),
+    /// The peer broke the protocol (or sent something we do not handle).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The peer accepted no presentation context for what we want to send.
+    #[error("no accepted presentation context for {abstract_syntax} in {transfer_syntax}")]
+    NoContext {
+        /// SOP class.
+        abstract_syntax: String,
+        /// Transfer syntax.
+        transfer_syntax: String,
+    },
+    /// More presentation contexts proposed than PS3.8 allows (a caller bug; nothing was sent).
+    #[error("{0} presentation contexts proposed, at most {MAX_PROPOSED_CONTEXTS} are possible")]
+    TooManyContexts(usize),
+    /// Reading the dataset to send from its local file failed (I/O error, or the file ends
+    /// before the announced length). The fault is ours, not the peer's: the message could not
+    /// be completed, so the association has been aborted.
+    #[error("cannot read the dataset to send: {0}")]
+    Source(io::Error),
+}
+
+impl ScuError {
+    /// Short name used as error counter key.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ScuError::Connect { .. } => "connect",
+            ScuError::Rejected { .. } => "rejected",
+            ScuError::Aborted(_) => "aborted",
+            ScuError::Timeout => "timeout",
+            ScuError::Closed => "closed",
+            ScuError::Io(_) => "io",
+            ScuError::Protocol(_) => "protocol",
+            ScuError::NoContext { .. } => "no-context",
+            ScuError::TooManyContexts(_) => "too-many-contexts",
+            ScuError::Source(_) => "source",
+        }
+    }
+}
+
+impl From<io::Error> for ScuError {
+    /// Errors on the connection: timeouts and resets get their own variants because callers
+    /// count and retry them differently from other I/O errors.
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ScuError::Timeout,
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => ScuError::Closed,
+            _ => ScuError::Io(e),
+        }
+    }
+}
+
+fn protocol(e: impl std::fmt::Display) -> ScuError {
+    ScuError::Protocol(e.to_string())
+}
+
+/// A received DIMSE message (a response); dataset bytes are counted, not kept, because no
+/// caller so far needs them and a C-FIND peer may send many.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The decoded command set.
+    pub command: Command,
+    /// Error Comment (0000,0902), trimmed, when the response carries one: the peer's own words
+    /// on a failure status, worth logging next to the code.
+    pub error_comment: Option<String>,
+    /// Length of the dataset that followed (0 if none).
+    pub dataset_len: u64,
+}
+
+/// The outcome of a C-STORE, as [`Association::c_store_from_file`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreResponse {
+    /// Status (0000,0900) of the C-STORE-RSP; the caller maps it (success, warning, failure)
+    /// with the storage service's status table.
+    pub status: u16,
+    /// Error Comment (0000,0902), if the peer gave one.
+    pub error_comment: Option<String>,
+}
+
+/// An established association.
+#[derive(Debug)]
+pub struct Association {
+    stream: TcpStream,
+    our_max_pdu: u32,
+    peer_max_pdu: u32,
+    accepted: Vec<AcceptedContext>,
+    rbuf: BytesMut,
+    tmp: Box<[u8]>,
+    wbuf: BytesMut,
+    /// Joins pieces of an in-memory dataset, or holds one batch read from a file.
+    scratch: Vec<u8>,
+    pdvs: VecDeque<Pdv>,
+}
+
+const RELEASE_RQ: [u8; 10] = [0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0];
+const ABORT_RQ: [u8; 10] = [0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0];
+
+impl Association {
+    /// Connects and negotiates; fails with [`ScuError::Rejected`] / [`ScuError::Aborted`] if
+    /// the peer refuses.
+    pub fn open(p: &AssocParams) -> Result<Association, ScuError> {
+        if p.contexts.len() > MAX_PROPOSED_CONTEXTS {
+            return Err(ScuError::TooManyContexts(p.contexts.len()));
+        }
+        let stream = TcpStream::connect_timeout(&p.addr, p.connect_timeout.unwrap_or(p.timeout))
+            .map_err(|source| ScuError::Connect {
+                addr: p.addr,
+                source,
+            })?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(p.timeout))?;
+        stream.set_write_timeout(Some(p.timeout))?;
+        let mut a = Association::with_stream(stream, p.max_pdu);
+        let rq = AssociationRQ {
+            protocol_version: 1,
+            calling_ae_title: p.calling.clone(),
+            called_ae_title: p.called.clone(),
+            application_context_name: DICOM_APPLICATION_CONTEXT.to_owned(),
+            presentation_contexts: p
+                .contexts
+                .iter()
+                .zip((1u8..=255).step_by(2))
+                .map(|((abs, ts), id)| PresentationContextProposed {
+                    id,
+                    abstract_syntax: abs.clone(),
+                    transfer_syntaxes: ts.clone(),
+                })
+                .collect(),
+            user_variables: vec![
+                UserVariableItem::MaxLength(p.max_pdu),
+                UserVariableItem::ImplementationClassUID(p.implementation_class_uid.clone()),
+                UserVariableItem::ImplementationVersionName(p.implementation_version_name.clone()),
+            ],
+        };
+        let mut out = Vec::with_capacity(512);
+        write_pdu(&mut out, &Pdu::AssociationRQ(rq)).map_err(protocol)?;
+        a.stream.write_all(&out)?;
+        let (_, pdu) = a.read_raw()?;
+        // Control PDUs were already bounded by `check_length`; dicom-ul only needs a valid limit.
+        match read_pdu(&pdu[..], MAXIMUM_PDU_SIZE, false).map_err(protocol)? {
+            Some(Pdu::AssociationAC(ac)) => {
+                a.peer_max_pdu = max_length(&ac.user_variables);
+                for r in &ac.presentation_contexts {
+                    let k = (r.id as usize).saturating_sub(1) / 2;
+                    if r.reason == PresentationContextResultReason::Acceptance
+                        && r.id % 2 == 1
+                        && k < p.contexts.len()
+                    {
+                        a.accepted.push(AcceptedContext {
+                            id: r.id,
+                            abstract_syntax: p.contexts[k].0.clone(),
+                            transfer_syntax: r.transfer_syntax.trim_end_matches('\0').to_owned(),
+                        });
+                    }
+                }
+                Ok(a)
+            }
+            Some(Pdu::AssociationRJ(rj)) => {
+                use dicom_ul::pdu::{AssociationRJResult, AssociationRJSource as S};
+                let source = match &rj.source {
+                    S::ServiceUser(r) => format!("service user: {r}"),
+                    S::ServiceProviderASCE(r) => format!("service provider (ACSE): {r}"),
+                    S::ServiceProviderPresentation(r) => {
+                        format!("service provider (presentation): {r}")
+                    }
+                };
+                let transient = rj.result == AssociationRJResult::Transient;
+                let kind = if transient { "transient" } else { "permanent" };
+                Err(ScuError::Rejected {
+                    addr: p.addr,
+                    transient,
+                    why: format!("{kind}, {source}"),
+                })
+            }
+            Some(Pdu::AbortRQ { source }) => Err(ScuError::Aborted(format!("{source:?}"))),
+            Some(other) => Err(protocol(format!(
+                "expected A-ASSOCIATE-AC, got {}",
+                other.short_description()
+            ))),
+            None => Err(protocol("truncated A-ASSOCIATE response")),
+        }
+    }
+
+    /// An association on `stream` before negotiation (also how the tests get one on a socket
+    /// pair without a handshake).
+    fn with_stream(stream: TcpStream, our_max_pdu: u32) -> Association {
+        Association {
+            stream,
+            our_max_pdu,
+            peer_max_pdu: 0,
+            accepted: Vec::new(),
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            tmp: vec![0u8; 64 * 1024].into_boxed_slice(),
+            wbuf: BytesMut::with_capacity(64 * 1024),
+            scratch: Vec::new(),
+            pdvs: VecDeque::new(),
+        }
+    }
+
+    /// The peer's Maximum Length (0 = unlimited): the PDU size our messages are cut to.
+    pub fn peer_max_pdu(&self) -> u32 {
+        self.peer_max_pdu
+    }
+
+    /// Accepted presentation contexts, for callers that choose among several themselves.
+    pub fn accepted(&self) -> &[AcceptedContext] {
+        &self.accepted
+    }
+
+    /// The accepted context for `abstract_syntax` in exactly `ts`: a stored object goes out in
+    /// the transfer syntax it is encoded in, since its bytes are sent verbatim.
+    pub fn context(&self, abstract_syntax: &str, ts: &str) -> Result<u8, ScuError> {
+        self.accepted
+            .iter()
+            .find(|c| c.abstract_syntax == abstract_syntax && c.transfer_syntax == ts)
+            .map(|c| c.id)
+            .ok_or_else(|| ScuError::NoContext {
+                abstract_syntax: abstract_syntax.to_owned(),
+                transfer_syntax: ts.to_owned(),
+            })
+    }
+
+    /// The first accepted context for `abstract_syntax`, whatever its transfer syntax: for
+    /// messages we encode ourselves (C-FIND identifiers) in whichever syntax was chosen.
+    pub fn any_context(&self, abstract_syntax: &str) -> Result<&AcceptedContext, ScuError> {
+        self.accepted
+            .iter()
+            .find(|c| c.abstract_syntax == abstract_syntax)
+            .ok_or_else(|| ScuError::NoContext {
+                abstract_syntax: abstract_syntax.to_owned(),
+                transfer_syntax: "any".to_owned(),
+            })
+    }
+
+    /// Sends a command and, if `dataset` is given, the dataset `head ++ tail` on context
+    /// `pc`: framed into the peer's PDU size, written in batches of ≤ [`WRITE_BATCH`] bytes.
+    /// The dataset comes in two parts so a caller can prepend patched bytes to shared ones
+    /// without joining them first. After an error the message is incomplete: abort.
+    pub fn send(
+        &mut self,
+        pc: u8,
+        command: &[u8],
+        dataset: Option<(&[u8], &[u8])>,
+    ) -> Result<(), ScuError> {
+        let stream = &mut self.stream;
+        frame_message(
+            &mut self.wbuf,
+            &mut self.scratch,
+            pc,
+            command,
+            dataset,
+            self.peer_max_pdu,
+            |b| stream.write_all(b),
+        )?;
+        Ok(())
+    }
+
+    /// Sends a command and then, as its dataset, the `len` bytes of `file` starting at
+    /// `offset`, verbatim, on context `pc`.
+    ///
+    /// This is how a stored object is forwarded without loading it: the bytes are read with
+    /// positional reads (`read_at`, so the file's cursor is neither used nor moved and the
+    /// handle may be shared) one batch of ≤ [`WRITE_BATCH`] bytes at a time, framed into
+    /// P-DATA-TF PDUs no larger than the peer's Maximum Length (when the peer announced 0 =
+    /// unlimited, each batch becomes one PDU) and written before the next batch is read.
+    ///
+    /// If the file cannot be read or ends before `offset + len`, the message cannot be
+    /// completed: the association is aborted (A-ABORT, then the connection is shut down) and
+    /// [`ScuError::Source`] is returned, telling our own file's problem apart from the peer's.
+    /// Other errors come from the connection; the message is incomplete then too, so abort.
+    pub fn send_dataset_from(
+        &mut self,
+        pc: u8,
+        command: &[u8],
+        file: &File,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), ScuError> {
+        let mut source = FileRange {
+            file,
+            offset,
+            len,
+            buf: &mut self.scratch,
+        };
+        let stream = &mut self.stream;
+        let sent = match offset.checked_add(len) {
+            None => Err(FrameError::Source(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("dataset range {offset} + {len} overflows"),
+            ))),
+            Some(_) => frame_pieces(
+                &mut self.wbuf,
+                pc,
+                command,
+                Some(&mut source),
+                self.peer_max_pdu,
+                &mut |b| stream.write_all(b),
+            ),
+        };
+        match sent {
+            Ok(()) => Ok(()),
+            Err(FrameError::Sink(e)) => Err(e.into()),
+            Err(FrameError::Source(e)) => {
+                self.abort_in_place();
+                Err(ScuError::Source(e))
+            }
+        }
+    }
+
+    /// One C-STORE of a dataset held in a file: sends a C-STORE-RQ (`message_id`, SOP class and
+    /// instance, medium priority) with the `len` bytes of `file` at `offset` as its dataset
+    /// (see [`Association::send_dataset_from`] for how, and for [`ScuError::Source`]), then
+    /// waits for the C-STORE-RSP.
+    ///
+    /// `pc` must be a context accepted for `sop_class_uid` in the transfer syntax the bytes are
+    /// encoded in (see [`Association::context`]). Returns the response's status and error
+    /// comment; interpreting the status (success, warning, failure) is the caller's business.
+    #[allow(clippy::too_many_arguments)] // the request's fields and a byte range, all plain
+    pub fn c_store_from_file(
+        &mut self,
+        pc: u8,
+        message_id: u16,
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+        file: &File,
+        offset: u64,
+        len: u64,
+    ) -> Result<StoreResponse, ScuError> {
+        let command = encode_store_rq(message_id, sop_class_uid, sop_instance_uid);
+        self.send_dataset_from(pc, &command, file, offset, len)?;
+        let rsp = self.receive(message_id)?;
+        let c = &rsp.command;
+        if c.command_field != CommandField::CStoreRsp as u16 {
+            return Err(protocol(format!(
+                "expected C-STORE-RSP to message {message_id}, got command field 0x{:04X}",
+                c.command_field
+            )));
+        }
+        // A response about another instance would mean the peer mixed up objects: better to
+        // stop than to mark the wrong one as delivered.
+        if let Some(uid) = &c.affected_sop_instance_uid {
+            if uid != sop_instance_uid.trim_end_matches('\0') {
+                return Err(protocol(format!(
+                    "C-STORE-RSP for instance {uid} while {sop_instance_uid} was sent"
+                )));
+            }
+        }
+        let status = c
+            .status
+            .ok_or_else(|| protocol("C-STORE-RSP without Status (0000,0900)"))?;
+        Ok(StoreResponse {
+            status,
+            error_comment: rsp.error_comment,
+        })
+    }
+
+    fn fill(&mut self) -> Result<(), ScuError> {
+        let n = self.stream.read(&mut self.tmp)?;
+        if n == 0 {
+            return Err(ScuError::Closed);
+        }
+        self.rbuf.extend_from_slice(&self.tmp[..n]);
+        Ok(())
+    }
+
+    /// Reads one whole PDU (header included), its length checked before it is buffered.
+    fn read_raw(&mut self) -> Result<(PduType, Bytes), ScuError> {
+        let limit = if self.our_max_pdu == 0 {
+            u32::MAX
+        } else {
+            self.our_max_pdu
+        };
+        loop {
+            if let Some(h) = peek_header(&self.rbuf) {
+                let ty = check_length(h, limit).map_err(protocol)?;
+                let total = h.total_len();
+                if self.rbuf.len() >= total {
+                    return Ok((ty, self.rbuf.split_to(total).freeze()));
+                }
+                self.rbuf.reserve(total - self.rbuf.len());
+            }
+            self.fill()?;
+        }
+    }
+
+    fn next_pdv(&mut self) -> Result<Pdv, ScuError> {
+        loop {
+            if let Some(p) = self.pdvs.pop_front() {
+                return Ok(p);
+            }
+            let (ty, pdu) = self.read_raw()?;
+            match ty {
+                PduType::PData => self
+                    .pdvs
+                    .extend(split_pdata(pdu.slice(PDU_HEADER_LEN..)).map_err(protocol)?),
+                PduType::Abort => {
+                    let why = match read_pdu(&pdu[..], MAXIMUM_PDU_SIZE, false) {
+                        Ok(Some(Pdu::AbortRQ { source })) => format!("{source:?}"),
+                        _ => "unparsable A-ABORT".to_owned(),
+                    };
+                    return Err(ScuError::Aborted(why));
+                }
+                PduType::ReleaseRq => {
+                    return Err(protocol("peer sent A-RELEASE-RQ while a response was due"))
+                }
+                other => return Err(protocol(format!("unexpected {other:?} PDU"))),
+            }
+        }
+    }
+
+    /// Receives the next message (command, then its dataset if it announces one) and checks
+    /// that it responds to `message_id`.
+    pub fn receive(&mut self, message_id: u16) -> Result<Message, ScuError> {
+        let mut cmd = Vec::new();
+        let command = loop {
+            let pdv = self.next_pdv()?;
+            if !pdv.is_command {
+                return Err(protocol("dataset fragment before its command"));
+            }
+            cmd.extend_from_slice(&pdv.data);
+            if pdv.is_last {
+                break decode_command(&cmd).map_err(protocol)?;
+            }
+        };
+        if command.message_id != message_id {
+            return Err(protocol(format!(
+                "response to message {} while waiting for {message_id}",
+                command.message_id
+            )));
+        }
+        let mut dataset_len = 0u64;
+        if command.has_dataset {
+            loop {
+                let pdv = self.next_pdv()?;
+                if pdv.is_command {
+                    return Err(protocol("command fragment inside a dataset"));
+                }
+                dataset_len += pdv.data.len() as u64;
+                if pdv.is_last {
+                    break;
+                }
+            }
+        }
+        Ok(Message {
+            command,
+            error_comment: error_comment(&cmd),
+            dataset_len,
+        })
+    }
+
+    /// A-RELEASE-RQ, then waits (bounded by the read timeout) for A-RELEASE-RP: the orderly
+    /// end, after which the peer has finished with everything it acknowledged.
+    pub fn release(mut self) -> Result<(), ScuError> {
+        self.stream.write_all(&RELEASE_RQ)?;
+        loop {
+            let (ty, _) = self.read_raw()?;
+            match ty {
+                PduType::ReleaseRp => return Ok(()),
+                PduType::Abort => return Err(ScuError::Aborted("during release".into())),
+                // A late P-DATA (e.g. a response we gave up on) is skipped.
+                PduType::PData => {}
+                other => return Err(protocol(format!("unexpected {other:?} during release"))),
+            }
+        }
+    }
+
+    /// Sends A-ABORT and closes (best effort): the way out after any error, since the peer
+    /// then discards a half-received message instead of waiting for the rest.
+    pub fn abort(mut self) {
+        self.abort_in_place();
+    }
+
+    /// A-ABORT, then shuts the connection down both ways, so any later use of this
+    /// association fails at once instead of talking to a peer that has forgotten it.
+    fn abort_in_place(&mut self) {
+        let _ = self.stream.write_all(&ABORT_RQ);
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// Error Comment (0000,0902) of a command set that [`decode_command`] accepted, trimmed of
+/// padding; `None` when absent or empty. (`Command` does not keep it since the SCP never
+/// reads one; the SCU wants it for its logs.)
+fn error_comment(cmd: &[u8]) -> Option<String> {
+    let mut pos = 0usize;
+    while let Some(h) = cmd.get(pos..pos + 8) {
+        let group = u16::from_le_bytes([h[0], h[1]]);
+        let elem = u16::from_le_bytes([h[2], h[3]]);
+        let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+        let value = cmd.get(pos + 8..(pos + 8).checked_add(len)?)?;
+        if (group, elem) == tags::ERROR_COMMENT {
+            let s = String::from_utf8_lossy(value);
+            let s = s.trim_matches(['\0', ' ']);
+            return (!s.is_empty()).then(|| s.to_owned());
+        }
+        pos += 8 + len;
+    }
+    None
+}
+
+/// PDV payload bytes per PDU for a peer Maximum Length, as [`encode_message`] computes it.
+fn max_payload(peer_max_pdu: u32) -> usize {
+    if peer_max_pdu == 0 {
+        usize::MAX
+    } else {
+        (peer_max_pdu as usize)
+            .saturating_sub(PDV_HEADER_LEN)
+            .max(2)
+    }
+}
+
+/// Dataset bytes framed per `write`: a whole number of full PDVs up to [`WRITE_BATCH`], so
+/// every PDU but the message's last is as large as the peer allows; when one PDV would be
+/// larger than that (peer limit above 1 MiB, or unlimited), [`WRITE_BATCH`], which keeps the
+/// memory bound at the cost of PDUs below the peer's limit.
+fn batch_len(peer_max_pdu: u32) -> usize {
+    let payload = max_payload(peer_max_pdu);
+    if payload >= WRITE_BATCH {
+        WRITE_BATCH
+    } else {
+        WRITE_BATCH / payload * payload
+    }
+}
+
+/// A message's dataset as the framer sees it: a known length, handed out piece by piece so
+/// only one batch needs to be in memory.
+trait DatasetPieces {
+    /// Length of the whole dataset.
+    fn total_len(&self) -> u64;
+    /// The `n` bytes at `pos` (`pos + n` ≤ the total length).
+    fn piece(&mut self, pos: u64, n: usize) -> io::Result<&[u8]>;
+}
+
+/// An in-memory dataset in two parts (`head ++ tail`): pieces within one part are borrowed,
+/// the one piece straddling both is joined in `scratch`.
+struct Slices<'a> {
+    head: &'a [u8],
+    tail: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+}
+
+impl DatasetPieces for Slices<'_> {
+    fn total_len(&self) -> u64 {
+        (self.head.len() + self.tail.len()) as u64
+    }
+
+    fn piece(&mut self, pos: u64, n: usize) -> io::Result<&[u8]> {
+        let (pos, h) = (pos as usize, self.head.len());
+        let end = pos + n;
+        Ok(if end <= h {
+            &self.head[pos..end]
+        } else if pos >= h {
+            &self.tail[pos - h..end - h]
+        } else {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&self.head[pos..]);
+            self.scratch.extend_from_slice(&self.tail[..end - h]);
+            self.scratch
+        })
+    }
+}
+
+/// A dataset stored in a file at `offset`, read into `buf` one piece at a time.
+struct FileRange<'a> {
+    file: &'a File,
+    offset: u64,
+    len: u64,
+    buf: &'a mut Vec<u8>,
+}
+
+impl DatasetPieces for FileRange<'_> {
+    fn total_len(&self) -> u64 {
+        self.len
+    }
+
+    fn piece(&mut self, pos: u64, n: usize) -> io::Result<&[u8]> {
+        self.buf.resize(n, 0);
+        let at = self.offset + pos;
+        match self.file.read_exact_at(&mut self.buf[..n], at) {
+            Ok(()) => Ok(&self.buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "file ends within bytes {at}..{} (dataset of {} bytes at offset {})",
+                    at + n as u64,
+                    self.len,
+                    self.offset
+                ),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Why framing stopped: the dataset could not be read (our side) or the bytes could not be
+/// written (the connection).
+#[derive(Debug)]
+enum FrameError {
+    Source(io::Error),
+    Sink(io::Error),
+}
+
+/// The one framer: the command as P-DATA-TF PDUs, then the dataset (if any) in batches of
+/// [`batch_len`] bytes, each framed with [`frame_batch`] and handed to `write` as a whole
+/// number of PDUs; the command goes out with the first batch. `wbuf` is reused.
+fn frame_pieces(
+    wbuf: &mut BytesMut,
+    pc: u8,
+    command: &[u8],
+    dataset: Option<&mut dyn DatasetPieces>,
+    peer_max_pdu: u32,
+    write: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> Result<(), FrameError> {
+    wbuf.clear();
+    encode_message(wbuf, pc, true, command, peer_max_pdu);
+    let Some(dataset) = dataset else {
+        return write(wbuf).map_err(FrameError::Sink);
+    };
+    let total = dataset.total_len();
+    let batch = batch_len(peer_max_pdu) as u64;
+    let mut pos = 0u64;
+    loop {
+        let n = (total - pos).min(batch) as usize;
+        let data = dataset.piece(pos, n).map_err(FrameError::Source)?;
+        pos += n as u64;
+        frame_batch(wbuf, pc, data, peer_max_pdu, pos == total);
+        write(wbuf).map_err(FrameError::Sink)?;
+        if pos == total {
+            return Ok(());
+        }
+        wbuf.clear();
+    }
+}
+
+/// Frames a command and optional dataset (`head ++ tail`) into P-DATA-TF PDUs of at most
+/// `peer_max_pdu` bytes and hands them to `write` in batches of whole PDUs: the command with
+/// the first ≤ [`WRITE_BATCH`] bytes of dataset, then further batches. `wbuf` and `scratch`
+/// are reused buffers (`scratch` joins the one batch that straddles head and tail). Public
+/// and I/O-free so benchmarks and tests can drive it without a socket.
+pub fn frame_message(
+    wbuf: &mut BytesMut,
+    scratch: &mut Vec<u8>,
+    pc: u8,
+    command: &[u8],
+    dataset: Option<(&[u8], &[u8])>,
+    peer_max_pdu: u32,
+    mut write: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut slices = dataset.map(|(head, tail)| Slices {
+        head,
+        tail,
+        scratch,
+    });
+    frame_pieces(
+        wbuf,
+        pc,
+        command,
+        slices.as_mut().map(|s| s as &mut dyn DatasetPieces),
+        peer_max_pdu,
+        &mut write,
+    )
+    .map_err(|e| match e {
+        FrameError::Source(e) | FrameError::Sink(e) => e,
+    })
+}
+
+/// Frames `data` (a piece of one dataset) as P-DATA-TF PDUs; when the piece is not the last
+/// of its message, clears the "last fragment" bit that [`encode_message`] sets on its final
+/// PDV.
+fn frame_batch(out: &mut BytesMut, pc: u8, data: &[u8], peer_max_pdu: u32, is_last: bool) {
+    encode_message(out, pc, false, data, peer_max_pdu);
+    if !is_last && !data.is_empty() {
+        let payload = max_payload(peer_max_pdu);
+        let last_len = data.len() - (data.len() - 1) / payload * payload;
+        let control = out.len() - last_len - 1;
+        out[control] &= !0x02;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::dimse::command::encode_response;
+    use dicom_ul::pdu::{
+        AssociationAC, AssociationRJ, AssociationRJResult,
+        AssociationRJServiceProviderPresentationReason, AssociationRJSource,
+        PresentationContextResult,
+    };
+    use std::net::TcpListener;
+    use std::thread::JoinHandle;
+
+    /// What a peer saw on the wire.
+    #[derive(Debug, Default)]
+    struct Received {
+        command: Vec<u8>,
+        dataset: Vec<u8>,
+        /// Last-fragment flags seen (command and dataset).
+        lasts: usize,
+        /// Largest P-DATA-TF body.
+        largest_pdu: u32,
+        /// PDU types other than P-DATA-TF, in order.
+        others: Vec<u8>,
+    }
+
+    /// Reassembles a framed byte stream, checking every P-DATA-TF against `max` (0 = no limit).
+    fn unframe(mut buf: Bytes, max: u32) -> Received {
+        let mut r = Received::default();
+        while let Some(h) = peek_header(&buf) {
+            let ty = check_length(h, if max == 0 { u32::MAX } else { max }).unwrap();
+            assert!(buf.len() >= h.total_len(), "truncated PDU at the end");
+            let pdu = buf.split_to(h.total_len());
+            if ty != PduType::PData {
+                r.others.push(h.pdu_type);
+                continue;
+            }
+            r.largest_pdu = r.largest_pdu.max(h.length);
+            for p in split_pdata(pdu.slice(PDU_HEADER_LEN..)).unwrap() {
+                assert!(r.lasts < 2, "fragment after the dataset's last one");
+                if p.is_last {
+                    r.lasts += 1;
+                }
+                if p.is_command {
+                    r.command.extend_from_slice(&p.data);
+                } else {
+                    r.dataset.extend_from_slice(&p.data);
+                }
+            }
+        }
+        assert!(buf.is_empty(), "trailing partial PDU header");
+        r
+    }
+
+    #[test]
+    fn batched_framing_reassembles() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
+        for max in [0u32, 1024, 16384, 262_144] {
+            for split in [0usize, 10, 5000, 2_000_000] {
+                let (head, tail) = data.split_at(split);
+                let (mut wbuf, mut scratch, mut out) = (BytesMut::new(), Vec::new(), Vec::new());
+                let mut writes = 0;
+                frame_message(
+                    &mut wbuf,
+                    &mut scratch,
+                    1,
+                    b"cmd!",
+                    Some((head, tail)),
+                    max,
+                    |b| {
+                        writes += 1;
+                        out.extend_from_slice(b);
+                        Ok(())
+                    },
+                )
+                .unwrap();
+                assert!(writes >= 2, "3 MB go out in several batches");
+                let r = unframe(Bytes::from(out), max);
+                assert_eq!(r.command, b"cmd!");
+                assert!(r.dataset == data, "max {max} split {split}");
+                assert_eq!(
+                    r.lasts, 2,
+                    "one last flag for the command, one for the data"
+                );
+                assert!(r.others.is_empty());
+            }
+        }
+        let (mut wbuf, mut scratch, mut n) = (BytesMut::new(), Vec::new(), 0);
+        frame_message(
+            &mut wbuf,
+            &mut scratch,
+            3,
+            b"cmd!",
+            Some((b"ab", &[7u8; 16000])),
+            16384,
+            |_| {
+                n += 1;
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(n, 1, "a 16 kB object is one write");
+    }
+
+    #[test]
+    fn batches_stay_bounded_whatever_the_peer_limit() {
+        for max in [0u32, 8, 1000, 16384, 1 << 20, (1 << 20) + 7, u32::MAX] {
+            let b = batch_len(max);
+            assert!(b <= WRITE_BATCH && b > 0, "max {max}: batch {b}");
+            let p = max_payload(max);
+            assert!(
+                p >= WRITE_BATCH || b.is_multiple_of(p),
+                "max {max}: batch of whole PDVs"
+            );
+        }
+    }
+
+    /// A connected (client, server) loopback TCP pair.
+    fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (c, s)
+    }
+
+    /// A peer that reads everything until EOF.
+    fn sink_peer(mut s: TcpStream) -> JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).unwrap();
+            all
+        })
+    }
+
+    /// A temporary file of `n` pseudo-random bytes.
+    fn temp_file(n: usize) -> (File, Vec<u8>) {
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let bytes: Vec<u8> = (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&bytes).unwrap();
+        (f, bytes)
+    }
+
+    #[test]
+    fn send_dataset_from_delivers_the_file_range_verbatim() {
+        let (file, bytes) = temp_file(2_500_000);
+        let cases: &[(u32, u64, u64)] = &[
+            // (peer max PDU, offset, len)
+            (0, 777, 2_400_000),
+            (16_384, 777, 2_400_000),
+            (10_000, 1, 1_300_001), // 10_000 - 6 divides neither batch nor length
+            (262_144, 0, 2_500_000),
+            (u32::MAX, 3, 1_048_577),
+            (16_384, 5, 0),
+            (16_384, 2_499_999, 1),
+        ];
+        for &(max, offset, len) in cases {
+            let (c, s) = tcp_pair();
+            let peer = sink_peer(s);
+            let mut a = Association::with_stream(c, 16_384);
+            a.peer_max_pdu = max;
+            a.send_dataset_from(5, b"store-rq", &file, offset, len)
+                .unwrap();
+            drop(a);
+            let r = unframe(Bytes::from(peer.join().unwrap()), max);
+            let want = &bytes[offset as usize..(offset + len) as usize];
+            assert_eq!(r.command, b"store-rq");
+            assert!(r.dataset == want, "max {max} offset {offset} len {len}");
+            assert_eq!(r.lasts, 2, "max {max}: command and dataset each end once");
+            assert!(r.others.is_empty(), "max {max}: no other PDU");
+            let cap = if max == 0 {
+                WRITE_BATCH as u32 + 6
+            } else {
+                max
+            };
+            assert!(r.largest_pdu <= cap, "max {max}: PDU of {}", r.largest_pdu);
+        }
+    }
+
+    #[test]
+    fn short_file_is_a_source_error_and_aborts() {
+        let (file, _) = temp_file(3 << 20);
+        let (c, s) = tcp_pair();
+        let peer = sink_peer(s);
+        let mut a = Association::with_stream(c, 16_384);
+        a.peer_max_pdu = 16_384;
+        // Three batches go out before the read hits the end of the file.
+        let e = a
+            .send_dataset_from(1, b"store-rq", &file, 1000, 4 << 20)
+            .unwrap_err();
+        match &e {
+            ScuError::Source(io) => assert_eq!(io.kind(), io::ErrorKind::UnexpectedEof),
+            other => panic!("expected a source error, got {other:?}"),
+        }
+        assert_eq!(e.kind(), "source");
+        // The peer got the A-ABORT and EOF (no hang); the dataset never ended.
+        let r = unframe(Bytes::from(peer.join().unwrap()), 16_384);
+        assert_eq!(r.others, vec![PduType::Abort as u8]);
+        assert_eq!(r.lasts, 1, "only the command is complete");
+        assert!(r.dataset.len() < 3 << 20);
+        // Later use fails at once.
+        assert!(a.send(1, b"x", None).is_err());
+    }
+
+    #[test]
+    fn error_comment_is_found_in_a_response() {
+        let rq = decode_command(&encode_store_rq(9, "1.2.3", "1.2.3.4")).unwrap();
+        let rsp = encode_response(&rq, 0x8001, 0xA700, Some("disk full"));
+        assert_eq!(error_comment(&rsp).as_deref(), Some("disk full"));
+        let rsp = encode_response(&rq, 0x8001, 0x0000, None);
+        assert_eq!(error_comment(&rsp), None);
+    }
+
+    /// Reads one PDU from a blocking stream: (type, whole PDU).
+    fn read_one(s: &mut TcpStream) -> (u8, Vec<u8>) {
+        let mut h = [0u8; PDU_HEADER_LEN];
+        s.read_exact(&mut h).unwrap();
+        let len = peek_header(&h).unwrap().length as usize;
+        let mut pdu = h.to_vec();
+        pdu.resize(PDU_HEADER_LEN + len, 0);
+        s.read_exact(&mut pdu[PDU_HEADER_LEN..]).unwrap();
+        (h[0], pdu)
+    }
+
+    fn params(addr: SocketAddr) -> AssocParams {
+        AssocParams {
+            addr,
+            calling: "SCU".into(),
+            called: "PEER".into(),
+            max_pdu: 16_384,
+            timeout: Duration::from_secs(10),
+            connect_timeout: None,
+            contexts: vec![("1.2.3".into(), vec!["1.2.840.10008.1.2.1".into()])],
+            implementation_class_uid: "1.2.3.999".into(),
+            implementation_version_name: "SCU_TEST".into(),
+        }
+    }
+
+    /// How a scripted peer answers an A-ASSOCIATE-RQ.
+    type Answer = fn(&AssociationRQ) -> Pdu;
+
+    /// A scripted SCP: answers the A-ASSOCIATE-RQ with `answer(rq)`, then (if it accepted)
+    /// reads one C-STORE, replies A700 "disk full", and answers the release.
+    fn scripted_peer(answer: Answer) -> (SocketAddr, JoinHandle<Vec<u8>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let (_, pdu) = read_one(&mut s);
+            let Ok(Some(Pdu::AssociationRQ(rq))) = read_pdu(&pdu[..], MAXIMUM_PDU_SIZE, false)
+            else {
+                panic!("expected A-ASSOCIATE-RQ");
+            };
+            let reply = answer(&rq);
+            let mut out = Vec::new();
+            write_pdu(&mut out, &reply).unwrap();
+            s.write_all(&out).unwrap();
+            if !matches!(reply, Pdu::AssociationAC(_)) {
+                return Vec::new();
+            }
+            let mut wire = Vec::new();
+            loop {
+                let (ty, pdu) = read_one(&mut s);
+                assert_eq!(ty, PduType::PData as u8);
+                wire.extend_from_slice(&pdu);
+                let r = unframe(Bytes::from(wire.clone()), 16_384);
+                if r.lasts == 2 {
+                    let rq = decode_command(&r.command).unwrap();
+                    let rsp = encode_response(&rq, 0x8001, 0xA700, Some("disk full"));
+                    let mut out = BytesMut::new();
+                    encode_message(&mut out, 1, true, &rsp, 16_384);
+                    s.write_all(&out).unwrap();
+                    break;
+                }
+            }
+            let (ty, _) = read_one(&mut s);
+            assert_eq!(ty, PduType::ReleaseRq as u8);
+            s.write_all(&[0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0]).unwrap();
+            unframe(Bytes::from(wire), 16_384).dataset
+        });
+        (addr, h)
+    }
+
+    #[test]
+    fn c_store_from_file_returns_status_and_error_comment() {
+        let (file, bytes) = temp_file(100_000);
+        let (addr, peer) = scripted_peer(|rq| {
+            assert!(rq
+                .user_variables
+                .contains(&UserVariableItem::ImplementationClassUID(
+                    "1.2.3.999".into()
+                )));
+            Pdu::AssociationAC(AssociationAC {
+                protocol_version: 1,
+                calling_ae_title: rq.calling_ae_title.clone(),
+                called_ae_title: rq.called_ae_title.clone(),
+                application_context_name: rq.application_context_name.clone(),
+                presentation_contexts: vec![PresentationContextResult {
+                    id: 1,
+                    reason: PresentationContextResultReason::Acceptance,
+                    transfer_syntax: "1.2.840.10008.1.2.1".into(),
+                }],
+                user_variables: vec![UserVariableItem::MaxLength(16_384)],
+            })
+        });
+        let mut a = Association::open(&params(addr)).unwrap();
+        assert_eq!(a.peer_max_pdu(), 16_384);
+        let pc = a.context("1.2.3", "1.2.840.10008.1.2.1").unwrap();
+        let rsp = a
+            .c_store_from_file(pc, 7, "1.2.3", "1.2.3.4.5", &file, 10, 50_000)
+            .unwrap();
+        assert_eq!(
+            rsp,
+            StoreResponse {
+                status: 0xA700,
+                error_comment: Some("disk full".into())
+            }
+        );
+        a.release().unwrap();
+        assert!(peer.join().unwrap() == bytes[10..50_010]);
+    }
+
+    fn rejection(result: AssociationRJResult) -> Pdu {
+        Pdu::AssociationRJ(AssociationRJ {
+            result,
+            source: AssociationRJSource::ServiceProviderPresentation(
+                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+            ),
+        })
+    }
+
+    #[test]
+    fn rejection_says_whether_it_is_transient() {
+        let answers: [(Answer, bool); 2] = [
+            (|_| rejection(AssociationRJResult::Transient), true),
+            (|_| rejection(AssociationRJResult::Permanent), false),
+        ];
+        for (answer, want) in answers {
+            let (addr, peer) = scripted_peer(answer);
+            let e = Association::open(&params(addr)).unwrap_err();
+            assert!(
+                matches!(e, ScuError::Rejected { transient, .. } if transient == want),
+                "{e}"
+            );
+            assert_eq!(e.kind(), "rejected");
+            peer.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn too_many_contexts_are_refused_before_connecting() {
+        let mut p = params("127.0.0.1:9".parse().unwrap());
+        p.contexts = vec![("1.2.3".into(), vec!["1.2.840.10008.1.2".into()]); 129];
+        assert!(matches!(
+            Association::open(&p),
+            Err(ScuError::TooManyContexts(129))
+        ));
+    }
+}

@@ -1,0 +1,532 @@
+//! The forwarder: per destination, up to `max_associations` worker threads, each keeping one
+//! association open and reusing it across objects, released after `idle_release` without work.
+//!
+//! Why blocking threads rather than the ingest cores' runtimes: outbound associations are few
+//! and long-lived, each sends one object at a time and waits for its response, so a plain
+//! thread with socket timeouts keeps the SCU state machine linear and the ingest cores free.
+//!
+//! A worker claims a batch of due jobs, proposes each object's SOP class in the object's
+//! *original* transfer syntax (re-associating only when the batch needs a pair the current
+//! association lacks), streams the stored dataset bytes verbatim from the file
+//! ([`crate::net::scu`]), and records the outcomes in one durable transaction. Status 0000 and
+//! warnings (Bxxx, 0001) are delivered; out of resources (A7xx, 0213), rejected associations,
+//! refused connections and timeouts are retried with the destination's backoff; a rejected
+//! presentation context, 0122, Cxxx and other failures go to the dead letters at once.
+
+use std::collections::{HashMap, HashSet};
+use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, warn};
+
+use super::{Claimed, JobRecord, Outcome, Queue};
+use crate::commit::{timestamp_us, Wake};
+use crate::config::Destination;
+use crate::net::scu::{AssocParams, Association, ScuError};
+use crate::store::DataDir;
+
+/// Jobs claimed per round trip to the queue.
+pub const CLAIM_BATCH: usize = 32;
+/// Longest a worker sleeps before looking at its destination again.
+const MAX_NAP: Duration = Duration::from_secs(1);
+
+/// Shared state of one destination.
+#[derive(Debug)]
+pub struct DestinationState {
+    /// Its configuration.
+    pub config: Destination,
+    paused: AtomicBool,
+    /// After a connection-level failure, nobody tries before this time (µs).
+    hold_until_us: AtomicU64,
+    bell: Mutex<u64>,
+    rung: Condvar,
+    /// Associations opened so far (all workers), for logs and tests.
+    pub associations_opened: AtomicU64,
+}
+
+impl DestinationState {
+    fn ring(&self) {
+        let mut g = self.bell.lock().unwrap_or_else(|e| e.into_inner());
+        *g = g.wrapping_add(1);
+        self.rung.notify_all();
+    }
+
+    fn generation(&self) -> u64 {
+        *self.bell.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sleeps until rung after `seen`, or `timeout`.
+    fn nap(&self, seen: u64, timeout: Duration) {
+        let g = self.bell.lock().unwrap_or_else(|e| e.into_inner());
+        if *g != seen {
+            return;
+        }
+        let _ = self
+            .rung
+            .wait_timeout(g, timeout.min(MAX_NAP))
+            .unwrap_or_else(|e| e.into_inner());
+    }
+
+    /// Whether forwarding to this destination is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+}
+
+/// Everything the workers share.
+#[derive(Debug)]
+pub struct Shared {
+    queue: Queue,
+    data: DataDir,
+    dests: HashMap<String, Arc<DestinationState>>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    /// The destination called `name`, if configured.
+    pub fn destination(&self, name: &str) -> Option<&Arc<DestinationState>> {
+        self.dests.get(name)
+    }
+
+    /// Configured destination names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.dests.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Wakes the workers of `name` (new or retried jobs).
+    pub fn wake(&self, name: &str) {
+        if let Some(d) = self.dests.get(name) {
+            d.ring();
+        }
+    }
+
+    /// Pauses or resumes `name` in memory (the caller persists it); false if unknown.
+    pub fn set_paused(&self, name: &str, paused: bool) -> bool {
+        match self.dests.get(name) {
+            Some(d) => {
+                d.paused.store(paused, Ordering::Release);
+                if !paused {
+                    d.hold_until_us.store(0, Ordering::Release);
+                }
+                d.ring();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The running forwarder.
+#[derive(Debug)]
+pub struct Forwarder {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Forwarder {
+    /// Returns jobs left in flight by a previous run to waiting, then starts the workers.
+    pub fn start(queue: Queue, data: DataDir, dests: Vec<Destination>) -> std::io::Result<Self> {
+        let io = |e: super::QueueError| std::io::Error::other(e.to_string());
+        let back = queue.requeue_in_flight(timestamp_us()).map_err(io)?;
+        if back > 0 {
+            warn!(
+                jobs = back,
+                "jobs that were being sent when the daemon stopped are queued again"
+            );
+        }
+        let mut map = HashMap::new();
+        for d in dests {
+            let paused = queue.is_paused(&d.name).map_err(io)?;
+            map.insert(
+                d.name.clone(),
+                Arc::new(DestinationState {
+                    config: d,
+                    paused: AtomicBool::new(paused),
+                    hold_until_us: AtomicU64::new(0),
+                    bell: Mutex::new(0),
+                    rung: Condvar::new(),
+                    associations_opened: AtomicU64::new(0),
+                }),
+            );
+        }
+        let shared = Arc::new(Shared {
+            queue,
+            data,
+            dests: map,
+            stop: AtomicBool::new(false),
+        });
+        let mut threads = Vec::new();
+        for d in shared.dests.values() {
+            for k in 0..d.config.max_associations {
+                let (s, d) = (shared.clone(), d.clone());
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("fwd-{}-{k}", d.config.name))
+                        .spawn(move || worker(&s, &d))?,
+                );
+            }
+        }
+        Ok(Self { shared, threads })
+    }
+
+    /// The state the control socket and the API act on.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The committer's doorbell.
+    pub fn wake_handle(&self) -> Wake {
+        let s = self.shared.clone();
+        Wake(Arc::new(move |name: &str| s.wake(name)))
+    }
+
+    /// Stops the workers: each finishes the object it is sending, puts its other claimed jobs
+    /// back, releases its association and ends.
+    pub fn stop(self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for d in self.shared.dests.values() {
+            d.ring();
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One open association and what it was negotiated for.
+struct Link {
+    assoc: Association,
+    proposed: HashSet<(String, String)>,
+    last_used: Instant,
+    next_message_id: u16,
+}
+
+impl Link {
+    fn release(self, dest: &str) {
+        if let Err(e) = self.assoc.release() {
+            debug!(destination = dest, error = %e, "release failed");
+        }
+    }
+}
+
+fn worker(shared: &Shared, d: &DestinationState) {
+    let cfg = &d.config;
+    let mut rng = fastrand::Rng::new();
+    let mut link: Option<Link> = None;
+    loop {
+        let seen = d.generation();
+        if shared.stop.load(Ordering::Acquire) {
+            break;
+        }
+        if d.is_paused() {
+            if let Some(l) = link.take() {
+                l.release(&cfg.name);
+            }
+            d.nap(seen, MAX_NAP);
+            continue;
+        }
+        let now = timestamp_us();
+        let hold = d.hold_until_us.load(Ordering::Acquire);
+        if now < hold {
+            d.nap(seen, Duration::from_micros(hold - now));
+            continue;
+        }
+        let claimed = match shared.queue.claim(&cfg.name, now, CLAIM_BATCH) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(destination = %cfg.name, error = %e, "cannot claim jobs");
+                d.nap(seen, MAX_NAP);
+                continue;
+            }
+        };
+        if claimed.is_empty() {
+            let idle_left = match &link {
+                Some(l) if l.last_used.elapsed() >= cfg.idle_release => {
+                    if let Some(l) = link.take() {
+                        debug!(destination = %cfg.name, "releasing idle association");
+                        l.release(&cfg.name);
+                    }
+                    MAX_NAP
+                }
+                Some(l) => cfg.idle_release - l.last_used.elapsed(),
+                None => MAX_NAP,
+            };
+            let due_in = match shared.queue.next_due(&cfg.name) {
+                Ok(Some(t)) => Duration::from_micros(t.saturating_sub(timestamp_us())),
+                _ => MAX_NAP,
+            };
+            d.nap(seen, idle_left.min(due_in).max(Duration::from_millis(1)));
+            continue;
+        }
+        let (results, link_failed) = send_batch(&mut link, claimed, d, shared);
+        let delivered = results
+            .iter()
+            .filter(|(_, o)| *o == Outcome::Delivered)
+            .count();
+        match shared
+            .queue
+            .finish(results, &cfg.retry, timestamp_us(), || rng.f64())
+        {
+            Ok(earliest) => {
+                if link_failed {
+                    if let Some(t) = earliest {
+                        d.hold_until_us.fetch_max(t, Ordering::AcqRel);
+                    }
+                }
+            }
+            Err(e) => {
+                // The jobs stay in flight and are sent again after a restart (at-least-once).
+                error!(destination = %cfg.name, error = %e, "cannot record forwarding results");
+                d.nap(seen, MAX_NAP);
+            }
+        }
+        debug!(destination = %cfg.name, delivered, "forward batch");
+    }
+    if let Some(l) = link.take() {
+        l.release(&cfg.name);
+    }
+}
+
+/// Maps a C-STORE response status to an outcome (PS3.4 Annex B.2.3 and PS3.7 Annex C).
+pub fn classify(status: u16, comment: Option<&str>) -> Outcome {
+    let why = |what: &str| match comment {
+        Some(c) if !c.is_empty() => format!("{what} (status {status:04X}: {c})"),
+        _ => format!("{what} (status {status:04X})"),
+    };
+    match status {
+        0x0000 => Outcome::Delivered,
+        0x0001 | 0xB000..=0xBFFF => Outcome::Delivered,
+        0xA700..=0xA7FF | 0x0213 => Outcome::Retry(why("destination out of resources")),
+        0x0122 => Outcome::Dead(why("destination does not support the SOP class")),
+        0xA900..=0xA9FF => Outcome::Dead(why(
+            "destination says the dataset does not match the SOP class",
+        )),
+        0xC000..=0xCFFF => Outcome::Dead(why("destination cannot understand the object")),
+        0x0111 => Outcome::Dead(why(
+            "destination already holds a different object with this SOP Instance UID",
+        )),
+        _ => Outcome::Dead(why("destination refused the object")),
+    }
+}
+
+fn open_link(cfg: &Destination, pairs: &HashSet<(String, String)>) -> Result<Link, ScuError> {
+    let addr = (cfg.host.as_str(), cfg.port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            ScuError::Io(std::io::Error::other(format!(
+                "cannot resolve {}: {e}",
+                cfg.host
+            )))
+        })?
+        .next()
+        .ok_or_else(|| {
+            ScuError::Io(std::io::Error::other(format!(
+                "{} has no address",
+                cfg.host
+            )))
+        })?;
+    let mut sorted: Vec<&(String, String)> = pairs.iter().collect();
+    sorted.sort();
+    let assoc = Association::open(&AssocParams {
+        addr,
+        calling: cfg.calling_ae_title.clone(),
+        called: cfg.ae_title.clone(),
+        max_pdu: cfg.max_pdu_length,
+        timeout: cfg.dimse_timeout,
+        connect_timeout: Some(cfg.connect_timeout),
+        contexts: sorted
+            .iter()
+            .map(|(class, ts)| (class.clone(), vec![ts.clone()]))
+            .collect(),
+        implementation_class_uid: crate::IMPLEMENTATION_CLASS_UID.to_owned(),
+        implementation_version_name: crate::IMPLEMENTATION_VERSION_NAME.to_owned(),
+    })?;
+    Ok(Link {
+        assoc,
+        proposed: pairs.clone(),
+        last_used: Instant::now(),
+        next_message_id: 1,
+    })
+}
+
+/// Whether a failure to associate or to send is worth retrying (everything here is: a refused
+/// connection, a timeout, an abort, even a permanent A-ASSOCIATE-RJ — the latter is a
+/// destination configuration problem, fixed on the destination, not in the object).
+fn link_failure(e: &ScuError) -> String {
+    match e {
+        ScuError::Rejected {
+            transient: false, ..
+        } => {
+            format!("{e} (check the destination's AE titles and access list)")
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// Sends a batch over `link` (opening or re-opening it as needed). Returns each job's outcome
+/// and whether the association failed (the destination is then held until the earliest
+/// retry).
+fn send_batch(
+    link: &mut Option<Link>,
+    claimed: Vec<Claimed>,
+    d: &DestinationState,
+    shared: &Shared,
+) -> (Vec<(JobRecord, Outcome)>, bool) {
+    let cfg = &d.config;
+    let mut results = Vec::with_capacity(claimed.len());
+    let mut todo = Vec::with_capacity(claimed.len());
+    for c in claimed {
+        match c.instance {
+            Some(rec) => todo.push((c.job, rec)),
+            None => {
+                warn!(destination = %cfg.name, sop = %c.job.sop_instance_uid, "forward job for an object that is no longer stored");
+                results.push((
+                    c.job,
+                    Outcome::Dead("the object is no longer stored".into()),
+                ));
+            }
+        }
+    }
+    if todo.is_empty() {
+        return (results, false);
+    }
+    let pairs: HashSet<(String, String)> = todo
+        .iter()
+        .map(|(_, r)| (r.sop_class_uid.clone(), r.transfer_syntax_uid.clone()))
+        .collect();
+    if link.as_ref().is_some_and(|l| !pairs.is_subset(&l.proposed)) {
+        if let Some(l) = link.take() {
+            l.release(&cfg.name);
+        }
+    }
+    if link.is_none() {
+        match open_link(cfg, &pairs) {
+            Ok(l) => {
+                let n = d.associations_opened.fetch_add(1, Ordering::Relaxed) + 1;
+                info!(destination = %cfg.name, contexts = pairs.len(), accepted = l.assoc.accepted().len(), associations = n, "association opened");
+                *link = Some(l);
+            }
+            Err(e) => {
+                let why = link_failure(&e);
+                warn!(destination = %cfg.name, error = %why, jobs = todo.len(), "cannot associate; will retry");
+                results.extend(
+                    todo.into_iter()
+                        .map(|(j, _)| (j, Outcome::Retry(why.clone()))),
+                );
+                return (results, true);
+            }
+        }
+    }
+    let mut failed = false;
+    let mut todo = todo.into_iter();
+    for (job, rec) in todo.by_ref() {
+        if shared.stop.load(Ordering::Acquire) {
+            results.push((job, Outcome::Unsent));
+            continue;
+        }
+        let l = link.as_mut().expect("opened above");
+        let pc = match l
+            .assoc
+            .context(&rec.sop_class_uid, &rec.transfer_syntax_uid)
+        {
+            Ok(pc) => pc,
+            Err(_) => {
+                let why = format!(
+                    "the destination rejected the presentation context for SOP class {} in transfer syntax {} (the object is forwarded only in the syntax it was received in)",
+                    rec.sop_class_uid, rec.transfer_syntax_uid
+                );
+                warn!(destination = %cfg.name, sop = %rec.sop_instance_uid, "{why}");
+                results.push((job, Outcome::Dead(why)));
+                continue;
+            }
+        };
+        let path = shared.data.root().join(&rec.path);
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                let why = format!("cannot open the stored object {}: {e}", path.display());
+                error!(destination = %cfg.name, "{why}");
+                results.push((job, Outcome::Dead(why)));
+                continue;
+            }
+        };
+        let id = l.next_message_id;
+        l.next_message_id = l.next_message_id.checked_add(1).unwrap_or(1);
+        let offset = rec.file_size.saturating_sub(rec.dataset_size);
+        match l.assoc.c_store_from_file(
+            pc,
+            id,
+            &rec.sop_class_uid,
+            &rec.sop_instance_uid,
+            &file,
+            offset,
+            rec.dataset_size,
+        ) {
+            Ok(rsp) => {
+                l.last_used = Instant::now();
+                let outcome = classify(rsp.status, rsp.error_comment.as_deref());
+                match &outcome {
+                    Outcome::Delivered if rsp.status != 0 => {
+                        warn!(destination = %cfg.name, sop = %rec.sop_instance_uid, status = format!("{:04X}", rsp.status), "delivered with a warning")
+                    }
+                    Outcome::Delivered => {}
+                    other => {
+                        warn!(destination = %cfg.name, sop = %rec.sop_instance_uid, outcome = ?other, "C-STORE refused")
+                    }
+                }
+                results.push((job, outcome));
+            }
+            Err(ScuError::Source(e)) => {
+                // Our file is shorter than its index record says: the association was aborted
+                // (the message could not be completed); retrying cannot help.
+                let why = format!("the stored object {} is damaged: {e}", path.display());
+                error!(destination = %cfg.name, "{why}");
+                results.push((job, Outcome::Dead(why)));
+                *link = None;
+                break;
+            }
+            Err(e) => {
+                let why = link_failure(&e);
+                warn!(destination = %cfg.name, sop = %rec.sop_instance_uid, error = %why, "sending failed; will retry");
+                results.push((job, Outcome::Retry(why)));
+                if let Some(l) = link.take() {
+                    l.assoc.abort();
+                }
+                failed = true;
+                break;
+            }
+        }
+    }
+    // Whatever was not attempted (the association broke, or we are stopping) waits again
+    // without being charged an attempt.
+    results.extend(todo.map(|(j, _)| (j, Outcome::Unsent)));
+    (results, failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_outcomes() {
+        assert_eq!(classify(0x0000, None), Outcome::Delivered);
+        assert_eq!(classify(0xB000, None), Outcome::Delivered);
+        assert_eq!(classify(0xB007, Some("coerced")), Outcome::Delivered);
+        assert_eq!(classify(0x0001, None), Outcome::Delivered);
+        assert!(matches!(classify(0xA700, None), Outcome::Retry(_)));
+        assert!(matches!(classify(0xA7FF, None), Outcome::Retry(_)));
+        assert!(matches!(classify(0x0213, None), Outcome::Retry(_)));
+        for s in [0x0122u16, 0xA900, 0xC000, 0xCFFF, 0x0111, 0x0211] {
+            assert!(matches!(classify(s, None), Outcome::Dead(_)), "{s:04X}");
+        }
+        match classify(0xC001, Some("bad pixel data")) {
+            Outcome::Dead(m) => assert!(m.contains("C001") && m.contains("bad pixel data"), "{m}"),
+            o => panic!("{o:?}"),
+        }
+    }
+}
