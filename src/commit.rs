@@ -294,7 +294,9 @@ fn run(
             }
         }
         let n = batch.len();
+        let started = std::time::Instant::now();
         commit_batch(batch, index, data, root, cfg, &mut made_dirs, &mut pending);
+        crate::metrics::global().commit_batch(n, started.elapsed());
         stats
             .batches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

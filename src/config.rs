@@ -19,6 +19,9 @@ pub const DEFAULT_DATA_DIR: &str = "./dicom-gw-data";
 pub const DEFAULT_AE_TITLE: &str = "DICOM_GW";
 /// Default store service address.
 pub const DEFAULT_STORE_LISTEN: &str = "0.0.0.0:4244";
+/// Default admin API address: loopback only, since without TLS the API must not be reachable
+/// from the network.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 /// Default maximum PDU length we announce (256 KiB).
 pub const DEFAULT_MAX_PDU_LENGTH: u32 = 262_144;
 
@@ -70,6 +73,25 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     /// `[retention]`: what happens to objects once forwarded.
     pub retention: RawRetention,
+    /// `[http]`: the admin API and metrics.
+    pub http: RawHttp,
+}
+
+/// `[http]`: the admin API, metrics and health probes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp {
+    /// Listen address (default 127.0.0.1:8080).
+    pub listen: Option<String>,
+    /// PEM certificate chain: with `tls_key_file`, the API speaks HTTPS only.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key_file: Option<PathBuf>,
+    /// Allow a non-loopback address without TLS (tokens and passwords then cross the network
+    /// in clear text: only for a network that is trusted end to end).
+    pub allow_insecure_non_loopback: Option<bool>,
+    /// Lifetime of the tokens `POST /api/v1/auth/login` returns, seconds (default 3600).
+    pub login_token_ttl_seconds: Option<u64>,
 }
 
 /// One `[[destinations]]` entry: a remote Storage SCP.
@@ -226,6 +248,19 @@ pub struct Settings {
     pub routes: Vec<Route>,
     /// Retention.
     pub retention: Retention,
+    /// Admin API.
+    pub http: HttpSettings,
+}
+
+/// Validated `[http]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Certificate chain and key, both set or neither.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Lifetime of login tokens.
+    pub login_token_ttl: Duration,
 }
 
 /// A validated destination.
@@ -390,6 +425,8 @@ pub struct Overrides {
     pub threads: Option<usize>,
     /// `--durability`
     pub durability: Option<Durability>,
+    /// `--http-listen`
+    pub http_listen: Option<String>,
 }
 
 /// Parses a config file's text (unknown keys are errors).
@@ -654,6 +691,65 @@ impl RawConfig {
                 n => Duration::from_secs(n),
             },
         };
+        let h = self.http;
+        let http_text = ov
+            .http_listen
+            .clone()
+            .or(h.listen)
+            .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.to_owned());
+        let http_listen: SocketAddr = http_text.parse().map_err(|_| {
+            invalid(
+                Some("http"),
+                "listen",
+                ov.http_listen.is_some(),
+                format!("{http_text:?} is not an ADDRESS:PORT (e.g. 127.0.0.1:8080)"),
+            )
+        })?;
+        let tls = match (h.tls_cert_file, h.tls_key_file) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    Some("http"),
+                    "tls_cert_file",
+                    false,
+                    "needs tls_key_file too".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    Some("http"),
+                    "tls_key_file",
+                    false,
+                    "needs tls_cert_file too".into(),
+                ))
+            }
+        };
+        if tls.is_none()
+            && !http_listen.ip().is_loopback()
+            && !h.allow_insecure_non_loopback.unwrap_or(false)
+        {
+            return Err(invalid(
+                Some("http"),
+                "listen",
+                ov.http_listen.is_some(),
+                format!(
+                    "{http_listen} is not a loopback address and no TLS certificate is configured: \
+                     set tls_cert_file and tls_key_file, or allow_insecure_non_loopback = true"
+                ),
+            ));
+        }
+        let login_token_ttl = match h.login_token_ttl_seconds.unwrap_or(3600) {
+            0 => {
+                return Err(invalid(
+                    Some("http"),
+                    "login_token_ttl_seconds",
+                    false,
+                    "must be at least 1 second".into(),
+                ))
+            }
+            n => Duration::from_secs(n),
+        };
         Ok(Settings {
             data_dir,
             io: ov.io.or(self.io).unwrap_or(IoMode::Auto),
@@ -679,6 +775,11 @@ impl RawConfig {
             destinations,
             routes,
             retention,
+            http: HttpSettings {
+                listen: http_listen,
+                tls,
+                login_token_ttl,
+            },
         })
     }
 }

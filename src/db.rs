@@ -43,3 +43,11 @@ pub const RETIRABLE: TableDefinition<(u64, &str), ()> = TableDefinition::new("re
 pub const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("paused");
 /// Small named counters, e.g. `next_job_id`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// API tokens: BLAKE3 hex of the token → `http::auth::TokenRecord`. Tokens are shown once and
+/// only their hash is kept.
+pub const API_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_tokens");
+/// Users: user name → `http::auth::UserRecord` (role, Argon2id password hash).
+pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// The audit log: sequence number → `audit::AuditEntry`, each chained to the previous by hash.
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");

@@ -19,6 +19,7 @@ pub mod commit;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod metrics;
 pub mod net;
 pub mod queue;
 pub mod rt;

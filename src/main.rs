@@ -43,6 +43,9 @@ enum Command {
         /// full (sync before acknowledging) or relaxed.
         #[arg(long, value_name = "MODE", value_parser = parse_durability)]
         durability: Option<Durability>,
+        /// Admin API / metrics address (default 127.0.0.1:8080).
+        #[arg(long, value_name = "ADDR:PORT")]
+        http_listen: Option<String>,
     },
     /// Validate a config file and print the resolved settings.
     CheckConfig {
@@ -54,6 +57,11 @@ enum Command {
     Queue {
         #[command(subcommand)]
         op: QueueOp,
+    },
+    /// Admin API tokens.
+    Token {
+        #[command(subcommand)]
+        op: TokenOp,
     },
     /// Print the index of a data directory as JSON lines (the daemon must not be running).
     Index {
@@ -72,6 +80,22 @@ struct Target {
     /// Config file (for the data directory and the destination names).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenOp {
+    /// Create a token; it is printed once, as the last word of the output (only its hash is
+    /// kept).
+    Create {
+        #[command(flatten)]
+        target: Target,
+        /// Role: viewer, operator or admin.
+        #[arg(long, value_name = "ROLE")]
+        role: dicom_gw::http::auth::Role,
+        /// Who the token is for (shown in the audit log).
+        #[arg(long, value_name = "LABEL", default_value = "cli")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             io,
             threads,
             durability,
+            http_listen,
         } => {
             let ov = Overrides {
                 data_dir,
@@ -188,6 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 io,
                 threads,
                 durability,
+                http_listen,
             };
             let settings = match load(config.as_ref()).and_then(|(raw, src)| {
                 raw.resolve(&ov, src.as_ref().map(|(p, t)| (p.as_path(), t.as_str())))
@@ -201,7 +227,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dicom_gw::server::serve(
                 settings,
                 |started| {
-                    // One line on stdout for scripts and tests; logs go to stderr.
+                    // Lines on stdout for scripts and tests (the store line last: it means
+                    // ready); logs go to stderr.
+                    println!(
+                        "dicom-gw: http listening on {} ({})",
+                        started.http_addr,
+                        if started.https { "https" } else { "http" }
+                    );
                     println!(
                         "dicom-gw: store listening on {} (io={})",
                         started.store_addr,
@@ -230,6 +262,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Queue { op } => queue_command(op),
+        Command::Token {
+            op: TokenOp::Create { target, role, name },
+        } => {
+            let req = dicom_gw::queue::control::Request::TokenCreate { role, name };
+            control_command(target, req, |v| {
+                format!(
+                    "API token {} for {} (role {}), shown only now: {}",
+                    v["id"].as_str().unwrap_or(""),
+                    v["name"].as_str().unwrap_or(""),
+                    v["role"].as_str().unwrap_or(""),
+                    v["token"].as_str().unwrap_or("")
+                )
+            })
+        }
         Command::Index { data_dir } => {
             let index = dicom_gw::store::index::Index::open(&data_dir.join("gateway.redb"))?;
             for rec in index.instances()? {
@@ -241,7 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn queue_command(op: QueueOp) -> anyhow::Result<ExitCode> {
-    use dicom_gw::queue::control::{self, Ops, Reply, Request};
+    use dicom_gw::queue::control::Request;
     let (target, req) = match op {
         QueueOp::Stats { target } => (target, Request::Stats),
         QueueOp::List {
@@ -276,6 +322,17 @@ fn queue_command(op: QueueOp) -> anyhow::Result<ExitCode> {
             destination,
         } => (target, Request::Resume { destination }),
     };
+    control_command(target, req, |v| v.to_string())
+}
+
+/// Runs a control request through the running daemon, or on the database when none runs, and
+/// prints each result line with `show`.
+fn control_command(
+    target: Target,
+    req: dicom_gw::queue::control::Request,
+    show: impl Fn(&serde_json::Value) -> String,
+) -> anyhow::Result<ExitCode> {
+    use dicom_gw::queue::control::{self, Ops, Reply};
     let ov = Overrides {
         data_dir: target.data_dir,
         ..Overrides::default()
@@ -293,10 +350,11 @@ fn queue_command(op: QueueOp) -> anyhow::Result<ExitCode> {
         Some(r) => r,
         None => {
             let path = settings.data_dir.join("gateway.redb");
-            if !path.exists() {
+            if !path.exists() && !matches!(req, control::Request::TokenCreate { .. }) {
                 eprintln!("dicom-gw: no database at {}", path.display());
                 return Ok(ExitCode::from(2));
             }
+            std::fs::create_dir_all(&settings.data_dir)?;
             let index = dicom_gw::store::index::Index::open(&path).map_err(|e| {
                 anyhow::anyhow!(
                     "{e} (a daemon holds the database but its control socket does not answer?)"
@@ -317,7 +375,7 @@ fn queue_command(op: QueueOp) -> anyhow::Result<ExitCode> {
     match reply {
         Reply::Ok(lines) => {
             for l in lines {
-                println!("{l}");
+                println!("{}", show(&l));
             }
             Ok(ExitCode::SUCCESS)
         }

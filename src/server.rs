@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::commit::{Committer, CommitterConfig};
 use crate::config::RetentionMode;
+use crate::http::{self, ApiState, HttpServer};
 use crate::config::Settings;
 use crate::net::scp::{serve_association, CoreCtx, Phase};
 use crate::net::services::storage::SopClassPolicy;
@@ -65,6 +66,9 @@ pub enum ServeError {
     /// A thread could not be started.
     #[error("cannot start thread: {0}")]
     Thread(std::io::Error),
+    /// The API's TLS certificate or key is unusable.
+    #[error("admin API TLS: {0}")]
+    Tls(String),
 }
 
 /// Facts about a started daemon, for the caller's readiness report.
@@ -74,6 +78,10 @@ pub struct Started {
     pub store_addr: SocketAddr,
     /// The I/O backend running.
     pub backend: Backend,
+    /// The admin API's bound address.
+    pub http_addr: SocketAddr,
+    /// Whether the admin API speaks HTTPS.
+    pub https: bool,
 }
 
 /// Runs the daemon until `shutdown` resolves, then shuts down in phases.
@@ -133,10 +141,13 @@ pub fn serve(
     } else {
         None
     };
-    let control = control::bind(data.root()).map_err(|source| ServeError::DataDir {
-        path: control::socket_path(data.root()),
-        source,
-    })?;
+    // Without the socket the daemon still works; only the queue CLI cannot reach it.
+    let control = control::bind(data.root())
+        .inspect_err(|e| {
+            warn!(path = %control::socket_path(data.root()).display(), error = %e,
+                "cannot create the control socket; `dicom-gw queue` will not reach this daemon")
+        })
+        .ok();
     let ops = Arc::new(Ops::live(queue, forwarder.shared().clone()));
     let routing = Arc::new(Routing::new(settings.routes.clone()));
     let disk = DiskGuard::new(data.root(), settings.store.disk_high_water_percent);
@@ -161,6 +172,39 @@ pub fn serve(
         })?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let active = Arc::new(AtomicUsize::new(0));
+    let cores_listening = Arc::new(AtomicUsize::new(0));
+
+    let tls = match &settings.http.tls {
+        Some((cert, key)) => Some(http::tls_config(cert, key).map_err(ServeError::Tls)?),
+        None => None,
+    };
+    let http_listener = http::bind(&settings.http).map_err(|source| ServeError::Bind {
+        addr: settings.http.listen,
+        source,
+    })?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            addr: settings.http.listen,
+            source,
+        })?;
+    let api_state = Arc::new(ApiState {
+        index: index.clone(),
+        ops: ops.clone(),
+        forwarder: forwarder.shared().clone(),
+        data: data.clone(),
+        disk: disk.clone(),
+        cores_listening: cores_listening.clone(),
+        cores: settings.threads,
+        associations_active: active.clone(),
+        io_backend: backend.name(),
+        login_token_ttl: settings.http.login_token_ttl,
+        started_at_us: crate::commit::timestamp_us(),
+    });
+    let https = tls.is_some();
+    let http_server =
+        HttpServer::start(http_listener, tls, api_state).map_err(ServeError::Thread)?;
+    http::announce(http_addr, https);
     let policy = AcceptorPolicy {
         ae_title: store.ae_title.clone(),
         require_called_ae_title: store.require_called_ae_title,
@@ -180,6 +224,7 @@ pub fn serve(
             sop_classes: sop_classes.clone(),
             max_associations: store.max_associations,
             active: active.clone(),
+            listening: cores_listening.clone(),
             acse_timeout: store.acse_timeout,
             dimse_timeout: store.dimse_timeout,
             data: data.clone(),
@@ -220,12 +265,17 @@ pub fn serve(
         on_ready(&Started {
             store_addr,
             backend,
+            http_addr,
+            https,
         });
         info!(%store_addr, ae_title = %store.ae_title, "store service listening");
         if !early {
-            tokio::select! {
-                _ = shutdown => {}
-                _ = control::serve(control, ops) => {}
+            match control {
+                Some(control) => tokio::select! {
+                    _ = shutdown => {}
+                    _ = control::serve(control, ops) => {}
+                },
+                None => shutdown.await,
             }
         }
     });
@@ -248,6 +298,7 @@ pub fn serve(
     }
     // Every core has dropped its committer handle: the committer drains and ends.
     let _ = committer_thread.join();
+    http_server.stop();
     forwarder.stop();
     if let Some(s) = sweeper {
         s.stop();
@@ -264,6 +315,7 @@ struct CoreParts {
     sop_classes: Arc<SopClassPolicy>,
     max_associations: usize,
     active: Arc<AtomicUsize>,
+    listening: Arc<AtomicUsize>,
     acse_timeout: Duration,
     dimse_timeout: Duration,
     data: DataDir,
@@ -283,6 +335,8 @@ fn run_core<I: Io>(listener: std::net::TcpListener, p: CoreParts) -> std::io::Re
             }
         };
         let mut phase = p.phase.clone();
+        p.listening.fetch_add(1, Ordering::AcqRel);
+        let listening = p.listening.clone();
         let ctx = Rc::new(CoreCtx {
             core: p.core,
             policy: p.policy,
@@ -323,6 +377,7 @@ fn run_core<I: Io>(listener: std::net::TcpListener, p: CoreParts) -> std::io::Re
         }
         drop(accept);
         drop(listener);
+        listening.fetch_sub(1, Ordering::AcqRel);
         while tasks.join_next().await.is_some() {}
     })
 }

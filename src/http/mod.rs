@@ -1,2 +1,369 @@
-//! The admin API, health probes and Prometheus metrics (hyper, on its own small runtime
-//! thread). Not built yet: see the admin API issue.
+//! The admin API, metrics and health probes: hyper on its own thread with a small
+//! current-thread tokio runtime, so administration never competes with the ingest cores.
+//!
+//! Routes: `GET /healthz` (alive), `GET /readyz` (database, listeners, disk), `GET /metrics`
+//! (Prometheus), `GET /api/v1/openapi.json`, and the JSON resources under `/api/v1/`
+//! ([`resources`]), every one of which needs a bearer token ([`auth`]). HTTPS (rustls) when a
+//! certificate is configured; without one the listener must be loopback (enforced by the
+//! config).
+
+pub mod auth;
+pub mod error;
+pub mod resources;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde_json::{json, Value};
+use tracing::{debug, error, info, warn};
+
+use crate::commit::timestamp_us;
+use crate::config::HttpSettings;
+use crate::queue::control::Ops;
+use crate::queue::forwarder::Shared as ForwarderShared;
+use crate::store::index::Index;
+use crate::store::{DataDir, DiskGuard};
+pub use error::ApiError;
+
+/// Response body: a whole buffer or a stream (file downloads).
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// The OpenAPI document of `/api/v1`, kept in the repository and served as is.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// Largest request body accepted (JSON only: objects never come in over HTTP).
+pub const MAX_BODY: usize = 1 << 20;
+
+/// Everything a request handler may use.
+#[derive(Debug)]
+pub struct ApiState {
+    /// The index (and the whole gateway database).
+    pub index: Arc<Index>,
+    /// Queue operations (shared with the CLI's control socket).
+    pub ops: Arc<Ops>,
+    /// The running forwarder.
+    pub forwarder: Arc<ForwarderShared>,
+    /// The data directory.
+    pub data: DataDir,
+    /// The disk high-water mark.
+    pub disk: DiskGuard,
+    /// Core threads currently accepting DICOM associations.
+    pub cores_listening: Arc<AtomicUsize>,
+    /// Core threads started.
+    pub cores: usize,
+    /// Open DICOM associations (all cores).
+    pub associations_active: Arc<AtomicUsize>,
+    /// The I/O backend in use.
+    pub io_backend: &'static str,
+    /// Lifetime of login tokens.
+    pub login_token_ttl: Duration,
+    /// Process start, µs since the Unix epoch.
+    pub started_at_us: u64,
+}
+
+/// What a resource handler gets besides the request.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    /// Shared state.
+    pub state: &'a ApiState,
+    /// The authenticated caller.
+    pub principal: auth::Principal,
+    /// The peer's address (for the audit log).
+    pub peer: SocketAddr,
+}
+
+/// A JSON response.
+pub fn json_response(status: u16, value: &Value) -> Response<Body> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    bytes_response(status, "application/json", body)
+}
+
+/// A response from bytes.
+pub fn bytes_response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("cache-control", "no-store")
+        .body(Full::new(body.into()).map_err(|never| match never {}).boxed())
+        .expect("static header names and values are valid")
+}
+
+/// The error's JSON response.
+pub fn error_response(e: &ApiError) -> Response<Body> {
+    if e.status >= 500 {
+        error!(status = e.status, code = e.code, message = %e.message, "API error");
+    } else {
+        debug!(status = e.status, code = e.code, message = %e.message, "API request refused");
+    }
+    let mut r = json_response(e.status, &e.body());
+    if e.status == 401 {
+        r.headers_mut().insert(
+            "www-authenticate",
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
+}
+
+/// Reads a JSON request body (≤ [`MAX_BODY`]); 400 naming the problem (serde's message gives
+/// the field, line and column) otherwise.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, ApiError> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON for this call: {e}")))
+}
+
+/// Binds the API listener (before readiness, so a taken port fails start-up clearly).
+pub fn bind(settings: &HttpSettings) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(settings.listen)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Loads the TLS certificate chain and key into a rustls server configuration.
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate", cert.display()));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let mut cfg =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("certificate and key do not work together: {e}"))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The running API thread.
+#[derive(Debug)]
+pub struct HttpServer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// Serves `listener` on a thread of its own.
+    pub fn start(
+        listener: std::net::TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        state: Arc<ApiState>,
+    ) -> std::io::Result<Self> {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("http".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        error!(error = %e, "cannot start the API runtime");
+                        return;
+                    }
+                };
+                rt.block_on(accept_loop(listener, tls, state, stop_rx));
+            })?;
+        Ok(Self {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops accepting and ends the thread (open connections are dropped).
+    pub fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    state: Arc<ApiState>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            error!(error = %e, "API listener unusable");
+            return;
+        }
+    };
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut stop => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "API accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(req, &state, peer).await) }
+            });
+            let builder = hyper::server::conn::http1::Builder::new();
+            let result = match acceptor {
+                Some(a) => match tokio::time::timeout(Duration::from_secs(10), a.accept(stream)).await {
+                    Ok(Ok(s)) => {
+                        builder
+                            .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+                            .await
+                    }
+                    Ok(Err(e)) => {
+                        debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+                None => {
+                    builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "API connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Routes one request.
+async fn handle(req: Request<Incoming>, state: &ApiState, peer: SocketAddr) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let get = method == hyper::Method::GET || method == hyper::Method::HEAD;
+    let result = match path.as_str() {
+        "/healthz" if get => Ok(json_response(200, &json!({ "status": "alive" }))),
+        "/readyz" if get => Ok(readyz(state)),
+        "/metrics" if get => Ok(metrics(state)),
+        "/api/v1/openapi.json" if get => Ok(bytes_response(200, "application/json", OPENAPI)),
+        "/healthz" | "/readyz" | "/metrics" | "/api/v1/openapi.json" => Err(
+            ApiError::method_not_allowed(format!("{path} supports GET only")),
+        ),
+        p if p == "/api/v1" || p.starts_with("/api/v1/") => api(req, state, peer).await,
+        _ => Err(ApiError::not_found(format!("no such path {path}"))),
+    };
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+async fn api(
+    req: Request<Incoming>,
+    state: &ApiState,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ApiError> {
+    // Login is the one call that needs no token: it is how a user gets one.
+    if req.uri().path() == "/api/v1/auth/login" {
+        return resources::login(req, state, peer).await;
+    }
+    let authorization = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
+    let principal = auth::authenticate(state.index.database(), authorization, timestamp_us())?;
+    resources::dispatch(
+        req,
+        Ctx {
+            state,
+            principal,
+            peer,
+        },
+    )
+    .await
+}
+
+fn readyz(state: &ApiState) -> Response<Body> {
+    use redb::ReadableDatabase;
+    let mut checks = serde_json::Map::new();
+    let mut ok = true;
+    let mut check = |name: &str, result: Result<(), String>| {
+        ok &= result.is_ok();
+        checks.insert(
+            name.to_owned(),
+            match result {
+                Ok(()) => json!({ "ok": true }),
+                Err(m) => json!({ "ok": false, "message": m }),
+            },
+        );
+    };
+    check(
+        "database",
+        state
+            .index
+            .database()
+            .begin_read()
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    );
+    let listening = state.cores_listening.load(Ordering::Acquire);
+    check(
+        "dicom_listeners",
+        if listening == state.cores {
+            Ok(())
+        } else {
+            Err(format!(
+                "{listening} of {} core threads are accepting associations",
+                state.cores
+            ))
+        },
+    );
+    check("disk", state.disk.check().map_err(|e| e.to_string()));
+    json_response(
+        if ok { 200 } else { 503 },
+        &json!({ "ready": ok, "checks": checks }),
+    )
+}
+
+fn metrics(state: &ApiState) -> Response<Body> {
+    let _ = state;
+    bytes_response(503, "text/plain", "metrics are not wired yet\n")
+}
+
+/// Logs that the API is up.
+pub fn announce(addr: SocketAddr, https: bool) {
+    info!(%addr, https, "admin API listening");
+}

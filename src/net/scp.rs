@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource, Pdu};
@@ -28,6 +28,7 @@ use super::ul::pdata::{
     check_length, encode_message, peek_header, split_pdata, FramingError, PduType,
 };
 use crate::commit::{timestamp_us, Committer};
+use crate::metrics::Service;
 use crate::queue::routing::RouteInput;
 use crate::rt::{Io, NetStream, ObjFile};
 use crate::store::index::InstanceRecord;
@@ -309,6 +310,7 @@ async fn run<I: Io>(stream: I::Stream, ctx: Rc<CoreCtx>) {
         Decision::Reject(rj, why) => {
             let _ = transition(state, Event::Evt8).expect("table: Evt8/Sta3");
             warn!(reason = %why, "association rejected");
+            crate::metrics::global().association_rejected(ctx.core, Service::Store);
             drop(_guard); // a rejected association no longer counts against the limit
             if conn.send_pdu(&Pdu::AssociationRJ(rj)).await.is_ok() {
                 conn.await_close(ctx.acse_timeout).await;
@@ -317,6 +319,7 @@ async fn run<I: Io>(stream: I::Stream, ctx: Rc<CoreCtx>) {
         }
     };
     debug_assert_eq!(state, State::Sta6);
+    let assoc_metric = crate::metrics::global().association_accepted(ctx.core, Service::Store);
     let mut dimse = Dimse::<I::File>::new(negotiated);
     loop {
         let next = conn.next_pdu(ctx.dimse_timeout).await;
@@ -368,6 +371,13 @@ async fn run<I: Io>(stream: I::Stream, ctx: Rc<CoreCtx>) {
                             if conn.send(out.freeze()).await.is_err() {
                                 return;
                             }
+                            if let Some((t0, status)) = dimse.cstore_answer.take() {
+                                crate::metrics::global().cstore_answered(
+                                    ctx.core,
+                                    status,
+                                    t0.elapsed(),
+                                );
+                            }
                         }
                         Ok(None) => {}
                         Err(e) => {
@@ -394,6 +404,7 @@ async fn run<I: Io>(stream: I::Stream, ctx: Rc<CoreCtx>) {
                 if conn.send_pdu(&Pdu::ReleaseRP).await.is_ok() {
                     conn.await_close(ctx.acse_timeout).await;
                 }
+                assoc_metric.released();
                 info!("association released");
                 return;
             }
@@ -456,6 +467,10 @@ struct Dimse<F: ObjFile> {
     command: Vec<u8>,
     command_pc: Option<u8>,
     pending: Option<Pending<F>>,
+    /// Metrics: when the current C-STORE-RQ's command set was decoded.
+    cstore_started: Option<Instant>,
+    /// Metrics: that start and the status of the C-STORE-RSP about to be sent.
+    cstore_answer: Option<(Instant, u16)>,
 }
 
 type Reply = Option<(u8, Vec<u8>)>;
@@ -467,6 +482,8 @@ impl<F: ObjFile> Dimse<F> {
             command: Vec::new(),
             command_pc: None,
             pending: None,
+            cstore_started: None,
+            cstore_answer: None,
         }
     }
 
@@ -534,6 +551,9 @@ impl<F: ObjFile> Dimse<F> {
                 }
             },
         };
+        if cmd.command_field == CommandField::CStoreRq as u16 {
+            self.cstore_answer = self.cstore_started.take().map(|t0| (t0, status));
+        }
         Ok(Some((
             pc_id,
             encode_response(&cmd, cmd.command_field | 0x8000, status, comment.as_deref()),
@@ -564,6 +584,7 @@ impl<F: ObjFile> Dimse<F> {
         }
         if field == CommandField::CStoreRq as u16 {
             if !cmd.has_dataset {
+                self.cstore_answer = Some((Instant::now(), storage::status::CANNOT_UNDERSTAND));
                 let rsp = encode_response(
                     &cmd,
                     CommandField::CStoreRsp as u16,
@@ -572,6 +593,7 @@ impl<F: ObjFile> Dimse<F> {
                 );
                 return Ok(Some((pc_id, rsp)));
             }
+            self.cstore_started = Some(Instant::now());
             let op = self.start_store(&cmd, pc_id, ctx).await;
             self.pending = Some(Pending { cmd, pc_id, op });
             return Ok(None);
@@ -712,6 +734,7 @@ impl<F: ObjFile> Dimse<F> {
             .committer
             .commit(obj.temp_path.clone(), record, attrs, destinations)
             .await?;
+        crate::metrics::global().instance_received(ctx.core, obj.dataset_size);
         debug!(sop = instance, ?outcome, bytes = obj.file_size, "C-STORE");
         Ok(())
     }

@@ -60,6 +60,13 @@ pub enum Request {
         /// Destination.
         destination: String,
     },
+    /// Create an API token (printed once).
+    TokenCreate {
+        /// Role it grants.
+        role: crate::http::auth::Role,
+        /// Label (who it is for).
+        name: String,
+    },
 }
 
 /// Why an operation failed.
@@ -202,6 +209,20 @@ impl Ops {
                 tracing::info!(destination = %destination, paused, "destination pause state changed");
                 Ok(vec![
                     json!({ "destination": destination, "paused": paused }),
+                ])
+            }
+            Request::TokenCreate { role, name } => {
+                let (token, rec) = crate::http::auth::create_token(
+                    self.queue.index().database(),
+                    *role,
+                    name,
+                    now,
+                    0,
+                )
+                .map_err(|e| OpError::Failed(e.message))?;
+                tracing::info!(id = %rec.id, role = %rec.role, name = %rec.name, "API token created");
+                Ok(vec![
+                    json!({ "token": token, "id": rec.id, "role": rec.role, "name": rec.name }),
                 ])
             }
         }

@@ -264,6 +264,7 @@ fn worker(shared: &Shared, d: &DestinationState) {
             continue;
         }
         let (results, link_failed) = send_batch(&mut link, claimed, d, shared);
+        crate::metrics::global().forward_results(&cfg.name, results.iter().map(|(_, o)| o));
         let delivered = results
             .iter()
             .filter(|(_, o)| *o == Outcome::Delivered)
@@ -378,6 +379,7 @@ fn send_batch(
     shared: &Shared,
 ) -> (Vec<(JobRecord, Outcome)>, bool) {
     let cfg = &d.config;
+    let metrics = crate::metrics::global().destination(&cfg.name);
     let mut results = Vec::with_capacity(claimed.len());
     let mut todo = Vec::with_capacity(claimed.len());
     for c in claimed {
@@ -458,6 +460,7 @@ fn send_batch(
         let id = l.next_message_id;
         l.next_message_id = l.next_message_id.checked_add(1).unwrap_or(1);
         let offset = rec.file_size.saturating_sub(rec.dataset_size);
+        let sent_at = Instant::now();
         match l.assoc.c_store_from_file(
             pc,
             id,
@@ -469,6 +472,7 @@ fn send_batch(
         ) {
             Ok(rsp) => {
                 l.last_used = Instant::now();
+                metrics.observe(sent_at.elapsed());
                 let outcome = classify(rsp.status, rsp.error_comment.as_deref());
                 match &outcome {
                     Outcome::Delivered if rsp.status != 0 => {

@@ -165,6 +165,10 @@ pub fn create_tables(tx: &WriteTransaction) -> Result<(), IndexError> {
     tx.open_table(db::RETIRABLE)?;
     tx.open_table(db::PAUSED)?;
     tx.open_table(db::META)?;
+    // Admin API tables.
+    tx.open_table(db::API_TOKENS)?;
+    tx.open_table(db::USERS)?;
+    tx.open_table(db::AUDIT)?;
     Ok(())
 }
 

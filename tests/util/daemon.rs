@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use super::dcmtk::{drain, join_within, wait_timeout};
 
-/// Prefix of the single stdout line the daemon prints once it is ready.
+/// Prefix of the stdout line giving the admin API's address (printed before the ready line).
+pub const HTTP_PREFIX: &str = "dicom-gw: http listening on ";
+/// Prefix of the stdout line the daemon prints once it is ready.
 pub const READY_PREFIX: &str = "dicom-gw: store listening on ";
 /// How long start-up and graceful shutdown may take.
 pub const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,6 +22,8 @@ pub const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Daemon {
     /// Store SCP port parsed from the ready line.
     pub port: u16,
+    /// Admin API port (from the `http listening` line; 0 if the daemon printed none).
+    pub http_port: u16,
     /// Process id.
     pub pid: u32,
     /// The `--data-dir` it was started with.
@@ -61,6 +65,8 @@ impl Daemon {
             "127.0.0.1:0".into(),
             "--io".into(),
             io.into(),
+            "--http-listen".into(),
+            "127.0.0.1:0".into(),
         ];
         args.extend(extra_args.iter().map(|a| a.into()));
         Daemon::spawn(bin.as_ref(), &args, dir)
@@ -100,6 +106,7 @@ impl Daemon {
         });
         let mut d = Daemon {
             port: 0,
+            http_port: 0,
             pid,
             data_dir: data_dir.to_path_buf(),
             child,
@@ -113,6 +120,14 @@ impl Daemon {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
+                    if let Some(addr) = line.strip_prefix(HTTP_PREFIX) {
+                        d.http_port = addr
+                            .split_whitespace()
+                            .next()
+                            .and_then(|a| a.rsplit_once(':'))
+                            .and_then(|(_, p)| p.parse().ok())
+                            .unwrap_or(0);
+                    }
                     if let Some(addr) = line.strip_prefix(READY_PREFIX) {
                         // "ADDR:PORT (io=BACKEND)": the address is the first word.
                         let addr = addr.split_whitespace().next().unwrap_or("");

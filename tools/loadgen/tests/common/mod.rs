@@ -228,13 +228,15 @@ pub struct Gw {
 const READY: &str = "dicom-gw: store listening on ";
 
 impl Gw {
-    /// Starts `dicom-gw serve --data-dir DIR --store-listen 127.0.0.1:0 --io epoll` and waits
+    /// Starts `dicom-gw serve --data-dir DIR --store-listen 127.0.0.1:0 --io epoll
+    /// --http-listen 127.0.0.1:0` and waits
     /// (30 s) for its ready line.
     pub fn start(data_dir: &Path) -> Gw {
         let mut child = Command::new(gw_bin())
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--store-listen", "127.0.0.1:0", "--io", "epoll"])
+            .args(["--http-listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,0 +1,1092 @@
+//! Prometheus metrics: recorded lock-free where the work happens, rendered on scrape.
+//!
+//! **Recording.** One process-global [`Metrics`] ([`global`], sized by [`init`]) holds a slot
+//! of atomic counters per ingest core. The code running on core `c` (an association never
+//! leaves its core) adds to slot `c` with `Ordering::Relaxed`: no lock, no shared cache line
+//! (each slot is `#[repr(align(128))]`, two 64-byte lines, so adjacent-line prefetching does
+//! not make neighbours share either), so recording costs an uncontended atomic add. Core
+//! indexes beyond the slots made at start-up (or a [`global`] used before [`init`]) fall back
+//! to one shared overflow slot: still correct, merely shared. Histograms are fixed buckets of
+//! per-slot atomic counts plus an integer sum (nanoseconds or objects), so nothing on the hot
+//! path touches a float or a lock. The committer thread (batch sizes, commit durations) and
+//! the forwarder's workers (results and latency per destination) record into their own
+//! atomics; a destination's are created on first use behind a read-mostly lock.
+//!
+//! **Scraping.** [`render`] sums the slots and adds what only the caller knows at scrape time
+//! ([`Snapshot`]: queue depths read from the database, disk space, the I/O backend), then
+//! writes the exposition with `prometheus-client`'s text encoder through its
+//! [`Collector`] interface, fed freshly aggregated values on every scrape.
+//!
+//! **Format.** The output is the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]), the format
+//! `promtool check metrics` and every Prometheus server read. `prometheus-client` writes
+//! OpenMetrics, which names a counter family `x` and its sample `x_total`; the 0.0.4 parser
+//! reads that sample as an untyped family without help, and `promtool` rejects it. So
+//! counters are described with their full `_total` name and their value is written with the
+//! encoder's plain-sample (gauge) writer, which adds no suffix; histograms and gauges are the
+//! same in both formats. No `# EOF` and no `# UNIT` line are written, and label values are
+//! escaped here (the crate writes them verbatim).
+//!
+//! **Metric families** (all prefixed `dicomgw_`):
+//! - `associations_active{service}`: associations accepted and not yet ended.
+//! - `associations_total{service,result}`: associations that ended, once each, by how:
+//!   `released`, `aborted` (by either side, a timeout, a protocol error, a dropped connection)
+//!   or `rejected` (A-ASSOCIATE-RJ). Accepted = released + aborted + active.
+//! - `instances_received_total`, `bytes_received_total`: objects answered with success
+//!   (stored, or a duplicate acknowledged under the duplicate policy) and their *dataset*
+//!   bytes as received on the wire (P-DATA values; no PDU or command-set overhead, no
+//!   Part-10 header).
+//! - `cstore_total{status}`: C-STORE-RSPs sent, by status class (`success`, `warning`,
+//!   `failure`, PS3.7 Annex C); `cstore_duration_seconds`: from the C-STORE-RQ command set
+//!   decoded to its response handed to the socket.
+//! - `commit_batch_objects`, `commit_duration_seconds`: objects per group commit and the time
+//!   one batch takes (placing, sync, index commit).
+//! - `forward_total{destination,result}`: forward attempts by outcome (`delivered`, `retry`,
+//!   `dead`; an attempt that exhausts `max_attempts` counts as `retry` here and shows up in
+//!   `queue_jobs{state="dead"}`); `forward_duration_seconds{destination}`: one C-STORE to the
+//!   destination, request to response.
+//! - `queue_jobs{destination,state}`, `queue_paused{destination}`, `disk_free_bytes`,
+//!   `disk_size_bytes`, `io_backend_info{backend}`, `build_info{version}`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelValue, LabelValueEncoder, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::net::dimse::status::{category, Category};
+use crate::queue::{DestinationStats, Outcome};
+
+/// HTTP `Content-Type` of [`render`]'s output (Prometheus text format 0.0.4).
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The DICOM service an association serves (label `service`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Service {
+    /// Storage and Verification SCP.
+    Store,
+}
+
+impl Service {
+    const ALL: [Service; 1] = [Service::Store];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Service::Store => "store",
+        }
+    }
+}
+
+const SERVICES: usize = Service::ALL.len();
+
+/// How an association ended (label `result` of `dicomgw_associations_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AssociationEnd {
+    Released,
+    Aborted,
+    Rejected,
+}
+
+impl AssociationEnd {
+    const ALL: [AssociationEnd; 3] = [Self::Released, Self::Aborted, Self::Rejected];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Released => "released",
+            Self::Aborted => "aborted",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+const ENDS: usize = AssociationEnd::ALL.len();
+
+/// C-STORE status classes (label `status`), PS3.7 Annex C.
+const STATUS_CLASSES: [&str; 3] = ["success", "warning", "failure"];
+
+fn status_class(status: u16) -> usize {
+    match category(status) {
+        Category::Success => 0,
+        Category::Warning => 1,
+        // Pending and Cancel are not C-STORE answers; if one ever is, it did not store.
+        Category::Failure | Category::Pending | Category::Cancel => 2,
+    }
+}
+
+/// Forward outcomes (label `result`).
+const FORWARD_RESULTS: [&str; 3] = ["delivered", "retry", "dead"];
+
+/// Upper bounds (nanoseconds) of the latency buckets: 0.5 ms to 2 min, then +Inf. A small
+/// object on a LAN is answered in about a millisecond; a 1 GiB one takes many seconds.
+const LATENCY_BOUNDS_NS: [u64; 17] = [
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    30_000_000_000,
+    60_000_000_000,
+    120_000_000_000,
+];
+const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_NS.len() + 1;
+
+/// Upper bounds of the group-commit batch-size buckets (objects), then +Inf
+/// (`commit_max_batch` defaults to 1024).
+const BATCH_BOUNDS: [u64; 13] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
+const BATCH_BUCKETS: usize = BATCH_BOUNDS.len() + 1;
+
+const NS_PER_SECOND: f64 = 1e9;
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A histogram as atomic per-bucket (non-cumulative) counts and an integer sum; `N` is the
+/// number of bounds plus one (+Inf). The count is the sum of the buckets, so the two can
+/// never disagree.
+#[derive(Debug)]
+struct AtomicHistogram<const N: usize> {
+    buckets: [AtomicU64; N],
+    sum: AtomicU64,
+}
+
+impl<const N: usize> AtomicHistogram<N> {
+    fn new() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    /// Records `v` in the first bucket whose bound is ≥ `v` (Prometheus `le` semantics).
+    fn observe(&self, bounds: &[u64], v: u64) {
+        debug_assert_eq!(bounds.len() + 1, N);
+        let i = bounds.partition_point(|&b| b < v);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum.fetch_add(v, Relaxed);
+    }
+
+    fn add_to(&self, into: &mut HistogramValue) {
+        for (acc, b) in into.buckets.iter_mut().zip(&self.buckets) {
+            *acc += b.load(Relaxed);
+        }
+        into.sum += self.sum.load(Relaxed);
+    }
+}
+
+/// Summed histogram values, ready to encode.
+#[derive(Debug, Clone, PartialEq)]
+struct HistogramValue {
+    /// Per-bucket counts, same order as the bounds, +Inf last.
+    buckets: Vec<u64>,
+    /// Sum in recording units (ns or objects).
+    sum: u64,
+}
+
+impl HistogramValue {
+    fn zero(n: usize) -> Self {
+        Self {
+            buckets: vec![0; n],
+            sum: 0,
+        }
+    }
+
+    /// `(upper bound, count)` pairs in rendering units; +Inf is `f64::MAX`, as the encoder
+    /// expects (it accumulates the counts itself).
+    fn encode(&self, bounds: &[u64], scale: f64, m: &mut MetricEncoder) -> std::fmt::Result {
+        #[allow(clippy::cast_precision_loss)] // bounds and sums are far below 2^53
+        let pairs: Vec<(f64, u64)> = bounds
+            .iter()
+            .map(|&b| b as f64 * scale)
+            .chain(std::iter::once(f64::MAX))
+            .zip(self.buckets.iter().copied())
+            .collect();
+        let count = self.buckets.iter().sum();
+        #[allow(clippy::cast_precision_loss)]
+        let sum = self.sum as f64 * scale;
+        m.encode_histogram::<NoLabelSet>(sum, count, &pairs, None)
+    }
+}
+
+/// What one ingest core records. Written only by its core (or, for the overflow slot, by
+/// every core beyond the slot count), read by scrapes.
+#[derive(Debug)]
+#[repr(align(128))]
+struct CoreSlot {
+    /// Accepted minus ended associations of this core, by service (a gauge).
+    associations_active: [AtomicI64; SERVICES],
+    /// Ended associations, by service and [`AssociationEnd`].
+    associations_ended: [[AtomicU64; ENDS]; SERVICES],
+    instances: AtomicU64,
+    dataset_bytes: AtomicU64,
+    /// C-STORE-RSPs by [`STATUS_CLASSES`] index.
+    cstore: [AtomicU64; 3],
+    cstore_latency: AtomicHistogram<LATENCY_BUCKETS>,
+}
+
+impl CoreSlot {
+    fn new() -> Self {
+        Self {
+            associations_active: std::array::from_fn(|_| AtomicI64::new(0)),
+            associations_ended: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            instances: AtomicU64::new(0),
+            dataset_bytes: AtomicU64::new(0),
+            cstore: std::array::from_fn(|_| AtomicU64::new(0)),
+            cstore_latency: AtomicHistogram::new(),
+        }
+    }
+}
+
+/// What the forwarder records for one destination (a handful of worker threads share it).
+#[derive(Debug)]
+pub struct DestinationMetrics {
+    /// Attempts by [`FORWARD_RESULTS`] index.
+    results: [AtomicU64; 3],
+    latency: AtomicHistogram<LATENCY_BUCKETS>,
+}
+
+impl DestinationMetrics {
+    fn new() -> Self {
+        Self {
+            results: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: AtomicHistogram::new(),
+        }
+    }
+
+    /// Counts one attempt's outcome (`Unsent` was no attempt and is not counted).
+    pub fn record(&self, outcome: &Outcome) {
+        let i = match outcome {
+            Outcome::Delivered => 0,
+            Outcome::Retry(_) => 1,
+            Outcome::Dead(_) => 2,
+            Outcome::Unsent => return,
+        };
+        self.results[i].fetch_add(1, Relaxed);
+    }
+
+    /// Records one C-STORE round trip (request sent to response received).
+    pub fn observe(&self, elapsed: Duration) {
+        self.latency.observe(&LATENCY_BOUNDS_NS, nanos(elapsed));
+    }
+}
+
+/// Every metric the daemon records. Normally the process-global one ([`global`]); tests make
+/// their own.
+#[derive(Debug)]
+pub struct Metrics {
+    /// One slot per ingest core, then the shared overflow slot.
+    cores: Box<[CoreSlot]>,
+    commit_batch: AtomicHistogram<BATCH_BUCKETS>,
+    commit_duration: AtomicHistogram<LATENCY_BUCKETS>,
+    destinations: RwLock<BTreeMap<String, Arc<DestinationMetrics>>>,
+}
+
+static GLOBAL: OnceLock<Metrics> = OnceLock::new();
+
+/// Creates the global metrics with one slot per ingest core; call once at start-up, before
+/// the cores run. If [`global`] was already used, the existing metrics stay (cores beyond
+/// their slot count share the overflow slot).
+pub fn init(cores: usize) -> &'static Metrics {
+    GLOBAL.get_or_init(|| Metrics::new(cores))
+}
+
+/// The global metrics, created with one slot per available CPU if [`init`] was not called.
+pub fn global() -> &'static Metrics {
+    GLOBAL.get_or_init(|| {
+        Metrics::new(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+    })
+}
+
+/// Renders the global metrics with `snapshot` (see [`Metrics::render`]).
+pub fn render(snapshot: &Snapshot) -> String {
+    global().render(snapshot)
+}
+
+/// Scrape-time values only the caller can read.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Job counts per destination (`queue::Queue::stats` with the configured names, so
+    /// destinations without jobs appear too).
+    pub queue: Vec<DestinationStats>,
+    /// Size of the data filesystem (`store::disk_usage(data_dir).0`).
+    pub disk_total_bytes: u64,
+    /// Space on the data filesystem available to the daemon (`store::disk_usage(data_dir).1`,
+    /// `f_bavail`: reserved blocks excluded).
+    pub disk_free_bytes: u64,
+    /// The I/O backend running (`uring` or `epoll`).
+    pub io_backend: String,
+}
+
+/// Counts an accepted association as active until dropped; then it counts as ended —
+/// `released` if [`AssociationMetric::released`] was called, else `aborted`. Made by
+/// [`Metrics::association_accepted`]; keep it on the association's core.
+#[derive(Debug)]
+pub struct AssociationMetric<'a> {
+    slot: &'a CoreSlot,
+    service: Service,
+    end: AssociationEnd,
+}
+
+impl AssociationMetric<'_> {
+    /// The association ended with an orderly A-RELEASE.
+    pub fn released(mut self) {
+        self.end = AssociationEnd::Released;
+    }
+}
+
+impl Drop for AssociationMetric<'_> {
+    fn drop(&mut self) {
+        let s = self.service.index();
+        self.slot.associations_active[s].fetch_sub(1, Relaxed);
+        self.slot.associations_ended[s][self.end as usize].fetch_add(1, Relaxed);
+    }
+}
+
+impl Metrics {
+    /// Metrics with `cores` per-core slots (at least one) plus the overflow slot.
+    pub fn new(cores: usize) -> Self {
+        Self {
+            cores: (0..=cores.max(1)).map(|_| CoreSlot::new()).collect(),
+            commit_batch: AtomicHistogram::new(),
+            commit_duration: AtomicHistogram::new(),
+            destinations: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    fn slot(&self, core: usize) -> &CoreSlot {
+        let overflow = self.cores.len() - 1;
+        &self.cores[core.min(overflow)]
+    }
+
+    /// An association on `core` was accepted (A-ASSOCIATE-AC sent): active until the
+    /// returned guard drops.
+    pub fn association_accepted(&self, core: usize, service: Service) -> AssociationMetric<'_> {
+        let slot = self.slot(core);
+        slot.associations_active[service.index()].fetch_add(1, Relaxed);
+        AssociationMetric {
+            slot,
+            service,
+            end: AssociationEnd::Aborted,
+        }
+    }
+
+    /// An association on `core` was rejected (A-ASSOCIATE-RJ).
+    pub fn association_rejected(&self, core: usize, service: Service) {
+        self.slot(core).associations_ended[service.index()][AssociationEnd::Rejected as usize]
+            .fetch_add(1, Relaxed);
+    }
+
+    /// An object received on `core` was answered with success; `dataset_bytes` is its
+    /// dataset as received.
+    pub fn instance_received(&self, core: usize, dataset_bytes: u64) {
+        let slot = self.slot(core);
+        slot.instances.fetch_add(1, Relaxed);
+        slot.dataset_bytes.fetch_add(dataset_bytes, Relaxed);
+    }
+
+    /// A C-STORE-RSP with `status` was sent on `core`, `elapsed` after its request's command
+    /// set was decoded.
+    pub fn cstore_answered(&self, core: usize, status: u16, elapsed: Duration) {
+        let slot = self.slot(core);
+        slot.cstore[status_class(status)].fetch_add(1, Relaxed);
+        slot.cstore_latency
+            .observe(&LATENCY_BOUNDS_NS, nanos(elapsed));
+    }
+
+    /// The committer committed (or refused) a batch of `objects` in `elapsed`.
+    pub fn commit_batch(&self, objects: usize, elapsed: Duration) {
+        self.commit_batch
+            .observe(&BATCH_BOUNDS, u64::try_from(objects).unwrap_or(u64::MAX));
+        self.commit_duration
+            .observe(&LATENCY_BOUNDS_NS, nanos(elapsed));
+    }
+
+    /// The metrics of destination `name`, created on first use. Keep the `Arc` to record
+    /// many events without looking the name up again.
+    pub fn destination(&self, name: &str) -> Arc<DestinationMetrics> {
+        if let Some(d) = self
+            .destinations
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+        {
+            return d.clone();
+        }
+        self.destinations
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(DestinationMetrics::new()))
+            .clone()
+    }
+
+    /// Counts the outcomes of a batch of forward attempts to `destination`.
+    pub fn forward_results<'o>(
+        &self,
+        destination: &str,
+        outcomes: impl IntoIterator<Item = &'o Outcome>,
+    ) {
+        let d = self.destination(destination);
+        for o in outcomes {
+            d.record(o);
+        }
+    }
+
+    /// Sums every slot and renders the whole exposition, with `snapshot`'s values, in the
+    /// Prometheus text format ([`CONTENT_TYPE`]).
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        let exposition = Exposition {
+            cores: self.sum_cores(),
+            commit_batch: self.sum(&self.commit_batch),
+            commit_duration: self.sum(&self.commit_duration),
+            destinations: self.sum_destinations(snapshot),
+            snapshot: snapshot.clone(),
+        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(exposition));
+        let mut out = String::with_capacity(8 * 1024);
+        prometheus_client::encoding::text::encode_registry(&mut out, &registry)
+            .expect("writing to a String cannot fail and every value fits");
+        out
+    }
+
+    fn sum<const N: usize>(&self, h: &AtomicHistogram<N>) -> HistogramValue {
+        let mut v = HistogramValue::zero(N);
+        h.add_to(&mut v);
+        v
+    }
+
+    fn sum_cores(&self) -> CoreTotals {
+        let mut t = CoreTotals {
+            associations_active: [0; SERVICES],
+            associations_ended: [[0; ENDS]; SERVICES],
+            instances: 0,
+            dataset_bytes: 0,
+            cstore: [0; 3],
+            cstore_latency: HistogramValue::zero(LATENCY_BUCKETS),
+        };
+        for slot in &self.cores {
+            for s in 0..SERVICES {
+                t.associations_active[s] += slot.associations_active[s].load(Relaxed);
+                for e in 0..ENDS {
+                    t.associations_ended[s][e] += slot.associations_ended[s][e].load(Relaxed);
+                }
+            }
+            t.instances += slot.instances.load(Relaxed);
+            t.dataset_bytes += slot.dataset_bytes.load(Relaxed);
+            for (acc, c) in t.cstore.iter_mut().zip(&slot.cstore) {
+                *acc += c.load(Relaxed);
+            }
+            slot.cstore_latency.add_to(&mut t.cstore_latency);
+        }
+        t
+    }
+
+    /// Every destination seen by the forwarder or named in the snapshot, sorted by name.
+    fn sum_destinations(&self, snapshot: &Snapshot) -> Vec<(String, DestinationTotals)> {
+        for s in &snapshot.queue {
+            self.destination(&s.destination);
+        }
+        self.destinations
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(name, d)| {
+                let mut latency = HistogramValue::zero(LATENCY_BUCKETS);
+                d.latency.add_to(&mut latency);
+                let results = std::array::from_fn(|i| d.results[i].load(Relaxed));
+                (name.clone(), DestinationTotals { results, latency })
+            })
+            .collect()
+    }
+}
+
+/// The per-core slots, summed.
+#[derive(Debug)]
+struct CoreTotals {
+    associations_active: [i64; SERVICES],
+    associations_ended: [[u64; ENDS]; SERVICES],
+    instances: u64,
+    dataset_bytes: u64,
+    cstore: [u64; 3],
+    cstore_latency: HistogramValue,
+}
+
+#[derive(Debug)]
+struct DestinationTotals {
+    results: [u64; 3],
+    latency: HistogramValue,
+}
+
+/// One scrape's values, written by the encoder through [`Collector`].
+#[derive(Debug)]
+struct Exposition {
+    cores: CoreTotals,
+    commit_batch: HistogramValue,
+    commit_duration: HistogramValue,
+    destinations: Vec<(String, DestinationTotals)>,
+    snapshot: Snapshot,
+}
+
+/// A label value, escaped as the text format requires (`\\`, `\"`, `\n`).
+#[derive(Debug, Clone, Copy)]
+struct Escaped<'a>(&'a str);
+
+impl EncodeLabelValue for Escaped<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes one sample value: a counter's or a gauge's (see the module docs for why counters
+/// use the plain-sample writer).
+fn sample<V: prometheus_client::encoding::EncodeGaugeValue>(
+    m: &mut MetricEncoder,
+    labels: &[(&str, Escaped)],
+    v: V,
+) -> std::fmt::Result {
+    if labels.is_empty() {
+        m.encode_gauge(&v)
+    } else {
+        m.encode_family(&labels)?.encode_gauge(&v)
+    }
+}
+
+impl Collector for Exposition {
+    #[allow(clippy::too_many_lines)] // one flat list of families reads best
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        use MetricType::{Counter, Gauge, Histogram};
+        let e = Escaped;
+        let c = &self.cores;
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_associations_active",
+            "Associations accepted and not yet ended, by DICOM service.",
+            None,
+            Gauge,
+        )?;
+        for s in Service::ALL {
+            let n = c.associations_active[s.index()].max(0);
+            sample(&mut m, &[("service", e(s.label()))], n)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_associations_total",
+            "Associations that ended, by DICOM service and how: released, aborted (either side, timeout, protocol error, dropped connection) or rejected.",
+            None,
+            Counter,
+        )?;
+        for s in Service::ALL {
+            for end in AssociationEnd::ALL {
+                let n = c.associations_ended[s.index()][end as usize];
+                let labels = [("service", e(s.label())), ("result", e(end.label()))];
+                sample(&mut m, &labels, n)?;
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_instances_received_total",
+            "Objects received by C-STORE and answered with success (duplicates included).",
+            None,
+            Counter,
+        )?;
+        sample(&mut m, &[], c.instances)?;
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_bytes_received_total",
+            "Dataset bytes of the objects counted in dicomgw_instances_received_total, as received (no PDU, command or file meta overhead).",
+            None,
+            Counter,
+        )?;
+        sample(&mut m, &[], c.dataset_bytes)?;
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_cstore_total",
+            "C-STORE responses sent, by status class (success, warning, failure).",
+            None,
+            Counter,
+        )?;
+        for (class, n) in STATUS_CLASSES.iter().zip(c.cstore) {
+            sample(&mut m, &[("status", e(class))], n)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_cstore_duration_seconds",
+            "Time from a C-STORE request's command to its response being sent (dataset reception, storage and group commit included).",
+            None,
+            Histogram,
+        )?;
+        c.cstore_latency
+            .encode(&LATENCY_BOUNDS_NS, 1.0 / NS_PER_SECOND, &mut m)?;
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_commit_batch_objects",
+            "Objects per group commit (one sync and one index transaction each).",
+            None,
+            Histogram,
+        )?;
+        self.commit_batch.encode(&BATCH_BOUNDS, 1.0, &mut m)?;
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_commit_duration_seconds",
+            "Time one group commit takes: placing the files, syncing them and committing the index.",
+            None,
+            Histogram,
+        )?;
+        self.commit_duration
+            .encode(&LATENCY_BOUNDS_NS, 1.0 / NS_PER_SECOND, &mut m)?;
+
+        let queue = &self.snapshot.queue;
+        let mut m = enc.encode_descriptor(
+            "dicomgw_queue_jobs",
+            "Forwarding jobs per destination and state (pending, retry, in_flight, dead).",
+            None,
+            Gauge,
+        )?;
+        for q in queue {
+            for (state, n) in [
+                ("pending", q.pending),
+                ("retry", q.retry),
+                ("in_flight", q.in_flight),
+                ("dead", q.dead),
+            ] {
+                let labels = [("destination", e(&q.destination)), ("state", e(state))];
+                sample(&mut m, &labels, n)?;
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_queue_paused",
+            "1 if forwarding to the destination is paused.",
+            None,
+            Gauge,
+        )?;
+        for q in queue {
+            sample(
+                &mut m,
+                &[("destination", e(&q.destination))],
+                i64::from(q.paused),
+            )?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_forward_total",
+            "Forward attempts per destination and outcome (delivered, retry, dead).",
+            None,
+            Counter,
+        )?;
+        for (name, d) in &self.destinations {
+            for (result, n) in FORWARD_RESULTS.iter().zip(d.results) {
+                let labels = [("destination", e(name)), ("result", e(result))];
+                sample(&mut m, &labels, n)?;
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_forward_duration_seconds",
+            "Time of one forwarded C-STORE per destination, request to response.",
+            None,
+            Histogram,
+        )?;
+        for (name, d) in &self.destinations {
+            let labels = [("destination", e(name))];
+            let mut f = m.encode_family(&labels)?;
+            d.latency
+                .encode(&LATENCY_BOUNDS_NS, 1.0 / NS_PER_SECOND, &mut f)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_disk_free_bytes",
+            "Space available to the daemon on the data filesystem.",
+            None,
+            Gauge,
+        )?;
+        sample(&mut m, &[], self.snapshot.disk_free_bytes)?;
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_disk_size_bytes",
+            "Size of the data filesystem.",
+            None,
+            Gauge,
+        )?;
+        sample(&mut m, &[], self.snapshot.disk_total_bytes)?;
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_io_backend_info",
+            "The I/O backend the ingest cores run on (value always 1).",
+            None,
+            Gauge,
+        )?;
+        sample(&mut m, &[("backend", e(&self.snapshot.io_backend))], 1_i64)?;
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_build_info",
+            "Build of the running daemon (value always 1).",
+            None,
+            Gauge,
+        )?;
+        sample(&mut m, &[("version", e(env!("CARGO_PKG_VERSION")))], 1_i64)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `name{labels} value` lines of the exposition, keyed by `name{labels}`.
+    fn samples(text: &str) -> BTreeMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (k, v) = l.rsplit_once(' ').expect("sample line has a value");
+                (k.to_owned(), v.parse().expect("numeric value"))
+            })
+            .collect()
+    }
+
+    fn value(text: &str, key: &str) -> f64 {
+        *samples(text)
+            .get(key)
+            .unwrap_or_else(|| panic!("no sample {key} in\n{text}"))
+    }
+
+    #[test]
+    fn core_slots_are_summed() {
+        let m = Metrics::new(2);
+        m.instance_received(0, 1000);
+        m.instance_received(1, 234);
+        m.instance_received(1, 1);
+        m.cstore_answered(0, 0x0000, Duration::from_millis(3));
+        m.cstore_answered(1, 0xB007, Duration::from_millis(30));
+        m.cstore_answered(1, 0xA700, Duration::from_millis(300));
+        let out = m.render(&Snapshot::default());
+        assert_eq!(value(&out, "dicomgw_instances_received_total"), 3.0);
+        assert_eq!(value(&out, "dicomgw_bytes_received_total"), 1235.0);
+        assert_eq!(value(&out, "dicomgw_cstore_total{status=\"success\"}"), 1.0);
+        assert_eq!(value(&out, "dicomgw_cstore_total{status=\"warning\"}"), 1.0);
+        assert_eq!(value(&out, "dicomgw_cstore_total{status=\"failure\"}"), 1.0);
+        assert_eq!(value(&out, "dicomgw_cstore_duration_seconds_count"), 3.0);
+        let sum = value(&out, "dicomgw_cstore_duration_seconds_sum");
+        assert!((sum - 0.333).abs() < 1e-9, "{sum}");
+    }
+
+    #[test]
+    fn cores_beyond_the_slots_share_the_overflow_slot() {
+        let m = Metrics::new(1);
+        m.instance_received(0, 1);
+        m.instance_received(7, 2);
+        m.instance_received(usize::MAX, 4);
+        let out = m.render(&Snapshot::default());
+        assert_eq!(value(&out, "dicomgw_instances_received_total"), 3.0);
+        assert_eq!(value(&out, "dicomgw_bytes_received_total"), 7.0);
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::new(1);
+        for n in [1, 1, 3, 100, 5000] {
+            m.commit_batch(n, Duration::from_micros(700));
+        }
+        let out = m.render(&Snapshot::default());
+        let b = |le: &str| {
+            value(
+                &out,
+                &format!("dicomgw_commit_batch_objects_bucket{{le=\"{le}\"}}"),
+            )
+        };
+        assert_eq!(b("1.0"), 2.0);
+        assert_eq!(b("2.0"), 2.0);
+        assert_eq!(b("4.0"), 3.0);
+        assert_eq!(b("64.0"), 3.0);
+        assert_eq!(b("128.0"), 4.0);
+        assert_eq!(b("4096.0"), 4.0);
+        assert_eq!(b("+Inf"), 5.0);
+        assert_eq!(value(&out, "dicomgw_commit_batch_objects_count"), 5.0);
+        assert_eq!(value(&out, "dicomgw_commit_batch_objects_sum"), 5105.0);
+        // Every bucket is ≥ the one before it, and +Inf equals the count.
+        let buckets: Vec<f64> = out
+            .lines()
+            .filter(|l| l.starts_with("dicomgw_commit_duration_seconds_bucket"))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+            .collect();
+        assert_eq!(buckets.len(), LATENCY_BUCKETS);
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+        assert_eq!(buckets[LATENCY_BUCKETS - 1], 5.0);
+        // 700 µs is above the 0.5 ms bound and within 1 ms.
+        assert_eq!(buckets[0], 0.0);
+        assert_eq!(buckets[1], 5.0);
+    }
+
+    #[test]
+    fn associations_are_counted_once_when_they_end() {
+        let m = Metrics::new(2);
+        let a = m.association_accepted(0, Service::Store);
+        let b = m.association_accepted(1, Service::Store);
+        m.association_rejected(1, Service::Store);
+        let out = m.render(&Snapshot::default());
+        assert_eq!(
+            value(&out, "dicomgw_associations_active{service=\"store\"}"),
+            2.0
+        );
+        a.released();
+        drop(b);
+        let out = m.render(&Snapshot::default());
+        let total = |r: &str| {
+            value(
+                &out,
+                &format!("dicomgw_associations_total{{service=\"store\",result=\"{r}\"}}"),
+            )
+        };
+        assert_eq!(
+            value(&out, "dicomgw_associations_active{service=\"store\"}"),
+            0.0
+        );
+        assert_eq!(total("released"), 1.0);
+        assert_eq!(total("aborted"), 1.0);
+        assert_eq!(total("rejected"), 1.0);
+    }
+
+    #[test]
+    fn forward_and_snapshot_families() {
+        let m = Metrics::new(1);
+        m.forward_results(
+            "pacs",
+            &[
+                Outcome::Delivered,
+                Outcome::Delivered,
+                Outcome::Retry("x".into()),
+                Outcome::Dead("y".into()),
+                Outcome::Unsent,
+            ],
+        );
+        m.destination("pacs").observe(Duration::from_millis(2));
+        let snapshot = Snapshot {
+            queue: vec![DestinationStats {
+                destination: "archive".into(),
+                pending: 5,
+                retry: 1,
+                in_flight: 2,
+                dead: 3,
+                done: 9,
+                paused: true,
+            }],
+            disk_total_bytes: 1 << 40,
+            disk_free_bytes: 1 << 30,
+            io_backend: "epoll".into(),
+        };
+        let out = m.render(&snapshot);
+        let fwd = |d: &str, r: &str| {
+            value(
+                &out,
+                &format!("dicomgw_forward_total{{destination=\"{d}\",result=\"{r}\"}}"),
+            )
+        };
+        assert_eq!(fwd("pacs", "delivered"), 2.0);
+        assert_eq!(fwd("pacs", "retry"), 1.0);
+        assert_eq!(fwd("pacs", "dead"), 1.0);
+        // A configured destination without traffic is there with zeros.
+        assert_eq!(fwd("archive", "delivered"), 0.0);
+        assert_eq!(
+            value(
+                &out,
+                "dicomgw_forward_duration_seconds_bucket{le=\"0.0025\",destination=\"pacs\"}"
+            ),
+            1.0
+        );
+        let jobs = |s: &str| {
+            value(
+                &out,
+                &format!("dicomgw_queue_jobs{{destination=\"archive\",state=\"{s}\"}}"),
+            )
+        };
+        assert_eq!(
+            [
+                jobs("pending"),
+                jobs("retry"),
+                jobs("in_flight"),
+                jobs("dead")
+            ],
+            [5.0, 1.0, 2.0, 3.0]
+        );
+        assert_eq!(
+            value(&out, "dicomgw_queue_paused{destination=\"archive\"}"),
+            1.0
+        );
+        assert_eq!(value(&out, "dicomgw_disk_free_bytes"), 1_073_741_824.0);
+        assert_eq!(value(&out, "dicomgw_disk_size_bytes"), 1_099_511_627_776.0);
+        assert_eq!(
+            value(&out, "dicomgw_io_backend_info{backend=\"epoll\"}"),
+            1.0
+        );
+        let version = format!(
+            "dicomgw_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(value(&out, &version), 1.0);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::new(1);
+        m.forward_results("a\"b\\c\nd", &[Outcome::Delivered]);
+        let out = m.render(&Snapshot::default());
+        assert!(
+            out.contains(r#"dicomgw_forward_total{destination="a\"b\\c\nd",result="delivered"} 1"#),
+            "{out}"
+        );
+    }
+
+    /// Parses the exposition as the Prometheus text format 0.0.4 demands: every family has
+    /// HELP then TYPE; every sample belongs to the family declared last (counters named
+    /// `…_total`, histograms with `_bucket`/`_sum`/`_count`); names and label names match
+    /// the grammar; label values are quoted; values are numbers.
+    #[test]
+    fn output_is_valid_text_format() {
+        let m = Metrics::new(2);
+        m.instance_received(0, 10);
+        m.forward_results("pacs", &[Outcome::Delivered]);
+        let snapshot = Snapshot {
+            queue: vec![DestinationStats {
+                destination: "pacs".into(),
+                ..Default::default()
+            }],
+            io_backend: "uring".into(),
+            ..Default::default()
+        };
+        let out = m.render(&snapshot);
+        assert!(out.ends_with('\n'));
+        let name_ok = |n: &str| {
+            let mut cs = n.chars();
+            cs.next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+                && cs.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        };
+        let mut family: Option<(String, String)> = None; // (name, type)
+        let mut helped: Option<String> = None;
+        let mut families = Vec::new();
+        for line in out.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').expect("HELP has text");
+                assert!(name_ok(name) && !help.is_empty(), "{line}");
+                helped = Some(name.to_owned());
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, ty) = rest.split_once(' ').expect("TYPE has a type");
+                assert_eq!(helped.as_deref(), Some(name), "TYPE without HELP: {line}");
+                assert!(["counter", "gauge", "histogram"].contains(&ty), "{line}");
+                if ty == "counter" {
+                    assert!(name.ends_with("_total"), "{line}");
+                } else {
+                    assert!(!name.ends_with("_total"), "{line}");
+                }
+                assert!(
+                    !families.contains(&name.to_owned()),
+                    "duplicate family {name}"
+                );
+                families.push(name.to_owned());
+                family = Some((name.to_owned(), ty.to_owned()));
+                continue;
+            }
+            assert!(!line.starts_with('#'), "unexpected comment {line}");
+            let (fam, ty) = family.as_ref().expect("sample before any TYPE");
+            let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+            assert!(value == "+Inf" || value.parse::<f64>().is_ok(), "{line}");
+            let (name, labels) = match series.split_once('{') {
+                Some((n, l)) => (n, Some(l.strip_suffix('}').expect("labels close"))),
+                None => (series, None),
+            };
+            assert!(name_ok(name), "{line}");
+            let expected_name = if ty == "histogram" {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| name.strip_suffix(s) == Some(fam.as_str()))
+            } else {
+                name == fam
+            };
+            assert!(expected_name, "sample {name} outside family {fam}: {line}");
+            if let Some(labels) = labels {
+                let mut rest = labels;
+                while !rest.is_empty() {
+                    let (key, after) = rest.split_once("=\"").expect("label=\"value\"");
+                    assert!(name_ok(key) && !key.contains(':'), "{line}");
+                    // The value runs to the first unescaped quote.
+                    let mut end = None;
+                    let mut escaped = false;
+                    for (i, ch) in after.char_indices() {
+                        match (escaped, ch) {
+                            (true, _) => escaped = false,
+                            (false, '\\') => escaped = true,
+                            (false, '"') => {
+                                end = Some(i);
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                    let end = end.expect("closing quote");
+                    rest = after[end + 1..]
+                        .strip_prefix(',')
+                        .unwrap_or(&after[end + 1..]);
+                }
+            }
+            if ty == "histogram" && name.ends_with("_bucket") {
+                assert!(labels.is_some_and(|l| l.contains("le=\"")), "{line}");
+            }
+        }
+        for required in [
+            "dicomgw_associations_active",
+            "dicomgw_associations_total",
+            "dicomgw_instances_received_total",
+            "dicomgw_bytes_received_total",
+            "dicomgw_cstore_total",
+            "dicomgw_cstore_duration_seconds",
+            "dicomgw_commit_batch_objects",
+            "dicomgw_commit_duration_seconds",
+            "dicomgw_queue_jobs",
+            "dicomgw_forward_total",
+            "dicomgw_forward_duration_seconds",
+            "dicomgw_disk_free_bytes",
+            "dicomgw_io_backend_info",
+            "dicomgw_build_info",
+        ] {
+            assert!(families.iter().any(|f| f == required), "no {required}");
+        }
+    }
+
+    #[test]
+    fn global_works_without_init() {
+        let g = global();
+        g.instance_received(usize::MAX, 0);
+        assert!(render(&Snapshot::default()).contains("dicomgw_instances_received_total "));
+    }
+}
