@@ -15,6 +15,7 @@
 //! - [`http`]: admin API and metrics.
 //! - [`server`]: wires the cores, listeners, committer and shutdown together.
 
+pub mod audit;
 pub mod commit;
 pub mod config;
 pub mod db;
