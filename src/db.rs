@@ -51,3 +51,7 @@ pub const API_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_t
 pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 /// The audit log: sequence number → `audit::AuditEntry`, each chained to the previous by hash.
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// Configuration changed through the admin API: `destinations` and `routes` → JSON arrays of
+/// their TOML/JSON forms. Once present they replace the config file's lists at start-up.
+pub const CONFIG: TableDefinition<&str, &str> = TableDefinition::new("config");

@@ -26,7 +26,9 @@ use crate::net::ul::association::AcceptorPolicy;
 use crate::queue::control::{self, Ops};
 use crate::queue::forwarder::Forwarder;
 use crate::queue::retention::Sweeper;
+use crate::queue::live::{self, LiveConfig};
 use crate::queue::routing::Routing;
+use arc_swap::ArcSwap;
 use crate::queue::Queue;
 use crate::rt::{self, Backend, Epoll, Io, Uring};
 use crate::store::index::Index;
@@ -66,6 +68,9 @@ pub enum ServeError {
     /// A thread could not be started.
     #[error("cannot start thread: {0}")]
     Thread(std::io::Error),
+    /// The stored (API-managed) configuration is unusable.
+    #[error("stored configuration: {0}")]
+    Config(String),
     /// The API's TLS certificate or key is unusable.
     #[error("admin API TLS: {0}")]
     Tls(String),
@@ -113,7 +118,17 @@ pub fn serve(
 
     let gateway_mode = settings.retention.mode == RetentionMode::Gateway;
     let queue = Queue::new(index.clone(), gateway_mode);
-    let forwarder = Forwarder::start(queue.clone(), data.clone(), settings.destinations.clone())
+    let (destinations, routes, from_db) = live::effective(
+        &index,
+        settings.destinations.clone(),
+        settings.routes.clone(),
+        &settings.store.ae_title,
+    )
+    .map_err(ServeError::Config)?;
+    if from_db && (!settings.destinations.is_empty() || !settings.routes.is_empty()) {
+        warn!("destinations and routes were changed through the admin API: the database copy is used and the config file's [[destinations]] and [[routes]] are ignored");
+    }
+    let forwarder = Forwarder::start(queue.clone(), data.clone(), destinations.clone())
         .map_err(ServeError::Thread)?;
     let (committer, committer_thread, _stats) = Committer::start(
         index.clone(),
@@ -149,11 +164,17 @@ pub fn serve(
         })
         .ok();
     let ops = Arc::new(Ops::live(queue, forwarder.shared().clone()));
-    let routing = Arc::new(Routing::new(settings.routes.clone()));
+    let routing = Arc::new(ArcSwap::from_pointee(Routing::new(routes.clone())));
+    let live_config = Arc::new(LiveConfig::new(
+        index.clone(),
+        forwarder.shared().clone(),
+        routing.clone(),
+        settings.store.ae_title.clone(),
+    ));
     let disk = DiskGuard::new(data.root(), settings.store.disk_high_water_percent);
     info!(
-        destinations = settings.destinations.len(),
-        routes = settings.routes.len(),
+        destinations = destinations.len(),
+        routes = routes.len(),
         retention = ?settings.retention.mode,
         "forwarding configured"
     );
@@ -192,6 +213,7 @@ pub fn serve(
         index: index.clone(),
         ops: ops.clone(),
         forwarder: forwarder.shared().clone(),
+        live: live_config,
         data: data.clone(),
         disk: disk.clone(),
         cores_listening: cores_listening.clone(),
@@ -320,7 +342,7 @@ struct CoreParts {
     dimse_timeout: Duration,
     data: DataDir,
     committer: Committer,
-    routing: Arc<Routing>,
+    routing: Arc<ArcSwap<Routing>>,
     disk: DiskGuard,
     phase: watch::Receiver<Phase>,
 }

@@ -50,6 +50,8 @@ pub struct ApiState {
     pub ops: Arc<Ops>,
     /// The running forwarder.
     pub forwarder: Arc<ForwarderShared>,
+    /// Destinations and routes, changeable at run time (validated, persisted, applied).
+    pub live: Arc<crate::queue::live::LiveConfig>,
     /// The data directory.
     pub data: DataDir,
     /// The disk high-water mark.

@@ -68,7 +68,7 @@ pub struct CoreCtx {
     /// Where finished objects go.
     pub committer: Committer,
     /// Routing rules, evaluated per object.
-    pub routing: Arc<crate::queue::routing::Routing>,
+    pub routing: Arc<arc_swap::ArcSwap<crate::queue::routing::Routing>>,
     /// The disk high-water mark.
     pub disk: crate::store::DiskGuard,
     /// Shutdown phase.
@@ -686,12 +686,14 @@ impl<F: ObjFile> Dimse<F> {
         let context = &self.negotiated.contexts[&pc_id];
         let class = cmd.affected_sop_class_uid.as_deref().unwrap_or("");
         let instance = cmd.affected_sop_instance_uid.as_deref().unwrap_or("");
+        // One routing table for the whole object, even if the API swaps it meanwhile.
+        let routing = ctx.routing.load_full();
         let checked = (|| {
             let attrs = storage::extract_attrs(
                 &obj.prefix,
                 obj.dataset_size,
                 &context.transfer_syntax,
-                ctx.routing.wanted_tags(),
+                routing.wanted_tags(),
                 |len| read_dataset_prefix(&obj, len),
             )?;
             storage::check_dataset(&attrs, class, instance)?;
@@ -725,7 +727,7 @@ impl<F: ObjFile> Dimse<F> {
             path: path.to_string_lossy().into_owned(),
         };
         let lookup = |t| attrs.extra_value(t);
-        let destinations = ctx.routing.destinations(&RouteInput {
+        let destinations = routing.destinations(&RouteInput {
             calling_ae_title: &self.negotiated.calling_ae_title,
             called_ae_title: &self.negotiated.called_ae_title,
             attribute: &lookup,

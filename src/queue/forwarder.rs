@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,8 @@ pub struct DestinationState {
     /// Its configuration.
     pub config: Destination,
     paused: AtomicBool,
+    /// Replaced or removed by a configuration change: its workers end.
+    retired: AtomicBool,
     /// After a connection-level failure, nobody tries before this time (µs).
     hold_until_us: AtomicU64,
     bell: Mutex<u64>,
@@ -70,6 +72,11 @@ impl DestinationState {
             .unwrap_or_else(|e| e.into_inner());
     }
 
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.ring();
+    }
+
     /// Whether forwarding to this destination is paused.
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Acquire)
@@ -81,33 +88,47 @@ impl DestinationState {
 pub struct Shared {
     queue: Queue,
     data: DataDir,
-    dests: HashMap<String, Arc<DestinationState>>,
+    /// Destinations by name; replaced as a whole entry when the configuration changes (the
+    /// old entry's workers see `retired` and end after their current object).
+    dests: RwLock<HashMap<String, Arc<DestinationState>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     stop: AtomicBool,
 }
 
 impl Shared {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<DestinationState>>> {
+        self.dests.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The destination called `name`, if configured.
-    pub fn destination(&self, name: &str) -> Option<&Arc<DestinationState>> {
-        self.dests.get(name)
+    pub fn destination(&self, name: &str) -> Option<Arc<DestinationState>> {
+        self.read().get(name).cloned()
+    }
+
+    /// Configured destinations, sorted by name.
+    pub fn destinations(&self) -> Vec<Destination> {
+        let mut v: Vec<Destination> = self.read().values().map(|d| d.config.clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     /// Configured destination names, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.dests.keys().cloned().collect();
+        let mut v: Vec<String> = self.read().keys().cloned().collect();
         v.sort();
         v
     }
 
     /// Wakes the workers of `name` (new or retried jobs).
     pub fn wake(&self, name: &str) {
-        if let Some(d) = self.dests.get(name) {
+        if let Some(d) = self.read().get(name) {
             d.ring();
         }
     }
 
     /// Pauses or resumes `name` in memory (the caller persists it); false if unknown.
     pub fn set_paused(&self, name: &str, paused: bool) -> bool {
-        match self.dests.get(name) {
+        match self.read().get(name) {
             Some(d) => {
                 d.paused.store(paused, Ordering::Release);
                 if !paused {
@@ -119,13 +140,70 @@ impl Shared {
             None => false,
         }
     }
+
+    /// Adds a destination, or replaces the one of the same name (its workers finish the object
+    /// they are sending and end; new workers with the new settings take over its jobs).
+    pub fn upsert_destination(self: &Arc<Self>, config: Destination) -> std::io::Result<()> {
+        let paused = self
+            .queue
+            .is_paused(&config.name)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let state = Arc::new(DestinationState {
+            config,
+            paused: AtomicBool::new(paused),
+            retired: AtomicBool::new(false),
+            hold_until_us: AtomicU64::new(0),
+            bell: Mutex::new(0),
+            rung: Condvar::new(),
+            associations_opened: AtomicU64::new(0),
+        });
+        let old = self
+            .dests
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(state.config.name.clone(), state.clone());
+        if let Some(old) = old {
+            old.retire();
+        }
+        self.spawn_workers(&state)
+    }
+
+    /// Removes a destination: its workers end; its jobs stay in the queue (sent again if a
+    /// destination of that name is configured later). Returns whether it existed.
+    pub fn remove_destination(&self, name: &str) -> bool {
+        let old = self
+            .dests
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        match old {
+            Some(d) => {
+                d.retire();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn spawn_workers(self: &Arc<Self>, d: &Arc<DestinationState>) -> std::io::Result<()> {
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        threads.retain(|t| !t.is_finished());
+        for k in 0..d.config.max_associations {
+            let (s, d) = (self.clone(), d.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("fwd-{}-{k}", d.config.name))
+                    .spawn(move || worker(&s, &d))?,
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The running forwarder.
 #[derive(Debug)]
 pub struct Forwarder {
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
 }
 
 impl Forwarder {
@@ -139,39 +217,17 @@ impl Forwarder {
                 "jobs that were being sent when the daemon stopped are queued again"
             );
         }
-        let mut map = HashMap::new();
-        for d in dests {
-            let paused = queue.is_paused(&d.name).map_err(io)?;
-            map.insert(
-                d.name.clone(),
-                Arc::new(DestinationState {
-                    config: d,
-                    paused: AtomicBool::new(paused),
-                    hold_until_us: AtomicU64::new(0),
-                    bell: Mutex::new(0),
-                    rung: Condvar::new(),
-                    associations_opened: AtomicU64::new(0),
-                }),
-            );
-        }
         let shared = Arc::new(Shared {
             queue,
             data,
-            dests: map,
+            dests: RwLock::new(HashMap::new()),
+            threads: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
         });
-        let mut threads = Vec::new();
-        for d in shared.dests.values() {
-            for k in 0..d.config.max_associations {
-                let (s, d) = (shared.clone(), d.clone());
-                threads.push(
-                    std::thread::Builder::new()
-                        .name(format!("fwd-{}-{k}", d.config.name))
-                        .spawn(move || worker(&s, &d))?,
-                );
-            }
+        for d in dests {
+            shared.upsert_destination(d)?;
         }
-        Ok(Self { shared, threads })
+        Ok(Self { shared })
     }
 
     /// The state the control socket and the API act on.
@@ -189,10 +245,17 @@ impl Forwarder {
     /// back, releases its association and ends.
     pub fn stop(self) {
         self.shared.stop.store(true, Ordering::Release);
-        for d in self.shared.dests.values() {
+        for d in self.shared.read().values() {
             d.ring();
         }
-        for t in self.threads {
+        let threads = std::mem::take(
+            &mut *self
+                .shared
+                .threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for t in threads {
             let _ = t.join();
         }
     }
@@ -220,7 +283,7 @@ fn worker(shared: &Shared, d: &DestinationState) {
     let mut link: Option<Link> = None;
     loop {
         let seen = d.generation();
-        if shared.stop.load(Ordering::Acquire) {
+        if shared.stop.load(Ordering::Acquire) || d.retired.load(Ordering::Acquire) {
             break;
         }
         if d.is_paused() {
@@ -427,7 +490,7 @@ fn send_batch(
     let mut failed = false;
     let mut todo = todo.into_iter();
     for (job, rec) in todo.by_ref() {
-        if shared.stop.load(Ordering::Acquire) {
+        if shared.stop.load(Ordering::Acquire) || d.retired.load(Ordering::Acquire) {
             results.push((job, Outcome::Unsent));
             continue;
         }

@@ -11,6 +11,7 @@
 
 pub mod control;
 pub mod forwarder;
+pub mod live;
 pub mod retention;
 pub mod routing;
 

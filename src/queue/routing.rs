@@ -54,6 +54,11 @@ impl Routing {
         Self { routes, tags }
     }
 
+    /// The routes, in order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
     /// The attributes routes look at, so ingest extracts exactly those.
     pub fn wanted_tags(&self) -> &[Tag] {
         &self.tags

@@ -169,6 +169,7 @@ pub fn create_tables(tx: &WriteTransaction) -> Result<(), IndexError> {
     tx.open_table(db::API_TOKENS)?;
     tx.open_table(db::USERS)?;
     tx.open_table(db::AUDIT)?;
+    tx.open_table(db::CONFIG)?;
     Ok(())
 }
 
@@ -410,5 +411,413 @@ impl Index {
         let t = tx.open_table(db::PATIENTS)?;
         let v = t.get(patient_id)?;
         v.map(|g| decode(patient_id, g.value())).transpose()
+    }
+}
+
+/// Filters of a study search (the admin API's `GET /api/v1/studies`); `None` matches any value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StudyFilter {
+    /// Patient ID, exact.
+    pub patient_id: Option<String>,
+    /// Patient's Name pattern, case-insensitive; `*` matches any run of characters, `?` one.
+    pub patient_name: Option<String>,
+    /// Study Date range `(from, to)`, inclusive, `YYYYMMDD`; an empty end is open. Studies
+    /// without a date never match a date filter.
+    pub study_date: Option<(String, String)>,
+    /// Accession Number, exact.
+    pub accession_number: Option<String>,
+    /// A modality of the study (Modalities in Study), case-insensitive.
+    pub modality: Option<String>,
+}
+
+impl StudyFilter {
+    /// Whether `s` passes every filter.
+    pub fn matches(&self, s: &StudyRecord) -> bool {
+        if self.patient_id.as_ref().is_some_and(|p| *p != s.patient_id) {
+            return false;
+        }
+        if self
+            .accession_number
+            .as_ref()
+            .is_some_and(|a| *a != s.accession_number)
+        {
+            return false;
+        }
+        if let Some((from, to)) = &self.study_date {
+            let d = s.study_date.as_str();
+            if d.is_empty()
+                || (!from.is_empty() && d < from.as_str())
+                || (!to.is_empty() && d > to.as_str())
+            {
+                return false;
+            }
+        }
+        if let Some(m) = &self.modality {
+            if !s
+                .modalities_in_study
+                .iter()
+                .any(|x| x.eq_ignore_ascii_case(m))
+            {
+                return false;
+            }
+        }
+        if let Some(p) = &self.patient_name {
+            if !wildcard_ci(p, &s.patient_name) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Case-insensitive match of `value` against `pattern`, where `*` stands for any run of
+/// characters and `?` for exactly one (iterative, with one backtracking point: linear in
+/// practice, never exponential).
+pub fn wildcard_ci(pattern: &str, value: &str) -> bool {
+    let p: Vec<char> = pattern.chars().flat_map(char::to_lowercase).collect();
+    let v: Vec<char> = value.chars().flat_map(char::to_lowercase).collect();
+    let (mut pi, mut vi) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while vi < v.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == v[vi]) {
+            pi += 1;
+            vi += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, vi));
+            pi += 1;
+        } else if let Some((sp, sv)) = star {
+            pi = sp + 1;
+            vi = sv + 1;
+            star = Some((sp, sv + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The items of the page, at most the limit asked for.
+    pub items: Vec<T>,
+    /// How many items match in all (every page).
+    pub total: u64,
+}
+
+/// Leading number of an IS/text value, for ordering ("10" after "9"); none sorts last.
+fn number_key(s: &str) -> i64 {
+    s.trim().parse().unwrap_or(i64::MAX)
+}
+
+fn page_of<T>(all: Vec<T>, offset: u64, limit: usize) -> Page<T> {
+    let total = all.len() as u64;
+    let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+    Page {
+        items: all.into_iter().skip(skip).take(limit).collect(),
+        total,
+    }
+}
+
+impl Index {
+    /// Studies passing `filter`, in Study Instance UID order (stable across pages), skipping
+    /// `offset` and returning at most `limit`, with the number of matches. One read
+    /// transaction; a scan of the study table (an administrative search, not a hot path).
+    pub fn search_studies(
+        &self,
+        filter: &StudyFilter,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Page<StudyRecord>, IndexError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(db::STUDIES)?;
+        let mut items = Vec::new();
+        let mut total = 0u64;
+        if *filter == StudyFilter::default() {
+            total = t.len()?;
+            let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+            for row in t.iter()?.skip(skip).take(limit) {
+                let (k, v) = row?;
+                items.push(decode(k.value(), v.value())?);
+            }
+            return Ok(Page { items, total });
+        }
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let s: StudyRecord = decode(k.value(), v.value())?;
+            if filter.matches(&s) {
+                if total >= offset && items.len() < limit {
+                    items.push(s);
+                }
+                total += 1;
+            }
+        }
+        Ok(Page { items, total })
+    }
+
+    /// The series of a study, by Series Number (then UID), paginated; `None` if the study is
+    /// not in the index.
+    pub fn series_of_study(
+        &self,
+        study_uid: &str,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Option<Page<SeriesRecord>>, IndexError> {
+        let tx = self.db.begin_read()?;
+        if tx.open_table(db::STUDIES)?.get(study_uid)?.is_none() {
+            return Ok(None);
+        }
+        let t = tx.open_table(db::SERIES)?;
+        let mut all: Vec<SeriesRecord> = Vec::new();
+        for row in t.range((study_uid, "")..)? {
+            let (k, v) = row?;
+            let (study, series) = k.value();
+            if study != study_uid {
+                break;
+            }
+            all.push(decode(series, v.value())?);
+        }
+        all.sort_by(|a, b| {
+            (number_key(&a.series_number), &a.series_instance_uid)
+                .cmp(&(number_key(&b.series_number), &b.series_instance_uid))
+        });
+        Ok(Some(page_of(all, offset, limit)))
+    }
+
+    /// The instances of a series, by Instance Number (then UID), paginated; `None` if the
+    /// series is not in the index.
+    ///
+    /// The instance table is keyed by SOP Instance UID alone, so this scans it (stopping once
+    /// the series' known instance count is found): fine for an administrative listing; a
+    /// `(study, series, sop)` secondary table would make it proportional to the series.
+    pub fn instances_of_series(
+        &self,
+        study_uid: &str,
+        series_uid: &str,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Option<Page<InstanceRecord>>, IndexError> {
+        let tx = self.db.begin_read()?;
+        let Some(series) = tx
+            .open_table(db::SERIES)?
+            .get((study_uid, series_uid))?
+            .map(|g| decode::<SeriesRecord>(series_uid, g.value()))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let t = tx.open_table(db::INSTANCES)?;
+        let mut all: Vec<InstanceRecord> = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let rec: InstanceRecord = decode(k.value(), v.value())?;
+            if rec.series_instance_uid == series_uid && rec.study_instance_uid == study_uid {
+                all.push(rec);
+                if all.len() as u64 >= series.num_instances {
+                    break;
+                }
+            }
+        }
+        all.sort_by(|a, b| {
+            (number_key(&a.instance_number), &a.sop_instance_uid)
+                .cmp(&(number_key(&b.instance_number), &b.sop_instance_uid))
+        });
+        Ok(Some(page_of(all, offset, limit)))
+    }
+
+    /// Numbers of patients, studies, series and instances in the index (one transaction).
+    pub fn counts(&self) -> Result<IndexCounts, IndexError> {
+        let tx = self.db.begin_read()?;
+        Ok(IndexCounts {
+            patients: tx.open_table(db::PATIENTS)?.len()?,
+            studies: tx.open_table(db::STUDIES)?.len()?,
+            series: tx.open_table(db::SERIES)?.len()?,
+            instances: tx.open_table(db::INSTANCES)?.len()?,
+        })
+    }
+}
+
+/// Row counts of the index tables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexCounts {
+    /// Patients.
+    pub patients: u64,
+    /// Studies.
+    pub studies: u64,
+    /// Series.
+    pub series: u64,
+    /// Instances.
+    pub instances: u64,
+}
+
+#[cfg(test)]
+mod listing_tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_ci_matches_case_insensitively() {
+        assert!(wildcard_ci("doe*", "DOE^JOHN"));
+        assert!(wildcard_ci("*john", "DOE^JOHN"));
+        assert!(wildcard_ci("d?e^*", "Doe^Jane"));
+        assert!(!wildcard_ci("doe", "DOE^JOHN"));
+        assert!(wildcard_ci("*", ""));
+        assert!(!wildcard_ci("?", ""));
+        assert!(wildcard_ci("müller*", "MÜLLER^HANS"));
+    }
+
+    fn put(tx: &WriteTransaction, study: &str, series: &str, sop: &str, num: &str, name: &str) {
+        let attrs = IndexAttrs {
+            study_instance_uid: study.into(),
+            series_instance_uid: series.into(),
+            sop_instance_uid: sop.into(),
+            instance_number: num.into(),
+            series_number: num.into(),
+            patient_id: format!("P-{name}"),
+            patient_name: name.into(),
+            modality: "CT".into(),
+            ..Default::default()
+        };
+        let rec = InstanceRecord {
+            sop_instance_uid: sop.into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            study_instance_uid: study.into(),
+            series_instance_uid: series.into(),
+            instance_number: num.into(),
+            transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+            file_size: 1,
+            dataset_size: 1,
+            dataset_blake3: String::new(),
+            received_at_us: 0,
+            calling_ae_title: String::new(),
+            called_ae_title: String::new(),
+            path: format!("objects/{study}/{series}/{sop}.dcm"),
+        };
+        put_instance(tx, &rec, &attrs, false).unwrap();
+    }
+
+    #[test]
+    fn listings_paginate_in_a_stable_order() {
+        let d = tempfile::tempdir().unwrap();
+        let index = Index::open(&d.path().join("g.redb")).unwrap();
+        let tx = index.database().begin_write().unwrap();
+        for s in 1..=5 {
+            put(
+                &tx,
+                &format!("1.{s}"),
+                "2.1",
+                &format!("3.{s}"),
+                "1",
+                &format!("NAME{s}"),
+            );
+        }
+        // Study 1.1: a second series, instance numbers out of UID order.
+        put(&tx, "1.1", "2.2", "3.10", "10", "NAME1");
+        put(&tx, "1.1", "2.2", "3.9", "9", "NAME1");
+        put(&tx, "1.1", "2.2", "3.11", "", "NAME1");
+        tx.commit().unwrap();
+
+        let all = index
+            .search_studies(&StudyFilter::default(), 0, 100)
+            .unwrap();
+        assert_eq!(all.total, 5);
+        let uids: Vec<_> = all
+            .items
+            .iter()
+            .map(|s| s.study_instance_uid.as_str())
+            .collect();
+        assert_eq!(uids, ["1.1", "1.2", "1.3", "1.4", "1.5"]);
+        let p = index
+            .search_studies(&StudyFilter::default(), 3, 10)
+            .unwrap();
+        assert_eq!((p.total, p.items.len()), (5, 2));
+        assert_eq!(p.items[0].study_instance_uid, "1.4");
+        let f = StudyFilter {
+            patient_name: Some("name*".into()),
+            ..Default::default()
+        };
+        let p = index.search_studies(&f, 1, 2).unwrap();
+        assert_eq!((p.total, p.items.len()), (5, 2));
+        assert_eq!(p.items[0].study_instance_uid, "1.2");
+        let f = StudyFilter {
+            patient_id: Some("P-NAME3".into()),
+            ..Default::default()
+        };
+        let p = index.search_studies(&f, 0, 10).unwrap();
+        assert_eq!(p.total, 1);
+        assert_eq!(p.items[0].study_instance_uid, "1.3");
+
+        let s = index.series_of_study("1.1", 0, 10).unwrap().unwrap();
+        assert_eq!(s.total, 2);
+        assert_eq!(s.items[1].num_instances, 3);
+        assert!(index.series_of_study("1.9", 0, 10).unwrap().is_none());
+
+        let i = index
+            .instances_of_series("1.1", "2.2", 0, 10)
+            .unwrap()
+            .unwrap();
+        let sops: Vec<_> = i
+            .items
+            .iter()
+            .map(|r| r.sop_instance_uid.as_str())
+            .collect();
+        assert_eq!((i.total, sops), (3, vec!["3.9", "3.10", "3.11"]));
+        let i = index
+            .instances_of_series("1.1", "2.2", 1, 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(i.items[0].sop_instance_uid, "3.10");
+        assert!(index
+            .instances_of_series("1.1", "2.9", 0, 10)
+            .unwrap()
+            .is_none());
+        assert!(index
+            .instances_of_series("1.2", "2.2", 0, 10)
+            .unwrap()
+            .is_none());
+
+        let c = index.counts().unwrap();
+        assert_eq!((c.patients, c.studies, c.series, c.instances), (5, 5, 6, 8));
+    }
+
+    #[test]
+    fn study_filter_checks_every_field() {
+        let s = StudyRecord {
+            study_instance_uid: "1.2".into(),
+            patient_id: "P1".into(),
+            patient_name: "DOE^JOHN".into(),
+            study_date: "20240115".into(),
+            accession_number: "A7".into(),
+            modalities_in_study: vec!["CT".into(), "SR".into()],
+            ..Default::default()
+        };
+        let f = |g: fn(&mut StudyFilter)| {
+            let mut x = StudyFilter::default();
+            g(&mut x);
+            x.matches(&s)
+        };
+        assert!(f(|_| {}));
+        assert!(f(|x| x.patient_id = Some("P1".into())));
+        assert!(!f(|x| x.patient_id = Some("p1".into())));
+        assert!(f(|x| x.patient_name = Some("doe^*".into())));
+        assert!(!f(|x| x.patient_name = Some("smith*".into())));
+        assert!(f(
+            |x| x.study_date = Some(("20240115".into(), "20240115".into()))
+        ));
+        assert!(f(
+            |x| x.study_date = Some(("20240101".into(), String::new()))
+        ));
+        assert!(f(
+            |x| x.study_date = Some((String::new(), "20240131".into()))
+        ));
+        assert!(!f(
+            |x| x.study_date = Some(("20240116".into(), String::new()))
+        ));
+        assert!(f(|x| x.accession_number = Some("A7".into())));
+        assert!(!f(|x| x.accession_number = Some("A8".into())));
+        assert!(f(|x| x.modality = Some("sr".into())));
+        assert!(!f(|x| x.modality = Some("MR".into())));
     }
 }

@@ -1,0 +1,296 @@
+//! Destinations and routes changed while the daemon runs (admin API): validated exactly like
+//! the config file, applied at once (new forwarder workers; the routing table swapped
+//! atomically, so an object is routed entirely by the old or entirely by the new table), and
+//! persisted in the database so they survive a restart.
+//!
+//! Precedence: once the API has changed the configuration, the database copy of *both* lists
+//! is authoritative and the config file's `[[destinations]]` and `[[routes]]` are ignored (a
+//! warning at start-up says so); an empty database copy means "use the file".
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use redb::ReadableDatabase;
+
+use super::forwarder::Shared;
+use super::routing::Routing;
+use crate::config::{self, Destination, RawDestination, RawRoute, Route};
+use crate::db;
+use crate::store::index::Index;
+
+/// Why a change was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LiveError {
+    /// The submitted value is invalid (`field` names it).
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Dotted field name, e.g. `port` or `routes[1].destinations`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No such destination.
+    #[error("{0}")]
+    NotFound(String),
+    /// The change conflicts with the current configuration.
+    #[error("{0}")]
+    Conflict(String),
+    /// Storing or applying it failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The live configuration.
+#[derive(Debug)]
+pub struct LiveConfig {
+    index: Arc<Index>,
+    forwarder: Arc<Shared>,
+    routing: Arc<ArcSwap<Routing>>,
+    store_ae_title: String,
+    /// Serialises changes (validate, persist, apply as one step).
+    changing: Mutex<()>,
+}
+
+/// The destinations and routes to start with: the database copy if the API ever changed them,
+/// else the config file's.
+pub fn effective(
+    index: &Index,
+    file_destinations: Vec<Destination>,
+    file_routes: Vec<Route>,
+    store_ae_title: &str,
+) -> Result<(Vec<Destination>, Vec<Route>, bool), String> {
+    let tx = index.database().begin_read().map_err(|e| e.to_string())?;
+    let t = tx.open_table(db::CONFIG).map_err(|e| e.to_string())?;
+    let get = |k: &str| -> Result<Option<String>, String> {
+        Ok(t.get(k)
+            .map_err(|e| e.to_string())?
+            .map(|g| g.value().to_owned()))
+    };
+    let (Some(d), Some(r)) = (get("destinations")?, get("routes")?) else {
+        return Ok((file_destinations, file_routes, false));
+    };
+    let raw_d: Vec<RawDestination> =
+        serde_json::from_str(&d).map_err(|e| format!("stored destinations: {e}"))?;
+    let raw_r: Vec<RawRoute> =
+        serde_json::from_str(&r).map_err(|e| format!("stored routes: {e}"))?;
+    let dests = raw_d
+        .into_iter()
+        .map(|x| config::resolve_destination(x, store_ae_title))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|(k, m)| format!("stored destination {k}: {m}"))?;
+    let routes = raw_r
+        .into_iter()
+        .enumerate()
+        .map(|(n, x)| config::resolve_route(x, n, &dests))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|(k, m)| format!("stored route {k}: {m}"))?;
+    Ok((dests, routes, true))
+}
+
+impl LiveConfig {
+    /// Wraps the running forwarder and routing table.
+    pub fn new(
+        index: Arc<Index>,
+        forwarder: Arc<Shared>,
+        routing: Arc<ArcSwap<Routing>>,
+        store_ae_title: String,
+    ) -> Self {
+        Self {
+            index,
+            forwarder,
+            routing,
+            store_ae_title,
+            changing: Mutex::new(()),
+        }
+    }
+
+    /// The destinations in force.
+    pub fn destinations(&self) -> Vec<Destination> {
+        self.forwarder.destinations()
+    }
+
+    /// The routes in force.
+    pub fn routes(&self) -> Vec<Route> {
+        self.routing.load().routes().to_vec()
+    }
+
+    fn persist(&self, dests: &[Destination], routes: &[Route]) -> Result<(), LiveError> {
+        let failed = |e: &dyn std::fmt::Display| LiveError::Failed(format!("storing the configuration: {e}"));
+        let d: Vec<RawDestination> = dests.iter().map(RawDestination::from).collect();
+        let r: Vec<RawRoute> = routes.iter().map(RawRoute::from).collect();
+        let dj = serde_json::to_string(&d).map_err(|e| failed(&e))?;
+        let rj = serde_json::to_string(&r).map_err(|e| failed(&e))?;
+        let tx = self.index.database().begin_write().map_err(|e| failed(&e))?;
+        {
+            let mut t = tx.open_table(db::CONFIG).map_err(|e| failed(&e))?;
+            t.insert("destinations", dj.as_str()).map_err(|e| failed(&e))?;
+            t.insert("routes", rj.as_str()).map_err(|e| failed(&e))?;
+        }
+        tx.commit().map_err(|e| failed(&e))
+    }
+
+    /// Adds or replaces a destination (`name` must match the body's name when given).
+    pub fn upsert_destination(
+        &self,
+        raw: RawDestination,
+        name: Option<&str>,
+    ) -> Result<(Destination, bool), LiveError> {
+        let _g = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let raw = match (name, raw.name.as_deref()) {
+            (Some(n), Some(b)) if n != b => {
+                return Err(LiveError::Invalid {
+                    field: "name".into(),
+                    message: format!("{b:?} differs from {n:?} in the path"),
+                })
+            }
+            (Some(n), None) => RawDestination {
+                name: Some(n.to_owned()),
+                ..raw
+            },
+            _ => raw,
+        };
+        let dest = config::resolve_destination(raw, &self.store_ae_title).map_err(|(k, m)| {
+            LiveError::Invalid {
+                field: k.to_owned(),
+                message: m,
+            }
+        })?;
+        let mut dests = self.destinations();
+        let existed = dests.iter().any(|d| d.name == dest.name);
+        dests.retain(|d| d.name != dest.name);
+        dests.push(dest.clone());
+        self.persist(&dests, &self.routes())?;
+        self.forwarder
+            .upsert_destination(dest.clone())
+            .map_err(|e| LiveError::Failed(e.to_string()))?;
+        tracing::info!(destination = %dest.name, existed, "destination configured through the API");
+        Ok((dest, existed))
+    }
+
+    /// Removes a destination that no route uses.
+    pub fn remove_destination(&self, name: &str) -> Result<(), LiveError> {
+        let _g = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dests = self.destinations();
+        if !dests.iter().any(|d| d.name == name) {
+            return Err(LiveError::NotFound(format!("no destination {name:?}")));
+        }
+        let routes = self.routes();
+        if let Some(r) = routes.iter().find(|r| r.destinations.iter().any(|d| d == name)) {
+            return Err(LiveError::Conflict(format!(
+                "route {:?} sends to {name:?}: change the routes first",
+                r.name
+            )));
+        }
+        dests.retain(|d| d.name != name);
+        self.persist(&dests, &routes)?;
+        self.forwarder.remove_destination(name);
+        tracing::info!(destination = %name, "destination removed through the API");
+        Ok(())
+    }
+
+    /// Replaces the whole routing table.
+    pub fn set_routes(&self, raws: Vec<RawRoute>) -> Result<Vec<Route>, LiveError> {
+        let _g = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let dests = self.destinations();
+        let routes = raws
+            .into_iter()
+            .enumerate()
+            .map(|(n, r)| {
+                config::resolve_route(r, n, &dests).map_err(|(k, m)| LiveError::Invalid {
+                    field: format!("[{n}].{k}"),
+                    message: m,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.persist(&dests, &routes)?;
+        self.routing.store(Arc::new(Routing::new(routes.clone())));
+        tracing::info!(routes = routes.len(), "routes replaced through the API");
+        Ok(routes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::forwarder::Forwarder;
+    use crate::queue::Queue;
+    use crate::store::DataDir;
+
+    fn raw_dest(name: &str, port: Option<u16>) -> RawDestination {
+        RawDestination {
+            name: Some(name.into()),
+            ae_title: Some("ARCH".into()),
+            host: Some("127.0.0.1".into()),
+            port,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn changes_are_validated_applied_and_persisted() {
+        let d = tempfile::tempdir().unwrap();
+        let (data, _) = DataDir::prepare(d.path()).unwrap();
+        let index = Arc::new(Index::open(&data.index_path()).unwrap());
+        let fwd = Forwarder::start(Queue::new(index.clone(), false), data, vec![]).unwrap();
+        let routing = Arc::new(ArcSwap::from_pointee(Routing::default()));
+        let live = LiveConfig::new(
+            index.clone(),
+            fwd.shared().clone(),
+            routing.clone(),
+            "GW".into(),
+        );
+        // Nothing stored yet: the file's lists are used.
+        assert!(!effective(&index, vec![], vec![], "GW").unwrap().2);
+        match live.upsert_destination(raw_dest("a", None), None) {
+            Err(LiveError::Invalid { field, .. }) => assert_eq!(field, "port"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            live.upsert_destination(raw_dest("a", Some(1)), Some("b")),
+            Err(LiveError::Invalid { .. })
+        ));
+        let (dest, existed) = live.upsert_destination(raw_dest("a", Some(1)), None).unwrap();
+        assert!(!existed);
+        assert_eq!(dest.calling_ae_title, "GW");
+        assert_eq!(fwd.shared().names(), vec!["a"]);
+        let (_, existed) = live
+            .upsert_destination(raw_dest("a", Some(2)), Some("a"))
+            .unwrap();
+        assert!(existed);
+        assert_eq!(live.destinations()[0].port, 2);
+        let route = RawRoute {
+            name: Some("all".into()),
+            match_: None,
+            destinations: Some(vec!["a".into()]),
+        };
+        let bad = RawRoute {
+            destinations: Some(vec!["nope".into()]),
+            ..route.clone()
+        };
+        match live.set_routes(vec![route.clone(), bad]) {
+            Err(LiveError::Invalid { field, .. }) => assert_eq!(field, "[1].destinations"),
+            other => panic!("{other:?}"),
+        }
+        live.set_routes(vec![route]).unwrap();
+        assert_eq!(routing.load().routes().len(), 1);
+        assert!(matches!(
+            live.remove_destination("a"),
+            Err(LiveError::Conflict(_))
+        ));
+        assert!(matches!(
+            live.remove_destination("zz"),
+            Err(LiveError::NotFound(_))
+        ));
+        // Persisted: a restart uses these, not the file's.
+        let (dests, routes, from_db) = effective(&index, vec![], vec![], "GW").unwrap();
+        assert!(from_db);
+        assert_eq!((dests.len(), dests[0].port, routes.len()), (1, 2, 1));
+        live.set_routes(vec![]).unwrap();
+        live.remove_destination("a").unwrap();
+        assert!(fwd.shared().names().is_empty());
+        let (dests, routes, from_db) = effective(&index, vec![], vec![], "GW").unwrap();
+        assert!(from_db && dests.is_empty() && routes.is_empty());
+        fwd.stop();
+    }
+}
