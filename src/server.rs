@@ -114,6 +114,7 @@ pub fn serve(
         })?,
     );
     let backend = rt::resolve(settings.io)?;
+    crate::metrics::init(settings.threads);
     info!(backend = backend.name(), threads = settings.threads, data_dir = %data.root().display(), durability = ?settings.durability, "starting");
 
     let gateway_mode = settings.retention.mode == RetentionMode::Gateway;
@@ -163,7 +164,7 @@ pub fn serve(
                 "cannot create the control socket; `dicom-gw queue` will not reach this daemon")
         })
         .ok();
-    let ops = Arc::new(Ops::live(queue, forwarder.shared().clone()));
+    let ops = Arc::new(Ops::live(queue.clone(), forwarder.shared().clone()));
     let routing = Arc::new(ArcSwap::from_pointee(Routing::new(routes.clone())));
     let live_config = Arc::new(LiveConfig::new(
         index.clone(),
@@ -212,6 +213,7 @@ pub fn serve(
     let api_state = Arc::new(ApiState {
         index: index.clone(),
         ops: ops.clone(),
+        queue: queue.clone(),
         forwarder: forwarder.shared().clone(),
         live: live_config,
         data: data.clone(),

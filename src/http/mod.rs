@@ -48,6 +48,8 @@ pub struct ApiState {
     pub index: Arc<Index>,
     /// Queue operations (shared with the CLI's control socket).
     pub ops: Arc<Ops>,
+    /// The queue itself (counts for metrics).
+    pub queue: crate::queue::Queue,
     /// The running forwarder.
     pub forwarder: Arc<ForwarderShared>,
     /// Destinations and routes, changeable at run time (validated, persisted, applied).
@@ -361,8 +363,22 @@ fn readyz(state: &ApiState) -> Response<Body> {
 }
 
 fn metrics(state: &ApiState) -> Response<Body> {
-    let _ = state;
-    bytes_response(503, "text/plain", "metrics are not wired yet\n")
+    let queue = match state.queue.stats(&state.forwarder.names()) {
+        Ok(q) => q,
+        Err(e) => {
+            error!(error = %e, "metrics: queue counts unavailable");
+            Vec::new()
+        }
+    };
+    let (disk_total_bytes, disk_free_bytes) =
+        crate::store::disk_usage(state.data.root()).unwrap_or((0, 0));
+    let text = crate::metrics::render(&crate::metrics::Snapshot {
+        queue,
+        disk_total_bytes,
+        disk_free_bytes,
+        io_backend: state.io_backend.to_owned(),
+    });
+    bytes_response(200, "text/plain; version=0.0.4; charset=utf-8", text)
 }
 
 /// Logs that the API is up.
