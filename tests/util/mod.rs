@@ -30,6 +30,8 @@ pub mod part10;
 pub use daemon::*;
 pub use dcmtk::*;
 pub use part10::*;
+pub mod forward;
+pub use forward::*;
 
 /// Defines one test per I/O backend: `gwtest!(name, |io: &str| { ... })`
 /// expands to `mod name { #[test] fn uring() {..} #[test] fn epoll() {..} }`
