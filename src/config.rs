@@ -981,6 +981,54 @@ pub fn resolve_route(r: RawRoute, n: usize, dests: &[Destination]) -> Result<Rou
     })
 }
 
+impl From<&Destination> for RawDestination {
+    /// The TOML/JSON form of a validated destination (what the admin API returns and stores).
+    fn from(d: &Destination) -> Self {
+        RawDestination {
+            name: Some(d.name.clone()),
+            ae_title: Some(d.ae_title.clone()),
+            host: Some(d.host.clone()),
+            port: Some(d.port),
+            calling_ae_title: Some(d.calling_ae_title.clone()),
+            max_associations: Some(d.max_associations),
+            retry_initial_seconds: Some(d.retry.initial.as_secs_f64()),
+            retry_max_seconds: Some(d.retry.max.as_secs_f64()),
+            retry_multiplier: Some(d.retry.multiplier),
+            max_attempts: Some(d.retry.max_attempts),
+            connect_timeout_seconds: Some(d.connect_timeout.as_secs()),
+            dimse_timeout_seconds: Some(d.dimse_timeout.as_secs()),
+            idle_release_seconds: Some(d.idle_release.as_secs()),
+            max_pdu_length: Some(d.max_pdu_length),
+            tls: None,
+        }
+    }
+}
+
+impl From<&Route> for RawRoute {
+    /// The TOML/JSON form of a validated route.
+    fn from(r: &Route) -> Self {
+        RawRoute {
+            name: Some(r.name.clone()),
+            match_: Some(
+                r.matchers
+                    .iter()
+                    .map(|m| {
+                        (
+                            m.key_text.clone(),
+                            if m.patterns.len() == 1 {
+                                OneOrMany::One(m.patterns[0].clone())
+                            } else {
+                                OneOrMany::Many(m.patterns.clone())
+                            },
+                        )
+                    })
+                    .collect(),
+            ),
+            destinations: Some(r.destinations.clone()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1147,53 +1195,5 @@ delete_after_seconds = 3600
         assert!(validate_ae_title("    ").is_err());
         assert!(validate_ae_title("A\\B").is_err());
         assert!(validate_ae_title("12345678901234567").is_err());
-    }
-}
-
-impl From<&Destination> for RawDestination {
-    /// The TOML/JSON form of a validated destination (what the admin API returns and stores).
-    fn from(d: &Destination) -> Self {
-        RawDestination {
-            name: Some(d.name.clone()),
-            ae_title: Some(d.ae_title.clone()),
-            host: Some(d.host.clone()),
-            port: Some(d.port),
-            calling_ae_title: Some(d.calling_ae_title.clone()),
-            max_associations: Some(d.max_associations),
-            retry_initial_seconds: Some(d.retry.initial.as_secs_f64()),
-            retry_max_seconds: Some(d.retry.max.as_secs_f64()),
-            retry_multiplier: Some(d.retry.multiplier),
-            max_attempts: Some(d.retry.max_attempts),
-            connect_timeout_seconds: Some(d.connect_timeout.as_secs()),
-            dimse_timeout_seconds: Some(d.dimse_timeout.as_secs()),
-            idle_release_seconds: Some(d.idle_release.as_secs()),
-            max_pdu_length: Some(d.max_pdu_length),
-            tls: None,
-        }
-    }
-}
-
-impl From<&Route> for RawRoute {
-    /// The TOML/JSON form of a validated route.
-    fn from(r: &Route) -> Self {
-        RawRoute {
-            name: Some(r.name.clone()),
-            match_: Some(
-                r.matchers
-                    .iter()
-                    .map(|m| {
-                        (
-                            m.key_text.clone(),
-                            if m.patterns.len() == 1 {
-                                OneOrMany::One(m.patterns[0].clone())
-                            } else {
-                                OneOrMany::Many(m.patterns.clone())
-                            },
-                        )
-                    })
-                    .collect(),
-            ),
-            destinations: Some(r.destinations.clone()),
-        }
     }
 }

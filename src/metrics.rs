@@ -210,19 +210,20 @@ impl HistogramValue {
         }
     }
 
-    /// `(upper bound, count)` pairs in rendering units; +Inf is `f64::MAX`, as the encoder
-    /// expects (it accumulates the counts itself).
-    fn encode(&self, bounds: &[u64], scale: f64, m: &mut MetricEncoder) -> std::fmt::Result {
+    /// Encodes the histogram in rendering units (recording units divided by `divisor`: a
+    /// division, so round bounds stay round, `30` rather than `30.000000000000005`). +Inf is
+    /// `f64::MAX`, as the encoder expects; it accumulates the counts itself.
+    fn encode(&self, bounds: &[u64], divisor: f64, m: &mut MetricEncoder) -> std::fmt::Result {
         #[allow(clippy::cast_precision_loss)] // bounds and sums are far below 2^53
         let pairs: Vec<(f64, u64)> = bounds
             .iter()
-            .map(|&b| b as f64 * scale)
+            .map(|&b| b as f64 / divisor)
             .chain(std::iter::once(f64::MAX))
             .zip(self.buckets.iter().copied())
             .collect();
         let count = self.buckets.iter().sum();
         #[allow(clippy::cast_precision_loss)]
-        let sum = self.sum as f64 * scale;
+        let sum = self.sum as f64 / divisor;
         m.encode_histogram::<NoLabelSet>(sum, count, &pairs, None)
     }
 }
@@ -567,12 +568,10 @@ impl EncodeLabelValue for Escaped<'_> {
 }
 
 /// Writes one sample value: a counter's or a gauge's (see the module docs for why counters
-/// use the plain-sample writer).
-fn sample<V: prometheus_client::encoding::EncodeGaugeValue>(
-    m: &mut MetricEncoder,
-    labels: &[(&str, Escaped)],
-    v: V,
-) -> std::fmt::Result {
+/// use the plain-sample writer). Values beyond `i64::MAX` (which the writer refuses) are
+/// clamped: no real counter gets there, and a scrape must not fail.
+fn sample(m: &mut MetricEncoder, labels: &[(&str, Escaped)], v: u64) -> std::fmt::Result {
+    let v = i64::try_from(v).unwrap_or(i64::MAX);
     if labels.is_empty() {
         m.encode_gauge(&v)
     } else {
@@ -594,7 +593,8 @@ impl Collector for Exposition {
             Gauge,
         )?;
         for s in Service::ALL {
-            let n = c.associations_active[s.index()].max(0);
+            // Never negative: an association increments and decrements the same slot.
+            let n = u64::try_from(c.associations_active[s.index()]).unwrap_or(0);
             sample(&mut m, &[("service", e(s.label()))], n)?;
         }
 
@@ -645,7 +645,7 @@ impl Collector for Exposition {
             Histogram,
         )?;
         c.cstore_latency
-            .encode(&LATENCY_BOUNDS_NS, 1.0 / NS_PER_SECOND, &mut m)?;
+            .encode(&LATENCY_BOUNDS_NS, NS_PER_SECOND, &mut m)?;
 
         let mut m = enc.encode_descriptor(
             "dicomgw_commit_batch_objects",
@@ -662,7 +662,7 @@ impl Collector for Exposition {
             Histogram,
         )?;
         self.commit_duration
-            .encode(&LATENCY_BOUNDS_NS, 1.0 / NS_PER_SECOND, &mut m)?;
+            .encode(&LATENCY_BOUNDS_NS, NS_PER_SECOND, &mut m)?;
 
         let queue = &self.snapshot.queue;
         let mut m = enc.encode_descriptor(
@@ -693,7 +693,7 @@ impl Collector for Exposition {
             sample(
                 &mut m,
                 &[("destination", e(&q.destination))],
-                i64::from(q.paused),
+                u64::from(q.paused),
             )?;
         }
 
@@ -720,7 +720,7 @@ impl Collector for Exposition {
             let labels = [("destination", e(name))];
             let mut f = m.encode_family(&labels)?;
             d.latency
-                .encode(&LATENCY_BOUNDS_NS, 1.0 / NS_PER_SECOND, &mut f)?;
+                .encode(&LATENCY_BOUNDS_NS, NS_PER_SECOND, &mut f)?;
         }
 
         let mut m = enc.encode_descriptor(
@@ -745,7 +745,7 @@ impl Collector for Exposition {
             None,
             Gauge,
         )?;
-        sample(&mut m, &[("backend", e(&self.snapshot.io_backend))], 1_i64)?;
+        sample(&mut m, &[("backend", e(&self.snapshot.io_backend))], 1)?;
 
         let mut m = enc.encode_descriptor(
             "dicomgw_build_info",
@@ -753,7 +753,7 @@ impl Collector for Exposition {
             None,
             Gauge,
         )?;
-        sample(&mut m, &[("version", e(env!("CARGO_PKG_VERSION")))], 1_i64)?;
+        sample(&mut m, &[("version", e(env!("CARGO_PKG_VERSION")))], 1)?;
         Ok(())
     }
 }
@@ -841,6 +841,11 @@ mod tests {
         assert_eq!(buckets.len(), LATENCY_BUCKETS);
         assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
         assert_eq!(buckets[LATENCY_BUCKETS - 1], 5.0);
+        // Bounds render as written (no 30.000000000000005).
+        for le in ["0.0005", "0.001", "0.0025", "1.0", "30.0", "120.0"] {
+            let key = format!("dicomgw_commit_duration_seconds_bucket{{le=\"{le}\"}}");
+            assert!(samples(&out).contains_key(&key), "no {key} in\n{out}");
+        }
         // 700 µs is above the 0.5 ms bound and within 1 ms.
         assert_eq!(buckets[0], 0.0);
         assert_eq!(buckets[1], 5.0);
