@@ -63,6 +63,16 @@ enum Command {
         #[command(subcommand)]
         op: TokenOp,
     },
+    /// Admin API users (who log in with a password for a short-lived token).
+    User {
+        #[command(subcommand)]
+        op: UserOp,
+    },
+    /// The audit log of changes made through the API and the CLI.
+    Audit {
+        #[command(subcommand)]
+        op: AuditOp,
+    },
     /// Print the index of a data directory as JSON lines (the daemon must not be running).
     Index {
         /// Data directory.
@@ -95,6 +105,94 @@ enum TokenOp {
         /// Who the token is for (shown in the audit log).
         #[arg(long, value_name = "LABEL", default_value = "cli")]
         name: String,
+    },
+    /// List tokens as JSON lines (id, role, name, times; never the token).
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Revoke a token by its id.
+    Revoke {
+        #[command(flatten)]
+        target: Target,
+        /// Token id (from `token list` or `token create`).
+        #[arg(long, value_name = "ID")]
+        id: String,
+    },
+}
+
+/// Where a password comes from: never a command-line argument, which `ps` would show.
+#[derive(Debug, clap::Args)]
+struct PasswordSource {
+    /// Read the password from the first line of standard input (otherwise it is taken from
+    /// $DICOM_GW_PASSWORD).
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserOp {
+    /// Add a user (password: at least 12 characters, from --password-stdin or
+    /// $DICOM_GW_PASSWORD).
+    Add {
+        #[command(flatten)]
+        target: Target,
+        /// User name: 1-64 letters, digits, '.', '_', '-'.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// Role: viewer, operator or admin.
+        #[arg(long, value_name = "ROLE")]
+        role: dicom_gw::http::auth::Role,
+        #[command(flatten)]
+        password: PasswordSource,
+    },
+    /// List users as JSON lines.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Set a user's password (ends the user's login sessions).
+    Password {
+        #[command(flatten)]
+        target: Target,
+        /// User name.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        password: PasswordSource,
+    },
+    /// Remove a user (and end its login sessions).
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        /// User name.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditOp {
+    /// Check the hash chain: exit 0 and print the entry count and head hash, or exit 1 naming
+    /// the first bad entry.
+    Verify {
+        #[command(flatten)]
+        target: Target,
+        /// A head hash printed by an earlier verify and kept elsewhere: also fail unless the
+        /// log still contains that entry (detects a consistently rewritten or truncated log).
+        #[arg(long, value_name = "HASH")]
+        anchor: Option<String>,
+    },
+    /// Print entries as JSON lines, oldest first.
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Skip this many entries.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        offset: u64,
+        /// At most this many entries.
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        limit: usize,
     },
 }
 
@@ -262,20 +360,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Queue { op } => queue_command(op),
-        Command::Token {
-            op: TokenOp::Create { target, role, name },
-        } => {
-            let req = dicom_gw::queue::control::Request::TokenCreate { role, name };
-            control_command(target, req, |v| {
-                format!(
-                    "API token {} for {} (role {}), shown only now: {}",
-                    v["id"].as_str().unwrap_or(""),
-                    v["name"].as_str().unwrap_or(""),
-                    v["role"].as_str().unwrap_or(""),
-                    v["token"].as_str().unwrap_or("")
-                )
-            })
-        }
+        Command::Token { op } => token_command(op),
+        Command::User { op } => user_command(op),
+        Command::Audit { op } => audit_command(op),
         Command::Index { data_dir } => {
             let index = dicom_gw::store::index::Index::open(&data_dir.join("gateway.redb"))?;
             for rec in index.instances()? {
@@ -325,6 +412,129 @@ fn queue_command(op: QueueOp) -> anyhow::Result<ExitCode> {
     control_command(target, req, |v| v.to_string())
 }
 
+fn token_command(op: TokenOp) -> anyhow::Result<ExitCode> {
+    use dicom_gw::queue::control::Request;
+    match op {
+        TokenOp::Create { target, role, name } => {
+            control_command(target, Request::TokenCreate { role, name }, |v| {
+                format!(
+                    "API token {} for {} (role {}), shown only now: {}",
+                    v["id"].as_str().unwrap_or(""),
+                    v["name"].as_str().unwrap_or(""),
+                    v["role"].as_str().unwrap_or(""),
+                    v["token"].as_str().unwrap_or("")
+                )
+            })
+        }
+        TokenOp::List { target } => control_command(target, Request::TokenList, |v| v.to_string()),
+        TokenOp::Revoke { target, id } => {
+            control_command(target, Request::TokenRevoke { id }, |v| v.to_string())
+        }
+    }
+}
+
+/// The password from the first line of stdin (`--password-stdin`) or `$DICOM_GW_PASSWORD`.
+fn read_password(src: &PasswordSource) -> anyhow::Result<Result<String, String>> {
+    if src.password_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let pw = line.strip_suffix('\n').unwrap_or(&line);
+        let pw = pw.strip_suffix('\r').unwrap_or(pw);
+        return Ok(Ok(pw.to_owned()));
+    }
+    match std::env::var("DICOM_GW_PASSWORD") {
+        Ok(pw) if !pw.is_empty() => Ok(Ok(pw)),
+        _ => Ok(Err(
+            "no password: pass --password-stdin and write it on standard input, or set \
+             DICOM_GW_PASSWORD (never as an argument: `ps` would show it)"
+                .to_owned(),
+        )),
+    }
+}
+
+fn user_command(op: UserOp) -> anyhow::Result<ExitCode> {
+    use dicom_gw::queue::control::{Request, Secret};
+    let password = |src: &PasswordSource| -> anyhow::Result<Result<Secret, ExitCode>> {
+        Ok(read_password(src)?.map(Secret).map_err(|m| {
+            eprintln!("dicom-gw: {m}");
+            ExitCode::from(2)
+        }))
+    };
+    let (target, req) = match op {
+        UserOp::Add {
+            target,
+            name,
+            role,
+            password: src,
+        } => match password(&src)? {
+            Ok(password) => (
+                target,
+                Request::UserAdd {
+                    name,
+                    role,
+                    password,
+                },
+            ),
+            Err(code) => return Ok(code),
+        },
+        UserOp::List { target } => (target, Request::UserList),
+        UserOp::Password {
+            target,
+            name,
+            password: src,
+        } => match password(&src)? {
+            Ok(password) => (target, Request::UserPassword { name, password }),
+            Err(code) => return Ok(code),
+        },
+        UserOp::Remove { target, name } => (target, Request::UserRemove { name }),
+    };
+    control_command(target, req, |v| v.to_string())
+}
+
+fn audit_command(op: AuditOp) -> anyhow::Result<ExitCode> {
+    use dicom_gw::queue::control::Request;
+    match op {
+        AuditOp::Verify { target, anchor } => {
+            let lines = match control_request(target, Request::AuditVerify { anchor })? {
+                Ok(l) => l,
+                Err(code) => return Ok(code),
+            };
+            let report: dicom_gw::audit::VerifyReport = serde_json::from_value(
+                lines
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("empty answer"))?,
+            )?;
+            if report.ok {
+                println!(
+                    "audit log OK: {} entries, head {}",
+                    report.entries, report.head
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                let at = report
+                    .first_bad
+                    .map(|n| format!(" at entry {n}"))
+                    .unwrap_or_default();
+                println!(
+                    "audit log FAILED{at}: {} ({} entries; last good head {})",
+                    report.problem.as_deref().unwrap_or("unknown problem"),
+                    report.entries,
+                    report.head
+                );
+                Ok(ExitCode::from(1))
+            }
+        }
+        AuditOp::List {
+            target,
+            offset,
+            limit,
+        } => control_command(target, Request::AuditList { offset, limit }, |v| {
+            v.to_string()
+        }),
+    }
+}
+
 /// Runs a control request through the running daemon, or on the database when none runs, and
 /// prints each result line with `show`.
 fn control_command(
@@ -332,6 +542,23 @@ fn control_command(
     req: dicom_gw::queue::control::Request,
     show: impl Fn(&serde_json::Value) -> String,
 ) -> anyhow::Result<ExitCode> {
+    match control_request(target, req)? {
+        Ok(lines) => {
+            for l in lines {
+                println!("{}", show(&l));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(code) => Ok(code),
+    }
+}
+
+/// Runs a control request (as `cli:<unix user>`, for the audit log) through the running
+/// daemon, or on the database when none runs. `Err(code)`: the error was printed; exit so.
+fn control_request(
+    target: Target,
+    req: dicom_gw::queue::control::Request,
+) -> anyhow::Result<Result<Vec<serde_json::Value>, ExitCode>> {
     use dicom_gw::queue::control::{self, Ops, Reply};
     let ov = Overrides {
         data_dir: target.data_dir,
@@ -343,16 +570,17 @@ fn control_command(
         Ok(s) => s,
         Err(e) => {
             eprintln!("dicom-gw: {e}");
-            return Ok(ExitCode::from(2));
+            return Ok(Err(ExitCode::from(2)));
         }
     };
-    let reply = match control::request(&settings.data_dir, &req)? {
+    let actor = control::cli_actor();
+    let reply = match control::request_as(&settings.data_dir, &req, Some(&actor))? {
         Some(r) => r,
         None => {
             let path = settings.data_dir.join("gateway.redb");
-            if !path.exists() && !matches!(req, control::Request::TokenCreate { .. }) {
+            if !path.exists() && !req.may_create_database() {
                 eprintln!("dicom-gw: no database at {}", path.display());
-                return Ok(ExitCode::from(2));
+                return Ok(Err(ExitCode::from(2)));
             }
             std::fs::create_dir_all(&settings.data_dir)?;
             let index = dicom_gw::store::index::Index::open(&path).map_err(|e| {
@@ -367,25 +595,20 @@ fn control_command(
                 .map(|d| d.name.clone())
                 .collect();
             match Ops::offline(queue, names) {
-                Ok(ops) => ops.reply(&req),
+                Ok(ops) => ops.reply_as(&req, &actor, control::CLI_SOURCE),
                 Err(e) => Reply::Failed(e.to_string()),
             }
         }
     };
     match reply {
-        Reply::Ok(lines) => {
-            for l in lines {
-                println!("{}", show(&l));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Reply::Ok(lines) => Ok(Ok(lines)),
         Reply::Usage(m) => {
             eprintln!("dicom-gw: {m}");
-            Ok(ExitCode::from(2))
+            Ok(Err(ExitCode::from(2)))
         }
         Reply::Failed(m) => {
             eprintln!("dicom-gw: {m}");
-            Ok(ExitCode::from(1))
+            Ok(Err(ExitCode::from(1)))
         }
     }
 }

@@ -1,11 +1,15 @@
-//! Queue operations for operators: list jobs, counts, retry dead letters, replay a study,
-//! pause and resume a destination.
+//! Operations for operators: the queue (list jobs, counts, retry dead letters, replay a study,
+//! pause and resume a destination), API tokens, users and the audit log.
 //!
-//! The same [`Ops`] serve the CLI and (later) the admin API. While the daemon runs, the
-//! database is locked by it, so the CLI sends its request as one JSON line over a Unix socket
-//! in the data directory (`control.sock`, mode 0600: only the daemon's user and root) and the
-//! daemon executes it — pause and retry then take effect at once. Without a daemon the CLI
-//! opens the database itself.
+//! The same [`Ops`] serve the CLI and the admin API. While the daemon runs, the database is
+//! locked by it, so the CLI sends its request as one JSON line over a Unix socket in the data
+//! directory (`control.sock`, mode 0600: only the daemon's user and root) and the daemon
+//! executes it — pause and retry then take effect at once. Without a daemon the CLI opens the
+//! database itself.
+//!
+//! Every change made through [`Ops::execute_as`] is written to the audit log with the caller
+//! and where it came from; the CLI names itself in the request ([`ControlRequest::actor`],
+//! `cli:<unix user>`), and the daemon falls back to the socket peer's uid when it does not.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -67,7 +71,117 @@ pub enum Request {
         /// Label (who it is for).
         name: String,
     },
+    /// List API and login tokens (never the tokens themselves).
+    TokenList,
+    /// Revoke a token by its public id.
+    TokenRevoke {
+        /// Token id (8 hex characters).
+        id: String,
+    },
+    /// Add a user.
+    UserAdd {
+        /// User name.
+        name: String,
+        /// Role.
+        role: crate::http::auth::Role,
+        /// Password (travels over the 0600 socket; never logged).
+        password: Secret,
+    },
+    /// List users (without password hashes).
+    UserList,
+    /// Set a user's password (ends the user's login sessions).
+    UserPassword {
+        /// User name.
+        name: String,
+        /// New password.
+        password: Secret,
+    },
+    /// Remove a user (and its login sessions).
+    UserRemove {
+        /// User name.
+        name: String,
+    },
+    /// Check the audit log's hash chain.
+    AuditVerify {
+        /// Fail unless the chain contains an entry with this hash (a head kept elsewhere).
+        anchor: Option<String>,
+    },
+    /// Audit entries, oldest first.
+    AuditList {
+        /// Skip this many entries.
+        offset: u64,
+        /// At most this many.
+        limit: usize,
+    },
 }
+
+impl Request {
+    /// The audit action of a request that changes something; `None` for reads.
+    pub fn audit_action(&self) -> Option<&'static str> {
+        Some(match self {
+            Request::Stats
+            | Request::List { .. }
+            | Request::TokenList
+            | Request::UserList
+            | Request::AuditVerify { .. }
+            | Request::AuditList { .. } => return None,
+            Request::Retry { .. } => "queue.retry",
+            Request::Replay { .. } => "queue.replay",
+            Request::Pause { .. } => "queue.pause",
+            Request::Resume { .. } => "queue.resume",
+            Request::TokenCreate { .. } => "token.create",
+            Request::TokenRevoke { .. } => "token.revoke",
+            Request::UserAdd { .. } => "user.add",
+            Request::UserPassword { .. } => "user.password",
+            Request::UserRemove { .. } => "user.remove",
+        })
+    }
+
+    /// Whether the request may create the database when none exists yet (bootstrapping the
+    /// first admin on a fresh data directory).
+    pub fn may_create_database(&self) -> bool {
+        matches!(self, Request::TokenCreate { .. } | Request::UserAdd { .. })
+    }
+}
+
+/// A secret inside a request (a password): serialized as is, hidden from `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// What travels on the control socket: the request and who asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlRequest {
+    /// The operation.
+    #[serde(flatten)]
+    pub request: Request,
+    /// Who asks, for the audit log (`cli:<unix user>`); without it the daemon records the
+    /// socket peer's uid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
+/// The audit actor of this CLI process: `cli:` and `$SUDO_USER`, else `$USER`, else the uid.
+pub fn cli_actor() -> String {
+    let user = ["SUDO_USER", "USER"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .find(|v| !v.is_empty())
+        .unwrap_or_else(|| {
+            // SAFETY: getuid(2) cannot fail and touches no memory.
+            format!("uid={}", unsafe { libc::getuid() })
+        });
+    format!("cli:{user}")
+}
+
+/// The audit source of CLI requests.
+pub const CLI_SOURCE: &str = "cli";
 
 /// Why an operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +220,8 @@ pub enum Reply {
 #[derive(Debug, Clone)]
 pub struct Ops {
     queue: Queue,
-    /// Destination names requests may use (configured ones; offline also those in the queue).
+    /// Destination names requests may use offline (configured ones and those in the queue);
+    /// live, the forwarder's current names are used instead.
     known: Vec<String>,
     forwarder: Option<Arc<Shared>>,
 }
@@ -137,16 +252,26 @@ impl Ops {
         })
     }
 
+    /// The destination names requests may use now: in the daemon the forwarder's current
+    /// ones (destinations can be added and removed at run time through the API).
+    fn known(&self) -> Vec<String> {
+        match &self.forwarder {
+            Some(f) => f.names(),
+            None => self.known.clone(),
+        }
+    }
+
     fn check(&self, dest: &str) -> Result<(), OpError> {
-        if self.known.iter().any(|k| k == dest) {
+        let known = self.known();
+        if known.iter().any(|k| k == dest) {
             Ok(())
         } else {
             Err(OpError::Usage(format!(
                 "unknown destination {dest:?} (known: {})",
-                if self.known.is_empty() {
+                if known.is_empty() {
                     "none".to_owned()
                 } else {
-                    self.known.join(", ")
+                    known.join(", ")
                 }
             )))
         }
@@ -158,16 +283,68 @@ impl Ops {
         }
     }
 
-    /// Runs one request; the result is the lines to print.
+    /// Runs one request without writing to the audit log (reads, or callers that record the
+    /// change themselves); the result is the lines to print.
     pub fn execute(&self, req: &Request) -> Result<Vec<Value>, OpError> {
+        self.run(req).map(|(lines, _)| lines)
+    }
+
+    /// Runs one request for `actor` coming from `source` (`cli`, or the API peer's address)
+    /// and, if it changed something, appends that to the audit log. If the change succeeded
+    /// but its audit entry cannot be written the answer is a failure saying so: an unrecorded
+    /// change must not pass unnoticed.
+    pub fn execute_as(
+        &self,
+        req: &Request,
+        actor: &str,
+        source: &str,
+    ) -> Result<Vec<Value>, OpError> {
+        let (lines, details) = self.run(req)?;
+        if let (Some(action), Some(details)) = (req.audit_action(), details) {
+            crate::audit::record(
+                self.db(),
+                crate::audit::AuditEvent {
+                    actor,
+                    source,
+                    action,
+                    details,
+                },
+            )
+            .map_err(|e| {
+                tracing::error!(action, actor, error = %e, "change made but not audited");
+                OpError::Failed(format!(
+                    "the change was made but could not be written to the audit log: {e}"
+                ))
+            })?;
+        }
+        Ok(lines)
+    }
+
+    fn db(&self) -> &redb::Database {
+        self.queue.index().database()
+    }
+
+    /// Runs one request: the lines to print and, for a change, the audit details.
+    fn run(&self, req: &Request) -> Result<(Vec<Value>, Option<Value>), OpError> {
+        use crate::http::auth;
+        let api = |e: crate::http::ApiError| {
+            if e.status < 500 {
+                OpError::Usage(e.message)
+            } else {
+                OpError::Failed(e.message)
+            }
+        };
         let now = timestamp_us();
+        let db = self.db();
+        let read = |lines: Vec<Value>| Ok((lines, None));
         match req {
-            Request::Stats => Ok(self
-                .queue
-                .stats(&self.known)?
-                .into_iter()
-                .map(|s| json!(s))
-                .collect()),
+            Request::Stats => read(
+                self.queue
+                    .stats(&self.known())?
+                    .into_iter()
+                    .map(|s| json!(s))
+                    .collect(),
+            ),
             Request::List {
                 destination,
                 state,
@@ -176,19 +353,23 @@ impl Ops {
                 if let Some(d) = destination {
                     self.check(d)?;
                 }
-                Ok(self
-                    .queue
-                    .list(destination.as_deref(), *state, (*limit).min(MAX_LIST))?
-                    .into_iter()
-                    .map(|j| json!(j))
-                    .collect())
+                read(
+                    self.queue
+                        .list(destination.as_deref(), *state, (*limit).min(MAX_LIST))?
+                        .into_iter()
+                        .map(|j| json!(j))
+                        .collect(),
+                )
             }
             Request::Retry { destination, job } => {
                 self.check(destination)?;
                 let n = self.queue.retry_dead(destination, *job, now)?;
                 self.wake(destination);
                 tracing::info!(destination = %destination, jobs = n, "dead jobs queued again");
-                Ok(vec![json!({ "retried": n })])
+                Ok((
+                    vec![json!({ "retried": n })],
+                    Some(json!({ "destination": destination, "job": job, "retried": n })),
+                ))
             }
             Request::Replay { destination, study } => {
                 self.check(destination)?;
@@ -197,7 +378,10 @@ impl Ops {
                 let n = self.queue.replay_study(destination, study, now)?;
                 self.wake(destination);
                 tracing::info!(destination = %destination, study = %study, jobs = n, "study replayed");
-                Ok(vec![json!({ "queued": n })])
+                Ok((
+                    vec![json!({ "queued": n })],
+                    Some(json!({ "destination": destination, "study": study, "queued": n })),
+                ))
             }
             Request::Pause { destination } | Request::Resume { destination } => {
                 self.check(destination)?;
@@ -207,30 +391,94 @@ impl Ops {
                     f.set_paused(destination, paused);
                 }
                 tracing::info!(destination = %destination, paused, "destination pause state changed");
-                Ok(vec![
-                    json!({ "destination": destination, "paused": paused }),
-                ])
+                let v = json!({ "destination": destination, "paused": paused });
+                Ok((vec![v.clone()], Some(v)))
             }
             Request::TokenCreate { role, name } => {
-                let (token, rec) = crate::http::auth::create_token(
-                    self.queue.index().database(),
-                    *role,
-                    name,
-                    now,
-                    0,
-                )
-                .map_err(|e| OpError::Failed(e.message))?;
+                let (token, rec) = auth::create_token(db, *role, name, now, 0).map_err(api)?;
                 tracing::info!(id = %rec.id, role = %rec.role, name = %rec.name, "API token created");
-                Ok(vec![
-                    json!({ "token": token, "id": rec.id, "role": rec.role, "name": rec.name }),
-                ])
+                Ok((
+                    vec![
+                        json!({ "token": token, "id": rec.id, "role": rec.role, "name": rec.name }),
+                    ],
+                    Some(json!({ "id": rec.id, "role": rec.role, "name": rec.name })),
+                ))
             }
+            Request::TokenList => read(
+                auth::list_tokens(db)
+                    .map_err(api)?
+                    .into_iter()
+                    .map(|t| json!(t))
+                    .collect(),
+            ),
+            Request::TokenRevoke { id } => {
+                if !auth::revoke_token(db, id).map_err(api)? {
+                    return Err(OpError::Usage(format!("no token with id {id:?}")));
+                }
+                tracing::info!(id = %id, "API token revoked");
+                let v = json!({ "id": id, "revoked": true });
+                Ok((vec![v.clone()], Some(v)))
+            }
+            Request::UserAdd {
+                name,
+                role,
+                password,
+            } => {
+                let u = auth::add_user(db, name, *role, &password.0).map_err(api)?;
+                tracing::info!(name = %u.name, role = %u.role, "user added");
+                let v = json!(u.info());
+                Ok((vec![v], Some(json!({ "name": u.name, "role": u.role }))))
+            }
+            Request::UserList => read(
+                auth::list_users(db)
+                    .map_err(api)?
+                    .into_iter()
+                    .map(|u| json!(u))
+                    .collect(),
+            ),
+            Request::UserPassword { name, password } => {
+                let u = auth::set_password(db, name, &password.0).map_err(api)?;
+                tracing::info!(name = %u.name, "user password changed");
+                Ok((
+                    vec![json!({ "name": u.name, "password_changed": true })],
+                    Some(json!({ "name": u.name })),
+                ))
+            }
+            Request::UserRemove { name } => {
+                if !auth::remove_user(db, name).map_err(api)? {
+                    return Err(OpError::Usage(format!("no user {name:?}")));
+                }
+                tracing::info!(name = %name, "user removed");
+                let v = json!({ "name": name, "removed": true });
+                Ok((vec![v.clone()], Some(v)))
+            }
+            Request::AuditVerify { anchor } => {
+                let r = crate::audit::verify_anchored(db, anchor.as_deref())
+                    .map_err(OpError::Failed)?;
+                read(vec![json!(r)])
+            }
+            Request::AuditList { offset, limit } => read(
+                crate::audit::list(db, *offset, (*limit).min(MAX_LIST))
+                    .map_err(OpError::Failed)?
+                    .iter()
+                    .map(crate::audit::AuditEntry::to_json)
+                    .collect(),
+            ),
         }
     }
 
-    /// Runs a request and wraps the result for the socket.
+    /// Runs a request (without auditing) and wraps the result for the socket.
     pub fn reply(&self, req: &Request) -> Reply {
-        match self.execute(req) {
+        Self::wrap(self.execute(req))
+    }
+
+    /// Runs a request for `actor` from `source` ([`Ops::execute_as`]) and wraps the result.
+    pub fn reply_as(&self, req: &Request, actor: &str, source: &str) -> Reply {
+        Self::wrap(self.execute_as(req, actor, source))
+    }
+
+    fn wrap(r: Result<Vec<Value>, OpError>) -> Reply {
+        match r {
             Ok(v) => Reply::Ok(v),
             Err(OpError::Usage(m)) => Reply::Usage(m),
             Err(OpError::Failed(m)) => Reply::Failed(m),
@@ -271,15 +519,24 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, ops: Arc<Ops>) {
         let ops = ops.clone();
         tokio::spawn(async move {
             use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+            // The kernel's word on who connected, for requests that do not name themselves.
+            let peer_uid = stream.peer_cred().map(|c| c.uid()).ok();
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
             let mut r = tokio::io::BufReader::new(r.take(1 << 20));
             let reply = match r.read_line(&mut line).await {
-                Ok(_) => match serde_json::from_str::<Request>(&line) {
-                    // Queue operations are short redb transactions: run them off the runtime.
-                    Ok(req) => tokio::task::spawn_blocking(move || ops.reply(&req))
-                        .await
-                        .unwrap_or_else(|e| Reply::Failed(e.to_string())),
+                Ok(_) => match serde_json::from_str::<ControlRequest>(&line) {
+                    // Operations are short redb transactions (or an Argon2 hash): run them
+                    // off the runtime.
+                    Ok(req) => tokio::task::spawn_blocking(move || {
+                        let actor = req.actor.clone().unwrap_or_else(|| match peer_uid {
+                            Some(uid) => format!("cli:uid={uid}"),
+                            None => "cli:unknown".to_owned(),
+                        });
+                        ops.reply_as(&req.request, &actor, CLI_SOURCE)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Reply::Failed(e.to_string())),
                     Err(e) => Reply::Usage(format!("bad request: {e}")),
                 },
                 Err(e) => Reply::Failed(e.to_string()),
@@ -291,8 +548,19 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, ops: Arc<Ops>) {
     }
 }
 
-/// Sends a request to a running daemon. `Ok(None)`: no daemon answers on the socket.
+/// Sends a request to a running daemon (the daemon audits it with the socket peer's uid).
+/// `Ok(None)`: no daemon answers on the socket.
 pub fn request(data_root: &Path, req: &Request) -> std::io::Result<Option<Reply>> {
+    request_as(data_root, req, None)
+}
+
+/// Sends a request on behalf of `actor` (for the audit log) to a running daemon. `Ok(None)`:
+/// no daemon answers on the socket.
+pub fn request_as(
+    data_root: &Path,
+    req: &Request,
+    actor: Option<&str>,
+) -> std::io::Result<Option<Reply>> {
     use std::io::ErrorKind;
     let mut s = match std::os::unix::net::UnixStream::connect(socket_path(data_root)) {
         Ok(s) => s,
@@ -302,7 +570,11 @@ pub fn request(data_root: &Path, req: &Request) -> std::io::Result<Option<Reply>
         Err(e) => return Err(e),
     };
     s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
-    let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+    let envelope = ControlRequest {
+        request: req.clone(),
+        actor: actor.map(str::to_owned),
+    };
+    let mut line = serde_json::to_vec(&envelope).map_err(std::io::Error::other)?;
     line.push(b'\n');
     s.write_all(&line)?;
     let mut reply = String::new();
@@ -310,4 +582,141 @@ pub fn request(data_root: &Path, req: &Request) -> std::io::Result<Option<Reply>
     serde_json::from_str(&reply)
         .map(Some)
         .map_err(|e| std::io::Error::other(format!("bad reply from the daemon: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::auth::Role;
+
+    fn ops() -> (tempfile::TempDir, Ops) {
+        let d = tempfile::tempdir().unwrap();
+        let index = crate::store::index::Index::open(&d.path().join("g.redb")).unwrap();
+        let queue = Queue::new(Arc::new(index), false);
+        let ops = Ops::offline(queue, vec!["pacs".into()]).unwrap();
+        (d, ops)
+    }
+
+    #[test]
+    fn requests_carry_an_optional_actor_and_hide_passwords() {
+        let req = ControlRequest {
+            request: Request::UserAdd {
+                name: "alice".into(),
+                role: Role::Admin,
+                password: Secret("correct horse battery".into()),
+            },
+            actor: Some("cli:root".into()),
+        };
+        let line = serde_json::to_string(&req).unwrap();
+        assert!(line.contains(r#""op":"user-add""#) && line.contains(r#""actor":"cli:root""#));
+        assert_eq!(serde_json::from_str::<ControlRequest>(&line).unwrap(), req);
+        assert!(!format!("{req:?}").contains("horse"));
+        // A request without an actor (an older CLI) still parses.
+        let old: ControlRequest =
+            serde_json::from_str(r#"{"op":"pause","destination":"pacs"}"#).unwrap();
+        assert_eq!(old.actor, None);
+        assert_eq!(
+            old.request,
+            Request::Pause {
+                destination: "pacs".into()
+            }
+        );
+    }
+
+    #[test]
+    fn changes_are_audited_with_the_caller_and_reads_are_not() {
+        let (_d, ops) = ops();
+        let pause = Request::Pause {
+            destination: "pacs".into(),
+        };
+        ops.execute_as(&pause, "cli:alice", CLI_SOURCE).unwrap();
+        ops.execute_as(&Request::Stats, "cli:alice", CLI_SOURCE)
+            .unwrap();
+        ops.execute(&Request::Resume {
+            destination: "pacs".into(),
+        })
+        .unwrap();
+        let out = ops
+            .execute_as(
+                &Request::TokenCreate {
+                    role: Role::Viewer,
+                    name: "grafana".into(),
+                },
+                "cli:bob",
+                CLI_SOURCE,
+            )
+            .unwrap();
+        let token = out[0]["token"].as_str().unwrap().to_owned();
+        // A failed change is not recorded.
+        assert!(matches!(
+            ops.execute_as(
+                &Request::Pause {
+                    destination: "nowhere".into()
+                },
+                "cli:alice",
+                CLI_SOURCE
+            ),
+            Err(OpError::Usage(_))
+        ));
+        let log = crate::audit::list(ops.db(), 0, 10).unwrap();
+        let seen: Vec<_> = log
+            .iter()
+            .map(|e| (e.actor.as_str(), e.source.as_str(), e.action.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("cli:alice", "cli", "queue.pause"),
+                ("cli:bob", "cli", "token.create")
+            ]
+        );
+        assert!(
+            !log[1].details.contains(&token),
+            "the token is never logged"
+        );
+        let v = ops.execute(&Request::AuditVerify { anchor: None }).unwrap();
+        assert_eq!(
+            (v[0]["ok"].as_bool(), v[0]["entries"].as_u64()),
+            (Some(true), Some(2))
+        );
+    }
+
+    #[test]
+    fn users_through_ops() {
+        let (_d, ops) = ops();
+        let add = Request::UserAdd {
+            name: "alice".into(),
+            role: Role::Admin,
+            password: Secret("short".into()),
+        };
+        assert!(
+            matches!(ops.execute_as(&add, "cli:root", CLI_SOURCE), Err(OpError::Usage(m)) if m.contains("password"))
+        );
+        let add = Request::UserAdd {
+            name: "alice".into(),
+            role: Role::Admin,
+            password: Secret("long enough password".into()),
+        };
+        let v = ops.execute_as(&add, "cli:root", CLI_SOURCE).unwrap();
+        assert_eq!(v[0]["name"], "alice");
+        assert!(v[0].get("password_hash").is_none());
+        assert!(matches!(
+            ops.execute_as(&add, "cli:root", CLI_SOURCE),
+            Err(OpError::Usage(_))
+        ));
+        let users = ops.execute(&Request::UserList).unwrap();
+        assert_eq!(users.len(), 1);
+        let rm = Request::UserRemove {
+            name: "alice".into(),
+        };
+        ops.execute_as(&rm, "cli:root", CLI_SOURCE).unwrap();
+        assert!(matches!(
+            ops.execute_as(&rm, "cli:root", CLI_SOURCE),
+            Err(OpError::Usage(_))
+        ));
+        let log = crate::audit::list(ops.db(), 0, 10).unwrap();
+        let actions: Vec<_> = log.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["user.add", "user.remove"]);
+        assert!(!log[0].details.contains("long enough"));
+    }
 }
