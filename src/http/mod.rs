@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::{json, Value};
@@ -115,20 +115,6 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
         );
     }
     r
-}
-
-/// Reads a JSON request body (≤ [`MAX_BODY`]); 400 naming the problem (serde's message gives
-/// the field, line and column) otherwise.
-pub async fn read_json<T: serde::de::DeserializeOwned>(
-    req: Request<Incoming>,
-) -> Result<T, ApiError> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?
-        .to_bytes();
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON for this call: {e}")))
 }
 
 /// Binds the API listener (before readiness, so a taken port fails start-up clearly).
