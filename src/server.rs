@@ -18,21 +18,21 @@ use tracing::{error, info, warn};
 
 use crate::commit::{Committer, CommitterConfig};
 use crate::config::RetentionMode;
-use crate::http::{self, ApiState, HttpServer};
 use crate::config::Settings;
+use crate::http::{self, ApiState, HttpServer};
 use crate::net::scp::{serve_association, CoreCtx, Phase};
 use crate::net::services::storage::SopClassPolicy;
 use crate::net::ul::association::AcceptorPolicy;
 use crate::queue::control::{self, Ops};
 use crate::queue::forwarder::Forwarder;
-use crate::queue::retention::Sweeper;
 use crate::queue::live::{self, LiveConfig};
+use crate::queue::retention::Sweeper;
 use crate::queue::routing::Routing;
-use arc_swap::ArcSwap;
 use crate::queue::Queue;
 use crate::rt::{self, Backend, Epoll, Io, Uring};
 use crate::store::index::Index;
 use crate::store::{DataDir, DiskGuard};
+use arc_swap::ArcSwap;
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]

@@ -96,7 +96,11 @@ pub fn bytes_response(status: u16, content_type: &str, body: impl Into<Bytes>) -
         .status(status)
         .header("content-type", content_type)
         .header("cache-control", "no-store")
-        .body(Full::new(body.into()).map_err(|never| match never {}).boxed())
+        .body(
+            Full::new(body.into())
+                .map_err(|never| match never {})
+                .boxed(),
+        )
         .expect("static header names and values are valid")
 }
 
@@ -138,15 +142,15 @@ pub fn tls_config(
     if certs.is_empty() {
         return Err(format!("{}: no certificate", cert.display()));
     }
-    let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let mut cfg =
-        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| format!("certificate and key do not work together: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("certificate and key do not work together: {e}"))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -234,21 +238,23 @@ async fn accept_loop(
             });
             let builder = hyper::server::conn::http1::Builder::new();
             let result = match acceptor {
-                Some(a) => match tokio::time::timeout(Duration::from_secs(10), a.accept(stream)).await {
-                    Ok(Ok(s)) => {
-                        builder
-                            .serve_connection(hyper_util::rt::TokioIo::new(s), service)
-                            .await
+                Some(a) => {
+                    match tokio::time::timeout(Duration::from_secs(10), a.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            builder
+                                .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
                     }
-                    Ok(Err(e)) => {
-                        debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                },
+                }
                 None => {
                     builder
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)

@@ -116,15 +116,22 @@ impl LiveConfig {
     }
 
     fn persist(&self, dests: &[Destination], routes: &[Route]) -> Result<(), LiveError> {
-        let failed = |e: &dyn std::fmt::Display| LiveError::Failed(format!("storing the configuration: {e}"));
+        let failed = |e: &dyn std::fmt::Display| {
+            LiveError::Failed(format!("storing the configuration: {e}"))
+        };
         let d: Vec<RawDestination> = dests.iter().map(RawDestination::from).collect();
         let r: Vec<RawRoute> = routes.iter().map(RawRoute::from).collect();
         let dj = serde_json::to_string(&d).map_err(|e| failed(&e))?;
         let rj = serde_json::to_string(&r).map_err(|e| failed(&e))?;
-        let tx = self.index.database().begin_write().map_err(|e| failed(&e))?;
+        let tx = self
+            .index
+            .database()
+            .begin_write()
+            .map_err(|e| failed(&e))?;
         {
             let mut t = tx.open_table(db::CONFIG).map_err(|e| failed(&e))?;
-            t.insert("destinations", dj.as_str()).map_err(|e| failed(&e))?;
+            t.insert("destinations", dj.as_str())
+                .map_err(|e| failed(&e))?;
             t.insert("routes", rj.as_str()).map_err(|e| failed(&e))?;
         }
         tx.commit().map_err(|e| failed(&e))
@@ -176,7 +183,10 @@ impl LiveConfig {
             return Err(LiveError::NotFound(format!("no destination {name:?}")));
         }
         let routes = self.routes();
-        if let Some(r) = routes.iter().find(|r| r.destinations.iter().any(|d| d == name)) {
+        if let Some(r) = routes
+            .iter()
+            .find(|r| r.destinations.iter().any(|d| d == name))
+        {
             return Err(LiveError::Conflict(format!(
                 "route {:?} sends to {name:?}: change the routes first",
                 r.name
@@ -250,7 +260,9 @@ mod tests {
             live.upsert_destination(raw_dest("a", Some(1)), Some("b")),
             Err(LiveError::Invalid { .. })
         ));
-        let (dest, existed) = live.upsert_destination(raw_dest("a", Some(1)), None).unwrap();
+        let (dest, existed) = live
+            .upsert_destination(raw_dest("a", Some(1)), None)
+            .unwrap();
         assert!(!existed);
         assert_eq!(dest.calling_ae_title, "GW");
         assert_eq!(fwd.shared().names(), vec!["a"]);
