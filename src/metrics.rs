@@ -322,6 +322,27 @@ pub fn render(snapshot: &Snapshot) -> String {
     global().render(snapshot)
 }
 
+/// Counters since the process started, summed over the cores.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    /// Objects answered with success (duplicates included).
+    pub instances_received: u64,
+    /// Their dataset bytes.
+    pub dataset_bytes_received: u64,
+    /// C-STORE-RSPs with a success status.
+    pub cstore_success: u64,
+    /// … with a warning status.
+    pub cstore_warning: u64,
+    /// … with a failure status.
+    pub cstore_failure: u64,
+    /// Associations released normally.
+    pub associations_released: u64,
+    /// Associations aborted (either side, timeouts, protocol errors).
+    pub associations_aborted: u64,
+    /// Associations rejected.
+    pub associations_rejected: u64,
+}
+
 /// Scrape-time values only the caller can read.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -449,6 +470,27 @@ impl Metrics {
         let d = self.destination(destination);
         for o in outcomes {
             d.record(o);
+        }
+    }
+
+    /// Counters since start for `GET /api/v1/stats` (the same sums a scrape sees).
+    pub fn totals(&self) -> Totals {
+        let c = self.sum_cores();
+        let ended = |e: AssociationEnd| {
+            c.associations_ended
+                .iter()
+                .map(|by_end| by_end[e as usize])
+                .sum::<u64>()
+        };
+        Totals {
+            instances_received: c.instances,
+            dataset_bytes_received: c.dataset_bytes,
+            cstore_success: c.cstore[0],
+            cstore_warning: c.cstore[1],
+            cstore_failure: c.cstore[2],
+            associations_released: ended(AssociationEnd::Released),
+            associations_aborted: ended(AssociationEnd::Aborted),
+            associations_rejected: ended(AssociationEnd::Rejected),
         }
     }
 

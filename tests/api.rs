@@ -883,6 +883,17 @@ fn study_search_filters_and_pagination() {
         "{st}"
     );
     assert_eq!(st["associations_active"], 0);
+    // Counters since start: the five objects stored by C-STORE, all answered with success.
+    assert_eq!(st["since_start"]["instances_received"], 5, "{st}");
+    assert_eq!(st["since_start"]["cstore_success"], 5, "{st}");
+    assert_eq!(st["since_start"]["cstore_failure"], 0, "{st}");
+    assert!(
+        st["since_start"]["dataset_bytes_received"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{st}"
+    );
     assert_eq!(st["queue"]["destinations"], 2);
     gw.get("/stats?x=1", v).err(400, "x");
 }

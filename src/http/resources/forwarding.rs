@@ -550,6 +550,7 @@ pub async fn stats(req: &Request<Incoming>, ctx: &Ctx<'_>) -> Result<Response<Bo
             "cores": s.cores,
             "cores_listening": s.cores_listening.load(Ordering::Acquire),
             "associations_active": s.associations_active.load(Ordering::Acquire),
+            "since_start": crate::metrics::global().totals(),
             "index": index,
             "queue": queue,
             "disk": disk,
