@@ -137,11 +137,26 @@ impl LiveConfig {
         tx.commit().map_err(|e| failed(&e))
     }
 
+    /// Adds a destination; [`LiveError::Conflict`] if the name is taken (checked under the
+    /// same lock as the change, so two concurrent creations cannot both succeed).
+    pub fn create_destination(&self, raw: RawDestination) -> Result<Destination, LiveError> {
+        self.put_destination(raw, None, true).map(|(d, _)| d)
+    }
+
     /// Adds or replaces a destination (`name` must match the body's name when given).
     pub fn upsert_destination(
         &self,
         raw: RawDestination,
         name: Option<&str>,
+    ) -> Result<(Destination, bool), LiveError> {
+        self.put_destination(raw, name, false)
+    }
+
+    fn put_destination(
+        &self,
+        raw: RawDestination,
+        name: Option<&str>,
+        create_only: bool,
     ) -> Result<(Destination, bool), LiveError> {
         let _g = self.changing.lock().unwrap_or_else(|e| e.into_inner());
         let raw = match (name, raw.name.as_deref()) {
@@ -165,6 +180,12 @@ impl LiveConfig {
         })?;
         let mut dests = self.destinations();
         let existed = dests.iter().any(|d| d.name == dest.name);
+        if existed && create_only {
+            return Err(LiveError::Conflict(format!(
+                "name: destination {:?} already exists (PUT /api/v1/destinations/{} replaces it)",
+                dest.name, dest.name
+            )));
+        }
         dests.retain(|d| d.name != dest.name);
         dests.push(dest.clone());
         self.persist(&dests, &self.routes())?;

@@ -182,17 +182,12 @@ pub async fn create_destination(
 ) -> Result<Response<Body>, ApiError> {
     Query::parse(req.uri())?.finish()?;
     let raw: RawDestination = read_body(req).await?;
-    let Some(name) = raw.name.clone() else {
+    if raw.name.is_none() {
         return Err(ApiError::bad_request("name: is required"));
-    };
+    }
     let (f, actor) = (Fwd::of(ctx), Actor::of(ctx));
     let v = blocking(move || {
-        if f.live.destinations().iter().any(|d| d.name == name) {
-            return Err(ApiError::conflict(format!(
-                "name: destination {name:?} already exists (PUT /api/v1/destinations/{name} replaces it)"
-            )));
-        }
-        let (dest, _) = f.live.upsert_destination(raw, None).map_err(live_err)?;
+        let dest = f.live.create_destination(raw).map_err(live_err)?;
         actor.record(
             f.index.database(),
             "destination.create",
