@@ -7,7 +7,6 @@
 mod peer;
 mod util;
 
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -696,53 +695,11 @@ gwtest!(duplicate_reject, |io: &str| duplicate_case(
 // ---------------------------------------------------------------------------------------------
 // Disk full.
 
-/// A tmpfs mounted for the test, lazily unmounted on drop.
-struct TmpfsMount(CString);
-
-impl TmpfsMount {
-    /// Mounts a tmpfs of `size` (e.g. "4m") on `dir`; Err(reason) if that is not possible here.
-    fn mount(dir: &Path, size: &str) -> Result<TmpfsMount, String> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not running as root".into());
-        }
-        std::fs::create_dir_all(dir).unwrap();
-        let target = CString::new(dir.to_str().unwrap()).unwrap();
-        let fstype = CString::new("tmpfs").unwrap();
-        let opts = CString::new(format!("size={size},mode=0755")).unwrap();
-        // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
-        let rc = unsafe {
-            libc::mount(
-                fstype.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                opts.as_ptr().cast(),
-            )
-        };
-        if rc != 0 {
-            return Err(format!(
-                "mount -t tmpfs on {}: {}",
-                dir.display(),
-                std::io::Error::last_os_error()
-            ));
-        }
-        Ok(TmpfsMount(target))
-    }
-}
-
-impl Drop for TmpfsMount {
-    fn drop(&mut self) {
-        // SAFETY: valid NUL-terminated path.
-        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
 gwtest!(disk_full_refuses_and_recovers, |io: &str| {
     require_dcmtk();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let _mount = match TmpfsMount::mount(&data, "4m") {
+    let _mount = match Tmpfs::mount(&data, "4m") {
         Ok(m) => m,
         Err(why) => {
             eprintln!("SKIP disk_full_refuses_and_recovers ({io}): {why}");

@@ -102,30 +102,9 @@ pub fn value_matches(pattern: &str, value: &str) -> bool {
                 .any(|v| wildcard(pattern.as_bytes(), v.trim().as_bytes())))
 }
 
-/// `*` / `?` matching over bytes (iterative, with one backtrack point: linear in practice and
-/// never exponential, whatever the pattern).
+/// `*` / `?` matching over bytes (AE titles and attribute values are ASCII here).
 pub fn wildcard(p: &[u8], v: &[u8]) -> bool {
-    let (mut pi, mut vi) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while vi < v.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == v[vi]) {
-            pi += 1;
-            vi += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, vi));
-            pi += 1;
-        } else if let Some((sp, sv)) = star {
-            pi = sp + 1;
-            vi = sv + 1;
-            star = Some((sp, sv + 1));
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
-    }
-    pi == p.len()
+    crate::wildcard::matches(p, v, &b'*', &b'?')
 }
 
 #[cfg(test)]

@@ -470,33 +470,9 @@ impl StudyFilter {
     }
 }
 
-/// Case-insensitive match of `value` against `pattern`, where `*` stands for any run of
-/// characters and `?` for exactly one (iterative, with one backtracking point: linear in
-/// practice, never exponential).
+/// Case-insensitive match of `value` against `pattern` (`*` any run, `?` one character).
 pub fn wildcard_ci(pattern: &str, value: &str) -> bool {
-    let p: Vec<char> = pattern.chars().flat_map(char::to_lowercase).collect();
-    let v: Vec<char> = value.chars().flat_map(char::to_lowercase).collect();
-    let (mut pi, mut vi) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while vi < v.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == v[vi]) {
-            pi += 1;
-            vi += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, vi));
-            pi += 1;
-        } else if let Some((sp, sv)) = star {
-            pi = sp + 1;
-            vi = sv + 1;
-            star = Some((sp, sv + 1));
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
+    crate::wildcard::matches_ci(pattern, value)
 }
 
 /// One page of a listing.
