@@ -27,6 +27,7 @@ pub mod rt;
 pub mod server;
 pub mod store;
 pub mod wildcard;
+pub mod worklist;
 
 /// Our Implementation Class UID (PS3.7 D.3.3.2), a UUID-derived UID (PS3.5 §B.2) so it needs no
 /// registered root. Sent in A-ASSOCIATE-AC and written in every file's meta group.
