@@ -155,6 +155,24 @@ pub fn tls_config(
     Ok(Arc::new(cfg))
 }
 
+/// Nice value of the API thread and its blocking pool: administration yields the CPU to the
+/// ingest cores and the committer when they compete (measured in docs/benchmarks.md: a
+/// saturating study search at normal priority took about a core from ingest on 2 vCPUs).
+pub const API_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to [`API_NICE`] (Linux: per-thread nice).
+/// Best effort: if it fails, the API still works, at normal priority.
+fn lower_priority() {
+    // SAFETY: gettid and setpriority only read their arguments; the thread id is our own.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, API_NICE)
+    };
+    if rc != 0 {
+        debug!(error = %std::io::Error::last_os_error(), "cannot lower the API thread's priority");
+    }
+}
+
 /// The running API thread.
 #[derive(Debug)]
 pub struct HttpServer {
@@ -173,8 +191,10 @@ impl HttpServer {
         let thread = std::thread::Builder::new()
             .name("http".into())
             .spawn(move || {
+                lower_priority();
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
+                    .on_thread_start(lower_priority)
                     .build()
                 {
                     Ok(rt) => rt,
