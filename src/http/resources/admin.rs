@@ -110,9 +110,7 @@ pub async fn list_tokens(
     req: &Request<Incoming>,
     ctx: &Ctx<'_>,
 ) -> Result<Response<Body>, ApiError> {
-    let mut q = Query::parse(req.uri())?;
-    let (offset, limit) = q.page()?;
-    q.finish()?;
+    let (offset, limit) = Query::page_only(req.uri())?;
     let index = ctx.state.index.clone();
     let all = blocking(move || auth::list_tokens(index.database())).await?;
     let shown: Vec<_> = all.iter().map(|r| token_json(None, r)).collect();
@@ -202,9 +200,7 @@ pub async fn list_users(
     req: &Request<Incoming>,
     ctx: &Ctx<'_>,
 ) -> Result<Response<Body>, ApiError> {
-    let mut q = Query::parse(req.uri())?;
-    let (offset, limit) = q.page()?;
-    q.finish()?;
+    let (offset, limit) = Query::page_only(req.uri())?;
     let index = ctx.state.index.clone();
     let all = blocking(move || auth::list_users(index.database())).await?;
     Ok(paginate(all, offset, limit))
@@ -337,9 +333,7 @@ pub async fn delete_user(
 
 /// `GET /audit`: the audit log, oldest first.
 pub async fn audit_log(req: &Request<Incoming>, ctx: &Ctx<'_>) -> Result<Response<Body>, ApiError> {
-    let mut q = Query::parse(req.uri())?;
-    let (offset, limit) = q.page()?;
-    q.finish()?;
+    let (offset, limit) = Query::page_only(req.uri())?;
     let index = ctx.state.index.clone();
     let (entries, total) = blocking(move || {
         let db = index.database();

@@ -146,9 +146,7 @@ pub async fn list_destinations(
     req: &Request<Incoming>,
     ctx: &Ctx<'_>,
 ) -> Result<Response<Body>, ApiError> {
-    let mut q = Query::parse(req.uri())?;
-    let (offset, limit) = q.page()?;
-    q.finish()?;
+    let (offset, limit) = Query::page_only(req.uri())?;
     let f = Fwd::of(ctx);
     let all = blocking(move || {
         let c = counts(&f.ops)?;
@@ -293,9 +291,7 @@ pub async fn list_routes(
     req: &Request<Incoming>,
     ctx: &Ctx<'_>,
 ) -> Result<Response<Body>, ApiError> {
-    let mut q = Query::parse(req.uri())?;
-    let (offset, limit) = q.page()?;
-    q.finish()?;
+    let (offset, limit) = Query::page_only(req.uri())?;
     let routes: Vec<RawRoute> = ctx.state.live.routes().iter().map(RawRoute::from).collect();
     Ok(paginate(routes, offset, limit))
 }
@@ -353,9 +349,7 @@ pub async fn queue_stats(
     req: &Request<Incoming>,
     ctx: &Ctx<'_>,
 ) -> Result<Response<Body>, ApiError> {
-    let mut q = Query::parse(req.uri())?;
-    let (offset, limit) = q.page()?;
-    q.finish()?;
+    let (offset, limit) = Query::page_only(req.uri())?;
     let f = Fwd::of(ctx);
     let all = blocking(move || counts(&f.ops)).await?;
     let totals = totals(all.values());

@@ -104,6 +104,14 @@ impl Query {
             .transpose()
     }
 
+    /// For calls that take only `offset` and `limit`: parses, pages and refuses anything else.
+    pub fn page_only(uri: &hyper::Uri) -> Result<(u64, usize), ApiError> {
+        let mut q = Self::parse(uri)?;
+        let page = q.page()?;
+        q.finish()?;
+        Ok(page)
+    }
+
     /// `offset` (default 0) and `limit` (default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`]).
     pub fn page(&mut self) -> Result<(u64, usize), ApiError> {
         let offset = self.number("offset")?.unwrap_or(0);

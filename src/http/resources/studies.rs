@@ -126,9 +126,7 @@ pub async fn list_series(
     ctx: &Ctx<'_>,
     p: &Params,
 ) -> Result<Response<Body>, ApiError> {
-    let mut q = Query::parse(req.uri())?;
-    let (offset, limit) = q.page()?;
-    q.finish()?;
+    let (offset, limit) = Query::page_only(req.uri())?;
     let uid = uid_param(p, "study_uid")?;
     let index = ctx.state.index.clone();
     let page = blocking(move || {
@@ -147,9 +145,7 @@ pub async fn list_instances(
     ctx: &Ctx<'_>,
     p: &Params,
 ) -> Result<Response<Body>, ApiError> {
-    let mut q = Query::parse(req.uri())?;
-    let (offset, limit) = q.page()?;
-    q.finish()?;
+    let (offset, limit) = Query::page_only(req.uri())?;
     let study = uid_param(p, "study_uid")?;
     let series = uid_param(p, "series_uid")?;
     let index = ctx.state.index.clone();
