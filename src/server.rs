@@ -224,6 +224,7 @@ pub fn serve(
         io_backend: backend.name(),
         login_token_ttl: settings.http.login_token_ttl,
         started_at_us: crate::commit::timestamp_us(),
+        worklist: None,
     });
     let https = tls.is_some();
     let http_server =

@@ -70,6 +70,9 @@ pub struct ApiState {
     pub login_token_ttl: Duration,
     /// Process start, µs since the Unix epoch.
     pub started_at_us: u64,
+    /// The worklist and MPPS store, when this process runs the worklist service (`None` with
+    /// `--only store`: the worklist routes then answer 404 naming the reason).
+    pub worklist: Option<Arc<crate::worklist::store::WorklistStore>>,
 }
 
 /// What a resource handler gets besides the request.

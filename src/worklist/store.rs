@@ -197,6 +197,14 @@ pub struct WorklistStore {
     writer: Mutex<()>,
 }
 
+impl std::fmt::Debug for WorklistStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorklistStore")
+            .field("items", &self.count())
+            .finish_non_exhaustive()
+    }
+}
+
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
