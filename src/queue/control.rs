@@ -1,5 +1,6 @@
 //! Operations for operators: the queue (list jobs, counts, retry dead letters, replay a study,
-//! pause and resume a destination), API tokens, users and the audit log.
+//! pause and resume a destination), API tokens, users, the audit log and the worklist
+//! import.
 //!
 //! The same [`Ops`] serve the CLI and the admin API. While the daemon runs, the database is
 //! locked by it, so the CLI sends its request as one JSON line over a Unix socket in the data
@@ -24,6 +25,10 @@ use crate::commit::timestamp_us;
 
 /// Most jobs one list returns.
 pub const MAX_LIST: usize = 100_000;
+
+/// Longest request line the daemon reads from the socket: a worklist import carries the
+/// whole document (the socket is 0600, so only the daemon's own user can send one).
+pub const MAX_REQUEST: u64 = 64 << 20;
 
 /// One operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +118,20 @@ pub enum Request {
         /// At most this many.
         limit: usize,
     },
+    /// Import worklist items: a DICOM JSON document (one dataset or an array), validated
+    /// whole, then created or updated by order key in one transaction (see
+    /// [`Ops::import_worklist`]).
+    WorklistImport {
+        /// The document as read (the daemon parses and validates it itself).
+        document: String,
+    },
+    /// Worklist items in id order.
+    WorklistList {
+        /// Skip this many items.
+        offset: u64,
+        /// At most this many.
+        limit: usize,
+    },
 }
 
 impl Request {
@@ -124,7 +143,8 @@ impl Request {
             | Request::TokenList
             | Request::UserList
             | Request::AuditVerify { .. }
-            | Request::AuditList { .. } => return None,
+            | Request::AuditList { .. }
+            | Request::WorklistList { .. } => return None,
             Request::Retry { .. } => "queue.retry",
             Request::Replay { .. } => "queue.replay",
             Request::Pause { .. } => "queue.pause",
@@ -134,13 +154,27 @@ impl Request {
             Request::UserAdd { .. } => "user.add",
             Request::UserPassword { .. } => "user.password",
             Request::UserRemove { .. } => "user.remove",
+            Request::WorklistImport { .. } => "worklist.import",
         })
+    }
+
+    /// Whether the request needs the worklist database (`worklist.redb`) besides the
+    /// gateway's.
+    pub fn needs_worklist(&self) -> bool {
+        matches!(
+            self,
+            Request::WorklistImport { .. } | Request::WorklistList { .. }
+        )
     }
 
     /// Whether the request may create the database when none exists yet (bootstrapping the
     /// first admin on a fresh data directory).
+    /// An import may too: loading the worklist before the first start is a normal set-up.
     pub fn may_create_database(&self) -> bool {
-        matches!(self, Request::TokenCreate { .. } | Request::UserAdd { .. })
+        matches!(
+            self,
+            Request::TokenCreate { .. } | Request::UserAdd { .. } | Request::WorklistImport { .. }
+        )
     }
 }
 
@@ -224,6 +258,9 @@ pub struct Ops {
     /// live, the forwarder's current names are used instead.
     known: Vec<String>,
     forwarder: Option<Arc<Shared>>,
+    /// The worklist database, when this process runs the worklist service (or the CLI opened
+    /// it offline).
+    worklist: Option<Arc<crate::worklist::WorklistStore>>,
 }
 
 impl Ops {
@@ -233,7 +270,84 @@ impl Ops {
             queue,
             known: forwarder.names(),
             forwarder: Some(forwarder),
+            worklist: None,
         }
+    }
+
+    /// Gives the operations the worklist store (the daemon when it runs the worklist service,
+    /// the CLI offline); without it worklist requests are refused naming the reason.
+    pub fn with_worklist(mut self, store: Arc<crate::worklist::WorklistStore>) -> Self {
+        self.worklist = Some(store);
+        self
+    }
+
+    fn worklist(&self) -> Result<&crate::worklist::WorklistStore, OpError> {
+        self.worklist.as_deref().ok_or_else(|| {
+            OpError::Usage(
+                "the worklist service does not run in this daemon (started with --only store); \
+                 run the command against the data directory of the process that runs it"
+                    .into(),
+            )
+        })
+    }
+
+    /// The worklist import: validates the whole document (errors name the attribute and the
+    /// array index) and refuses two items with the same complete order key, then upserts all
+    /// items in one transaction — an item whose Accession Number, Requested Procedure ID and
+    /// Scheduled Procedure Step ID equal a stored item's replaces it (id kept; Study Instance
+    /// UID and status kept unless given), any other is created. So importing the same RIS
+    /// export again updates instead of failing or duplicating, as long as its items carry
+    /// their Requested Procedure and Scheduled Procedure Step IDs (an item without them gets
+    /// its new id there and is created again; the answer counts those as `without_key`).
+    /// Answer: `{"created", "updated", "without_key", "items": [{"id", "result"}]}`; audit
+    /// details: the ids created and updated.
+    pub fn import_worklist(&self, document: &str) -> Result<(Value, Value), OpError> {
+        use crate::worklist::{ItemKey, Upserted};
+        let store = self.worklist()?;
+        let items = crate::worklist::model::parse_items(document)
+            .map_err(|e| OpError::Usage(e.to_string()))?;
+        if items.is_empty() {
+            return Err(OpError::Usage(
+                "the document is an empty array: nothing to import".into(),
+            ));
+        }
+        crate::http::resources::check_distinct_keys(&items).map_err(OpError::Usage)?;
+        let without_key = items
+            .iter()
+            .filter(|i| {
+                let k = ItemKey::of(i.dataset());
+                k.requested_procedure_id.is_empty() || k.scheduled_procedure_step_id.is_empty()
+            })
+            .count();
+        let results = store.upsert_many(items).map_err(|e| match e {
+            crate::worklist::WorklistStoreError::DuplicateKey { .. } => {
+                OpError::Usage(e.to_string())
+            }
+            other => OpError::Failed(other.to_string()),
+        })?;
+        let ids = |which: Upserted| -> Vec<u64> {
+            results
+                .iter()
+                .filter(|(_, u)| *u == which)
+                .map(|(i, _)| i.id)
+                .collect()
+        };
+        let (created, updated) = (ids(Upserted::Created), ids(Upserted::Updated));
+        tracing::info!(
+            created = created.len(),
+            updated = updated.len(),
+            "worklist imported"
+        );
+        let line = json!({
+            "created": created.len(),
+            "updated": updated.len(),
+            "without_key": without_key,
+            "items": results.iter().map(|(i, u)| json!({
+                "id": i.id,
+                "result": if *u == Upserted::Created { "created" } else { "updated" },
+            })).collect::<Vec<_>>(),
+        });
+        Ok((line, json!({ "created": created, "updated": updated })))
     }
 
     /// Operations on a database no daemon holds: `configured` names (from a config file, if
@@ -249,6 +363,7 @@ impl Ops {
             queue,
             known,
             forwarder: None,
+            worklist: None,
         })
     }
 
@@ -464,6 +579,22 @@ impl Ops {
                     .map(crate::audit::AuditEntry::to_json)
                     .collect(),
             ),
+            Request::WorklistImport { document } => {
+                let (line, details) = self.import_worklist(document)?;
+                Ok((vec![line], Some(details)))
+            }
+            Request::WorklistList { offset, limit } => {
+                let skip = usize::try_from(*offset).unwrap_or(usize::MAX);
+                read(
+                    self.worklist()?
+                        .list(None, usize::MAX)
+                        .iter()
+                        .skip(skip)
+                        .take((*limit).min(MAX_LIST))
+                        .map(|i| crate::http::resources::item_json(i))
+                        .collect(),
+                )
+            }
         }
     }
 
@@ -523,7 +654,7 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, ops: Arc<Ops>) {
             let peer_uid = stream.peer_cred().map(|c| c.uid()).ok();
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
-            let mut r = tokio::io::BufReader::new(r.take(1 << 20));
+            let mut r = tokio::io::BufReader::new(r.take(MAX_REQUEST));
             let reply = match r.read_line(&mut line).await {
                 Ok(_) => match serde_json::from_str::<ControlRequest>(&line) {
                     // Operations are short redb transactions (or an Argon2 hash): run them
@@ -678,6 +809,123 @@ mod tests {
         assert_eq!(
             (v[0]["ok"].as_bool(), v[0]["entries"].as_u64()),
             (Some(true), Some(2))
+        );
+    }
+
+    fn worklist_doc(items: &[(&str, &str)]) -> String {
+        let items: Vec<Value> = items
+            .iter()
+            .map(|(acc, sps)| {
+                json!({
+                    "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]},
+                    "00100020": {"vr": "LO", "Value": ["P1"]},
+                    "00080050": {"vr": "SH", "Value": [acc]},
+                    "00401001": {"vr": "SH", "Value": ["RP1"]},
+                    "00400100": {"vr": "SQ", "Value": [{
+                        "00080060": {"vr": "CS", "Value": ["CT"]},
+                        "00400001": {"vr": "AE", "Value": ["CT1"]},
+                        "00400002": {"vr": "DA", "Value": ["20260115"]},
+                        "00400009": {"vr": "SH", "Value": [sps]}
+                    }]}
+                })
+            })
+            .collect();
+        Value::Array(items).to_string()
+    }
+
+    #[test]
+    fn worklist_import_upserts_by_order_key_and_is_audited() {
+        let (d, ops) = ops();
+        let import = |doc: String| Request::WorklistImport { document: doc };
+        // Without the store: refused, naming why.
+        let e = ops
+            .execute_as(
+                &import(worklist_doc(&[("A", "S1")])),
+                "cli:alice",
+                CLI_SOURCE,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&e, OpError::Usage(m) if m.contains("worklist service")),
+            "{e}"
+        );
+        let store = Arc::new(crate::worklist::WorklistStore::open_in(d.path()).unwrap());
+        let ops = ops.with_worklist(store.clone());
+
+        let v = ops
+            .execute_as(
+                &import(worklist_doc(&[("A", "S1"), ("B", "S1")])),
+                "cli:alice",
+                CLI_SOURCE,
+            )
+            .unwrap();
+        assert_eq!(
+            (v[0]["created"].as_u64(), v[0]["updated"].as_u64()),
+            (Some(2), Some(0))
+        );
+        // The same export again, plus one new order: nothing fails, nothing is duplicated.
+        let v = ops
+            .execute_as(
+                &import(worklist_doc(&[("A", "S1"), ("B", "S1"), ("C", "S1")])),
+                "cli:alice",
+                CLI_SOURCE,
+            )
+            .unwrap();
+        assert_eq!(
+            (v[0]["created"].as_u64(), v[0]["updated"].as_u64()),
+            (Some(1), Some(2))
+        );
+        assert_eq!(store.count(), 3);
+
+        // Bad input changes nothing and names the attribute and the index.
+        let mut bad: Value =
+            serde_json::from_str(&worklist_doc(&[("D", "S1"), ("E", "S1")])).unwrap();
+        bad[1]["00400100"]["Value"][0]["00400002"] = json!({"vr": "DA", "Value": ["2026-01-15"]});
+        let e = ops
+            .execute_as(&import(bad.to_string()), "cli:alice", CLI_SOURCE)
+            .unwrap_err();
+        assert!(
+            matches!(&e, OpError::Usage(m) if m.contains("array index 1") && m.contains("ScheduledProcedureStepStartDate (0040,0002)")),
+            "{e}"
+        );
+        let e = ops
+            .execute_as(
+                &import(worklist_doc(&[("D", "S1"), ("D", "S1")])),
+                "cli:alice",
+                CLI_SOURCE,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&e, OpError::Usage(m) if m.contains("array index 1: same order key as array index 0")),
+            "{e}"
+        );
+        assert_eq!(store.count(), 3);
+
+        let listed = ops
+            .execute(&Request::WorklistList {
+                offset: 1,
+                limit: 10,
+            })
+            .unwrap();
+        let ids: Vec<_> = listed.iter().map(|v| v["id"].as_u64().unwrap()).collect();
+        assert_eq!(ids, [2, 3]);
+
+        let log = crate::audit::list(ops.db(), 0, 10).unwrap();
+        let seen: Vec<_> = log
+            .iter()
+            .map(|e| (e.actor.as_str(), e.action.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("cli:alice", "worklist.import"),
+                ("cli:alice", "worklist.import")
+            ]
+        );
+        assert!(
+            log[1].details.contains("\"updated\":[1,2]"),
+            "{}",
+            log[1].details
         );
     }
 

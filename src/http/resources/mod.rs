@@ -6,8 +6,8 @@
 //! runs, so a handler only ever sees requests its role check has passed. The same table is
 //! checked against `docs/openapi.json` by a unit test, so the document cannot drift from the
 //! code. Handlers are grouped by subject: `studies` (the index and downloads),
-//! `forwarding` (destinations, routes, queue, stats) and `admin` (tokens, users, audit
-//! log, login).
+//! `forwarding` (destinations, routes, queue, stats), `worklist` (worklist items and MPPS)
+//! and `admin` (tokens, users, audit log, login).
 //!
 //! Conventions: lists are paginated with `?offset=&limit=` (default 100, at most 1000) and
 //! answer `{"items": [...], "total": N, "offset": O, "limit": L}`; unknown query parameters
@@ -19,6 +19,7 @@ mod admin;
 mod forwarding;
 mod params;
 mod studies;
+mod worklist;
 
 use std::net::SocketAddr;
 
@@ -30,6 +31,7 @@ use serde_json::{json, Value};
 use super::auth::Role;
 use super::{error_response, json_response, ApiError, ApiState, Body, Ctx};
 pub use params::{decode_segment, from_value, parse_body, read_body, read_value, Query};
+pub use worklist::{check_distinct_keys, item_json, mpps_json};
 
 /// Default page size.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -78,6 +80,14 @@ enum H {
     Retry,
     Replay,
     Stats,
+    ListWorklist,
+    CreateWorklist,
+    GetWorklist,
+    PutWorklist,
+    DeleteWorklist,
+    CancelWorklist,
+    ListMpps,
+    GetMpps,
     ListTokens,
     CreateToken,
     RevokeToken,
@@ -176,6 +186,33 @@ pub const ROUTES: &[Route] = &[
     Route {
         path: "/stats",
         methods: &[op("GET", Viewer, H::Stats)],
+    },
+    Route {
+        path: "/worklist",
+        methods: &[
+            op("GET", Viewer, H::ListWorklist),
+            op("POST", Operator, H::CreateWorklist),
+        ],
+    },
+    Route {
+        path: "/worklist/{id}",
+        methods: &[
+            op("GET", Viewer, H::GetWorklist),
+            op("PUT", Operator, H::PutWorklist),
+            op("DELETE", Operator, H::DeleteWorklist),
+        ],
+    },
+    Route {
+        path: "/worklist/{id}/cancel",
+        methods: &[op("POST", Operator, H::CancelWorklist)],
+    },
+    Route {
+        path: "/mpps",
+        methods: &[op("GET", Viewer, H::ListMpps)],
+    },
+    Route {
+        path: "/mpps/{uid}",
+        methods: &[op("GET", Viewer, H::GetMpps)],
     },
     Route {
         path: "/tokens",
@@ -340,6 +377,14 @@ pub async fn dispatch(req: Request<Incoming>, ctx: Ctx<'_>) -> Result<Response<B
         H::Retry => forwarding::retry(req, c).await,
         H::Replay => forwarding::replay(req, c).await,
         H::Stats => forwarding::stats(&req, c).await,
+        H::ListWorklist => worklist::list(&req, c).await,
+        H::CreateWorklist => worklist::create(req, c).await,
+        H::GetWorklist => worklist::get(&req, c, &p).await,
+        H::PutWorklist => worklist::put(req, c, &p).await,
+        H::DeleteWorklist => worklist::delete(&req, c, &p).await,
+        H::CancelWorklist => worklist::cancel(&req, c, &p).await,
+        H::ListMpps => worklist::list_mpps(&req, c).await,
+        H::GetMpps => worklist::get_mpps(&req, c, &p).await,
         H::ListTokens => admin::list_tokens(&req, c).await,
         H::CreateToken => admin::create_token(req, c).await,
         H::RevokeToken => admin::revoke_token(&req, c, &p).await,
