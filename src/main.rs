@@ -73,6 +73,12 @@ enum Command {
         #[command(subcommand)]
         op: AuditOp,
     },
+    /// Worklist items: import a DICOM JSON file (PS3.18 Annex F) or list them. Goes through the
+    /// running daemon (DATA_DIR/control.sock), or opens DATA_DIR/worklist.redb when none runs.
+    Worklist {
+        #[command(subcommand)]
+        op: WorklistOp,
+    },
     /// Print the index of a data directory as JSON lines (the daemon must not be running).
     Index {
         /// Data directory.
@@ -191,6 +197,33 @@ enum AuditOp {
         #[arg(long, value_name = "N", default_value_t = 0)]
         offset: u64,
         /// At most this many entries.
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WorklistOp {
+    /// Import one DICOM JSON dataset or an array of them. Everything is validated first (an
+    /// error names the attribute and the array index; exit 2, nothing stored); then, in one
+    /// transaction, an item whose Accession Number, Requested Procedure ID and Scheduled
+    /// Procedure Step ID equal a stored item's updates it and any other is created, so
+    /// importing the same RIS export again neither fails nor duplicates. Prints
+    /// {"created", "updated", "without_key", "items"} as one JSON line.
+    Import {
+        #[command(flatten)]
+        target: Target,
+        /// The DICOM JSON file, or `-` for standard input.
+        file: PathBuf,
+    },
+    /// Items as JSON lines ({"id", "status", "dataset", ...}), in id order.
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Skip this many items.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        offset: u64,
+        /// At most this many items.
         #[arg(long, value_name = "N", default_value_t = 1000)]
         limit: usize,
     },
@@ -363,6 +396,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token { op } => token_command(op),
         Command::User { op } => user_command(op),
         Command::Audit { op } => audit_command(op),
+        Command::Worklist { op } => worklist_command(op),
         Command::Index { data_dir } => {
             let index = dicom_gw::store::index::Index::open(&data_dir.join("gateway.redb"))?;
             for rec in index.instances()? {
@@ -535,6 +569,42 @@ fn audit_command(op: AuditOp) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn worklist_command(op: WorklistOp) -> anyhow::Result<ExitCode> {
+    use dicom_gw::queue::control::Request;
+    match op {
+        WorklistOp::Import { target, file } => {
+            let read = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+            } else {
+                std::fs::read_to_string(&file)
+            };
+            let document = match read {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("dicom-gw: {}: {e}", file.display());
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            // Checked here first, so a bad file is reported the same with or without a
+            // daemon (which checks again: it trusts no client).
+            if let Err(e) = dicom_gw::worklist::model::parse_items(&document) {
+                eprintln!("dicom-gw: {}: {e}", file.display());
+                return Ok(ExitCode::from(2));
+            }
+            control_command(target, Request::WorklistImport { document }, |v| {
+                v.to_string()
+            })
+        }
+        WorklistOp::List {
+            target,
+            offset,
+            limit,
+        } => control_command(target, Request::WorklistList { offset, limit }, |v| {
+            v.to_string()
+        }),
+    }
+}
+
 /// Runs a control request through the running daemon, or on the database when none runs, and
 /// prints each result line with `show`.
 fn control_command(
@@ -595,6 +665,11 @@ fn control_request(
                 .map(|d| d.name.clone())
                 .collect();
             match Ops::offline(queue, names) {
+                Ok(ops) if req.needs_worklist() => {
+                    let store = dicom_gw::worklist::WorklistStore::open_in(&settings.data_dir)?;
+                    let ops = ops.with_worklist(std::sync::Arc::new(store));
+                    ops.reply_as(&req, &actor, control::CLI_SOURCE)
+                }
                 Ok(ops) => ops.reply_as(&req, &actor, control::CLI_SOURCE),
                 Err(e) => Reply::Failed(e.to_string()),
             }
