@@ -706,6 +706,17 @@ pub fn request_as(
         actor: actor.map(str::to_owned),
     };
     let mut line = serde_json::to_vec(&envelope).map_err(std::io::Error::other)?;
+    if line.len() as u64 >= MAX_REQUEST {
+        // The daemon would cut it off and answer a confusing parse error.
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "the request is {} bytes, more than the {MAX_REQUEST} the daemon reads in one \
+                 request; split the file",
+                line.len()
+            ),
+        ));
+    }
     line.push(b'\n');
     s.write_all(&line)?;
     let mut reply = String::new();
