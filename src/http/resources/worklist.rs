@@ -147,19 +147,31 @@ async fn read_document(req: Request<Incoming>) -> Result<String, ApiError> {
             ));
         }
     }
+    let too_large = || {
+        ApiError::new(
+            413,
+            "payload_too_large",
+            format!(
+                "request body is larger than {MAX_BODY} bytes; import larger worklists with \
+                 `dicom-gw worklist import`"
+            ),
+        )
+    };
+    // A declared length is checked before reading anything; a chunked body by the limit.
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
     let bytes = Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::new(
-                    413,
-                    "payload_too_large",
-                    format!(
-                        "request body is larger than {MAX_BODY} bytes; import larger worklists \
-                         with `dicom-gw worklist import`"
-                    ),
-                )
+                too_large()
             } else {
                 ApiError::bad_request(format!("request body: {e}"))
             }
