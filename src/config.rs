@@ -22,6 +22,8 @@ pub const DEFAULT_STORE_LISTEN: &str = "0.0.0.0:4244";
 /// Default admin API address: loopback only, since without TLS the API must not be reachable
 /// from the network.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+/// Default worklist (MWL C-FIND, MPPS) listen address.
+pub const DEFAULT_WORKLIST_LISTEN: &str = "0.0.0.0:4243";
 /// Default maximum PDU length we announce (256 KiB).
 pub const DEFAULT_MAX_PDU_LENGTH: u32 = 262_144;
 
@@ -75,6 +77,29 @@ pub struct RawConfig {
     pub retention: RawRetention,
     /// `[http]`: the admin API and metrics.
     pub http: RawHttp,
+    /// `[worklist]`: the Modality Worklist and MPPS service.
+    pub worklist: RawWorklist,
+}
+
+/// `[worklist]`: the Modality Worklist (C-FIND) and MPPS (N-CREATE/N-SET) service, on its own
+/// port and with its own database (`worklist.redb`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWorklist {
+    /// Listen address (default 0.0.0.0:4243).
+    pub listen: Option<String>,
+    /// Our AE title on this port (default: the store's).
+    pub ae_title: Option<String>,
+    /// Maximum concurrent associations (default 32); more are rejected (transient, local
+    /// limit exceeded).
+    pub max_associations: Option<usize>,
+    /// Most responses one C-FIND returns (default 0 = no cap); the final status is then still
+    /// success, with a warning in the log.
+    pub max_results: Option<usize>,
+    /// Reject associations whose called AE title is not ours (default false).
+    pub require_called_ae_title: Option<bool>,
+    /// If not empty, only these calling AE titles may associate.
+    pub allowed_calling_ae_titles: Option<Vec<String>>,
 }
 
 /// `[http]`: the admin API, metrics and health probes.
@@ -250,6 +275,52 @@ pub struct Settings {
     pub retention: Retention,
     /// Admin API.
     pub http: HttpSettings,
+    /// Worklist service.
+    pub worklist: WorklistSettings,
+    /// Which services this process runs (`--only`).
+    pub services: Services,
+}
+
+/// Which DICOM services a process runs: both (the default), or one of them (`--only store`,
+/// `--only worklist`) so the two can run as separate processes with separate databases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Services {
+    /// Store (with forwarding) and worklist in one process.
+    #[default]
+    All,
+    /// The store service only: no worklist port, no `worklist.redb`.
+    Store,
+    /// The worklist service only: no store port, no ingest.
+    Worklist,
+}
+
+impl Services {
+    /// Whether the store service (C-STORE, forwarding) runs.
+    pub fn store(self) -> bool {
+        self != Services::Worklist
+    }
+
+    /// Whether the worklist service (MWL, MPPS) runs.
+    pub fn worklist(self) -> bool {
+        self != Services::Store
+    }
+}
+
+/// Validated `[worklist]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorklistSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Our AE title on the worklist port.
+    pub ae_title: String,
+    /// Maximum concurrent associations.
+    pub max_associations: usize,
+    /// Most C-FIND responses per request (`None`: no cap).
+    pub max_results: Option<usize>,
+    /// Enforce the called AE title.
+    pub require_called_ae_title: bool,
+    /// Calling AE allow-list (empty = anyone).
+    pub allowed_calling_ae_titles: Vec<String>,
 }
 
 /// Validated `[http]`.
@@ -427,6 +498,10 @@ pub struct Overrides {
     pub durability: Option<Durability>,
     /// `--http-listen`
     pub http_listen: Option<String>,
+    /// `--worklist-listen`
+    pub worklist_listen: Option<String>,
+    /// `--only`
+    pub services: Option<Services>,
 }
 
 /// Parses a config file's text (unknown keys are errors).
@@ -750,7 +825,53 @@ impl RawConfig {
             }
             n => Duration::from_secs(n),
         };
+        let w = self.worklist;
+        let worklist_text = ov
+            .worklist_listen
+            .clone()
+            .or(w.listen)
+            .unwrap_or_else(|| DEFAULT_WORKLIST_LISTEN.to_owned());
+        let worklist_listen: SocketAddr = worklist_text.parse().map_err(|_| {
+            invalid(
+                Some("worklist"),
+                "listen",
+                ov.worklist_listen.is_some(),
+                format!("{worklist_text:?} is not an ADDRESS:PORT (e.g. 0.0.0.0:4243)"),
+            )
+        })?;
+        let worklist_ae = match w.ae_title {
+            Some(ae) => validate_ae_title(&ae)
+                .map_err(|m| invalid(Some("worklist"), "ae_title", false, m))?,
+            None => ae_title.clone(),
+        };
+        let worklist_max = w.max_associations.unwrap_or(32);
+        if worklist_max == 0 {
+            return Err(invalid(
+                Some("worklist"),
+                "max_associations",
+                false,
+                "must be at least 1".into(),
+            ));
+        }
+        let mut worklist_allowed = Vec::new();
+        for ae in w.allowed_calling_ae_titles.unwrap_or_default() {
+            worklist_allowed.push(
+                validate_ae_title(&ae).map_err(|m| {
+                    invalid(Some("worklist"), "allowed_calling_ae_titles", false, m)
+                })?,
+            );
+        }
+        let worklist = WorklistSettings {
+            listen: worklist_listen,
+            ae_title: worklist_ae,
+            max_associations: worklist_max,
+            max_results: w.max_results.filter(|&n| n > 0),
+            require_called_ae_title: w.require_called_ae_title.unwrap_or(false),
+            allowed_calling_ae_titles: worklist_allowed,
+        };
         Ok(Settings {
+            worklist,
+            services: ov.services.unwrap_or_default(),
             data_dir,
             io: ov.io.or(self.io).unwrap_or(IoMode::Auto),
             threads,

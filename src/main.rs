@@ -23,7 +23,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the daemon (store service; defaults need no config file).
+    /// Run the daemon: store service (port 4244) and worklist service (port 4243), or one of
+    /// them with --only; defaults need no config file.
     Serve {
         /// TOML config file.
         #[arg(long, value_name = "FILE")]
@@ -46,6 +47,12 @@ enum Command {
         /// Admin API / metrics address (default 127.0.0.1:8080).
         #[arg(long, value_name = "ADDR:PORT")]
         http_listen: Option<String>,
+        /// Worklist service (MWL C-FIND, MPPS) address (default 0.0.0.0:4243).
+        #[arg(long, value_name = "ADDR:PORT")]
+        worklist_listen: Option<String>,
+        /// Run only this service (two processes then need two data directories).
+        #[arg(long, value_name = "SERVICE")]
+        only: Option<dicom_gw::config::Services>,
     },
     /// Validate a config file and print the resolved settings.
     CheckConfig {
@@ -337,6 +344,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             threads,
             durability,
             http_listen,
+            worklist_listen,
+            only,
         } => {
             let ov = Overrides {
                 data_dir,
@@ -345,6 +354,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 threads,
                 durability,
                 http_listen,
+                worklist_listen,
+                services: only,
             };
             let settings = match load(config.as_ref()).and_then(|(raw, src)| {
                 raw.resolve(&ov, src.as_ref().map(|(p, t)| (p.as_path(), t.as_str())))
@@ -358,18 +369,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dicom_gw::server::serve(
                 settings,
                 |started| {
-                    // Lines on stdout for scripts and tests (the store line last: it means
-                    // ready); logs go to stderr.
+                    // Lines on stdout for scripts and tests (the store line, or with
+                    // `--only worklist` the worklist line, last: it means ready); logs go to
+                    // stderr.
                     println!(
                         "dicom-gw: http listening on {} ({})",
                         started.http_addr,
                         if started.https { "https" } else { "http" }
                     );
-                    println!(
-                        "dicom-gw: store listening on {} (io={})",
-                        started.store_addr,
-                        started.backend.name()
-                    );
+                    if let Some(addr) = started.worklist_addr {
+                        println!("dicom-gw: worklist listening on {addr}");
+                    }
+                    if let Some(addr) = started.store_addr {
+                        println!(
+                            "dicom-gw: store listening on {} (io={})",
+                            addr,
+                            started.backend.name()
+                        );
+                    }
                 },
                 stop_signal(),
             )?;

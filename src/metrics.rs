@@ -71,10 +71,12 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub enum Service {
     /// Storage and Verification SCP.
     Store,
+    /// Modality Worklist and MPPS SCP.
+    Worklist,
 }
 
 impl Service {
-    const ALL: [Service; 1] = [Service::Store];
+    const ALL: [Service; 2] = [Service::Store, Service::Worklist];
 
     fn index(self) -> usize {
         self as usize
@@ -83,6 +85,7 @@ impl Service {
     fn label(self) -> &'static str {
         match self {
             Service::Store => "store",
+            Service::Worklist => "worklist",
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::http::{self, ApiState, HttpServer};
 use crate::net::scp::{serve_association, CoreCtx, Phase};
 use crate::net::services::storage::SopClassPolicy;
 use crate::net::ul::association::AcceptorPolicy;
+use crate::net::worklist_scp::{self, WorklistScp};
 use crate::queue::control::{self, Ops};
 use crate::queue::forwarder::Forwarder;
 use crate::queue::live::{self, LiveConfig};
@@ -32,6 +33,7 @@ use crate::queue::Queue;
 use crate::rt::{self, Backend, Epoll, Io, Uring};
 use crate::store::index::Index;
 use crate::store::{DataDir, DiskGuard};
+use crate::worklist::WorklistStore;
 use arc_swap::ArcSwap;
 
 /// Start-up failures.
@@ -74,13 +76,24 @@ pub enum ServeError {
     /// The API's TLS certificate or key is unusable.
     #[error("admin API TLS: {0}")]
     Tls(String),
+    /// The worklist database could not be opened.
+    #[error("worklist database in {path}: {source}")]
+    Worklist {
+        /// The data directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: crate::worklist::WorklistStoreError,
+    },
 }
 
 /// Facts about a started daemon, for the caller's readiness report.
 #[derive(Debug, Clone)]
 pub struct Started {
-    /// The store service's bound address (port resolved when 0 was asked).
-    pub store_addr: SocketAddr,
+    /// The store service's bound address (port resolved when 0 was asked); `None` with
+    /// `--only worklist`.
+    pub store_addr: Option<SocketAddr>,
+    /// The worklist service's bound address; `None` with `--only store`.
+    pub worklist_addr: Option<SocketAddr>,
     /// The I/O backend running.
     pub backend: Backend,
     /// The admin API's bound address.
@@ -164,7 +177,6 @@ pub fn serve(
                 "cannot create the control socket; `dicom-gw queue` will not reach this daemon")
         })
         .ok();
-    let ops = Arc::new(Ops::live(queue.clone(), forwarder.shared().clone()));
     let routing = Arc::new(ArcSwap::from_pointee(Routing::new(routes.clone())));
     let live_config = Arc::new(LiveConfig::new(
         index.clone(),
@@ -181,17 +193,47 @@ pub fn serve(
     );
 
     let store = &settings.store;
-    let listeners =
+    let services = settings.services;
+    let listeners = if services.store() {
         rt::bind_reuseport(store.listen, settings.threads).map_err(|source| ServeError::Bind {
             addr: store.listen,
             source,
-        })?;
-    let store_addr = listeners[0]
-        .local_addr()
-        .map_err(|source| ServeError::Bind {
+        })?
+    } else {
+        Vec::new()
+    };
+    let store_addr = match listeners.first() {
+        Some(l) => Some(l.local_addr().map_err(|source| ServeError::Bind {
             addr: store.listen,
             source,
-        })?;
+        })?),
+        None => None,
+    };
+    let worklist = if services.worklist() {
+        let wl_store = Arc::new(WorklistStore::open_in(data.root()).map_err(|source| {
+            ServeError::Worklist {
+                path: data.root().to_path_buf(),
+                source,
+            }
+        })?);
+        let addr = settings.worklist.listen;
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        info!(items = wl_store.count(), "worklist database open");
+        Some((wl_store, listener, bound))
+    } else {
+        None
+    };
+    let worklist_addr = worklist.as_ref().map(|w| w.2);
+    let worklist_store = worklist.as_ref().map(|w| w.0.clone());
+    let mut ops = Ops::live(queue.clone(), forwarder.shared().clone());
+    if let Some(w) = &worklist_store {
+        ops = ops.with_worklist(w.clone());
+    }
+    let ops = Arc::new(ops);
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let active = Arc::new(AtomicUsize::new(0));
     let cores_listening = Arc::new(AtomicUsize::new(0));
@@ -219,12 +261,16 @@ pub fn serve(
         data: data.clone(),
         disk: disk.clone(),
         cores_listening: cores_listening.clone(),
-        cores: settings.threads,
+        cores: if services.store() {
+            settings.threads
+        } else {
+            0
+        },
         associations_active: active.clone(),
         io_backend: backend.name(),
         login_token_ttl: settings.http.login_token_ttl,
         started_at_us: crate::commit::timestamp_us(),
-        worklist: None,
+        worklist: worklist_store,
     });
     let https = tls.is_some();
     let http_server =
@@ -273,6 +319,28 @@ pub fn serve(
         cores.push(handle);
     }
     drop(committer);
+    let worklist_thread = match worklist {
+        Some((wl_store, listener, _)) => {
+            let w = &settings.worklist;
+            let scp = Arc::new(WorklistScp {
+                store: wl_store,
+                policy: AcceptorPolicy {
+                    ae_title: w.ae_title.clone(),
+                    require_called_ae_title: w.require_called_ae_title,
+                    allowed_calling_ae_titles: w.allowed_calling_ae_titles.clone(),
+                    max_pdu_length: store.max_pdu_length,
+                },
+                max_associations: w.max_associations,
+                active: Arc::new(AtomicUsize::new(0)),
+                acse_timeout: store.acse_timeout,
+                dimse_timeout: store.dimse_timeout,
+                max_results: w.max_results,
+                phase: phase_rx.clone(),
+            });
+            Some(worklist_scp::spawn(listener, scp).map_err(ServeError::Thread)?)
+        }
+        None => None,
+    };
 
     // Wait for the stop signal on a small runtime of our own. `shutdown` is polled once before
     // readiness is reported, so the signal handlers it installs are in place by then (a SIGTERM
@@ -289,11 +357,17 @@ pub fn serve(
         .await;
         on_ready(&Started {
             store_addr,
+            worklist_addr,
             backend,
             http_addr,
             https,
         });
-        info!(%store_addr, ae_title = %store.ae_title, "store service listening");
+        if let Some(addr) = store_addr {
+            info!(%addr, ae_title = %store.ae_title, "store service listening");
+        }
+        if let Some(addr) = worklist_addr {
+            info!(%addr, ae_title = %settings.worklist.ae_title, "worklist service listening");
+        }
         if !early {
             match control {
                 Some(control) => tokio::select! {
@@ -320,6 +394,9 @@ pub fn serve(
     let _ = phase_tx.send(Phase::Abort);
     for c in cores {
         let _ = c.join();
+    }
+    if let Some(t) = worklist_thread {
+        let _ = t.join();
     }
     // Every core has dropped its committer handle: the committer drains and ends.
     let _ = committer_thread.join();

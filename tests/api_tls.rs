@@ -131,6 +131,8 @@ fn non_loopback_without_tls_is_refused_unless_explicitly_allowed() {
             "127.0.0.1:0",
             "--http-listen",
             "0.0.0.0:0",
+            "--worklist-listen",
+            "127.0.0.1:0",
         ])
         .output()
         .unwrap();

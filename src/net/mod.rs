@@ -6,3 +6,4 @@ pub mod scp;
 pub mod scu;
 pub mod services;
 pub mod ul;
+pub mod worklist_scp;

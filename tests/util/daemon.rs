@@ -14,6 +14,8 @@ use super::dcmtk::{drain, join_within, wait_timeout};
 pub const HTTP_PREFIX: &str = "dicom-gw: http listening on ";
 /// Prefix of the stdout line the daemon prints once it is ready.
 pub const READY_PREFIX: &str = "dicom-gw: store listening on ";
+/// Prefix of the worklist service's line (the ready line itself with `--only worklist`).
+pub const WORKLIST_PREFIX: &str = "dicom-gw: worklist listening on ";
 /// How long start-up and graceful shutdown may take.
 pub const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -24,6 +26,9 @@ pub struct Daemon {
     pub port: u16,
     /// Admin API port (from the `http listening` line; 0 if the daemon printed none).
     pub http_port: u16,
+    /// Worklist service port (from the `worklist listening` line; 0 if none, e.g. with
+    /// `--only store`).
+    pub worklist_port: u16,
     /// Process id.
     pub pid: u32,
     /// The `--data-dir` it was started with.
@@ -36,8 +41,8 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `BIN serve --data-dir DIR --store-listen 127.0.0.1:0 --io IO
-    /// [extra_args]` and waits (30 s) for the ready line. Panics with the
+    /// Starts `BIN serve --data-dir DIR --store-listen 127.0.0.1:0 --io IO --http-listen
+    /// 127.0.0.1:0 --worklist-listen 127.0.0.1:0 [extra_args]` and waits (30 s) for the ready line. Panics with the
     /// daemon's stderr if it exits or times out first.
     pub fn start(
         bin: impl AsRef<Path>,
@@ -67,12 +72,15 @@ impl Daemon {
             io.into(),
             "--http-listen".into(),
             "127.0.0.1:0".into(),
+            "--worklist-listen".into(),
+            "127.0.0.1:0".into(),
         ];
         args.extend(extra_args.iter().map(|a| a.into()));
         Daemon::spawn(bin.as_ref(), &args, dir)
     }
 
-    /// Spawns `bin` with exactly `args` and waits for the ready line (30 s).
+    /// Spawns `bin` with exactly `args` and waits for the ready line (30 s): the store line,
+    /// or with `--only worklist` the worklist line.
     pub fn spawn(
         bin: &Path,
         args: &[std::ffi::OsString],
@@ -86,6 +94,9 @@ impl Daemon {
             .spawn()
             .map_err(|e| format!("cannot spawn {}: {e}", bin.display()))?;
         let pid = child.id();
+        let worklist_only = args
+            .windows(2)
+            .any(|w| w[0] == "--only" && w[1] == "worklist");
         let (stderr, he) = drain(child.stderr.take().unwrap());
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel::<String>();
@@ -107,6 +118,7 @@ impl Daemon {
         let mut d = Daemon {
             port: 0,
             http_port: 0,
+            worklist_port: 0,
             pid,
             data_dir: data_dir.to_path_buf(),
             child,
@@ -127,6 +139,20 @@ impl Daemon {
                             .and_then(|a| a.rsplit_once(':'))
                             .and_then(|(_, p)| p.parse().ok())
                             .unwrap_or(0);
+                    }
+                    if let Some(addr) = line.strip_prefix(WORKLIST_PREFIX) {
+                        d.worklist_port = addr
+                            .split_whitespace()
+                            .next()
+                            .and_then(|a| a.rsplit_once(':'))
+                            .and_then(|(_, p)| p.parse().ok())
+                            .unwrap_or(0);
+                        if worklist_only {
+                            if d.worklist_port == 0 {
+                                break format!("unparsable worklist line {line:?}");
+                            }
+                            return Ok(d);
+                        }
                     }
                     if let Some(addr) = line.strip_prefix(READY_PREFIX) {
                         // "ADDR:PORT (io=BACKEND)": the address is the first word.
@@ -164,6 +190,11 @@ impl Daemon {
             d.stdout(),
             d.stderr()
         ))
+    }
+
+    /// The worklist service's address, 127.0.0.1:port.
+    pub fn worklist_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.worklist_port)
     }
 
     /// 127.0.0.1:port as a string.

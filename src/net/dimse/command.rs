@@ -18,6 +18,8 @@ pub enum CommandField {
     CGetRq = 0x0010,
     /// C-FIND-RQ
     CFindRq = 0x0020,
+    /// C-FIND-RSP
+    CFindRsp = 0x8020,
     /// C-MOVE-RQ
     CMoveRq = 0x0021,
     /// C-ECHO-RQ
@@ -26,6 +28,14 @@ pub enum CommandField {
     CEchoRsp = 0x8030,
     /// C-CANCEL-RQ
     CCancelRq = 0x0FFF,
+    /// N-SET-RQ
+    NSetRq = 0x0120,
+    /// N-SET-RSP
+    NSetRsp = 0x8120,
+    /// N-CREATE-RQ
+    NCreateRq = 0x0140,
+    /// N-CREATE-RSP
+    NCreateRsp = 0x8140,
 }
 
 /// Command Data Set Type value meaning "no dataset follows" (PS3.7 §E.1).
@@ -37,6 +47,8 @@ pub mod tags {
     pub const GROUP_LENGTH: (u16, u16) = (0x0000, 0x0000);
     /// Affected SOP Class UID
     pub const AFFECTED_SOP_CLASS_UID: (u16, u16) = (0x0000, 0x0002);
+    /// Requested SOP Class UID (N-SET, N-GET, N-ACTION, N-DELETE)
+    pub const REQUESTED_SOP_CLASS_UID: (u16, u16) = (0x0000, 0x0003);
     /// Command Field
     pub const COMMAND_FIELD: (u16, u16) = (0x0000, 0x0100);
     /// Message ID
@@ -49,10 +61,18 @@ pub mod tags {
     pub const COMMAND_DATA_SET_TYPE: (u16, u16) = (0x0000, 0x0800);
     /// Status
     pub const STATUS: (u16, u16) = (0x0000, 0x0900);
+    /// Offending Element
+    pub const OFFENDING_ELEMENT: (u16, u16) = (0x0000, 0x0901);
     /// Error Comment
     pub const ERROR_COMMENT: (u16, u16) = (0x0000, 0x0902);
+    /// Error ID
+    pub const ERROR_ID: (u16, u16) = (0x0000, 0x0903);
     /// Affected SOP Instance UID
     pub const AFFECTED_SOP_INSTANCE_UID: (u16, u16) = (0x0000, 0x1000);
+    /// Requested SOP Instance UID (N-SET, N-GET, N-ACTION, N-DELETE)
+    pub const REQUESTED_SOP_INSTANCE_UID: (u16, u16) = (0x0000, 0x1001);
+    /// Attribute Identifier List
+    pub const ATTRIBUTE_IDENTIFIER_LIST: (u16, u16) = (0x0000, 0x1005);
     /// Move Originator Application Entity Title
     pub const MOVE_ORIGINATOR_AE_TITLE: (u16, u16) = (0x0000, 0x1030);
     /// Move Originator Message ID
@@ -80,6 +100,10 @@ pub struct Command {
     pub move_originator_message_id: Option<u16>,
     /// Status (present in responses).
     pub status: Option<u16>,
+    /// Requested SOP Class UID (N-SET and the other normalized requests on one instance).
+    pub requested_sop_class_uid: Option<String>,
+    /// Requested SOP Instance UID.
+    pub requested_sop_instance_uid: Option<String>,
 }
 
 /// Why a command set could not be decoded; the association is aborted.
@@ -157,13 +181,20 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, CommandError> {
             tags::AFFECTED_SOP_INSTANCE_UID => {
                 cmd.affected_sop_instance_uid = Some(text(group, elem, v)?)
             }
+            tags::REQUESTED_SOP_CLASS_UID => {
+                cmd.requested_sop_class_uid = Some(text(group, elem, v)?)
+            }
+            tags::REQUESTED_SOP_INSTANCE_UID => {
+                cmd.requested_sop_instance_uid = Some(text(group, elem, v)?)
+            }
             tags::MOVE_ORIGINATOR_AE_TITLE => {
                 cmd.move_originator_ae_title = Some(text(group, elem, v)?)
             }
             tags::MOVE_ORIGINATOR_MESSAGE_ID => {
                 cmd.move_originator_message_id = Some(us(group, elem, v)?)
             }
-            // Present in responses only: a response's own "message id".
+            // In responses, a response's own "message id"; in a C-CANCEL-RQ (which has no
+            // Message ID) the request it cancels.
             tags::MESSAGE_ID_BEING_RESPONDED_TO if message_id.is_none() => {
                 message_id = Some(us(group, elem, v)?);
             }
@@ -217,6 +248,16 @@ impl CommandBuilder {
         self.body.extend_from_slice(value.as_bytes());
         if value.len() % 2 == 1 {
             self.body.push(b' ');
+        }
+        self
+    }
+
+    /// Adds an AT element list (tags as group, element pairs).
+    pub fn at(mut self, tag: (u16, u16), values: &[(u16, u16)]) -> Self {
+        self.header(tag, values.len() * 4);
+        for (g, e) in values {
+            self.body.extend_from_slice(&g.to_le_bytes());
+            self.body.extend_from_slice(&e.to_le_bytes());
         }
         self
     }

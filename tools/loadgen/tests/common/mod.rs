@@ -229,7 +229,7 @@ const READY: &str = "dicom-gw: store listening on ";
 
 impl Gw {
     /// Starts `dicom-gw serve --data-dir DIR --store-listen 127.0.0.1:0 --io epoll
-    /// --http-listen 127.0.0.1:0` and waits
+    /// --http-listen 127.0.0.1:0 --worklist-listen 127.0.0.1:0` and waits
     /// (30 s) for its ready line.
     pub fn start(data_dir: &Path) -> Gw {
         let mut child = Command::new(gw_bin())
@@ -237,6 +237,7 @@ impl Gw {
             .arg(data_dir)
             .args(["--store-listen", "127.0.0.1:0", "--io", "epoll"])
             .args(["--http-listen", "127.0.0.1:0"])
+            .args(["--worklist-listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
