@@ -156,10 +156,16 @@ impl MppsError {
     /// Error Comment (0000,0902), at most 64 characters (LO). For the final-state refusal it
     /// is exactly the standard's text.
     pub fn error_comment(&self) -> String {
-        match self {
-            MppsError::NoLongerUpdatable(_) => COMMENT_NO_LONGER_UPDATABLE.to_owned(),
-            other => other.to_string().chars().take(64).collect(),
-        }
+        let text = match self {
+            MppsError::NoLongerUpdatable(_) => return COMMENT_NO_LONGER_UPDATABLE.to_owned(),
+            // The keyword and the reason, without the tag: 64 characters go fast.
+            MppsError::InvalidAttributeValue { tag, reason } => match keyword(*tag) {
+                Some(k) => format!("{k}: {reason}"),
+                None => self.to_string(),
+            },
+            other => other.to_string(),
+        };
+        text.chars().take(64).collect()
     }
 
     /// Error ID (0000,0903), where the standard defines one.
@@ -254,7 +260,7 @@ pub fn n_create(
     if PpsStatus::parse(status) != Some(PpsStatus::InProgress) {
         return Err(MppsError::InvalidAttributeValue {
             tag: tags::PERFORMED_PROCEDURE_STEP_STATUS,
-            reason: format!("N-CREATE must have status IN PROGRESS, not {status:?}"),
+            reason: format!("must be IN PROGRESS at N-CREATE, not {status:?}"),
         });
     }
     if let Some(steps) = attributes.items(tags::SCHEDULED_STEP_ATTRIBUTES_SEQUENCE) {

@@ -25,11 +25,15 @@
 
 pub mod daemon;
 pub mod dcmtk;
+pub mod http;
 pub mod part10;
+pub mod python;
 
 pub use daemon::*;
 pub use dcmtk::*;
+pub use http::*;
 pub use part10::*;
+pub use python::*;
 pub mod forward;
 pub use forward::*;
 

@@ -55,7 +55,7 @@ pub enum FindOutcome {
 /// Decodes a dataset received in `ts` (a transfer syntax UID as negotiated). An odd length is
 /// refused first: the parser would read the stray byte as a clean end of data.
 pub fn read_dataset(bytes: &[u8], ts: &str) -> Result<InMemDicomObject, String> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(format!("dataset of odd length {}", bytes.len()));
     }
     let syntax = TransferSyntaxRegistry
