@@ -208,6 +208,7 @@ pub fn recover_pending(index: &Index, data: &DataDir) -> Result<(u64, usize), St
     let next_seq = entries.iter().map(|(k, _)| k + 1).max().unwrap_or(0);
     let mut removed = 0;
     let mut removed_uids = HashSet::new();
+    let mut touched_studies = HashSet::new();
     for uid in entries.iter().flat_map(|(_, uids)| uids) {
         let Some(rec) = index::get_instance_tx(&tx, uid)? else {
             continue;
@@ -221,6 +222,7 @@ pub fn recover_pending(index: &Index, data: &DataDir) -> Result<(u64, usize), St
         remove_quietly(&path);
         removed += 1;
         removed_uids.insert(uid.clone());
+        touched_studies.insert(rec.study_instance_uid);
     }
     // Their forward jobs go too: those objects were never acknowledged.
     crate::queue::remove_jobs_of(&tx, &removed_uids).map_err(|e| StoreError::Io(e.to_string()))?;
@@ -233,6 +235,7 @@ pub fn recover_pending(index: &Index, data: &DataDir) -> Result<(u64, usize), St
         }
     }
     tx.commit().map_err(index::IndexError::from)?;
+    index.refresh_studies(&touched_studies)?;
     Ok((next_seq, removed))
 }
 
@@ -424,6 +427,20 @@ fn commit_batch(
         "group commit"
     );
 
+    // Searches are served from the study summary: publish this batch's studies before anyone
+    // is answered, so an acknowledged object is found. Failed or not, re-reading is harmless.
+    let touched = items
+        .iter()
+        .filter(|it| {
+            matches!(
+                it.result,
+                Some(Ok(CommitOutcome::Stored | CommitOutcome::Replaced))
+            )
+        })
+        .map(|it| it.req.record.study_instance_uid.as_str());
+    if let Err(e) = index.refresh_studies(touched) {
+        tracing::error!(error = %e, "study summary refresh failed; study searches read the index until it reloads");
+    }
     if let Err((e, committed)) = outcome {
         tracing::error!(error = %e, objects = items.len(), committed, "group commit failed; refusing the batch");
         if !committed {
@@ -705,6 +722,91 @@ mod tests {
             })
             .collect();
         assert_eq!(keys, vec![(1002, "1.2.3.2".to_owned())]);
+    }
+
+    /// Searches are served from the study summary: an object is found there as soon as it is
+    /// acknowledged, a replacement updates its study without counting twice, and start-up
+    /// recovery's removals leave it too — without any refresh by the caller.
+    #[test]
+    fn the_study_summary_follows_every_commit_before_the_answer() {
+        use crate::store::index::StudyFilter;
+        let d = tempfile::tempdir().unwrap();
+        let (data, _) = DataDir::prepare(d.path()).unwrap();
+        let index = Arc::new(Index::open(&data.index_path()).unwrap());
+        let (committer, thread, _) = Committer::start(
+            index.clone(),
+            data.clone(),
+            CommitterConfig {
+                durability: Durability::Full,
+                duplicate_policy: DuplicatePolicy::Replace,
+                max_batch: 16,
+                window: Duration::ZERO,
+                retire_unrouted: false,
+                wake: None,
+            },
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let submit = |n: u32, dataset: &[u8], description: &str| {
+            let (rec, mut attrs) = object(&data, n, dataset);
+            attrs.study_description = description.into();
+            let temp = data.tmp().join(format!("{n}.part"));
+            std::fs::rename(data.root().join(&rec.path), &temp).unwrap();
+            rt.block_on(committer.commit(temp, rec, attrs, Vec::new()))
+                .unwrap()
+        };
+        let search = || {
+            index
+                .search_studies(
+                    &StudyFilter {
+                        modality: Some("CT".into()),
+                        ..Default::default()
+                    },
+                    0,
+                    10,
+                )
+                .unwrap()
+        };
+        assert_eq!(search().total, 0);
+        assert_eq!(submit(1, b"first", "ONE"), CommitOutcome::Stored);
+        let page = search();
+        assert_eq!((page.total, page.items[0].num_instances), (1, 1));
+        assert_eq!(page.items[0].study_description, "ONE");
+        assert_eq!(submit(2, b"second", "TWO"), CommitOutcome::Stored);
+        assert_eq!(search().items[0].num_instances, 2);
+        assert_eq!(
+            submit(2, b"second, replaced", "THREE"),
+            CommitOutcome::Replaced
+        );
+        let page = search();
+        assert_eq!(page.items[0].num_instances, 2);
+        assert_eq!(page.items[0].study_description, "THREE");
+        assert_eq!(
+            submit(2, b"second, replaced", "FOUR"),
+            CommitOutcome::IdenticalDuplicate
+        );
+        assert_eq!(search().items[0], index.study("1.2").unwrap().unwrap());
+        drop(committer);
+        thread.join().unwrap();
+
+        // Start-up recovery removes a row whose file is incomplete: the summary follows.
+        let (bad, ba) = object(&data, 3, b"third");
+        let tx = index.database().begin_write().unwrap();
+        index::put_instance(&tx, &bad, &ba, false).unwrap();
+        {
+            let mut t = tx.open_table(crate::db::PENDING_SYNC).unwrap();
+            let uids = postcard::to_allocvec(&vec![bad.sop_instance_uid.as_str()]).unwrap();
+            t.insert(40, uids.as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+        index.refresh_studies(["1.2"]).unwrap();
+        assert_eq!(search().items[0].num_instances, 3);
+        std::fs::write(data.root().join(&bad.path), b"torn").unwrap();
+        assert_eq!(recover_pending(&index, &data).unwrap(), (41, 1));
+        assert_eq!(search().items[0].num_instances, 2);
+        assert_eq!(search().items[0], index.study("1.2").unwrap().unwrap());
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub fn sweep(
     loop {
         let tx = index.database().begin_write()?;
         let mut files: Vec<PathBuf> = Vec::new();
+        let mut studies: Vec<String> = Vec::new();
         let n;
         {
             let mut candidates: Vec<(u64, String)> = Vec::new();
@@ -62,12 +63,17 @@ pub fn sweep(
                     Some(rec) if rec.received_at_us == at => {
                         index::remove_instance(&tx, &sop)?;
                         files.push(data.root().join(&rec.path));
+                        studies.push(rec.study_instance_uid);
                     }
                     _ => {}
                 }
             }
         }
         tx.commit()?;
+        // Study searches are served from the summary: it must drop what was just deleted.
+        if let Err(e) = index.refresh_studies(&studies) {
+            error!(error = %e, "study summary refresh failed; study searches read the index until it reloads");
+        }
         for f in &files {
             crate::store::writer::remove_quietly(f);
             // Empty series and study directories go too (errors: not empty, or raced).
@@ -128,5 +134,71 @@ impl Sweeper {
         *self.stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.stop.1.notify_all();
         let _ = self.thread.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::attrs::IndexAttrs;
+    use crate::store::index::{InstanceRecord, StudyFilter};
+
+    /// The sweep's deletions reach the study summary that serves searches.
+    #[test]
+    fn the_study_summary_follows_retention_deletions() {
+        let d = tempfile::tempdir().unwrap();
+        let (data, _) = DataDir::prepare(d.path()).unwrap();
+        let index = Index::open(&data.index_path()).unwrap();
+        let tx = index.database().begin_write().unwrap();
+        // Study 1.1: two objects, one old enough to go; study 1.2: one old object.
+        for (study, sop, at) in [
+            ("1.1", "3.1", 10u64),
+            ("1.1", "3.2", 5_000_000),
+            ("1.2", "3.3", 20),
+        ] {
+            let attrs = IndexAttrs {
+                study_instance_uid: study.into(),
+                series_instance_uid: format!("{study}.1"),
+                sop_instance_uid: sop.into(),
+                patient_id: "P1".into(),
+                modality: "CT".into(),
+                ..Default::default()
+            };
+            let rec = InstanceRecord {
+                sop_instance_uid: sop.into(),
+                sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+                study_instance_uid: study.into(),
+                series_instance_uid: format!("{study}.1"),
+                instance_number: "1".into(),
+                transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+                file_size: 1,
+                dataset_size: 1,
+                dataset_blake3: String::new(),
+                received_at_us: at,
+                calling_ae_title: String::new(),
+                called_ae_title: String::new(),
+                path: format!("objects/{study}/{study}.1/{sop}.dcm"),
+            };
+            index::put_instance(&tx, &rec, &attrs, false).unwrap();
+            crate::queue::mark_retirable(&tx, at, sop).unwrap();
+        }
+        tx.commit().unwrap();
+        index.refresh_studies(["1.1", "1.2"]).unwrap();
+        assert_eq!(index.study_summary().len(), 2);
+
+        let deleted = sweep(&index, &data, 1_000_000, Duration::from_micros(500_000)).unwrap();
+        assert_eq!(deleted, 2);
+        let all = index
+            .search_studies(&StudyFilter::default(), 0, 10)
+            .unwrap();
+        assert_eq!(all.total, 1);
+        assert_eq!(all.items[0].study_instance_uid, "1.1");
+        assert_eq!(all.items[0].num_instances, 1);
+        assert_eq!(
+            all,
+            index
+                .search_studies_in_table(&StudyFilter::default(), 0, 10)
+                .unwrap()
+        );
     }
 }

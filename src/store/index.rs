@@ -10,6 +10,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Wri
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::attrs::IndexAttrs;
+use super::summary::StudySummary;
 use crate::db;
 
 /// Errors of the index layer.
@@ -138,7 +139,7 @@ pub struct PatientRecord {
     pub num_studies: u64,
 }
 
-fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, IndexError> {
+pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, IndexError> {
     postcard::from_bytes(bytes).map_err(|source| IndexError::Decode {
         key: key.to_owned(),
         source,
@@ -338,20 +339,39 @@ pub fn remove_instance(
     Ok(Some(rec))
 }
 
-/// Read access to the index.
+/// Read access to the index, and the in-memory study summary that serves study searches.
 #[derive(Debug)]
 pub struct Index {
     db: Database,
+    studies: StudySummary,
 }
 
 impl Index {
-    /// Opens (creating if needed) the index database at `path` and its tables.
+    /// Opens (creating if needed) the index database at `path` and its tables, and loads the
+    /// study summary.
     pub fn open(path: &Path) -> Result<Self, IndexError> {
         let db = Database::create(path)?;
         let tx = db.begin_write()?;
         create_tables(&tx)?;
         tx.commit()?;
-        Ok(Self { db })
+        let studies = StudySummary::load(&db)?;
+        Ok(Self { db, studies })
+    }
+
+    /// Publishes the committed state of `study_uids` to the study summary. Every writer of
+    /// study rows ([`put_instance`], [`remove_instance`]) must call this after its commit —
+    /// before it acknowledges anything — or searches will not see its changes.
+    pub fn refresh_studies<I, S>(&self, study_uids: I) -> Result<(), IndexError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.studies.refresh(&self.db, study_uids)
+    }
+
+    /// The study summary (for its size and tests).
+    pub fn study_summary(&self) -> &StudySummary {
+        &self.studies
     }
 
     /// The underlying database, for the committer's write transactions.
@@ -500,9 +520,24 @@ fn page_of<T>(all: Vec<T>, offset: u64, limit: usize) -> Page<T> {
 
 impl Index {
     /// Studies passing `filter`, in Study Instance UID order (stable across pages), skipping
-    /// `offset` and returning at most `limit`, with the number of matches. One read
-    /// transaction; a scan of the study table (an administrative search, not a hot path).
+    /// `offset` and returning at most `limit`, with the number of matches. Served from the
+    /// in-memory study summary (no redb transaction, so a search load does not compete with
+    /// ingest for decoding work); from the table only if the summary is stale.
     pub fn search_studies(
+        &self,
+        filter: &StudyFilter,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Page<StudyRecord>, IndexError> {
+        if self.studies.is_stale() {
+            return self.search_studies_in_table(filter, offset, limit);
+        }
+        Ok(self.studies.search(filter, offset, limit))
+    }
+
+    /// [`Index::search_studies`] by a scan of the study table in one read transaction: the
+    /// fallback while the summary is stale, and the reference the summary is tested against.
+    pub fn search_studies_in_table(
         &self,
         filter: &StudyFilter,
         offset: u64,
@@ -694,6 +729,9 @@ mod listing_tests {
         put(&tx, "1.1", "2.2", "3.9", "9", "NAME1");
         put(&tx, "1.1", "2.2", "3.11", "", "NAME1");
         tx.commit().unwrap();
+        index
+            .refresh_studies(["1.1", "1.2", "1.3", "1.4", "1.5"])
+            .unwrap();
 
         let all = index
             .search_studies(&StudyFilter::default(), 0, 100)

@@ -26,6 +26,15 @@ use crate::store::DataDir;
 /// Bytes read per chunk of a download.
 const CHUNK: usize = 256 * 1024;
 
+/// Up to this many studies in the summary a search runs on the API thread itself (a scan of
+/// that many in-memory records takes well under a millisecond): the API then uses at most that
+/// one thread, at its lower priority, however hard it is loaded.
+const INLINE_SEARCH_STUDIES: usize = 20_000;
+
+/// Larger summaries are searched on the blocking pool, one search at a time, so a saturating
+/// search load still occupies at most one blocking thread besides the API thread.
+static SEARCH_SLOT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// A UID path parameter, validated (400 naming the parameter).
 fn uid_param(p: &Params, name: &str) -> Result<String, ApiError> {
     validate_uid(p.get(name))
@@ -70,7 +79,9 @@ fn date_range(v: &str) -> Result<(String, String), ApiError> {
 }
 
 /// `GET /studies`: search (`patient_id`, `patient_name`, `study_date`, `accession_number`,
-/// `modality`), paginated.
+/// `modality`), paginated. Served from the index's in-memory study summary, never from a redb
+/// transaction, with the API's share of the CPU bounded (see [`INLINE_SEARCH_STUDIES`]), so a
+/// search load cannot slow ingest (docs/benchmarks.md, issue 5).
 pub async fn search(req: &Request<Incoming>, ctx: &Ctx<'_>) -> Result<Response<Body>, ApiError> {
     let mut q = Query::parse(req.uri())?;
     let filter = StudyFilter {
@@ -83,12 +94,21 @@ pub async fn search(req: &Request<Incoming>, ctx: &Ctx<'_>) -> Result<Response<B
     let (offset, limit) = q.page()?;
     q.finish()?;
     let index = ctx.state.index.clone();
-    let page = blocking(move || {
-        index
-            .search_studies(&filter, offset, limit)
-            .map_err(index_err)
-    })
-    .await?;
+    let summary = index.study_summary();
+    let page = if !summary.is_stale() && summary.len() <= INLINE_SEARCH_STUDIES {
+        summary.search(&filter, offset, limit)
+    } else {
+        let _slot = SEARCH_SLOT
+            .acquire()
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        blocking(move || {
+            index
+                .search_studies(&filter, offset, limit)
+                .map_err(index_err)
+        })
+        .await?
+    };
     Ok(page_response(&page.items, page.total, offset, limit))
 }
 
