@@ -17,6 +17,8 @@ use dicom_loadgen::stats::{RunInfo, Summary};
 use dicom_loadgen::synth::{SizeMix, SynthSpec, UidRoot, CT_IMAGE_STORAGE};
 use dicom_loadgen::verify::{self, Layout, VerifyReport};
 
+mod mwl;
+
 /// DICOM load generator: C-STORE, C-ECHO and C-FIND load with latency percentiles.
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +41,10 @@ enum Cmd {
     Echo(EchoArgs),
     /// C-FIND (Modality Worklist by default).
     Find(FindArgs),
+    /// Modality Worklist C-FIND load: a realistic query mix over the items of `mwl-items`.
+    Mwl(MwlArgs),
+    /// Write the worklist items `mwl` queries (DICOM JSON array and/or wlmscpfs .wl files).
+    MwlItems(MwlItemsArgs),
     /// Re-check a manifest written by `store --manifest` against a data directory.
     Verify(VerifyArgs),
     /// Write synthesized objects as Part-10 files (what `store` would send).
@@ -188,6 +194,95 @@ struct FindArgs {
     /// Information model: mwl (default), patient, study, or a SOP Class UID.
     #[arg(long, value_name = "MODEL", default_value = "mwl")]
     model: String,
+}
+
+/// The worklist items' layout, shared by `mwl` and `mwl-items` (see `mwl.rs`).
+#[derive(Debug, Args)]
+struct MwlLayoutArgs {
+    /// Number of worklist items.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    items: u32,
+    /// Number of scheduled stations (modalities CT, MR, US, CR, DX, MG, NM, XA in rotation).
+    #[arg(long, value_name = "N", default_value_t = 40)]
+    stations: u32,
+    /// Number of distinct dates, centred on --today.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    days: u32,
+    /// The date queries call today, YYYYMMDD (default: today, UTC).
+    #[arg(long, value_name = "YYYYMMDD", value_parser = mwl::parse_date)]
+    today: Option<i64>,
+}
+
+impl MwlLayoutArgs {
+    fn layout(&self) -> anyhow::Result<mwl::Layout> {
+        mwl::Layout::new(
+            self.items,
+            self.stations,
+            self.days,
+            self.today.unwrap_or_else(mwl::today),
+        )
+        .map_err(anyhow::Error::msg)
+    }
+}
+
+#[derive(Debug, Args)]
+struct MwlArgs {
+    /// The worklist SCP, HOST:PORT.
+    target: String,
+    /// Concurrent associations, each reused for every query (one thread each).
+    #[arg(
+        short = 'c',
+        long = "concurrency",
+        value_name = "N",
+        default_value_t = 1
+    )]
+    concurrency: usize,
+    /// Run for this many seconds (default 10 unless -n is given).
+    #[arg(short = 'd', long = "duration", value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Stop after this many queries (with -d too: whichever ends first).
+    #[arg(short = 'n', long = "count", value_name = "COUNT")]
+    count: Option<u64>,
+    #[command(flatten)]
+    layout: MwlLayoutArgs,
+    /// Query kinds and weights: station, station-range, modality, patient
+    /// (default station=50,station-range=15,modality=15,patient=20).
+    #[arg(long, value_name = "KIND=W,...", value_parser = mwl::Mix::parse)]
+    mix: Option<mwl::Mix>,
+    /// Fail every query whose number of matches differs from the layout's.
+    #[arg(long)]
+    expect: bool,
+    /// Seed of the query choice.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+    /// Calling AE title.
+    #[arg(long, value_name = "AET", default_value = "LOADGEN")]
+    aet: String,
+    /// Called AE title.
+    #[arg(long, value_name = "AET", default_value = "DICOM_GW")]
+    aec: String,
+    /// Write the JSON summary to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Network timeout in seconds (connect, each read, each write).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    timeout: f64,
+    /// Maximum PDU length we announce (for responses).
+    #[arg(long = "max-pdu", value_name = "BYTES", default_value_t = 262_144)]
+    max_pdu: u32,
+}
+
+#[derive(Debug, Args)]
+struct MwlItemsArgs {
+    #[command(flatten)]
+    layout: MwlLayoutArgs,
+    /// Write the items as a DICOM JSON array (for `dicom-gw worklist import`).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write the items as Part-10 files DIR/NNNNNN.wl plus DIR/lockfile (for wlmscpfs, whose
+    /// data files path holds one such directory per called AE title).
+    #[arg(long = "wl-dir", value_name = "DIR")]
+    wl_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -440,6 +535,87 @@ fn find(a: FindArgs) -> anyhow::Result<ExitCode> {
     finish(&a.common, &Summary::new(&inf, &r.stats, r.elapsed, r.fatal))
 }
 
+fn mwl_cmd(a: MwlArgs) -> anyhow::Result<ExitCode> {
+    let addr = a
+        .target
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {}", a.target))?
+        .next()
+        .with_context(|| format!("{} resolves to no address", a.target))?;
+    ensure!(
+        (1..=4096).contains(&a.concurrency),
+        "-c must be between 1 and 4096"
+    );
+    for (name, ae) in [("--aet", &a.aet), ("--aec", &a.aec)] {
+        ensure!(
+            !ae.trim().is_empty() && ae.len() <= 16 && ae.is_ascii() && !ae.contains('\\'),
+            "{name} must be 1 to 16 ASCII characters"
+        );
+    }
+    ensure!(
+        (1024..=dicom_ul::pdu::MAXIMUM_PDU_SIZE).contains(&a.max_pdu),
+        "--max-pdu must be at least 1024"
+    );
+    let duration = match (a.duration, a.count) {
+        (Some(d), _) => Some(secs(d, "-d")?),
+        (None, Some(_)) => None,
+        (None, None) => Some(Duration::from_secs(10)),
+    };
+    let cfg = mwl::MwlConfig {
+        addr,
+        target: a.target.clone(),
+        calling: a.aet.clone(),
+        called: a.aec.clone(),
+        concurrency: a.concurrency,
+        duration,
+        count: a.count,
+        layout: a.layout.layout()?,
+        mix: a.mix.unwrap_or_else(mwl::Mix::standard),
+        expect: a.expect,
+        timeout: secs(a.timeout, "--timeout")?.max(Duration::from_millis(1)),
+        max_pdu: a.max_pdu,
+        seed: a.seed,
+    };
+    let s = mwl::run(cfg);
+    print!("{}", s.report());
+    if let Some(p) = &a.json {
+        write_json(p, &s)?;
+    }
+    Ok(if s.fatal.is_some() {
+        ExitCode::from(2)
+    } else if s.errors > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn mwl_items(a: MwlItemsArgs) -> anyhow::Result<ExitCode> {
+    ensure!(
+        a.json.is_some() || a.wl_dir.is_some(),
+        "give --json FILE and/or --wl-dir DIR"
+    );
+    let layout = a.layout.layout()?;
+    if let Some(p) = &a.json {
+        layout
+            .write_json(p)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(d) = &a.wl_dir {
+        layout
+            .write_wl(d)
+            .with_context(|| format!("writing under {}", d.display()))?;
+    }
+    println!(
+        "dicom-loadgen: {} worklist items, {} stations, {} days around {}",
+        layout.items,
+        layout.stations,
+        layout.days,
+        mwl::civil(layout.base)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn verify_cmd(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let records = verify::read_manifest(&a.manifest)
         .with_context(|| format!("reading {}", a.manifest.display()))?;
@@ -510,6 +686,8 @@ fn main() -> ExitCode {
         Cmd::DiskCeiling(a) => disk_ceiling(a),
         Cmd::Echo(a) => echo(a),
         Cmd::Find(a) => find(a),
+        Cmd::Mwl(a) => mwl_cmd(a),
+        Cmd::MwlItems(a) => mwl_items(a),
         Cmd::Verify(a) => verify_cmd(a),
         Cmd::Synth(a) => synth(a),
     };
