@@ -302,6 +302,43 @@ pub struct Metrics {
     commit_batch: AtomicHistogram<BATCH_BUCKETS>,
     commit_duration: AtomicHistogram<LATENCY_BUCKETS>,
     destinations: RwLock<BTreeMap<String, Arc<DestinationMetrics>>>,
+    worklist: WorklistMetrics,
+}
+
+/// Worklist service counters: low-rate, so plain shared atomics (no per-core slots).
+#[derive(Debug)]
+struct WorklistMetrics {
+    /// MWL C-FIND requests by [`FIND_RESULTS`] index.
+    find: [AtomicU64; 3],
+    /// Pending responses (matches) sent.
+    matches: AtomicU64,
+    /// Request to final response.
+    find_duration: AtomicHistogram<LATENCY_BUCKETS>,
+    /// MPPS requests by operation (N-CREATE, N-SET) and status class (success, failure).
+    mpps: [[AtomicU64; 2]; 2],
+}
+
+/// Label values of `dicomgw_worklist_find_total{result}`.
+const FIND_RESULTS: [&str; 3] = ["success", "cancel", "failure"];
+
+/// How a C-FIND ended, for [`Metrics::worklist_find`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FindResult {
+    /// Final status 0000.
+    Success,
+    /// Ended by a C-CANCEL (FE00).
+    Cancel,
+    /// Refused (A900, C000, …).
+    Failure,
+}
+
+/// Which MPPS request, for [`Metrics::mpps`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MppsOp {
+    /// N-CREATE
+    Create,
+    /// N-SET
+    Set,
 }
 
 static GLOBAL: OnceLock<Metrics> = OnceLock::new();
@@ -394,7 +431,29 @@ impl Metrics {
             commit_batch: AtomicHistogram::new(),
             commit_duration: AtomicHistogram::new(),
             destinations: RwLock::new(BTreeMap::new()),
+            worklist: WorklistMetrics {
+                find: Default::default(),
+                matches: AtomicU64::new(0),
+                find_duration: AtomicHistogram::new(),
+                mpps: Default::default(),
+            },
         }
+    }
+
+    /// A Modality Worklist C-FIND ended: how, after how many matches sent, and how long from
+    /// the request to the final response.
+    pub fn worklist_find(&self, result: FindResult, matches: usize, elapsed: Duration) {
+        let w = &self.worklist;
+        w.find[result as usize].fetch_add(1, Relaxed);
+        w.matches
+            .fetch_add(u64::try_from(matches).unwrap_or(u64::MAX), Relaxed);
+        w.find_duration.observe(&LATENCY_BOUNDS_NS, nanos(elapsed));
+    }
+
+    /// An MPPS request was answered with `status`.
+    pub fn mpps(&self, op: MppsOp, status: u16) {
+        let class = usize::from(status != 0);
+        self.worklist.mpps[op as usize][class].fetch_add(1, Relaxed);
     }
 
     fn slot(&self, core: usize) -> &CoreSlot {
@@ -505,6 +564,14 @@ impl Metrics {
             commit_batch: self.sum(&self.commit_batch),
             commit_duration: self.sum(&self.commit_duration),
             destinations: self.sum_destinations(snapshot),
+            worklist: WorklistTotals {
+                find: std::array::from_fn(|i| self.worklist.find[i].load(Relaxed)),
+                matches: self.worklist.matches.load(Relaxed),
+                find_duration: self.sum(&self.worklist.find_duration),
+                mpps: std::array::from_fn(|op| {
+                    std::array::from_fn(|c| self.worklist.mpps[op][c].load(Relaxed))
+                }),
+            },
             snapshot: snapshot.clone(),
         };
         let mut registry = Registry::default();
@@ -590,7 +657,16 @@ struct Exposition {
     commit_batch: HistogramValue,
     commit_duration: HistogramValue,
     destinations: Vec<(String, DestinationTotals)>,
+    worklist: WorklistTotals,
     snapshot: Snapshot,
+}
+
+#[derive(Debug)]
+struct WorklistTotals {
+    find: [u64; 3],
+    matches: u64,
+    find_duration: HistogramValue,
+    mpps: [[u64; 2]; 2],
 }
 
 /// A label value, escaped as the text format requires (`\\`, `\"`, `\n`).
@@ -791,6 +867,46 @@ impl Collector for Exposition {
             Gauge,
         )?;
         sample(&mut m, &[("backend", e(&self.snapshot.io_backend))], 1)?;
+
+        let w = &self.worklist;
+        let mut m = enc.encode_descriptor(
+            "dicomgw_worklist_find_total",
+            "Modality Worklist C-FIND requests, by how they ended (success, cancel by C-CANCEL, failure status).",
+            None,
+            Counter,
+        )?;
+        for (result, n) in FIND_RESULTS.iter().zip(w.find) {
+            sample(&mut m, &[("result", e(result))], n)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_worklist_matches_total",
+            "Worklist items sent in pending C-FIND responses.",
+            None,
+            Counter,
+        )?;
+        sample(&mut m, &[], w.matches)?;
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_worklist_find_duration_seconds",
+            "Time from a Modality Worklist C-FIND request to its final response (all pending responses sent).",
+            None,
+            Histogram,
+        )?;
+        w.find_duration
+            .encode(&LATENCY_BOUNDS_NS, NS_PER_SECOND, &mut m)?;
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_mpps_total",
+            "MPPS requests answered, by operation (n_create, n_set) and status class (success, failure).",
+            None,
+            Counter,
+        )?;
+        for (op, row) in ["n_create", "n_set"].iter().zip(w.mpps) {
+            for (class, n) in ["success", "failure"].iter().zip(row) {
+                sample(&mut m, &[("operation", e(op)), ("status", e(class))], n)?;
+            }
+        }
 
         let mut m = enc.encode_descriptor(
             "dicomgw_build_info",

@@ -246,5 +246,17 @@ fn mpps_from_pynetdicom_moves_the_item_through_its_states() {
     );
     assert_eq!(code, 200);
     assert_eq!(one["linked_items"], json!([ids[0]]));
+
+    // The metrics counted every answer by operation and outcome.
+    let mpps_metric = |op: &str, status: &str| {
+        metric_value(
+            api,
+            &format!("dicomgw_mpps_total{{operation=\"{op}\",status=\"{status}\"}}"),
+        )
+    };
+    assert_eq!(mpps_metric("n_create", "success"), Some(2.0));
+    assert_eq!(mpps_metric("n_create", "failure"), Some(2.0));
+    assert_eq!(mpps_metric("n_set", "success"), Some(2.0));
+    assert_eq!(mpps_metric("n_set", "failure"), Some(2.0));
     gw.stop();
 }

@@ -454,6 +454,26 @@ fn c_cancel_stops_a_large_result_set() {
     let all = findscu(gw.worklist_port, w, &["AccessionNumber=C0000*"], &[]);
     assert_eq!(all.responses.len(), 10, "{}", all.log);
     assert!(gw.stderr().contains("C-FIND cancelled"), "{}", gw.stderr());
+    // The metrics: one cancelled and one completed C-FIND, the 10 matches of the second
+    // among the matches sent, and the worklist associations counted apart from the store's.
+    let m = |sample: &str| metric_value(gw.http_port, sample).unwrap_or(-1.0);
+    assert_eq!(m("dicomgw_worklist_find_total{result=\"cancel\"}"), 1.0);
+    assert_eq!(m("dicomgw_worklist_find_total{result=\"success\"}"), 1.0);
+    assert_eq!(m("dicomgw_worklist_find_total{result=\"failure\"}"), 0.0);
+    let matches = m("dicomgw_worklist_matches_total");
+    assert!(
+        matches >= 15.0 && matches < (N / 2 + 10) as f64,
+        "{matches}"
+    );
+    assert_eq!(m("dicomgw_worklist_find_duration_seconds_count"), 2.0);
+    assert_eq!(
+        m("dicomgw_associations_total{service=\"worklist\",result=\"released\"}"),
+        2.0
+    );
+    assert_eq!(
+        m("dicomgw_associations_total{service=\"store\",result=\"released\"}"),
+        0.0
+    );
     gw.stop();
 }
 

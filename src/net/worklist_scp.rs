@@ -33,7 +33,7 @@ use super::ul::association::{negotiate, AcceptorPolicy, Decision, Negotiated};
 use super::ul::pdata::{
     check_length, encode_message, peek_header, split_pdata, FramingError, PduType, PDU_HEADER_LEN,
 };
-use crate::metrics::Service;
+use crate::metrics::{FindResult, MppsOp, Service};
 use crate::worklist::WorklistStore;
 
 /// Command sets are tiny; a bigger one is hostile.
@@ -343,7 +343,12 @@ fn serve_association(stream: TcpStream, peer: SocketAddr, scp: &WorklistScp) {
         pending: None,
     };
     if assoc.run() {
+        // Counted before the A-RELEASE-RP goes out, so a peer that has its answer sees it
+        // in the metrics.
         metric.released();
+        if assoc.conn.send_pdu(&Pdu::ReleaseRP).is_ok() {
+            assoc.conn.await_close();
+        }
         info!("worklist association released");
     }
 }
@@ -395,7 +400,8 @@ enum Interrupt {
 }
 
 impl Association<'_> {
-    /// Runs the association; `true` if it ended by an orderly release.
+    /// Runs the association; `true` if the peer asked for an orderly release (the caller
+    /// answers it).
     fn run(&mut self) -> bool {
         let timeout = self.conn.scp.dimse_timeout;
         loop {
@@ -441,9 +447,6 @@ impl Association<'_> {
                 PduType::ReleaseRq => {
                     if self.pending.is_some() || !self.command.is_empty() {
                         warn!("A-RELEASE-RQ in the middle of a message; the message is dropped");
-                    }
-                    if self.conn.send_pdu(&Pdu::ReleaseRP).is_ok() {
-                        self.conn.await_close();
                     }
                     return true;
                 }
@@ -578,6 +581,12 @@ impl Association<'_> {
             } else {
                 mpps::n_set(&store, &m.cmd, m.data.as_deref(), &ts)
             };
+            let op = if field == CommandField::NCreateRq as u16 {
+                MppsOp::Create
+            } else {
+                MppsOp::Set
+            };
+            crate::metrics::global().mpps(op, answer.status);
             if answer.status == 0 {
                 info!(op = if field == CommandField::NCreateRq as u16 { "N-CREATE" } else { "N-SET" },
                     sop = %answer.instance, "MPPS");
@@ -611,6 +620,7 @@ impl Association<'_> {
         outcome: FindOutcome,
         started: Instant,
     ) -> bool {
+        let metrics = crate::metrics::global();
         let matches = match outcome {
             FindOutcome::Refused {
                 status,
@@ -619,7 +629,9 @@ impl Association<'_> {
             } => {
                 warn!(status = format_args!("{status:04X}"), %comment, "C-FIND refused");
                 let rsp = mwl::final_response(rq, status, Some(&comment), offending);
-                return self.reply(pc_id, &rsp, None);
+                let sent = self.reply(pc_id, &rsp, None);
+                metrics.worklist_find(FindResult::Failure, 0, started.elapsed());
+                return sent;
             }
             FindOutcome::Matches(m) => m,
         };
@@ -631,7 +643,9 @@ impl Association<'_> {
                 Some(Interrupt::Cancel) => {
                     info!(sent, total, "C-FIND cancelled by the SCU");
                     let rsp = mwl::final_response(rq, mwl::status::CANCEL, None, None);
-                    return self.reply(pc_id, &rsp, None);
+                    let ok = self.reply(pc_id, &rsp, None);
+                    metrics.worklist_find(FindResult::Cancel, sent, started.elapsed());
+                    return ok;
                 }
                 Some(Interrupt::Gone) => return false,
             }
@@ -641,20 +655,25 @@ impl Association<'_> {
                     warn!(error = %e, "cannot encode a worklist response");
                     let rsp =
                         mwl::final_response(rq, mwl::status::UNABLE_TO_PROCESS, Some(&e), None);
-                    return self.reply(pc_id, &rsp, None);
+                    let ok = self.reply(pc_id, &rsp, None);
+                    metrics.worklist_find(FindResult::Failure, sent, started.elapsed());
+                    return ok;
                 }
             };
             if !self.reply(pc_id, &pending, Some(&bytes)) {
                 return false;
             }
         }
-        info!(
+        let rsp = mwl::final_response(rq, mwl::status::SUCCESS, None, None);
+        let ok = self.reply(pc_id, &rsp, None);
+        let elapsed = started.elapsed();
+        metrics.worklist_find(FindResult::Success, total, elapsed);
+        debug!(
             matches = total,
-            elapsed_us = started.elapsed().as_micros() as u64,
+            elapsed_us = elapsed.as_micros() as u64,
             "MWL C-FIND"
         );
-        let rsp = mwl::final_response(rq, mwl::status::SUCCESS, None, None);
-        self.reply(pc_id, &rsp, None)
+        ok
     }
 
     /// Looks, without waiting, at what the peer sent meanwhile: a C-CANCEL-RQ for

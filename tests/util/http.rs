@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// `METHOD target` on 127.0.0.1:`port` with an optional bearer token and JSON body; returns
-/// the status and the body parsed as JSON (`Value::Null` if it is not JSON).
+/// the status and the body parsed as JSON (a JSON string holding the text if it is not JSON).
 pub fn http_json(
     port: u16,
     method: &str,
@@ -46,8 +46,23 @@ pub fn http_json(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("status line");
-    let json = serde_json::from_slice(&raw[split + 4..]).unwrap_or(Value::Null);
+    let json = serde_json::from_slice(&raw[split + 4..])
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&raw[split + 4..]).into_owned()));
     (status, json)
+}
+
+/// The value of one sample (`name{labels}` exactly as exposed) in `GET /metrics`.
+pub fn metric_value(http_port: u16, sample: &str) -> Option<f64> {
+    let (code, body) = http_json(http_port, "GET", "/metrics", None, None);
+    assert_eq!(code, 200);
+    let text = body.as_str().unwrap_or_default().to_owned();
+    text.lines().find_map(|l| {
+        l.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// `dicom-gw token create --data-dir DIR --role ROLE`: the token (the last word printed).
