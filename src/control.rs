@@ -19,8 +19,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::forwarder::Shared;
-use super::{JobState, Queue, QueueError};
+use crate::queue::forwarder::Shared;
+use crate::queue::{JobState, Queue, QueueError};
 use crate::commit::timestamp_us;
 
 /// Most jobs one list returns.

@@ -10,6 +10,8 @@
 //! - [`net`]: upper layer (PDU framing, the PS3.8 state machine, negotiation), DIMSE, services,
 //!   and the association acceptor.
 //! - [`queue`]: forwarding jobs.
+//! - [`control`]: the control socket the CLI reaches the running daemon through (queue,
+//!   tokens, users, audit, worklist import), and the same operations offline.
 //! - [`commit`]: the group committer (files synced and renamed, index rows committed, in
 //!   batches) — the only writer of the index.
 //! - [`http`]: admin API and metrics.
@@ -18,6 +20,7 @@
 pub mod audit;
 pub mod commit;
 pub mod config;
+pub mod control;
 pub mod db;
 pub mod http;
 pub mod metrics;

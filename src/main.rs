@@ -425,7 +425,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn queue_command(op: QueueOp) -> anyhow::Result<ExitCode> {
-    use dicom_gw::queue::control::Request;
+    use dicom_gw::control::Request;
     let (target, req) = match op {
         QueueOp::Stats { target } => (target, Request::Stats),
         QueueOp::List {
@@ -464,7 +464,7 @@ fn queue_command(op: QueueOp) -> anyhow::Result<ExitCode> {
 }
 
 fn token_command(op: TokenOp) -> anyhow::Result<ExitCode> {
-    use dicom_gw::queue::control::Request;
+    use dicom_gw::control::Request;
     match op {
         TokenOp::Create { target, role, name } => {
             control_command(target, Request::TokenCreate { role, name }, |v| {
@@ -504,7 +504,7 @@ fn read_password(src: &PasswordSource) -> anyhow::Result<Result<String, String>>
 }
 
 fn user_command(op: UserOp) -> anyhow::Result<ExitCode> {
-    use dicom_gw::queue::control::{Request, Secret};
+    use dicom_gw::control::{Request, Secret};
     let password = |src: &PasswordSource| -> anyhow::Result<Result<Secret, ExitCode>> {
         Ok(read_password(src)?.map(Secret).map_err(|m| {
             eprintln!("dicom-gw: {m}");
@@ -543,7 +543,7 @@ fn user_command(op: UserOp) -> anyhow::Result<ExitCode> {
 }
 
 fn audit_command(op: AuditOp) -> anyhow::Result<ExitCode> {
-    use dicom_gw::queue::control::Request;
+    use dicom_gw::control::Request;
     match op {
         AuditOp::Verify { target, anchor } => {
             let lines = match control_request(target, Request::AuditVerify { anchor })? {
@@ -587,7 +587,7 @@ fn audit_command(op: AuditOp) -> anyhow::Result<ExitCode> {
 }
 
 fn worklist_command(op: WorklistOp) -> anyhow::Result<ExitCode> {
-    use dicom_gw::queue::control::Request;
+    use dicom_gw::control::Request;
     match op {
         WorklistOp::Import { target, file } => {
             let read = if file.as_os_str() == "-" {
@@ -626,7 +626,7 @@ fn worklist_command(op: WorklistOp) -> anyhow::Result<ExitCode> {
 /// prints each result line with `show`.
 fn control_command(
     target: Target,
-    req: dicom_gw::queue::control::Request,
+    req: dicom_gw::control::Request,
     show: impl Fn(&serde_json::Value) -> String,
 ) -> anyhow::Result<ExitCode> {
     match control_request(target, req)? {
@@ -644,9 +644,9 @@ fn control_command(
 /// daemon, or on the database when none runs. `Err(code)`: the error was printed; exit so.
 fn control_request(
     target: Target,
-    req: dicom_gw::queue::control::Request,
+    req: dicom_gw::control::Request,
 ) -> anyhow::Result<Result<Vec<serde_json::Value>, ExitCode>> {
-    use dicom_gw::queue::control::{self, Ops, Reply};
+    use dicom_gw::control::{self, Ops, Reply};
     let ov = Overrides {
         data_dir: target.data_dir,
         ..Overrides::default()

@@ -24,7 +24,7 @@ use crate::net::scp::{serve_association, CoreCtx, Phase};
 use crate::net::services::storage::SopClassPolicy;
 use crate::net::ul::association::AcceptorPolicy;
 use crate::net::worklist_scp::{self, WorklistScp};
-use crate::queue::control::{self, Ops};
+use crate::control::{self, Ops};
 use crate::queue::forwarder::Forwarder;
 use crate::queue::live::{self, LiveConfig};
 use crate::queue::retention::Sweeper;

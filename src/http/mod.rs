@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::commit::timestamp_us;
 use crate::config::HttpSettings;
-use crate::queue::control::Ops;
+use crate::control::Ops;
 use crate::queue::forwarder::Shared as ForwarderShared;
 use crate::store::index::Index;
 use crate::store::{DataDir, DiskGuard};

@@ -9,7 +9,6 @@
 //! back to waiting: delivery is at-least-once. Every operation takes the time as a parameter,
 //! so the schedule is tested with a controllable clock.
 
-pub mod control;
 pub mod forwarder;
 pub mod live;
 pub mod retention;

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::config::{Destination, RawDestination, RawRoute};
 use crate::http::{json_response, ApiError, Body, Ctx};
-use crate::queue::control::{self, OpError, Ops, Request as OpRequest};
+use crate::control::{self, OpError, Ops, Request as OpRequest};
 use crate::queue::forwarder::Shared;
 use crate::queue::live::{LiveConfig, LiveError};
 use crate::queue::{DestinationStats, JobState};
