@@ -266,3 +266,18 @@ pub fn bind_reuseport(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::Tc
     }
     Ok(out)
 }
+
+/// Lowers the calling thread's CPU priority to `nice` (Linux: nice is per thread). Used by the
+/// threads that serve people and modalities' queries (admin API, worklist) so that, when they
+/// compete for the CPU, the ingest cores and the committer win. Best effort: on failure the
+/// thread keeps its priority, and the reason is logged at debug level.
+pub fn lower_thread_priority(nice: i32) {
+    // SAFETY: gettid and setpriority only read their arguments; the thread id is our own.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+    };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), nice, "cannot lower the thread's priority");
+    }
+}

@@ -166,14 +166,7 @@ pub const API_NICE: i32 = 10;
 /// Lowers the calling thread's CPU priority to [`API_NICE`] (Linux: per-thread nice).
 /// Best effort: if it fails, the API still works, at normal priority.
 fn lower_priority() {
-    // SAFETY: gettid and setpriority only read their arguments; the thread id is our own.
-    let rc = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, API_NICE)
-    };
-    if rc != 0 {
-        debug!(error = %std::io::Error::last_os_error(), "cannot lower the API thread's priority");
-    }
+    crate::rt::lower_thread_priority(API_NICE);
 }
 
 /// The running API thread.

@@ -44,6 +44,10 @@ const MAX_DATASET_LEN: usize = 16 * 1024 * 1024;
 const TICK: Duration = Duration::from_millis(200);
 /// Metrics slot for these threads (the overflow slot: they are not ingest cores).
 const METRICS_SLOT: usize = usize::MAX;
+/// Nice value of the worklist threads: a modality's query takes milliseconds either way, but
+/// when queries and ingest compete for the CPU, ingest wins (measured in
+/// docs/benchmarks.md, "Modality Worklist C-FIND").
+pub const WORKLIST_NICE: i32 = 10;
 
 /// Everything the worklist service needs; shared by its threads.
 #[derive(Debug)]
@@ -101,6 +105,8 @@ fn poll_readable(fd: i32, timeout: Duration) -> bool {
 }
 
 fn accept_loop(listener: TcpListener, scp: Arc<WorklistScp>) {
+    // Association threads inherit the accept thread's nice value.
+    crate::rt::lower_thread_priority(WORKLIST_NICE);
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     while phase(&scp) == Phase::Running {
         if !poll_readable(listener.as_raw_fd(), TICK) {
