@@ -90,31 +90,40 @@ impl StudySummary {
     }
 
     /// Studies passing `filter`, in Study Instance UID order, skipping `offset`, at most
-    /// `limit`, with the number of matches: the semantics of `Index::search_studies`. The
-    /// read lock is held only while matching; the page is cloned after.
+    /// `limit`, with the number of matches: the semantics of `Index::search_studies`.
     pub fn search(&self, filter: &StudyFilter, offset: u64, limit: usize) -> Page<StudyRecord> {
-        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-        let (page, total): (Vec<Arc<StudyRecord>>, u64) = {
-            let studies = self.read();
-            if *filter == StudyFilter::default() {
-                let page = studies.values().skip(skip).take(limit).cloned().collect();
-                (page, studies.len() as u64)
-            } else {
-                let mut page = Vec::new();
-                let mut total = 0u64;
-                for s in studies.values().filter(|s| filter.matches(s)) {
-                    if total >= offset && page.len() < limit {
-                        page.push(s.clone());
-                    }
-                    total += 1;
-                }
-                (page, total)
-            }
-        };
+        let page = self.search_shared(filter, offset, limit);
         Page {
-            items: page.iter().map(|s| StudyRecord::clone(s)).collect(),
-            total,
+            items: page.items.iter().map(|s| StudyRecord::clone(s)).collect(),
+            total: page.total,
         }
+    }
+
+    /// [`StudySummary::search`] without copying the records: the page shares them with the
+    /// summary. The read lock is held only while matching.
+    pub fn search_shared(
+        &self,
+        filter: &StudyFilter,
+        offset: u64,
+        limit: usize,
+    ) -> Page<Arc<StudyRecord>> {
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        let studies = self.read();
+        if *filter == StudyFilter::default() {
+            return Page {
+                items: studies.values().skip(skip).take(limit).cloned().collect(),
+                total: studies.len() as u64,
+            };
+        }
+        let mut items = Vec::new();
+        let mut total = 0u64;
+        for s in studies.values().filter(|s| filter.matches(s)) {
+            if total >= offset && items.len() < limit {
+                items.push(s.clone());
+            }
+            total += 1;
+        }
+        Page { items, total }
     }
 
     /// Re-reads the rows of `study_uids` from `database` (a row that is gone is dropped) and

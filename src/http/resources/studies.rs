@@ -17,9 +17,11 @@ use hyper::{Request, Response};
 use serde_json::Value;
 use tracing::error;
 
+use serde::Serialize;
+
 use super::{blocking, index_err, page_response, Params, Query};
-use crate::http::{json_response, ApiError, Body, Ctx};
-use crate::store::index::{InstanceRecord, StudyFilter};
+use crate::http::{bytes_response, json_response, ApiError, Body, Ctx};
+use crate::store::index::{InstanceRecord, StudyFilter, StudyRecord};
 use crate::store::uid::validate_uid;
 use crate::store::DataDir;
 
@@ -95,9 +97,11 @@ pub async fn search(req: &Request<Incoming>, ctx: &Ctx<'_>) -> Result<Response<B
     q.finish()?;
     let index = ctx.state.index.clone();
     let summary = index.study_summary();
-    let page = if !summary.is_stale() && summary.len() <= INLINE_SEARCH_STUDIES {
-        summary.search(&filter, offset, limit)
-    } else {
+    if !summary.is_stale() && summary.len() <= INLINE_SEARCH_STUDIES {
+        let page = summary.search_shared(&filter, offset, limit);
+        return Ok(search_response(&page.items, page.total, offset, limit));
+    }
+    let page = {
         let _slot = SEARCH_SLOT
             .acquire()
             .await
@@ -109,7 +113,87 @@ pub async fn search(req: &Request<Incoming>, ctx: &Ctx<'_>) -> Result<Response<B
         })
         .await?
     };
-    Ok(page_response(&page.items, page.total, offset, limit))
+    Ok(search_response(&page.items, page.total, offset, limit))
+}
+
+/// A study as the search renders it: the fields of [`StudyRecord`] in alphabetical order,
+/// the order a `serde_json::Value` gives them, so the answer is byte for byte the generic
+/// page answer without building a `Value` tree first (a third of the search's CPU).
+#[derive(Serialize)]
+struct StudyJson<'a> {
+    accession_number: &'a str,
+    modalities_in_study: &'a [String],
+    num_instances: u64,
+    num_series: u64,
+    patient_id: &'a str,
+    patient_name: &'a str,
+    referring_physician_name: &'a str,
+    study_date: &'a str,
+    study_description: &'a str,
+    study_id: &'a str,
+    study_instance_uid: &'a str,
+    study_time: &'a str,
+}
+
+impl<'a> From<&'a StudyRecord> for StudyJson<'a> {
+    fn from(s: &'a StudyRecord) -> Self {
+        // No `..`: a new field of StudyRecord must be added here too.
+        let StudyRecord {
+            study_instance_uid,
+            patient_id,
+            patient_name,
+            study_date,
+            study_time,
+            accession_number,
+            study_description,
+            study_id,
+            referring_physician_name,
+            modalities_in_study,
+            num_series,
+            num_instances,
+        } = s;
+        Self {
+            accession_number,
+            modalities_in_study,
+            num_instances: *num_instances,
+            num_series: *num_series,
+            patient_id,
+            patient_name,
+            referring_physician_name,
+            study_date,
+            study_description,
+            study_id,
+            study_instance_uid,
+            study_time,
+        }
+    }
+}
+
+/// The standard list answer (keys in `Value` order: items, limit, offset, total).
+#[derive(Serialize)]
+struct StudyPageJson<'a> {
+    items: Vec<StudyJson<'a>>,
+    limit: usize,
+    offset: u64,
+    total: u64,
+}
+
+/// The search answer: the same bytes as `page_response` of the studies.
+fn search_response<S: std::borrow::Borrow<StudyRecord>>(
+    items: &[S],
+    total: u64,
+    offset: u64,
+    limit: usize,
+) -> Response<Body> {
+    let page = StudyPageJson {
+        items: items.iter().map(|s| StudyJson::from(s.borrow())).collect(),
+        limit,
+        offset,
+        total,
+    };
+    let mut body = serde_json::to_vec_pretty(&page).unwrap_or_default();
+    body.push(b'\n');
+    bytes_response(200, "application/json", body)
 }
 
 /// `GET /studies/{study_uid}`: the study, with its patient.
@@ -325,6 +409,44 @@ mod tests {
             assert!(
                 e.status == 400 && e.message.contains("study_date"),
                 "{bad}: {e}"
+            );
+        }
+    }
+
+    /// The search's own rendering is byte for byte the generic page answer.
+    #[tokio::test]
+    async fn search_answers_are_the_generic_page_bytes() {
+        async fn bytes(r: Response<Body>) -> Vec<u8> {
+            r.into_body().collect().await.unwrap().to_bytes().to_vec()
+        }
+        let a = StudyRecord {
+            study_instance_uid: "1.2.3".into(),
+            patient_id: "P\"1\\".into(),
+            patient_name: "MÜLLER^HANS\u{1}".into(),
+            study_date: "20240115".into(),
+            study_time: "101500".into(),
+            accession_number: "A7".into(),
+            study_description: "Chest\nCT".into(),
+            study_id: "S1".into(),
+            referring_physician_name: "DR^WHO".into(),
+            modalities_in_study: vec!["CT".into(), "SR".into()],
+            num_series: 2,
+            num_instances: 9,
+        };
+        let b = StudyRecord {
+            study_instance_uid: "1.2.4".into(),
+            ..Default::default()
+        };
+        for (items, total, offset, limit) in [
+            (vec![a.clone(), b.clone()], 7u64, 3u64, 2usize),
+            (vec![b], 1, 0, 100),
+            (vec![], 0, 5, 10),
+        ] {
+            let mine = bytes(search_response(&items, total, offset, limit)).await;
+            let generic = bytes(page_response(&items, total, offset, limit)).await;
+            assert_eq!(
+                String::from_utf8(mine).unwrap(),
+                String::from_utf8(generic).unwrap()
             );
         }
     }
