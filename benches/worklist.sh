@@ -5,12 +5,16 @@
 # docs/benchmarks-worklist.md (issue 6).
 #
 # Usage: benches/worklist.sh [--reps R] [-d S] [--peer-d S] [--mwl-c C] [--store-c C]
-#                            [--items N] [--no-peer] [--no-build] [--image-size 4G] [--out DIR]
+#                            [--mwl-rate R] [--items N] [--no-peer] [--no-build] [--image-size 4G]
+#                            [--out DIR]
 #   --reps R      repetitions (default 3; tables show medians and the per-repetition values)
 #   -d S          seconds per dicom-gw measurement (default 20)
 #   --peer-d S    seconds per wlmscpfs measurement (default 30: it answers ~1 query/s)
 #   --mwl-c C     worklist associations, each a modality polling in a closed loop (default 4)
 #   --store-c C   C-STORE associations, 16 KiB objects, closed loop (default 4)
+#   --mwl-rate R  also the phase rate+store: the MWL load open loop at R queries/s over the
+#                 MWL_C associations (modalities polling at a realistic rate) with the C-STORE
+#                 load (default 20; 0 leaves the phase out)
 #   --items N     worklist items (default 10000; 40 stations, 20 dates around today)
 #   --out DIR     results (results.jsonl, summary.md, machine.txt, json/, logs/); default a new
 #                 directory under /tmp, kept after the run
@@ -25,6 +29,7 @@
 #   mwl+store  the same, and at the same time dicom-loadgen store -c STORE_C -d S --size 16k
 #              against dicom-gw's store port
 #   store      dicom-loadgen store alone
+#   rate+store dicom-loadgen mwl --rate R (open loop) with dicom-loadgen store, as mwl+store
 #   peer       dicom-loadgen mwl -c MWL_C -d PEER_S --expect against wlmscpfs (fresh process)
 # Every query must succeed with exactly the number of matches the layout says (--expect), on
 # both servers, or the script fails.
@@ -35,7 +40,7 @@ REPO=$PWD
 GW=$REPO/target/release/dicom-gw
 LOADGEN=$REPO/target/release/dicom-loadgen
 
-REPS=3 DUR=20 PEER_DUR=30 MWL_C=4 STORE_C=4 ITEMS=10000 PEER=1 BUILD=1 IMAGE_SIZE=4G OUT=""
+REPS=3 DUR=20 PEER_DUR=30 MWL_C=4 STORE_C=4 MWL_RATE=20 ITEMS=10000 PEER=1 BUILD=1 IMAGE_SIZE=4G OUT=""
 while (($#)); do
     case $1 in
         --reps) REPS=$2; shift 2 ;;
@@ -43,6 +48,7 @@ while (($#)); do
         --peer-d) PEER_DUR=$2; shift 2 ;;
         --mwl-c) MWL_C=$2; shift 2 ;;
         --store-c) STORE_C=$2; shift 2 ;;
+        --mwl-rate) MWL_RATE=$2; shift 2 ;;
         --items) ITEMS=$2; shift 2 ;;
         --no-peer) PEER=0; shift ;;
         --no-build) BUILD=0; shift ;;
@@ -110,7 +116,7 @@ TODAY=$(date -u +%Y%m%d)
     echo "wlmscpfs: $(wlmscpfs --version 2>&1 | head -n1)"
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null) ($(git status --porcelain 2>/dev/null | wc -l) changed/untracked paths)"
     echo "binaries: dicom-gw $(sha256sum "$GW" | cut -c1-12) built $(date -u -r "$GW" '+%Y-%m-%d %H:%M:%S UTC'), dicom-loadgen $(sha256sum "$LOADGEN" | cut -c1-12)"
-    echo "args: reps=$REPS d=${DUR}s peer_d=${PEER_DUR}s mwl_c=$MWL_C store_c=$STORE_C items=$ITEMS today=$TODAY peer=$PEER image=$IMAGE_SIZE"
+    echo "args: reps=$REPS d=${DUR}s peer_d=${PEER_DUR}s mwl_c=$MWL_C store_c=$STORE_C mwl_rate=$MWL_RATE items=$ITEMS today=$TODAY peer=$PEER image=$IMAGE_SIZE"
 } >"$OUT/machine.txt"
 cat "$OUT/machine.txt" >&2
 
@@ -147,8 +153,10 @@ record() { # record REP PHASE ROLE JSONFILE RC
     python3 -c 'import json, sys; d = json.load(open(sys.argv[4])); print(json.dumps({"rep": int(sys.argv[1]), "phase": sys.argv[2], "role": sys.argv[3], "rc": int(sys.argv[5]), "summary": d}))' \
         "$@" >>"$RESULTS"
 }
-mwl_run() { # mwl_run ADDR AEC SECONDS OUTJSON
-    "$LOADGEN" mwl "$1" --aec "$2" -c "$MWL_C" -d "$3" "${LAYOUT[@]}" --expect --json "$4" >"$4.txt" 2>&1
+mwl_run() { # mwl_run ADDR AEC SECONDS OUTJSON [ARGS...]
+    local addr=$1 aec=$2 secs=$3 json=$4
+    shift 4
+    "$LOADGEN" mwl "$addr" --aec "$aec" -c "$MWL_C" -d "$secs" "${LAYOUT[@]}" --expect --json "$json" "$@" >"$json.txt" 2>&1
 }
 store_run() { # store_run SECONDS OUTJSON
     "$LOADGEN" store "127.0.0.1:$SPORT" -c "$STORE_C" -d "$1" --size 16k --json "$2" >"$2.txt" 2>&1
@@ -162,15 +170,17 @@ phase() { # phase REP NAME
             rc=0; mwl_run "127.0.0.1:$WPORT" DICOM_GW "$DUR" "$j-mwl.json" || rc=$?
             record "$rep" "$name" mwl "$j-mwl.json" "$rc"
             ((rc == 0)) || die "mwl failed ($rc): $(cat "$j-mwl.json.txt")" ;;
-        mwl+store)
+        mwl+store|rate+store)
+            local extra=()
+            [[ $name == rate+store ]] && extra=(--rate "$MWL_RATE")
             rc=0 rc2=0
             store_run "$DUR" "$j-store.json" & sp=$!
-            mwl_run "127.0.0.1:$WPORT" DICOM_GW "$DUR" "$j-mwl.json" & wp=$!
+            mwl_run "127.0.0.1:$WPORT" DICOM_GW "$DUR" "$j-mwl.json" "${extra[@]}" & wp=$!
             wait "$wp" || rc=$?
             wait "$sp" || rc2=$?
             record "$rep" "$name" mwl "$j-mwl.json" "$rc"
             record "$rep" "$name" store "$j-store.json" "$rc2"
-            ((rc == 0 && rc2 == 0)) || die "mwl+store failed ($rc, $rc2)" ;;
+            ((rc == 0 && rc2 == 0)) || die "$name failed ($rc, $rc2)" ;;
         store)
             rc=0; store_run "$DUR" "$j-store.json" || rc=$?
             record "$rep" "$name" store "$j-store.json" "$rc"
@@ -192,6 +202,7 @@ phase() { # phase REP NAME
 }
 
 PHASES=(mwl mwl+store store)
+[[ $MWL_RATE != 0 ]] && PHASES+=(rate+store)
 ((PEER)) && PHASES+=(peer)
 for ((rep = 1; rep <= REPS; rep++)); do
     order=("${PHASES[@]}")
@@ -216,7 +227,7 @@ out = []
 out.append("| server, load | queries/s | responses/s | p50 ms | p90 ms | p99 ms | max ms | queries | errors |")
 out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 mwl = {}
-for phase, label in [("mwl", "dicom-gw, MWL alone"), ("mwl+store", "dicom-gw, MWL + C-STORE load"), ("peer", "wlmscpfs, MWL alone")]:
+for phase, label in [("mwl", "dicom-gw, MWL alone"), ("mwl+store", "dicom-gw, MWL + C-STORE load"), ("rate+store", "dicom-gw, MWL open loop at --mwl-rate + C-STORE load"), ("peer", "wlmscpfs, MWL alone")]:
     s = pick(phase, "mwl")
     if not s:
         continue
@@ -230,7 +241,7 @@ out.append("")
 out.append("| C-STORE (16 KiB) | instances/s | p50 ms | p99 ms | errors |")
 out.append("|---|---:|---:|---:|---:|")
 st = {}
-for phase, label in [("store", "alone"), ("mwl+store", "with the MWL load")]:
+for phase, label in [("store", "alone"), ("mwl+store", "with the closed-loop MWL load"), ("rate+store", "with the MWL load at --mwl-rate")]:
     s = pick(phase, "store")
     if not s:
         continue
@@ -250,7 +261,9 @@ if "mwl" in mwl and "mwl+store" in mwl:
     out.append(f"- MWL queries/s with the C-STORE load / alone: {mwl['mwl+store'][0] / mwl['mwl'][0]:.2f}; "
                f"p99 with / alone: {mwl['mwl+store'][1] / mwl['mwl'][1]:.2f}")
 if "store" in st and "mwl+store" in st:
-    out.append(f"- C-STORE instances/s with the MWL load / alone: {st['mwl+store'] / st['store']:.2f}")
+    out.append(f"- C-STORE instances/s with the closed-loop MWL load / alone: {st['mwl+store'] / st['store']:.2f}")
+if "store" in st and "rate+store" in st:
+    out.append(f"- C-STORE instances/s with the MWL load at --mwl-rate / alone: {st['rate+store'] / st['store']:.2f}")
 kinds = {}
 for s in pick("mwl", "mwl"):
     for k, v in s["kinds"].items():

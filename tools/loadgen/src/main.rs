@@ -255,6 +255,10 @@ struct MwlArgs {
     /// Seed of the query choice.
     #[arg(long, value_name = "N", default_value_t = 1)]
     seed: u64,
+    /// Open loop: R queries/s across all associations (modalities polling at a set rate),
+    /// latency from each query's scheduled time. Default: closed loop.
+    #[arg(long, value_name = "R")]
+    rate: Option<f64>,
     /// Calling AE title.
     #[arg(long, value_name = "AET", default_value = "LOADGEN")]
     aet: String,
@@ -556,6 +560,9 @@ fn mwl_cmd(a: MwlArgs) -> anyhow::Result<ExitCode> {
         (1024..=dicom_ul::pdu::MAXIMUM_PDU_SIZE).contains(&a.max_pdu),
         "--max-pdu must be at least 1024"
     );
+    if let Some(r) = a.rate {
+        ensure!(r.is_finite() && r > 0.0, "--rate must be positive");
+    }
     let duration = match (a.duration, a.count) {
         (Some(d), _) => Some(secs(d, "-d")?),
         (None, Some(_)) => None,
@@ -575,6 +582,7 @@ fn mwl_cmd(a: MwlArgs) -> anyhow::Result<ExitCode> {
         timeout: secs(a.timeout, "--timeout")?.max(Duration::from_millis(1)),
         max_pdu: a.max_pdu,
         seed: a.seed,
+        rate: a.rate,
     };
     let s = mwl::run(cfg);
     print!("{}", s.report());

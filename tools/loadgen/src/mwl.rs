@@ -24,7 +24,9 @@
 //!
 //! The runner: `-c` threads, each opening one association up front and reusing it for every
 //! query (a new one only after an error), all started together on a barrier; latency is
-//! C-FIND-RQ sent → final C-FIND-RSP received, in an HDR histogram per kind. A query fails on
+//! C-FIND-RQ sent → final C-FIND-RSP received, in an HDR histogram per kind. Closed loop by
+//! default; with a rate, open loop: query `i` is due at `start + i / rate` and its latency
+//! counts from then (a stalled server shows as latency, not as a slower client). A query fails on
 //! any status other than Pending (FF00/FF01) and Success (0000), on a network or protocol
 //! error, and with `--expect` when its match count differs from the layout's.
 
@@ -504,6 +506,9 @@ pub struct MwlConfig {
     pub max_pdu: u32,
     /// Seed of the query choice (worker `w` uses `seed + w`).
     pub seed: u64,
+    /// Open loop: queries per second across all associations, query `i` scheduled at
+    /// `start + i / rate` and its latency measured from then. `None`: closed loop.
+    pub rate: Option<f64>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -574,8 +579,10 @@ pub struct MwlSummary {
     pub target: String,
     /// Called AE title.
     pub called_ae: String,
-    /// Associations (closed loop, one outstanding query each).
+    /// Associations (one outstanding query each).
     pub concurrency: usize,
+    /// Open-loop rate (queries/s), or `None` for closed loop.
+    pub rate: Option<f64>,
     /// The items' layout.
     pub layout: Layout,
     /// The base date as YYYYMMDD.
@@ -614,8 +621,16 @@ impl MwlSummary {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "dicom-loadgen mwl -> {} ({}), {} association(s), closed loop, {} items, today {}",
-            self.target, self.called_ae, self.concurrency, self.layout.items, self.today
+            "dicom-loadgen mwl -> {} ({}), {} association(s), {}, {} items, today {}",
+            self.target,
+            self.called_ae,
+            self.concurrency,
+            match self.rate {
+                Some(r) => format!("open loop at {r} queries/s"),
+                None => "closed loop".into(),
+            },
+            self.layout.items,
+            self.today
         );
         let _ = writeln!(
             o,
@@ -801,6 +816,7 @@ fn summarize(
         target: cfg.target.clone(),
         called_ae: cfg.called.clone(),
         concurrency: cfg.concurrency,
+        rate: cfg.rate,
         layout: cfg.layout,
         today: cfg.layout.date(0),
         expect: cfg.expect,
@@ -867,9 +883,22 @@ fn worker(s: &Shared, w: u64) -> WorkerOut {
         if deadline.is_some_and(|dl| Instant::now() >= dl) {
             break;
         }
-        if let Some(n) = s.cfg.count {
-            if s.issued.fetch_add(1, Ordering::Relaxed) >= n {
+        // Every query takes a number: it bounds -n and, in open loop, schedules the query.
+        let i = s.issued.fetch_add(1, Ordering::Relaxed);
+        if s.cfg.count.is_some_and(|n| i >= n) {
+            break;
+        }
+        let intended = s
+            .cfg
+            .rate
+            .map(|r| start + Duration::from_secs_f64(i as f64 / r));
+        if let Some(t) = intended {
+            if deadline.is_some_and(|dl| t >= dl) {
                 break;
+            }
+            let now = Instant::now();
+            if t > now {
+                std::thread::sleep(t - now);
             }
         }
         let x = rng.unit() * total;
@@ -897,7 +926,8 @@ fn worker(s: &Shared, w: u64) -> WorkerOut {
         msg_id = msg_id.wrapping_add(1).max(1);
         let ks = out.kinds.entry(kind).or_insert_with(KindStats::new);
         ks.queries += 1;
-        let t0 = Instant::now();
+        // Open loop: latency from the intended send time (coordinated omission corrected).
+        let t0 = intended.unwrap_or_else(Instant::now);
         let r = find(a, msg_id, inst);
         let t1 = Instant::now();
         out.last_done = Some(t1);

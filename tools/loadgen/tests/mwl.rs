@@ -119,6 +119,21 @@ fn mwl_query_mix_against_dicom_gw() {
         .map(|(_, v)| v.as_u64().unwrap())
         .sum();
     assert_eq!(mismatches, 20, "{j}");
+
+    // Open loop: -n queries scheduled at --rate, all answered; the rate is in the summary.
+    let o = mwl(
+        &addr,
+        "DICOM_GW",
+        &["-n", "10", "-c", "2", "--rate", "200", "--expect"],
+        &json,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let j = read_json(&json);
+    assert_eq!(
+        (j["ok"].as_u64(), j["rate"].as_f64()),
+        (Some(10), Some(200.0)),
+        "{j}"
+    );
     gw.stop();
 }
 
