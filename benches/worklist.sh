@@ -2,7 +2,7 @@
 # Modality Worklist C-FIND throughput and latency with 10,000 items, alone and concurrent with a
 # C-STORE load on the store service; the C-STORE throughput alone and with the worklist load; and
 # DCMTK wlmscpfs serving the same items to the same queries as the peer. Results:
-# docs/benchmarks-worklist.md (issue 6).
+# docs/benchmarks.md, "Modality Worklist C-FIND with 10,000 items" (issue 6).
 #
 # Usage: benches/worklist.sh [--reps R] [-d S] [--peer-d S] [--mwl-c C] [--store-c C]
 #                            [--mwl-rate R] [--items N] [--no-peer] [--no-build] [--image-size 4G]

@@ -117,6 +117,9 @@ pub struct RawHttp {
     pub allow_insecure_non_loopback: Option<bool>,
     /// Lifetime of the tokens `POST /api/v1/auth/login` returns, seconds (default 3600).
     pub login_token_ttl_seconds: Option<u64>,
+    /// Requests per second the API serves (probes aside); more wait their turn, so a runaway
+    /// client cannot take the CPU from ingest (default 200; 0 = no limit).
+    pub max_requests_per_second: Option<u32>,
 }
 
 /// One `[[destinations]]` entry: a remote Storage SCP.
@@ -332,6 +335,8 @@ pub struct HttpSettings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Lifetime of login tokens.
     pub login_token_ttl: Duration,
+    /// Requests per second (0 = no limit).
+    pub max_requests_per_second: u32,
 }
 
 /// A validated destination.
@@ -900,6 +905,7 @@ impl RawConfig {
                 listen: http_listen,
                 tls,
                 login_token_ttl,
+                max_requests_per_second: h.max_requests_per_second.unwrap_or(200),
             },
         })
     }

@@ -19,9 +19,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::commit::timestamp_us;
 use crate::queue::forwarder::Shared;
 use crate::queue::{JobState, Queue, QueueError};
-use crate::commit::timestamp_us;
 
 /// Most jobs one list returns.
 pub const MAX_LIST: usize = 100_000;

@@ -19,12 +19,12 @@ use tracing::{error, info, warn};
 use crate::commit::{Committer, CommitterConfig};
 use crate::config::RetentionMode;
 use crate::config::Settings;
+use crate::control::{self, Ops};
 use crate::http::{self, ApiState, HttpServer};
 use crate::net::scp::{serve_association, CoreCtx, Phase};
 use crate::net::services::storage::SopClassPolicy;
 use crate::net::ul::association::AcceptorPolicy;
 use crate::net::worklist_scp::{self, WorklistScp};
-use crate::control::{self, Ops};
 use crate::queue::forwarder::Forwarder;
 use crate::queue::live::{self, LiveConfig};
 use crate::queue::retention::Sweeper;
@@ -271,6 +271,7 @@ pub fn serve(
         login_token_ttl: settings.http.login_token_ttl,
         started_at_us: crate::commit::timestamp_us(),
         worklist: worklist_store,
+        pacer: http::pacer::Pacer::new(settings.http.max_requests_per_second),
     });
     let https = tls.is_some();
     let http_server =

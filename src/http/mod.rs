@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod pacer;
 pub mod resources;
 
 use std::net::SocketAddr;
@@ -73,6 +74,8 @@ pub struct ApiState {
     /// The worklist and MPPS store, when this process runs the worklist service (`None` with
     /// `--only store`: the worklist routes then answer 404 naming the reason).
     pub worklist: Option<Arc<crate::worklist::store::WorklistStore>>,
+    /// Paces every request but the health probes (`[http] max_requests_per_second`).
+    pub pacer: pacer::Pacer,
 }
 
 /// What a resource handler gets besides the request.
@@ -289,6 +292,28 @@ async fn handle(req: Request<Incoming>, state: &ApiState, peer: SocketAddr) -> R
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let get = method == hyper::Method::GET || method == hyper::Method::HEAD;
+    if path != "/healthz" && path != "/readyz" {
+        match state.pacer.reserve(std::time::Instant::now()) {
+            Ok(wait) if wait.is_zero() => {}
+            Ok(wait) => tokio::time::sleep(wait).await,
+            Err(retry) => {
+                let mut rsp = error_response(&ApiError::new(
+                    503,
+                    "busy",
+                    format!(
+                        "more than [http] max_requests_per_second requests are waiting; retry in {} s",
+                        retry.as_secs() + 1
+                    ),
+                ));
+                if let Ok(v) =
+                    hyper::header::HeaderValue::from_str(&(retry.as_secs() + 1).to_string())
+                {
+                    rsp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+                }
+                return rsp;
+            }
+        }
+    }
     let result = match path.as_str() {
         "/healthz" if get => Ok(json_response(200, &json!({ "status": "alive" }))),
         "/readyz" if get => Ok(readyz(state)),

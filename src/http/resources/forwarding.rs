@@ -18,8 +18,8 @@ use super::{
     Query,
 };
 use crate::config::{Destination, RawDestination, RawRoute};
-use crate::http::{json_response, ApiError, Body, Ctx};
 use crate::control::{self, OpError, Ops, Request as OpRequest};
+use crate::http::{json_response, ApiError, Body, Ctx};
 use crate::queue::forwarder::Shared;
 use crate::queue::live::{LiveConfig, LiveError};
 use crate::queue::{DestinationStats, JobState};

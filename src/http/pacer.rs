@@ -1,0 +1,112 @@
+//! Request pacing for the admin API: at most `rate` requests per second are served, the
+//! others wait their turn (and are refused with 503 once the wait would exceed
+//! [`MAX_WAIT`]).
+//!
+//! Why waiting rather than refusing: a runaway client (a dashboard polling in a loop, a
+//! script, a load test) keeps each of its connections busy until it has its answer, so
+//! pacing bounds the work it can cause — CPU and loopback traffic that would otherwise be
+//! taken from ingest on a small appliance (docs/benchmarks.md, "Admin API load during
+//! ingest"). A refusal costs almost as much to send as an answer, so refusing alone would not
+//! bound anything. Health probes are never paced.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Longest a request waits for its turn; beyond it the answer is 503 with `Retry-After`.
+pub const MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// Requests that may be served back to back after a quiet period.
+const BURST: u32 = 20;
+
+/// A virtual-time token bucket: each request reserves the next free slot.
+#[derive(Debug)]
+pub struct Pacer {
+    /// Time between two slots; `None`: no limit.
+    interval: Option<Duration>,
+    /// The next free slot.
+    next: Mutex<Option<Instant>>,
+}
+
+impl Pacer {
+    /// A pacer for `rate` requests per second (0: no limit).
+    pub fn new(rate: u32) -> Self {
+        Self {
+            interval: (rate > 0).then(|| Duration::from_secs(1) / rate),
+            next: Mutex::new(None),
+        }
+    }
+
+    /// Reserves a slot for a request arriving at `now`: `Ok(wait)` before serving it, or
+    /// `Err(retry_after)` if the wait would exceed [`MAX_WAIT`] (nothing is reserved then).
+    pub fn reserve(&self, now: Instant) -> Result<Duration, Duration> {
+        let Some(interval) = self.interval else {
+            return Ok(Duration::ZERO);
+        };
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        // After a quiet period up to BURST slots are available at once.
+        let earliest = now.checked_sub(interval * (BURST - 1)).unwrap_or(now);
+        let slot = next.map_or(now, |n| n.max(earliest));
+        let wait = slot.saturating_duration_since(now);
+        if wait > MAX_WAIT {
+            return Err(wait);
+        }
+        *next = Some(slot + interval);
+        Ok(wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unlimited_never_waits() {
+        let p = Pacer::new(0);
+        let t = Instant::now();
+        for _ in 0..10_000 {
+            assert_eq!(p.reserve(t), Ok(Duration::ZERO));
+        }
+    }
+
+    #[test]
+    fn a_burst_then_one_slot_per_interval_then_refusal() {
+        let p = Pacer::new(100); // 10 ms slots
+        let t = Instant::now() + Duration::from_secs(10);
+        // A fresh pacer serves the first request at once, and each next one 10 ms later.
+        let waits: Vec<_> = (0..5).map(|_| p.reserve(t).unwrap()).collect();
+        assert_eq!(
+            waits,
+            (0..5)
+                .map(|i| Duration::from_millis(10 * i))
+                .collect::<Vec<_>>()
+        );
+        // Requests keep queueing up to MAX_WAIT, then are refused without taking a slot.
+        let mut n = 5;
+        while p.reserve(t).is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, 201, "slots 0 ms..=2000 ms");
+        let retry = p.reserve(t).unwrap_err();
+        assert!(retry > MAX_WAIT && retry <= MAX_WAIT + Duration::from_millis(10));
+        // Time passing frees slots at the rate: 1 s later, 100 more fit before MAX_WAIT.
+        let later = t + Duration::from_secs(1);
+        let mut m = 0;
+        while p.reserve(later).is_ok() {
+            m += 1;
+        }
+        assert_eq!(m, 100);
+    }
+
+    #[test]
+    fn a_quiet_period_allows_a_burst_but_no_more() {
+        let p = Pacer::new(100);
+        let t = Instant::now() + Duration::from_secs(10);
+        assert_eq!(p.reserve(t), Ok(Duration::ZERO));
+        // A minute later: BURST requests go at once, the next waits a slot.
+        let later = t + Duration::from_secs(60);
+        for _ in 0..BURST {
+            assert_eq!(p.reserve(later), Ok(Duration::ZERO));
+        }
+        assert_eq!(p.reserve(later), Ok(Duration::from_millis(10)));
+    }
+}
