@@ -45,7 +45,7 @@ impl Pacer {
         let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
         // After a quiet period up to BURST slots are available at once.
         let earliest = now.checked_sub(interval * (BURST - 1)).unwrap_or(now);
-        let slot = next.map_or(now, |n| n.max(earliest));
+        let slot = next.map_or(earliest, |n| n.max(earliest));
         let wait = slot.saturating_duration_since(now);
         if wait > MAX_WAIT {
             return Err(wait);
@@ -72,20 +72,17 @@ mod tests {
     fn a_burst_then_one_slot_per_interval_then_refusal() {
         let p = Pacer::new(100); // 10 ms slots
         let t = Instant::now() + Duration::from_secs(10);
-        // A fresh pacer serves the first request at once, and each next one 10 ms later.
-        let waits: Vec<_> = (0..5).map(|_| p.reserve(t).unwrap()).collect();
-        assert_eq!(
-            waits,
-            (0..5)
-                .map(|i| Duration::from_millis(10 * i))
-                .collect::<Vec<_>>()
-        );
+        // A fresh pacer serves a burst at once, then one request per 10 ms slot.
+        let waits: Vec<_> = (0..BURST + 3).map(|_| p.reserve(t).unwrap()).collect();
+        let mut want = vec![Duration::ZERO; BURST as usize];
+        want.extend((1..=3).map(|i| Duration::from_millis(10 * i)));
+        assert_eq!(waits, want);
         // Requests keep queueing up to MAX_WAIT, then are refused without taking a slot.
-        let mut n = 5;
+        let mut n = BURST + 3;
         while p.reserve(t).is_ok() {
             n += 1;
         }
-        assert_eq!(n, 201, "slots 0 ms..=2000 ms");
+        assert_eq!(n, BURST + 200, "the burst, then slots 10 ms..=2000 ms");
         let retry = p.reserve(t).unwrap_err();
         assert!(retry > MAX_WAIT && retry <= MAX_WAIT + Duration::from_millis(10));
         // Time passing frees slots at the rate: 1 s later, 100 more fit before MAX_WAIT.
