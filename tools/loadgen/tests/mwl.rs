@@ -64,7 +64,8 @@ fn mwl_query_mix_against_dicom_gw() {
         RUN_TIMEOUT,
     );
     assert!(o.status.success(), "import: {}", text(&o));
-    let (gw, wl_port) = start_gw_with_worklist(&data);
+    let gw = Gw::start(&data);
+    let wl_port = gw.worklist_port;
     let addr = format!("127.0.0.1:{wl_port}");
     let json = tmp.path().join("m.json");
     let o = mwl(

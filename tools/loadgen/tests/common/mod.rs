@@ -220,6 +220,8 @@ pub fn gw_bin() -> PathBuf {
 pub struct Gw {
     /// Store port from the ready line.
     pub port: u16,
+    /// Worklist port from the `worklist listening` line (printed before the ready line).
+    pub worklist_port: u16,
     child: Child,
     stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
@@ -262,19 +264,25 @@ impl Gw {
                 let _ = tx.send(line);
             }
         });
+        let port_of = |rest: &str| -> Option<u16> {
+            let addr = rest.split_whitespace().next()?;
+            addr.rsplit_once(':')?.1.parse().ok()
+        };
+        let mut worklist_port = None;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(READY) {
-                        let addr = rest.split_whitespace().next().unwrap_or("");
-                        let port = addr
-                            .rsplit_once(':')
-                            .and_then(|(_, p)| p.parse().ok())
-                            .unwrap_or_else(|| panic!("bad ready line {line:?}"));
+                    if let Some(rest) = line.strip_prefix("dicom-gw: worklist listening on ") {
+                        worklist_port = port_of(rest);
+                    } else if let Some(rest) = line.strip_prefix(READY) {
+                        let port =
+                            port_of(rest).unwrap_or_else(|| panic!("bad ready line {line:?}"));
                         return Gw {
                             port,
+                            worklist_port: worklist_port
+                                .expect("worklist line before the store ready line"),
                             child,
                             stderr,
                         };
@@ -343,74 +351,4 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
-}
-
-/// Starts `dicom-gw serve` like [`Gw::start`] and also returns the worklist port from its
-/// `dicom-gw: worklist listening on ADDR` line (printed before the store ready line).
-pub fn start_gw_with_worklist(data_dir: &Path) -> (Gw, u16) {
-    let mut child = Command::new(gw_bin())
-        .args(["serve", "--data-dir"])
-        .arg(data_dir)
-        .args(["--store-listen", "127.0.0.1:0", "--io", "epoll"])
-        .args(["--http-listen", "127.0.0.1:0"])
-        .args(["--worklist-listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn dicom-gw");
-    let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (e, mut pipe) = (stderr.clone(), child.stderr.take().unwrap());
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            e.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let port_of = |rest: &str| -> Option<u16> {
-        let addr = rest.split_whitespace().next()?;
-        addr.rsplit_once(':')?.1.parse().ok()
-    };
-    let mut worklist = None;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                if let Some(rest) = line.strip_prefix("dicom-gw: worklist listening on ") {
-                    worklist = port_of(rest);
-                } else if let Some(rest) = line.strip_prefix(READY) {
-                    let port = port_of(rest).unwrap_or_else(|| panic!("bad ready line {line:?}"));
-                    let wl = worklist.expect("worklist line before the store ready line");
-                    return (
-                        Gw {
-                            port,
-                            child,
-                            stderr,
-                        },
-                        wl,
-                    );
-                }
-            }
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "dicom-gw did not print its ready lines; stderr:\n{}",
-                    String::from_utf8_lossy(&stderr.lock().unwrap())
-                );
-            }
-        }
-    }
 }
