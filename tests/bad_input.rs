@@ -42,11 +42,11 @@ fn echo_ok(gw: &Daemon, what: &str) {
     );
 }
 
-/// Every file under the data directory except the index.
+/// Every file under the data directory except the databases (index and worklist).
 fn stray_files(data: &Path) -> Vec<PathBuf> {
     list_files(data)
         .into_iter()
-        .filter(|p| p != &data.join("gateway.redb"))
+        .filter(|p| p != &data.join("gateway.redb") && p != &data.join("worklist.redb"))
         .collect()
 }
 
