@@ -165,6 +165,17 @@ fn set(v: &[&str]) -> BTreeSet<String> {
 /// Runs `findscu -W -v -X -od OUT [-k key]... [extra] 127.0.0.1 PORT` and reads the
 /// extracted responses.
 fn findscu(port: u16, work: &Path, keys: &[&str], extra: &[&str]) -> Found {
+    findscu_with(port, work, keys, extra, |_| {})
+}
+
+/// [`findscu`] with a hook to adjust the command (environment) before it runs.
+fn findscu_with(
+    port: u16,
+    work: &Path,
+    keys: &[&str],
+    extra: &[&str],
+    adjust: impl FnOnce(&mut Command),
+) -> Found {
     static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let out_dir = work.join(format!("find-{n}"));
@@ -176,6 +187,7 @@ fn findscu(port: u16, work: &Path, keys: &[&str], extra: &[&str]) -> Found {
         cmd.args(["-k", k]);
     }
     cmd.args(extra).arg("127.0.0.1").arg(port.to_string());
+    adjust(&mut cmd);
     let (out, timed_out) = run_timeout(&mut cmd, FIND_TIMEOUT);
     assert!(!timed_out, "findscu timed out: {cmd:?}");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&out_dir)
@@ -429,11 +441,18 @@ fn c_cancel_stops_a_large_result_set() {
     seed(&data, &items);
     let mut gw = Daemon::start(BIN, &data, "epoll", &[]);
     let w = tmp.path();
-    let found = findscu(
+    // Responses already in the socket buffers when the C-CANCEL arrives cannot be taken back.
+    // The gateway caps its send buffer; DCMTK's receive buffer is capped here too
+    // (TCP_BUFFER_LENGTH, bytes) because Linux would otherwise let it grow to megabytes, and
+    // then a slow findscu would receive everything the fast SCP queued before its cancel.
+    let found = findscu_with(
         gw.worklist_port,
         w,
         &["PatientName", "AccessionNumber"],
         &["--cancel", "5"],
+        |cmd| {
+            cmd.env("TCP_BUFFER_LENGTH", "65536");
+        },
     );
     assert!(found.ok, "{}", found.log);
     assert!(
@@ -442,6 +461,7 @@ fn c_cancel_stops_a_large_result_set() {
         &found.log[found.log.len().saturating_sub(3000)..]
     );
     let got = found.responses.len();
+    eprintln!("C-CANCEL after 5: {got} of {N} responses arrived");
     assert!(
         got >= 5,
         "at least the 5 responses before the cancel, got {got}"

@@ -48,6 +48,11 @@ const METRICS_SLOT: usize = usize::MAX;
 /// when queries and ingest compete for the CPU, ingest wins (measured in
 /// docs/benchmarks.md, "Modality Worklist C-FIND").
 pub const WORKLIST_NICE: i32 = 10;
+/// Kernel send buffer of a worklist association (Linux doubles it). Left to autotuning, the
+/// buffer grows to megabytes and a fast C-FIND can queue its whole result set there before
+/// the SCU's C-CANCEL arrives: queued responses cannot be taken back, so the cancel would
+/// stop nothing. 64 KiB is still ample for small pending responses on a hospital LAN.
+const SEND_BUFFER: usize = 64 * 1024;
 
 /// Everything the worklist service needs; shared by its threads.
 #[derive(Debug)]
@@ -282,6 +287,7 @@ fn serve_association(stream: TcpStream, peer: SocketAddr, scp: &WorklistScp) {
     let _enter = span.enter();
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(scp.dimse_timeout));
+    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
     let mut conn = Conn {
         stream,
         buf: BytesMut::with_capacity(16 * 1024),
