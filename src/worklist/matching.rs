@@ -50,6 +50,9 @@ use dicom_object::InMemDicomObject;
 use super::dataset::{dictionary_vr_ok, AttributePath, Dataset, DatasetError, Element, Value};
 use super::vr::{self, DateNum, DateTimeNum};
 
+mod prefilter;
+pub use prefilter::{MatchHint, Prefilter};
+
 /// Why an identifier was refused. The SCP answers [`QueryError::status`] with
 /// [`QueryError::error_comment`] and [`QueryError::offending_element`], and keeps the
 /// association.

@@ -31,7 +31,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::dataset::Dataset;
-use super::matching::Query;
+use super::matching::{MatchHint, Prefilter, Query};
 use super::model::{self, generate_uid, ItemKey, NewItem, SpsStatus, WorklistItem};
 use super::mpps::{self, MppsError, MppsInstance, PpsStatus};
 
@@ -180,7 +180,35 @@ pub enum Upserted {
 }
 
 /// Decoded items by id: the cache every read of items is served from.
-type Cache = BTreeMap<u64, Arc<WorklistItem>>;
+type Cache = BTreeMap<u64, Cached>;
+
+/// A cached item, with what a C-FIND checks before matching it (kept inline in the map's
+/// nodes, so a scan reads the hints without touching the scattered datasets).
+#[derive(Debug)]
+struct Cached {
+    /// A finished step (completed, discontinued, cancelled): left out of default queries.
+    finished: bool,
+    hint: MatchHint,
+    item: Arc<WorklistItem>,
+}
+
+impl Cached {
+    fn new(item: WorklistItem) -> Self {
+        Self {
+            finished: item.status().is_final(),
+            hint: MatchHint::of(&item.dataset),
+            item: Arc::new(item),
+        }
+    }
+}
+
+impl std::ops::Deref for Cached {
+    type Target = WorklistItem;
+
+    fn deref(&self) -> &WorklistItem {
+        &self.item
+    }
+}
 
 /// The worklist database. Share one per process behind an `Arc` (redb itself lets only one
 /// process open the file).
@@ -332,7 +360,7 @@ impl WorklistStore {
             for entry in table.iter()? {
                 let (id, bytes) = entry?;
                 let item = decode_item(id.value(), bytes.value())?;
-                items.insert(item.id, Arc::new(item));
+                items.insert(item.id, Cached::new(item));
             }
         }
         Ok(Self {
@@ -371,7 +399,7 @@ impl WorklistStore {
         for change in changes {
             match change {
                 Change::Put(item) => {
-                    cache.insert(item.id, Arc::new(item));
+                    cache.insert(item.id, Cached::new(item));
                 }
                 Change::Remove(id) => {
                     cache.remove(&id);
@@ -495,7 +523,7 @@ impl WorklistStore {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&id)
-            .cloned()
+            .map(|c| Arc::clone(&c.item))
     }
 
     /// Items in id order, starting after `after` (for paging), at most `limit`.
@@ -507,7 +535,7 @@ impl WorklistStore {
         };
         range
             .take(limit)
-            .map(|(_, item)| Arc::clone(item))
+            .map(|(_, c)| Arc::clone(&c.item))
             .collect()
     }
 
@@ -527,14 +555,15 @@ impl WorklistStore {
     /// it and stops at a C-CANCEL.
     pub fn find(&self, query: &Query, limit: Option<usize>) -> Vec<Dataset> {
         let show_finished = query.constrains_sps_status();
+        let prefilter = Prefilter::of(query);
         let limit = limit.unwrap_or(usize::MAX);
         let cache = self.items.read().unwrap_or_else(PoisonError::into_inner);
         cache
             .values()
-            .filter(|item| show_finished || !item.status().is_final())
-            .filter(|item| query.matches(&item.dataset))
+            .filter(|c| (show_finished || !c.finished) && prefilter.admits(&c.hint))
+            .filter(|c| query.matches(&c.item.dataset))
             .take(limit)
-            .map(|item| query.project(&item.dataset))
+            .map(|c| query.project(&c.item.dataset))
             .collect()
     }
 
