@@ -19,7 +19,8 @@ use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource, Pdu};
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
-use super::dimse::command::{decode_command, encode_response, Command, CommandField};
+use super::dimse::assembly::{DimseError, Fragment, MessageAssembler};
+use super::dimse::command::{encode_response, Command, CommandField};
 use super::services::storage::{self, SopClassPolicy};
 use super::services::verification;
 use super::ul::association::{negotiate, AcceptorPolicy, Decision, Negotiated};
@@ -426,26 +427,6 @@ async fn run<I: Io>(stream: I::Stream, ctx: Rc<CoreCtx>) {
     }
 }
 
-/// DIMSE protocol violations that end the association.
-#[derive(Debug, thiserror::Error)]
-enum DimseError {
-    #[error("PDV on presentation context {0}, which was not accepted")]
-    UnknownContext(u8),
-    #[error("command fragment while a dataset was expected")]
-    CommandDuringData,
-    #[error("dataset fragment without a command announcing it")]
-    UnexpectedData,
-    #[error("fragment on context {got} inside a message on context {expected}")]
-    ContextSwitch { expected: u8, got: u8 },
-    #[error("command set larger than {0} bytes")]
-    CommandTooLarge(usize),
-    #[error(transparent)]
-    Command(#[from] super::dimse::command::CommandError),
-}
-
-/// Command sets are tiny; a bigger one is hostile.
-const MAX_COMMAND_LEN: usize = 64 * 1024;
-
 /// What happens to the dataset fragments of the current message.
 enum DataOp<F: ObjFile> {
     /// Streamed to a temporary file (boxed: the writer holds the hasher and prefix).
@@ -464,8 +445,8 @@ struct Pending<F: ObjFile> {
 /// DIMSE message assembly for one association.
 struct Dimse<F: ObjFile> {
     negotiated: Negotiated,
-    command: Vec<u8>,
-    command_pc: Option<u8>,
+    assembler: MessageAssembler,
+    /// The message whose dataset is being received, if its command asked for one.
     pending: Option<Pending<F>>,
     /// Metrics: when the current C-STORE-RQ's command set was decoded.
     cstore_started: Option<Instant>,
@@ -479,8 +460,7 @@ impl<F: ObjFile> Dimse<F> {
     fn new(negotiated: Negotiated) -> Self {
         Self {
             negotiated,
-            command: Vec::new(),
-            command_pc: None,
+            assembler: MessageAssembler::default(),
             pending: None,
             cstore_started: None,
             cstore_answer: None,
@@ -489,7 +469,7 @@ impl<F: ObjFile> Dimse<F> {
 
     /// Whether a command or dataset is half received.
     fn in_progress(&self) -> bool {
-        self.pending.is_some() || !self.command.is_empty()
+        self.assembler.in_progress()
     }
 
     /// Handles one PDV; returns the response to send, if the message is complete.
@@ -498,46 +478,21 @@ impl<F: ObjFile> Dimse<F> {
         pdv: super::ul::pdata::Pdv,
         ctx: &CoreCtx,
     ) -> Result<Reply, DimseError> {
-        if !self.negotiated.contexts.contains_key(&pdv.pc_id) {
-            return Err(DimseError::UnknownContext(pdv.pc_id));
-        }
-        if pdv.is_command {
-            if self.pending.is_some() {
-                return Err(DimseError::CommandDuringData);
-            }
-            match self.command_pc {
-                Some(expected) if expected != pdv.pc_id => {
-                    return Err(DimseError::ContextSwitch {
-                        expected,
-                        got: pdv.pc_id,
-                    })
-                }
-                _ => self.command_pc = Some(pdv.pc_id),
-            }
-            if self.command.len() + pdv.data.len() > MAX_COMMAND_LEN {
-                return Err(DimseError::CommandTooLarge(MAX_COMMAND_LEN));
-            }
-            self.command.extend_from_slice(&pdv.data);
-            if !pdv.is_last {
-                return Ok(None);
-            }
-            let cmd = decode_command(&std::mem::take(&mut self.command));
-            self.command_pc = None;
-            return self.on_command(cmd?, pdv.pc_id, ctx).await;
-        }
-        let Some(pending) = &mut self.pending else {
-            return Err(DimseError::UnexpectedData);
+        let accepted = self.negotiated.contexts.contains_key(&pdv.pc_id);
+        let (data, last) = match self.assembler.push(pdv, accepted)? {
+            Fragment::Partial => return Ok(None),
+            Fragment::Command(cmd, pc_id) => return self.on_command(cmd, pc_id, ctx).await,
+            Fragment::Data { data, last } => (data, last),
         };
-        if pending.pc_id != pdv.pc_id {
-            return Err(DimseError::ContextSwitch {
-                expected: pending.pc_id,
-                got: pdv.pc_id,
-            });
-        }
+        // No pending operation: a command this service ignores (C-CANCEL) came with a
+        // dataset; its fragments are dropped.
+        let Some(pending) = &mut self.pending else {
+            return Ok(None);
+        };
         if let DataOp::Store(w) = &mut pending.op {
-            w.write(pdv.data).await;
+            w.write(data).await;
         }
-        if !pdv.is_last {
+        if !last {
             return Ok(None);
         }
         let Pending { cmd, pc_id, op } = self.pending.take().expect("checked above");

@@ -23,6 +23,7 @@ use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource, Pdu};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::dimse::assembly::{DimseError, Fragment, MessageAssembler};
 use super::dimse::command::{decode_command, encode_response, Command, CommandField};
 use super::dimse::status::UNRECOGNIZED_OPERATION;
 use super::scp::Phase;
@@ -36,8 +37,6 @@ use super::ul::pdata::{
 use crate::metrics::{FindResult, MppsOp, Service};
 use crate::worklist::WorklistStore;
 
-/// Command sets are tiny; a bigger one is hostile.
-const MAX_COMMAND_LEN: usize = 64 * 1024;
 /// Identifiers and MPPS datasets are small; this bounds the memory one association may hold.
 const MAX_DATASET_LEN: usize = 16 * 1024 * 1024;
 /// How often blocked reads and the accept loop look at the shutdown phase.
@@ -350,8 +349,7 @@ fn serve_association(stream: TcpStream, peer: SocketAddr, scp: &WorklistScp) {
     let mut assoc = Association {
         conn,
         negotiated,
-        command: Vec::new(),
-        command_pc: None,
+        assembler: MessageAssembler::default(),
         pending: None,
     };
     if assoc.run() {
@@ -365,27 +363,6 @@ fn serve_association(stream: TcpStream, peer: SocketAddr, scp: &WorklistScp) {
     }
 }
 
-/// A DIMSE protocol violation: the association is aborted.
-#[derive(Debug, thiserror::Error)]
-enum DimseError {
-    #[error("PDV on presentation context {0}, which was not accepted")]
-    UnknownContext(u8),
-    #[error("command fragment while a dataset was expected")]
-    CommandDuringData,
-    #[error("dataset fragment without a command announcing it")]
-    UnexpectedData,
-    #[error("fragment on context {got} inside a message on context {expected}")]
-    ContextSwitch { expected: u8, got: u8 },
-    #[error("command set larger than {0} bytes")]
-    CommandTooLarge(usize),
-    #[error("dataset larger than {0} bytes")]
-    DatasetTooLarge(usize),
-    #[error(transparent)]
-    Command(#[from] super::dimse::command::CommandError),
-    #[error("malformed P-DATA-TF: {0}")]
-    Framing(#[from] FramingError),
-}
-
 /// A complete DIMSE message: the command, its context, and its dataset if it has one.
 struct Message {
     cmd: Command,
@@ -397,8 +374,7 @@ struct Message {
 struct Association<'a> {
     conn: Conn<'a>,
     negotiated: Negotiated,
-    command: Vec<u8>,
-    command_pc: Option<u8>,
+    assembler: MessageAssembler,
     /// A command whose dataset is being received.
     pending: Option<(Command, u8, Vec<u8>)>,
 }
@@ -457,7 +433,7 @@ impl Association<'_> {
                     }
                 }
                 PduType::ReleaseRq => {
-                    if self.pending.is_some() || !self.command.is_empty() {
+                    if self.assembler.in_progress() {
                         warn!("A-RELEASE-RQ in the middle of a message; the message is dropped");
                     }
                     return true;
@@ -480,62 +456,34 @@ impl Association<'_> {
     fn feed(&mut self, pdu: Bytes) -> Result<Vec<Message>, DimseError> {
         let mut done = Vec::new();
         for pdv in split_pdata(pdu.slice(PDU_HEADER_LEN..))? {
-            if !self.negotiated.contexts.contains_key(&pdv.pc_id) {
-                return Err(DimseError::UnknownContext(pdv.pc_id));
-            }
-            if pdv.is_command {
-                if self.pending.is_some() {
-                    return Err(DimseError::CommandDuringData);
+            let accepted = self.negotiated.contexts.contains_key(&pdv.pc_id);
+            match self.assembler.push(pdv, accepted)? {
+                Fragment::Partial => {}
+                Fragment::Command(cmd, pc_id) if cmd.has_dataset => {
+                    self.pending = Some((cmd, pc_id, Vec::new()));
                 }
-                match self.command_pc {
-                    Some(expected) if expected != pdv.pc_id => {
-                        return Err(DimseError::ContextSwitch {
-                            expected,
-                            got: pdv.pc_id,
-                        })
-                    }
-                    _ => self.command_pc = Some(pdv.pc_id),
-                }
-                if self.command.len() + pdv.data.len() > MAX_COMMAND_LEN {
-                    return Err(DimseError::CommandTooLarge(MAX_COMMAND_LEN));
-                }
-                self.command.extend_from_slice(&pdv.data);
-                if !pdv.is_last {
-                    continue;
-                }
-                let cmd = decode_command(&std::mem::take(&mut self.command))?;
-                self.command_pc = None;
-                if cmd.has_dataset {
-                    self.pending = Some((cmd, pdv.pc_id, Vec::new()));
-                } else {
-                    done.push(Message {
-                        cmd,
-                        pc_id: pdv.pc_id,
-                        data: None,
-                    });
-                }
-                continue;
-            }
-            let Some((_, pc_id, data)) = &mut self.pending else {
-                return Err(DimseError::UnexpectedData);
-            };
-            if *pc_id != pdv.pc_id {
-                return Err(DimseError::ContextSwitch {
-                    expected: *pc_id,
-                    got: pdv.pc_id,
-                });
-            }
-            if data.len() + pdv.data.len() > MAX_DATASET_LEN {
-                return Err(DimseError::DatasetTooLarge(MAX_DATASET_LEN));
-            }
-            data.extend_from_slice(&pdv.data);
-            if pdv.is_last {
-                let (cmd, pc_id, data) = self.pending.take().expect("checked above");
-                done.push(Message {
+                Fragment::Command(cmd, pc_id) => done.push(Message {
                     cmd,
                     pc_id,
-                    data: Some(data),
-                });
+                    data: None,
+                }),
+                Fragment::Data { data, last } => {
+                    let Some((_, _, buf)) = &mut self.pending else {
+                        return Err(DimseError::UnexpectedData);
+                    };
+                    if buf.len() + data.len() > MAX_DATASET_LEN {
+                        return Err(DimseError::DatasetTooLarge(MAX_DATASET_LEN));
+                    }
+                    buf.extend_from_slice(&data);
+                    if last {
+                        let (cmd, pc_id, data) = self.pending.take().expect("matched above");
+                        done.push(Message {
+                            cmd,
+                            pc_id,
+                            data: Some(data),
+                        });
+                    }
+                }
             }
         }
         Ok(done)

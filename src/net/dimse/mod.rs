@@ -1,4 +1,5 @@
 //! DIMSE: command sets and status codes (PS3.7), independent of any service.
 
+pub mod assembly;
 pub mod command;
 pub mod status;
