@@ -208,12 +208,13 @@ fn event_for_error(e: &ReadError) -> Event {
     }
 }
 
-fn provider_abort(reason: AbortRQServiceProviderReason) -> AbortRQSource {
+/// An A-ABORT from the service provider (us) for `reason`.
+pub(super) fn provider_abort(reason: AbortRQServiceProviderReason) -> AbortRQSource {
     AbortRQSource::ServiceProvider(reason)
 }
 
 /// Decrements the association count when the association ends, however it ends.
-struct ActiveGuard(Arc<AtomicUsize>);
+pub(super) struct ActiveGuard(pub(super) Arc<AtomicUsize>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use super::dimse::assembly::{DimseError, Fragment, MessageAssembler};
 use super::dimse::command::{decode_command, encode_response, Command, CommandField};
 use super::dimse::status::UNRECOGNIZED_OPERATION;
-use super::scp::Phase;
+use super::scp::{provider_abort, ActiveGuard, Phase};
 use super::services::modality_performed_procedure_step as mpps;
 use super::services::modality_worklist::{self as mwl, FindOutcome};
 use super::services::verification;
@@ -264,19 +264,6 @@ impl Conn<'_> {
                 return;
             }
         }
-    }
-}
-
-fn provider_abort(reason: AbortRQServiceProviderReason) -> AbortRQSource {
-    AbortRQSource::ServiceProvider(reason)
-}
-
-/// Decrements the association count when the association ends, however it ends.
-struct ActiveGuard(Arc<AtomicUsize>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
