@@ -13,53 +13,18 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use util::*;
 
-/// Bound on one HTTP exchange.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// An empty JSON object as a request body.
+const JSON_EMPTY: (&str, &[u8]) = ("application/json", b"{}");
 /// How long forwarding outcomes (dead letters) may take to appear.
 const SETTLE: Duration = Duration::from_secs(20);
 
-/// One HTTP response.
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// "METHOD target", for messages.
-    what: String,
-}
-
 impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// The body as JSON, asserting the status first.
-    #[track_caller]
-    fn ok(&self, status: u16) -> Value {
-        assert_eq!(
-            self.status,
-            status,
-            "{}: expected {status}, got {}:\n{}",
-            self.what,
-            self.status,
-            self.text()
-        );
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{}: body is not JSON ({e}):\n{}", self.what, self.text()))
-    }
-
     /// Asserts an error answer: `status`, the `{"error": {"code", "message"}}` shape, and a
     /// message mentioning `mentions` (case-insensitive).
     #[track_caller]
@@ -81,88 +46,6 @@ impl Resp {
     }
 }
 
-/// Decodes a chunked body.
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let eol = raw
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("chunk size line");
-        let size_text = std::str::from_utf8(&raw[..eol]).unwrap();
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
-            .expect("hex chunk size");
-        raw = &raw[eol + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&raw[..size]);
-        raw = &raw[size + 2..];
-    }
-}
-
-/// Sends one request (`Connection: close`) with the target exactly as given.
-fn request(
-    port: u16,
-    method: &str,
-    target: &str,
-    token: Option<&str>,
-    body: Option<&[u8]>,
-) -> Resp {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("cannot connect to the admin API on port {port}: {e}"));
-    s.set_read_timeout(Some(HTTP_TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(HTTP_TIMEOUT)).unwrap();
-    let mut head =
-        format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    if let Some(b) = body {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    if let Some(b) = body {
-        s.write_all(b).unwrap();
-    }
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("{method} {target}: reading the response: {e}"));
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("{method} {target}: no header end in {raw:?}"));
-    let head = String::from_utf8(raw[..split].to_vec()).expect("ASCII headers");
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    if chunked {
-        body = dechunk(&body);
-    }
-    Resp {
-        status,
-        headers,
-        body,
-        what: format!("{method} {target}"),
-    }
-}
-
 /// The daemon under test with tokens of each role and a few stored objects.
 struct Gw {
     _tmp: tempfile::TempDir,
@@ -173,26 +56,6 @@ struct Gw {
     admin: String,
     /// Stored objects: see [`objects`].
     objs: Vec<ObjSpec>,
-}
-
-/// A token made by `dicom-gw token create` (the last word of its output).
-fn cli_token(data: &Path, role: &str) -> String {
-    let out = gw_cli(&[
-        "token",
-        "create",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--role",
-        role,
-        "--name",
-        &format!("test-{role}"),
-    ])
-    .ok();
-    out.stdout
-        .split_whitespace()
-        .last()
-        .expect("token create prints the token")
-        .to_owned()
 }
 
 /// Five objects in three studies:
@@ -231,9 +94,9 @@ impl Gw {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
-        let viewer = cli_token(&data, "viewer");
-        let operator = cli_token(&data, "operator");
-        let admin = cli_token(&data, "admin");
+        let viewer = cli_token(GW_BIN, &data, "viewer");
+        let operator = cli_token(GW_BIN, &data, "operator");
+        let admin = cli_token(GW_BIN, &data, "admin");
         // Ports nothing listens on: connections are refused at once.
         let toml = format!(
             "{}{}{}",
@@ -282,7 +145,7 @@ impl Gw {
             method,
             &format!("/api/v1{path}"),
             Some(token),
-            b.as_deref(),
+            b.as_deref().map(|b| ("application/json", b)),
         )
     }
 
@@ -293,7 +156,7 @@ impl Gw {
             method,
             &format!("/api/v1{path}"),
             Some(token),
-            Some(body),
+            Some(("application/json", body)),
         )
     }
 
@@ -367,14 +230,14 @@ fn every_role_boundary_is_enforced() {
         ("POST", "/api/v1/tokens"),
         ("GET", "/api/v1/nonexistent"),
     ] {
-        let r = request(port, method, path, None, Some(b"{}"));
+        let r = request(port, method, path, None, Some(JSON_EMPTY));
         r.err(401, "authorization");
         assert_eq!(
             r.header("www-authenticate"),
             Some("Bearer"),
             "{method} {path}"
         );
-        let r = request(port, method, path, Some("dgw_0000"), Some(b"{}"));
+        let r = request(port, method, path, Some("dgw_0000"), Some(JSON_EMPTY));
         r.err(401, "token");
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(HTTP_TIMEOUT)).unwrap();
@@ -562,7 +425,13 @@ fn tokens_users_login_and_audit() {
 
     let login = |name: &str, pw: &str| {
         let b = serde_json::to_vec(&json!({ "name": name, "password": pw })).unwrap();
-        request(port, "POST", "/api/v1/auth/login", None, Some(&b))
+        request(
+            port,
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            Some(("application/json", &b)),
+        )
     };
     let l = login("alice", "correct horse battery").ok(200);
     let session = l["token"].as_str().unwrap().to_owned();
@@ -582,13 +451,20 @@ fn tokens_users_login_and_audit() {
         wrong, unknown,
         "failed logins must not say which part was wrong"
     );
-    request(port, "POST", "/api/v1/auth/login", None, Some(b"not json")).err(400, "json");
     request(
         port,
         "POST",
         "/api/v1/auth/login",
         None,
-        Some(b"{\"name\": \"alice\"}"),
+        Some(("application/json", b"not json")),
+    )
+    .err(400, "json");
+    request(
+        port,
+        "POST",
+        "/api/v1/auth/login",
+        None,
+        Some(("application/json", b"{\"name\": \"alice\"}")),
     )
     .err(400, "password");
 

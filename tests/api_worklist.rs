@@ -16,50 +16,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use serde_json::{json, Value};
 use util::*;
 
-/// Bound on one HTTP exchange.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// One HTTP response.
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// "METHOD target", for messages.
-    what: String,
-}
-
 impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// The body as JSON, asserting the status first.
-    #[track_caller]
-    fn ok(&self, status: u16) -> Value {
-        assert_eq!(
-            self.status,
-            status,
-            "{}: expected {status}, got {}:\n{}",
-            self.what,
-            self.status,
-            self.text()
-        );
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{}: body is not JSON ({e}):\n{}", self.what, self.text()))
-    }
-
     /// Asserts an error answer with `status` whose message contains every one of `mentions`.
     #[track_caller]
     fn err(&self, status: u16, mentions: &[&str]) -> Value {
@@ -83,66 +44,22 @@ impl Resp {
     }
 }
 
-/// Sends one request (`Connection: close`); `body` goes with `content_type`.
-fn request(
+/// [`request`], asserting the answer is not chunked (JSON answers carry a Content-Length).
+fn send(
     port: u16,
     method: &str,
     target: &str,
     token: Option<&str>,
     body: Option<(&str, &[u8])>,
 ) -> Resp {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("cannot connect to the admin API on port {port}: {e}"));
-    s.set_read_timeout(Some(HTTP_TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(HTTP_TIMEOUT)).unwrap();
-    let mut head =
-        format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    if let Some((ct, b)) = body {
-        head.push_str(&format!(
-            "Content-Type: {ct}\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    if let Some((_, b)) = body {
-        // The server may answer (413) and close before reading a large body.
-        let _ = s.write_all(b);
-    }
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("{method} {target}: reading the response: {e}"));
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("{method} {target}: no header end in {raw:?}"));
-    let head = String::from_utf8(raw[..split].to_vec()).expect("ASCII headers");
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
+    let r = request(port, method, target, token, body);
     assert!(
-        !headers
-            .iter()
-            .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")),
-        "{method} {target}: JSON answers are not chunked"
+        !r.header("transfer-encoding")
+            .is_some_and(|v| v.contains("chunked")),
+        "{}: JSON answers are not chunked",
+        r.what
     );
-    Resp {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-        what: format!("{method} {target}"),
-    }
+    r
 }
 
 /// `POST /api/v1/worklist` declaring a `length`-byte body without sending it.
@@ -171,26 +88,6 @@ fn oversized(port: u16, token: &str, length: usize) -> Resp {
     }
 }
 
-/// A token made by `dicom-gw token create` (the last word of its output).
-fn cli_token(data: &Path, role: &str) -> String {
-    let out = gw_cli(&[
-        "token",
-        "create",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--role",
-        role,
-        "--name",
-        &format!("test-{role}"),
-    ])
-    .ok();
-    out.stdout
-        .split_whitespace()
-        .last()
-        .expect("token create prints the token")
-        .to_owned()
-}
-
 /// The daemon under test with a token of each role.
 struct Gw {
     tmp: tempfile::TempDir,
@@ -208,9 +105,9 @@ impl Gw {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
-        let viewer = cli_token(&data, "viewer");
-        let operator = cli_token(&data, "operator");
-        let admin = cli_token(&data, "admin");
+        let viewer = cli_token(GW_BIN, &data, "viewer");
+        let operator = cli_token(GW_BIN, &data, "operator");
+        let admin = cli_token(GW_BIN, &data, "admin");
         let daemon = Daemon::start(GW_BIN, &data, "epoll", extra);
         assert_ne!(daemon.http_port, 0, "no http listening line");
         Gw {
@@ -226,7 +123,7 @@ impl Gw {
     /// `METHOD /api/v1{path}` with `token` and an optional DICOM JSON body.
     fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Resp {
         let b = body.map(|v| serde_json::to_vec(v).unwrap());
-        request(
+        send(
             self.daemon.http_port,
             method,
             &format!("/api/v1{path}"),
@@ -237,7 +134,7 @@ impl Gw {
 
     /// Like [`Gw::call`] with a raw body and content type.
     fn raw(&self, method: &str, path: &str, token: &str, ct: &str, body: &[u8]) -> Resp {
-        request(
+        send(
             self.daemon.http_port,
             method,
             &format!("/api/v1{path}"),
@@ -522,7 +419,7 @@ fn worklist_items_crud_roles_and_audit() {
     let r = gw.call("POST", "/mpps", Some(&gw.admin), Some(&one));
     assert_eq!(r.status, 405);
     // HEAD is GET without the body.
-    let r = request(port, "HEAD", "/api/v1/worklist", Some(&gw.viewer), None);
+    let r = send(port, "HEAD", "/api/v1/worklist", Some(&gw.viewer), None);
     assert_eq!(r.status, 200);
     assert!(r.body.is_empty());
 
@@ -944,8 +841,8 @@ fn cli_import_offline_and_through_the_daemon() {
 
     // Through the running daemon (which holds worklist.redb, so the CLI must use the
     // socket): one order changed, one new; the API sees the result at once.
-    let viewer = cli_token(&data, "viewer");
-    let admin = cli_token(&data, "admin");
+    let viewer = cli_token(GW_BIN, &data, "viewer");
+    let admin = cli_token(GW_BIN, &data, "admin");
     let daemon = Daemon::start(GW_BIN, &data, "epoll", &[]);
     let port = daemon.http_port;
     let mut changed = ris[1].clone();
@@ -966,9 +863,9 @@ fn cli_import_offline_and_through_the_daemon() {
         s["items"],
         json!([{"id": 2, "result": "updated"}, {"id": 3, "result": "created"}])
     );
-    let page = request(port, "GET", "/api/v1/worklist", Some(&viewer), None).ok(200);
+    let page = send(port, "GET", "/api/v1/worklist", Some(&viewer), None).ok(200);
     assert_eq!(ids(&page), [1, 2, 3]);
-    let two = request(port, "GET", "/api/v1/worklist/2", Some(&viewer), None).ok(200);
+    let two = send(port, "GET", "/api/v1/worklist/2", Some(&viewer), None).ok(200);
     assert_eq!(text(step(&two["dataset"]), "00400002"), "20260120");
     // Bad input through the daemon: exit 2 naming the attribute.
     let out = import_stdin(&data, &bad.to_string());
@@ -983,7 +880,7 @@ fn cli_import_offline_and_through_the_daemon() {
         .json_lines();
     assert_eq!(listed.len(), 3);
     // The daemon audited the import with the CLI user.
-    let log = request(port, "GET", "/api/v1/audit?limit=1000", Some(&admin), None).ok(200);
+    let log = send(port, "GET", "/api/v1/audit?limit=1000", Some(&admin), None).ok(200);
     let imports: Vec<&Value> = log["items"]
         .as_array()
         .unwrap()
