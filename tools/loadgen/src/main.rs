@@ -619,7 +619,7 @@ fn mwl_items(a: MwlItemsArgs) -> anyhow::Result<ExitCode> {
         layout.items,
         layout.stations,
         layout.days,
-        mwl::civil(layout.base)
+        dicom_loadgen::synth::civil(layout.base)
     );
     Ok(ExitCode::SUCCESS)
 }

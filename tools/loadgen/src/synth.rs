@@ -251,12 +251,17 @@ fn put_digits(dst: &mut [u8], mut v: u64, fill: u8) {
     dst[..i].fill(fill);
 }
 
-/// Today's date as YYYYMMDD (UTC), from the civil-from-days algorithm.
+/// Today's date as YYYYMMDD (UTC).
 fn today() -> String {
     let days = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() / 86_400)
         .unwrap_or(0) as i64;
+    civil(days)
+}
+
+/// The date `days` after 1970-01-01 as YYYYMMDD.
+pub fn civil(days: i64) -> String {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
