@@ -320,6 +320,7 @@ pub fn serve(
         cores.push(handle);
     }
     drop(committer);
+    await_cores_listening(&cores, &cores_listening);
     let worklist_thread = match worklist {
         Some((wl_store, listener, _)) => {
             let w = &settings.worklist;
@@ -483,4 +484,17 @@ fn run_core<I: Io>(listener: std::net::TcpListener, p: CoreParts) -> std::io::Re
         listening.fetch_sub(1, Ordering::AcqRel);
         while tasks.join_next().await.is_some() {}
     })
+}
+
+/// Waits (bounded) until every core thread accepts associations, so the ready line and
+/// `/readyz` agree: a probe right after the ready line must not see "1 of 2 core threads".
+/// A core that fails to start ends its thread; readiness then reports it, not this wait.
+fn await_cores_listening(cores: &[std::thread::JoinHandle<()>], listening: &AtomicUsize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listening.load(Ordering::Acquire) < cores.len()
+        && !cores.iter().any(|c| c.is_finished())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
