@@ -100,6 +100,22 @@ pub struct RawWorklist {
     pub require_called_ae_title: Option<bool>,
     /// If not empty, only these calling AE titles may associate.
     pub allowed_calling_ae_titles: Option<Vec<String>>,
+    /// DICOM TLS listen address (PS3.15 Annex B; port 2762 by convention). Unset: no TLS
+    /// listener. Runs beside the plain `listen`, which `listen = "off"` turns off.
+    pub tls_listen: Option<String>,
+    /// PEM certificate chain of the TLS listener (default: `store.tls_cert_file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of the TLS listener (default: `store.tls_key_file`).
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s): when set, peers on the TLS listener must present a client
+    /// certificate that chains to one of them (mutual TLS).
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Source networks that may connect (CIDR, e.g. "10.1.0.0/16", or single addresses);
+    /// empty = any. Others are rejected with the standard reason before negotiation.
+    pub allowed_peers: Option<Vec<String>>,
+    /// Connections that may wait for their A-ASSOCIATE-RQ at once (default 64); past that the
+    /// oldest waiting connection is closed, so idle connections cannot lock peers out.
+    pub max_unassociated_connections: Option<usize>,
 }
 
 /// `[http]`: the admin API, metrics and health probes.
@@ -253,6 +269,22 @@ pub struct RawStore {
     pub commit_max_batch: Option<usize>,
     /// Refuse new objects (A700) once the data filesystem is this full, percent (default 95).
     pub disk_high_water_percent: Option<u8>,
+    /// DICOM TLS listen address (PS3.15 Annex B; port 2762 by convention). Unset: no TLS
+    /// listener. Runs beside the plain `listen`, which `listen = "off"` turns off.
+    pub tls_listen: Option<String>,
+    /// PEM certificate chain of the TLS listener.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of the TLS listener.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s): when set, peers on the TLS listener must present a client
+    /// certificate that chains to one of them (mutual TLS).
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Source networks that may connect (CIDR, e.g. "10.1.0.0/16", or single addresses);
+    /// empty = any. Others are rejected with the standard reason before negotiation.
+    pub allowed_peers: Option<Vec<String>>,
+    /// Connections that may wait for their A-ASSOCIATE-RQ at once (default 64); past that the
+    /// oldest waiting connection is closed, so idle connections cannot lock peers out.
+    pub max_unassociated_connections: Option<usize>,
 }
 
 /// Validated settings of the whole daemon.
@@ -309,11 +341,56 @@ impl Services {
     }
 }
 
+/// Where and for whom one DICOM service listens: its plain and TLS listeners, the source
+/// networks it admits, and how many connections may wait for association. The same shape for
+/// every DICOM port, so the association engine treats them alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSettings {
+    /// Plain TCP listen address; `None` when turned off (`listen = "off"`).
+    pub listen: Option<SocketAddr>,
+    /// The DICOM TLS listener, if configured.
+    pub tls: Option<TlsListenerSettings>,
+    /// Admitted source networks (empty = any).
+    pub allowed_peers: Vec<ipnet::IpNet>,
+    /// Connections that may wait for their A-ASSOCIATE-RQ at once.
+    pub max_unassociated_connections: usize,
+}
+
+impl ListenerSettings {
+    /// Whether a peer at `ip` may connect.
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d.
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.allowed_peers.is_empty() || self.allowed_peers.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// A DICOM TLS listener (PS3.15 Annex B).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListenerSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// PEM CA certificates that client certificates must chain to (mutual TLS), if set.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// Default of `max_unassociated_connections`.
+pub const DEFAULT_MAX_UNASSOCIATED: usize = 64;
+
 /// Validated `[worklist]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorklistSettings {
-    /// Listen address.
-    pub listen: SocketAddr,
+    /// Listeners and access.
+    pub net: ListenerSettings,
     /// Our AE title on the worklist port.
     pub ae_title: String,
     /// Maximum concurrent associations.
@@ -428,8 +505,8 @@ pub struct Retention {
 pub struct StoreSettings {
     /// Our AE title, trimmed.
     pub ae_title: String,
-    /// Listen address.
-    pub listen: SocketAddr,
+    /// Listeners and access.
+    pub net: ListenerSettings,
     /// Maximum PDU length we announce.
     pub max_pdu_length: u32,
     /// Maximum concurrent associations.
@@ -505,6 +582,10 @@ pub struct Overrides {
     pub http_listen: Option<String>,
     /// `--worklist-listen`
     pub worklist_listen: Option<String>,
+    /// `--store-tls-listen`
+    pub store_tls_listen: Option<String>,
+    /// `--worklist-tls-listen`
+    pub worklist_tls_listen: Option<String>,
     /// `--only`
     pub services: Option<Services>,
 }
@@ -631,19 +712,22 @@ impl RawConfig {
         };
         let ae_title = validate_ae_title(s.ae_title.as_deref().unwrap_or(DEFAULT_AE_TITLE))
             .map_err(|m| invalid(Some("store"), "ae_title", false, m))?;
-        let listen_text = ov
-            .store_listen
-            .clone()
-            .or(s.listen)
-            .unwrap_or_else(|| DEFAULT_STORE_LISTEN.to_owned());
-        let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            invalid(
-                Some("store"),
-                "listen",
-                ov.store_listen.is_some(),
-                format!("{listen_text:?} is not an ADDRESS:PORT (e.g. 0.0.0.0:4244)"),
-            )
-        })?;
+        let store_net = resolve_listener(
+            RawListener {
+                section: "store",
+                listen: ov.store_listen.clone().or(s.listen.clone()),
+                listen_from_flag: ov.store_listen.is_some(),
+                default_listen: DEFAULT_STORE_LISTEN,
+                tls_listen: ov.store_tls_listen.clone().or(s.tls_listen.clone()),
+                tls_from_flag: ov.store_tls_listen.is_some(),
+                cert: s.tls_cert_file.clone(),
+                key: s.tls_key_file.clone(),
+                client_ca: s.tls_client_ca_file.clone(),
+                allowed_peers: s.allowed_peers.clone(),
+                max_unassociated: s.max_unassociated_connections,
+            },
+            &invalid,
+        )?;
         let max_pdu_length = s.max_pdu_length.unwrap_or(DEFAULT_MAX_PDU_LENGTH);
         if !(dicom_ul::pdu::MINIMUM_PDU_SIZE..=(64 * 1024 * 1024)).contains(&max_pdu_length) {
             return Err(invalid(
@@ -831,19 +915,22 @@ impl RawConfig {
             n => Duration::from_secs(n),
         };
         let w = self.worklist;
-        let worklist_text = ov
-            .worklist_listen
-            .clone()
-            .or(w.listen)
-            .unwrap_or_else(|| DEFAULT_WORKLIST_LISTEN.to_owned());
-        let worklist_listen: SocketAddr = worklist_text.parse().map_err(|_| {
-            invalid(
-                Some("worklist"),
-                "listen",
-                ov.worklist_listen.is_some(),
-                format!("{worklist_text:?} is not an ADDRESS:PORT (e.g. 0.0.0.0:4243)"),
-            )
-        })?;
+        let worklist_net = resolve_listener(
+            RawListener {
+                section: "worklist",
+                listen: ov.worklist_listen.clone().or(w.listen.clone()),
+                listen_from_flag: ov.worklist_listen.is_some(),
+                default_listen: DEFAULT_WORKLIST_LISTEN,
+                tls_listen: ov.worklist_tls_listen.clone().or(w.tls_listen.clone()),
+                tls_from_flag: ov.worklist_tls_listen.is_some(),
+                cert: w.tls_cert_file.clone().or(s.tls_cert_file.clone()),
+                key: w.tls_key_file.clone().or(s.tls_key_file.clone()),
+                client_ca: w.tls_client_ca_file.clone(),
+                allowed_peers: w.allowed_peers.clone(),
+                max_unassociated: w.max_unassociated_connections,
+            },
+            &invalid,
+        )?;
         let worklist_ae = match w.ae_title {
             Some(ae) => validate_ae_title(&ae)
                 .map_err(|m| invalid(Some("worklist"), "ae_title", false, m))?,
@@ -867,7 +954,7 @@ impl RawConfig {
             );
         }
         let worklist = WorklistSettings {
-            listen: worklist_listen,
+            net: worklist_net,
             ae_title: worklist_ae,
             max_associations: worklist_max,
             max_results: w.max_results.filter(|&n| n > 0),
@@ -884,7 +971,7 @@ impl RawConfig {
             grace_period: Duration::from_secs(self.grace_period_seconds.unwrap_or(10)),
             store: StoreSettings {
                 ae_title,
-                listen,
+                net: store_net,
                 max_pdu_length,
                 max_associations,
                 require_called_ae_title: s.require_called_ae_title.unwrap_or(false),
@@ -909,6 +996,107 @@ impl RawConfig {
             },
         })
     }
+}
+
+/// One DICOM section's listener keys, command-line overrides applied.
+struct RawListener {
+    section: &'static str,
+    listen: Option<String>,
+    listen_from_flag: bool,
+    default_listen: &'static str,
+    tls_listen: Option<String>,
+    tls_from_flag: bool,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    allowed_peers: Option<Vec<String>>,
+    max_unassociated: Option<usize>,
+}
+
+/// Validates one DICOM section's listeners and access keys.
+fn resolve_listener(
+    r: RawListener,
+    invalid: &dyn Fn(Option<&str>, &str, bool, String) -> ConfigError,
+) -> Result<ListenerSettings, ConfigError> {
+    let sec = Some(r.section);
+    let addr = |text: &str, key: &str, flag: bool| -> Result<SocketAddr, ConfigError> {
+        text.parse().map_err(|_| {
+            invalid(
+                sec,
+                key,
+                flag,
+                format!(
+                    "{text:?} is not an ADDRESS:PORT (e.g. {})",
+                    r.default_listen
+                ),
+            )
+        })
+    };
+    let listen_text = r.listen.as_deref().unwrap_or(r.default_listen);
+    let listen = match listen_text {
+        "off" => None,
+        t => Some(addr(t, "listen", r.listen_from_flag)?),
+    };
+    let tls = match r.tls_listen.as_deref() {
+        None | Some("off") => None,
+        Some(t) => {
+            let listen = addr(t, "tls_listen", r.tls_from_flag)?;
+            let need = |v: Option<PathBuf>, key: &str| {
+                v.ok_or_else(|| {
+                    invalid(
+                        sec,
+                        key,
+                        false,
+                        format!("tls_listen is set: {key} is required"),
+                    )
+                })
+            };
+            Some(TlsListenerSettings {
+                listen,
+                cert_file: need(r.cert, "tls_cert_file")?,
+                key_file: need(r.key, "tls_key_file")?,
+                client_ca_file: r.client_ca,
+            })
+        }
+    };
+    if listen.is_none() && tls.is_none() {
+        return Err(invalid(
+            sec,
+            "listen",
+            r.listen_from_flag,
+            "\"off\" needs a tls_listen: the service would have no listener".into(),
+        ));
+    }
+    let mut allowed_peers = Vec::new();
+    for p in r.allowed_peers.unwrap_or_default() {
+        let net = p
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                invalid(
+                    sec,
+                    "allowed_peers",
+                    false,
+                    format!("{p:?} is not a network (CIDR, e.g. 10.1.0.0/16) or an address"),
+                )
+            })?;
+        allowed_peers.push(net.trunc());
+    }
+    let max_unassociated_connections = r.max_unassociated.unwrap_or(DEFAULT_MAX_UNASSOCIATED);
+    if max_unassociated_connections == 0 {
+        return Err(invalid(
+            sec,
+            "max_unassociated_connections",
+            false,
+            "must be at least 1".into(),
+        ));
+    }
+    Ok(ListenerSettings {
+        listen,
+        tls,
+        allowed_peers,
+        max_unassociated_connections,
+    })
 }
 
 /// A destination or route problem: (key within the entry, message).
@@ -1169,7 +1357,12 @@ mod tests {
     fn defaults_start_a_working_daemon() {
         let s = resolve("").unwrap();
         assert_eq!(s.store.ae_title, "DICOM_GW");
-        assert_eq!(s.store.listen, "0.0.0.0:4244".parse().unwrap());
+        assert_eq!(s.store.net.listen, Some("0.0.0.0:4244".parse().unwrap()));
+        assert_eq!(s.store.net.tls, None);
+        assert_eq!(
+            s.store.net.max_unassociated_connections,
+            DEFAULT_MAX_UNASSOCIATED
+        );
         assert_eq!(s.store.max_pdu_length, 262_144);
         assert_eq!(s.durability, Durability::Full);
         assert!(!s.store.require_called_ae_title);
@@ -1235,7 +1428,7 @@ mod tests {
             .resolve(&ov, Some((p, text)))
             .unwrap();
         assert_eq!(s.data_dir, PathBuf::from("/from/flag"));
-        assert_eq!(s.store.listen.port(), 2);
+        assert_eq!(s.store.net.listen.map(|a| a.port()), Some(2));
         assert_eq!(s.io, IoMode::Epoll);
         let e = parse("", p)
             .unwrap()
@@ -1322,5 +1515,60 @@ delete_after_seconds = 3600
         assert!(validate_ae_title("    ").is_err());
         assert!(validate_ae_title("A\\B").is_err());
         assert!(validate_ae_title("12345678901234567").is_err());
+    }
+
+    #[test]
+    fn listeners_tls_and_access() {
+        let s = resolve(
+            "[store]\nlisten = \"off\"\ntls_listen = \"127.0.0.1:2762\"\ntls_cert_file = \"/c.pem\"\n\
+             tls_key_file = \"/k.pem\"\ntls_client_ca_file = \"/ca.pem\"\n\
+             allowed_peers = [\"10.1.0.0/16\", \"127.0.0.2\", \"::1\"]\nmax_unassociated_connections = 8\n\
+             [worklist]\ntls_listen = \"127.0.0.1:2763\"\n",
+        )
+        .unwrap();
+        let n = &s.store.net;
+        assert_eq!(n.listen, None);
+        let tls = n.tls.as_ref().unwrap();
+        assert_eq!(tls.listen.port(), 2762);
+        assert_eq!(tls.client_ca_file.as_deref(), Some(Path::new("/ca.pem")));
+        assert_eq!(n.max_unassociated_connections, 8);
+        assert!(n.admits("10.1.200.3".parse().unwrap()));
+        assert!(n.admits("127.0.0.2".parse().unwrap()));
+        assert!(
+            n.admits("::ffff:10.1.0.9".parse().unwrap()),
+            "v4-mapped peers"
+        );
+        assert!(!n.admits("127.0.0.1".parse().unwrap()));
+        assert!(!n.admits("10.2.0.1".parse().unwrap()));
+        // The worklist's certificate and key default to the store's; its CA does not.
+        let w = s.worklist.net.tls.as_ref().unwrap();
+        assert_eq!(w.cert_file, Path::new("/c.pem"));
+        assert_eq!(w.client_ca_file, None);
+        assert!(
+            s.worklist.net.listen.is_some() && s.worklist.net.admits("10.9.9.9".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn listener_errors_name_the_key() {
+        for (text, key) in [
+            (
+                "[store]\ntls_listen = \"127.0.0.1:1\"\n",
+                "store.tls_cert_file",
+            ),
+            ("[store]\nlisten = \"off\"\n", "store.listen"),
+            (
+                "[worklist]\nallowed_peers = [\"10.0.0.0/33\"]\n",
+                "worklist.allowed_peers",
+            ),
+            (
+                "[worklist]\nmax_unassociated_connections = 0\n",
+                "worklist.max_unassociated_connections",
+            ),
+            ("[store]\ntls_listen = \"x\"\n", "store.tls_listen"),
+        ] {
+            let e = resolve(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 }

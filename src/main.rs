@@ -32,9 +32,12 @@ enum Command {
         /// Data directory (default: $DICOM_GW_DATA or ./dicom-gw-data).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
-        /// Store service address (default 0.0.0.0:4244).
+        /// Store service address (default 0.0.0.0:4244; "off": TLS only).
         #[arg(long, value_name = "ADDR:PORT")]
         store_listen: Option<String>,
+        /// Store service DICOM TLS address (needs [store] tls_cert_file and tls_key_file).
+        #[arg(long, value_name = "ADDR:PORT")]
+        store_tls_listen: Option<String>,
         /// I/O backend.
         #[arg(long, value_name = "MODE")]
         io: Option<IoMode>,
@@ -47,9 +50,12 @@ enum Command {
         /// Admin API / metrics address (default 127.0.0.1:8080).
         #[arg(long, value_name = "ADDR:PORT")]
         http_listen: Option<String>,
-        /// Worklist service (MWL C-FIND, MPPS) address (default 0.0.0.0:4243).
+        /// Worklist service (MWL C-FIND, MPPS) address (default 0.0.0.0:4243; "off": TLS only).
         #[arg(long, value_name = "ADDR:PORT")]
         worklist_listen: Option<String>,
+        /// Worklist service DICOM TLS address (certificate and key default to the store's).
+        #[arg(long, value_name = "ADDR:PORT")]
+        worklist_tls_listen: Option<String>,
         /// Run only this service (two processes then need two data directories).
         #[arg(long, value_name = "SERVICE")]
         only: Option<dicom_gw::config::Services>,
@@ -345,6 +351,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             durability,
             http_listen,
             worklist_listen,
+            store_tls_listen,
+            worklist_tls_listen,
             only,
         } => {
             let ov = Overrides {
@@ -355,6 +363,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 durability,
                 http_listen,
                 worklist_listen,
+                store_tls_listen,
+                worklist_tls_listen,
                 services: only,
             };
             let settings = match load(config.as_ref()).and_then(|(raw, src)| {

@@ -78,11 +78,16 @@ pub fn resolve(mode: IoMode) -> Result<Backend, UringUnavailable> {
 }
 
 /// A connected stream, driven with owned buffers.
+///
+/// The methods take `&self` so that one reader and one writer can share the stream (an
+/// association reads the peer's next PDU while it is still sending responses: that is how a
+/// C-CANCEL is seen during a C-FIND, and how a peer that keeps sending meets TCP backpressure
+/// instead of our memory). At most one read and one write may be in flight at a time.
 pub trait NetStream: 'static {
     /// Reads into the spare capacity of `buf` (appending); returns bytes read (0 = EOF).
-    async fn read_buf(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut);
+    async fn read_buf(&self, buf: BytesMut) -> (io::Result<usize>, BytesMut);
     /// Writes all of `data`.
-    async fn write_all(&mut self, data: Bytes) -> io::Result<()>;
+    async fn write_all(&self, data: Bytes) -> io::Result<()>;
     /// Shuts the connection down in both directions now. Dropping is not enough on io_uring:
     /// a read still in flight (left behind by a timeout) keeps the socket open.
     fn shutdown(&self);
@@ -122,7 +127,7 @@ pub trait Io: 'static {
 pub enum Uring {}
 
 impl NetStream for tokio_uring::net::TcpStream {
-    async fn read_buf(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+    async fn read_buf(&self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         use tokio_uring::buf::BoundedBuf;
         if buf.capacity() == buf.len() {
             buf.reserve(64 * 1024);
@@ -132,7 +137,7 @@ impl NetStream for tokio_uring::net::TcpStream {
         (res, slice.into_inner())
     }
 
-    async fn write_all(&mut self, data: Bytes) -> io::Result<()> {
+    async fn write_all(&self, data: Bytes) -> io::Result<()> {
         tokio_uring::net::TcpStream::write_all(self, data).await.0
     }
 
@@ -182,17 +187,36 @@ impl Io for Uring {
 #[derive(Debug)]
 pub enum Epoll {}
 
+/// Readiness-based I/O through `&self` (`readable`/`try_read`), so a reader and a writer can
+/// share the stream as on io_uring.
 impl NetStream for tokio::net::TcpStream {
-    async fn read_buf(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+    async fn read_buf(&self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         if buf.capacity() == buf.len() {
             buf.reserve(64 * 1024);
         }
-        let res = tokio::io::AsyncReadExt::read_buf(self, &mut buf).await;
-        (res, buf)
+        loop {
+            if let Err(e) = self.readable().await {
+                return (Err(e), buf);
+            }
+            match self.try_read_buf(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                res => return (res, buf),
+            }
+        }
     }
 
-    async fn write_all(&mut self, data: Bytes) -> io::Result<()> {
-        tokio::io::AsyncWriteExt::write_all(self, &data).await
+    async fn write_all(&self, data: Bytes) -> io::Result<()> {
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            self.writable().await?;
+            match self.try_write(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn shutdown(&self) {

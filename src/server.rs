@@ -194,9 +194,13 @@ pub fn serve(
 
     let store = &settings.store;
     let services = settings.services;
+    let store_listen = store
+        .net
+        .listen
+        .expect("TLS-only listeners are wired with the engine");
     let listeners = if services.store() {
-        rt::bind_reuseport(store.listen, settings.threads).map_err(|source| ServeError::Bind {
-            addr: store.listen,
+        rt::bind_reuseport(store_listen, settings.threads).map_err(|source| ServeError::Bind {
+            addr: store_listen,
             source,
         })?
     } else {
@@ -204,7 +208,7 @@ pub fn serve(
     };
     let store_addr = match listeners.first() {
         Some(l) => Some(l.local_addr().map_err(|source| ServeError::Bind {
-            addr: store.listen,
+            addr: store_listen,
             source,
         })?),
         None => None,
@@ -216,7 +220,11 @@ pub fn serve(
                 source,
             }
         })?);
-        let addr = settings.worklist.listen;
+        let addr = settings
+            .worklist
+            .net
+            .listen
+            .expect("TLS-only listeners are wired with the engine");
         let listener = std::net::TcpListener::bind(addr)
             .map_err(|source| ServeError::Bind { addr, source })?;
         let bound = listener
