@@ -132,6 +132,7 @@ impl Committer {
             next_seq,
             last: None,
         };
+        let root = Syncer::start(root)?;
         let handle = std::thread::Builder::new()
             .name("committer".into())
             .spawn(move || run(&rx, &index, &data, &root, &cfg, &s, pending))?;
@@ -268,15 +269,60 @@ fn file_matches(path: &std::path::Path, rec: &InstanceRecord) -> bool {
     hasher.finalize().to_hex().as_str() == rec.dataset_blake3
 }
 
+/// Runs `syncfs` on a thread of its own, started once with the committer, so a batch's sync
+/// overlaps its index commit without a thread spawn per batch: a spawn can fail (a task
+/// limit, memory pressure), and the commit path must not depend on one (audit C2).
+struct Syncer {
+    root: Arc<std::fs::File>,
+    go: mpsc::SyncSender<()>,
+    done: mpsc::Receiver<std::io::Result<()>>,
+}
+
+impl Syncer {
+    fn start(root: std::fs::File) -> std::io::Result<Syncer> {
+        let root = Arc::new(root);
+        let (go, go_rx) = mpsc::sync_channel::<()>(1);
+        let (done_tx, done) = mpsc::sync_channel(1);
+        let r = root.clone();
+        std::thread::Builder::new()
+            .name("committer-sync".into())
+            .spawn(move || {
+                while go_rx.recv().is_ok() {
+                    if done_tx.send(syncfs(&r)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Syncer { root, go, done })
+    }
+
+    /// Syncs the filesystem while `meanwhile` runs; returns both results. If the sync thread
+    /// is gone, the sync runs here, after `meanwhile`.
+    fn sync_while<T>(&self, meanwhile: impl FnOnce() -> T) -> (std::io::Result<()>, T) {
+        if self.go.send(()).is_err() {
+            let t = meanwhile();
+            return (syncfs(&self.root), t);
+        }
+        let t = meanwhile();
+        let synced = self.done.recv().unwrap_or_else(|_| syncfs(&self.root));
+        (synced, t)
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        syncfs(&self.root)
+    }
+}
+
 fn run(
     rx: &mpsc::Receiver<CommitRequest>,
     index: &Index,
     data: &DataDir,
-    root: &std::fs::File,
+    root: &Syncer,
     cfg: &CommitterConfig,
     stats: &CommitStats,
     mut pending: Pending,
 ) {
+    let vital = crate::health::Vital::new("committer");
     let mut made_dirs: HashSet<PathBuf> = HashSet::new();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -311,6 +357,8 @@ fn run(
             made_dirs.clear();
         }
     }
+    // Every sender is gone: the daemon is stopping.
+    vital.done();
 }
 
 /// One object's progress through a batch.
@@ -337,7 +385,7 @@ fn commit_batch(
     batch: Vec<CommitRequest>,
     index: &Index,
     data: &DataDir,
-    root: &std::fs::File,
+    root: &Syncer,
     cfg: &CommitterConfig,
     made_dirs: &mut HashSet<PathBuf>,
     pending: &mut Pending,
@@ -365,7 +413,8 @@ fn commit_batch(
         // 1. Only a replacement renames over an *indexed* file: its new data must reach the
         //    disk before it takes that name. New objects need no sync yet (see step 3).
         if full && replaces_any(&items, &tx, cfg).map_err(early)? {
-            syncfs(root).map_err(|e| early(StoreError::from_io("syncfs", &e)))?;
+            root.sync()
+                .map_err(|e| early(StoreError::from_io("syncfs", &e)))?;
         }
         marks[0] = t0.elapsed();
         // 2. Decide duplicates and rename, inside the transaction that will index them.
@@ -399,14 +448,7 @@ fn commit_batch(
         // 3 and 4. One sync for the batch (the files' data and their new directory entries)
         //    runs while the index commits; the batch is answered only when both are done.
         let (synced, committed) = if sync_now {
-            std::thread::scope(|scope| {
-                let sync = scope.spawn(|| syncfs(root));
-                let committed = tx.commit();
-                let synced = sync
-                    .join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("syncfs thread panicked")));
-                (synced, committed)
-            })
+            root.sync_while(|| tx.commit())
         } else {
             (Ok(()), tx.commit())
         };

@@ -5,6 +5,7 @@
 //! - [`rt`]: per-core runtimes (io_uring or epoll) behind a small owned-buffer I/O trait.
 //! - [`config`]: the TOML file as written → validated settings.
 //! - [`db`]: redb table definitions shared by index and queue.
+//! - [`health`]: vital components whose failure makes the daemon unready and stop.
 //! - [`store`]: UID validation, the Part-10 header, the streaming writer, attribute extraction,
 //!   the index.
 //! - [`net`]: upper layer (PDU framing, the PS3.8 state machine, negotiation), DIMSE, services,
@@ -22,7 +23,9 @@ pub mod commit;
 pub mod config;
 pub mod control;
 pub mod db;
+pub mod health;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod net;
 pub mod queue;

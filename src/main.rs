@@ -387,8 +387,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         started.http_addr,
                         if started.https { "https" } else { "http" }
                     );
+                    if let Some(addr) = started.worklist_tls_addr {
+                        println!("dicom-gw: worklist tls listening on {addr}");
+                    }
                     if let Some(addr) = started.worklist_addr {
                         println!("dicom-gw: worklist listening on {addr}");
+                    }
+                    // With the plain store port turned off, the TLS line is the ready line.
+                    if let Some(addr) = started.store_tls_addr {
+                        println!("dicom-gw: store tls listening on {addr}");
                     }
                     if let Some(addr) = started.store_addr {
                         println!(

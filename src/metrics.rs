@@ -82,7 +82,8 @@ impl Service {
         self as usize
     }
 
-    fn label(self) -> &'static str {
+    /// The label value.
+    pub fn label(self) -> &'static str {
         match self {
             Service::Store => "store",
             Service::Worklist => "worklist",
@@ -303,7 +304,22 @@ pub struct Metrics {
     commit_duration: AtomicHistogram<LATENCY_BUCKETS>,
     destinations: RwLock<BTreeMap<String, Arc<DestinationMetrics>>>,
     worklist: WorklistMetrics,
+    /// Rejected associations by service and [`REJECT_REASONS`] index (rare: shared atomics).
+    rejects: [[AtomicU64; REJECT_REASONS.len()]; SERVICES],
+    /// Connections closed before association to make room for newer ones, by service.
+    evicted: [AtomicU64; SERVICES],
 }
+
+/// Label values of `dicomgw_association_rejects_total{reason}`; the last catches any other.
+const REJECT_REASONS: [&str; 7] = [
+    "protocol_version",
+    "application_context",
+    "called_ae_title",
+    "calling_ae_title",
+    "local_limit",
+    "peer_address",
+    "other",
+];
 
 /// Worklist service counters: low-rate, so plain shared atomics (no per-core slots).
 #[derive(Debug)]
@@ -437,6 +453,8 @@ impl Metrics {
                 find_duration: AtomicHistogram::new(),
                 mpps: Default::default(),
             },
+            rejects: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            evicted: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -473,10 +491,21 @@ impl Metrics {
         }
     }
 
-    /// An association on `core` was rejected (A-ASSOCIATE-RJ).
-    pub fn association_rejected(&self, core: usize, service: Service) {
+    /// An association on `core` was rejected (A-ASSOCIATE-RJ) for `reason` (a label of
+    /// `dicomgw_association_rejects_total`; unknown ones count as "other").
+    pub fn association_rejected(&self, core: usize, service: Service, reason: &str) {
         self.slot(core).associations_ended[service.index()][AssociationEnd::Rejected as usize]
             .fetch_add(1, Relaxed);
+        let i = REJECT_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(REJECT_REASONS.len() - 1);
+        self.rejects[service.index()][i].fetch_add(1, Relaxed);
+    }
+
+    /// A connection waiting for association was closed to make room for a newer one.
+    pub fn connection_evicted(&self, service: Service) {
+        self.evicted[service.index()].fetch_add(1, Relaxed);
     }
 
     /// An object received on `core` was answered with success; `dataset_bytes` is its
@@ -560,6 +589,10 @@ impl Metrics {
     /// Prometheus text format ([`CONTENT_TYPE`]).
     pub fn render(&self, snapshot: &Snapshot) -> String {
         let exposition = Exposition {
+            rejects: std::array::from_fn(|s| {
+                std::array::from_fn(|r| self.rejects[s][r].load(Relaxed))
+            }),
+            evicted: std::array::from_fn(|s| self.evicted[s].load(Relaxed)),
             cores: self.sum_cores(),
             commit_batch: self.sum(&self.commit_batch),
             commit_duration: self.sum(&self.commit_duration),
@@ -653,6 +686,8 @@ struct DestinationTotals {
 /// One scrape's values, written by the encoder through [`Collector`].
 #[derive(Debug)]
 struct Exposition {
+    rejects: [[u64; REJECT_REASONS.len()]; SERVICES],
+    evicted: [u64; SERVICES],
     cores: CoreTotals,
     commit_batch: HistogramValue,
     commit_duration: HistogramValue,
@@ -731,6 +766,31 @@ impl Collector for Exposition {
                 let labels = [("service", e(s.label())), ("result", e(end.label()))];
                 sample(&mut m, &labels, n)?;
             }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_association_rejects_total",
+            "Associations rejected (A-ASSOCIATE-RJ), by DICOM service and reason.",
+            None,
+            Counter,
+        )?;
+        for s in Service::ALL {
+            for (i, reason) in REJECT_REASONS.iter().enumerate() {
+                let n = self.rejects[s.index()][i];
+                let labels = [("service", e(s.label())), ("reason", e(reason))];
+                sample(&mut m, &labels, n)?;
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_connections_evicted_total",
+            "Connections closed before association to make room for newer ones (max_unassociated_connections), by DICOM service.",
+            None,
+            Counter,
+        )?;
+        for s in Service::ALL {
+            let n = self.evicted[s.index()];
+            sample(&mut m, &[("service", e(s.label()))], n)?;
         }
 
         let mut m = enc.encode_descriptor(
@@ -1017,7 +1077,7 @@ mod tests {
         let m = Metrics::new(2);
         let a = m.association_accepted(0, Service::Store);
         let b = m.association_accepted(1, Service::Store);
-        m.association_rejected(1, Service::Store);
+        m.association_rejected(1, Service::Store, "local_limit");
         let out = m.render(&Snapshot::default());
         assert_eq!(
             value(&out, "dicomgw_associations_active{service=\"store\"}"),

@@ -1,7 +1,8 @@
 //! Per-core runtimes and the small owned-buffer I/O trait the services are written against.
 //!
-//! dicom-gw runs one OS thread per core, each with a single-threaded runtime and its own
-//! `SO_REUSEPORT` listener; an association lives and dies on the thread that accepted it.
+//! dicom-gw runs one OS thread per core, each with a single-threaded runtime accepting on its
+//! own handle of every listening socket; an association lives and dies on the thread that
+//! accepted it.
 //! Two backends implement [`Io`]: [`Uring`] (tokio-uring, io_uring) and [`Epoll`] (a plain
 //! tokio current-thread runtime, with file writes done inline by `pwrite`, which measured
 //! fastest on this class of machine). Service code is generic over `Io`, so it is written once,
@@ -117,6 +118,8 @@ pub trait Io: 'static {
     fn listener(l: std::net::TcpListener) -> io::Result<Self::Listener>;
     /// Accepts one connection, with `TCP_NODELAY` set (Nagle would delay every response).
     async fn accept(l: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)>;
+    /// Sets the kernel send buffer of a connection (`SO_SNDBUF`).
+    fn set_send_buffer(s: &Self::Stream, bytes: usize) -> io::Result<()>;
     /// Runs `f` to completion on a new single-threaded runtime on the current thread.
     /// Tasks are spawned with `tokio::task::spawn_local` on both backends.
     fn block_on<F: Future<Output = ()> + 'static>(f: F) -> io::Result<()>;
@@ -174,6 +177,13 @@ impl Io for Uring {
         let (s, addr) = l.accept().await?;
         s.set_nodelay(true)?;
         Ok((s, addr))
+    }
+
+    fn set_send_buffer(s: &Self::Stream, bytes: usize) -> io::Result<()> {
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        // SAFETY: the descriptor belongs to `s`, which outlives this borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) };
+        socket2::SockRef::from(&fd).set_send_buffer_size(bytes)
     }
 
     fn block_on<F: Future<Output = ()> + 'static>(f: F) -> io::Result<()> {
@@ -261,6 +271,10 @@ impl Io for Epoll {
         Ok((s, addr))
     }
 
+    fn set_send_buffer(s: &Self::Stream, bytes: usize) -> io::Result<()> {
+        socket2::SockRef::from(s).set_send_buffer_size(bytes)
+    }
+
     fn block_on<F: Future<Output = ()> + 'static>(f: F) -> io::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -269,26 +283,6 @@ impl Io for Epoll {
         local.block_on(&rt, f);
         Ok(())
     }
-}
-
-/// Binds `n` listeners to `addr` with `SO_REUSEPORT`, one per core. When `addr` has port 0
-/// the first bind picks the port and the others reuse it, so all cores serve one port.
-pub fn bind_reuseport(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let mut out = Vec::with_capacity(n);
-    let mut addr = addr;
-    for _ in 0..n.max(1) {
-        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        s.set_reuse_address(true)?;
-        s.set_reuse_port(true)?;
-        s.set_tcp_nodelay(true)?;
-        s.bind(&addr.into())?;
-        s.listen(1024)?;
-        let l: std::net::TcpListener = s.into();
-        addr = l.local_addr()?;
-        out.push(l);
-    }
-    Ok(out)
 }
 
 /// Lowers the calling thread's CPU priority to `nice` (Linux: nice is per thread). Used by the
@@ -304,4 +298,95 @@ pub fn lower_thread_priority(nice: i32) {
     if rc != 0 {
         tracing::debug!(error = %io::Error::last_os_error(), nice, "cannot lower the thread's priority");
     }
+}
+
+/// A fixed set of threads for blocking service work (worklist matching, MPPS database
+/// writes), so the per-core runtimes never block and no thread is started per connection or
+/// per request. Its queue is bounded: when it is full, [`WorkPool::run`] says so at once and
+/// the service answers "out of resources" instead of queueing without limit.
+#[derive(Debug, Clone)]
+pub struct WorkPool {
+    tx: std::sync::mpsc::SyncSender<Box<dyn FnOnce() + Send>>,
+    name: &'static str,
+}
+
+/// The pool's queue is full (or its threads are gone).
+#[derive(Debug, thiserror::Error)]
+#[error("the {0} work queue is full")]
+pub struct PoolBusy(pub &'static str);
+
+impl WorkPool {
+    /// Starts `threads` threads named `name` at `nice`, with room for `queue` waiting jobs.
+    /// Threads are started here, at start-up, where a failure is a clean start-up error.
+    pub fn start(
+        name: &'static str,
+        threads: usize,
+        queue: usize,
+        nice: i32,
+    ) -> io::Result<WorkPool> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Box<dyn FnOnce() + Send>>(queue);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                // Explicit and generous: decoders are iterative and depth-checked, but the
+                // limit of the thread is then known rather than inherited.
+                .stack_size(8 * 1024 * 1024)
+                .spawn(move || {
+                    lower_thread_priority(nice);
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            // A panicking job must not take the pool's thread with it.
+                            Ok(job) => {
+                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                })?;
+        }
+        Ok(WorkPool { tx, name })
+    }
+
+    /// Runs `f` on the pool and waits for its result without blocking the caller's runtime.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, PoolBusy> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let _ = done.send(f());
+        });
+        self.tx.try_send(job).map_err(|_| PoolBusy(self.name))?;
+        // The sender is dropped without a value only if the job panicked.
+        rx.await.map_err(|_| PoolBusy(self.name))
+    }
+}
+
+/// Binds one listening socket for `addr` and hands out `n` handles to it (one per core).
+///
+/// Not `SO_REUSEPORT`: with it a second daemon could bind the same port and silently take half
+/// the connections (audit M6). One socket shared by every core keeps the port exclusive — a
+/// second process fails with EADDRINUSE — and each core still accepts on its own runtime.
+pub fn bind_shared(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // SO_REUSEADDR only lets a restart bind while old connections sit in TIME_WAIT; it does
+    // not let two live listeners share the address.
+    s.set_reuse_address(true)?;
+    s.set_tcp_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    let first: std::net::TcpListener = s.into();
+    let mut out = Vec::with_capacity(n.max(1));
+    for _ in 1..n.max(1) {
+        out.push(first.try_clone()?);
+    }
+    out.insert(0, first);
+    Ok(out)
 }

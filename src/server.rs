@@ -5,7 +5,6 @@
 //! abort what is left; the committer finishes every object already handed to it (so each
 //! association that got far enough is answered) and the process exits 0.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -21,10 +20,13 @@ use crate::config::RetentionMode;
 use crate::config::Settings;
 use crate::control::{self, Ops};
 use crate::http::{self, ApiState, HttpServer};
-use crate::net::scp::{serve_association, CoreCtx, Phase};
-use crate::net::services::storage::SopClassPolicy;
+use crate::ingest::Pipeline;
+use crate::metrics::Service;
+use crate::net::association::limits::Slots;
+use crate::net::association::{self, Core, Phase, Port, Transport};
+use crate::net::services::storage::{SopClassPolicy, StorageScp};
+use crate::net::services::{Offer, WorklistScp};
 use crate::net::ul::association::AcceptorPolicy;
-use crate::net::worklist_scp::{self, WorklistScp};
 use crate::queue::forwarder::Forwarder;
 use crate::queue::live::{self, LiveConfig};
 use crate::queue::retention::Sweeper;
@@ -76,6 +78,10 @@ pub enum ServeError {
     /// The API's TLS certificate or key is unusable.
     #[error("admin API TLS: {0}")]
     Tls(String),
+    /// A vital component failed while serving (the daemon stopped; its supervisor should
+    /// restart it).
+    #[error("a vital component failed: {0}")]
+    Failed(String),
     /// The worklist database could not be opened.
     #[error("worklist database in {path}: {source}")]
     Worklist {
@@ -94,6 +100,10 @@ pub struct Started {
     pub store_addr: Option<SocketAddr>,
     /// The worklist service's bound address; `None` with `--only store`.
     pub worklist_addr: Option<SocketAddr>,
+    /// The store service's DICOM TLS address, if configured.
+    pub store_tls_addr: Option<SocketAddr>,
+    /// The worklist service's DICOM TLS address, if configured.
+    pub worklist_tls_addr: Option<SocketAddr>,
     /// The I/O backend running.
     pub backend: Backend,
     /// The admin API's bound address.
@@ -194,57 +204,132 @@ pub fn serve(
 
     let store = &settings.store;
     let services = settings.services;
-    let store_listen = store
-        .net
-        .listen
-        .expect("TLS-only listeners are wired with the engine");
-    let listeners = if services.store() {
-        rt::bind_reuseport(store_listen, settings.threads).map_err(|source| ServeError::Bind {
-            addr: store_listen,
-            source,
-        })?
-    } else {
-        Vec::new()
+    let threads = settings.threads;
+    let bind = |addr: SocketAddr| {
+        rt::bind_shared(addr, threads).map_err(|source| ServeError::Bind { addr, source })
     };
-    let store_addr = match listeners.first() {
-        Some(l) => Some(l.local_addr().map_err(|source| ServeError::Bind {
-            addr: store_listen,
-            source,
-        })?),
-        None => None,
+    let local = |l: &[std::net::TcpListener], addr: SocketAddr| {
+        l[0].local_addr()
+            .map_err(|source| ServeError::Bind { addr, source })
     };
-    let worklist = if services.worklist() {
+    // Listeners first: a port in use fails start-up before anything is served.
+    let mut bound: Vec<(Service, Transport, Vec<std::net::TcpListener>)> = Vec::new();
+    let (mut store_addr, mut store_tls_addr) = (None, None);
+    let (mut worklist_addr, mut worklist_tls_addr) = (None, None);
+    for (service, net, plain_out, tls_out) in [
+        (
+            Service::Store,
+            &store.net,
+            &mut store_addr,
+            &mut store_tls_addr,
+        ),
+        (
+            Service::Worklist,
+            &settings.worklist.net,
+            &mut worklist_addr,
+            &mut worklist_tls_addr,
+        ),
+    ] {
+        let wanted = match service {
+            Service::Store => services.store(),
+            _ => services.worklist(),
+        };
+        if !wanted {
+            continue;
+        }
+        if let Some(addr) = net.listen {
+            let l = bind(addr)?;
+            *plain_out = Some(local(&l, addr)?);
+            bound.push((service, Transport::Plain, l));
+        }
+        if let Some(tls) = &net.tls {
+            let l = bind(tls.listen)?;
+            *tls_out = Some(local(&l, tls.listen)?);
+            bound.push((service, Transport::Tls, l));
+        }
+    }
+    let worklist_store = if services.worklist() {
         let wl_store = Arc::new(WorklistStore::open_in(data.root()).map_err(|source| {
             ServeError::Worklist {
                 path: data.root().to_path_buf(),
                 source,
             }
         })?);
-        let addr = settings
-            .worklist
-            .net
-            .listen
-            .expect("TLS-only listeners are wired with the engine");
-        let listener = std::net::TcpListener::bind(addr)
-            .map_err(|source| ServeError::Bind { addr, source })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|source| ServeError::Bind { addr, source })?;
         info!(items = wl_store.count(), "worklist database open");
-        Some((wl_store, listener, bound))
+        Some(wl_store)
     } else {
         None
     };
-    let worklist_addr = worklist.as_ref().map(|w| w.2);
-    let worklist_store = worklist.as_ref().map(|w| w.0.clone());
     let mut ops = Ops::live(queue.clone(), forwarder.shared().clone());
     if let Some(w) = &worklist_store {
         ops = ops.with_worklist(w.clone());
     }
     let ops = Arc::new(ops);
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let active = Arc::new(AtomicUsize::new(0));
     let cores_listening = Arc::new(AtomicUsize::new(0));
+
+    let store_port = Arc::new(Port {
+        service: Service::Store,
+        policy: AcceptorPolicy {
+            ae_title: store.ae_title.clone(),
+            require_called_ae_title: store.require_called_ae_title,
+            allowed_calling_ae_titles: store.allowed_calling_ae_titles.clone(),
+            max_pdu_length: store.max_pdu_length,
+        },
+        offer: Offer {
+            storage: Some(StorageScp {
+                sop_classes: Arc::new(SopClassPolicy::new(
+                    &store.extra_sop_classes,
+                    store.accept_any_storage_class,
+                )),
+                sink: Arc::new(Pipeline::new(committer.clone(), routing.clone())),
+                data: data.clone(),
+                disk: disk.clone(),
+            }),
+            worklist: None,
+        },
+        access: store.net.clone(),
+        slots: Slots::new(
+            store.net.max_unassociated_connections,
+            store.max_associations,
+        ),
+        acse_timeout: store.acse_timeout,
+        dimse_timeout: store.dimse_timeout,
+        send_buffer: None,
+        phase: phase_rx.clone(),
+    });
+    drop(committer);
+    let worklist_port = match &worklist_store {
+        Some(wl_store) => {
+            let w = &settings.worklist;
+            let pool = rt::WorkPool::start("worklist", 2, 256, WORKLIST_NICE)
+                .map_err(ServeError::Thread)?;
+            Some(Arc::new(Port {
+                service: Service::Worklist,
+                policy: AcceptorPolicy {
+                    ae_title: w.ae_title.clone(),
+                    require_called_ae_title: w.require_called_ae_title,
+                    allowed_calling_ae_titles: w.allowed_calling_ae_titles.clone(),
+                    max_pdu_length: store.max_pdu_length,
+                },
+                offer: Offer {
+                    storage: None,
+                    worklist: Some(WorklistScp {
+                        store: wl_store.clone(),
+                        pool,
+                        max_results: w.max_results,
+                    }),
+                },
+                access: w.net.clone(),
+                slots: Slots::new(w.net.max_unassociated_connections, w.max_associations),
+                acse_timeout: store.acse_timeout,
+                dimse_timeout: store.dimse_timeout,
+                send_buffer: Some(WORKLIST_SEND_BUFFER),
+                phase: phase_rx.clone(),
+            }))
+        }
+        None => None,
+    };
 
     let tls = match &settings.http.tls {
         Some((cert, key)) => Some(http::tls_config(cert, key).map_err(ServeError::Tls)?),
@@ -269,12 +354,8 @@ pub fn serve(
         data: data.clone(),
         disk: disk.clone(),
         cores_listening: cores_listening.clone(),
-        cores: if services.store() {
-            settings.threads
-        } else {
-            0
-        },
-        associations_active: active.clone(),
+        cores: if bound.is_empty() { 0 } else { threads },
+        associations_active: store_port.slots.active_counter(),
         io_backend: backend.name(),
         login_token_ttl: settings.http.login_token_ttl,
         started_at_us: crate::commit::timestamp_us(),
@@ -285,72 +366,58 @@ pub fn serve(
     let http_server =
         HttpServer::start(http_listener, tls, api_state).map_err(ServeError::Thread)?;
     http::announce(http_addr, https);
-    let policy = AcceptorPolicy {
-        ae_title: store.ae_title.clone(),
-        require_called_ae_title: store.require_called_ae_title,
-        allowed_calling_ae_titles: store.allowed_calling_ae_titles.clone(),
-        max_pdu_length: store.max_pdu_length,
-    };
-    let sop_classes = Arc::new(SopClassPolicy::new(
-        &store.extra_sop_classes,
-        store.accept_any_storage_class,
-    ));
 
-    let mut cores = Vec::with_capacity(listeners.len());
-    for (core, listener) in listeners.into_iter().enumerate() {
-        let parts = CoreParts {
-            core,
-            policy: policy.clone(),
-            sop_classes: sop_classes.clone(),
-            max_associations: store.max_associations,
-            active: active.clone(),
-            listening: cores_listening.clone(),
-            acse_timeout: store.acse_timeout,
-            dimse_timeout: store.dimse_timeout,
-            data: data.clone(),
-            committer: committer.clone(),
-            routing: routing.clone(),
-            disk: disk.clone(),
-            phase: phase_rx.clone(),
+    // Hand every core one handle of every listener.
+    let mut per_core: Vec<Vec<CoreListener>> = (0..threads).map(|_| Vec::new()).collect();
+    for (service, transport, listeners) in bound {
+        let port = match service {
+            Service::Store => store_port.clone(),
+            _ => worklist_port
+                .clone()
+                .expect("worklist listeners only with its port"),
         };
+        if transport == Transport::Tls {
+            return Err(ServeError::Tls(format!(
+                "{} tls_listen: DICOM TLS listeners are not available in this build",
+                port.service.label()
+            )));
+        }
+        for (core, listener) in listeners.into_iter().enumerate() {
+            per_core[core].push(CoreListener {
+                listener,
+                port: port.clone(),
+                transport,
+            });
+        }
+    }
+    let serving_cores = per_core.iter().filter(|l| !l.is_empty()).count();
+    let mut cores = Vec::with_capacity(threads);
+    for (core, listeners) in per_core.into_iter().enumerate() {
+        if listeners.is_empty() {
+            continue;
+        }
+        let (listening, phase) = (cores_listening.clone(), phase_rx.clone());
         let handle = std::thread::Builder::new()
             .name(format!("core-{core}"))
             .spawn(move || {
+                let vital = crate::health::Vital::new("core thread");
+                let stopping = phase.clone();
                 let result = match backend {
-                    Backend::Uring => run_core::<Uring>(listener, parts),
-                    Backend::Epoll => run_core::<Epoll>(listener, parts),
+                    Backend::Uring => run_core::<Uring>(core, listeners, listening, phase),
+                    Backend::Epoll => run_core::<Epoll>(core, listeners, listening, phase),
                 };
                 if let Err(e) = result {
                     error!(core, error = %e, "core stopped with an error");
+                }
+                if *stopping.borrow() != Phase::Running {
+                    vital.done();
                 }
             })
             .map_err(ServeError::Thread)?;
         cores.push(handle);
     }
-    drop(committer);
+    debug_assert_eq!(cores.len(), serving_cores);
     await_cores_listening(&cores, &cores_listening);
-    let worklist_thread = match worklist {
-        Some((wl_store, listener, _)) => {
-            let w = &settings.worklist;
-            let scp = Arc::new(WorklistScp {
-                store: wl_store,
-                policy: AcceptorPolicy {
-                    ae_title: w.ae_title.clone(),
-                    require_called_ae_title: w.require_called_ae_title,
-                    allowed_calling_ae_titles: w.allowed_calling_ae_titles.clone(),
-                    max_pdu_length: store.max_pdu_length,
-                },
-                max_associations: w.max_associations,
-                active: Arc::new(AtomicUsize::new(0)),
-                acse_timeout: store.acse_timeout,
-                dimse_timeout: store.dimse_timeout,
-                max_results: w.max_results,
-                phase: phase_rx.clone(),
-            });
-            Some(worklist_scp::spawn(listener, scp).map_err(ServeError::Thread)?)
-        }
-        None => None,
-    };
 
     // Wait for the stop signal on a small runtime of our own. `shutdown` is polled once before
     // readiness is reported, so the signal handlers it installs are in place by then (a SIGTERM
@@ -368,33 +435,49 @@ pub fn serve(
         on_ready(&Started {
             store_addr,
             worklist_addr,
+            store_tls_addr,
+            worklist_tls_addr,
             backend,
             http_addr,
             https,
         });
-        if let Some(addr) = store_addr {
-            info!(%addr, ae_title = %store.ae_title, "store service listening");
-        }
-        if let Some(addr) = worklist_addr {
-            info!(%addr, ae_title = %settings.worklist.ae_title, "worklist service listening");
+        for (name, addr, ae) in [
+            ("store", store_addr, &store.ae_title),
+            ("store (TLS)", store_tls_addr, &store.ae_title),
+            ("worklist", worklist_addr, &settings.worklist.ae_title),
+            (
+                "worklist (TLS)",
+                worklist_tls_addr,
+                &settings.worklist.ae_title,
+            ),
+        ] {
+            if let Some(addr) = addr {
+                info!(%addr, ae_title = %ae, "{name} service listening");
+            }
         }
         if !early {
-            match control {
-                Some(control) => tokio::select! {
-                    _ = shutdown => {}
-                    _ = control::serve(control, ops) => {}
-                },
-                None => shutdown.await,
+            let serve_control = async {
+                match control {
+                    Some(control) => control::serve(control, ops).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown => {}
+                _ = serve_control => {}
+                f = crate::health::wait_failure() => error!(failure = %f, "stopping"),
             }
         }
     });
-    info!(grace = ?settings.grace_period, active = active.load(Ordering::Acquire), "stopping: no new associations");
+    let active =
+        || store_port.slots.active() + worklist_port.as_ref().map_or(0, |p| p.slots.active());
+    info!(grace = ?settings.grace_period, active = active(), "stopping: no new associations");
     let _ = phase_tx.send(Phase::Draining);
     let deadline = Instant::now() + settings.grace_period;
-    while active.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+    while active() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let left = active.load(Ordering::Acquire);
+    let left = active();
     if left > 0 {
         warn!(
             associations = left,
@@ -405,10 +488,9 @@ pub fn serve(
     for c in cores {
         let _ = c.join();
     }
-    if let Some(t) = worklist_thread {
-        let _ = t.join();
-    }
-    // Every core has dropped its committer handle: the committer drains and ends.
+    // Every core has dropped its ports: with ours gone, the committer drains and ends.
+    drop(store_port);
+    drop(worklist_port);
     let _ = committer_thread.join();
     http_server.stop();
     forwarder.stop();
@@ -416,82 +498,114 @@ pub fn serve(
         s.stop();
     }
     let _ = std::fs::remove_file(control::socket_path(data.root()));
+    if let Some(f) = crate::health::failed() {
+        return Err(ServeError::Failed(f));
+    }
     info!("stopped");
     Ok(())
 }
 
-/// What a core thread is given (all `Send`); it builds its `Rc<CoreCtx>` on its own thread.
-struct CoreParts {
-    core: usize,
-    policy: AcceptorPolicy,
-    sop_classes: Arc<SopClassPolicy>,
-    max_associations: usize,
-    active: Arc<AtomicUsize>,
-    listening: Arc<AtomicUsize>,
-    acse_timeout: Duration,
-    dimse_timeout: Duration,
-    data: DataDir,
-    committer: Committer,
-    routing: Arc<ArcSwap<Routing>>,
-    disk: DiskGuard,
-    phase: watch::Receiver<Phase>,
+/// Nice value of the worklist's work threads: a modality's query takes milliseconds either
+/// way, but when queries and ingest compete for the CPU, ingest wins (measured in
+/// docs/benchmarks.md, "Modality Worklist C-FIND").
+pub const WORKLIST_NICE: i32 = 10;
+
+/// Kernel send buffer of a worklist association (Linux doubles it). Left to autotuning, the
+/// buffer grows to megabytes and a fast C-FIND can queue its whole result set there before
+/// the SCU's C-CANCEL arrives: queued responses cannot be taken back, so the cancel would
+/// stop nothing. 64 KiB is still ample for small pending responses on a hospital LAN.
+const WORKLIST_SEND_BUFFER: usize = 64 * 1024;
+
+/// One listener handle given to a core.
+struct CoreListener {
+    listener: std::net::TcpListener,
+    port: Arc<Port>,
+    transport: Transport,
 }
 
-fn run_core<I: Io>(listener: std::net::TcpListener, p: CoreParts) -> std::io::Result<()> {
+/// Runs one core: an accept loop per listener, every association on this thread.
+fn run_core<I: Io>(
+    core: usize,
+    listeners: Vec<CoreListener>,
+    listening: Arc<AtomicUsize>,
+    phase: watch::Receiver<Phase>,
+) -> std::io::Result<()> {
     I::block_on(async move {
-        let listener = match I::listener(listener) {
-            Ok(l) => l,
-            Err(e) => {
-                error!(core = p.core, error = %e, "cannot use listener");
-                return;
-            }
-        };
-        let mut phase = p.phase.clone();
-        p.listening.fetch_add(1, Ordering::AcqRel);
-        let listening = p.listening.clone();
-        let ctx = Rc::new(CoreCtx {
-            core: p.core,
-            policy: p.policy,
-            sop_classes: p.sop_classes,
-            max_associations: p.max_associations,
-            active: p.active,
-            acse_timeout: p.acse_timeout,
-            dimse_timeout: p.dimse_timeout,
-            data: p.data,
-            committer: p.committer,
-            routing: p.routing,
-            disk: p.disk,
-            phase: p.phase,
-            temp_seq: Cell::new(0),
-        });
-        let mut tasks = tokio::task::JoinSet::new();
-        // One accept stays in flight across loop turns: dropping an io_uring accept does not
-        // cancel it in the kernel, so recreating it each turn would orphan connections.
-        let mut accept = Box::pin(I::accept(&listener));
-        loop {
-            tokio::select! {
-                accepted = &mut accept => {
-                    accept = Box::pin(I::accept(&listener));
-                    match accepted {
-                        Ok((stream, peer)) => {
-                            tasks.spawn_local(serve_association::<I>(stream, peer, ctx.clone()));
-                        }
-                        Err(e) => {
-                            // EMFILE and friends: back off instead of spinning.
-                            warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
+        let mut ready = Vec::with_capacity(listeners.len());
+        for l in listeners {
+            match I::listener(l.listener) {
+                Ok(x) => ready.push((x, l.port, l.transport)),
+                Err(e) => {
+                    error!(core, error = %e, "cannot use listener");
+                    return;
                 }
-                _ = phase.wait_for(|p| *p != Phase::Running) => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }
-        drop(accept);
-        drop(listener);
+        listening.fetch_add(1, Ordering::AcqRel);
+        let ctx = Rc::new(Core::new(core));
+        let mut loops = tokio::task::JoinSet::new();
+        for (listener, port, transport) in ready {
+            loops.spawn_local(accept_loop::<I>(
+                listener,
+                port,
+                transport,
+                ctx.clone(),
+                phase.clone(),
+            ));
+        }
+        while loops.join_next().await.is_some() {}
         listening.fetch_sub(1, Ordering::AcqRel);
-        while tasks.join_next().await.is_some() {}
     })
+}
+
+/// Accepts on one listener until the daemon stops accepting, then waits for its associations.
+async fn accept_loop<I: Io>(
+    listener: I::Listener,
+    port: Arc<Port>,
+    transport: Transport,
+    core: Rc<Core>,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    // One accept stays in flight across loop turns: dropping an io_uring accept does not
+    // cancel it in the kernel, so recreating it each turn would orphan connections.
+    let mut accept = Box::pin(I::accept(&listener));
+    loop {
+        tokio::select! {
+            accepted = &mut accept => {
+                accept = Box::pin(I::accept(&listener));
+                match accepted {
+                    Ok((stream, peer)) => {
+                        // Counted now, before a single byte is read from the peer.
+                        let waiting = port.slots.admit();
+                        if let Some(n) = port.send_buffer {
+                            if let Err(e) = I::set_send_buffer(&stream, n) {
+                                tracing::debug!(error = %e, "cannot size the send buffer");
+                            }
+                        }
+                        conns.spawn_local(association::serve::<I::File, I::Stream>(
+                            stream,
+                            peer,
+                            transport,
+                            port.clone(),
+                            core.clone(),
+                            waiting,
+                        ));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            _ = phase.wait_for(|p| *p != Phase::Running) => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(accept);
+    drop(listener);
+    while conns.join_next().await.is_some() {}
 }
 
 /// Waits (bounded) until every core thread accepts associations, so the ready line and

@@ -389,6 +389,10 @@ fn readyz(state: &ApiState) -> Response<Body> {
         },
     );
     check("disk", state.disk.check().map_err(|e| e.to_string()));
+    check(
+        "components",
+        crate::health::failed().map_or(Ok(()), |f| Err(format!("failed: {f}"))),
+    );
     json_response(
         if ok { 200 } else { 503 },
         &json!({ "ready": ok, "checks": checks }),

@@ -29,6 +29,14 @@ pub enum StoreError {
     /// A different object with the same SOP Instance UID exists and the policy is `reject`.
     #[error("SOP Instance {0} already stored with different content")]
     Duplicate(String),
+    /// The command's SOP class is not the abstract syntax of the context it came on.
+    #[error("SOP class {class} not negotiated on this context (it carries {context})")]
+    SopClassNotNegotiated {
+        /// The command's Affected SOP Class UID.
+        class: String,
+        /// The context's abstract syntax.
+        context: String,
+    },
     /// The index could not be written.
     #[error(transparent)]
     Index(#[from] IndexError),
@@ -52,6 +60,7 @@ impl StoreError {
             StoreError::Mismatch(_) => 0xA900, // Error: Data Set does not match SOP Class
             StoreError::InvalidUid { .. } | StoreError::CannotUnderstand(_) => 0xC000, // Error: Cannot understand
             StoreError::Duplicate(_) => 0x0111, // Failure: Duplicate SOP Instance
+            StoreError::SopClassNotNegotiated { .. } => 0x0122, // Refused: SOP Class not supported
             StoreError::Io(_) => 0x0110,        // Failure: Processing failure
             StoreError::Index(IndexError::Db(redb::Error::Io(e)))
                 if matches!(e.raw_os_error(), Some(libc::ENOSPC)) =>

@@ -6,6 +6,7 @@ pub mod attrs;
 pub mod error;
 pub mod index;
 pub mod meta;
+pub mod sink;
 pub mod summary;
 pub mod uid;
 pub mod writer;

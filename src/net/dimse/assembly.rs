@@ -9,8 +9,8 @@
 
 use bytes::Bytes;
 
-use super::command::{decode_command, Command, CommandError};
-use crate::net::ul::pdata::{FramingError, Pdv};
+use super::command::{decode_command, Command, CommandError, CommandField};
+use crate::net::ul::pdata::{split_pdata, FramingError, Pdv, PDU_HEADER_LEN};
 
 /// Command sets are tiny; a bigger one is hostile.
 pub const MAX_COMMAND_LEN: usize = 64 * 1024;
@@ -66,6 +66,25 @@ pub enum Fragment {
         /// Whether this fragment ends the dataset.
         last: bool,
     },
+}
+
+/// Whether a whole P-DATA-TF PDU (header included) is exactly one complete C-CANCEL-RQ
+/// command for `message_id` (the Message ID Being Responded To). That is how DCMTK and
+/// pynetdicom send it; the C-FIND responder looks for it between pending responses without
+/// disturbing the assembler (no message is half-received while responses go out).
+pub fn is_cancel_for(pdu: &Bytes, message_id: u16) -> bool {
+    if pdu.len() < PDU_HEADER_LEN {
+        return false;
+    }
+    let Ok(pdvs) = split_pdata(pdu.slice(PDU_HEADER_LEN..)) else {
+        return false;
+    };
+    match pdvs.as_slice() {
+        [pdv] if pdv.is_command && pdv.is_last => decode_command(&pdv.data).is_ok_and(|c| {
+            c.command_field == CommandField::CCancelRq as u16 && c.message_id == message_id
+        }),
+        _ => false,
+    }
 }
 
 /// The assembly state of one association.

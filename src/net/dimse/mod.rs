@@ -2,4 +2,5 @@
 
 pub mod assembly;
 pub mod command;
+pub mod find;
 pub mod status;

@@ -1,7 +1,116 @@
-//! DIMSE services, one module per PS3.4 service class, each owning its status table.
+//! DIMSE services, one module per PS3.4 service class, each owning its status table, and the
+//! dispatch table that maps (abstract syntax, command) to the service that handles it.
+//!
+//! A port offers a set of services ([`Offer`]); the association engine negotiates with it and
+//! routes every complete command through [`Offer::route`]. Adding a service is one module and
+//! one arm here: the engine (PDUs, the state machine, message assembly, C-CANCEL, limits) is
+//! shared by every port.
 
 pub mod modality_performed_procedure_step;
 pub mod modality_worklist;
 pub mod storage;
 mod storage_classes;
 pub mod verification;
+
+use std::sync::Arc;
+
+use crate::net::dimse::command::CommandField;
+use crate::rt::WorkPool;
+use crate::worklist::WorklistStore;
+
+/// The Basic Worklist Management service (MWL FIND) and MPPS, which share the worklist
+/// database. Their work (matching, database writes) runs on `pool`, never on a core.
+#[derive(Debug, Clone)]
+pub struct WorklistScp {
+    /// The worklist and MPPS database.
+    pub store: Arc<WorklistStore>,
+    /// Threads for matching and MPPS transactions.
+    pub pool: WorkPool,
+    /// Most responses per C-FIND (`None`: no cap).
+    pub max_results: Option<usize>,
+}
+
+/// The services one port offers.
+#[derive(Debug, Clone, Default)]
+pub struct Offer {
+    /// Storage SCP (C-STORE).
+    pub storage: Option<storage::StorageScp>,
+    /// Modality Worklist FIND and MPPS.
+    pub worklist: Option<WorklistScp>,
+}
+
+/// The handler of one complete command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// C-ECHO (Verification).
+    Echo,
+    /// C-STORE (Storage).
+    Store,
+    /// C-FIND on Modality Worklist.
+    WorklistFind,
+    /// N-CREATE on MPPS.
+    MppsCreate,
+    /// N-SET on MPPS.
+    MppsSet,
+    /// C-CANCEL whose operation has ended already (a running one is seen by the responder).
+    LateCancel,
+    /// Anything else: 0211 Unrecognized operation.
+    Unsupported,
+}
+
+impl crate::net::ul::association::Offered for &Offer {
+    fn supports(&self, abstract_syntax: &str) -> bool {
+        Offer::supports(self, abstract_syntax)
+    }
+}
+
+impl Offer {
+    /// Whether a proposed abstract syntax is accepted on this port.
+    pub fn supports(&self, abstract_syntax: &str) -> bool {
+        if abstract_syntax == verification::VERIFICATION_SOP_CLASS {
+            return true;
+        }
+        if let Some(s) = &self.storage {
+            if s.sop_classes.supports(abstract_syntax) {
+                return true;
+            }
+        }
+        self.worklist.is_some()
+            && matches!(
+                abstract_syntax,
+                modality_worklist::SOP_CLASS | modality_performed_procedure_step::SOP_CLASS
+            )
+    }
+
+    /// The dispatch table: which service handles `command_field` on a context of
+    /// `abstract_syntax` (an accepted one).
+    pub fn route(&self, abstract_syntax: &str, command_field: u16) -> Route {
+        use CommandField as F;
+        let is = |f: F| command_field == f as u16;
+        let verification = abstract_syntax == verification::VERIFICATION_SOP_CLASS;
+        if is(F::CEchoRq) {
+            // Answered on any context, as DCMTK and most SCPs do.
+            return Route::Echo;
+        }
+        if is(F::CCancelRq) {
+            return Route::LateCancel;
+        }
+        if is(F::CStoreRq) && self.storage.is_some() && !verification {
+            return Route::Store;
+        }
+        if self.worklist.is_some() {
+            if is(F::CFindRq) && abstract_syntax == modality_worklist::SOP_CLASS {
+                return Route::WorklistFind;
+            }
+            if abstract_syntax == modality_performed_procedure_step::SOP_CLASS {
+                if is(F::NCreateRq) {
+                    return Route::MppsCreate;
+                }
+                if is(F::NSetRq) {
+                    return Route::MppsSet;
+                }
+            }
+        }
+        Route::Unsupported
+    }
+}

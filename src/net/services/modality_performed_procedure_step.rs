@@ -27,6 +27,8 @@ pub mod status {
     pub const NO_SUCH_SOP_CLASS: u16 = 0x0118;
     /// Missing attribute (here: the N-CREATE or N-SET carried no dataset).
     pub const MISSING_ATTRIBUTE: u16 = 0x0120;
+    /// Resource limitation (PS3.7 C.5.13): the worklist's work queue is full.
+    pub const RESOURCE_LIMITATION: u16 = 0x0213;
 }
 
 /// What to answer.
@@ -55,7 +57,8 @@ impl Answer {
         }
     }
 
-    fn fail(instance: &str, status: u16, comment: impl Into<String>) -> Self {
+    /// A failure answer with a comment.
+    pub fn fail(instance: &str, status: u16, comment: impl Into<String>) -> Self {
         Answer {
             instance: instance.to_owned(),
             status,

@@ -4,15 +4,16 @@
 //! here, turned into a [`Query`] and run against the [`WorklistStore`] cache. A refused
 //! identifier is answered with the standard failure status (A900 "Identifier does not match SOP
 //! Class", C000 "Unable to process") and the association stays up — a modality with a bad key
-//! gets an answer, not a dropped connection. The acceptor (`net::worklist_scp`) sends one
-//! pending response per match and honours C-CANCEL between them.
+//! gets an answer, not a dropped connection. The association engine's shared C-FIND responder
+//! sends one pending response per match and honours C-CANCEL between them.
 
 use dicom_core::Tag;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
-use crate::net::dimse::command::{tags, Command, CommandBuilder, CommandField, NO_DATASET};
+use crate::net::dimse::command::Command;
+use crate::net::dimse::find::FindAnswer;
 use crate::worklist::{Dataset, Query, WorklistStore};
 
 /// Modality Worklist Information Model – FIND SOP Class UID.
@@ -110,46 +111,44 @@ pub fn find(
     }
 }
 
-/// A pending C-FIND-RSP command (a dataset follows).
-pub fn pending_response(rq: &Command) -> Vec<u8> {
-    CommandBuilder::new()
-        .uid(tags::AFFECTED_SOP_CLASS_UID, SOP_CLASS)
-        .us(tags::COMMAND_FIELD, CommandField::CFindRsp as u16)
-        .us(tags::MESSAGE_ID_BEING_RESPONDED_TO, rq.message_id)
-        .us(tags::COMMAND_DATA_SET_TYPE, 0x0000)
-        .us(tags::STATUS, status::PENDING)
-        .build()
-}
+pub use crate::net::dimse::find::{ascii64, final_response, pending_response};
 
-/// The final C-FIND-RSP (success, cancel or a failure), without a dataset.
-pub fn final_response(
-    rq: &Command,
-    status: u16,
-    comment: Option<&str>,
-    offending: Option<Tag>,
-) -> Vec<u8> {
-    let class = rq.affected_sop_class_uid.as_deref().unwrap_or(SOP_CLASS);
-    let mut b = CommandBuilder::new()
-        .uid(tags::AFFECTED_SOP_CLASS_UID, class)
-        .us(tags::COMMAND_FIELD, CommandField::CFindRsp as u16)
-        .us(tags::MESSAGE_ID_BEING_RESPONDED_TO, rq.message_id)
-        .us(tags::COMMAND_DATA_SET_TYPE, NO_DATASET)
-        .us(tags::STATUS, status);
-    if let Some(t) = offending {
-        b = b.at(tags::OFFENDING_ELEMENT, &[(t.0, t.1)]);
+/// Runs a C-FIND-RQ (on the worklist pool) and encodes each match in `ts`, so the core that
+/// streams the responses only sends bytes.
+pub fn find_encoded(
+    store: &WorklistStore,
+    cmd: &Command,
+    identifier: &[u8],
+    ts: &str,
+    limit: Option<usize>,
+) -> FindAnswer {
+    match find(store, cmd, identifier, ts, limit) {
+        FindOutcome::Refused {
+            status,
+            comment,
+            offending,
+        } => FindAnswer::Refused {
+            status,
+            comment,
+            offending,
+        },
+        FindOutcome::Matches(matches) => {
+            let mut out = Vec::with_capacity(matches.len());
+            for ds in &matches {
+                match write_dataset(&ds.to_dicom(), ts) {
+                    Ok(b) => out.push(b),
+                    Err(e) => {
+                        return FindAnswer::Refused {
+                            status: status::UNABLE_TO_PROCESS,
+                            comment: e,
+                            offending: None,
+                        }
+                    }
+                }
+            }
+            FindAnswer::Matches(out)
+        }
     }
-    if let Some(c) = comment {
-        b = b.text(tags::ERROR_COMMENT, &ascii64(c));
-    }
-    b.build()
-}
-
-/// An Error Comment value: printable ASCII, at most 64 characters (LO).
-pub fn ascii64(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii() && !c.is_ascii_control())
-        .take(64)
-        .collect()
 }
 
 #[cfg(test)]

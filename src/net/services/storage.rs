@@ -1,14 +1,22 @@
 //! Storage Service Class (PS3.4 Annex B): which SOP classes we accept, the C-STORE statuses,
 //! and the checks run on a C-STORE before and after its dataset is received.
 //!
-//! The streaming itself (fragments to a temporary file) is in `store::writer`; durability in
-//! the group committer. This module decides, and maps every failure to one status.
+//! The streaming itself (fragments to a temporary file) is in `store::writer`; what happens
+//! to a finished object (routing, durability, indexing) is behind the [`ObjectSink`] the
+//! service is given. This module decides what a C-STORE gets, and every failure is a
+//! [`StoreError`], which carries its status.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
 
+use crate::net::dimse::command::Command;
+use crate::rt::ObjFile;
 use crate::store::attrs::{self, ExtractError, IndexAttrs};
+use crate::store::sink::{Accepted, ObjectSink, ReceivedObject};
 use crate::store::uid::validate_uid;
-use crate::store::StoreError;
+use crate::store::writer::{read_dataset_prefix, remove_quietly, ObjectWriter};
+use crate::store::{meta, DataDir, DiskGuard, StoreError};
 
 pub use super::storage_classes::STORAGE_SOP_CLASSES;
 
@@ -128,6 +136,141 @@ pub fn check_dataset(
         ));
     }
     Ok(())
+}
+
+/// The Storage SCP: what a C-STORE needs beyond its association.
+#[derive(Debug, Clone)]
+pub struct StorageScp {
+    /// Accepted abstract syntaxes.
+    pub sop_classes: Arc<SopClassPolicy>,
+    /// Where finished objects go.
+    pub sink: Arc<dyn ObjectSink>,
+    /// The data directory (temporary files, object paths).
+    pub data: DataDir,
+    /// The disk high-water mark.
+    pub disk: DiskGuard,
+}
+
+/// The association-level facts a C-STORE is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreContext<'a> {
+    /// The presentation context's abstract syntax.
+    pub abstract_syntax: &'a str,
+    /// The presentation context's transfer syntax.
+    pub transfer_syntax: &'a str,
+    /// The association's calling AE title.
+    pub calling_ae_title: &'a str,
+    /// The association's called AE title.
+    pub called_ae_title: &'a str,
+}
+
+/// A C-STORE whose dataset is arriving: streamed to its temporary file, or refused (its
+/// fragments are then dropped and the refusal answered once the last one has arrived).
+#[derive(Debug)]
+pub enum Reception<F: ObjFile> {
+    /// Streaming to a temporary file (boxed: the writer holds its hasher and prefix).
+    Streaming(Box<ObjectWriter<F>>),
+    /// Refused before any byte was written.
+    Refused(StoreError),
+}
+
+impl StorageScp {
+    /// Checks a C-STORE-RQ and opens its temporary file at `temp_path`.
+    pub async fn begin<F: ObjFile>(
+        &self,
+        cmd: &Command,
+        ctx: StoreContext<'_>,
+        temp_path: PathBuf,
+    ) -> Reception<F> {
+        let class = cmd.affected_sop_class_uid.as_deref().unwrap_or("");
+        if let Err(e) = self.disk.check() {
+            tracing::warn!(error = %e, "C-STORE refused: disk above the high-water mark");
+            return Reception::Refused(e);
+        }
+        if class != ctx.abstract_syntax {
+            return Reception::Refused(StoreError::SopClassNotNegotiated {
+                class: class.to_owned(),
+                context: ctx.abstract_syntax.to_owned(),
+            });
+        }
+        let instance = match validate_uid(cmd.affected_sop_instance_uid.as_deref().unwrap_or("")) {
+            Ok(uid) => uid,
+            Err(source) => {
+                return Reception::Refused(StoreError::InvalidUid {
+                    field: "AffectedSOPInstanceUID",
+                    source,
+                })
+            }
+        };
+        let header =
+            match meta::build_header(class, instance, ctx.transfer_syntax, ctx.calling_ae_title) {
+                Ok(h) => h,
+                Err(e) => return Reception::Refused(StoreError::CannotUnderstand(e.to_string())),
+            };
+        match ObjectWriter::<F>::create(temp_path, header).await {
+            Ok(w) => Reception::Streaming(Box::new(w)),
+            Err(e) => Reception::Refused(StoreError::from_io("create temporary file", &e)),
+        }
+    }
+
+    /// The last fragment landed: closes the file, checks the dataset against the command and
+    /// hands the object to the sink; resolves once it is durable (or refused), with the
+    /// dataset's size.
+    pub async fn end<F: ObjFile>(
+        &self,
+        cmd: &Command,
+        ctx: StoreContext<'_>,
+        writer: ObjectWriter<F>,
+    ) -> Result<(Accepted, u64), StoreError> {
+        let obj = writer
+            .finish()
+            .await
+            .map_err(|e| StoreError::from_io("write object", &e))?;
+        let class = cmd.affected_sop_class_uid.as_deref().unwrap_or("");
+        let instance = cmd.affected_sop_instance_uid.as_deref().unwrap_or("");
+        // One snapshot for the whole object, even if the routing table is swapped meanwhile.
+        let sink = self.sink.snapshot();
+        let checked = (|| {
+            let attrs = extract_attrs(
+                &obj.prefix,
+                obj.dataset_size,
+                ctx.transfer_syntax,
+                sink.wanted_tags(),
+                |len| read_dataset_prefix(&obj, len),
+            )?;
+            check_dataset(&attrs, class, instance)?;
+            let path = DataDir::object_rel_path(
+                &attrs.study_instance_uid,
+                &attrs.series_instance_uid,
+                instance,
+            )?;
+            Ok::<_, StoreError>((attrs, path))
+        })();
+        let (attrs, rel_path) = match checked {
+            Ok(x) => x,
+            Err(e) => {
+                remove_quietly(&obj.temp_path);
+                return Err(e);
+            }
+        };
+        let dataset_size = obj.dataset_size;
+        let accepted = sink
+            .submit(ReceivedObject {
+                temp_path: obj.temp_path,
+                file_size: obj.file_size,
+                dataset_size: obj.dataset_size,
+                dataset_blake3: obj.dataset_blake3,
+                sop_class_uid: class.to_owned(),
+                sop_instance_uid: instance.to_owned(),
+                transfer_syntax_uid: ctx.transfer_syntax.to_owned(),
+                calling_ae_title: ctx.calling_ae_title.to_owned(),
+                called_ae_title: ctx.called_ae_title.to_owned(),
+                rel_path,
+                attrs,
+            })
+            .await?;
+        Ok((accepted, dataset_size))
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use dicom_ul::pdu::{
     AssociationAC, AssociationRJ, AssociationRJResult, AssociationRJServiceProviderASCEReason,
     AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason,
     AssociationRJSource, AssociationRQ, PresentationContextResult, PresentationContextResultReason,
-    UserVariableItem,
+    RequestorRoles, UserVariableItem,
 };
 
 /// The DICOM application context name (PS3.7 Annex A.2.1).
@@ -41,6 +41,32 @@ pub struct AcceptedContext {
     pub transfer_syntax: String,
 }
 
+/// What a port offers, as negotiation sees it. A closure `Fn(&str) -> bool` is an offer that
+/// decides abstract syntaxes only (no SCP role for the requestor, no extended negotiation).
+pub trait Offered {
+    /// Whether an abstract syntax is accepted.
+    fn supports(&self, abstract_syntax: &str) -> bool;
+
+    /// Whether the requestor may act as SCP for `sop_class` (SCP/SCU Role Selection, PS3.7
+    /// D.3.3.4): what C-GET needs, so that we can send it C-STOREs on the same association.
+    fn requestor_may_be_scp(&self, _sop_class: &str) -> bool {
+        false
+    }
+
+    /// Our answer to a SOP Class Extended Negotiation sub-item (PS3.7 D.3.3.5): the
+    /// application information we accept, or `None` to leave the item out (every option
+    /// declined).
+    fn extended_negotiation(&self, _sop_class: &str, _proposed: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+impl<F: Fn(&str) -> bool> Offered for F {
+    fn supports(&self, abstract_syntax: &str) -> bool {
+        self(abstract_syntax)
+    }
+}
+
 /// The state of an accepted association that the service layer needs.
 #[derive(Debug, Clone)]
 pub struct Negotiated {
@@ -52,6 +78,11 @@ pub struct Negotiated {
     pub peer_max_pdu_length: u32,
     /// Accepted presentation contexts by ID.
     pub contexts: HashMap<u8, AcceptedContext>,
+    /// Roles agreed per SOP class by SCP/SCU Role Selection (absent: the default, the
+    /// requestor is SCU only).
+    pub roles: HashMap<String, RequestorRoles>,
+    /// SOP Class Extended Negotiation as agreed: our answer per SOP class.
+    pub extended: HashMap<String, Vec<u8>>,
 }
 
 /// Why an association was rejected, for logs and metrics.
@@ -73,6 +104,33 @@ pub enum RejectReason {
     /// Too many associations.
     #[error("local limit exceeded")]
     LocalLimit,
+    /// The peer's address is outside the service's `allowed_peers`.
+    #[error("peer address not allowed")]
+    PeerAddress,
+}
+
+impl RejectReason {
+    /// Every reason, in the order of [`RejectReason::label`]'s metric labels.
+    pub const ALL: [RejectReason; 6] = [
+        RejectReason::ProtocolVersion,
+        RejectReason::ApplicationContext,
+        RejectReason::CalledAeTitle,
+        RejectReason::CallingAeTitle,
+        RejectReason::LocalLimit,
+        RejectReason::PeerAddress,
+    ];
+
+    /// Metric label (`reason` of `dicomgw_association_rejects_total`).
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::ProtocolVersion => "protocol_version",
+            RejectReason::ApplicationContext => "application_context",
+            RejectReason::CalledAeTitle => "called_ae_title",
+            RejectReason::CallingAeTitle => "calling_ae_title",
+            RejectReason::LocalLimit => "local_limit",
+            RejectReason::PeerAddress => "peer_address",
+        }
+    }
 }
 
 /// The answer to an A-ASSOCIATE-RQ.
@@ -108,13 +166,24 @@ fn reject(result: AssociationRJResult, source: AssociationRJSource, why: RejectR
     Decision::Reject(AssociationRJ { result, source }, why)
 }
 
-/// Negotiates an association. `over_limit` says the association limit is reached;
-/// `abstract_supported` decides each proposed abstract syntax.
+/// The rejection of a peer whose network address is not allowed: permanent, by the service
+/// user, no reason given (PS3.8 Table 9-21 has no reason for addresses; a permanent
+/// rejection tells the peer not to retry as is).
+pub fn reject_peer() -> Decision {
+    reject(
+        AssociationRJResult::Permanent,
+        AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven),
+        RejectReason::PeerAddress,
+    )
+}
+
+/// Negotiates an association. `over_limit` says the association limit is reached; `offered`
+/// decides each proposed abstract syntax, the roles and the extended negotiation.
 pub fn negotiate(
     rq: &AssociationRQ,
     policy: &AcceptorPolicy,
     over_limit: bool,
-    abstract_supported: impl Fn(&str) -> bool,
+    offered: impl Offered,
 ) -> Decision {
     use AssociationRJResult::{Permanent, Transient};
     if rq.protocol_version & 1 == 0 {
@@ -171,7 +240,7 @@ pub fn negotiate(
     let mut results = Vec::with_capacity(rq.presentation_contexts.len());
     for pc in &rq.presentation_contexts {
         let abstract_syntax = pc.abstract_syntax.trim_end_matches('\0').trim();
-        let (reason, ts) = if !abstract_supported(abstract_syntax) {
+        let (reason, ts) = if !offered.supports(abstract_syntax) {
             (
                 PresentationContextResultReason::AbstractSyntaxNotSupported,
                 None,
@@ -214,19 +283,53 @@ pub fn negotiate(
         });
     }
     let peer_max_pdu_length = max_length(&rq.user_variables);
+    let mut user_variables = vec![
+        UserVariableItem::MaxLength(policy.max_pdu_length),
+        UserVariableItem::ImplementationClassUID(crate::IMPLEMENTATION_CLASS_UID.to_owned()),
+        UserVariableItem::ImplementationVersionName(crate::IMPLEMENTATION_VERSION_NAME.to_owned()),
+    ];
+    let (mut roles, mut extended) = (HashMap::new(), HashMap::new());
+    for item in &rq.user_variables {
+        match item {
+            // PS3.7 D.3.3.4: answer each proposed class; a role not proposed is never granted.
+            UserVariableItem::ScuScpRoleSelectionSubItem(uid, proposed) => {
+                let uid = uid.trim_end_matches('\0').trim().to_owned();
+                if !offered.supports(&uid) || roles.contains_key(&uid) {
+                    continue;
+                }
+                let agreed = RequestorRoles {
+                    scu: proposed.scu,
+                    scp: proposed.scp && offered.requestor_may_be_scp(&uid),
+                };
+                user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(
+                    uid.clone(),
+                    agreed,
+                ));
+                roles.insert(uid, agreed);
+            }
+            UserVariableItem::SopClassExtendedNegotiationSubItem(uid, info) => {
+                let uid = uid.trim_end_matches('\0').trim().to_owned();
+                if !offered.supports(&uid) || extended.contains_key(&uid) {
+                    continue;
+                }
+                if let Some(answer) = offered.extended_negotiation(&uid, info) {
+                    user_variables.push(UserVariableItem::SopClassExtendedNegotiationSubItem(
+                        uid.clone(),
+                        answer.clone(),
+                    ));
+                    extended.insert(uid, answer);
+                }
+            }
+            _ => {}
+        }
+    }
     let ac = AssociationAC {
         protocol_version: 1,
         calling_ae_title: rq.calling_ae_title.clone(),
         called_ae_title: rq.called_ae_title.clone(),
         application_context_name: DICOM_APPLICATION_CONTEXT.to_owned(),
         presentation_contexts: results,
-        user_variables: vec![
-            UserVariableItem::MaxLength(policy.max_pdu_length),
-            UserVariableItem::ImplementationClassUID(crate::IMPLEMENTATION_CLASS_UID.to_owned()),
-            UserVariableItem::ImplementationVersionName(
-                crate::IMPLEMENTATION_VERSION_NAME.to_owned(),
-            ),
-        ],
+        user_variables,
     };
     Decision::Accept(
         Box::new(ac),
@@ -235,6 +338,8 @@ pub fn negotiate(
             called_ae_title: called,
             peer_max_pdu_length,
             contexts,
+            roles,
+            extended,
         },
     )
 }
@@ -364,5 +469,110 @@ mod tests {
             panic!()
         };
         assert_eq!(why, RejectReason::ProtocolVersion);
+    }
+
+    /// A port that lets the requestor be SCP for CT (as a C-GET SCP would) and accepts
+    /// relational queries on Study Root FIND.
+    struct GetAndRelational;
+
+    const FIND: &str = "1.2.840.10008.5.1.4.1.2.2.1";
+
+    impl Offered for GetAndRelational {
+        fn supports(&self, a: &str) -> bool {
+            a == CT || a == FIND
+        }
+        fn requestor_may_be_scp(&self, c: &str) -> bool {
+            c == CT
+        }
+        fn extended_negotiation(&self, c: &str, p: &[u8]) -> Option<Vec<u8>> {
+            (c == FIND).then(|| vec![p.first().copied().unwrap_or(0) & 1])
+        }
+    }
+
+    #[test]
+    fn role_selection_and_extended_negotiation_are_answered_per_class() {
+        let mut r = rq(vec![(1, CT, vec![ELE]), (3, FIND, vec![ELE])]);
+        let both = RequestorRoles {
+            scu: true,
+            scp: true,
+        };
+        r.user_variables.extend([
+            UserVariableItem::ScuScpRoleSelectionSubItem(CT.into(), both),
+            UserVariableItem::ScuScpRoleSelectionSubItem(FIND.into(), both),
+            UserVariableItem::ScuScpRoleSelectionSubItem("1.2.3.999".into(), both),
+            UserVariableItem::SopClassExtendedNegotiationSubItem(FIND.into(), vec![1, 1, 0]),
+            UserVariableItem::SopClassExtendedNegotiationSubItem(CT.into(), vec![1]),
+        ]);
+        let Decision::Accept(ac, n) = negotiate(&r, &policy(), false, GetAndRelational) else {
+            panic!("rejected")
+        };
+        // The SCP role only where the port allows it; never a role that was not proposed.
+        assert_eq!(n.roles[CT], both);
+        assert_eq!(
+            n.roles[FIND],
+            RequestorRoles {
+                scu: true,
+                scp: false
+            }
+        );
+        assert!(
+            !n.roles.contains_key("1.2.3.999"),
+            "unsupported classes get no answer"
+        );
+        assert!(ac
+            .user_variables
+            .contains(&UserVariableItem::ScuScpRoleSelectionSubItem(
+                CT.into(),
+                both
+            )));
+        // Extended negotiation: our subset for FIND; nothing for CT (left out = declined).
+        assert_eq!(n.extended[FIND], vec![1]);
+        assert!(!n.extended.contains_key(CT));
+        assert!(ac
+            .user_variables
+            .contains(&UserVariableItem::SopClassExtendedNegotiationSubItem(
+                FIND.into(),
+                vec![1]
+            )));
+        // The AC encodes and decodes with them (the sub-items are on the wire as proposed).
+        let mut bytes = Vec::new();
+        dicom_ul::pdu::write_pdu(&mut bytes, &dicom_ul::pdu::Pdu::AssociationAC(*ac.clone()))
+            .unwrap();
+        let back = dicom_ul::pdu::read_pdu(&bytes[..], 1 << 20, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, dicom_ul::pdu::Pdu::AssociationAC(*ac));
+    }
+
+    #[test]
+    fn a_plain_offer_grants_no_scp_role() {
+        let mut r = rq(vec![(1, CT, vec![ELE])]);
+        r.user_variables
+            .push(UserVariableItem::ScuScpRoleSelectionSubItem(
+                CT.into(),
+                RequestorRoles {
+                    scu: false,
+                    scp: true,
+                },
+            ));
+        let Decision::Accept(_, n) = negotiate(&r, &policy(), false, |a: &str| a == CT) else {
+            panic!("rejected")
+        };
+        assert_eq!(
+            n.roles[CT],
+            RequestorRoles {
+                scu: false,
+                scp: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_peer_outside_the_allowed_networks_is_rejected_permanently() {
+        let Decision::Reject(rj, why) = reject_peer() else {
+            panic!("accepted")
+        };
+        assert_eq!(why, RejectReason::PeerAddress);
+        assert_eq!(rj.result, AssociationRJResult::Permanent);
     }
 }
