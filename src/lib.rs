@@ -5,6 +5,8 @@
 //! - [`rt`]: per-core runtimes (io_uring or epoll) behind a small owned-buffer I/O trait.
 //! - [`config`]: the TOML file as written → validated settings.
 //! - [`db`]: redb table definitions shared by index and queue.
+//! - [`dicom`]: checks on a peer's dataset bytes before anything is built from them (the
+//!   iterative structure scanner: depth, element and size limits, framing); a leaf.
 //! - [`store`]: UID validation, the Part-10 header, the streaming writer, attribute extraction,
 //!   the index.
 //! - [`net`]: upper layer (PDU framing, the PS3.8 state machine, negotiation), DIMSE, services,
@@ -22,6 +24,7 @@ pub mod commit;
 pub mod config;
 pub mod control;
 pub mod db;
+pub mod dicom;
 pub mod http;
 pub mod metrics;
 pub mod net;
