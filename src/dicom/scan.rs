@@ -226,6 +226,21 @@ pub enum ScanError {
         /// The length.
         length: u32,
     },
+    /// The length of a value of fixed-size binary numbers (AT, FL, FD, SL, UL, SV, UV, OD,
+    /// OF, OL, OV; the VR explicit or, in Implicit VR, from the dictionary) is not a multiple
+    /// of their size (PS3.5 §6.2). dicom-parser 0.10 reads such a value short and loses the
+    /// element framing; the next "length" it reads is then arbitrary and allocated at once.
+    #[error("{tag} at offset {offset}: length {length} is not a multiple of {unit}")]
+    BadValueLength {
+        /// Where the element starts.
+        offset: u64,
+        /// The element.
+        tag: Tag,
+        /// The length.
+        length: u32,
+        /// The size of one value.
+        unit: u8,
+    },
     /// A value, item or header runs past the end of its enclosing defined-length item or
     /// sequence.
     #[error("{tag} at offset {offset} runs past the end of its enclosing item")]
@@ -322,6 +337,12 @@ impl ScanError {
             ScanError::OddLength { offset, tag, .. } => {
                 format!("odd length of {tag} at offset {offset}")
             }
+            ScanError::BadValueLength {
+                offset,
+                tag,
+                length,
+                unit,
+            } => format!("{tag} length {length} not a multiple of {unit} at offset {offset}"),
             ScanError::LengthOverflow { offset, tag } => {
                 format!("{tag} overruns its item at offset {offset}")
             }
@@ -366,18 +387,35 @@ enum VrKind {
     Unknown,
 }
 
-/// PS3.5 §7.1.2: which VRs have the 2-byte and which the 4-byte length.
-fn vr_kind(vr: [u8; 2]) -> Option<VrKind> {
+/// PS3.5 §7.1.2: which VRs have the 2-byte and which the 4-byte length; and the size of one
+/// value of the binary-number VRs (PS3.5 §6.2), of which a length must be a multiple.
+fn vr_kind(vr: [u8; 2]) -> Option<(VrKind, u8)> {
     use VrKind::*;
     Some(match &vr {
-        b"AE" | b"AS" | b"AT" | b"CS" | b"DA" | b"DS" | b"DT" | b"FL" | b"FD" | b"IS" | b"LO"
-        | b"LT" | b"PN" | b"SH" | b"SL" | b"SS" | b"ST" | b"TM" | b"UI" | b"UL" | b"US" => Short,
-        b"OD" | b"OF" | b"OL" | b"OV" | b"SV" | b"UC" | b"UR" | b"UT" | b"UV" => Long,
-        b"OB" | b"OW" => Binary,
-        b"SQ" => Sequence,
-        b"UN" => Unknown,
+        b"AE" | b"AS" | b"CS" | b"DA" | b"DS" | b"DT" | b"IS" | b"LO" | b"LT" | b"PN" | b"SH"
+        | b"ST" | b"TM" | b"UI" => (Short, 1),
+        b"SS" | b"US" => (Short, 2),
+        b"AT" | b"FL" | b"SL" | b"UL" => (Short, 4),
+        b"FD" => (Short, 8),
+        b"UC" | b"UR" | b"UT" => (Long, 1),
+        b"OF" | b"OL" => (Long, 4),
+        b"OD" | b"OV" | b"SV" | b"UV" => (Long, 8),
+        b"OB" => (Binary, 1),
+        b"OW" => (Binary, 2),
+        b"SQ" => (Sequence, 1),
+        b"UN" => (Unknown, 1),
         _ => return None,
     })
+}
+
+/// The size of one value of a VR as [`vr_kind`] gives it.
+fn vr_unit(vr: VR) -> u8 {
+    match vr {
+        VR::SS | VR::US | VR::OW => 2,
+        VR::AT | VR::FL | VR::SL | VR::UL | VR::OF | VR::OL => 4,
+        VR::FD | VR::OD | VR::OV | VR::SV | VR::UV => 8,
+        _ => 1,
+    }
 }
 
 /// A decoded element or item header.
@@ -386,6 +424,8 @@ struct Header {
     tag: Tag,
     /// `None` in Implicit VR and for group FFFE.
     vr: Option<VrKind>,
+    /// Size of one value (1 when not a binary number; Implicit VR: see the dictionary).
+    unit: u8,
     len: u32,
     /// Header size in bytes (8 or 12).
     size: usize,
@@ -434,6 +474,7 @@ fn parse_header(enc: Encoding, b: &[u8]) -> Result<Option<Header>, (Tag, [u8; 2]
         return Ok(Some(Header {
             tag,
             vr: None,
+            unit: 1,
             len: read_u32(enc, &b[4..]),
             size: 8,
         }));
@@ -442,7 +483,7 @@ fn parse_header(enc: Encoding, b: &[u8]) -> Result<Option<Header>, (Tag, [u8; 2]
         return Ok(None);
     }
     let vr = [b[4], b[5]];
-    let kind = vr_kind(vr).ok_or((tag, vr))?;
+    let (kind, unit) = vr_kind(vr).ok_or((tag, vr))?;
     if kind == VrKind::Short {
         if b.len() < 8 {
             return Ok(None);
@@ -450,6 +491,7 @@ fn parse_header(enc: Encoding, b: &[u8]) -> Result<Option<Header>, (Tag, [u8; 2]
         Ok(Some(Header {
             tag,
             vr: Some(kind),
+            unit,
             len: u32::from(read_u16(enc, &b[6..])),
             size: 8,
         }))
@@ -460,22 +502,24 @@ fn parse_header(enc: Encoding, b: &[u8]) -> Result<Option<Header>, (Tag, [u8; 2]
         Ok(Some(Header {
             tag,
             vr: Some(kind),
+            unit,
             len: read_u32(enc, &b[8..]),
             size: 12,
         }))
     }
 }
 
-/// Whether the standard dictionary says `tag` is a sequence: how Implicit VR tells a
-/// defined-length sequence from a value (the rule dicom-parser's implicit decoder applies).
-fn dictionary_sq(tag: Tag) -> bool {
-    // Private and group-length tags are not in the dictionary: skip the lookup.
-    if tag.0 % 2 == 1 || tag.1 == 0 {
-        return false;
+/// The VR the standard dictionary gives `tag` in Implicit VR (the rule dicom-parser's implicit
+/// decoder applies, Pixel Data and Overlay Data being OW): whether a defined-length element
+/// is a sequence, and the size of its values. `None`: unknown (private), read as UN.
+fn implicit_vr(tag: Tag) -> Option<VR> {
+    if tag.0 % 2 == 1 {
+        return None; // private: not in the dictionary
     }
-    StandardDataDictionary
-        .by_tag(tag)
-        .is_some_and(|e| e.vr().relaxed() == VR::SQ)
+    if tag == PIXEL_DATA || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
+        return Some(VR::OW);
+    }
+    StandardDataDictionary.by_tag(tag).map(|e| e.vr().relaxed())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -869,10 +913,21 @@ impl Scanner {
             return self.open_sequence(h.tag, start, None, bound, inner);
         }
         let end = self.value_end(start, h.tag, from, h.len, bound)?;
-        let sequence = match h.vr {
-            Some(v) => v == VrKind::Sequence,
-            None => dictionary_sq(h.tag),
+        let (sequence, unit) = match h.vr {
+            Some(v) => (v == VrKind::Sequence, h.unit),
+            None => match implicit_vr(h.tag) {
+                Some(vr) => (vr == VR::SQ, vr_unit(vr)),
+                None => (false, 1),
+            },
         };
+        if h.len % u32::from(unit) != 0 {
+            return Err(ScanError::BadValueLength {
+                offset: start,
+                tag: h.tag,
+                length: h.len,
+                unit,
+            });
+        }
         if sequence {
             self.open_sequence(h.tag, start, Some(end), bound, enc)?;
         } else {

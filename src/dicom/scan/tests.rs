@@ -5,7 +5,6 @@ use super::*;
 
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
-const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
 const DEFLATED_LE: &str = "1.2.840.10008.1.2.1.99";
 const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
 
@@ -38,7 +37,7 @@ impl W {
         self.tag(&mut out, g, e);
         match self.0 {
             Encoding::ImplicitLittle => self.u32(&mut out, len),
-            _ if vr_kind(*vr).is_some_and(|k| k != VrKind::Short) => {
+            _ if vr_kind(*vr).is_some_and(|(k, _)| k != VrKind::Short) => {
                 out.extend_from_slice(vr);
                 out.extend_from_slice(&[0, 0]);
                 self.u32(&mut out, len);
@@ -558,6 +557,60 @@ fn odd_lengths_and_overflows() {
 }
 
 #[test]
+fn binary_number_lengths_are_multiples_of_the_value_size() {
+    // Found by the `mpps_dataset` fuzz target: (0000,0000) UL of length 6 in Implicit VR made
+    // dicom-parser read 4 bytes, lose the framing and allocate a ~1.9 GB "value".
+    let mut ds = ILE.header(0x0000, 0x0000, b"UL", 6);
+    ds.extend(b"153557");
+    assert_eq!(
+        scan(Encoding::ImplicitLittle, &ds),
+        Err(ScanError::BadValueLength {
+            offset: 0,
+            tag: Tag(0, 0),
+            length: 6,
+            unit: 4
+        })
+    );
+    for (vr, len, unit) in [
+        (b"UL", 6u32, 4u8),
+        (b"FL", 2, 4),
+        (b"AT", 6, 4),
+        (b"FD", 12, 8),
+        (b"OD", 4, 8),
+        (b"OL", 2, 4),
+    ] {
+        for w in [ELE, EBE] {
+            let mut ds = w.header(0x0043, 0x1010, vr, len);
+            ds.resize(ds.len() + len as usize, 0);
+            assert_eq!(
+                scan(w.0, &ds),
+                Err(ScanError::BadValueLength {
+                    offset: 0,
+                    tag: Tag(0x0043, 0x1010),
+                    length: len,
+                    unit
+                }),
+                "{vr:?}"
+            );
+        }
+    }
+    // Multiples pass, and so does any even length for a private tag in Implicit VR (UN).
+    let mut ok = ELE.header(0x0018, 0x0088, b"DS", 4);
+    ok.extend(b"1.5 ");
+    ok.extend(ELE.el(
+        0x0028,
+        0x0009,
+        b"AT",
+        &[0x18, 0, 0x63, 0x10, 0x18, 0, 0x65, 0x10],
+    ));
+    ok.extend(ELE.el(0x0018, 0x9087, b"FD", &[0; 16]));
+    scan(Encoding::ExplicitLittle, &ok).unwrap();
+    let mut private = ILE.header(0x0043, 0x0000, b"UL", 6);
+    private.extend([0; 6]);
+    scan(Encoding::ImplicitLittle, &private).unwrap();
+}
+
+#[test]
 fn structural_errors() {
     let at = |bytes: &[u8]| scan(Encoding::ExplicitLittle, bytes);
     // An item at the top level, and directly inside an item.
@@ -755,7 +808,6 @@ fn transfer_syntaxes() {
         assert_eq!(Encoding::for_transfer_syntax(uid), want, "{uid:?}");
     }
     // Every transfer syntax dicom-rs registers (that encodes a dataset) is known here.
-    use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
     for ts in dicom_transfer_syntax_registry::TransferSyntaxRegistry.iter() {
         let uid = ts.uid();
         if uid.starts_with("1.2.840.10008.1.2.6.") {
@@ -797,6 +849,12 @@ fn error_comments_fit_an_error_comment() {
             length: 3,
         },
         ScanError::LengthOverflow { offset: o, tag: t },
+        ScanError::BadValueLength {
+            offset: o,
+            tag: t,
+            length: u32::MAX,
+            unit: 8,
+        },
         ScanError::BadVr {
             offset: o,
             tag: t,
