@@ -1,16 +1,19 @@
 //! dicom-gw: a DICOM gateway daemon that receives objects by C-STORE, keeps them byte for byte,
-//! indexes them and (later) forwards them reliably.
+//! indexes them and forwards them reliably; serves the worklist and MPPS.
 //!
 //! Module map, from the bottom up (every arrow points down):
 //! - [`rt`]: per-core runtimes (io_uring or epoll) behind a small owned-buffer I/O trait.
 //! - [`config`]: the TOML file as written → validated settings.
 //! - [`db`]: redb table definitions shared by index and queue.
 //! - [`health`]: vital components whose failure makes the daemon unready and stop.
+//! - [`dicom`]: checks on a peer's dataset bytes before anything is built from them (the
+//!   iterative structure scanner: depth, element and size limits, framing); a leaf.
 //! - [`store`]: UID validation, the Part-10 header, the streaming writer, attribute extraction,
 //!   the index.
 //! - [`net`]: upper layer (PDU framing, the PS3.8 state machine, negotiation), DIMSE, services,
-//!   and the association acceptor.
+//!   and the association engine every DICOM port runs on.
 //! - [`queue`]: forwarding jobs.
+//! - [`ingest`]: the pipeline behind the storage service (record, routing, group commit).
 //! - [`control`]: the control socket the CLI reaches the running daemon through (queue,
 //!   tokens, users, audit, worklist import), and the same operations offline.
 //! - [`commit`]: the group committer (files synced and renamed, index rows committed, in
@@ -23,6 +26,7 @@ pub mod commit;
 pub mod config;
 pub mod control;
 pub mod db;
+pub mod dicom;
 pub mod health;
 pub mod http;
 pub mod ingest;
