@@ -149,23 +149,13 @@ impl NetStream for tokio_uring::net::TcpStream {
     }
 }
 
-impl ObjFile for tokio_uring::fs::File {
-    async fn create(path: &Path) -> io::Result<Self> {
-        tokio_uring::fs::File::create(path).await
-    }
-
-    async fn write_all_at(&self, data: Bytes, pos: u64) -> io::Result<()> {
-        tokio_uring::fs::File::write_all_at(self, data, pos).await.0
-    }
-
-    async fn close(self) -> io::Result<()> {
-        tokio_uring::fs::File::close(self).await
-    }
-}
-
 impl Io for Uring {
     type Stream = tokio_uring::net::TcpStream;
-    type File = tokio_uring::fs::File;
+    /// Files are written inline, as on epoll: io_uring runs file operations (open, buffered
+    /// writes) on kernel worker threads, which count against the process's task limit — under
+    /// a unit's `TasksMax` they cannot be started and every C-STORE failed with ECANCELED — and
+    /// the punt costs more than the page-cache write it carries (measured in STACK.md §1).
+    type File = InlineFile;
     type Listener = tokio_uring::net::TcpListener;
     const BACKEND: Backend = Backend::Uring;
 
@@ -234,8 +224,8 @@ impl NetStream for tokio::net::TcpStream {
     }
 }
 
-/// A std file written inline on the core's thread: page-cache writes are short, and the
-/// durable sync happens on the committer thread, not here.
+/// A std file written inline on the core's thread (both backends): page-cache writes are
+/// short, and the durable sync happens on the committer thread, not here.
 #[derive(Debug)]
 pub struct InlineFile(std::fs::File);
 

@@ -165,6 +165,31 @@ impl Peer {
         }
     }
 
+    /// Connects to 127.0.0.1:`port` from the local address `from` (another loopback address
+    /// such as 127.0.0.2 stands for a peer on another network).
+    pub fn connect_from(port: u16, from: std::net::Ipv4Addr) -> Peer {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&std::net::SocketAddr::from((from, 0)).into())
+            .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+        s.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+            .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port} from {from}: {e}"));
+        let stream: TcpStream = s.into();
+        stream.set_nodelay(true).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        Peer {
+            stream,
+            daemon_max_pdu: 0,
+            ac: None,
+        }
+    }
+
+    /// Sends an A-ASSOCIATE-RQ on a connected peer; returns the daemon's first answer.
+    pub fn send_rq(&mut self, rq: AssociationRQ) -> Received {
+        self.send(&encode_pdu(&Pdu::AssociationRQ(rq)))
+            .expect("send A-ASSOCIATE-RQ");
+        self.recv()
+    }
+
     /// Connects and sends an A-ASSOCIATE-RQ; returns the peer and the daemon's first answer.
     pub fn request(port: u16, rq: AssociationRQ) -> (Peer, Received) {
         let mut p = Peer::connect(port);

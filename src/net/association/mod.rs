@@ -157,7 +157,7 @@ pub async fn serve<F: ObjFile, S: NetStream>(
     core: Rc<Core>,
     waiting: Waiting,
 ) {
-    let span = tracing::info_span!("association", service = port.service.label(), %peer,
+    let span = tracing::info_span!("association", service = %port.service.label(), %peer,
         calling = tracing::field::Empty, called = tracing::field::Empty);
     run::<F, S>(stream, peer, transport, port, core, waiting)
         .instrument(span)
@@ -230,8 +230,11 @@ async fn run<F: ObjFile, S: NetStream>(
         }
     };
     tracing::Span::current()
-        .record("calling", rq.calling_ae_title.trim())
-        .record("called", rq.called_ae_title.trim());
+        .record(
+            "calling",
+            tracing::field::display(rq.calling_ae_title.trim()),
+        )
+        .record("called", tracing::field::display(rq.called_ae_title.trim()));
     // Sta3: the local user decides.
     let state = Action::Ae6.next_state(true, false);
     let (active, over_limit) = port.slots.associate();

@@ -59,6 +59,15 @@ pub fn read_dataset(bytes: &[u8], ts: &str) -> Result<InMemDicomObject, String> 
     if !bytes.len().is_multiple_of(2) {
         return Err(format!("dataset of odd length {}", bytes.len()));
     }
+    // The decoder below builds nested sequences recursively: depth, element count and framing
+    // are checked first, iteratively, so a hostile identifier gets an answer, not a stack
+    // overflow (audit C1).
+    crate::dicom::scan::check(
+        bytes,
+        ts,
+        &crate::dicom::scan::Limits::before_dicom_object(),
+    )
+    .map_err(|e| e.error_comment())?;
     let syntax = TransferSyntaxRegistry
         .get(ts.trim_end_matches('\0'))
         .ok_or_else(|| format!("transfer syntax {ts} unknown"))?;
@@ -155,6 +164,7 @@ pub fn find_encoded(
 mod tests {
     use super::*;
     use crate::net::dimse::command::decode_command;
+    use crate::net::dimse::command::CommandField;
     use dicom_core::{DataElement, PrimitiveValue, VR};
     use dicom_dictionary_std::tags as t;
 

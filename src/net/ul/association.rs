@@ -390,7 +390,7 @@ mod tests {
             ]),
             &policy(),
             false,
-            |a| a == CT,
+            |a: &str| a == CT,
         );
         let Decision::Accept(ac, n) = d else {
             panic!("rejected")
@@ -420,7 +420,7 @@ mod tests {
     fn reject_reasons_follow_ps3_8() {
         let mut p = policy();
         p.require_called_ae_title = true;
-        let Decision::Reject(rj, why) = negotiate(&rq(vec![]), &p, false, |_| true) else {
+        let Decision::Reject(rj, why) = negotiate(&rq(vec![]), &p, false, |_: &str| true) else {
             panic!()
         };
         assert_eq!(why, RejectReason::CalledAeTitle);
@@ -434,7 +434,7 @@ mod tests {
 
         let mut p = policy();
         p.allowed_calling_ae_titles = vec!["CT1".into()];
-        let Decision::Reject(rj, _) = negotiate(&rq(vec![]), &p, false, |_| true) else {
+        let Decision::Reject(rj, _) = negotiate(&rq(vec![]), &p, false, |_: &str| true) else {
             panic!()
         };
         assert_eq!(
@@ -444,7 +444,8 @@ mod tests {
             )
         );
 
-        let Decision::Reject(rj, why) = negotiate(&rq(vec![]), &policy(), true, |_| true) else {
+        let Decision::Reject(rj, why) = negotiate(&rq(vec![]), &policy(), true, |_: &str| true)
+        else {
             panic!()
         };
         assert_eq!(why, RejectReason::LocalLimit);
@@ -458,14 +459,14 @@ mod tests {
 
         let mut bad = rq(vec![]);
         bad.application_context_name = "1.2.3".into();
-        let Decision::Reject(_, why) = negotiate(&bad, &policy(), false, |_| true) else {
+        let Decision::Reject(_, why) = negotiate(&bad, &policy(), false, |_: &str| true) else {
             panic!()
         };
         assert_eq!(why, RejectReason::ApplicationContext);
 
         let mut bad = rq(vec![]);
         bad.protocol_version = 2;
-        let Decision::Reject(_, why) = negotiate(&bad, &policy(), false, |_| true) else {
+        let Decision::Reject(_, why) = negotiate(&bad, &policy(), false, |_: &str| true) else {
             panic!()
         };
         assert_eq!(why, RejectReason::ProtocolVersion);

@@ -14,9 +14,10 @@ pub const PDU_HEADER_LEN: usize = 6;
 /// Length of a PDV item header inside P-DATA-TF: 32-bit length, context ID, control header.
 pub const PDV_HEADER_LEN: usize = 6;
 /// Upper bound for the body of any PDU that is not P-DATA-TF. An A-ASSOCIATE-RQ with the
-/// maximum of 128 presentation contexts, each proposing dozens of transfer syntaxes, stays far
-/// below this; anything larger is hostile or broken.
-pub const MAX_CONTROL_PDU_LEN: u32 = 1024 * 1024;
+/// maximum of 128 presentation contexts, each proposing a dozen transfer syntaxes, is about
+/// 40 KB (DCMTK's storescu sends about 14 KB); anything larger is hostile or broken, and this
+/// is what an unassociated connection may make us buffer (audit H6, H7).
+pub const MAX_CONTROL_PDU_LEN: u32 = 128 * 1024;
 
 /// PDU types, with their wire values (PS3.8 §9.3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
