@@ -1,0 +1,364 @@
+//! The web console in a real browser: headless Chromium driven by Selenium against a running
+//! daemon, with DCMTK `storescu` sending objects and DCMTK `storescp` as the destinations.
+//!
+//! One test walks the console the way an operator would: logs in as an admin created with
+//! `dicom-gw user add`, checks the dashboard's count and the studies page after a storescu
+//! load, narrows the list with a search, creates a destination (then checked through the API)
+//! and echoes it, retries dead letters (a SOP class the first storescp refused) and sees them
+//! delivered, then logs in as a viewer who sees no controls it may not use and whose forged
+//! admin request is refused with 403. Screenshots of every page go to
+//! `target/tmp/console-screens/`.
+
+#[path = "util/browser.rs"]
+mod browser;
+mod util;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use util::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dicom-gw");
+const PRIVATE_SOP_CLASS: &str = "1.2.826.0.1.3680043.10.999.77.1";
+const ADMIN_PASSWORD: &str = "console admin password";
+const VIEWER_PASSWORD: &str = "console viewer password";
+
+fn user_add(data: &Path, name: &str, role: &str, password: &str) {
+    let (out, timed_out) = run_timeout(
+        Command::new(BIN)
+            .args(["user", "add", "--data-dir"])
+            .arg(data)
+            .args(["--name", name, "--role", role])
+            .env("DICOM_GW_PASSWORD", password),
+        Duration::from_secs(60),
+    );
+    assert!(
+        !timed_out && out.status.success(),
+        "user add {name}: {out:?}"
+    );
+}
+
+fn gen(dir: &Path, spec: &ObjSpec) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let f = dir.join(format!("{}.dcm", spec.sop_instance_uid));
+    gen_part10(&f, spec).unwrap();
+    f
+}
+
+#[test]
+fn console_in_headless_chromium() {
+    if !browser::require_chromium("console_in_headless_chromium") {
+        return;
+    }
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let port = free_port();
+    // storescp without -pm refuses the private SOP class: those jobs become dead letters.
+    let mut strict = DestScp::start(&tmp.path().join("pacs-strict"), port, &[]);
+    let toml = format!("[store]\nextra_sop_classes = [\"{PRIVATE_SOP_CLASS}\"]\n\n")
+        + &dest_block(
+            "pacs",
+            port,
+            "max_associations = 1\nidle_release_seconds = 1\nretry_initial_seconds = 60\n\
+             retry_max_seconds = 60\nmax_attempts = 20\n",
+        )
+        + &route_block("everything", "", &["pacs"]);
+    let gw = start_gw(tmp.path(), &data, &toml, &[]);
+    user_add(&data, "admin", "admin", ADMIN_PASSWORD);
+    user_add(&data, "viewer", "viewer", VIEWER_PASSWORD);
+
+    // Three patients, five instances; two of them of the private class.
+    let src = tmp.path().join("src");
+    let a = ObjSpec::new(1)
+        .patient("ALPHA^ANNA", "PID-A")
+        .modality("CT");
+    let a2 = ObjSpec::new(2)
+        .patient("ALPHA^ANNA", "PID-A")
+        .same_series_as(&a);
+    let b = ObjSpec::new(3).patient("BRAVO^BEN", "PID-B").modality("MR");
+    let c1 = ObjSpec::new(4)
+        .patient("CHARLIE^CORA", "PID-C")
+        .sop_class(PRIVATE_SOP_CLASS);
+    let c2 = ObjSpec::new(5)
+        .patient("CHARLIE^CORA", "PID-C")
+        .sop_class(PRIVATE_SOP_CLASS)
+        .same_series_as(&c1);
+    let plain: Vec<_> = [&a, &a2, &b].iter().map(|s| gen(&src, s)).collect();
+    storescu(gw.port, &plain, &[]).assert_all_ok(&plain);
+    let private: Vec<_> = [&c1, &c2].iter().map(|s| gen(&src, s)).collect();
+    let cfg = tmp.path().join("storescu.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[TransferSyntaxes]]\n[ExplicitLE]\nTransferSyntax1 = LocalEndianExplicit\n\
+             [[PresentationContexts]]\n[Priv]\nPresentationContext1 = {PRIVATE_SOP_CLASS}\\ExplicitLE\n\
+             [[Profiles]]\n[Default]\nPresentationContexts = Priv\n"
+        ),
+    )
+    .unwrap();
+    storescu(
+        gw.port,
+        &private,
+        &["-xf", cfg.to_str().unwrap(), "Default"],
+    )
+    .assert_all_ok(&private);
+    let s = wait_settled(&data, "pacs", 3, 2, Duration::from_secs(30));
+    assert_eq!(s.dead, 2, "{s:?}");
+
+    // The destination is fixed: it now accepts any SOP class (same port).
+    wait_all_closed_scp(&strict);
+    strict.stop();
+    let fixed = DestScp::start(&tmp.path().join("pacs-fixed"), port, &["-pm"]);
+
+    let screens = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screens");
+    let _ = std::fs::remove_dir_all(&screens);
+    std::fs::create_dir_all(&screens).unwrap();
+    let out = browser::run_browser_script(
+        SCRIPT,
+        tmp.path(),
+        &[
+            ("BASE", format!("http://127.0.0.1:{}", gw.http_port)),
+            ("SCREENS", screens.display().to_string()),
+            ("ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+            ("VIEWER_PASSWORD", VIEWER_PASSWORD.into()),
+            ("EXPECT_INSTANCES", "5".into()),
+            (
+                "EXPECT_PATIENTS",
+                "ALPHA^ANNA,BRAVO^BEN,CHARLIE^CORA".into(),
+            ),
+            ("ECHO_PORT", port.to_string()),
+        ],
+        Duration::from_secs(240),
+    );
+    eprintln!("{out}");
+    let result: Value = serde_json::from_str(
+        out.lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .expect("the script prints its result as JSON"),
+    )
+    .unwrap();
+    assert_eq!(result["forged_status"], 403, "{result}");
+    assert_eq!(result["search_rows"], 1, "{result}");
+
+    // What the console did, seen through the API and by the destination.
+    let token = cli_token(BIN, &data, "admin");
+    let (code, dests) = http_json(
+        gw.http_port,
+        "GET",
+        "/api/v1/destinations",
+        Some(&token),
+        None,
+    );
+    assert_eq!(code, 200, "{dests}");
+    let echo = dests["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "echo-dest")
+        .unwrap_or_else(|| panic!("echo-dest not in GET /destinations: {dests}"));
+    assert_eq!(echo["port"], port, "{echo}");
+    assert_eq!(echo["ae_title"], "ECHOSCP", "{echo}");
+    let s = wait_settled(&data, "pacs", 5, 0, Duration::from_secs(30));
+    assert_eq!(s.dead, 0, "{s:?}");
+    let got: BTreeSet<String> = fixed.by_uid().into_keys().collect();
+    let want: BTreeSet<String> = [&c1, &c2]
+        .iter()
+        .map(|s| s.sop_instance_uid.clone())
+        .collect();
+    assert_eq!(got, want, "the retried dead letters were not delivered");
+    for page in [
+        "login",
+        "dashboard",
+        "studies",
+        "study",
+        "forwarding",
+        "worklist",
+        "audit",
+        "users",
+        "viewer-forwarding",
+    ] {
+        let f = screens.join(format!("{page}.png"));
+        assert!(
+            std::fs::metadata(&f).is_ok_and(|m| m.len() > 1000),
+            "no screenshot {}",
+            f.display()
+        );
+    }
+    drop(gw);
+}
+
+/// Waits until every association storescp received has ended (released or aborted), so a
+/// new storescp can take its port.
+fn wait_all_closed_scp(scp: &DestScp) {
+    wait_for(
+        "storescp associations to end",
+        Duration::from_secs(20),
+        || {
+            let log = scp.log();
+            let (a, c) = (
+                scp.associations(),
+                scp.releases() + log.matches("Association Aborted").count(),
+            );
+            if a > 0 && a == c {
+                Ok(())
+            } else {
+                Err(format!("{a} associations, {c} ended; log:\n{log}"))
+            }
+        },
+    );
+}
+
+/// The browser side (Selenium, Python). Prints one JSON line with what it measured; any
+/// failed expectation raises, which fails the test with the traceback.
+const SCRIPT: &str = r#####"
+import json, os, sys, time
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait, Select
+
+BASE = os.environ["BASE"]
+SCREENS = os.environ["SCREENS"]
+opts = webdriver.ChromeOptions()
+opts.binary_location = os.environ["CHROMIUM"]
+for a in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+          "--window-size=1280,900", "--disable-extensions", "--no-first-run"]:
+    opts.add_argument(a)
+opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+d = webdriver.Chrome(service=Service(os.environ["CHROMEDRIVER"]), options=opts)
+W = lambda t=20: WebDriverWait(d, t, poll_frequency=0.2)
+result = {}
+
+def shot(name):
+    d.save_screenshot(os.path.join(SCREENS, name + ".png"))
+
+def css(sel):
+    return d.find_elements(By.CSS_SELECTOR, sel)
+
+def wait_css(sel, t=20):
+    return W(t).until(lambda d: css(sel) and css(sel)[0])
+
+def text_of(sel):
+    e = css(sel)
+    return e[0].text if e else ""
+
+def login(user, password):
+    wait_css("#login-form")
+    u = d.find_element(By.NAME, "username"); u.clear(); u.send_keys(user)
+    p = d.find_element(By.NAME, "password"); p.clear(); p.send_keys(password)
+    d.find_element(By.ID, "login-submit").click()
+    W().until(lambda d: user in text_of("#whoami"))
+
+def go(view):
+    d.execute_script("location.hash = arguments[0]", "#/" + view)
+    W().until(lambda d: d.find_element(By.ID, "main").get_attribute("data-view") == view)
+
+try:
+    d.get(BASE + "/")
+    W().until(lambda d: d.current_url.endswith("/ui/"))
+    wait_css("#login-form")
+    shot("login")
+    # A wrong password is refused on the page.
+    u = d.find_element(By.NAME, "username"); u.send_keys("admin")
+    d.find_element(By.NAME, "password").send_keys("not the password")
+    d.find_element(By.ID, "login-submit").click()
+    W().until(lambda d: "Wrong" in text_of("#login-error"))
+    login("admin", os.environ["ADMIN_PASSWORD"])
+
+    # Dashboard: the count of instances received.
+    want = os.environ["EXPECT_INSTANCES"]
+    W(30).until(lambda d: text_of("#stat-instances") == want)
+    W().until(lambda d: text_of("#ready-state") == "ready")
+    assert text_of("#io-backend") in ("epoll", "uring"), text_of("#io-backend")
+    time.sleep(0.5)
+    shot("dashboard")
+
+    # Studies: every stored patient, then a search narrows the list.
+    go("studies")
+    wait_css("#studies-table tbody tr[data-study]")
+    names = sorted({e.text for e in css("#studies-table td.patient-name")})
+    assert names == sorted(os.environ["EXPECT_PATIENTS"].split(",")), names
+    shot("studies")
+    f = d.find_element(By.NAME, "patient_name"); f.send_keys("bra*")
+    d.find_element(By.ID, "search-submit").click()
+    W().until(lambda d: len(css("#studies-table tbody tr[data-study]")) == 1)
+    assert text_of("#studies-table td.patient-name") == "BRAVO^BEN"
+    result["search_rows"] = len(css("#studies-table tbody tr[data-study]"))
+    css("#studies-table tbody tr[data-study]")[0].click()
+    W().until(lambda d: "No outstanding job" in text_of("#study-jobs") or css("#study-jobs tbody tr"))
+    shot("study")
+
+    # Forwarding: create a destination, echo it, retry the dead letters.
+    go("forwarding")
+    wait_css("tr[data-destination='pacs']")
+    d.find_element(By.CSS_SELECTOR, "#dest-create summary").click()
+    for k, v in [("name", "echo-dest"), ("ae_title", "ECHOSCP"), ("host", "127.0.0.1"),
+                 ("port", os.environ["ECHO_PORT"]), ("max_associations", "1")]:
+        e = d.find_element(By.ID, "dest-" + k); e.clear(); e.send_keys(v)
+    d.find_element(By.ID, "dest-save").click()
+    wait_css("tr[data-destination='echo-dest']")
+    d.find_element(By.CSS_SELECTOR, "button[data-echo='echo-dest']").click()
+    W(30).until(lambda d: text_of("[data-echo-result='echo-dest']").startswith("success")
+                or text_of("[data-echo-result='echo-dest']").startswith("failed"))
+    assert text_of("[data-echo-result='echo-dest']").startswith("success"), text_of("[data-echo-result='echo-dest']")
+    Select(d.find_element(By.ID, "jobs-destination")).select_by_value("pacs")
+    W().until(lambda d: len(css("#jobs tbody tr[data-job]")) == 2)
+    reasons = [e.text for e in css("#jobs td.reason")]
+    assert all(r for r in reasons), reasons
+    shot("forwarding")
+    d.find_element(By.CSS_SELECTOR, "button[data-retry-all='pacs']").click()
+    W(30).until(lambda d: len(css("#jobs tbody tr[data-job]")) == 0)
+
+    go("worklist"); wait_css("#worklist-items table"); shot("worklist")
+    go("audit")
+    W().until(lambda d: "chain intact" in text_of("#audit-verify"))
+    shot("audit")
+    go("users"); wait_css("#users tr[data-user='viewer']"); shot("users")
+
+    # Viewer: no controls it may not use, and the API refuses a forged admin request.
+    d.find_element(By.ID, "logout").click()
+    login("viewer", os.environ["VIEWER_PASSWORD"])
+    for link in ("audit", "users"):
+        assert not d.find_element(By.CSS_SELECTOR, f"nav a[data-view='{link}']").is_displayed(), link
+    go("forwarding")
+    wait_css("tr[data-destination='pacs']")
+    for sel in ("#dest-create", "[data-edit]", "[data-delete]", "[data-echo]", "[data-pause]",
+                "[data-retry-all]", "[data-retry-job]", "#routes-save"):
+        assert not css(sel), sel + " shown to a viewer"
+    shot("viewer-forwarding")
+    go("studies"); wait_css("#studies-table tbody tr[data-study]")
+    assert not css("form button[type=submit]") or all(b.text in ("Search",) for b in css("form button[type=submit]"))
+    result["forged_status"] = d.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch('/api/v1/destinations', {method: 'POST', headers: {
+            'Authorization': 'Bearer ' + sessionStorage.getItem('dicom-gw.token'),
+            'Content-Type': 'application/json'},
+          body: JSON.stringify({name: 'forged', ae_title: 'X', host: '127.0.0.1', port: 104})})
+        .then(r => done(r.status), e => done(String(e)));""")
+    # Security headers on the page itself.
+    hdr = d.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch('/ui/').then(r => done({csp: r.headers.get('content-security-policy'),
+          xfo: r.headers.get('x-frame-options'), xcto: r.headers.get('x-content-type-options')}));""")
+    assert "frame-ancestors 'none'" in hdr["csp"] and hdr["xfo"] == "DENY" and hdr["xcto"] == "nosniff", hdr
+    # No CSP violation or script error in the console's log.
+    errors = [l for l in d.get_log("browser") if l["level"] == "SEVERE" and "favicon" not in l["message"]
+              and "401" not in l["message"] and "403" not in l["message"]]
+    assert not errors, errors
+    print(json.dumps(result))
+except Exception:
+    try:
+        shot("failure")
+        print(d.find_element(By.TAG_NAME, "body").text, file=sys.stderr)
+        print(d.get_log("browser"), file=sys.stderr)
+    except Exception:
+        pass
+    raise
+finally:
+    d.quit()
+"#####;
