@@ -181,6 +181,7 @@ fn console_in_headless_chromium() {
         "audit",
         "users",
         "viewer-forwarding",
+        "dashboard-dark",
     ] {
         let f = screens.join(format!("{page}.png"));
         assert!(
@@ -235,7 +236,11 @@ W = lambda t=20: WebDriverWait(d, t, poll_frequency=0.2)
 result = {}
 
 def shot(name):
+    # The whole page: the window grows to the document's height for the picture.
+    height = d.execute_script("return document.documentElement.scrollHeight")
+    d.set_window_size(1280, min(max(900, height + 140), 4000))
     d.save_screenshot(os.path.join(SCREENS, name + ".png"))
+    d.set_window_size(1280, 900)
 
 def css(sel):
     return d.find_elements(By.CSS_SELECTOR, sel)
@@ -277,6 +282,14 @@ try:
     assert text_of("#io-backend") in ("epoll", "uring"), text_of("#io-backend")
     time.sleep(0.5)
     shot("dashboard")
+    # The theme toggle: auto -> light -> dark.
+    while text_of("#theme") != "Theme: dark":
+        d.find_element(By.ID, "theme").click()
+    bg = d.execute_script("return getComputedStyle(document.body).backgroundColor")
+    assert bg in ("rgb(17, 20, 24)",), bg
+    shot("dashboard-dark")
+    while text_of("#theme") != "Theme: auto":
+        d.find_element(By.ID, "theme").click()
 
     # Studies: every stored patient, then a search narrows the list.
     go("studies")
@@ -332,7 +345,10 @@ try:
         assert not css(sel), sel + " shown to a viewer"
     shot("viewer-forwarding")
     go("studies"); wait_css("#studies-table tbody tr[data-study]")
-    assert not css("form button[type=submit]") or all(b.text in ("Search",) for b in css("form button[type=submit]"))
+    css("#studies-table tbody tr[data-study]")[0].click()
+    W().until(lambda d: "No outstanding job" in text_of("#study-jobs") or css("#study-jobs tbody tr"))
+    buttons = [b.text for b in css("#main button")]
+    assert "Replay" not in buttons, buttons
     result["forged_status"] = d.execute_async_script("""
         const done = arguments[arguments.length - 1];
         fetch('/api/v1/destinations', {method: 'POST', headers: {
@@ -359,6 +375,109 @@ except Exception:
     except Exception:
         pass
     raise
+finally:
+    d.quit()
+"#####;
+
+/// utime + stime of process `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / hz
+}
+
+/// Measurement for docs/benchmarks.md (not a pass/fail test; run it on purpose with
+/// `cargo test --test console -- --ignored --nocapture`): the daemon's CPU over 60 s idle,
+/// then over 60 s with one headless browser on the dashboard (auto-refresh every 10 s), and
+/// the requests a page load makes (first load, then a reload with a warm cache).
+#[test]
+#[ignore]
+fn measure_dashboard_cost() {
+    if !browser::require_chromium("measure_dashboard_cost") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let gw = Daemon::start(BIN, &data, "epoll", &[]);
+    user_add(&data, "admin", "admin", ADMIN_PASSWORD);
+    let secs = 60.0;
+    std::thread::sleep(Duration::from_secs(2));
+    let before = cpu_seconds(gw.pid);
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let idle = cpu_seconds(gw.pid) - before;
+    let out = browser::run_browser_script(
+        MEASURE_SCRIPT,
+        tmp.path(),
+        &[
+            ("BASE", format!("http://127.0.0.1:{}", gw.http_port)),
+            ("ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+            ("GW_PID", gw.pid.to_string()),
+            ("SECONDS", secs.to_string()),
+        ],
+        Duration::from_secs(300),
+    );
+    let r: Value =
+        serde_json::from_str(out.lines().rev().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    let busy = r["cpu_seconds"].as_f64().unwrap();
+    println!(
+        "daemon CPU over {secs} s: idle {idle:.2} s ({:.3} % of a core); dashboard open \
+         {busy:.2} s ({:.3} % of a core); difference {:.3} % of a core",
+        idle / secs * 100.0,
+        busy / secs * 100.0,
+        (busy - idle) / secs * 100.0
+    );
+    println!("page load: {}", r["requests"]);
+    drop(gw);
+}
+
+const MEASURE_SCRIPT: &str = r#####"
+import json, os, time
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+def cpu(pid):
+    s = open(f"/proc/{pid}/stat").read()
+    f = s[s.rfind(")") + 2:].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+opts = webdriver.ChromeOptions()
+opts.binary_location = os.environ["CHROMIUM"]
+for a in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"]:
+    opts.add_argument(a)
+d = webdriver.Chrome(service=Service(os.environ["CHROMEDRIVER"]), options=opts)
+W = WebDriverWait(d, 30, poll_frequency=0.2)
+def entries():
+    return d.execute_script("""return performance.getEntriesByType('navigation').concat(
+        performance.getEntriesByType('resource')).map(e => ({name: e.name.replace(location.origin, ''),
+        bytes: e.transferSize}))""")
+try:
+    d.get(os.environ["BASE"] + "/ui/")
+    W.until(lambda d: d.find_elements(By.NAME, "username"))
+    d.find_element(By.NAME, "username").send_keys("admin")
+    d.find_element(By.NAME, "password").send_keys(os.environ["ADMIN_PASSWORD"])
+    d.find_element(By.ID, "login-submit").click()
+    W.until(lambda d: d.find_element(By.ID, "stat-instances").text not in ("", "…"))
+    time.sleep(1)
+    first = entries()
+    d.refresh()
+    W.until(lambda d: d.find_elements(By.ID, "stat-instances") and d.find_element(By.ID, "stat-instances").text not in ("", "…"))
+    time.sleep(1)
+    reload = entries()
+    secs = float(os.environ["SECONDS"])
+    pid = int(os.environ["GW_PID"])
+    c0 = cpu(pid)
+    time.sleep(secs)
+    c1 = cpu(pid)
+    print(json.dumps({"cpu_seconds": c1 - c0,
+        "requests": {"first_load": len(first), "first_load_list": first,
+                     "reload": len(reload), "reload_list": reload}}))
 finally:
     d.quit()
 "#####;

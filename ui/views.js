@@ -30,6 +30,8 @@ function table(head, rows, opts = {}) {
     h('tbody', {}, rows.length ? rows : h('tr', {}, h('td', { colspan: head.length, class: 'muted' }, opts.empty || 'Nothing to show.'))));
 }
 
+/** The children that are not null or false (replaceChildren would print "null"). */
+const kids = (...c) => c.flat().filter((x) => x !== null && x !== undefined && x !== false);
 const td = (v, cls) => h('td', { class: cls }, v);
 const num = (v) => h('td', { class: 'num' }, fmtInt(v));
 
@@ -101,7 +103,7 @@ function drawChart(canvas, points, { label, unit, color }) {
   canvas.setAttribute('aria-label', `${label} over the last hour; latest ${points.length ? fmtAxis(points[points.length - 1].v) : 0} ${unit}`);
 }
 const niceMax = (m) => { const e = 10 ** Math.floor(Math.log10(m)); return [1, 2, 5, 10].map((k) => k * e).find((v) => v >= m); };
-const fmtAxis = (v) => (v >= 100 ? v.toFixed(0) : v >= 1 ? v.toFixed(1) : v.toFixed(2));
+const fmtAxis = (v) => (v === 0 ? '0' : v >= 100 ? v.toFixed(0) : v >= 1 ? v.toFixed(1) : Number(v.toPrecision(2)).toString());
 
 // ---- Prometheus text (for per-service and per-status counters) ----
 
@@ -142,6 +144,12 @@ async function dashboard(main) {
   const redraw = () => {
     if (!history) return;
     const pts = history.samples.filter((s) => s.instances_per_second != null);
+    // The rate since the last sample, from the answer's own sample (when 2 s or more apart).
+    const last = history.samples[history.samples.length - 1], now = history.now;
+    if (last && now && now.t_us - last.t_us >= 2e6) {
+      const dt = (now.t_us - last.t_us) / 1e6;
+      pts.push({ t_us: now.t_us, instances_per_second: (now.instances - last.instances) / dt, bytes_per_second: (now.bytes - last.bytes) / dt });
+    }
     drawChart(c1, pts.map((s) => ({ t: s.t_us, v: s.instances_per_second })), { label: 'instances per second', unit: 'instances/s', color: '--chart1' });
     drawChart(c2, pts.map((s) => ({ t: s.t_us, v: s.bytes_per_second / 1e6 })), { label: 'megabytes per second', unit: 'MB/s', color: '--chart2' });
   };
@@ -169,7 +177,7 @@ async function dashboard(main) {
     cstore.replaceChildren(h('div', {}, h('span', { class: 'ok' }, `${fmtInt(stats.since_start.cstore_success)} success`), ' · ',
       h('span', { class: 'warn' }, `${fmtInt(stats.since_start.cstore_warning)} warning`), ' · ',
       h('span', { class: 'bad' }, `${fmtInt(stats.since_start.cstore_failure)} failure`)),
-    cs.length ? table(['Status', 'Count'], cs.map((s) => h('tr', {}, td(s.labels.status, 'mono'), num(s.value)))) : null);
+    ...(cs.length ? [table(['Status', 'Count'], cs.map((s) => h('tr', {}, td(s.labels.status, 'mono'), num(s.value))))] : []));
     sys.replaceChildren(h('dl', { class: 'kv' },
       h('dt', {}, 'Version'), h('dd', { id: 'version' }, stats.version),
       h('dt', {}, 'I/O backend'), h('dd', { id: 'io-backend' }, stats.io_backend),
@@ -234,7 +242,7 @@ async function showStudy(uid, box) {
     const jobsBox = h('div', { id: 'study-jobs' }, 'Loading…');
     const p = study.patient || {};
     const replay = can('operator') ? replayForm(uid) : null;
-    box.replaceChildren(h('section', { class: 'card' }, h('h2', {}, `Study ${study.study_description || ''}`),
+    box.replaceChildren(h('section', { class: 'card' }, h('h2', {}, study.study_description ? `Study: ${study.study_description}` : 'Study'),
       h('dl', { class: 'kv' },
         h('dt', {}, 'Patient'), h('dd', {}, `${study.patient_name || ''} (${study.patient_id || ''}) ${p.patient_birth_date ? 'born ' + fmtDate(p.patient_birth_date) : ''} ${p.patient_sex || ''}`),
         h('dt', {}, 'Study date'), h('dd', {}, `${fmtDate(study.study_date)} ${study.study_time || ''}`),
@@ -319,7 +327,10 @@ function destForm(existing, done) {
     if (existing) {
       for (const k of Object.keys(existing)) if (!(k in body) && !['paused', 'queue', 'associations_opened'].includes(k)) body[k] = existing[k];
       await api('PUT', `destinations/${encodeURIComponent(existing.name)}`, body);
-    } else await api('POST', 'destinations', body);
+    } else {
+      await api('POST', 'destinations', body);
+      e.target.reset();
+    }
     flash(`Destination ${body.name} saved.`);
     done();
   }); } }, fields, h('button', { type: 'submit', id: 'dest-save' }, existing ? 'Save' : 'Create'),
@@ -337,7 +348,8 @@ async function forwarding(main) {
     const [d, q] = await Promise.all([api('GET', 'destinations?limit=1000'), api('GET', 'queue?limit=1000')]);
     names = d.items.map((x) => x.name);
     const counts = Object.fromEntries(q.items.map((x) => [x.destination, x]));
-    dests.replaceChildren(table(['Name', 'AE title', 'Address', 'State', 'Pending', 'Retry', 'In flight', 'Dead', 'Done', 'Echo', ''],
+    const ops = can('operator');
+    dests.replaceChildren(table(['Name', 'AE title', 'Address', 'State', 'Pending', 'Retry', 'In flight', 'Dead', 'Done', ...(ops ? ['Echo', ''] : [])],
       d.items.map((x) => {
         const c = counts[x.name] || x.queue || {};
         const echoOut = h('span', { class: 'echo-result', 'data-echo-result': x.name });
@@ -362,7 +374,7 @@ async function forwarding(main) {
         }
         return h('tr', { 'data-destination': x.name }, td(x.name), td(x.ae_title), td(`${x.host}:${x.port}`, 'mono'),
           td(x.paused ? h('span', { class: 'pill warn' }, 'paused') : 'running'), num(c.pending), num(c.retry), num(c.in_flight),
-          h('td', { class: 'num ' + (c.dead ? 'bad' : '') }, fmtInt(c.dead)), num(c.done), h('td', {}, echoOut), h('td', { class: 'row' }, actions));
+          h('td', { class: 'num ' + (c.dead ? 'bad' : '') }, fmtInt(c.dead)), num(c.done), ops ? h('td', {}, echoOut) : null, ops ? h('td', { class: 'row' }, actions) : null);
       }), { empty: 'No destinations.' }));
     const cur = destSel.value;
     destSel.replaceChildren(h('option', { value: '' }, 'all destinations'), ...names.map((n) => h('option', { value: n, selected: n === cur }, n)));
@@ -372,21 +384,21 @@ async function forwarding(main) {
     if (destSel.value) q.set('destination', destSel.value);
     if (stateSel.value !== 'all') q.set('state', stateSel.value);
     const page = await api('GET', 'queue/jobs?' + q);
-    jobsBox.replaceChildren(table(['Job', 'Destination', 'State', 'SOP Instance UID', 'Attempts', 'Due', 'Reason', ''],
+    jobsBox.replaceChildren(table(['Job', 'Destination', 'State', 'SOP Instance UID', 'Attempts', 'Due', 'Reason', ...(can('operator') ? [''] : [])],
       page.items.map((j) => h('tr', { 'data-job': j.id }, num(j.id), td(j.destination), td(j.state), td(j.sop_instance_uid, 'mono'), num(j.attempts),
         td(fmtTime(j.due_at_us)), td(j.last_error || '', 'reason'),
-        h('td', {}, can('operator') && j.state === 'dead' ? h('button', { type: 'button', 'data-retry-job': j.id, onclick: () => attempt('retry', async () => {
+        !can('operator') ? null : h('td', {}, j.state === 'dead' ? h('button', { type: 'button', 'data-retry-job': j.id, onclick: () => attempt('retry', async () => {
           await api('POST', 'queue/retry', { destination: j.destination, job: j.id }); flash(`Job ${j.id} back in the queue.`); loadJobs(); loadDests();
         }) }, 'Retry') : null))), { empty: 'No job in this state.' }), pager(page, loadJobs));
   });
   const loadRoutes = () => attempt('routes', async () => {
     const r = await api('GET', 'routes?limit=1000');
     const text = h('textarea', { id: 'routes-json', 'aria-label': 'Routes (JSON)', readonly: !can('admin') }, JSON.stringify(r.items, null, 2));
-    routesBox.replaceChildren(table(['Name', 'Match', 'Destinations'], r.items.map((x) => h('tr', {}, td(x.name), td(JSON.stringify(x.match || {}), 'mono'), td((x.destinations || []).join(', ')))), { empty: 'No routes: nothing is forwarded.' }),
+    routesBox.replaceChildren(...kids(table(['Name', 'Match', 'Destinations'], r.items.map((x) => h('tr', {}, td(x.name), td(JSON.stringify(x.match || {}), 'mono'), td((x.destinations || []).join(', ')))), { empty: 'No routes: nothing is forwarded.' }),
       can('admin') ? h('details', {}, h('summary', {}, 'Edit the routing table (JSON, as the config file\'s [[routes]])'), text,
         h('button', { type: 'button', id: 'routes-save', onclick: () => attempt('routes', async () => {
           await api('PUT', 'routes', JSON.parse(text.value)); flash('Routes saved.'); loadRoutes();
-        }) }, 'Save routes')) : null);
+        }) }, 'Save routes')) : null));
   });
   const createBox = () => (can('admin') ? h('details', { id: 'dest-create' }, h('summary', {}, 'Add a destination'), destForm(null, () => { loadDests(); })) : h('span'));
   destSel.addEventListener('change', () => loadJobs());
