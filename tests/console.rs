@@ -267,6 +267,7 @@ try:
     d.get(BASE + "/")
     W().until(lambda d: d.current_url.endswith("/ui/"))
     wait_css("#login-form")
+    assert not d.find_element(By.ID, "nav").is_displayed()
     shot("login")
     # A wrong password is refused on the page.
     u = d.find_element(By.NAME, "username"); u.send_keys("admin")
@@ -356,6 +357,25 @@ try:
             'Content-Type': 'application/json'},
           body: JSON.stringify({name: 'forged', ae_title: 'X', host: '127.0.0.1', port: 104})})
         .then(r => done(r.status), e => done(String(e)));""")
+    # The session ends (its token is revoked by an admin): the next call sends the viewer back
+    # to the login page.
+    revoked = d.execute_async_script("""
+        const done = arguments[arguments.length - 1], password = arguments[0];
+        (async () => {
+          const r = await fetch('/api/v1/auth/login', {method: 'POST',
+            headers: {'Content-Type': 'application/json'},
+            body: JSON.stringify({name: 'admin', password})});
+          const admin = (await r.json()).token;
+          const me = await (await fetch('/api/v1/auth/me', {headers: {
+            Authorization: 'Bearer ' + sessionStorage.getItem('dicom-gw.token')}})).json();
+          const del = await fetch('/api/v1/tokens/' + me.token_id, {method: 'DELETE',
+            headers: {Authorization: 'Bearer ' + admin}});
+          done(del.status);
+        })().catch(e => done(String(e)));""", os.environ["ADMIN_PASSWORD"])
+    assert revoked == 200, revoked
+    d.execute_script("location.hash = '#/forwarding'")
+    W().until(lambda d: "session has ended" in text_of("#login-error"))
+    assert not d.find_element(By.ID, "nav").is_displayed()
     # Security headers on the page itself.
     hdr = d.execute_async_script("""
         const done = arguments[arguments.length - 1];

@@ -22,8 +22,11 @@ export class ApiError extends Error {
  * A 401 ends the session and shows the login page.
  */
 export async function api(method, path, body, opts = {}) {
+  const token = session.token;
+  // After a logout, calls still pending in a view stop here instead of asking again.
+  if (!token && !opts.login) throw new ApiError(401, 'unauthorized', 'not logged in');
   const headers = {};
-  if (session.token) headers.Authorization = 'Bearer ' + session.token;
+  if (token) headers.Authorization = 'Bearer ' + token;
   const init = { method, headers, cache: 'no-store' };
   if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -32,7 +35,8 @@ export async function api(method, path, body, opts = {}) {
   const url = path.startsWith('/') ? path : '/api/v1/' + path;
   const r = await fetch(url, init);
   if (r.status === 401 && !opts.login) {
-    logout('Your session has ended. Please log in again.');
+    // Only the first call to see the session end logs out (the others were in flight).
+    if (session.token === token) logout('Your session has ended. Please log in again.');
     throw new ApiError(401, 'unauthorized', 'session ended');
   }
   if (opts.raw) {

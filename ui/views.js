@@ -26,7 +26,7 @@ const fmtDuration = (s) => {
 
 function table(head, rows, opts = {}) {
   return h('table', { id: opts.id },
-    h('thead', {}, h('tr', {}, head.map((c) => h('th', { class: /^#|count|pending|retry|in flight|dead|done|size|instances|series/i.test(c) ? 'num' : '' }, c)))),
+    h('thead', {}, h('tr', {}, head.map((c) => h('th', { class: /^#|count|pending|retry|in flight|dead|done|size|instances|series|active|attempts/i.test(c) ? 'num' : '' }, c)))),
     h('tbody', {}, rows.length ? rows : h('tr', {}, h('td', { colspan: head.length, class: 'muted' }, opts.empty || 'Nothing to show.'))));
 }
 
@@ -100,6 +100,14 @@ function drawChart(canvas, points, { label, unit, color }) {
     if (started) c.lineTo(x, y); else { c.moveTo(x, y); started = true; }
   }
   c.stroke();
+  // The newest point as a dot, so a single sample (a fresh daemon) is visible too.
+  const lastPt = points[points.length - 1];
+  if (lastPt) {
+    c.fillStyle = stroke;
+    c.beginPath();
+    c.arc(padL + (w - padL - padR) * (1 - (now - lastPt.t) / span), padT + (hgt - padT - padB) * (1 - lastPt.v / nice), 3, 0, 2 * Math.PI);
+    c.fill();
+  }
   canvas.setAttribute('aria-label', `${label} over the last hour; latest ${points.length ? fmtAxis(points[points.length - 1].v) : 0} ${unit}`);
 }
 const niceMax = (m) => { const e = 10 ** Math.floor(Math.log10(m)); return [1, 2, 5, 10].map((k) => k * e).find((v) => v >= m); };
@@ -514,7 +522,7 @@ async function users(main) {
     tl.replaceChildren(table(['Id', 'Name', 'Role', 'Created', 'Expires', ''], page.items.map((t) => h('tr', {}, td(t.id, 'mono'), td(t.name), td(t.role), td(fmtTime(t.created_at_us)), td(t.expires_at_us ? fmtTime(t.expires_at_us) : 'never'),
       h('td', {}, t.id === session.me.token_id ? h('span', { class: 'muted' }, 'this session') : h('button', { type: 'button', class: 'danger', onclick: () => attempt('revoke', async () => { await api('DELETE', `tokens/${encodeURIComponent(t.id)}`); loadTokens(); }) }, 'Revoke'))))));
   });
-  const [fn, un] = field('Name', 'new-user'), [fp, pw] = field('Password (12+ characters)', 'new-password', { type: 'password', minlength: 12, autocomplete: 'new-password' });
+  const [fn, un] = field('Name', 'new-user', { autocomplete: 'off' }), [fp, pw] = field('Password (12+ characters)', 'new-password', { type: 'password', minlength: 12, autocomplete: 'new-password' });
   const ur = roleSel('new-user-role', 'viewer');
   const [ftn, tn] = field('Label', 'new-token');
   const tr = roleSel('new-token-role', 'viewer');
