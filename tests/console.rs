@@ -163,6 +163,15 @@ fn console_in_headless_chromium() {
         .unwrap_or_else(|| panic!("echo-dest not in GET /destinations: {dests}"));
     assert_eq!(echo["port"], port, "{echo}");
     assert_eq!(echo["ae_title"], "ECHOSCP", "{echo}");
+    let (code, wl) = http_json(gw.http_port, "GET", "/api/v1/worklist", Some(&token), None);
+    assert_eq!(code, 200, "{wl}");
+    let items = wl["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{wl}");
+    assert_eq!(items[0]["status"], "CANCELED", "{wl}");
+    assert_eq!(
+        items[0]["dataset"]["00100010"]["Value"][0]["Alphabetic"], "DELTA^DORA",
+        "{wl}"
+    );
     let s = wait_settled(&data, "pacs", 5, 0, Duration::from_secs(30));
     assert_eq!(s.dead, 0, "{s:?}");
     let got: BTreeSet<String> = fixed.by_uid().into_keys().collect();
@@ -222,6 +231,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait, Select
+from selenium.common.exceptions import StaleElementReferenceException
 
 BASE = os.environ["BASE"]
 SCREENS = os.environ["SCREENS"]
@@ -232,7 +242,8 @@ for a in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-
     opts.add_argument(a)
 opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
 d = webdriver.Chrome(service=Service(os.environ["CHROMEDRIVER"]), options=opts)
-W = lambda t=20: WebDriverWait(d, t, poll_frequency=0.2)
+W = lambda t=20: WebDriverWait(d, t, poll_frequency=0.2,
+                               ignored_exceptions=[StaleElementReferenceException])
 result = {}
 
 def shot(name):
@@ -249,8 +260,12 @@ def wait_css(sel, t=20):
     return W(t).until(lambda d: css(sel) and css(sel)[0])
 
 def text_of(sel):
-    e = css(sel)
-    return e[0].text if e else ""
+    # The page re-renders lists as they refresh: an element found may be gone when read.
+    try:
+        e = css(sel)
+        return e[0].text if e else ""
+    except StaleElementReferenceException:
+        return ""
 
 def login(user, password):
     wait_css("#login-form")
@@ -328,7 +343,20 @@ try:
     d.find_element(By.CSS_SELECTOR, "button[data-retry-all='pacs']").click()
     W(30).until(lambda d: len(css("#jobs tbody tr[data-job]")) == 0)
 
-    go("worklist"); wait_css("#worklist-items table"); shot("worklist")
+    # Worklist: schedule an item, then cancel it.
+    go("worklist"); wait_css("#worklist-items table")
+    d.find_element(By.CSS_SELECTOR, "#wl-create summary").click()
+    for k, v in [("name", "DELTA^DORA"), ("pid", "PID-D"), ("acc", "ACC-D1"), ("mod", "CT"),
+                 ("ae", "CT_ROOM_1"), ("desc", "Chest CT")]:
+        d.find_element(By.ID, "f-" + k).send_keys(v)
+    d.execute_script("arguments[0].value = '2030-01-02'; arguments[1].value = '09:30'",
+                     d.find_element(By.ID, "f-date"), d.find_element(By.ID, "f-time"))
+    d.find_element(By.ID, "wl-submit").click()
+    W().until(lambda d: text_of("#worklist-items td.wl-status") == "SCHEDULED")
+    assert "DELTA^DORA" in text_of("#worklist-items tr[data-wl]")
+    shot("worklist")
+    d.find_element(By.CSS_SELECTOR, "#worklist-items button[data-cancel]").click()
+    W().until(lambda d: text_of("#worklist-items td.wl-status") == "CANCELED")
     go("audit")
     W().until(lambda d: "chain intact" in text_of("#audit-verify"))
     shot("audit")

@@ -437,9 +437,9 @@ async function worklist(main) {
         const sps = it.dataset?.[T.SPS]?.Value?.[0] || {};
         const acts = can('operator') && !['COMPLETED', 'DISCONTINUED', 'CANCELED', 'CANCELLED'].includes(it.status) ? [
           h('button', { type: 'button', class: 'secondary', onclick: () => edit(it) }, 'Edit'),
-          h('button', { type: 'button', class: 'danger', onclick: () => attempt('cancel', async () => { await api('POST', `worklist/${it.id}/cancel`); load(); }) }, 'Cancel')] : [];
-        return h('tr', {}, td(val(it.dataset, T.PatientName)), td(val(it.dataset, T.PatientID)), td(val(it.dataset, T.AccessionNumber)),
-          td(val(sps, T.Modality)), td(val(sps, T.StationAE)), td(`${fmtDate(val(sps, T.StartDate))} ${val(sps, T.StartTime)}`), td(it.status), h('td', { class: 'row' }, acts));
+          h('button', { type: 'button', class: 'danger', 'data-cancel': it.id, onclick: () => attempt('cancel', async () => { await api('POST', `worklist/${it.id}/cancel`); load(); }) }, 'Cancel')] : [];
+        return h('tr', { 'data-wl': it.id }, td(val(it.dataset, T.PatientName)), td(val(it.dataset, T.PatientID)), td(val(it.dataset, T.AccessionNumber)),
+          td(val(sps, T.Modality)), td(val(sps, T.StationAE)), td(`${fmtDate(val(sps, T.StartDate))} ${val(sps, T.StartTime)}`), td(it.status, 'wl-status'), h('td', { class: 'row' }, acts));
       }), { empty: 'No scheduled items.' }), pager(page, load));
   });
   const edit = (it) => {
@@ -459,7 +459,7 @@ async function worklist(main) {
   if (can('operator')) {
     const f = {};
     const mk = (k, label, attrs = {}) => { const [l, i] = field(label, k, attrs); f[k] = i; return l; };
-    create = h('details', {}, h('summary', {}, 'Schedule an item'), h('form', { class: 'inline', onsubmit: (e) => { e.preventDefault(); attempt('create', async () => {
+    create = h('details', { id: 'wl-create' }, h('summary', {}, 'Schedule an item'), h('form', { class: 'inline', onsubmit: (e) => { e.preventDefault(); attempt('create', async () => {
       const pn = { vr: 'PN', Value: [{ Alphabetic: f.name.value }] };
       const str = (vr, v) => ({ vr, Value: [v] });
       const ds = { [T.PatientName]: pn, [T.PatientID]: str('LO', f.pid.value), [T.AccessionNumber]: str('SH', f.acc.value),
@@ -467,11 +467,12 @@ async function worklist(main) {
         [T.SPS]: { vr: 'SQ', Value: [{ [T.Modality]: str('CS', f.mod.value), [T.StationAE]: str('AE', f.ae.value), [T.StartDate]: str('DA', dicomDate(f.date.value)), [T.StartTime]: str('TM', (f.time.value || '00:00').replace(':', '') + '00') }] } };
       if (!f.desc.value) delete ds[T.RequestedProcedureDescription];
       await api('POST', 'worklist', ds);
+      e.target.reset();
       flash('Item scheduled.');
       load();
     }); } }, mk('name', 'Patient name', { required: true, placeholder: 'DOE^JANE' }), mk('pid', 'Patient ID', { required: true }), mk('acc', 'Accession', { required: true }),
     mk('mod', 'Modality', { required: true, size: 4 }), mk('ae', 'Station AE', { required: true }), mk('date', 'Date', { type: 'date', required: true }),
-    mk('time', 'Time', { type: 'time' }), mk('desc', 'Description'), h('button', { type: 'submit' }, 'Schedule')));
+    mk('time', 'Time', { type: 'time' }), mk('desc', 'Description'), h('button', { type: 'submit', id: 'wl-submit' }, 'Schedule')));
   }
   main.append(h('h1', {}, 'Worklist'), h('section', { class: 'card' }, h('h2', {}, 'Scheduled procedure steps'), list, create), editBox,
     h('section', { class: 'card' }, h('h2', {}, 'MPPS'), mpps));
