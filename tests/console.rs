@@ -172,14 +172,26 @@ fn console_in_headless_chromium() {
         items[0]["dataset"]["00100010"]["Value"][0]["Alphabetic"], "DELTA^DORA",
         "{wl}"
     );
-    let s = wait_settled(&data, "pacs", 5, 0, Duration::from_secs(30));
+    // 3 delivered at once, 2 retried from the console, 2 more from the replay of their study.
+    let s = wait_settled(&data, "pacs", 7, 0, Duration::from_secs(30));
     assert_eq!(s.dead, 0, "{s:?}");
-    let got: BTreeSet<String> = fixed.by_uid().into_keys().collect();
+    let got = fixed.by_uid();
     let want: BTreeSet<String> = [&c1, &c2]
         .iter()
         .map(|s| s.sop_instance_uid.clone())
         .collect();
-    assert_eq!(got, want, "the retried dead letters were not delivered");
+    assert_eq!(
+        got.keys().cloned().collect::<BTreeSet<_>>(),
+        want,
+        "the retried dead letters were not delivered"
+    );
+    for (uid, files) in &got {
+        assert_eq!(
+            files.len(),
+            2,
+            "{uid}: retried once and replayed once: {files:?}"
+        );
+    }
     for page in [
         "login",
         "dashboard",
@@ -342,6 +354,23 @@ try:
     shot("forwarding")
     d.find_element(By.CSS_SELECTOR, "button[data-retry-all='pacs']").click()
     W(30).until(lambda d: len(css("#jobs tbody tr[data-job]")) == 0)
+    # Pause and resume a destination.
+    d.find_element(By.CSS_SELECTOR, "button[data-pause='echo-dest']").click()
+    W().until(lambda d: "paused" in text_of("tr[data-destination='echo-dest']"))
+    d.find_element(By.CSS_SELECTOR, "button[data-pause='echo-dest']").click()
+    W().until(lambda d: "running" in text_of("tr[data-destination='echo-dest']"))
+
+    # Replay a study to a destination from the study's page.
+    go("studies"); wait_css("#studies-table tbody tr[data-study]")
+    d.find_element(By.NAME, "patient_name").send_keys("charlie*")
+    d.find_element(By.ID, "search-submit").click()
+    W().until(lambda d: len(css("#studies-table tbody tr[data-study]")) == 1
+              and text_of("#studies-table td.patient-name") == "CHARLIE^CORA")
+    css("#studies-table tbody tr[data-study]")[0].click()
+    W().until(lambda d: css("#replay-destination option[value='pacs']"))
+    Select(d.find_element(By.ID, "replay-destination")).select_by_value("pacs")
+    d.find_element(By.ID, "replay-submit").click()
+    W().until(lambda d: "Replay queued" in text_of("#flash"))
 
     # Worklist: schedule an item, then cancel it.
     go("worklist"); wait_css("#worklist-items table")

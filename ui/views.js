@@ -286,12 +286,12 @@ async function showStudy(uid, box) {
 }
 
 function replayForm(uid) {
-  const dest = h('select', { name: 'destination', 'aria-label': 'Destination to replay to' });
+  const dest = h('select', { name: 'destination', id: 'replay-destination', 'aria-label': 'Destination to replay to' });
   api('GET', 'destinations?limit=1000').then((d) => dest.replaceChildren(...d.items.map((x) => h('option', { value: x.name }, x.name)))).catch(() => {});
-  return h('form', { class: 'inline', onsubmit: (e) => { e.preventDefault(); attempt('replay', async () => {
+  return h('form', { class: 'inline', id: 'replay-form', onsubmit: (e) => { e.preventDefault(); attempt('replay', async () => {
     const r = await api('POST', 'queue/replay', { destination: dest.value, study: uid });
-    flash(`Replay queued: ${JSON.stringify(r)}`);
-  }); } }, h('label', {}, 'Send the study again to', dest), h('button', { type: 'submit' }, 'Replay'));
+    flash(`Replay queued: ${r.queued ?? JSON.stringify(r)} instance(s) for ${dest.value}.`);
+  }); } }, h('label', { for: 'replay-destination' }, 'Send the study again to', dest), h('button', { type: 'submit', id: 'replay-submit' }, 'Replay'));
 }
 
 async function showInstances(study, series, box) {

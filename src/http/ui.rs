@@ -153,9 +153,8 @@ pub fn serve(
         let mut r = bytes_response(304, a.content_type, Bytes::new());
         r.headers_mut().remove(hyper::header::CONTENT_TYPE);
         r
-    } else if method == hyper::Method::HEAD {
-        bytes_response(200, a.content_type, Bytes::new())
     } else {
+        // HEAD too: hyper sends the headers (with the full length) and drops the body.
         bytes_response(200, a.content_type, a.body.clone())
     };
     let h = r.headers_mut();
