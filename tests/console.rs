@@ -214,6 +214,166 @@ fn console_in_headless_chromium() {
     drop(gw);
 }
 
+/// The endpoints the console added and the console's files, over plain HTTP (no browser):
+/// `/` redirects, files are public with their types and the security headers (which every API
+/// answer carries too), the C-ECHO test against DCMTK storescp and against a closed port, the
+/// ingest history after a storescu load, the audit chain check, and the roles of each.
+#[test]
+fn console_endpoints_and_headers() {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let scp = DestScp::start_free(&tmp.path().join("scp"), &[]);
+    let down = free_port();
+    let toml = dest_block("scp", scp.port, "max_associations = 1\n")
+        + &dest_block("down", down, "connect_timeout_seconds = 2\n");
+    let gw = start_gw(tmp.path(), &data, &toml, &[]);
+    let http = gw.http_port;
+    let admin = cli_token(BIN, &data, "admin");
+    let operator = cli_token(BIN, &data, "operator");
+    let viewer = cli_token(BIN, &data, "viewer");
+
+    // The console's files: public, typed, with the security headers.
+    let r = request(http, "GET", "/", None, None);
+    assert_eq!(
+        (r.status, r.header("location")),
+        (302, Some("/ui/")),
+        "{}",
+        r.text()
+    );
+    let r = request(http, "GET", "/ui/", None, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(r.header("cache-control"), Some("no-cache"));
+    assert!(r.header("etag").is_some());
+    let page = r.text();
+    let js = page
+        .split('"')
+        .find(|p| p.starts_with("app.js?v="))
+        .unwrap_or_else(|| panic!("index.html names no versioned app.js:\n{page}"));
+    let r = request(http, "GET", &format!("/ui/{js}"), None, None);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert!(r
+        .header("cache-control")
+        .unwrap_or("")
+        .contains("immutable"));
+    assert!(
+        !r.text().contains("__V__"),
+        "version placeholder left in app.js"
+    );
+    assert_eq!(request(http, "GET", "/ui/nope.js", None, None).status, 404);
+    assert_eq!(request(http, "POST", "/ui/", None, None).status, 405);
+    let api = request(http, "GET", "/api/v1/stats", Some(&viewer), None);
+    for r in [&request(http, "GET", "/ui/", None, None), &api] {
+        let csp = r.header("content-security-policy").unwrap_or("");
+        for part in [
+            "default-src 'self'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(part), "{}: CSP {csp:?} lacks {part}", r.what);
+        }
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+        assert_eq!(r.header("x-frame-options"), Some("DENY"), "{}", r.what);
+        assert_eq!(
+            r.header("x-content-type-options"),
+            Some("nosniff"),
+            "{}",
+            r.what
+        );
+        assert_eq!(
+            r.header("referrer-policy"),
+            Some("no-referrer"),
+            "{}",
+            r.what
+        );
+    }
+
+    // C-ECHO: operator and up; the answer says what the destination did.
+    let echo = |name: &str, token: &str| {
+        request(
+            http,
+            "POST",
+            &format!("/api/v1/destinations/{name}/echo"),
+            Some(token),
+            None,
+        )
+    };
+    assert_eq!(echo("scp", &viewer).status, 403);
+    let ok = echo("scp", &operator).ok(200);
+    assert_eq!(ok["ok"], true, "{ok}");
+    assert_eq!(ok["status"], "0000", "{ok}");
+    assert!(ok["error"].is_null(), "{ok}");
+    assert!(ok["elapsed_ms"].is_u64(), "{ok}");
+    wait_for(
+        "storescp to log the C-ECHO",
+        Duration::from_secs(10),
+        || {
+            if scp.log().contains("Received Echo Request") {
+                Ok(())
+            } else {
+                Err(scp.log())
+            }
+        },
+    );
+    let bad = echo("down", &admin).ok(200);
+    assert_eq!(bad["ok"], false, "{bad}");
+    assert!(bad["status"].is_null(), "{bad}");
+    assert!(
+        !bad["error"].as_str().unwrap_or("").is_empty(),
+        "a failed echo names its reason: {bad}"
+    );
+    assert_eq!(echo("nope", &admin).status, 404);
+    let r = request(
+        http,
+        "GET",
+        "/api/v1/destinations/scp/echo",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(r.status, 405, "{}", r.text());
+
+    // The ingest history: a sample at start, and a live one that counts what came in.
+    let src = tmp.path().join("src");
+    let files: Vec<_> = (0..3).map(|i| gen(&src, &ObjSpec::new(70 + i))).collect();
+    storescu(gw.port, &files, &[]).assert_all_ok(&files);
+    let h = request(http, "GET", "/api/v1/stats/history", Some(&viewer), None).ok(200);
+    assert_eq!(h["interval_seconds"], 10, "{h}");
+    assert_eq!(h["capacity"], 360, "{h}");
+    assert_eq!(h["now"]["instances"], 3, "{h}");
+    assert!(h["now"]["bytes"].as_u64().unwrap() > 0, "{h}");
+    let samples = h["samples"].as_array().unwrap();
+    assert!(!samples.is_empty(), "no sample taken at start: {h}");
+    assert!(samples[0]["instances_per_second"].is_null(), "{h}");
+    let r = request(
+        http,
+        "GET",
+        "/api/v1/stats/history?x=1",
+        Some(&viewer),
+        None,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        request(http, "GET", "/api/v1/stats/history", None, None).status,
+        401
+    );
+
+    // The audit chain: admin only; intact, and as long as the log.
+    let r = request(http, "GET", "/api/v1/audit/verify", Some(&operator), None);
+    assert_eq!(r.status, 403, "{}", r.text());
+    let v = request(http, "GET", "/api/v1/audit/verify", Some(&admin), None).ok(200);
+    let log = request(http, "GET", "/api/v1/audit", Some(&admin), None).ok(200);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["entries"], log["total"], "{v} vs {log}");
+    assert!(v["entries"].as_u64().unwrap() >= 3, "{v}");
+    assert_eq!(v["head"].as_str().unwrap().len(), 64, "{v}");
+    drop(gw);
+}
+
 /// Waits until every association storescp received has ended (released or aborted), so a
 /// new storescp can take its port.
 fn wait_all_closed_scp(scp: &DestScp) {
