@@ -203,6 +203,7 @@ fn console_in_headless_chromium() {
         "users",
         "viewer-forwarding",
         "dashboard-dark",
+        "dashboard-tablet",
     ] {
         let f = screens.join(format!("{page}.png"));
         assert!(
@@ -476,6 +477,12 @@ try:
     bg = d.execute_script("return getComputedStyle(document.body).backgroundColor")
     assert bg in ("rgb(17, 20, 24)",), bg
     shot("dashboard-dark")
+    # A tablet's width (portrait): the cards reflow, nothing needs sideways scrolling.
+    d.set_window_size(820, 1180)
+    overflow = d.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the dashboard is {overflow} px wider than a tablet"
+    d.save_screenshot(os.path.join(SCREENS, "dashboard-tablet.png"))
+    d.set_window_size(1280, 900)
     while text_of("#theme") != "Theme: auto":
         d.find_element(By.ID, "theme").click()
 

@@ -515,6 +515,10 @@ async function users(main) {
       return h('tr', { 'data-user': u.name }, td(u.name), h('td', {}, r), td(fmtTime(u.created_at_us)), td(u.disabled ? 'yes' : 'no'),
         h('td', { class: 'row' },
           h('button', { type: 'button', class: 'secondary', onclick: () => attempt('user', async () => { await api('PATCH', `users/${encodeURIComponent(u.name)}`, { disabled: !u.disabled }); loadUsers(); }) }, u.disabled ? 'Enable' : 'Disable'),
+          h('button', { type: 'button', class: 'secondary', onclick: () => {
+            const pw = prompt(`New password for ${u.name} (at least 12 characters; ends the user's sessions):`);
+            if (pw) attempt('password', async () => { await api('PATCH', `users/${encodeURIComponent(u.name)}`, { password: pw }); flash(`Password of ${u.name} changed.`); });
+          } }, 'Set password'),
           h('button', { type: 'button', class: 'danger', onclick: () => { if (confirm(`Remove user ${u.name}?`)) attempt('user', async () => { await api('DELETE', `users/${encodeURIComponent(u.name)}`); loadUsers(); }); } }, 'Remove')));
     })));
   });
