@@ -114,6 +114,8 @@ fn console_in_headless_chromium() {
     strict.stop();
     let fixed = DestScp::start(&tmp.path().join("pacs-fixed"), port, &["-pm"]);
 
+    let downloads = tmp.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
     let screens = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screens");
     let _ = std::fs::remove_dir_all(&screens);
     std::fs::create_dir_all(&screens).unwrap();
@@ -131,6 +133,7 @@ fn console_in_headless_chromium() {
                 "ALPHA^ANNA,BRAVO^BEN,CHARLIE^CORA".into(),
             ),
             ("ECHO_PORT", port.to_string()),
+            ("DOWNLOADS", downloads.display().to_string()),
         ],
         Duration::from_secs(240),
     );
@@ -144,6 +147,11 @@ fn console_in_headless_chromium() {
     .unwrap();
     assert_eq!(result["forged_status"], 403, "{result}");
     assert_eq!(result["search_rows"], 1, "{result}");
+
+    // The downloaded file is the stored one, byte for byte.
+    let got = std::fs::read(downloads.join(format!("{}.dcm", b.sop_instance_uid)))
+        .expect("the console downloaded BRAVO's instance under its SOP Instance UID");
+    assert_eq!(got, std::fs::read(b.stored_path(&data)).unwrap());
 
     // What the console did, seen through the API and by the destination.
     let token = cli_token(BIN, &data, "admin");
@@ -414,6 +422,8 @@ for a in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-
           "--window-size=1280,900", "--disable-extensions", "--no-first-run"]:
     opts.add_argument(a)
 opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+opts.add_experimental_option("prefs", {"download.default_directory": os.environ["DOWNLOADS"],
+                                       "download.prompt_for_download": False})
 d = webdriver.Chrome(service=Service(os.environ["CHROMEDRIVER"]), options=opts)
 W = lambda t=20: WebDriverWait(d, t, poll_frequency=0.2,
                                ignored_exceptions=[StaleElementReferenceException])
@@ -499,7 +509,15 @@ try:
     result["search_rows"] = len(css("#studies-table tbody tr[data-study]"))
     css("#studies-table tbody tr[data-study]")[0].click()
     W().until(lambda d: "No outstanding job" in text_of("#study-jobs") or css("#study-jobs tbody tr"))
+    # A series, its instances, one instance's attributes.
+    wait_css("#study-detail tr.clickable").click()
+    W().until(lambda d: [b for b in css("#study-detail button") if b.text == "Details"])
+    [b for b in css("#study-detail button") if b.text == "Details"][0].click()
+    W().until(lambda d: "sop_class_uid" in text_of("#instance-detail"))
     shot("study")
+    # Download the instance (a fetch with the token, saved by the browser).
+    [b for b in css("#study-detail button") if b.text == "Download"][0].click()
+    W(30).until(lambda d: [f for f in os.listdir(os.environ["DOWNLOADS"]) if f.endswith(".dcm")])
 
     # Forwarding: create a destination, echo it, retry the dead letters.
     go("forwarding")

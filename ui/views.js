@@ -297,10 +297,23 @@ function replayForm(uid) {
 async function showInstances(study, series, box) {
   await attempt('instances', async () => {
     const page = await api('GET', `studies/${encodeURIComponent(study)}/series/${encodeURIComponent(series)}/instances?limit=1000`);
+    const detail = h('div', { id: 'instance-detail' });
     box.replaceChildren(h('h2', {}, 'Instances'), table(['#', 'SOP Instance UID', 'Transfer syntax', 'Size', 'Received', 'From', ''],
       page.items.map((i) => h('tr', {}, num(i.instance_number), td(i.sop_instance_uid, 'mono'), td(i.transfer_syntax_uid, 'mono'),
         h('td', { class: 'num' }, fmtBytes(i.file_size)), td(fmtTime(i.received_at_us)), td(i.calling_ae_title),
-        h('td', {}, h('button', { type: 'button', class: 'secondary', onclick: () => download(i.sop_instance_uid) }, 'Download'))))));
+        h('td', { class: 'row' },
+          h('button', { type: 'button', class: 'secondary', onclick: () => showInstance(i.sop_instance_uid, detail) }, 'Details'),
+          h('button', { type: 'button', class: 'secondary', onclick: () => download(i.sop_instance_uid) }, 'Download'))))), detail);
+  });
+}
+
+/** Every attribute the index keeps for one instance. */
+async function showInstance(sop, box) {
+  await attempt('instance', async () => {
+    const i = await api('GET', `instances/${encodeURIComponent(sop)}`);
+    box.replaceChildren(h('h2', {}, 'Instance'), h('dl', { class: 'kv' }, Object.entries(i).flatMap(([k, v]) => [
+      h('dt', {}, k), h('dd', { class: 'mono' }, k.endsWith('_us') && v ? `${fmtTime(v)} (${v})` : typeof v === 'object' ? JSON.stringify(v) : String(v ?? '')),
+    ])));
   });
 }
 
