@@ -11,6 +11,7 @@ pub mod auth;
 pub mod error;
 pub mod pacer;
 pub mod resources;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -202,6 +203,8 @@ impl HttpServer {
                         return;
                     }
                 };
+                // The console's ingest history (GET /api/v1/stats/history).
+                rt.spawn(resources::console::sample_loop());
                 rt.block_on(accept_loop(listener, tls, state, stop_rx));
             })?;
         Ok(Self {
@@ -289,9 +292,20 @@ async fn accept_loop(
 
 /// Routes one request.
 async fn handle(req: Request<Incoming>, state: &ApiState, peer: SocketAddr) -> Response<Body> {
+    let mut rsp = route(req, state, peer).await;
+    ui::security_headers(rsp.headers_mut());
+    rsp
+}
+
+/// Routes one request (the answer gets its security headers in [`handle`]).
+async fn route(req: Request<Incoming>, state: &ApiState, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let get = method == hyper::Method::GET || method == hyper::Method::HEAD;
+    // Console files are constant and public: not paced (see ui).
+    if ui::is_console_path(&path) {
+        return ui::serve(&method, &path, req.headers()).unwrap_or_else(|e| error_response(&e));
+    }
     if path != "/healthz" && path != "/readyz" {
         match state.pacer.reserve(std::time::Instant::now()) {
             Ok(wait) if wait.is_zero() => {}

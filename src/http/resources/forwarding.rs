@@ -546,3 +546,113 @@ pub async fn stats(req: &Request<Incoming>, ctx: &Ctx<'_>) -> Result<Response<Bo
         }),
     ))
 }
+
+/// Body of the answer of `POST /destinations/{name}/echo`.
+#[derive(Debug, serde::Serialize)]
+struct EchoOutcome {
+    ok: bool,
+    /// Status (0000,0900) of the C-ECHO-RSP, as 4 hex digits, when one came.
+    status: Option<String>,
+    /// Why it failed (connect, rejection, abort, status), for a human.
+    error: Option<String>,
+    elapsed_ms: u64,
+}
+
+/// Opens an association to `d` proposing Verification, sends one C-ECHO-RQ, waits for its
+/// response and releases: the same path (address, AE titles, timeouts) a forwarding worker
+/// takes, so a success here means the destination would take an association from us.
+fn echo_destination(d: &Destination) -> EchoOutcome {
+    use crate::net::dimse::command::encode_echo_rq;
+    use crate::net::scu::{AssocParams, Association, ScuError};
+    use dicom_dictionary_std::uids::{IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION};
+    use std::net::ToSocketAddrs;
+    let start = std::time::Instant::now();
+    let run = || -> Result<u16, ScuError> {
+        let addr = (d.host.as_str(), d.port)
+            .to_socket_addrs()
+            .map_err(|e| {
+                ScuError::Io(std::io::Error::other(format!(
+                    "cannot resolve {}: {e}",
+                    d.host
+                )))
+            })?
+            .next()
+            .ok_or_else(|| {
+                ScuError::Io(std::io::Error::other(format!("{} has no address", d.host)))
+            })?;
+        let mut a = Association::open(&AssocParams {
+            addr,
+            calling: d.calling_ae_title.clone(),
+            called: d.ae_title.clone(),
+            max_pdu: d.max_pdu_length,
+            timeout: d.dimse_timeout,
+            connect_timeout: Some(d.connect_timeout),
+            contexts: vec![(
+                VERIFICATION.to_owned(),
+                vec![IMPLICIT_VR_LITTLE_ENDIAN.to_owned()],
+            )],
+            implementation_class_uid: crate::IMPLEMENTATION_CLASS_UID.to_owned(),
+            implementation_version_name: crate::IMPLEMENTATION_VERSION_NAME.to_owned(),
+        })?;
+        let exchange = |a: &mut Association| -> Result<u16, ScuError> {
+            let pc = a.context(VERIFICATION, IMPLICIT_VR_LITTLE_ENDIAN)?;
+            a.send(pc, &encode_echo_rq(1), None)?;
+            let rsp = a.receive(1)?;
+            rsp.command
+                .status
+                .ok_or_else(|| ScuError::Protocol("C-ECHO-RSP without a status".into()))
+        };
+        match exchange(&mut a) {
+            Ok(status) => {
+                a.release()?;
+                Ok(status)
+            }
+            Err(e) => {
+                a.abort();
+                Err(e)
+            }
+        }
+    };
+    let result = run();
+    let elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match result {
+        Ok(status) => EchoOutcome {
+            ok: status == 0,
+            status: Some(format!("{status:04X}")),
+            error: (status != 0).then(|| format!("C-ECHO answered status {status:04X}")),
+            elapsed_ms,
+        },
+        Err(e) => EchoOutcome {
+            ok: false,
+            status: None,
+            error: Some(e.to_string()),
+            elapsed_ms,
+        },
+    }
+}
+
+/// `POST /destinations/{name}/echo`: a C-ECHO to the destination (Verification, PS3.4
+/// Annex A). The answer is 200 whatever the peer did; `ok` says whether it answered success.
+pub async fn echo(
+    req: &Request<Incoming>,
+    ctx: &Ctx<'_>,
+    p: &Params,
+) -> Result<Response<Body>, ApiError> {
+    Query::parse(req.uri())?.finish()?;
+    let f = Fwd::of(ctx);
+    let name = p.get("name").to_owned();
+    let out = blocking(move || {
+        let d = f
+            .live
+            .destinations()
+            .into_iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| ApiError::not_found(format!("no destination {name:?}")))?;
+        let out = echo_destination(&d);
+        tracing::info!(destination = %d.name, ok = out.ok, elapsed_ms = out.elapsed_ms,
+            error = out.error.as_deref().unwrap_or(""), "C-ECHO test from the API");
+        Ok(out)
+    })
+    .await?;
+    Ok(json_response(200, &to_json(out)?))
+}

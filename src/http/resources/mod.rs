@@ -16,6 +16,7 @@
 //! never on the API thread's runtime.
 
 mod admin;
+pub mod console;
 mod forwarding;
 mod params;
 mod studies;
@@ -97,6 +98,9 @@ enum H {
     UpdateUser,
     DeleteUser,
     Audit,
+    AuditVerify,
+    EchoDestination,
+    StatsHistory,
     Me,
     Login,
 }
@@ -161,6 +165,10 @@ pub const ROUTES: &[Route] = &[
         methods: &[op("POST", Operator, H::ResumeDestination)],
     },
     Route {
+        path: "/destinations/{name}/echo",
+        methods: &[op("POST", Operator, H::EchoDestination)],
+    },
+    Route {
         path: "/routes",
         methods: &[
             op("GET", Viewer, H::ListRoutes),
@@ -186,6 +194,10 @@ pub const ROUTES: &[Route] = &[
     Route {
         path: "/stats",
         methods: &[op("GET", Viewer, H::Stats)],
+    },
+    Route {
+        path: "/stats/history",
+        methods: &[op("GET", Viewer, H::StatsHistory)],
     },
     Route {
         path: "/worklist",
@@ -243,6 +255,10 @@ pub const ROUTES: &[Route] = &[
     Route {
         path: "/audit",
         methods: &[op("GET", Admin, H::Audit)],
+    },
+    Route {
+        path: "/audit/verify",
+        methods: &[op("GET", Admin, H::AuditVerify)],
     },
     Route {
         path: "/auth/me",
@@ -394,6 +410,9 @@ pub async fn dispatch(req: Request<Incoming>, ctx: Ctx<'_>) -> Result<Response<B
         H::UpdateUser => admin::update_user(req, c, &p).await,
         H::DeleteUser => admin::delete_user(&req, c, &p).await,
         H::Audit => admin::audit_log(&req, c).await,
+        H::AuditVerify => console::audit_verify(&req, c).await,
+        H::EchoDestination => forwarding::echo(&req, c, &p).await,
+        H::StatsHistory => console::stats_history(&req, c).await,
         H::Me => admin::me(&req, c),
         // Reached only if authenticated anyway (the unauthenticated path is `login` below).
         H::Login => admin::login(req, ctx.state, ctx.peer).await,
