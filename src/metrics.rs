@@ -59,7 +59,6 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::net::dimse::status::{category, Category};
 use crate::queue::{DestinationStats, Outcome};
 
 /// HTTP `Content-Type` of [`render`]'s output (Prometheus text format 0.0.4).
@@ -118,13 +117,16 @@ const ENDS: usize = AssociationEnd::ALL.len();
 /// C-STORE status classes (label `status`), PS3.7 Annex C.
 const STATUS_CLASSES: [&str; 3] = ["success", "warning", "failure"];
 
-fn status_class(status: u16) -> usize {
-    match category(status) {
-        Category::Success => 0,
-        Category::Warning => 1,
-        // Pending and Cancel are not C-STORE answers; if one ever is, it did not store.
-        Category::Failure | Category::Pending | Category::Cancel => 2,
-    }
+/// The class of a C-STORE status, as the caller (who knows DIMSE) classified it; label
+/// `status` of `dicomgw_cstore_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    /// 0000.
+    Success = 0,
+    /// Warning statuses (Bxxx and the others of PS3.7 Annex C).
+    Warning = 1,
+    /// Anything else: the object was not stored.
+    Failure = 2,
 }
 
 /// Forward outcomes (label `result`).
@@ -518,9 +520,9 @@ impl Metrics {
 
     /// A C-STORE-RSP with `status` was sent on `core`, `elapsed` after its request's command
     /// set was decoded.
-    pub fn cstore_answered(&self, core: usize, status: u16, elapsed: Duration) {
+    pub fn cstore_answered(&self, core: usize, class: StatusClass, elapsed: Duration) {
         let slot = self.slot(core);
-        slot.cstore[status_class(status)].fetch_add(1, Relaxed);
+        slot.cstore[class as usize].fetch_add(1, Relaxed);
         slot.cstore_latency
             .observe(&LATENCY_BOUNDS_NS, nanos(elapsed));
     }
@@ -1006,9 +1008,9 @@ mod tests {
         m.instance_received(0, 1000);
         m.instance_received(1, 234);
         m.instance_received(1, 1);
-        m.cstore_answered(0, 0x0000, Duration::from_millis(3));
-        m.cstore_answered(1, 0xB007, Duration::from_millis(30));
-        m.cstore_answered(1, 0xA700, Duration::from_millis(300));
+        m.cstore_answered(0, StatusClass::Success, Duration::from_millis(3));
+        m.cstore_answered(1, StatusClass::Warning, Duration::from_millis(30));
+        m.cstore_answered(1, StatusClass::Failure, Duration::from_millis(300));
         let out = m.render(&Snapshot::default());
         assert_eq!(value(&out, "dicomgw_instances_received_total"), 3.0);
         assert_eq!(value(&out, "dicomgw_bytes_received_total"), 1235.0);

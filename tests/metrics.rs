@@ -263,11 +263,11 @@ fn rendered_exposition_passes_promtool() {
     use dicom_gw::queue::{DestinationStats, Outcome};
     let m = Metrics::new(2);
     let a = m.association_accepted(0, dicom_gw::metrics::Service::Store);
-    m.association_rejected(1, dicom_gw::metrics::Service::Store);
+    m.association_rejected(1, dicom_gw::metrics::Service::Store, "local_limit");
     m.instance_received(0, 123_456);
     m.instance_received(1, 42);
-    m.cstore_answered(0, 0x0000, Duration::from_millis(4));
-    m.cstore_answered(1, 0xA700, Duration::from_secs(3));
+    m.cstore_answered(0, dicom_gw::metrics::StatusClass::Success, Duration::from_millis(4));
+    m.cstore_answered(1, dicom_gw::metrics::StatusClass::Failure, Duration::from_secs(3));
     m.commit_batch(17, Duration::from_millis(2));
     m.forward_results("archive", &[Outcome::Delivered, Outcome::Retry("x".into())]);
     m.destination("archive").observe(Duration::from_millis(12));

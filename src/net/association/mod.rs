@@ -121,6 +121,18 @@ pub enum Transport {
     Tls,
 }
 
+/// The metrics class of a C-STORE status (PS3.7 Annex C).
+fn status_class(status: u16) -> crate::metrics::StatusClass {
+    use crate::metrics::StatusClass;
+    use crate::net::dimse::status::{category, Category};
+    match category(status) {
+        Category::Success => StatusClass::Success,
+        Category::Warning => StatusClass::Warning,
+        // Pending and Cancel are not C-STORE answers; if one ever is, it did not store.
+        Category::Failure | Category::Pending | Category::Cancel => StatusClass::Failure,
+    }
+}
+
 /// An A-ABORT from the service provider (us) for `reason`.
 pub fn provider_abort(reason: AbortRQServiceProviderReason) -> AbortRQSource {
     AbortRQSource::ServiceProvider(reason)
@@ -551,7 +563,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                     let flow = self.reply(pc_id, &rsp, None).await;
                     crate::metrics::global().cstore_answered(
                         self.core.index,
-                        status,
+                        status_class(status),
                         started.elapsed(),
                     );
                     return flow;

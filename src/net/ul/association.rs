@@ -237,8 +237,14 @@ pub fn negotiate(
     }
 
     let mut contexts = HashMap::new();
-    let mut results = Vec::with_capacity(rq.presentation_contexts.len());
+    let mut results: Vec<PresentationContextResult> =
+        Vec::with_capacity(rq.presentation_contexts.len());
     for pc in &rq.presentation_contexts {
+        // PS3.8 §9.3.2.2: IDs are unique. A repeated ID gets no second answer (found by
+        // fuzzing: answering both let the peer and us disagree on the transfer syntax).
+        if results.iter().any(|r| r.id == pc.id) {
+            continue;
+        }
         let abstract_syntax = pc.abstract_syntax.trim_end_matches('\0').trim();
         let (reason, ts) = if !offered.supports(abstract_syntax) {
             (
@@ -575,5 +581,21 @@ mod tests {
         };
         assert_eq!(why, RejectReason::PeerAddress);
         assert_eq!(rj.result, AssociationRJResult::Permanent);
+    }
+
+    #[test]
+    fn a_repeated_context_id_gets_one_answer() {
+        let d = negotiate(
+            &rq(vec![(1, CT, vec![ELE]), (1, CT, vec![ILE])]),
+            &policy(),
+            false,
+            |a: &str| a == CT,
+        );
+        let Decision::Accept(ac, n) = d else {
+            panic!("rejected")
+        };
+        assert_eq!(ac.presentation_contexts.len(), 1);
+        assert_eq!(ac.presentation_contexts[0].transfer_syntax, ELE);
+        assert_eq!(n.contexts[&1].transfer_syntax, ELE);
     }
 }
