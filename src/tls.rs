@@ -1047,7 +1047,11 @@ mod tests {
             assert!(looks_like_tls_client_hello(&rec));
             NetStream::write_all(&c, Bytes::from(rec)).await.unwrap();
             let e = srv.await.unwrap().err().expect("refused");
-            assert!(e.to_string().contains("at most TLS 1.1, older than TLS 1.2"), "{e}");
+            assert!(
+                e.to_string()
+                    .contains("at most TLS 1.1, older than TLS 1.2"),
+                "{e}"
+            );
             let (r, b) = NetStream::read_buf(&c, BytesMut::with_capacity(64)).await;
             assert!(r.unwrap() >= 7, "an alert record");
             assert_eq!(b[0], 0x15, "alert record: {b:?}");
