@@ -382,8 +382,19 @@ impl Association {
         };
         let mut out = Vec::with_capacity(512);
         write_pdu(&mut out, &Pdu::AssociationRQ(rq)).map_err(protocol)?;
-        a.stream.write_all(&out)?;
-        let (_, pdu) = a.read_raw()?;
+        // With TLS 1.3 the server checks our certificate after the client's side of the
+        // handshake is done: its refusal arrives as an alert on the first read.
+        let late = |e: ScuError| match e {
+            ScuError::Io(io) if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => {
+                ScuError::Tls {
+                    addr: p.addr,
+                    source: TlsError::from_blocking_io(io),
+                }
+            }
+            other => other,
+        };
+        a.stream.write_all(&out).map_err(|e| late(e.into()))?;
+        let (_, pdu) = a.read_raw().map_err(late)?;
         // Control PDUs were already bounded by `check_length`; dicom-ul only needs a valid limit.
         match read_pdu(&pdu[..], MAXIMUM_PDU_SIZE, false).map_err(protocol)? {
             Some(Pdu::AssociationAC(ac)) => {
