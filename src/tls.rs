@@ -555,17 +555,20 @@ impl<S: NetStream> TlsStream<S> {
         let mut rest = &buf[pos..];
         let before = rest.len();
         while !rest.is_empty() {
-            match c.read_tls(&mut rest) {
-                Ok(0) => break, // close_notify seen: nothing more is read
-                Ok(_) => {}
-                // rustls' own limits (plaintext not yet read, a record being reassembled):
-                // process what it holds first.
-                Err(e) if e.kind() == io::ErrorKind::Other => {}
-                Err(e) => return Err(FeedError::Io(e)),
-            }
+            let read = c.read_tls(&mut rest);
             let state = c.process_new_packets().map_err(FeedError::Tls)?;
             if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
                 break;
+            }
+            match read {
+                Ok(0) => break, // close_notify seen: nothing more is read
+                Ok(_) => {}
+                // rustls refuses input only while it holds plaintext (handled above) or an
+                // oversized record (refused by process_new_packets): never loop on it.
+                Err(e) => {
+                    inc.pos = pos + (before - rest.len());
+                    return Err(FeedError::Io(e));
+                }
             }
         }
         inc.pos = pos + (before - rest.len());
@@ -937,7 +940,7 @@ mod tests {
     fn mutual_tls_refuses_a_client_without_a_certificate() {
         run(async {
             let (c, s) = tls_pair(server(true), client(false)).await;
-            let e = s.err().expect("the server refuses");
+            let e = s.expect_err("the server refuses");
             assert!(e.to_string().contains("no certificate"), "{e}");
             // TLS 1.3: the client learns it at its first read (the server's alert).
             if let Ok(c) = c {
@@ -959,7 +962,7 @@ mod tests {
             )
             .unwrap();
             let (_, s) = tls_pair(server(true), other).await;
-            let e = s.err().expect("the server refuses");
+            let e = s.expect_err("the server refuses");
             assert!(e.to_string().contains("not issued by a CA we trust"), "{e}");
         });
     }
@@ -970,9 +973,9 @@ mod tests {
             let k = certs();
             let other = server_config(&k.other_server_cert, &k.other_server_key, None).unwrap();
             let (c, s) = tls_pair(other, client(false)).await;
-            let e = c.err().expect("the client refuses");
+            let e = c.expect_err("the client refuses");
             assert!(e.to_string().contains("not issued by a CA we trust"), "{e}");
-            let e = s.err().expect("the server is told");
+            let e = s.expect_err("the server is told");
             assert!(
                 e.to_string().contains("does not trust our certificate"),
                 "{e}"
@@ -982,8 +985,7 @@ mod tests {
             let srv = tokio::task::spawn_local(accept(ss, server(false), T));
             let e = connect(cs, client(false), "dicom.example.org", T)
                 .await
-                .err()
-                .expect("wrong name refused");
+                .expect_err("wrong name refused");
             assert!(e.to_string().contains("does not name the host"), "{e}");
             let _ = srv.await;
         });
@@ -998,7 +1000,7 @@ mod tests {
             let mut rq = vec![0x01, 0x00, 0x00, 0x00, 0x00, 0xcd, 0x00, 0x01];
             rq.resize(0xcd + 6, 0x20);
             NetStream::write_all(&c, Bytes::from(rq)).await.unwrap();
-            let e = srv.await.unwrap().err().expect("refused");
+            let e = srv.await.unwrap().expect_err("refused");
             assert!(matches!(e, TlsError::NotTls(_)), "{e:?}");
             assert!(e.to_string().contains("plain DICOM A-ASSOCIATE-RQ"), "{e}");
             // The server shut the connection.
@@ -1021,8 +1023,7 @@ mod tests {
             });
             let e = connect(c, client(false), "127.0.0.1", T)
                 .await
-                .err()
-                .expect("refused");
+                .expect_err("refused");
             assert!(e.to_string().contains("plain DICOM A-ABORT"), "{e}");
             drop(peer.await);
         });
@@ -1046,7 +1047,7 @@ mod tests {
             rec.extend(&hs);
             assert!(looks_like_tls_client_hello(&rec));
             NetStream::write_all(&c, Bytes::from(rec)).await.unwrap();
-            let e = srv.await.unwrap().err().expect("refused");
+            let e = srv.await.unwrap().expect_err("refused");
             assert!(
                 e.to_string()
                     .contains("at most TLS 1.1, older than TLS 1.2"),
@@ -1065,8 +1066,7 @@ mod tests {
             let (_c, s) = pair().await;
             let e = accept(s, server(false), Duration::from_millis(200))
                 .await
-                .err()
-                .expect("times out");
+                .expect_err("times out");
             assert!(matches!(e, TlsError::Timeout(_)), "{e:?}");
         });
     }
