@@ -170,22 +170,25 @@ pub struct RawDestination {
     pub idle_release_seconds: Option<u64>,
     /// Maximum PDU length we announce to it (default 262144).
     pub max_pdu_length: Option<u32>,
-    /// TLS towards the destination (reserved: refused until TLS support lands).
+    /// DICOM TLS towards the destination (PS3.15 Annex B); unset: plain TCP.
     pub tls: Option<RawTls>,
 }
 
-/// TLS settings of a destination (accepted by the parser, refused by validation until TLS
-/// support exists: silently sending in clear text would be worse than not starting).
+/// TLS settings of a destination: `tls = { ca_file, cert_file, key_file, server_name }`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawTls {
-    /// CA certificate(s) to verify the destination, PEM.
+    /// CA certificate(s) to verify the destination, PEM (required).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
-    /// Our client certificate, PEM.
+    /// Our client certificate, PEM (with `key_file`, for destinations that require one).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cert_file: Option<PathBuf>,
     /// Our client key, PEM.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
     /// Name to verify in the destination's certificate (default: `host`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
 }
 
@@ -441,6 +444,28 @@ pub struct Destination {
     pub idle_release: Duration,
     /// Maximum PDU length we announce.
     pub max_pdu_length: u32,
+    /// DICOM TLS towards it, if configured.
+    pub tls: Option<DestinationTls>,
+}
+
+/// Validated TLS settings of a destination. The files are read when an association is opened
+/// (so renewed certificates are picked up without a restart); validation only checks that
+/// they are there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationTls {
+    /// CA certificate(s) the destination's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// Our client certificate and key, when the destination requires one.
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// Name the destination's certificate must carry, if not the host.
+    pub server_name: Option<String>,
+}
+
+impl DestinationTls {
+    /// The name to verify: `server_name`, else the destination's host.
+    pub fn verify_name<'a>(&'a self, host: &'a str) -> &'a str {
+        self.server_name.as_deref().unwrap_or(host)
+    }
 }
 
 /// Exponential backoff with jitter, per destination.
@@ -1174,14 +1199,10 @@ pub fn resolve_destination(d: RawDestination, our_ae: &str) -> Result<Destinatio
             ),
         ));
     }
-    if d.tls.is_some() {
-        return Err((
-            "tls",
-            "TLS towards destinations is not supported yet; remove the table to send in clear \
-             text over a trusted network"
-                .to_owned(),
-        ));
-    }
+    let tls = match d.tls {
+        None => None,
+        Some(t) => Some(resolve_destination_tls(t, &host)?),
+    };
     Ok(Destination {
         name,
         ae_title,
@@ -1199,6 +1220,53 @@ pub fn resolve_destination(d: RawDestination, our_ae: &str) -> Result<Destinatio
         dimse_timeout: whole(d.dimse_timeout_seconds, 60, "dimse_timeout_seconds")?,
         idle_release: whole(d.idle_release_seconds, 30, "idle_release_seconds")?,
         max_pdu_length,
+        tls,
+    })
+}
+
+/// Validates a destination's `tls` table: the CA file is required (an unverified connection
+/// would only hide a wrong peer) and readable, certificate and key go together, and the name
+/// to verify is a DNS name or an IP address.
+fn resolve_destination_tls(t: RawTls, host: &str) -> Result<DestinationTls, EntryError> {
+    let readable = |p: &Path, key: &str| {
+        std::fs::File::open(p)
+            .map(drop)
+            .map_err(|e| ("tls", format!("{key} {}: {e}", p.display())))
+    };
+    let ca_file = t.ca_file.ok_or((
+        "tls",
+        "ca_file is required: the destination's certificate is verified against it".to_owned(),
+    ))?;
+    readable(&ca_file, "ca_file")?;
+    let client = match (t.cert_file, t.key_file) {
+        (None, None) => None,
+        (Some(c), Some(k)) => {
+            readable(&c, "cert_file")?;
+            readable(&k, "key_file")?;
+            Some((c, k))
+        }
+        (Some(_), None) => return Err(("tls", "cert_file needs key_file too".to_owned())),
+        (None, Some(_)) => return Err(("tls", "key_file needs cert_file too".to_owned())),
+    };
+    let name = t.server_name.as_deref().unwrap_or(host);
+    if rustls::pki_types::ServerName::try_from(name).is_err() {
+        return Err((
+            "tls",
+            format!(
+                "{name:?} ({}) is neither a DNS name nor an IP address, so no certificate can \
+                 match it",
+                if t.server_name.is_some() {
+                    "server_name"
+                } else {
+                    "the host; set server_name"
+                }
+            ),
+        ));
+    }
+    Ok(DestinationTls {
+        ca_file,
+        client,
+        server_name: t.server_name,
     })
 }
 
@@ -1314,7 +1382,12 @@ impl From<&Destination> for RawDestination {
             dimse_timeout_seconds: Some(d.dimse_timeout.as_secs()),
             idle_release_seconds: Some(d.idle_release.as_secs()),
             max_pdu_length: Some(d.max_pdu_length),
-            tls: None,
+            tls: d.tls.as_ref().map(|t| RawTls {
+                ca_file: Some(t.ca_file.clone()),
+                cert_file: t.client.as_ref().map(|c| c.0.clone()),
+                key_file: t.client.as_ref().map(|c| c.1.clone()),
+                server_name: t.server_name.clone(),
+            }),
         }
     }
 }
@@ -1515,6 +1588,58 @@ delete_after_seconds = 3600
         assert!(validate_ae_title("    ").is_err());
         assert!(validate_ae_title("A\\B").is_err());
         assert!(validate_ae_title("12345678901234567").is_err());
+    }
+
+    #[test]
+    fn destination_tls_is_validated_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "x").unwrap();
+        let dest = |tls: RawTls| RawDestination {
+            name: Some("pacs".into()),
+            ae_title: Some("PACS".into()),
+            host: Some("pacs.example.org".into()),
+            port: Some(2762),
+            tls: Some(tls),
+            ..Default::default()
+        };
+        let d = resolve_destination(
+            dest(RawTls {
+                ca_file: Some(ca.clone()),
+                ..Default::default()
+            }),
+            "GW",
+        )
+        .unwrap();
+        let t = d.tls.clone().unwrap();
+        assert_eq!(t.verify_name(&d.host), "pacs.example.org");
+        assert_eq!(t.client, None);
+        // What the API returns resolves to the same destination.
+        assert_eq!(
+            resolve_destination(RawDestination::from(&d), "GW").unwrap(),
+            d
+        );
+        let err = |tls: RawTls| resolve_destination(dest(tls), "GW").unwrap_err();
+        let (k, m) = err(RawTls::default());
+        assert_eq!(k, "tls");
+        assert!(m.contains("ca_file is required"), "{m}");
+        let (_, m) = err(RawTls {
+            ca_file: Some(dir.path().join("missing.pem")),
+            ..Default::default()
+        });
+        assert!(m.contains("missing.pem"), "{m}");
+        let (_, m) = err(RawTls {
+            ca_file: Some(ca.clone()),
+            cert_file: Some(ca.clone()),
+            ..Default::default()
+        });
+        assert!(m.contains("cert_file needs key_file"), "{m}");
+        let (_, m) = err(RawTls {
+            ca_file: Some(ca.clone()),
+            server_name: Some("not a name".into()),
+            ..Default::default()
+        });
+        assert!(m.contains("neither a DNS name nor an IP address"), "{m}");
     }
 
     #[test]

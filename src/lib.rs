@@ -3,6 +3,7 @@
 //!
 //! Module map, from the bottom up (every arrow points down):
 //! - [`rt`]: per-core runtimes (io_uring or epoll) behind a small owned-buffer I/O trait.
+//! - [`tls`]: DICOM TLS (rustls) configurations and a TLS stream over the I/O trait.
 //! - [`config`]: the TOML file as written → validated settings.
 //! - [`db`]: redb table definitions shared by index and queue.
 //! - [`health`]: vital components whose failure makes the daemon unready and stop.
@@ -36,6 +37,7 @@ pub mod queue;
 pub mod rt;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod wildcard;
 pub mod worklist;
 

@@ -1,5 +1,6 @@
-//! A blocking SCU association over a std `TcpStream` (TCP_NODELAY, read/write timeouts): the
-//! requestor side shared by the forwarder and the load generator (`tools/loadgen`).
+//! A blocking SCU association over a std `TcpStream` (TCP_NODELAY, read/write timeouts), in
+//! clear or with DICOM TLS (PS3.15 Annex B, rustls through [`crate::tls`]): the requestor side
+//! shared by the forwarder and the load generator (`tools/loadgen`).
 //!
 //! Why blocking std I/O and not the per-core runtimes of [`crate::rt`]: an SCU drives one
 //! association at a time, in lock step (send a request, wait for its response), from a thread
@@ -19,6 +20,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -33,6 +35,7 @@ use crate::net::ul::pdata::{
     check_length, encode_message, peek_header, split_pdata, PduType, Pdv, PDU_HEADER_LEN,
     PDV_HEADER_LEN,
 };
+use crate::tls::TlsError;
 
 /// Largest number of bytes framed into one `write` call, and so the most of a dataset held in
 /// memory at once: big enough that per-call overhead vanishes next to the copy, small enough
@@ -72,6 +75,16 @@ pub struct AssocParams {
     pub implementation_version_name: String,
 }
 
+/// DICOM TLS towards the peer: the client configuration ([`crate::tls::client_config`]) and
+/// the name its certificate must carry (a DNS name or an IP address).
+#[derive(Debug, Clone)]
+pub struct ScuTls {
+    /// rustls client configuration (BCP 195 profile, trusted CAs, our certificate if any).
+    pub config: Arc<rustls::ClientConfig>,
+    /// Name verified in the peer's certificate.
+    pub server_name: String,
+}
+
 /// A presentation context the peer accepted: what [`Association::context`] looks up to pick
 /// the ID a message goes out on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +110,14 @@ pub enum ScuError {
         addr: SocketAddr,
         /// The error.
         source: io::Error,
+    },
+    /// The TLS handshake failed (certificates, versions, a peer that does not speak TLS).
+    #[error("TLS to {addr}: {source}")]
+    Tls {
+        /// Peer address.
+        addr: SocketAddr,
+        /// Why.
+        source: TlsError,
     },
     /// A-ASSOCIATE-RJ received.
     #[error("association rejected by {addr}: {why}")]
@@ -148,6 +169,7 @@ impl ScuError {
     pub fn kind(&self) -> &'static str {
         match self {
             ScuError::Connect { .. } => "connect",
+            ScuError::Tls { .. } => "tls",
             ScuError::Rejected { .. } => "rejected",
             ScuError::Aborted(_) => "aborted",
             ScuError::Timeout => "timeout",
@@ -203,10 +225,99 @@ pub struct StoreResponse {
     pub error_comment: Option<String>,
 }
 
+/// The connection under an association: TCP, or TLS over TCP.
+enum Link {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Link::Plain(s) => f.debug_tuple("Plain").field(s).finish(),
+            Link::Tls(s) => f.debug_tuple("Tls").field(&s.sock).finish(),
+        }
+    }
+}
+
+impl Read for Link {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Link::Plain(s) => s.read(buf),
+            Link::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Link {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Link::Plain(s) => s.write(buf),
+            Link::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Link::Plain(s) => s.write_all(buf),
+            // rustls' stream encrypts into a bounded buffer and writes to the socket as it
+            // goes; the flush sends the last records now, not at the next call.
+            Link::Tls(s) => {
+                s.write_all(buf)?;
+                s.flush()
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Link::Plain(s) => s.flush(),
+            Link::Tls(s) => s.flush(),
+        }
+    }
+}
+
+impl Link {
+    /// Shuts the connection down both ways (after close_notify on TLS, best effort).
+    fn shutdown(&mut self) {
+        let sock = match self {
+            Link::Plain(s) => s,
+            Link::Tls(s) => {
+                s.conn.send_close_notify();
+                let _ = s.flush();
+                &s.sock
+            }
+        };
+        let _ = sock.shutdown(Shutdown::Both);
+    }
+}
+
+/// The TLS handshake on a connected socket (bounded by the socket's timeouts).
+fn tls_handshake(mut sock: TcpStream, tls: &ScuTls, addr: SocketAddr) -> Result<Link, ScuError> {
+    let fail = |source| ScuError::Tls { addr, source };
+    let name = crate::tls::server_name(&tls.server_name).map_err(fail)?;
+    let mut conn = rustls::ClientConnection::new(tls.config.clone(), name).map_err(|e| {
+        fail(TlsError::from_blocking_io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            e,
+        )))
+    })?;
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(&mut sock) {
+            let _ = sock.shutdown(Shutdown::Both);
+            return Err(match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ScuError::Timeout,
+                _ => fail(TlsError::from_blocking_io(e)),
+            });
+        }
+    }
+    Ok(Link::Tls(Box::new(rustls::StreamOwned::new(conn, sock))))
+}
+
 /// An established association.
 #[derive(Debug)]
 pub struct Association {
-    stream: TcpStream,
+    stream: Link,
     our_max_pdu: u32,
     peer_max_pdu: u32,
     accepted: Vec<AcceptedContext>,
@@ -225,6 +336,13 @@ impl Association {
     /// Connects and negotiates; fails with [`ScuError::Rejected`] / [`ScuError::Aborted`] if
     /// the peer refuses.
     pub fn open(p: &AssocParams) -> Result<Association, ScuError> {
+        Association::open_with_tls(p, None)
+    }
+
+    /// Like [`Association::open`], over DICOM TLS when `tls` is given: the TLS handshake
+    /// (bounded by the read/write timeout) comes between the TCP connect and the
+    /// A-ASSOCIATE-RQ, and fails with [`ScuError::Tls`] saying why.
+    pub fn open_with_tls(p: &AssocParams, tls: Option<&ScuTls>) -> Result<Association, ScuError> {
         if p.contexts.len() > MAX_PROPOSED_CONTEXTS {
             return Err(ScuError::TooManyContexts(p.contexts.len()));
         }
@@ -236,7 +354,11 @@ impl Association {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(p.timeout))?;
         stream.set_write_timeout(Some(p.timeout))?;
-        let mut a = Association::with_stream(stream, p.max_pdu);
+        let link = match tls {
+            None => Link::Plain(stream),
+            Some(t) => tls_handshake(stream, t, p.addr)?,
+        };
+        let mut a = Association::with_link(link, p.max_pdu);
         let rq = AssociationRQ {
             protocol_version: 1,
             calling_ae_title: p.calling.clone(),
@@ -260,8 +382,19 @@ impl Association {
         };
         let mut out = Vec::with_capacity(512);
         write_pdu(&mut out, &Pdu::AssociationRQ(rq)).map_err(protocol)?;
-        a.stream.write_all(&out)?;
-        let (_, pdu) = a.read_raw()?;
+        // With TLS 1.3 the server checks our certificate after the client's side of the
+        // handshake is done: its refusal arrives as an alert on the first read.
+        let late = |e: ScuError| match e {
+            ScuError::Io(io) if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => {
+                ScuError::Tls {
+                    addr: p.addr,
+                    source: TlsError::from_blocking_io(io),
+                }
+            }
+            other => other,
+        };
+        a.stream.write_all(&out).map_err(|e| late(e.into()))?;
+        let (_, pdu) = a.read_raw().map_err(late)?;
         // Control PDUs were already bounded by `check_length`; dicom-ul only needs a valid limit.
         match read_pdu(&pdu[..], MAXIMUM_PDU_SIZE, false).map_err(protocol)? {
             Some(Pdu::AssociationAC(ac)) => {
@@ -309,7 +442,12 @@ impl Association {
 
     /// An association on `stream` before negotiation (also how the tests get one on a socket
     /// pair without a handshake).
+    #[cfg(test)]
     fn with_stream(stream: TcpStream, our_max_pdu: u32) -> Association {
+        Association::with_link(Link::Plain(stream), our_max_pdu)
+    }
+
+    fn with_link(stream: Link, our_max_pdu: u32) -> Association {
         Association {
             stream,
             our_max_pdu,
@@ -600,7 +738,7 @@ impl Association {
     /// association fails at once instead of talking to a peer that has forgotten it.
     fn abort_in_place(&mut self) {
         let _ = self.stream.write_all(&ABORT_RQ);
-        let _ = self.stream.shutdown(Shutdown::Both);
+        self.stream.shutdown();
     }
 }
 

@@ -25,7 +25,7 @@ use tracing::{debug, error, info, warn};
 use super::{Claimed, JobRecord, Outcome, Queue};
 use crate::commit::{timestamp_us, Wake};
 use crate::config::Destination;
-use crate::net::scu::{AssocParams, Association, ScuError};
+use crate::net::scu::{AssocParams, Association, ScuError, ScuTls};
 use crate::store::DataDir;
 
 /// Jobs claimed per round trip to the queue.
@@ -396,20 +396,37 @@ fn open_link(cfg: &Destination, pairs: &HashSet<(String, String)>) -> Result<Lin
         })?;
     let mut sorted: Vec<&(String, String)> = pairs.iter().collect();
     sorted.sort();
-    let assoc = Association::open(&AssocParams {
-        addr,
-        calling: cfg.calling_ae_title.clone(),
-        called: cfg.ae_title.clone(),
-        max_pdu: cfg.max_pdu_length,
-        timeout: cfg.dimse_timeout,
-        connect_timeout: Some(cfg.connect_timeout),
-        contexts: sorted
-            .iter()
-            .map(|(class, ts)| (class.clone(), vec![ts.clone()]))
-            .collect(),
-        implementation_class_uid: crate::IMPLEMENTATION_CLASS_UID.to_owned(),
-        implementation_version_name: crate::IMPLEMENTATION_VERSION_NAME.to_owned(),
-    })?;
+    // The TLS files are read for each association: a renewed certificate or CA is picked up
+    // without a restart, and a broken one is a retried failure with the file named.
+    let tls = match &cfg.tls {
+        None => None,
+        Some(t) => Some(ScuTls {
+            config: crate::tls::client_config(
+                Some(&t.ca_file),
+                t.client.as_ref().map(|c| c.0.as_path()),
+                t.client.as_ref().map(|c| c.1.as_path()),
+            )
+            .map_err(|source| ScuError::Tls { addr, source })?,
+            server_name: t.verify_name(&cfg.host).to_owned(),
+        }),
+    };
+    let assoc = Association::open_with_tls(
+        &AssocParams {
+            addr,
+            calling: cfg.calling_ae_title.clone(),
+            called: cfg.ae_title.clone(),
+            max_pdu: cfg.max_pdu_length,
+            timeout: cfg.dimse_timeout,
+            connect_timeout: Some(cfg.connect_timeout),
+            contexts: sorted
+                .iter()
+                .map(|(class, ts)| (class.clone(), vec![ts.clone()]))
+                .collect(),
+            implementation_class_uid: crate::IMPLEMENTATION_CLASS_UID.to_owned(),
+            implementation_version_name: crate::IMPLEMENTATION_VERSION_NAME.to_owned(),
+        },
+        tls.as_ref(),
+    )?;
     Ok(Link {
         assoc,
         proposed: pairs.clone(),

@@ -241,7 +241,7 @@ destinations = ["a", "b"]
         );
         check(
             "[[destinations]]\nname = \"c\"\nae_title = \"C\"\nhost = \"h\"\nport = 3\n[destinations.tls]\nca_file = \"/x\"\n",
-            &["destinations[2].tls", "not supported"],
+            &["destinations[2].tls", "ca_file /x", "No such file"],
         );
         check(
             "[[destinations]]\nname = \"c d\"\nae_title = \"C\"\nhost = \"h\"\nport = 3\n",

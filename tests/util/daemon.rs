@@ -16,6 +16,10 @@ pub const HTTP_PREFIX: &str = "dicom-gw: http listening on ";
 pub const READY_PREFIX: &str = "dicom-gw: store listening on ";
 /// Prefix of the worklist service's line (the ready line itself with `--only worklist`).
 pub const WORKLIST_PREFIX: &str = "dicom-gw: worklist listening on ";
+/// Prefix of the store service's DICOM TLS listener line (printed before the ready line).
+pub const STORE_TLS_PREFIX: &str = "dicom-gw: store tls listening on ";
+/// Prefix of the worklist service's DICOM TLS listener line (printed before the ready line).
+pub const WORKLIST_TLS_PREFIX: &str = "dicom-gw: worklist tls listening on ";
 /// How long start-up and graceful shutdown may take.
 pub const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -29,6 +33,10 @@ pub struct Daemon {
     /// Worklist service port (from the `worklist listening` line; 0 if none, e.g. with
     /// `--only store`).
     pub worklist_port: u16,
+    /// Store service's DICOM TLS port (from the `store tls listening` line; 0 if none).
+    pub tls_port: u16,
+    /// Worklist service's DICOM TLS port (from the `worklist tls listening` line; 0 if none).
+    pub worklist_tls_port: u16,
     /// Process id.
     pub pid: u32,
     /// The `--data-dir` it was started with.
@@ -119,6 +127,8 @@ impl Daemon {
             port: 0,
             http_port: 0,
             worklist_port: 0,
+            tls_port: 0,
+            worklist_tls_port: 0,
             pid,
             data_dir: data_dir.to_path_buf(),
             child,
@@ -132,6 +142,19 @@ impl Daemon {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
+                    let port_of = |addr: &str| {
+                        addr.split_whitespace()
+                            .next()
+                            .and_then(|a| a.rsplit_once(':'))
+                            .and_then(|(_, p)| p.parse().ok())
+                            .unwrap_or(0)
+                    };
+                    if let Some(addr) = line.strip_prefix(STORE_TLS_PREFIX) {
+                        d.tls_port = port_of(addr);
+                    }
+                    if let Some(addr) = line.strip_prefix(WORKLIST_TLS_PREFIX) {
+                        d.worklist_tls_port = port_of(addr);
+                    }
                     if let Some(addr) = line.strip_prefix(HTTP_PREFIX) {
                         d.http_port = addr
                             .split_whitespace()

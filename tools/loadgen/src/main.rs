@@ -125,6 +125,19 @@ struct Common {
     /// Maximum PDU length we announce (for responses).
     #[arg(long = "max-pdu", value_name = "BYTES", default_value_t = 262_144)]
     max_pdu: u32,
+    /// DICOM TLS (PS3.15 Annex B, TLS 1.2/1.3 ECDHE AES-GCM): verify the SCP's certificate
+    /// against the PEM CA certificate(s) in FILE.
+    #[arg(long = "tls-ca", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Our PEM client certificate, for SCPs that require one (with --tls-key).
+    #[arg(long = "tls-cert", value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// Our PEM private key (with --tls-cert).
+    #[arg(long = "tls-key", value_name = "FILE", requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+    /// Name the SCP's certificate must carry (default: the host of TARGET).
+    #[arg(long = "tls-server-name", value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
 }
 
 /// How synthetic objects look.
@@ -274,6 +287,19 @@ struct MwlArgs {
     /// Maximum PDU length we announce (for responses).
     #[arg(long = "max-pdu", value_name = "BYTES", default_value_t = 262_144)]
     max_pdu: u32,
+    /// DICOM TLS (PS3.15 Annex B, TLS 1.2/1.3 ECDHE AES-GCM): verify the SCP's certificate
+    /// against the PEM CA certificate(s) in FILE.
+    #[arg(long = "tls-ca", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Our PEM client certificate, for SCPs that require one (with --tls-key).
+    #[arg(long = "tls-cert", value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// Our PEM private key (with --tls-cert).
+    #[arg(long = "tls-key", value_name = "FILE", requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+    /// Name the SCP's certificate must carry (default: the host of TARGET).
+    #[arg(long = "tls-server-name", value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -409,6 +435,20 @@ fn run_config(c: &Common, default_count: u64, record_sent: bool) -> anyhow::Resu
         (None, None) => Some(default_count),
         (n, _) => n,
     };
+    let tls = match &c.tls_ca {
+        None => None,
+        Some(ca) => {
+            let config =
+                dicom_gw::tls::client_config(Some(ca), c.tls_cert.as_deref(), c.tls_key.as_deref())
+                    .map_err(|e| anyhow::anyhow!("--tls-ca/--tls-cert/--tls-key: {e}"))?;
+            let host = c.target.rsplit_once(':').map_or(&*c.target, |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            Some(dicom_loadgen::scu::ScuTls {
+                config,
+                server_name: c.tls_server_name.clone().unwrap_or_else(|| host.to_owned()),
+            })
+        }
+    };
     Ok(RunConfig {
         addr,
         calling: c.aet.clone(),
@@ -421,6 +461,7 @@ fn run_config(c: &Common, default_count: u64, record_sent: bool) -> anyhow::Resu
         timeout: secs(c.timeout, "--timeout")?.max(Duration::from_millis(1)),
         max_pdu: c.max_pdu,
         record_sent,
+        tls,
     })
 }
 

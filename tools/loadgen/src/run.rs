@@ -117,6 +117,8 @@ pub struct RunConfig {
     pub max_pdu: u32,
     /// Keep a record (with blake3) of every acknowledged store, for verification.
     pub record_sent: bool,
+    /// DICOM TLS towards the SCP, if set.
+    pub tls: Option<crate::scu::ScuTls>,
 }
 
 /// What a run produced.
@@ -167,7 +169,7 @@ impl Shared {
 
     fn open(&self, st: &mut Stats) -> Result<Association, ScuError> {
         let t = Instant::now();
-        let a = Association::open(&self.params)?;
+        let a = Association::open_with_tls(&self.params, self.cfg.tls.as_ref())?;
         st.record_setup(t.elapsed());
         Ok(a)
     }

@@ -4,6 +4,9 @@
 
 mod common;
 
+#[path = "../../../tests/util/certs.rs"]
+mod certs;
+
 use common::*;
 
 #[test]
@@ -53,6 +56,50 @@ fn synthesized_files_are_valid_part10_in_every_transfer_syntax() {
             assert!(dump.contains(&want), "{ts}: missing {want:?} in\n{dump}");
         }
     }
+}
+
+/// `store --tls-ca` against `storescp +tls`: every store succeeds over TLS; a CA that did not
+/// sign the SCP's certificate fails the run with the reason.
+#[test]
+fn store_over_tls_against_storescp() {
+    require_tools(&["storescp", "openssl"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let k = certs::make(tmp.path());
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let (key, cert) = (s(&k.server_key), s(&k.server_cert));
+    let scp = Peer::start(
+        "storescp",
+        &["--fork", "--ignore", "+tls", &key, &cert, "-ic"],
+    );
+    let json = tmp.path().join("s.json");
+    let o = loadgen(&[
+        "store",
+        &scp.addr(),
+        "-n",
+        "12",
+        "-c",
+        "2",
+        "--size",
+        "1k,300k",
+        "--tls-ca",
+        &s(&k.ca),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}\n{}", text(&o), scp.log());
+    let j = read_json(&json);
+    assert_eq!(
+        (j["ok"].as_u64(), j["errors"].as_u64()),
+        (Some(12), Some(0)),
+        "{j}"
+    );
+    let o = loadgen(&["store", &scp.addr(), "-n", "1", "--tls-ca", &s(&k.other_ca)]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("not issued by a CA we trust"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
