@@ -376,17 +376,25 @@ pub fn serve(
                 .clone()
                 .expect("worklist listeners only with its port"),
         };
-        if transport == Transport::Tls {
-            return Err(ServeError::Tls(format!(
-                "{} tls_listen: DICOM TLS listeners are not available in this build",
-                port.service.label()
-            )));
-        }
+        let tls = match transport {
+            Transport::Plain => None,
+            Transport::Tls => {
+                let t = port.access.tls.as_ref().expect("TLS listener configured");
+                let cfg = crate::tls::server_config(
+                    &t.cert_file,
+                    &t.key_file,
+                    t.client_ca_file.as_deref(),
+                )
+                .map_err(|e| ServeError::Tls(format!("{} TLS: {e}", port.service.label())))?;
+                Some(cfg)
+            }
+        };
         for (core, listener) in listeners.into_iter().enumerate() {
             per_core[core].push(CoreListener {
                 listener,
                 port: port.clone(),
                 transport,
+                tls: tls.clone(),
             });
         }
     }
@@ -521,6 +529,8 @@ struct CoreListener {
     listener: std::net::TcpListener,
     port: Arc<Port>,
     transport: Transport,
+    /// The DICOM TLS configuration of a TLS listener.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Runs one core: an accept loop per listener, every association on this thread.
@@ -534,7 +544,7 @@ fn run_core<I: Io>(
         let mut ready = Vec::with_capacity(listeners.len());
         for l in listeners {
             match I::listener(l.listener) {
-                Ok(x) => ready.push((x, l.port, l.transport)),
+                Ok(x) => ready.push((x, l.port, l.transport, l.tls)),
                 Err(e) => {
                     error!(core, error = %e, "cannot use listener");
                     return;
@@ -544,11 +554,12 @@ fn run_core<I: Io>(
         listening.fetch_add(1, Ordering::AcqRel);
         let ctx = Rc::new(Core::new(core));
         let mut loops = tokio::task::JoinSet::new();
-        for (listener, port, transport) in ready {
+        for (listener, port, transport, tls) in ready {
             loops.spawn_local(accept_loop::<I>(
                 listener,
                 port,
                 transport,
+                tls,
                 ctx.clone(),
                 phase.clone(),
             ));
@@ -563,6 +574,7 @@ async fn accept_loop<I: Io>(
     listener: I::Listener,
     port: Arc<Port>,
     transport: Transport,
+    tls: Option<Arc<rustls::ServerConfig>>,
     core: Rc<Core>,
     mut phase: watch::Receiver<Phase>,
 ) {
@@ -583,14 +595,28 @@ async fn accept_loop<I: Io>(
                                 tracing::debug!(error = %e, "cannot size the send buffer");
                             }
                         }
-                        conns.spawn_local(association::serve::<I::File, I::Stream>(
-                            stream,
-                            peer,
-                            transport,
-                            port.clone(),
-                            core.clone(),
-                            waiting,
-                        ));
+                        match &tls {
+                            None => {
+                                conns.spawn_local(association::serve::<I::File, I::Stream>(
+                                    stream,
+                                    peer,
+                                    transport,
+                                    port.clone(),
+                                    core.clone(),
+                                    waiting,
+                                ));
+                            }
+                            Some(cfg) => {
+                                conns.spawn_local(serve_tls::<I>(
+                                    stream,
+                                    peer,
+                                    cfg.clone(),
+                                    port.clone(),
+                                    core.clone(),
+                                    waiting,
+                                ));
+                            }
+                        }
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -606,6 +632,45 @@ async fn accept_loop<I: Io>(
     drop(accept);
     drop(listener);
     while conns.join_next().await.is_some() {}
+}
+
+/// The DICOM TLS handshake (within ARTIM, and given up if the connection must make room for
+/// newer ones), then the association over TLS. A failed handshake is logged with the peer and
+/// the reason.
+async fn serve_tls<I: Io>(
+    stream: I::Stream,
+    peer: SocketAddr,
+    cfg: Arc<rustls::ServerConfig>,
+    port: Arc<Port>,
+    core: Rc<Core>,
+    waiting: association::limits::Waiting,
+) {
+    let evicted = waiting.evicted.clone();
+    let handshake = tokio::select! {
+        r = crate::tls::accept(stream, cfg, port.acse_timeout) => r,
+        _ = evicted.notified() => {
+            crate::metrics::global().connection_evicted(port.service);
+            warn!(%peer, service = port.service.label(), "TLS connection closed during its handshake: too many connections waiting for association");
+            return;
+        }
+    };
+    match handshake {
+        Ok(tls) => {
+            tracing::debug!(%peer, session = %tls.describe_session(), "DICOM TLS established");
+            association::serve::<I::File, crate::tls::TlsStream<I::Stream>>(
+                tls,
+                peer,
+                Transport::Tls,
+                port,
+                core,
+                waiting,
+            )
+            .await;
+        }
+        Err(e) => {
+            warn!(%peer, service = port.service.label(), error = %e, "DICOM TLS handshake failed");
+        }
+    }
 }
 
 /// Waits (bounded) until every core thread accepts associations, so the ready line and

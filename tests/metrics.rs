@@ -266,8 +266,16 @@ fn rendered_exposition_passes_promtool() {
     m.association_rejected(1, dicom_gw::metrics::Service::Store, "local_limit");
     m.instance_received(0, 123_456);
     m.instance_received(1, 42);
-    m.cstore_answered(0, dicom_gw::metrics::StatusClass::Success, Duration::from_millis(4));
-    m.cstore_answered(1, dicom_gw::metrics::StatusClass::Failure, Duration::from_secs(3));
+    m.cstore_answered(
+        0,
+        dicom_gw::metrics::StatusClass::Success,
+        Duration::from_millis(4),
+    );
+    m.cstore_answered(
+        1,
+        dicom_gw::metrics::StatusClass::Failure,
+        Duration::from_secs(3),
+    );
     m.commit_batch(17, Duration::from_millis(2));
     m.forward_results("archive", &[Outcome::Delivered, Outcome::Retry("x".into())]);
     m.destination("archive").observe(Duration::from_millis(12));

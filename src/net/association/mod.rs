@@ -668,7 +668,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 let flow = self.reply(pc_id, &rsp, None).await;
                 crate::metrics::global().cstore_answered(
                     self.core.index,
-                    status,
+                    status_class(status),
                     started.elapsed(),
                 );
                 flow
