@@ -439,20 +439,22 @@ impl Ops {
     /// Runs one request without writing to the audit log (reads, or callers that record the
     /// change themselves); the result is the lines to print.
     pub fn execute(&self, req: &Request) -> Result<Vec<Value>, OpError> {
-        self.run(req).map(|(lines, _)| lines)
+        self.run(req, None).map(|(lines, _)| lines)
     }
 
     /// Runs one request for `actor` coming from `source` (`cli`, or the API peer's address)
-    /// and, if it changed something, appends that to the audit log. If the change succeeded
-    /// but its audit entry cannot be written the answer is a failure saying so: an unrecorded
-    /// change must not pass unnoticed.
+    /// and, if it changed something, appends that to the audit log. Token and user changes
+    /// write their entry in the change's own transaction (both or neither). Queue and
+    /// worklist changes live in other transactions (the worklist in another database), so
+    /// their entry follows: if it cannot be written the answer is a failure saying so, since
+    /// an unrecorded change must not pass unnoticed.
     pub fn execute_as(
         &self,
         req: &Request,
         actor: &str,
         source: &str,
     ) -> Result<Vec<Value>, OpError> {
-        let (lines, details) = self.run(req)?;
+        let (lines, details) = self.run(req, Some((actor, source)))?;
         if let (Some(action), Some(details)) = (req.audit_action(), details) {
             crate::audit::record(
                 self.db(),
@@ -477,8 +479,14 @@ impl Ops {
         self.queue.index().database()
     }
 
-    /// Runs one request: the lines to print and, for a change, the audit details.
-    fn run(&self, req: &Request) -> Result<(Vec<Value>, Option<Value>), OpError> {
+    /// Runs one request: the lines to print and, for a change not yet audited, the audit
+    /// details. With `who` (actor, source), token and user changes are audited in their own
+    /// transaction and give no details back.
+    fn run(
+        &self,
+        req: &Request,
+        who: Option<(&str, &str)>,
+    ) -> Result<(Vec<Value>, Option<Value>), OpError> {
         use crate::http::auth;
         let api = |e: crate::http::ApiError| {
             if e.status < 500 {
@@ -490,6 +498,25 @@ impl Ops {
         let now = timestamp_us();
         let db = self.db();
         let read = |lines: Vec<Value>| Ok((lines, None));
+        // The audit entry of a token or user change, written in its transaction.
+        let hook = |details: Value| {
+            move |tx: &redb::WriteTransaction| -> Result<(), String> {
+                match (who, req.audit_action()) {
+                    (Some((actor, source)), Some(action)) => crate::audit::append(
+                        tx,
+                        now,
+                        &crate::audit::AuditEvent {
+                            actor,
+                            source,
+                            action,
+                            details,
+                        },
+                    )
+                    .map(drop),
+                    _ => Ok(()),
+                }
+            }
+        };
         match req {
             Request::Stats => read(
                 self.queue
@@ -548,13 +575,16 @@ impl Ops {
                 Ok((vec![v.clone()], Some(v)))
             }
             Request::TokenCreate { role, name } => {
-                let (token, rec) = auth::create_token(db, *role, name, now, 0).map_err(api)?;
+                let (token, rec) = auth::create_token(db, *role, name, now, 0, |tx, rec| {
+                    hook(json!({ "id": rec.id, "role": rec.role, "name": rec.name }))(tx)
+                })
+                .map_err(api)?;
                 tracing::info!(id = %rec.id, role = %rec.role, name = %rec.name, "API token created");
                 Ok((
                     vec![
                         json!({ "token": token, "id": rec.id, "role": rec.role, "name": rec.name }),
                     ],
-                    Some(json!({ "id": rec.id, "role": rec.role, "name": rec.name })),
+                    None,
                 ))
             }
             Request::TokenList => read(
@@ -565,22 +595,25 @@ impl Ops {
                     .collect(),
             ),
             Request::TokenRevoke { id } => {
-                if !auth::revoke_token(db, id).map_err(api)? {
+                let v = json!({ "id": id, "revoked": true });
+                let h = hook(v.clone());
+                if !auth::revoke_token(db, id, |tx, _| h(tx)).map_err(api)? {
                     return Err(OpError::Usage(format!("no token with id {id:?}")));
                 }
                 tracing::info!(id = %id, "API token revoked");
-                let v = json!({ "id": id, "revoked": true });
-                Ok((vec![v.clone()], Some(v)))
+                Ok((vec![v], None))
             }
             Request::UserAdd {
                 name,
                 role,
                 password,
             } => {
-                let u = auth::add_user(db, name, *role, &password.0).map_err(api)?;
+                let u = auth::add_user(db, name, *role, &password.0, |tx, u| {
+                    hook(json!({ "name": u.name, "role": u.role }))(tx)
+                })
+                .map_err(api)?;
                 tracing::info!(name = %u.name, role = %u.role, "user added");
-                let v = json!(u.info());
-                Ok((vec![v], Some(json!({ "name": u.name, "role": u.role }))))
+                Ok((vec![json!(u.info())], None))
             }
             Request::UserList => read(
                 auth::list_users(db)
@@ -590,20 +623,24 @@ impl Ops {
                     .collect(),
             ),
             Request::UserPassword { name, password } => {
-                let u = auth::set_password(db, name, &password.0).map_err(api)?;
+                let u = auth::set_password(db, name, &password.0, |tx, u| {
+                    hook(json!({ "name": u.name }))(tx)
+                })
+                .map_err(api)?;
                 tracing::info!(name = %u.name, "user password changed");
                 Ok((
                     vec![json!({ "name": u.name, "password_changed": true })],
-                    Some(json!({ "name": u.name })),
+                    None,
                 ))
             }
             Request::UserRemove { name } => {
-                if !auth::remove_user(db, name).map_err(api)? {
+                let v = json!({ "name": name, "removed": true });
+                let h = hook(v.clone());
+                if !auth::remove_user(db, name, |tx, _| h(tx)).map_err(api)? {
                     return Err(OpError::Usage(format!("no user {name:?}")));
                 }
                 tracing::info!(name = %name, "user removed");
-                let v = json!({ "name": name, "removed": true });
-                Ok((vec![v.clone()], Some(v)))
+                Ok((vec![v], None))
             }
             Request::AuditVerify { anchor } => {
                 let r = crate::audit::verify_anchored(db, anchor.as_deref())
