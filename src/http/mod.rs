@@ -594,6 +594,15 @@ async fn api(
 }
 
 fn readyz(state: &ApiState) -> Response<Body> {
+    let (ok, checks) = ready_checks(state);
+    json_response(
+        if ok { 200 } else { 503 },
+        &json!({ "ready": ok, "checks": checks }),
+    )
+}
+
+/// The checks of `/readyz`: whether all pass, and each one's result.
+fn ready_checks(state: &ApiState) -> (bool, serde_json::Map<String, Value>) {
     use redb::ReadableDatabase;
     let mut checks = serde_json::Map::new();
     let mut ok = true;
@@ -629,10 +638,7 @@ fn readyz(state: &ApiState) -> Response<Body> {
         },
     );
     check("disk", state.disk.check().map_err(|e| e.to_string()));
-    json_response(
-        if ok { 200 } else { 503 },
-        &json!({ "ready": ok, "checks": checks }),
-    )
+    (ok, checks)
 }
 
 fn metrics(state: &ApiState) -> Response<Body> {
@@ -645,12 +651,25 @@ fn metrics(state: &ApiState) -> Response<Body> {
     };
     let (disk_total_bytes, disk_free_bytes) =
         crate::store::disk_usage(state.data.root()).unwrap_or((0, 0));
-    let text = crate::metrics::render(&crate::metrics::Snapshot {
+    let mut text = crate::metrics::render(&crate::metrics::Snapshot {
         queue,
         disk_total_bytes,
         disk_free_bytes,
         io_backend: state.io_backend.to_owned(),
     });
+    // What the alert rules need besides the counters (packaging/prometheus-alerts.yml):
+    // readiness as /readyz sees it, and the high-water mark to compare disk usage with.
+    let (ready, _) = ready_checks(state);
+    text.push_str(&format!(
+        "# HELP dicomgw_ready 1 when /readyz answers 200 (database, DICOM listeners, disk below the high-water mark).\n\
+         # TYPE dicomgw_ready gauge\n\
+         dicomgw_ready {}\n\
+         # HELP dicomgw_disk_high_water_ratio [store] disk_high_water_percent as a ratio: C-STORE answers A700 once disk usage reaches it.\n\
+         # TYPE dicomgw_disk_high_water_ratio gauge\n\
+         dicomgw_disk_high_water_ratio {}\n",
+        u8::from(ready),
+        f64::from(state.disk.high_water_percent()) / 100.0
+    ));
     bytes_response(200, "text/plain; version=0.0.4; charset=utf-8", text)
 }
 

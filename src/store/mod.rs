@@ -59,6 +59,11 @@ impl DiskGuard {
         }
     }
 
+    /// The mark, in percent (100: off).
+    pub fn high_water_percent(&self) -> u8 {
+        self.high_water_percent
+    }
+
     /// Percent of the filesystem in use (reserved blocks count as used).
     pub fn used_percent(&self) -> std::io::Result<f64> {
         let (total, avail) = disk_usage(&self.root)?;
