@@ -81,10 +81,16 @@ try:
 except OSError as e:
     print("CONNECT-FAILED", errno.errorcode.get(e.errno, e.errno))
     sys.exit(0)
-s.sendall(b'{"op":"token-create","role":"admin","name":"not-the-daemon-user"}\n')
+try:
+    s.sendall(b'{"op":"token-create","role":"admin","name":"not-the-daemon-user"}\n')
+except BrokenPipeError:
+    pass  # the daemon may answer and close before reading anything
 data = b""
 while not data.endswith(b"\n"):
-    chunk = s.recv(65536)
+    try:
+        chunk = s.recv(65536)
+    except ConnectionResetError:
+        break
     if not chunk:
         break
     data += chunk
@@ -95,7 +101,8 @@ print("REPLY", data.decode().strip())
         "--reuid=nobody",
         "--regid=nogroup",
         "--clear-groups",
-        "python3",
+        // The system Python: a per-user one (pyenv under /root) is out of nobody's reach.
+        "/usr/bin/python3",
         "-c",
         script,
     ])
