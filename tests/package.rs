@@ -18,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 use util::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_dicom-gw");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn ci() -> bool {
@@ -34,7 +33,10 @@ fn have(tool: &str, package: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !found {
-        assert!(!ci(), "{tool} is missing (Debian package {package}) and CI=true");
+        assert!(
+            !ci(),
+            "{tool} is missing (Debian package {package}) and CI=true"
+        );
         eprintln!("SKIPPED: {tool} not found (install the Debian package {package})");
     }
     found
@@ -113,7 +115,12 @@ fn both_units_are_sandboxed_with_exposure_at_most_1_6() {
             .lines()
             .find_map(|l| {
                 let rest = l.split("Overall exposure level for ").nth(1)?;
-                rest.split(": ").nth(1)?.split_whitespace().next()?.parse().ok()
+                rest.split(": ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
             })
             .unwrap_or_else(|| panic!("no exposure level for {name} in:\n{text_out}"));
         eprintln!("{name}: exposure {level}");
@@ -131,12 +138,16 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     if !have("promtool", "prometheus") {
         return;
     }
-    run_ok(Command::new("promtool")
-        .args(["check", "rules", "prometheus-alerts.yml"])
-        .current_dir(packaging()));
-    let out = run_ok(Command::new("promtool")
-        .args(["test", "rules", "prometheus-alerts.test.yml"])
-        .current_dir(packaging()));
+    run_ok(
+        Command::new("promtool")
+            .args(["check", "rules", "prometheus-alerts.yml"])
+            .current_dir(packaging()),
+    );
+    let out = run_ok(
+        Command::new("promtool")
+            .args(["test", "rules", "prometheus-alerts.test.yml"])
+            .current_dir(packaging()),
+    );
     assert!(out.contains("SUCCESS"), "{out}");
 }
 
@@ -224,27 +235,37 @@ fn every_metric_the_dashboard_and_alerts_use_is_in_a_live_scrape() {
         Duration::from_secs(30),
     );
     assert!(out.status.success(), "findscu: {out:?}");
-    let scrape = wait_for("forwarding and worklist metrics", Duration::from_secs(30), || {
-        let (code, body) = http_json(gw.http_port, "GET", "/metrics", None, None);
-        let text = body.as_str().unwrap_or_default().to_owned();
-        if code == 200 && text.contains("dicomgw_forward_duration_seconds_bucket{") {
-            Ok(text)
-        } else {
-            Err(text)
-        }
-    });
+    let scrape = wait_for(
+        "forwarding and worklist metrics",
+        Duration::from_secs(30),
+        || {
+            let (code, body) = http_json(gw.http_port, "GET", "/metrics", None, None);
+            let text = body.as_str().unwrap_or_default().to_owned();
+            if code == 200 && text.contains("dicomgw_forward_duration_seconds_bucket{") {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    );
     let exposed: std::collections::BTreeSet<&str> = scrape
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| l.split(['{', ' ']).next())
         .collect();
-    let missing: Vec<&String> = used.iter().filter(|m| !exposed.contains(m.as_str())).collect();
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|m| !exposed.contains(m.as_str()))
+        .collect();
     assert!(
         missing.is_empty(),
         "metrics used by the dashboard or the alerts but not exposed: {missing:?}\n{scrape}"
     );
     assert!(scrape.contains("\ndicomgw_ready 1\n"), "{scrape}");
-    assert!(scrape.contains("\ndicomgw_disk_high_water_ratio 0.95\n"), "{scrape}");
+    assert!(
+        scrape.contains("\ndicomgw_disk_high_water_ratio 0.95\n"),
+        "{scrape}"
+    );
     gw.stop();
 }
 
@@ -291,7 +312,12 @@ fn deb_path() -> PathBuf {
     for d in ["src", "packaging"] {
         newest_mtime(&Path::new(ROOT).join(d), &mut newest);
     }
-    for f in ["Cargo.toml", "Cargo.lock", "README.md", "docs/operations.md"] {
+    for f in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "README.md",
+        "docs/operations.md",
+    ] {
         if let Ok(m) = std::fs::metadata(Path::new(ROOT).join(f)).and_then(|m| m.modified()) {
             newest = newest.max(m);
         }
@@ -384,16 +410,34 @@ fn the_debian_package_builds_installs_runs_upgrades_and_purges() {
     }
     let field = |f: &str| run_ok(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg(f));
     assert_eq!(field("Package").trim(), "dicom-gw");
-    let conffiles = run_ok(Command::new("dpkg-deb").arg("-I").arg(&deb).arg("conffiles"));
-    assert!(conffiles.lines().any(|l| l == "/etc/dicom-gw/dicom-gw.toml"), "{conffiles}");
+    let conffiles = run_ok(
+        Command::new("dpkg-deb")
+            .arg("-I")
+            .arg(&deb)
+            .arg("conffiles"),
+    );
+    assert!(
+        conffiles
+            .lines()
+            .any(|l| l == "/etc/dicom-gw/dicom-gw.toml"),
+        "{conffiles}"
+    );
     let postinst = run_ok(Command::new("dpkg-deb").arg("-I").arg(&deb).arg("postinst"));
     assert!(postinst.contains("systemd-sysusers /usr/lib/sysusers.d/dicom-gw.conf"));
-    assert!(postinst.contains("try-restart"), "an upgrade restarts what runs");
+    assert!(
+        postinst.contains("try-restart"),
+        "an upgrade restarts what runs"
+    );
     let postrm = run_ok(Command::new("dpkg-deb").arg("-I").arg(&deb).arg("postrm"));
-    assert!(postrm.contains("DICOM_GW_PURGE_DATA"), "purge keeps the data unless asked");
+    assert!(
+        postrm.contains("DICOM_GW_PURGE_DATA"),
+        "purge keeps the data unless asked"
+    );
 
     if have("lintian", "lintian") {
-        let out = run(Command::new("lintian").args(["--fail-on", "error"]).arg(&deb));
+        let out = run(Command::new("lintian")
+            .args(["--fail-on", "error"])
+            .arg(&deb));
         let text = String::from_utf8_lossy(&out.stdout);
         eprintln!("lintian:\n{text}");
         assert!(out.status.success(), "lintian reports errors:\n{text}");
@@ -423,10 +467,16 @@ fn install_run_and_purge(deb: &Path) {
     assert!(pw.contains(":/var/lib/dicom-gw:"), "{pw}");
     let md = std::fs::metadata(data).expect("tmpfiles.d made the data directory");
     assert_eq!((md.uid(), md.mode() & 0o7777), (uid, 0o750));
-    for cfg in ["dicom-gw.toml", "dicom-gw@store.toml", "dicom-gw@worklist.toml"] {
-        run_ok(Command::new("/usr/bin/dicom-gw")
-            .arg("check-config")
-            .arg(format!("/etc/dicom-gw/{cfg}")));
+    for cfg in [
+        "dicom-gw.toml",
+        "dicom-gw@store.toml",
+        "dicom-gw@worklist.toml",
+    ] {
+        run_ok(
+            Command::new("/usr/bin/dicom-gw")
+                .arg("check-config")
+                .arg(format!("/etc/dicom-gw/{cfg}")),
+        );
     }
 
     // Run the unit's ExecStart as the service user with only CAP_NET_BIND_SERVICE (what
@@ -438,10 +488,7 @@ fn install_run_and_purge(deb: &Path) {
         "port 104 is taken on this machine: the packaged store port cannot be checked"
     );
     let mut overridden = Vec::new();
-    for (port, flag) in [
-        (4243, "--worklist-listen"),
-        (8080, "--http-listen"),
-    ] {
+    for (port, flag) in [(4243, "--worklist-listen"), (8080, "--http-listen")] {
         if !port_free(port) {
             // Another process on this shared machine holds it: the test cannot use it.
             overridden.push(port);
@@ -482,7 +529,8 @@ fn install_run_and_purge(deb: &Path) {
     let pid = child.id();
     let (stderr, _h) = drain(child.stderr.take().unwrap());
     let stdout = BufReader::new(child.stdout.take().unwrap());
-    let lines = std::thread::spawn(move || stdout.lines().map_while(Result::ok).collect::<Vec<_>>());
+    let lines =
+        std::thread::spawn(move || stdout.lines().map_while(Result::ok).collect::<Vec<_>>());
     let mut buf = [0u8; 4096];
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -508,7 +556,10 @@ fn install_run_and_purge(deb: &Path) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert!(
-        uid_line.split_whitespace().skip(1).all(|u| u == uid.to_string()),
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|u| u == uid.to_string()),
         "runs as dicom-gw: {uid_line}"
     );
 
@@ -537,10 +588,16 @@ fn install_run_and_purge(deb: &Path) {
     // SAFETY: signalling the child we started.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let st = wait_timeout(&mut child, Duration::from_secs(60)).expect("the daemon stops");
-    assert!(st.success(), "{st}\n{}", String::from_utf8_lossy(&stderr.lock().unwrap()));
+    assert!(
+        st.success(),
+        "{st}\n{}",
+        String::from_utf8_lossy(&stderr.lock().unwrap())
+    );
     let out_lines = lines.join().unwrap();
     assert!(
-        out_lines.iter().any(|l| l.starts_with("dicom-gw: store listening on ")),
+        out_lines
+            .iter()
+            .any(|l| l.starts_with("dicom-gw: store listening on ")),
         "{out_lines:?}"
     );
     let mut rest = Vec::new();
@@ -558,7 +615,11 @@ fn install_run_and_purge(deb: &Path) {
     edited.push_str("# edited by the operator\n");
     std::fs::write(conf, &edited).unwrap();
     run_ok(Command::new("dpkg").arg("-i").arg(deb));
-    assert_eq!(std::fs::read_to_string(conf).unwrap(), edited, "config kept");
+    assert_eq!(
+        std::fs::read_to_string(conf).unwrap(),
+        edited,
+        "config kept"
+    );
     assert!(stored.exists(), "data kept across the upgrade");
 
     // Remove: the program goes, config and data stay.
