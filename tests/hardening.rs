@@ -569,3 +569,103 @@ fn failed_logins_are_audited_and_backed_off() {
     );
     gw.stop();
 }
+
+/// A self-signed certificate for 127.0.0.1 made with the openssl CLI.
+fn self_signed(dir: &Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (Debian package openssl)");
+    assert!(out.status.success(), "{out:?}");
+    (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    )
+}
+
+#[test]
+fn idle_and_slow_https_connections_are_closed_after_the_handshake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(tmp.path());
+    let cfg = tmp.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!("[http]\ntls_cert_file = {cert:?}\ntls_key_file = {key:?}\n"),
+    )
+    .unwrap();
+    let data = tmp.path().join("data");
+    let mut gw = Daemon::start(BIN, &data, "epoll", &["--config", cfg.to_str().unwrap()]);
+    let connect = format!("127.0.0.1:{}", gw.http_port);
+    // Silent after the handshake, half a header, half a body: the review saw all three kept
+    // open for minutes.
+    let sends: [&[u8]; 3] = [
+        b"",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
+        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{",
+    ];
+    let mut clients: Vec<std::process::Child> = sends
+        .iter()
+        .map(|send| {
+            let mut c = Command::new("openssl")
+                .args([
+                    "s_client",
+                    "-connect",
+                    &connect,
+                    "-CAfile",
+                    &cert,
+                    "-verify_return_error",
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("openssl s_client");
+            // Keep stdin open (no EOF from our side): only the server may end it.
+            c.stdin.as_mut().unwrap().write_all(send).unwrap();
+            c
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for c in &mut clients {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let st = wait_timeout(c, left);
+        assert!(st.is_some(), "an HTTPS connection is still open after 60 s");
+        let mut out = String::new();
+        c.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        assert!(
+            out.contains("Verify return code: 0 (ok)"),
+            "the handshake completed before the server closed: {out}"
+        );
+    }
+    assert_eq!(http_json_tls_free(&gw), 0, "plain HTTP is still not served");
+    gw.stop();
+}
+
+/// A plain-HTTP request to the TLS port: 0 (no HTTP answer), as before.
+fn http_json_tls_free(gw: &Daemon) -> u16 {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], gw.http_port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    if buf.starts_with(b"HTTP/1.1 ") {
+        String::from_utf8_lossy(&buf[9..12]).parse().unwrap_or(0)
+    } else {
+        0
+    }
+}
