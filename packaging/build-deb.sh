@@ -68,15 +68,16 @@ mkdir -p "$stage/usr/share/man/man1"
 gzip -9n < packaging/dicom-gw.1 > "$stage/usr/share/man/man1/dicom-gw.1.gz"
 chmod 0644 "$stage/usr/share/man/man1/dicom-gw.1.gz"
 date_rfc=$(date -R -u -d "@$(git log -1 --format=%ct 2>/dev/null || date +%s)")
-cat > "$out_dir/changelog.Debian" <<EOF
+# A native package (no Debian revision): its changelog is changelog.gz.
+cat > "$out_dir/changelog" <<EOF
 dicom-gw ($version) unstable; urgency=medium
 
   * Package built from $(git describe --always --dirty 2>/dev/null || echo "a source tree").
 
- -- dicom-gw maintainers <dicom-gw@localhost>  $date_rfc
+ -- dicom-gw maintainers <dicom-gw@example.org>  $date_rfc
 EOF
-gzip -9n < "$out_dir/changelog.Debian" > "$doc/changelog.Debian.gz"
-chmod 0644 "$doc/changelog.Debian.gz"
+gzip -9n < "$out_dir/changelog" > "$doc/changelog.gz"
+chmod 0644 "$doc/changelog.gz"
 
 # Shared-library dependencies: glibc at the highest symbol version the binary uses.
 glibc=$(objdump -T "$stage/usr/bin/dicom-gw" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' \
@@ -88,7 +89,7 @@ cat > "$stage/DEBIAN/control" <<EOF
 Package: dicom-gw
 Version: $version
 Architecture: $arch
-Maintainer: dicom-gw maintainers <dicom-gw@localhost>
+Maintainer: dicom-gw maintainers <dicom-gw@example.org>
 Installed-Size: $size
 Depends: $depends
 Section: net

@@ -382,7 +382,7 @@ fn the_debian_package_builds_installs_runs_upgrades_and_purges() {
         "./usr/share/dicom-gw/grafana-dashboard.json",
         "./usr/share/dicom-gw/prometheus-alerts.yml",
         "./usr/share/doc/dicom-gw/copyright",
-        "./usr/share/doc/dicom-gw/changelog.Debian.gz",
+        "./usr/share/doc/dicom-gw/changelog.gz",
         "./usr/share/doc/dicom-gw/operations.md",
     ] {
         assert!(
