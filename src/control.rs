@@ -826,6 +826,15 @@ pub fn request_as(
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
             return Ok(None)
         }
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+            return Err(std::io::Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "{}: {e}; only root and the daemon's user may use the control socket",
+                    socket_path(data_root).display()
+                ),
+            ))
+        }
         Err(e) => return Err(e),
     };
     s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
