@@ -103,18 +103,16 @@ pub const DIR_MODE: u32 = 0o750;
 /// Mode of object files and databases.
 pub const FILE_MODE: u32 = 0o640;
 
-/// Name of the lock file in the data directory: held (`flock`, exclusive) for the life of
-/// the [`DataDir`], so a second daemon on the same directory stops before it touches anything.
-pub const LOCK_FILE: &str = ".lock";
-
 /// The layout of the data directory (see `docs/design.md`):
 /// `objects/<Study>/<Series>/<SOPInstance>.dcm`, `tmp/` for objects being received (same
-/// filesystem, so the final rename is atomic), `gateway.redb` for index and queue, `.lock`
-/// (held while a process uses the directory).
+/// filesystem, so the final rename is atomic), `gateway.redb` for index and queue. While a
+/// process uses it, it holds an exclusive `flock` on the directory itself, so a second daemon
+/// on the same directory stops before it touches anything (and no lock file is left around).
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
-    /// The open lock file; the lock goes when the last clone is dropped (or the process ends).
+    /// The directory, open and locked; the lock goes when the last clone is dropped (or the
+    /// process ends).
     _lock: std::sync::Arc<std::fs::File>,
 }
 
@@ -158,28 +156,23 @@ impl DataDir {
         Ok((dd, removed))
     }
 
-    /// Opens `root/.lock` and takes an exclusive, non-blocking `flock` on it.
+    /// Opens the directory `root` and takes an exclusive, non-blocking `flock` on it.
     fn lock(root: &Path) -> std::io::Result<std::fs::File> {
-        let path = root.join(LOCK_FILE);
         let f = std::fs::OpenOptions::new()
             .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(FILE_MODE)
-            .open(&path)?;
+            .custom_flags(libc::O_DIRECTORY)
+            .open(root)?;
         // SAFETY: flock only uses the descriptor, which `f` keeps open.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();
             return Err(if e.kind() == std::io::ErrorKind::WouldBlock {
                 std::io::Error::other(format!(
-                    "{} is in use by another dicom-gw process (it holds the lock on {}); \
+                    "{} is in use by another dicom-gw process (it holds the directory's lock); \
                      stop it first, or give this one its own data directory",
-                    root.display(),
-                    path.display()
+                    root.display()
                 ))
             } else {
-                std::io::Error::new(e.kind(), format!("lock {}: {e}", path.display()))
+                std::io::Error::new(e.kind(), format!("lock {}: {e}", root.display()))
             });
         }
         Ok(f)
@@ -190,7 +183,7 @@ impl DataDir {
     fn restrict_modes(&self) {
         use std::os::unix::fs::PermissionsExt;
         let dirs = [self.root.clone(), self.objects(), self.tmp()];
-        let files = ["gateway.redb", "worklist.redb", LOCK_FILE].map(|f| self.root.join(f));
+        let files = ["gateway.redb", "worklist.redb"].map(|f| self.root.join(f));
         for (paths, mode) in [(&dirs[..], DIR_MODE), (&files[..], FILE_MODE)] {
             for p in paths {
                 let Ok(meta) = std::fs::symlink_metadata(p) else {
