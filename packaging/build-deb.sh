@@ -26,7 +26,8 @@ while [ $# -gt 0 ]; do
 done
 
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+# DICOM_GW_DEB_VERSION overrides the version (tests build an "upgrade" package with it).
+version="${DICOM_GW_DEB_VERSION:-$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)}"
 arch=$(dpkg --print-architecture)
 out_dir="$target_dir/debian"
 deb="$out_dir/dicom-gw_${version}_${arch}.deb"

@@ -609,18 +609,42 @@ fn install_run_and_purge(deb: &Path) {
     }
     assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
 
-    // Upgrade (the same version again): the operator's config and the data are kept.
+    // Upgrade to a newer version (the same program, packaged as version+upgrade1): the
+    // operator's config and the data are kept.
     let conf = Path::new("/etc/dicom-gw/dicom-gw.toml");
     let mut edited = std::fs::read_to_string(conf).unwrap();
     edited.push_str("# edited by the operator\n");
     std::fs::write(conf, &edited).unwrap();
-    run_ok(Command::new("dpkg").arg("-i").arg(deb));
+    let old_version = run_ok(Command::new("dpkg-query").args(["-W", "-f=${Version}", "dicom-gw"]));
+    let new_version = format!("{old_version}+upgrade1");
+    let up_dir = tempfile::tempdir().unwrap();
+    let up_bin = up_dir.path().join("dicom-gw");
+    std::fs::copy("/usr/bin/dicom-gw", &up_bin).unwrap();
+    let built = run_ok(
+        Command::new(packaging().join("build-deb.sh"))
+            .arg("--binary")
+            .arg(&up_bin)
+            .env("CARGO_TARGET_DIR", up_dir.path())
+            .env("DICOM_GW_DEB_VERSION", &new_version)
+            .current_dir(ROOT),
+    );
+    let up_deb = PathBuf::from(built.lines().last().unwrap().trim());
+    let out = run_ok(Command::new("dpkg").arg("-i").arg(&up_deb));
+    assert!(
+        out.contains(&format!(
+            "Unpacking dicom-gw ({new_version}) over ({old_version})"
+        )),
+        "{out}"
+    );
+    let now = run_ok(Command::new("dpkg-query").args(["-W", "-f=${Version}", "dicom-gw"]));
+    assert_eq!(now, new_version);
     assert_eq!(
         std::fs::read_to_string(conf).unwrap(),
         edited,
         "config kept"
     );
     assert!(stored.exists(), "data kept across the upgrade");
+    assert_eq!(std::fs::metadata(&stored).unwrap().uid(), uid, "owner kept");
 
     // Remove: the program goes, config and data stay.
     run_ok(Command::new("dpkg").args(["-r", "dicom-gw"]));
