@@ -3,14 +3,21 @@
 //! import.
 //!
 //! The same [`Ops`] serve the CLI and the admin API. While the daemon runs, the database is
-//! locked by it, so the CLI sends its request as one JSON line over a Unix socket in the data
-//! directory (`control.sock`, mode 0600: only the daemon's user and root) and the daemon
-//! executes it — pause and retry then take effect at once. Without a daemon the CLI opens the
-//! database itself.
+//! locked by it, so the CLI sends its request as one JSON line over a Unix socket
+//! (`DATA_DIR/run/control.sock`) and the daemon executes it — pause and retry then take effect
+//! at once. Without a daemon the CLI opens the database itself.
+//!
+//! Who may talk to the socket: the daemon's own user and root, nobody else. Two locks, because
+//! each alone has a gap: the socket is created inside `DATA_DIR/run/`, a directory mode 0700
+//! owned by the daemon's user, so no other user can even reach it (there is no window between
+//! `bind` and a `chmod` in which the socket is open to all); and every connection's peer
+//! credentials (`SO_PEERCRED`, from the kernel) are checked, so a descriptor passed on or a
+//! directory made traversable by hand still does not let another uid in.
 //!
 //! Every change made through [`Ops::execute_as`] is written to the audit log with the caller
-//! and where it came from; the CLI names itself in the request ([`ControlRequest::actor`],
-//! `cli:<unix user>`), and the daemon falls back to the socket peer's uid when it does not.
+//! and where it came from. The caller is what the kernel says (`cli:uid=0(root)`), never what
+//! the client writes in its request ([`ControlRequest::actor`] is kept for older CLIs and
+//! ignored for the audit log).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -195,23 +202,54 @@ pub struct ControlRequest {
     /// The operation.
     #[serde(flatten)]
     pub request: Request,
-    /// Who asks, for the audit log (`cli:<unix user>`); without it the daemon records the
-    /// socket peer's uid.
+    /// Who the client says it is. Ignored by the daemon, which records the socket peer's
+    /// kernel-verified uid ([`actor_for_uid`]); kept so requests of older CLIs still parse.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
 }
 
-/// The audit actor of this CLI process: `cli:` and `$SUDO_USER`, else `$USER`, else the uid.
+/// The audit actor of this CLI process, from its real uid (what the daemon would see through
+/// `SO_PEERCRED`): `cli:uid=0(root)`. Environment variables such as `$USER` are not used:
+/// anyone can set them.
 pub fn cli_actor() -> String {
-    let user = ["SUDO_USER", "USER"]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok())
-        .find(|v| !v.is_empty())
-        .unwrap_or_else(|| {
-            // SAFETY: getuid(2) cannot fail and touches no memory.
-            format!("uid={}", unsafe { libc::getuid() })
-        });
-    format!("cli:{user}")
+    // SAFETY: getuid(2) cannot fail and touches no memory.
+    actor_for_uid(unsafe { libc::getuid() })
+}
+
+/// The audit actor for a kernel-verified uid: `cli:uid=<uid>(<user name>)`, or
+/// `cli:uid=<uid>` when the uid has no passwd entry.
+pub fn actor_for_uid(uid: u32) -> String {
+    match user_name(uid) {
+        Some(name) => format!("cli:uid={uid}({name})"),
+        None => format!("cli:uid={uid}"),
+    }
+}
+
+/// The passwd name of `uid` (`getpwuid_r`), if it has one.
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: `pw` and `buf` outlive the call; getpwuid_r writes only into them and sets
+    // `result` to `&pw` on success or to NULL.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut result);
+        if rc != 0 || result.is_null() || pw.pw_name.is_null() {
+            return None;
+        }
+        Some(
+            std::ffi::CStr::from_ptr(pw.pw_name)
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+}
+
+/// Whether a peer with this uid may use the control socket: root, or the daemon's own
+/// (effective) uid.
+pub fn peer_allowed(uid: u32) -> bool {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    uid == 0 || uid == unsafe { libc::geteuid() }
 }
 
 /// The audit source of CLI requests.
@@ -401,20 +439,22 @@ impl Ops {
     /// Runs one request without writing to the audit log (reads, or callers that record the
     /// change themselves); the result is the lines to print.
     pub fn execute(&self, req: &Request) -> Result<Vec<Value>, OpError> {
-        self.run(req).map(|(lines, _)| lines)
+        self.run(req, None).map(|(lines, _)| lines)
     }
 
     /// Runs one request for `actor` coming from `source` (`cli`, or the API peer's address)
-    /// and, if it changed something, appends that to the audit log. If the change succeeded
-    /// but its audit entry cannot be written the answer is a failure saying so: an unrecorded
-    /// change must not pass unnoticed.
+    /// and, if it changed something, appends that to the audit log. Token and user changes
+    /// write their entry in the change's own transaction (both or neither). Queue and
+    /// worklist changes live in other transactions (the worklist in another database), so
+    /// their entry follows: if it cannot be written the answer is a failure saying so, since
+    /// an unrecorded change must not pass unnoticed.
     pub fn execute_as(
         &self,
         req: &Request,
         actor: &str,
         source: &str,
     ) -> Result<Vec<Value>, OpError> {
-        let (lines, details) = self.run(req)?;
+        let (lines, details) = self.run(req, Some((actor, source)))?;
         if let (Some(action), Some(details)) = (req.audit_action(), details) {
             crate::audit::record(
                 self.db(),
@@ -439,8 +479,14 @@ impl Ops {
         self.queue.index().database()
     }
 
-    /// Runs one request: the lines to print and, for a change, the audit details.
-    fn run(&self, req: &Request) -> Result<(Vec<Value>, Option<Value>), OpError> {
+    /// Runs one request: the lines to print and, for a change not yet audited, the audit
+    /// details. With `who` (actor, source), token and user changes are audited in their own
+    /// transaction and give no details back.
+    fn run(
+        &self,
+        req: &Request,
+        who: Option<(&str, &str)>,
+    ) -> Result<(Vec<Value>, Option<Value>), OpError> {
         use crate::http::auth;
         let api = |e: crate::http::ApiError| {
             if e.status < 500 {
@@ -452,6 +498,25 @@ impl Ops {
         let now = timestamp_us();
         let db = self.db();
         let read = |lines: Vec<Value>| Ok((lines, None));
+        // The audit entry of a token or user change, written in its transaction.
+        let hook = |details: Value| {
+            move |tx: &redb::WriteTransaction| -> Result<(), String> {
+                match (who, req.audit_action()) {
+                    (Some((actor, source)), Some(action)) => crate::audit::append(
+                        tx,
+                        now,
+                        &crate::audit::AuditEvent {
+                            actor,
+                            source,
+                            action,
+                            details,
+                        },
+                    )
+                    .map(drop),
+                    _ => Ok(()),
+                }
+            }
+        };
         match req {
             Request::Stats => read(
                 self.queue
@@ -510,13 +575,16 @@ impl Ops {
                 Ok((vec![v.clone()], Some(v)))
             }
             Request::TokenCreate { role, name } => {
-                let (token, rec) = auth::create_token(db, *role, name, now, 0).map_err(api)?;
+                let (token, rec) = auth::create_token(db, *role, name, now, 0, |tx, rec| {
+                    hook(json!({ "id": rec.id, "role": rec.role, "name": rec.name }))(tx)
+                })
+                .map_err(api)?;
                 tracing::info!(id = %rec.id, role = %rec.role, name = %rec.name, "API token created");
                 Ok((
                     vec![
                         json!({ "token": token, "id": rec.id, "role": rec.role, "name": rec.name }),
                     ],
-                    Some(json!({ "id": rec.id, "role": rec.role, "name": rec.name })),
+                    None,
                 ))
             }
             Request::TokenList => read(
@@ -527,22 +595,25 @@ impl Ops {
                     .collect(),
             ),
             Request::TokenRevoke { id } => {
-                if !auth::revoke_token(db, id).map_err(api)? {
+                let v = json!({ "id": id, "revoked": true });
+                let h = hook(v.clone());
+                if !auth::revoke_token(db, id, |tx, _| h(tx)).map_err(api)? {
                     return Err(OpError::Usage(format!("no token with id {id:?}")));
                 }
                 tracing::info!(id = %id, "API token revoked");
-                let v = json!({ "id": id, "revoked": true });
-                Ok((vec![v.clone()], Some(v)))
+                Ok((vec![v], None))
             }
             Request::UserAdd {
                 name,
                 role,
                 password,
             } => {
-                let u = auth::add_user(db, name, *role, &password.0).map_err(api)?;
+                let u = auth::add_user(db, name, *role, &password.0, |tx, u| {
+                    hook(json!({ "name": u.name, "role": u.role }))(tx)
+                })
+                .map_err(api)?;
                 tracing::info!(name = %u.name, role = %u.role, "user added");
-                let v = json!(u.info());
-                Ok((vec![v], Some(json!({ "name": u.name, "role": u.role }))))
+                Ok((vec![json!(u.info())], None))
             }
             Request::UserList => read(
                 auth::list_users(db)
@@ -552,20 +623,24 @@ impl Ops {
                     .collect(),
             ),
             Request::UserPassword { name, password } => {
-                let u = auth::set_password(db, name, &password.0).map_err(api)?;
+                let u = auth::set_password(db, name, &password.0, |tx, u| {
+                    hook(json!({ "name": u.name }))(tx)
+                })
+                .map_err(api)?;
                 tracing::info!(name = %u.name, "user password changed");
                 Ok((
                     vec![json!({ "name": u.name, "password_changed": true })],
-                    Some(json!({ "name": u.name })),
+                    None,
                 ))
             }
             Request::UserRemove { name } => {
-                if !auth::remove_user(db, name).map_err(api)? {
+                let v = json!({ "name": name, "removed": true });
+                let h = hook(v.clone());
+                if !auth::remove_user(db, name, |tx, _| h(tx)).map_err(api)? {
                     return Err(OpError::Usage(format!("no user {name:?}")));
                 }
                 tracing::info!(name = %name, "user removed");
-                let v = json!({ "name": name, "removed": true });
-                Ok((vec![v.clone()], Some(v)))
+                Ok((vec![v], None))
             }
             Request::AuditVerify { anchor } => {
                 let r = crate::audit::verify_anchored(db, anchor.as_deref())
@@ -617,16 +692,53 @@ impl Ops {
     }
 }
 
-/// Where the control socket lives.
-pub fn socket_path(data_root: &Path) -> PathBuf {
-    data_root.join("control.sock")
+/// The private directory holding the control socket: mode 0700, owned by the daemon's user.
+pub fn run_dir(data_root: &Path) -> PathBuf {
+    data_root.join("run")
 }
 
-/// Binds the control socket (replacing a stale one left by a killed daemon), mode 0600.
+/// Where the control socket lives.
+pub fn socket_path(data_root: &Path) -> PathBuf {
+    run_dir(data_root).join("control.sock")
+}
+
+/// Creates (or re-secures) [`run_dir`]: mode 0700, and it must belong to us — a directory
+/// someone else owns could be opened to others behind our back, so it is refused.
+pub fn prepare_run_dir(data_root: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let dir = run_dir(data_root);
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(&dir)?;
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    let euid = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != euid {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a directory owned by uid {euid} (the daemon's user); remove it",
+                dir.display()
+            ),
+        ));
+    }
+    // Whatever the umask was, and whatever mode an older version left.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
+/// Binds the control socket inside the private [`run_dir`] (replacing a stale one left by a
+/// killed daemon). Only the daemon's user can traverse the directory, so the socket is never
+/// reachable by others, not even between `bind` and the `chmod` that follows it.
 pub fn bind(data_root: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
+    prepare_run_dir(data_root)?;
     let path = socket_path(data_root);
     let _ = std::fs::remove_file(&path);
+    // The socket of versions before `run/` existed: a client could still find it.
+    let _ = std::fs::remove_file(data_root.join("control.sock"));
     let l = std::os::unix::net::UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     l.set_nonblocking(true)?;
@@ -650,9 +762,28 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, ops: Arc<Ops>) {
         let ops = ops.clone();
         tokio::spawn(async move {
             use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-            // The kernel's word on who connected, for requests that do not name themselves.
-            let peer_uid = stream.peer_cred().map(|c| c.uid()).ok();
+            // The kernel's word on who connected: the only identity that counts.
+            let peer_uid = match stream.peer_cred() {
+                Ok(c) => c.uid(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket: no peer credentials; refused");
+                    return;
+                }
+            };
             let (r, mut w) = stream.into_split();
+            if !peer_allowed(peer_uid) {
+                tracing::warn!(
+                    uid = peer_uid,
+                    "control socket: connection from a user other than root and the daemon's refused"
+                );
+                let reply = Reply::Failed(format!(
+                    "refused: uid {peer_uid} is neither root nor the daemon's user"
+                ));
+                let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+                out.push(b'\n');
+                let _ = w.write_all(&out).await;
+                return;
+            }
             let mut line = String::new();
             let mut r = tokio::io::BufReader::new(r.take(MAX_REQUEST));
             let reply = match r.read_line(&mut line).await {
@@ -660,10 +791,7 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, ops: Arc<Ops>) {
                     // Operations are short redb transactions (or an Argon2 hash): run them
                     // off the runtime.
                     Ok(req) => tokio::task::spawn_blocking(move || {
-                        let actor = req.actor.clone().unwrap_or_else(|| match peer_uid {
-                            Some(uid) => format!("cli:uid={uid}"),
-                            None => "cli:unknown".to_owned(),
-                        });
+                        let actor = actor_for_uid(peer_uid);
                         ops.reply_as(&req.request, &actor, CLI_SOURCE)
                     })
                     .await
@@ -697,6 +825,15 @@ pub fn request_as(
         Ok(s) => s,
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
             return Ok(None)
+        }
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+            return Err(std::io::Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "{}: {e}; only root and the daemon's user may use the control socket",
+                    socket_path(data_root).display()
+                ),
+            ))
         }
         Err(e) => return Err(e),
     };

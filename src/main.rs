@@ -406,9 +406,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             started.backend.name()
                         );
                     }
+                    // Databases open, every listener accepting: tell systemd (Type=notify).
+                    sd::ready();
                 },
                 stop_signal(),
             )?;
+            sd::notify("STOPPING=1");
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => {
@@ -747,5 +750,62 @@ mod tests {
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+}
+
+/// The systemd notification protocol (sd_notify(3)), spoken directly: one datagram to the
+/// Unix socket named by `$NOTIFY_SOCKET`. No C library needed, and a no-op outside systemd.
+mod sd {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Duration;
+
+    /// Sends one notification (`READY=1`, `WATCHDOG=1`, ...); errors are logged, never fatal.
+    pub fn notify(state: &str) {
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return;
+        };
+        let result = UnixDatagram::unbound().and_then(|sock| {
+            let bytes = path.as_encoded_bytes();
+            if let Some(name) = bytes.strip_prefix(b"@") {
+                // An abstract socket address (Linux).
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                sock.send_to_addr(state.as_bytes(), &addr)
+            } else {
+                sock.send_to(state.as_bytes(), &path)
+            }
+        });
+        if let Err(e) = result {
+            tracing::warn!(state, error = %e, "cannot notify systemd");
+        }
+    }
+
+    /// Reports readiness and, when systemd asks for it (`$WATCHDOG_USEC`, for this process
+    /// per `$WATCHDOG_PID`), starts the watchdog pings: `WATCHDOG=1` at half the interval,
+    /// from a thread of their own, so a wedged process stops pinging and is restarted.
+    pub fn ready() {
+        notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+        let Some(usec) = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&u| u > 0)
+        else {
+            return;
+        };
+        if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+            if pid.parse::<u32>().ok() != Some(std::process::id()) {
+                return;
+            }
+        }
+        let every = Duration::from_micros(usec / 2);
+        let spawned = std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || loop {
+                notify("WATCHDOG=1");
+                std::thread::sleep(every);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the systemd watchdog thread");
+        }
     }
 }

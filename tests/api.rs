@@ -515,8 +515,11 @@ fn tokens_users_login_and_audit() {
         ("user.add", "test-admin"),
         ("auth.login", "alice"),
         ("queue.pause", "alice"),
+        ("auth.login_failed", "alice"),
+        ("auth.login_failed", "mallory"),
         ("user.update", "test-admin"),
         ("user.remove", "test-admin"),
+        ("auth.login_failed", "alice"),
     ];
     let got: Vec<(&str, &str)> = actions
         .iter()

@@ -116,17 +116,40 @@ pub fn new_token() -> Result<String, ApiError> {
     Ok(format!("{TOKEN_PREFIX}{hex}"))
 }
 
-/// Creates a token for `role`, valid until `expires_at_us` (0 = never). Returns the token (to
-/// show once) and its record.
+/// Writes the audit entry of a change inside the change's own write transaction
+/// ([`crate::audit::append`]), given what the change produced: the change and its entry
+/// commit together or not at all. [`no_audit`] for callers that record nothing.
+pub trait AuditHook<R>: FnOnce(&WriteTransaction, &R) -> Result<(), String> {}
+impl<R, F: FnOnce(&WriteTransaction, &R) -> Result<(), String>> AuditHook<R> for F {}
+
+/// The hook of a change that is not audited (tests, start-up).
+pub fn no_audit<R>(_: &WriteTransaction, _: &R) -> Result<(), String> {
+    Ok(())
+}
+
+/// Runs the audit hook; if it fails, the transaction is dropped (aborted) by the caller's `?`.
+fn audit_in<R>(tx: &WriteTransaction, r: &R, audit: impl AuditHook<R>) -> Result<(), ApiError> {
+    audit(tx, r).map_err(|e| {
+        tracing::error!(error = %e, "audit entry not written; the change is rolled back");
+        ApiError::internal(format!(
+            "the audit log cannot be written ({e}); the change was not made"
+        ))
+    })
+}
+
+/// Creates a token for `role`, valid until `expires_at_us` (0 = never), audited in the same
+/// transaction. Returns the token (to show once) and its record.
 pub fn create_token(
     db: &Database,
     role: Role,
     name: &str,
     now_us: u64,
     expires_at_us: u64,
+    audit: impl AuditHook<TokenRecord>,
 ) -> Result<(String, TokenRecord), ApiError> {
     let tx = db.begin_write().map_err(db_err)?;
     let created = insert_token(&tx, role, name, now_us, expires_at_us)?;
+    audit_in(&tx, &created.1, audit)?;
     tx.commit().map_err(db_err)?;
     Ok(created)
 }
@@ -202,8 +225,9 @@ pub fn list_tokens(db: &Database) -> Result<Vec<TokenRecord>, ApiError> {
     Ok(out)
 }
 
-/// Revokes the token with public id `id`. Returns whether one existed.
-pub fn revoke_token(db: &Database, id: &str) -> Result<bool, ApiError> {
+/// Revokes the token with public id `id`, audited in the same transaction (if it existed).
+/// Returns whether one existed.
+pub fn revoke_token(db: &Database, id: &str, audit: impl AuditHook<()>) -> Result<bool, ApiError> {
     let tx = db.begin_write().map_err(db_err)?;
     let found;
     {
@@ -221,6 +245,9 @@ pub fn revoke_token(db: &Database, id: &str) -> Result<bool, ApiError> {
         if let Some(k) = key {
             t.remove(k.as_str()).map_err(db_err)?;
         }
+    }
+    if found {
+        audit_in(&tx, &(), audit)?;
     }
     tx.commit().map_err(db_err)?;
     Ok(found)
@@ -401,12 +428,14 @@ fn remove_tokens_where(
     Ok(doomed.len())
 }
 
-/// Adds a user. 400 for a bad name or password, 409 if the name is taken.
+/// Adds a user, audited in the same transaction. 400 for a bad name or password, 409 if the
+/// name is taken.
 pub fn add_user(
     db: &Database,
     name: &str,
     role: Role,
     password: &str,
+    audit: impl AuditHook<UserRecord>,
 ) -> Result<UserRecord, ApiError> {
     validate_user_name(name)?;
     validate_password(password)?;
@@ -428,6 +457,7 @@ pub fn add_user(
         }
     }
     write_user(&tx, &user)?;
+    audit_in(&tx, &user, audit)?;
     tx.commit().map_err(db_err)?;
     Ok(user)
 }
@@ -461,6 +491,7 @@ fn modify_user(
     db: &Database,
     name: &str,
     change: impl FnOnce(&mut UserRecord),
+    audit: impl AuditHook<UserRecord>,
 ) -> Result<UserRecord, ApiError> {
     let tx = db.begin_write().map_err(db_err)?;
     let mut user = {
@@ -471,16 +502,22 @@ fn modify_user(
     write_user(&tx, &user)?;
     // Sessions opened with the old password or role end now.
     revoke_login_tokens(&tx, name)?;
+    audit_in(&tx, &user, audit)?;
     tx.commit().map_err(db_err)?;
     Ok(user)
 }
 
 /// Sets a user's password (400 if too short or long, 404 if no such user) and ends the user's
 /// login sessions.
-pub fn set_password(db: &Database, name: &str, password: &str) -> Result<UserRecord, ApiError> {
+pub fn set_password(
+    db: &Database,
+    name: &str,
+    password: &str,
+    audit: impl AuditHook<UserRecord>,
+) -> Result<UserRecord, ApiError> {
     validate_password(password)?;
     let phc = hash_password(password)?;
-    modify_user(db, name, |u| u.password_hash = phc)
+    modify_user(db, name, |u| u.password_hash = phc, audit)
 }
 
 /// Changes a user's role and/or disabled flag (404 if no such user) and ends the user's login
@@ -490,19 +527,25 @@ pub fn update_user(
     name: &str,
     role: Option<Role>,
     disabled: Option<bool>,
+    audit: impl AuditHook<UserRecord>,
 ) -> Result<UserRecord, ApiError> {
-    modify_user(db, name, |u| {
-        if let Some(r) = role {
-            u.role = r;
-        }
-        if let Some(d) = disabled {
-            u.disabled = d;
-        }
-    })
+    modify_user(
+        db,
+        name,
+        |u| {
+            if let Some(r) = role {
+                u.role = r;
+            }
+            if let Some(d) = disabled {
+                u.disabled = d;
+            }
+        },
+        audit,
+    )
 }
 
 /// Removes a user and its login tokens. Returns whether it existed.
-pub fn remove_user(db: &Database, name: &str) -> Result<bool, ApiError> {
+pub fn remove_user(db: &Database, name: &str, audit: impl AuditHook<()>) -> Result<bool, ApiError> {
     let tx = db.begin_write().map_err(db_err)?;
     let existed = tx
         .open_table(db::USERS)
@@ -512,6 +555,7 @@ pub fn remove_user(db: &Database, name: &str) -> Result<bool, ApiError> {
         .is_some();
     if existed {
         revoke_login_tokens(&tx, name)?;
+        audit_in(&tx, &(), audit)?;
     }
     tx.commit().map_err(db_err)?;
     Ok(existed)
@@ -530,6 +574,7 @@ pub fn login(
     password: &str,
     now_us: u64,
     ttl: Duration,
+    audit: impl AuditHook<TokenRecord>,
 ) -> Result<(String, TokenRecord), ApiError> {
     let dummy = dummy_hash();
     let user = {
@@ -556,8 +601,125 @@ pub fn login(
         rec.expires_at_us != 0 && rec.expires_at_us <= now_us
     })?;
     let created = insert_token(&tx, user.role, &user.name, now_us, expires)?;
+    audit_in(&tx, &created.1, audit)?;
     tx.commit().map_err(db_err)?;
     Ok(created)
+}
+
+/// Failed logins a user name may have before it is backed off.
+pub const FREE_FAILURES_PER_USER: u32 = 3;
+/// Failed logins one source address may have (over all names) before it is backed off:
+/// more than per user, since several people may share an address (NAT, a proxy).
+pub const FREE_FAILURES_PER_ADDRESS: u32 = 10;
+/// The first back-off; it doubles with every further failure, up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(5);
+/// The longest back-off.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// Failures older than this are forgotten (a success forgets them at once).
+pub const FAILURE_MEMORY: Duration = Duration::from_secs(60 * 60);
+/// Most names and addresses remembered; beyond, the oldest entries are forgotten.
+const MAX_TRACKED: usize = 16_384;
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: std::time::Instant,
+    blocked_until: Option<std::time::Instant>,
+}
+
+/// Back-off for failed logins, per user name and per source address: after the free
+/// failures, each further one blocks the name (or address) for [`FIRST_BACKOFF`], doubling up
+/// to [`MAX_BACKOFF`]. A blocked login is refused (429) *before* its password is checked, so
+/// guessing costs the guesser time and not the daemon CPU (Argon2), and the audit log grows by
+/// at most one entry per back-off step.
+#[derive(Debug, Default)]
+pub struct LoginThrottle {
+    users: std::sync::Mutex<std::collections::HashMap<String, Failures>>,
+    addresses: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Failures>>,
+}
+
+impl LoginThrottle {
+    /// The process's throttle (the API has one listener per process).
+    pub fn global() -> &'static LoginThrottle {
+        static T: OnceLock<LoginThrottle> = OnceLock::new();
+        T.get_or_init(LoginThrottle::default)
+    }
+
+    /// `Err(retry_after)` if `name` or `addr` is backed off at `now`.
+    pub fn check(
+        &self,
+        name: &str,
+        addr: std::net::IpAddr,
+        now: std::time::Instant,
+    ) -> Result<(), Duration> {
+        let wait = |f: Option<&Failures>| {
+            f.and_then(|f| f.blocked_until)
+                .map(|u| u.saturating_duration_since(now))
+                .unwrap_or_default()
+        };
+        let u = wait(lock(&self.users).get(name));
+        let a = wait(lock(&self.addresses).get(&addr));
+        let w = u.max(a);
+        if w.is_zero() {
+            Ok(())
+        } else {
+            Err(w)
+        }
+    }
+
+    /// Records a failed login.
+    pub fn failed(&self, name: &str, addr: std::net::IpAddr, now: std::time::Instant) {
+        bump(
+            &mut lock(&self.users),
+            name.to_owned(),
+            FREE_FAILURES_PER_USER,
+            now,
+        );
+        bump(
+            &mut lock(&self.addresses),
+            addr,
+            FREE_FAILURES_PER_ADDRESS,
+            now,
+        );
+    }
+
+    /// Records a successful login: the name's failures are forgotten.
+    pub fn succeeded(&self, name: &str) {
+        lock(&self.users).remove(name);
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn bump<K: std::hash::Hash + Eq>(
+    map: &mut std::collections::HashMap<K, Failures>,
+    key: K,
+    free: u32,
+    now: std::time::Instant,
+) {
+    if map.len() >= MAX_TRACKED {
+        map.retain(|_, f| now.saturating_duration_since(f.last) < FAILURE_MEMORY);
+        if map.len() >= MAX_TRACKED {
+            map.clear();
+        }
+    }
+    let f = map.entry(key).or_insert(Failures {
+        count: 0,
+        last: now,
+        blocked_until: None,
+    });
+    if now.saturating_duration_since(f.last) >= FAILURE_MEMORY {
+        f.count = 0;
+    }
+    f.count += 1;
+    f.last = now;
+    if f.count >= free {
+        let steps = (f.count - free).min(20);
+        let backoff = FIRST_BACKOFF.saturating_mul(1u32 << steps).min(MAX_BACKOFF);
+        f.blocked_until = Some(now + backoff);
+    }
 }
 
 #[cfg(test)]
@@ -569,7 +731,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let index = crate::store::index::Index::open(&d.path().join("g.redb")).unwrap();
         let db = index.database();
-        let (tok, rec) = create_token(db, Role::Operator, "ops", 10, 0).unwrap();
+        let (tok, rec) = create_token(db, Role::Operator, "ops", 10, 0, no_audit).unwrap();
         assert!(tok.starts_with(TOKEN_PREFIX) && tok.len() == 4 + 64);
         let p = authenticate(db, Some(&format!("Bearer {tok}")), 20).unwrap();
         assert_eq!((p.role, p.name.as_str()), (Role::Operator, "ops"));
@@ -587,7 +749,7 @@ mod tests {
                 "{bad:?}"
             );
         }
-        let (short, _) = create_token(db, Role::Admin, "login", 10, 100).unwrap();
+        let (short, _) = create_token(db, Role::Admin, "login", 10, 100, no_audit).unwrap();
         assert!(authenticate(db, Some(&format!("Bearer {short}")), 99).is_ok());
         assert_eq!(
             authenticate(db, Some(&format!("Bearer {short}")), 100)
@@ -601,8 +763,8 @@ mod tests {
         assert!(t.get(tok.as_str()).unwrap().is_none());
         drop((t, tx));
         assert_eq!(list_tokens(db).unwrap().len(), 2);
-        assert!(revoke_token(db, &rec.id).unwrap());
-        assert!(!revoke_token(db, &rec.id).unwrap());
+        assert!(revoke_token(db, &rec.id, no_audit).unwrap());
+        assert!(!revoke_token(db, &rec.id, no_audit).unwrap());
         assert_eq!(
             authenticate(db, Some(&format!("Bearer {tok}")), 20)
                 .unwrap_err()
@@ -623,7 +785,7 @@ mod tests {
     fn users_log_in_for_a_short_lived_token_with_their_role() {
         let (_d, index) = open();
         let db = index.database();
-        let u = add_user(db, "alice", Role::Operator, PW).unwrap();
+        let u = add_user(db, "alice", Role::Operator, PW, no_audit).unwrap();
         assert!(
             u.password_hash.starts_with("$argon2id$v=19$"),
             "{}",
@@ -634,7 +796,7 @@ mod tests {
             "Debug must not show the hash"
         );
         let ttl = Duration::from_secs(3600);
-        let (tok, rec) = login(db, "alice", PW, 1_000, ttl).unwrap();
+        let (tok, rec) = login(db, "alice", PW, 1_000, ttl, no_audit).unwrap();
         assert_eq!((rec.name.as_str(), rec.role), ("alice", Role::Operator));
         assert_eq!(rec.expires_at_us, 1_000 + 3_600_000_000);
         let bearer = format!("Bearer {tok}");
@@ -644,7 +806,7 @@ mod tests {
         let e = authenticate(db, Some(&bearer), rec.expires_at_us).unwrap_err();
         assert_eq!(e.status, 401);
         // The next login sweeps it.
-        login(db, "alice", PW, rec.expires_at_us + 1, ttl).unwrap();
+        login(db, "alice", PW, rec.expires_at_us + 1, ttl, no_audit).unwrap();
         assert_eq!(list_tokens(db).unwrap().len(), 1);
     }
 
@@ -652,20 +814,31 @@ mod tests {
     fn failed_logins_all_look_the_same() {
         let (_d, index) = open();
         let db = index.database();
-        add_user(db, "alice", Role::Admin, PW).unwrap();
+        add_user(db, "alice", Role::Admin, PW, no_audit).unwrap();
         let ttl = Duration::from_secs(60);
-        let wrong = login(db, "alice", "correct horse battery!", 1, ttl).unwrap_err();
-        let unknown = login(db, "mallory", PW, 1, ttl).unwrap_err();
-        let huge = login(db, "alice", &"x".repeat(MAX_PASSWORD_BYTES + 1), 1, ttl).unwrap_err();
-        let empty = login(db, "", "", 1, ttl).unwrap_err();
+        let wrong = login(db, "alice", "correct horse battery!", 1, ttl, no_audit).unwrap_err();
+        let unknown = login(db, "mallory", PW, 1, ttl, no_audit).unwrap_err();
+        let huge = login(
+            db,
+            "alice",
+            &"x".repeat(MAX_PASSWORD_BYTES + 1),
+            1,
+            ttl,
+            no_audit,
+        )
+        .unwrap_err();
+        let empty = login(db, "", "", 1, ttl, no_audit).unwrap_err();
         for e in [&wrong, &unknown, &huge, &empty] {
             assert_eq!((e.status, e.message.as_str()), (401, LOGIN_FAILED));
         }
         assert_eq!(wrong, unknown);
-        update_user(db, "alice", None, Some(true)).unwrap();
-        assert_eq!(login(db, "alice", PW, 1, ttl).unwrap_err(), unknown);
-        update_user(db, "alice", None, Some(false)).unwrap();
-        assert!(login(db, "alice", PW, 1, ttl).is_ok());
+        update_user(db, "alice", None, Some(true), no_audit).unwrap();
+        assert_eq!(
+            login(db, "alice", PW, 1, ttl, no_audit).unwrap_err(),
+            unknown
+        );
+        update_user(db, "alice", None, Some(false), no_audit).unwrap();
+        assert!(login(db, "alice", PW, 1, ttl, no_audit).is_ok());
         assert!(list_tokens(db).unwrap().len() == 1);
     }
 
@@ -674,19 +847,24 @@ mod tests {
         let (_d, index) = open();
         let db = index.database();
         for bad in ["", "a b", "ä", "x/y", &"n".repeat(65)] {
-            let e = add_user(db, bad, Role::Viewer, PW).unwrap_err();
+            let e = add_user(db, bad, Role::Viewer, PW, no_audit).unwrap_err();
             assert_eq!(e.status, 400, "{bad:?}");
             assert!(e.message.starts_with("name:"), "{e:?}");
         }
         for ok in ["a", "Bob.Smith_2-x", &"n".repeat(64)] {
-            add_user(db, ok, Role::Viewer, PW).unwrap();
+            add_user(db, ok, Role::Viewer, PW, no_audit).unwrap();
         }
-        let e = add_user(db, "carol", Role::Viewer, "elevenchars").unwrap_err();
+        let e = add_user(db, "carol", Role::Viewer, "elevenchars", no_audit).unwrap_err();
         assert_eq!(e.status, 400);
         assert!(e.message.starts_with("password:"), "{e:?}");
         // Twelve characters, fewer bytes would not do: characters count.
-        add_user(db, "dora", Role::Viewer, "ääääääääääää").unwrap();
-        assert_eq!(add_user(db, "a", Role::Admin, PW).unwrap_err().status, 409);
+        add_user(db, "dora", Role::Viewer, "ääääääääääää", no_audit).unwrap();
+        assert_eq!(
+            add_user(db, "a", Role::Admin, PW, no_audit)
+                .unwrap_err()
+                .status,
+            409
+        );
         let names: Vec<_> = list_users(db)
             .unwrap()
             .into_iter()
@@ -700,28 +878,110 @@ mod tests {
     fn password_role_and_removal_end_login_sessions_but_not_api_tokens() {
         let (_d, index) = open();
         let db = index.database();
-        add_user(db, "alice", Role::Admin, PW).unwrap();
+        add_user(db, "alice", Role::Admin, PW, no_audit).unwrap();
         let ttl = Duration::from_secs(600);
-        let (api, _) = create_token(db, Role::Viewer, "alice", 1, 0).unwrap();
+        let (api, _) = create_token(db, Role::Viewer, "alice", 1, 0, no_audit).unwrap();
         let auth = |t: &str| authenticate(db, Some(&format!("Bearer {t}")), 2);
-        let (t1, _) = login(db, "alice", PW, 1, ttl).unwrap();
-        set_password(db, "alice", "another long password").unwrap();
+        let (t1, _) = login(db, "alice", PW, 1, ttl, no_audit).unwrap();
+        set_password(db, "alice", "another long password", no_audit).unwrap();
         assert_eq!(auth(&t1).unwrap_err().status, 401);
-        assert_eq!(login(db, "alice", PW, 1, ttl).unwrap_err().status, 401);
-        let (t2, _) = login(db, "alice", "another long password", 1, ttl).unwrap();
-        let u = update_user(db, "alice", Some(Role::Viewer), None).unwrap();
+        assert_eq!(
+            login(db, "alice", PW, 1, ttl, no_audit).unwrap_err().status,
+            401
+        );
+        let (t2, _) = login(db, "alice", "another long password", 1, ttl, no_audit).unwrap();
+        let u = update_user(db, "alice", Some(Role::Viewer), None, no_audit).unwrap();
         assert_eq!(u.role, Role::Viewer);
         assert_eq!(auth(&t2).unwrap_err().status, 401);
-        let (t3, rec) = login(db, "alice", "another long password", 1, ttl).unwrap();
+        let (t3, rec) = login(db, "alice", "another long password", 1, ttl, no_audit).unwrap();
         assert_eq!(rec.role, Role::Viewer);
-        assert!(remove_user(db, "alice").unwrap());
-        assert!(!remove_user(db, "alice").unwrap());
+        assert!(remove_user(db, "alice", no_audit).unwrap());
+        assert!(!remove_user(db, "alice", no_audit).unwrap());
         assert_eq!(auth(&t3).unwrap_err().status, 401);
         assert!(auth(&api).is_ok(), "API tokens are not login sessions");
-        assert_eq!(set_password(db, "alice", PW).unwrap_err().status, 404);
         assert_eq!(
-            update_user(db, "nobody", None, None).unwrap_err().status,
+            set_password(db, "alice", PW, no_audit).unwrap_err().status,
             404
         );
+        assert_eq!(
+            update_user(db, "nobody", None, None, no_audit)
+                .unwrap_err()
+                .status,
+            404
+        );
+    }
+
+    #[test]
+    fn a_failing_audit_entry_rolls_the_change_back() {
+        let d = tempfile::tempdir().unwrap();
+        let index = crate::store::index::Index::open(&d.path().join("g.redb")).unwrap();
+        let db = index.database();
+        // The audit append fails inside the transaction (a crash between change and entry
+        // has the same effect: nothing commits): the change is not made.
+        let fail = |_: &WriteTransaction, _: &TokenRecord| Err("disk on fire".to_owned());
+        let e = create_token(db, Role::Admin, "x", 1, 0, fail).unwrap_err();
+        assert_eq!(e.status, 500);
+        assert!(e.message.contains("was not made"), "{}", e.message);
+        assert!(list_tokens(db).unwrap().is_empty());
+        let e = add_user(
+            db,
+            "alice",
+            Role::Admin,
+            PW,
+            |_: &WriteTransaction, _: &UserRecord| Err("no".to_owned()),
+        )
+        .unwrap_err();
+        assert_eq!(e.status, 500);
+        assert!(get_user(db, "alice").unwrap().is_none());
+        assert_eq!(crate::audit::count(db).unwrap(), 0);
+        // A working hook: the change and its entry are both there.
+        let audited = |tx: &WriteTransaction, rec: &TokenRecord| {
+            crate::audit::append(
+                tx,
+                5,
+                &crate::audit::AuditEvent {
+                    actor: "t",
+                    source: "test",
+                    action: "token.create",
+                    details: serde_json::json!({ "id": rec.id }),
+                },
+            )
+            .map(drop)
+        };
+        let (_, rec) = create_token(db, Role::Admin, "x", 1, 0, audited).unwrap();
+        assert_eq!(list_tokens(db).unwrap().len(), 1);
+        let log = crate::audit::list(db, 0, 10).unwrap();
+        assert_eq!(log.len(), 1);
+        assert!(log[0].details.contains(&rec.id));
+    }
+
+    #[test]
+    fn failed_logins_back_off_per_user_and_per_address() {
+        let t = LoginThrottle::default();
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let now = std::time::Instant::now();
+        for _ in 0..FREE_FAILURES_PER_USER - 1 {
+            assert_eq!(t.check("alice", a, now), Ok(()));
+            t.failed("alice", a, now);
+        }
+        assert_eq!(t.check("alice", a, now), Ok(()));
+        t.failed("alice", a, now);
+        // Backed off, from any address; other names are not.
+        assert_eq!(t.check("alice", b, now), Err(FIRST_BACKOFF));
+        assert_eq!(t.check("bob", b, now), Ok(()));
+        let later = now + FIRST_BACKOFF;
+        assert_eq!(t.check("alice", a, later), Ok(()));
+        t.failed("alice", a, later);
+        assert_eq!(t.check("alice", a, later), Err(FIRST_BACKOFF * 2));
+        // One address trying many names is backed off too.
+        for i in 0..FREE_FAILURES_PER_ADDRESS {
+            t.failed(&format!("user{i}"), b, now);
+        }
+        assert!(t.check("someone-new", b, now).is_err());
+        assert!(t.check("someone-new", a, now).is_ok());
+        // A success forgets the name's failures.
+        t.succeeded("alice");
+        assert_eq!(t.check("alice", b, later), Ok(()));
     }
 }

@@ -224,6 +224,28 @@ impl HttpServer {
     }
 }
 
+/// Longest a client may take to send a request's headers (the slowloris defence; hyper's
+/// own timer). Would be `[http] header_read_timeout_seconds` if it ever needs tuning.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a connection may stay without a byte read or written while no request is being
+/// handled: idle keep-alive connections, silent ones that never send a request, clients that
+/// stop reading a response. Would be `[http] idle_timeout_seconds`.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Longest from a request's headers to its response's headers: covers reading the body (a
+/// client trickling its body is cut off) and the handler. Answered 408. Would be
+/// `[http] request_timeout_seconds`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most API connections open at once (HTTP or HTTPS); more are closed right after `accept`.
+/// The API shares the process's descriptor table with the DICOM listeners, so it must never
+/// be able to use it up: this keeps the rest for ingest. Would be `[http] max_connections`.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Longest a TLS handshake may take.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn accept_loop(
     listener: std::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -238,6 +260,8 @@ async fn accept_loop(
         }
     };
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut last_full_warning: Option<std::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut stop => return,
@@ -250,22 +274,69 @@ async fn accept_loop(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Closing at once costs nothing; keeping it would cost a descriptor.
+            drop(stream);
+            if last_full_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                warn!(%peer, max = MAX_CONNECTIONS, "API connection limit reached; new connections are closed");
+                last_full_warning = Some(std::time::Instant::now());
+            }
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(req, &state, peer).await) }
-            });
-            let builder = hyper::server::conn::http1::Builder::new();
+            let _slot = slot;
+            let activity = Arc::new(Activity::new());
+            let stream = Tracked {
+                inner: stream,
+                activity: activity.clone(),
+            };
+            let service = {
+                let activity = activity.clone();
+                hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    let busy = activity.busy();
+                    async move {
+                        let _busy = busy;
+                        let rsp =
+                            match tokio::time::timeout(REQUEST_TIMEOUT, handle(req, &state, peer))
+                                .await
+                            {
+                                Ok(r) => r,
+                                Err(_) => {
+                                    debug!(%peer, "API request timed out");
+                                    let mut r = error_response(&ApiError::new(
+                                        408,
+                                        "request_timeout",
+                                        format!(
+                                            "the request was not received and answered within {} s",
+                                            REQUEST_TIMEOUT.as_secs()
+                                        ),
+                                    ));
+                                    r.headers_mut().insert(
+                                        hyper::header::CONNECTION,
+                                        hyper::header::HeaderValue::from_static("close"),
+                                    );
+                                    r
+                                }
+                            };
+                        Ok::<_, std::convert::Infallible>(rsp)
+                    }
+                })
+            };
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
             let result = match acceptor {
                 Some(a) => {
-                    match tokio::time::timeout(Duration::from_secs(10), a.accept(stream)).await {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, a.accept(stream)).await {
                         Ok(Ok(s)) => {
-                            builder
-                                .serve_connection(hyper_util::rt::TokioIo::new(s), service)
-                                .await
+                            let conn =
+                                builder.serve_connection(hyper_util::rt::TokioIo::new(s), service);
+                            until_idle(conn, &activity).await
                         }
                         Ok(Err(e)) => {
                             debug!(%peer, error = %e, "TLS handshake failed");
@@ -278,19 +349,185 @@ async fn accept_loop(
                     }
                 }
                 None => {
-                    builder
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await
+                    let conn =
+                        builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    until_idle(conn, &activity).await
                 }
             };
-            if let Err(e) = result {
-                debug!(%peer, error = %e, "API connection ended with an error");
+            match result {
+                Some(Err(e)) => debug!(%peer, error = %e, "API connection ended with an error"),
+                Some(Ok(())) => {}
+                None => debug!(%peer, "API connection closed: idle"),
             }
         });
     }
 }
 
-/// Routes one request.
+/// Drives a connection until it ends, or until it has been idle ([`IDLE_TIMEOUT`] without a
+/// byte in either direction and no request being handled): then it is dropped (`None`).
+async fn until_idle<F: std::future::Future>(conn: F, activity: &Activity) -> Option<F::Output> {
+    tokio::pin!(conn);
+    loop {
+        let now = std::time::Instant::now();
+        let deadline = if activity.handling() {
+            now + IDLE_TIMEOUT
+        } else {
+            let last = activity.last();
+            if now.saturating_duration_since(last) >= IDLE_TIMEOUT {
+                return None;
+            }
+            last + IDLE_TIMEOUT
+        };
+        tokio::select! {
+            r = &mut conn => return Some(r),
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+    }
+}
+
+/// When a connection last moved a byte, and whether a request is being handled on it.
+#[derive(Debug)]
+struct Activity {
+    start: std::time::Instant,
+    /// Milliseconds from `start` to the last byte read or written.
+    last_ms: std::sync::atomic::AtomicU64,
+    /// Requests being handled (0 or 1 with HTTP/1.1).
+    handling: Arc<AtomicUsize>,
+}
+
+/// Marks a request as being handled while it lives.
+struct Busy(Arc<AtomicUsize>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+            handling: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> std::time::Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    fn busy(&self) -> Busy {
+        self.handling.fetch_add(1, Ordering::AcqRel);
+        Busy(self.handling.clone())
+    }
+
+    fn handling(&self) -> bool {
+        self.handling.load(Ordering::Acquire) > 0
+    }
+}
+
+/// A stream that records its [`Activity`] (under TLS too: it wraps the TCP stream).
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The 503 of a request whose turn would come too late.
+fn busy_response(retry: Duration) -> Response<Body> {
+    let mut rsp = error_response(&ApiError::new(
+        503,
+        "busy",
+        format!(
+            "more than [http] max_requests_per_second requests are waiting; retry in {} s",
+            retry.as_secs() + 1
+        ),
+    ));
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&(retry.as_secs() + 1).to_string()) {
+        rsp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    rsp
+}
+
+/// Waits for the request's turn: `Err` with the 503 if it would come too late.
+async fn pace(reservation: Result<Duration, Duration>) -> Result<(), Response<Body>> {
+    match reservation {
+        Ok(wait) if wait.is_zero() => Ok(()),
+        Ok(wait) => {
+            tokio::time::sleep(wait).await;
+            Ok(())
+        }
+        Err(retry) => Err(busy_response(retry)),
+    }
+}
+
+/// Routes one request. Order: probes (never paced), then authentication (a BLAKE3 lookup),
+/// then pacing — requests with a valid token in the shared budget, all others in their source
+/// address's own budget ([`pacer`]) — then the handler.
 async fn handle(req: Request<Incoming>, state: &ApiState, peer: SocketAddr) -> Response<Body> {
     let mut rsp = route(req, state, peer).await;
     ui::security_headers(rsp.headers_mut());
@@ -306,37 +543,48 @@ async fn route(req: Request<Incoming>, state: &ApiState, peer: SocketAddr) -> Re
     if ui::is_console_path(&path) {
         return ui::serve(&method, &path, req.headers()).unwrap_or_else(|e| error_response(&e));
     }
-    if path != "/healthz" && path != "/readyz" {
-        match state.pacer.reserve(std::time::Instant::now()) {
-            Ok(wait) if wait.is_zero() => {}
-            Ok(wait) => tokio::time::sleep(wait).await,
-            Err(retry) => {
-                let mut rsp = error_response(&ApiError::new(
-                    503,
-                    "busy",
-                    format!(
-                        "more than [http] max_requests_per_second requests are waiting; retry in {} s",
-                        retry.as_secs() + 1
-                    ),
-                ));
-                if let Ok(v) =
-                    hyper::header::HeaderValue::from_str(&(retry.as_secs() + 1).to_string())
-                {
-                    rsp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
-                }
-                return rsp;
-            }
-        }
+    if path == "/healthz" && get {
+        return json_response(200, &json!({ "status": "alive" }));
     }
-    let result = match path.as_str() {
-        "/healthz" if get => Ok(json_response(200, &json!({ "status": "alive" }))),
-        "/readyz" if get => Ok(readyz(state)),
-        "/metrics" if get => Ok(metrics(state)),
-        "/api/v1/openapi.json" if get => Ok(bytes_response(200, "application/json", OPENAPI)),
-        "/healthz" | "/readyz" | "/metrics" | "/api/v1/openapi.json" => Err(
+    if path == "/readyz" && get {
+        return readyz(state);
+    }
+    let api_call = (path == "/api/v1" || path.starts_with("/api/v1/"))
+        && path != "/api/v1/auth/login"
+        && path != "/api/v1/openapi.json";
+    let principal = if api_call {
+        let authorization = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or(""));
+        Some(auth::authenticate(
+            state.index.database(),
+            authorization,
+            timestamp_us(),
+        ))
+    } else {
+        None
+    };
+    let now = std::time::Instant::now();
+    let reservation = match &principal {
+        Some(Ok(_)) => state.pacer.reserve(now),
+        _ => state.pacer.reserve_unauthenticated(peer.ip(), now),
+    };
+    if let Err(rsp) = pace(reservation).await {
+        return rsp;
+    }
+    let result = match (path.as_str(), principal) {
+        ("/metrics", _) if get => Ok(metrics(state)),
+        ("/api/v1/openapi.json", _) if get => Ok(bytes_response(200, "application/json", OPENAPI)),
+        ("/healthz" | "/readyz" | "/metrics" | "/api/v1/openapi.json", _) => Err(
             ApiError::method_not_allowed(format!("{path} supports GET only")),
         ),
-        p if p == "/api/v1" || p.starts_with("/api/v1/") => api(req, state, peer).await,
+        // Login is the one call that needs no token: it is how a user gets one.
+        ("/api/v1/auth/login", _) => resources::login(req, state, peer).await,
+        (_, Some(principal)) => match principal {
+            Ok(principal) => api(req, state, peer, principal).await,
+            Err(e) => Err(e),
+        },
         _ => Err(ApiError::not_found(format!("no such path {path}"))),
     };
     result.unwrap_or_else(|e| error_response(&e))
@@ -346,16 +594,8 @@ async fn api(
     req: Request<Incoming>,
     state: &ApiState,
     peer: SocketAddr,
+    principal: auth::Principal,
 ) -> Result<Response<Body>, ApiError> {
-    // Login is the one call that needs no token: it is how a user gets one.
-    if req.uri().path() == "/api/v1/auth/login" {
-        return resources::login(req, state, peer).await;
-    }
-    let authorization = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or(""));
-    let principal = auth::authenticate(state.index.database(), authorization, timestamp_us())?;
     resources::dispatch(
         req,
         Ctx {
@@ -368,6 +608,15 @@ async fn api(
 }
 
 fn readyz(state: &ApiState) -> Response<Body> {
+    let (ok, checks) = ready_checks(state);
+    json_response(
+        if ok { 200 } else { 503 },
+        &json!({ "ready": ok, "checks": checks }),
+    )
+}
+
+/// The checks of `/readyz`: whether all pass, and each one's result.
+fn ready_checks(state: &ApiState) -> (bool, serde_json::Map<String, Value>) {
     use redb::ReadableDatabase;
     let mut checks = serde_json::Map::new();
     let mut ok = true;
@@ -407,10 +656,7 @@ fn readyz(state: &ApiState) -> Response<Body> {
         "components",
         crate::health::failed().map_or(Ok(()), |f| Err(format!("failed: {f}"))),
     );
-    json_response(
-        if ok { 200 } else { 503 },
-        &json!({ "ready": ok, "checks": checks }),
-    )
+    (ok, checks)
 }
 
 fn metrics(state: &ApiState) -> Response<Body> {
@@ -423,12 +669,25 @@ fn metrics(state: &ApiState) -> Response<Body> {
     };
     let (disk_total_bytes, disk_free_bytes) =
         crate::store::disk_usage(state.data.root()).unwrap_or((0, 0));
-    let text = crate::metrics::render(&crate::metrics::Snapshot {
+    let mut text = crate::metrics::render(&crate::metrics::Snapshot {
         queue,
         disk_total_bytes,
         disk_free_bytes,
         io_backend: state.io_backend.to_owned(),
     });
+    // What the alert rules need besides the counters (packaging/prometheus-alerts.yml):
+    // readiness as /readyz sees it, and the high-water mark to compare disk usage with.
+    let (ready, _) = ready_checks(state);
+    text.push_str(&format!(
+        "# HELP dicomgw_ready 1 when /readyz answers 200 (database, DICOM listeners, disk below the high-water mark).\n\
+         # TYPE dicomgw_ready gauge\n\
+         dicomgw_ready {}\n\
+         # HELP dicomgw_disk_high_water_ratio [store] disk_high_water_percent as a ratio: C-STORE answers A700 once disk usage reaches it.\n\
+         # TYPE dicomgw_disk_high_water_ratio gauge\n\
+         dicomgw_disk_high_water_ratio {}\n",
+        u8::from(ready),
+        f64::from(state.disk.high_water_percent()) / 100.0
+    ));
     bytes_response(200, "text/plain; version=0.0.4; charset=utf-8", text)
 }
 

@@ -8,7 +8,16 @@
 //! taken from ingest on a small appliance (docs/benchmarks.md, "Admin API load during
 //! ingest"). A refusal costs almost as much to send as an answer, so refusing alone would not
 //! bound anything. Health probes are never paced.
+//!
+//! Authentication comes first (a BLAKE3 lookup, cheaper than pacing a request): requests
+//! with a valid token share the pacer's main budget ([`Pacer::reserve`]); everything else —
+//! no token, a wrong token, `/metrics`, the login call — is paced per source address
+//! ([`Pacer::reserve_unauthenticated`]), at the same rate but in a budget of its own per
+//! address. So a flood of unauthenticated requests waits (and gets 503) in its own queue and
+//! never delays an authenticated request beyond that request's own rate.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,13 +27,21 @@ pub const MAX_WAIT: Duration = Duration::from_secs(2);
 /// Requests that may be served back to back after a quiet period.
 const BURST: u32 = 20;
 
+/// Most source addresses with an unauthenticated budget of their own; beyond, addresses
+/// that have been quiet are forgotten, and if none has, newcomers share one overflow budget
+/// (the table must not grow without bound under a spoofed-address flood).
+const MAX_ADDRESSES: usize = 4096;
+
 /// A virtual-time token bucket: each request reserves the next free slot.
 #[derive(Debug)]
 pub struct Pacer {
     /// Time between two slots; `None`: no limit.
     interval: Option<Duration>,
-    /// The next free slot.
+    /// The next free slot of authenticated requests.
     next: Mutex<Option<Instant>>,
+    /// The next free slot of unauthenticated requests, per source address; `None` keys the
+    /// shared overflow budget.
+    unauthenticated: Mutex<HashMap<Option<IpAddr>, Instant>>,
 }
 
 impl Pacer {
@@ -33,16 +50,57 @@ impl Pacer {
         Self {
             interval: (rate > 0).then(|| Duration::from_secs(1) / rate),
             next: Mutex::new(None),
+            unauthenticated: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Reserves a slot for a request arriving at `now`: `Ok(wait)` before serving it, or
-    /// `Err(retry_after)` if the wait would exceed [`MAX_WAIT`] (nothing is reserved then).
+    /// Reserves a slot for an authenticated request arriving at `now`: `Ok(wait)` before
+    /// serving it, or `Err(retry_after)` if the wait would exceed [`MAX_WAIT`] (nothing is
+    /// reserved then).
     pub fn reserve(&self, now: Instant) -> Result<Duration, Duration> {
         let Some(interval) = self.interval else {
             return Ok(Duration::ZERO);
         };
         let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let (slot, wait) = Self::take(*next, interval, now)?;
+        *next = Some(slot);
+        Ok(wait)
+    }
+
+    /// As [`Pacer::reserve`], for a request without a valid token from `addr`: each source
+    /// address has its own budget, separate from the authenticated one.
+    pub fn reserve_unauthenticated(
+        &self,
+        addr: IpAddr,
+        now: Instant,
+    ) -> Result<Duration, Duration> {
+        let Some(interval) = self.interval else {
+            return Ok(Duration::ZERO);
+        };
+        let mut map = self
+            .unauthenticated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut key = Some(addr);
+        if !map.contains_key(&key) && map.len() >= MAX_ADDRESSES {
+            // Forget addresses whose budget is full again (their next slot has passed).
+            map.retain(|_, next| *next > now);
+            if map.len() >= MAX_ADDRESSES {
+                key = None;
+            }
+        }
+        let (slot, wait) = Self::take(map.get(&key).copied(), interval, now)?;
+        map.insert(key, slot);
+        Ok(wait)
+    }
+
+    /// The slot a request arriving at `now` gets after `next`: (the following free slot,
+    /// the wait), or `Err(wait)` beyond [`MAX_WAIT`].
+    fn take(
+        next: Option<Instant>,
+        interval: Duration,
+        now: Instant,
+    ) -> Result<(Instant, Duration), Duration> {
         // After a quiet period up to BURST slots are available at once.
         let earliest = now.checked_sub(interval * (BURST - 1)).unwrap_or(now);
         let slot = next.map_or(earliest, |n| n.max(earliest));
@@ -50,8 +108,7 @@ impl Pacer {
         if wait > MAX_WAIT {
             return Err(wait);
         }
-        *next = Some(slot + interval);
-        Ok(wait)
+        Ok((slot + interval, wait))
     }
 }
 
@@ -92,6 +149,39 @@ mod tests {
             m += 1;
         }
         assert_eq!(m, 100);
+    }
+
+    #[test]
+    fn unauthenticated_budgets_are_per_address_and_apart_from_the_authenticated_one() {
+        let p = Pacer::new(100);
+        let t = Instant::now() + Duration::from_secs(10);
+        let flood: IpAddr = "10.0.0.1".parse().unwrap();
+        // One address uses up its whole budget...
+        while p.reserve_unauthenticated(flood, t).is_ok() {}
+        assert!(p.reserve_unauthenticated(flood, t).is_err());
+        // ...and neither another address nor an authenticated request waits for it.
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(p.reserve_unauthenticated(other, t), Ok(Duration::ZERO));
+        assert_eq!(p.reserve(t), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn the_address_table_is_bounded() {
+        let p = Pacer::new(1);
+        let t = Instant::now() + Duration::from_secs(10);
+        for i in 0..MAX_ADDRESSES as u32 + 10 {
+            let a = IpAddr::from(std::net::Ipv4Addr::from(i));
+            // Each fresh address takes a whole burst, so none is forgotten at `t`.
+            for _ in 0..BURST {
+                let _ = p.reserve_unauthenticated(a, t);
+            }
+        }
+        let n = p.unauthenticated.lock().unwrap().len();
+        assert_eq!(
+            n,
+            MAX_ADDRESSES + 1,
+            "the addresses and the overflow budget"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod uid;
 pub mod writer;
 
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 pub use error::StoreError;
@@ -59,6 +60,11 @@ impl DiskGuard {
         }
     }
 
+    /// The mark, in percent (100: off).
+    pub fn high_water_percent(&self) -> u8 {
+        self.high_water_percent
+    }
+
     /// Percent of the filesystem in use (reserved blocks count as used).
     pub fn used_percent(&self) -> std::io::Result<f64> {
         let (total, avail) = disk_usage(&self.root)?;
@@ -87,23 +93,59 @@ impl DiskGuard {
     }
 }
 
+/// Permission bits the daemon never grants on anything it creates: group write and every
+/// bit for others. Objects and databases hold patient data, so their modes must not depend on
+/// the umask the daemon happened to be started with: files come out 0640, directories 0750.
+pub const UMASK: u32 = 0o027;
+
+/// Mode of the data directory and its subdirectories.
+pub const DIR_MODE: u32 = 0o750;
+
+/// Mode of object files and databases.
+pub const FILE_MODE: u32 = 0o640;
+
 /// The layout of the data directory (see `docs/design.md`):
 /// `objects/<Study>/<Series>/<SOPInstance>.dcm`, `tmp/` for objects being received (same
-/// filesystem, so the final rename is atomic), `gateway.redb` for index and queue.
+/// filesystem, so the final rename is atomic), `gateway.redb` for index and queue. While a
+/// process uses it, it holds an exclusive `flock` on the directory itself, so a second daemon
+/// on the same directory stops before it touches anything (and no lock file is left around).
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
+    /// The directory, open and locked; the lock goes when the last clone is dropped (or the
+    /// process ends).
+    _lock: std::sync::Arc<std::fs::File>,
 }
 
 impl DataDir {
-    /// Creates the directories if needed and removes leftover temporary files (objects whose
-    /// reception never completed: they were never acknowledged, so nothing is lost).
+    /// Takes the directory's lock, creates the directories if needed and removes leftover
+    /// temporary files (objects whose reception never completed: they were never
+    /// acknowledged, so nothing is lost).
+    ///
+    /// The lock comes first: removing `tmp/` files under a running daemon would break the
+    /// objects it is receiving. It also sets the process umask to [`UMASK`], so every file
+    /// and directory created from here on (objects, temporary files, databases, the control
+    /// socket) is at most 0640 / 0750 whatever the umask the daemon was started with, and
+    /// re-secures the top-level entries an older version or a hand-made setup left wider.
     pub fn prepare(root: &Path) -> std::io::Result<(Self, usize)> {
+        // SAFETY: umask(2) cannot fail; it only changes this process's file creation mask.
+        unsafe { libc::umask(UMASK as libc::mode_t) };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(root)?;
+        let lock = Self::lock(root)?;
         let dd = Self {
             root: root.to_path_buf(),
+            _lock: std::sync::Arc::new(lock),
         };
-        std::fs::create_dir_all(dd.objects())?;
-        std::fs::create_dir_all(dd.tmp())?;
+        for dir in [dd.objects(), dd.tmp()] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(&dir)?;
+        }
+        dd.restrict_modes();
         let mut removed = 0;
         for entry in std::fs::read_dir(dd.tmp())? {
             let entry = entry?;
@@ -113,6 +155,49 @@ impl DataDir {
             }
         }
         Ok((dd, removed))
+    }
+
+    /// Opens the directory `root` and takes an exclusive, non-blocking `flock` on it.
+    fn lock(root: &Path) -> std::io::Result<std::fs::File> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(root)?;
+        // SAFETY: flock only uses the descriptor, which `f` keeps open.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(if e.kind() == std::io::ErrorKind::WouldBlock {
+                std::io::Error::other(format!(
+                    "{} is in use by another dicom-gw process (it holds the directory's lock); \
+                     stop it first, or give this one its own data directory",
+                    root.display()
+                ))
+            } else {
+                std::io::Error::new(e.kind(), format!("lock {}: {e}", root.display()))
+            });
+        }
+        Ok(f)
+    }
+
+    /// Sets the modes of the top-level directories and databases to [`DIR_MODE`] /
+    /// [`FILE_MODE`] (best effort: a failure is logged; new files get them from [`UMASK`]).
+    fn restrict_modes(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        let dirs = [self.root.clone(), self.objects(), self.tmp()];
+        let files = ["gateway.redb", "worklist.redb"].map(|f| self.root.join(f));
+        for (paths, mode) in [(&dirs[..], DIR_MODE), (&files[..], FILE_MODE)] {
+            for p in paths {
+                let Ok(meta) = std::fs::symlink_metadata(p) else {
+                    continue;
+                };
+                if meta.permissions().mode() & 0o7777 == mode {
+                    continue;
+                }
+                if let Err(e) = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)) {
+                    tracing::warn!(path = %p.display(), error = %e, "cannot restrict the mode of a data directory entry");
+                }
+            }
+        }
     }
 
     /// The data directory itself.
@@ -181,5 +266,22 @@ mod tests {
         assert_eq!(removed, 1);
         assert_eq!(std::fs::read_dir(dd.tmp()).unwrap().count(), 0);
         assert!(dd.objects().is_dir());
+    }
+
+    #[test]
+    fn a_second_prepare_on_a_directory_in_use_fails_and_touches_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let (first, _) = DataDir::prepare(d.path()).unwrap();
+        std::fs::write(first.tmp().join("0-1.part"), b"being received").unwrap();
+        let e = DataDir::prepare(d.path()).unwrap_err().to_string();
+        assert!(e.contains("in use by another dicom-gw"), "{e}");
+        assert!(e.contains(&d.path().display().to_string()), "{e}");
+        assert!(
+            first.tmp().join("0-1.part").exists(),
+            "the running one's file is kept"
+        );
+        drop(first);
+        let (_again, removed) = DataDir::prepare(d.path()).unwrap();
+        assert_eq!(removed, 1, "once the first is gone the directory is free");
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Secrets never leave through here except once: a new token is in the answer that creates
 //! it (only its hash is stored), and passwords are only ever taken, never shown. Each change
-//! is written to the audit log without secrets.
+//! is written to the audit log without secrets, in the change's own transaction (both or
+//! neither are stored). Failed logins are audited too (`auth.login_failed`, under the name
+//! tried) and backed off per name and per source address ([`auth::LoginThrottle`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,6 +28,37 @@ const LOGIN_QUEUE_WAIT: Duration = Duration::from_secs(10);
 const MAX_TOKEN_SECONDS: u64 = 10 * 365 * 86_400;
 
 static LOGINS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_LOGINS);
+
+/// Longest user name recorded for a failed login (the name is the caller's input).
+const MAX_LOGGED_NAME: usize = 128;
+
+impl Actor {
+    /// The audit hook writing this actor's entry for `action` inside the change's
+    /// transaction; `details` gets the token id.
+    fn hook<'a, R>(
+        &'a self,
+        action: &'static str,
+        details: impl FnOnce(&R) -> serde_json::Value + 'a,
+    ) -> impl FnOnce(&redb::WriteTransaction, &R) -> Result<(), String> + 'a {
+        move |tx, r| {
+            let mut details = details(r);
+            if let serde_json::Value::Object(m) = &mut details {
+                m.insert("token_id".into(), json!(self.token_id));
+            }
+            crate::audit::append(
+                tx,
+                crate::commit::timestamp_us(),
+                &crate::audit::AuditEvent {
+                    actor: &self.name,
+                    source: &self.source,
+                    action,
+                    details,
+                },
+            )
+            .map(drop)
+        }
+    }
+}
 
 fn token_json(token: Option<&str>, rec: &TokenRecord) -> serde_json::Value {
     let mut v = json!({
@@ -58,6 +91,19 @@ pub async fn login(
 ) -> Result<Response<Body>, ApiError> {
     Query::parse(req.uri())?.finish()?;
     let body: LoginBody = read_body(req).await?;
+    let throttle = auth::LoginThrottle::global();
+    if let Err(wait) = throttle.check(&body.name, peer.ip(), std::time::Instant::now()) {
+        let secs = wait.as_secs() + 1;
+        let mut rsp = crate::http::error_response(&ApiError::new(
+            429,
+            "login_backoff",
+            format!("too many failed logins for this name or address; retry in {secs} s"),
+        ));
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&secs.to_string()) {
+            rsp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+        }
+        return Ok(rsp);
+    }
     let _turn = tokio::time::timeout(LOGIN_QUEUE_WAIT, LOGINS.acquire())
         .await
         .map_err(|_| {
@@ -72,24 +118,51 @@ pub async fn login(
     let ttl = state.login_token_ttl;
     let v = blocking(move || {
         let db = index.database();
-        let (token, rec) = auth::login(
+        let source = peer.to_string();
+        let result = auth::login(
             db,
             &body.name,
             &body.password,
             crate::commit::timestamp_us(),
             ttl,
-        )?;
-        let actor = Actor {
-            name: rec.name.clone(),
-            token_id: rec.id.clone(),
-            source: peer.to_string(),
-        };
-        actor.record(
-            db,
-            "auth.login",
-            json!({ "expires_at_us": rec.expires_at_us }),
-        )?;
-        Ok(token_json(Some(&token), &rec))
+            |tx, rec: &TokenRecord| {
+                crate::audit::append(
+                    tx,
+                    crate::commit::timestamp_us(),
+                    &crate::audit::AuditEvent {
+                        actor: &rec.name,
+                        source: &source,
+                        action: "auth.login",
+                        details: json!({ "expires_at_us": rec.expires_at_us, "token_id": rec.id }),
+                    },
+                )
+                .map(drop)
+            },
+        );
+        match result {
+            Ok((token, rec)) => {
+                throttle.succeeded(&body.name);
+                Ok(token_json(Some(&token), &rec))
+            }
+            Err(e) if e.status == 401 => {
+                throttle.failed(&body.name, peer.ip(), std::time::Instant::now());
+                let name: String = body.name.chars().take(MAX_LOGGED_NAME).collect();
+                tracing::info!(name = %name, %peer, "failed login");
+                if let Err(ae) = crate::audit::record(
+                    db,
+                    crate::audit::AuditEvent {
+                        actor: &name,
+                        source: &source,
+                        action: "auth.login_failed",
+                        details: json!({}),
+                    },
+                ) {
+                    tracing::error!(error = %ae, "failed login not audited");
+                }
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     })
     .await?;
     Ok(json_response(200, &v))
@@ -161,8 +234,14 @@ pub async fn create_token(
         let db = index.database();
         let now = crate::commit::timestamp_us();
         let expires = if secs == 0 { 0 } else { now + secs * 1_000_000 };
-        let (token, rec) = auth::create_token(db, body.role, &body.name, now, expires)?;
-        actor.record(db, "token.create", token_json(None, &rec))?;
+        let (token, rec) = auth::create_token(
+            db,
+            body.role,
+            &body.name,
+            now,
+            expires,
+            actor.hook("token.create", |rec| token_json(None, rec)),
+        )?;
         Ok(token_json(Some(&token), &rec))
     })
     .await?;
@@ -185,10 +264,10 @@ pub async fn revoke_token(
     let (index, actor) = (ctx.state.index.clone(), Actor::of(ctx));
     let v = blocking(move || {
         let db = index.database();
-        if !auth::revoke_token(db, &id)? {
+        let details = json!({ "id": id });
+        if !auth::revoke_token(db, &id, actor.hook("token.revoke", |_| details))? {
             return Err(ApiError::not_found(format!("no token with id {id}")));
         }
-        actor.record(db, "token.revoke", json!({ "id": id }))?;
         Ok(json!({ "revoked": id }))
     })
     .await?;
@@ -225,11 +304,15 @@ pub async fn create_user(
     let (index, actor) = (ctx.state.index.clone(), Actor::of(ctx));
     let v = blocking(move || {
         let db = index.database();
-        let user = auth::add_user(db, &body.name, body.role, &body.password)?;
-        actor.record(
+        let user = auth::add_user(
             db,
-            "user.add",
-            json!({ "name": user.name, "role": user.role }),
+            &body.name,
+            body.role,
+            &body.password,
+            actor.hook(
+                "user.add",
+                |u: &auth::UserRecord| json!({ "name": u.name, "role": u.role }),
+            ),
         )?;
         Ok(user.info())
     })
@@ -292,16 +375,23 @@ pub async fn update_user(
         // password (never the password itself).
         let mut user = None;
         if body.role.is_some() || body.disabled.is_some() {
-            user = Some(auth::update_user(db, &name, body.role, body.disabled)?);
-            actor.record(
+            let details = json!({ "name": name, "role": body.role, "disabled": body.disabled });
+            user = Some(auth::update_user(
                 db,
-                "user.update",
-                json!({ "name": name, "role": body.role, "disabled": body.disabled }),
-            )?;
+                &name,
+                body.role,
+                body.disabled,
+                actor.hook("user.update", |_| details),
+            )?);
         }
         if let Some(pw) = &body.password {
-            user = Some(auth::set_password(db, &name, pw)?);
-            actor.record(db, "user.password", json!({ "name": name }))?;
+            let details = json!({ "name": name });
+            user = Some(auth::set_password(
+                db,
+                &name,
+                pw,
+                actor.hook("user.password", |_| details),
+            )?);
         }
         let user = user.expect("something was changed");
         Ok(user.info())
@@ -321,10 +411,10 @@ pub async fn delete_user(
     let (index, actor) = (ctx.state.index.clone(), Actor::of(ctx));
     let v = blocking(move || {
         let db = index.database();
-        if !auth::remove_user(db, &name)? {
+        let details = json!({ "name": name });
+        if !auth::remove_user(db, &name, actor.hook("user.remove", |_| details))? {
             return Err(ApiError::not_found(format!("no user {name:?}")));
         }
-        actor.record(db, "user.remove", json!({ "name": name }))?;
         Ok(json!({ "removed": name }))
     })
     .await?;
