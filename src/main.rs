@@ -66,7 +66,7 @@ enum Command {
         file: PathBuf,
     },
     /// Forwarding queue: counts, jobs, dead-letter retry, study replay, pause/resume. Goes
-    /// through the running daemon (DATA_DIR/control.sock), or opens the database when none runs.
+    /// through the running daemon (DATA_DIR/run/control.sock), or opens the database when none runs.
     Queue {
         #[command(subcommand)]
         op: QueueOp,
@@ -87,7 +87,7 @@ enum Command {
         op: AuditOp,
     },
     /// Worklist items: import a DICOM JSON file (PS3.18 Annex F) or list them. Goes through the
-    /// running daemon (DATA_DIR/control.sock), or opens DATA_DIR/worklist.redb when none runs.
+    /// running daemon (DATA_DIR/run/control.sock), or opens DATA_DIR/worklist.redb when none runs.
     Worklist {
         #[command(subcommand)]
         op: WorklistOp,
