@@ -548,7 +548,8 @@ fn tokens_users_login_and_audit() {
         .get(&format!("/audit?offset={}&limit=1", total - 1), &gw.admin)
         .ok(200);
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
-    assert_eq!(page["items"][0]["action"], "user.remove");
+    // The last entry: the failed login of the removed user.
+    assert_eq!(page["items"][0]["action"], "auth.login_failed");
     assert_eq!(page["items"][0]["seq"], total);
 }
 
