@@ -705,7 +705,9 @@ impl<S: NetStream> NetStream for TlsStream<S> {
     /// takes it at once and no write is in progress), then shuts the socket down. For an
     /// orderly end that waits for close_notify to be written, use [`TlsStream::close`].
     fn shutdown(&self) {
-        if let Ok(_g) = self.write_lock.try_lock() {
+        // Outside a runtime (a drop during teardown) a socket write cannot even be started.
+        let in_runtime = tokio::runtime::Handle::try_current().is_ok();
+        if let (true, Ok(_g)) = (in_runtime, self.write_lock.try_lock()) {
             let out = {
                 let mut c = self.conn.borrow_mut();
                 c.send_close_notify();
@@ -760,6 +762,7 @@ mod certs;
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
     use std::rc::Rc;
     use std::sync::OnceLock;
 
@@ -866,6 +869,22 @@ mod tests {
             c.close(T).await;
             let (r, _) = s.read_buf(BytesMut::with_capacity(16)).await;
             assert_eq!(r.unwrap(), 0);
+        });
+    }
+
+    /// `shutdown()` (not async) still sends close_notify when the socket takes it at once:
+    /// the other side sees an orderly TLS end, not a bare TCP close.
+    #[test]
+    fn shutdown_sends_close_notify() {
+        run(async {
+            let (c, s) = tls_pair(server(false), client(false)).await;
+            let (c, s) = (c.unwrap(), s.unwrap());
+            c.shutdown();
+            let (r, _) = s.read_buf(BytesMut::with_capacity(16)).await;
+            assert_eq!(r.unwrap(), 0);
+            let mut one = [0u8; 1];
+            let orderly = s.conn.borrow_mut().reader().read(&mut one);
+            assert!(matches!(orderly, Ok(0)), "no close_notify: {orderly:?}");
         });
     }
 

@@ -215,11 +215,11 @@ fn tls_failures_towards_a_destination_are_retried_with_the_reason() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The DICOM TLS listeners (store and worklist).
+// The DICOM TLS listeners (store and worklist), on both I/O backends.
 
 /// Starts the daemon with TLS listeners on both services; `mutual`: client certificates are
 /// required (tls_client_ca_file) on both.
-fn start_tls_gw(dir: &Path, k: &TestCerts, mutual: bool) -> Daemon {
+fn start_tls_gw(dir: &Path, io: &str, k: &TestCerts, mutual: bool) -> Daemon {
     let ca = if mutual {
         format!("tls_client_ca_file = {:?}\n", p(&k.ca))
     } else {
@@ -234,7 +234,7 @@ fn start_tls_gw(dir: &Path, k: &TestCerts, mutual: bool) -> Daemon {
     let gw = Daemon::start(
         GW_BIN,
         dir.join("data"),
-        "epoll",
+        io,
         &[
             "--config",
             p(&cfg),
@@ -324,31 +324,30 @@ fn all_services_over_tls(gw: &Daemon, dir: &Path, flags: &[&str]) {
     );
 }
 
-#[test]
-#[ignore = "needs the TLS listeners of the new engine"]
-fn dcmtk_clients_over_tls_with_a_server_certificate() {
-    require_dcmtk();
-    let tmp = tempfile::tempdir().unwrap();
-    let k = certs::make(&tmp.path().join("certs").tap_mkdir());
-    let mut gw = start_tls_gw(tmp.path(), &k, false);
-    let f = tls_flags(&k, false);
-    all_services_over_tls(&gw, &tmp.path().join("src"), &strs(&f));
-    // A client that does not trust the gateway's CA refuses it.
-    let (ok, _) = echo_ok(gw.tls_port, &["+tla", "+cf", p(&k.other_ca), "-rc"]);
-    assert!(
-        !ok,
-        "echoscu accepted a server certificate from an untrusted CA"
-    );
-    gw.stop();
-}
+gwtest!(
+    dcmtk_clients_over_tls_with_a_server_certificate,
+    |io: &str| {
+        require_dcmtk();
+        let tmp = tempfile::tempdir().unwrap();
+        let k = certs::make(&tmp.path().join("certs").tap_mkdir());
+        let mut gw = start_tls_gw(tmp.path(), io, &k, false);
+        let f = tls_flags(&k, false);
+        all_services_over_tls(&gw, &tmp.path().join("src"), &strs(&f));
+        // A client that does not trust the gateway's CA refuses it.
+        let (ok, _) = echo_ok(gw.tls_port, &["+tla", "+cf", p(&k.other_ca), "-rc"]);
+        assert!(
+            !ok,
+            "echoscu accepted a server certificate from an untrusted CA"
+        );
+        gw.stop();
+    }
+);
 
-#[test]
-#[ignore = "needs the TLS listeners of the new engine"]
-fn dcmtk_clients_over_mutual_tls() {
+gwtest!(dcmtk_clients_over_mutual_tls, |io: &str| {
     require_dcmtk();
     let tmp = tempfile::tempdir().unwrap();
     let k = certs::make(&tmp.path().join("certs").tap_mkdir());
-    let mut gw = start_tls_gw(tmp.path(), &k, true);
+    let mut gw = start_tls_gw(tmp.path(), io, &k, true);
     let f = tls_flags(&k, true);
     all_services_over_tls(&gw, &tmp.path().join("src"), &strs(&f));
     // Without a certificate, or with one from another CA: refused on both services.
@@ -383,48 +382,49 @@ fn dcmtk_clients_over_mutual_tls() {
         "no WARN line naming the peer for the refused handshakes:\n{err}"
     );
     gw.stop();
-}
+});
 
-#[test]
-#[ignore = "needs the TLS listeners of the new engine"]
-fn wrong_protocol_on_either_port_fails_cleanly_and_the_daemon_keeps_serving() {
-    require_dcmtk();
-    let tmp = tempfile::tempdir().unwrap();
-    let k = certs::make(&tmp.path().join("certs").tap_mkdir());
-    let mut gw = start_tls_gw(tmp.path(), &k, false);
-    let f = tls_flags(&k, false);
-    for (plain, tls) in [
-        (gw.port, gw.tls_port),
-        (gw.worklist_port, gw.worklist_tls_port),
-    ] {
-        // A plain client on the TLS port.
-        let (ok, log) = echo_ok(tls, &[]);
-        assert!(!ok, "plain echoscu succeeded on the TLS port {tls}:\n{log}");
-        // A TLS client on the plain port.
-        let (ok, log) = echo_ok(plain, &strs(&f));
+gwtest!(
+    wrong_protocol_on_either_port_fails_cleanly_and_the_daemon_keeps_serving,
+    |io: &str| {
+        require_dcmtk();
+        let tmp = tempfile::tempdir().unwrap();
+        let k = certs::make(&tmp.path().join("certs").tap_mkdir());
+        let mut gw = start_tls_gw(tmp.path(), io, &k, false);
+        let f = tls_flags(&k, false);
+        for (plain, tls) in [
+            (gw.port, gw.tls_port),
+            (gw.worklist_port, gw.worklist_tls_port),
+        ] {
+            // A plain client on the TLS port.
+            let (ok, log) = echo_ok(tls, &[]);
+            assert!(!ok, "plain echoscu succeeded on the TLS port {tls}:\n{log}");
+            // A TLS client on the plain port.
+            let (ok, log) = echo_ok(plain, &strs(&f));
+            assert!(
+                !ok,
+                "echoscu +tls succeeded on the plain port {plain}:\n{log}"
+            );
+            // Both keep serving.
+            let (ok, log) = echo_ok(plain, &[]);
+            assert!(ok, "plain echoscu after the mix-up:\n{log}");
+            let (ok, log) = echo_ok(tls, &strs(&f));
+            assert!(ok, "echoscu +tls after the mix-up:\n{log}");
+        }
+        let err = gw.stderr();
+        let warns: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("TLS"))
+            .collect();
         assert!(
-            !ok,
-            "echoscu +tls succeeded on the plain port {plain}:\n{log}"
+            warns.iter().any(|l| l.contains("ClientHello")),
+            "no WARN line for the TLS ClientHello on a plain port:\n{err}"
         );
-        // Both keep serving.
-        let (ok, log) = echo_ok(plain, &[]);
-        assert!(ok, "plain echoscu after the mix-up:\n{log}");
-        let (ok, log) = echo_ok(tls, &strs(&f));
-        assert!(ok, "echoscu +tls after the mix-up:\n{log}");
+        assert!(
+            warns.len() >= 4,
+            "expected a WARN line per mix-up (2 per service):\n{err}"
+        );
+        assert!(gw.is_running());
+        gw.stop();
     }
-    let err = gw.stderr();
-    let warns: Vec<&str> = err
-        .lines()
-        .filter(|l| l.contains("WARN") && l.contains("TLS"))
-        .collect();
-    assert!(
-        warns.iter().any(|l| l.contains("ClientHello")),
-        "no WARN line for the TLS ClientHello on a plain port:\n{err}"
-    );
-    assert!(
-        warns.len() >= 4,
-        "expected a WARN line per mix-up (2 per service):\n{err}"
-    );
-    assert!(gw.is_running());
-    gw.stop();
-}
+);
