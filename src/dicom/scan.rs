@@ -511,11 +511,9 @@ fn parse_header(enc: Encoding, b: &[u8]) -> Result<Option<Header>, (Tag, [u8; 2]
 
 /// The VR the standard dictionary gives `tag` in Implicit VR (the rule dicom-parser's implicit
 /// decoder applies, Pixel Data and Overlay Data being OW): whether a defined-length element
-/// is a sequence, and the size of its values. `None`: unknown (private), read as UN.
+/// is a sequence, and the size of its values. `None`: unknown, read as UN. Private groups are
+/// looked up too: the dictionary's ranges give e.g. every group length (gggg,0000) UL.
 fn implicit_vr(tag: Tag) -> Option<VR> {
-    if tag.0 % 2 == 1 {
-        return None; // private: not in the dictionary
-    }
     if tag == PIXEL_DATA || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
         return Some(VR::OW);
     }

@@ -605,9 +605,22 @@ fn binary_number_lengths_are_multiples_of_the_value_size() {
     ));
     ok.extend(ELE.el(0x0018, 0x9087, b"FD", &[0; 16]));
     scan(Encoding::ExplicitLittle, &ok).unwrap();
-    let mut private = ILE.header(0x0043, 0x0000, b"UL", 6);
+    let mut private = ILE.header(0x0043, 0x1010, b"UL", 6);
     private.extend([0; 6]);
     scan(Encoding::ImplicitLittle, &private).unwrap();
+    // Found by `mpps_dataset` next: a private group length (0009,0000) is UL to the
+    // dictionary's range entry, so dicom-parser read 48 of its 50 bytes.
+    let mut group_length = ILE.header(0x0009, 0x0000, b"UL", 50);
+    group_length.extend([0; 50]);
+    assert_eq!(
+        scan(Encoding::ImplicitLittle, &group_length),
+        Err(ScanError::BadValueLength {
+            offset: 0,
+            tag: Tag(0x0009, 0x0000),
+            length: 50,
+            unit: 4
+        })
+    );
 }
 
 #[test]
