@@ -113,7 +113,9 @@ impl Encoding {
 /// How the content of a UN element of undefined length is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnUndefined {
-    /// As PS3.5 §6.2.2 says: a sequence whose items are Implicit VR Little Endian.
+    /// As PS3.5 §6.2.2 says: a sequence whose items are Implicit VR Little Endian. Not before
+    /// dicom-object: bytes that nest one level read this way can nest 5,000 levels read its
+    /// way (test `un_read_as_the_builder_reads_it_closes_a_depth_bypass`).
     ImplicitLittle,
     /// As a sequence in the enclosing encoding: what dicom-parser 0.10 does. Use this before
     /// handing the bytes to dicom-object, so the depth counted here is the depth it builds.
