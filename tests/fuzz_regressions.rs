@@ -102,6 +102,29 @@ fn a_private_group_length_of_odd_size_is_refused() {
     );
 }
 
+/// `mwl_identifier`, the same root cause (its run used a build from before the fix): the
+/// first 149 bytes of a 1,169-byte RT Plan identifier whose (0007,0000) — a group length, UL —
+/// has 6 bytes. dicom-parser asked for more than 64 MiB at once.
+#[test]
+fn an_identifier_with_an_odd_group_length_is_refused() {
+    let input = hex(
+        "00080012000800000032303033303930330800130006000000313530303331910016001e0000\
+         00312e322e3834302e31303030382e352e312e342e312e312e3438312e3500080018002a0000\
+         00312e322e3737372e3737372e37372e372e373737372e373737372e32303033303930333135\
+         3030323300080020000800000032303033303731360700000006000000313533353537",
+    );
+    assert_eq!(input[0], 0, "the target's first byte: Implicit VR LE");
+    assert_eq!(
+        check(&input[1..], IMPLICIT_LE, &Limits::before_dicom_object()),
+        Err(ScanError::BadValueLength {
+            offset: 134,
+            tag: dicom_core::Tag(0x0007, 0x0000),
+            length: 6,
+            unit: 4
+        })
+    );
+}
+
 fn hex(s: &str) -> Vec<u8> {
     let s: Vec<u8> = s.bytes().filter(u8::is_ascii_hexdigit).collect();
     s.chunks(2)

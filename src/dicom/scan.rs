@@ -920,7 +920,7 @@ impl Scanner {
                 None => (false, 1),
             },
         };
-        if h.len % u32::from(unit) != 0 {
+        if !h.len.is_multiple_of(u32::from(unit)) {
             return Err(ScanError::BadValueLength {
                 offset: start,
                 tag: h.tag,

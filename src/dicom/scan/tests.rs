@@ -192,7 +192,7 @@ fn implicit_vr_uses_the_dictionary_for_defined_length_sequences() {
     // (0040,0100) is SQ in the dictionary: its defined-length items are entered, so the
     // depth limit sees them. A private tag of the same bytes is a plain value.
     let inner = ILE.sq_def(0x0040, 0x0100, &[ILE.el(0x0008, 0x0060, b"CS", b"CT")]);
-    let ds = ILE.sq_def(0x0040, 0x0100, &[inner.clone()]);
+    let ds = ILE.sq_def(0x0040, 0x0100, std::slice::from_ref(&inner));
     let one = Limits {
         max_depth: 1,
         ..Limits::default()
