@@ -7,6 +7,7 @@
 #
 # Environment: CARGO_TARGET_DIR (default /tmp/fuzz-target, keeps the main target dir alone),
 # FUZZ_TARGETS (space-separated subset), FUZZ_SANITIZER (address | none; default address).
+# The acceptance runs of issue 11 were `FUZZ_SANITIZER=none fuzz/run-all.sh 630` (fuzz/README.md).
 set -uo pipefail
 
 secs="${1:-60}"
@@ -23,6 +24,11 @@ if ! command -v cargo-fuzz >/dev/null; then
 fi
 
 cargo fuzz build -s "$sanitizer" || exit 2
+
+# Seeds (sample datasets, an A-ASSOCIATE-RQ, a DICOM JSON item) into the git-ignored corpora.
+if command -v python3 >/dev/null; then
+    python3 fuzz/seed.py >/dev/null || echo "fuzz/seed.py failed: starting from empty corpora" >&2
+fi
 
 failed=()
 for t in $targets; do

@@ -113,7 +113,9 @@ impl Encoding {
 /// How the content of a UN element of undefined length is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnUndefined {
-    /// As PS3.5 §6.2.2 says: a sequence whose items are Implicit VR Little Endian.
+    /// As PS3.5 §6.2.2 says: a sequence whose items are Implicit VR Little Endian. Not before
+    /// dicom-object: bytes that nest one level read this way can nest 5,000 levels read its
+    /// way (test `un_read_as_the_builder_reads_it_closes_a_depth_bypass`).
     ImplicitLittle,
     /// As a sequence in the enclosing encoding: what dicom-parser 0.10 does. Use this before
     /// handing the bytes to dicom-object, so the depth counted here is the depth it builds.
@@ -511,11 +513,9 @@ fn parse_header(enc: Encoding, b: &[u8]) -> Result<Option<Header>, (Tag, [u8; 2]
 
 /// The VR the standard dictionary gives `tag` in Implicit VR (the rule dicom-parser's implicit
 /// decoder applies, Pixel Data and Overlay Data being OW): whether a defined-length element
-/// is a sequence, and the size of its values. `None`: unknown (private), read as UN.
+/// is a sequence, and the size of its values. `None`: unknown, read as UN. Private groups are
+/// looked up too: the dictionary's ranges give e.g. every group length (gggg,0000) UL.
 fn implicit_vr(tag: Tag) -> Option<VR> {
-    if tag.0 % 2 == 1 {
-        return None; // private: not in the dictionary
-    }
     if tag == PIXEL_DATA || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
         return Some(VR::OW);
     }
@@ -920,7 +920,7 @@ impl Scanner {
                 None => (false, 1),
             },
         };
-        if h.len % u32::from(unit) != 0 {
+        if !h.len.is_multiple_of(u32::from(unit)) {
             return Err(ScanError::BadValueLength {
                 offset: start,
                 tag: h.tag,

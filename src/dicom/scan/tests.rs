@@ -192,7 +192,7 @@ fn implicit_vr_uses_the_dictionary_for_defined_length_sequences() {
     // (0040,0100) is SQ in the dictionary: its defined-length items are entered, so the
     // depth limit sees them. A private tag of the same bytes is a plain value.
     let inner = ILE.sq_def(0x0040, 0x0100, &[ILE.el(0x0008, 0x0060, b"CS", b"CT")]);
-    let ds = ILE.sq_def(0x0040, 0x0100, &[inner.clone()]);
+    let ds = ILE.sq_def(0x0040, 0x0100, std::slice::from_ref(&inner));
     let one = Limits {
         max_depth: 1,
         ..Limits::default()
@@ -605,9 +605,22 @@ fn binary_number_lengths_are_multiples_of_the_value_size() {
     ));
     ok.extend(ELE.el(0x0018, 0x9087, b"FD", &[0; 16]));
     scan(Encoding::ExplicitLittle, &ok).unwrap();
-    let mut private = ILE.header(0x0043, 0x0000, b"UL", 6);
+    let mut private = ILE.header(0x0043, 0x1010, b"UL", 6);
     private.extend([0; 6]);
     scan(Encoding::ImplicitLittle, &private).unwrap();
+    // Found by `mpps_dataset` next: a private group length (0009,0000) is UL to the
+    // dictionary's range entry, so dicom-parser read 48 of its 50 bytes.
+    let mut group_length = ILE.header(0x0009, 0x0000, b"UL", 50);
+    group_length.extend([0; 50]);
+    assert_eq!(
+        scan(Encoding::ImplicitLittle, &group_length),
+        Err(ScanError::BadValueLength {
+            offset: 0,
+            tag: Tag(0x0009, 0x0000),
+            length: 50,
+            unit: 4
+        })
+    );
 }
 
 #[test]
@@ -1036,4 +1049,63 @@ fn real_files_chunked_equal_whole() {
             assert_eq!(r, whole, "{name} in chunks of {chunk}");
         }
     }
+}
+
+/// Why [`Limits::before_dicom_object`] reads UN of undefined length as dicom-parser does:
+/// dicom-parser 0.10 reads its content in the outer (explicit) encoding, where PS3.5 §6.2.2
+/// says Implicit VR LE. Bytes can be shallow read one way and deep the other: here a private
+/// implicit element whose 4-byte length doubles as an invalid explicit VR (read as UN by
+/// dicom-parser) followed by an undefined length, hiding 50 nested sequences.
+#[test]
+fn un_read_as_the_builder_reads_it_closes_a_depth_bypass() {
+    const LEVELS: usize = 50;
+    let mut hidden = ELE.item_header(0xE000, UNDEF);
+    for _ in 0..LEVELS {
+        hidden.extend(ELE.header(0x0029, 0x1020, b"SQ", UNDEF));
+        hidden.extend(ELE.item_header(0xE000, UNDEF));
+    }
+    for _ in 0..LEVELS {
+        hidden.extend(ELE.item_header(0xE00D, 0));
+        hidden.extend(ELE.item_header(0xE0DD, 0));
+    }
+    hidden.extend(ELE.item_header(0xE00D, 0));
+    hidden.extend(ELE.item_header(0xE0DD, 0));
+    // Implicit view: (0029,1030), length 4 + hidden (even; its low bytes are no VR).
+    let len = 4 + hidden.len() as u32;
+    assert!(vr_kind([len as u8, (len >> 8) as u8]).is_none());
+    let mut ds = ELE.el(0x0008, 0x0060, b"CS", b"MR");
+    ds.extend(ELE.header(0x0029, 0x1010, b"UN", UNDEF));
+    ds.extend(ELE.item_header(0xE000, UNDEF));
+    ds.extend(ILE.header(0x0029, 0x1030, b"UN", len));
+    ds.extend(UNDEF.to_le_bytes()); // explicit view: the "UN" length, undefined
+    ds.extend(&hidden);
+    ds.extend(ELE.item_header(0xE00D, 0));
+    ds.extend(ELE.item_header(0xE0DD, 0));
+
+    // As PS3.5 says: one level, passes.
+    let standard = scan(Encoding::ExplicitLittle, &ds).unwrap();
+    assert_eq!(standard.max_depth, 1);
+    // As dicom-parser reads it: refused (the invalid VR; a valid one would nest too deep).
+    let as_built = scan_with(Encoding::ExplicitLittle, &ds, Limits::before_dicom_object());
+    assert!(
+        matches!(as_built, Err(ScanError::BadVr { .. })),
+        "{as_built:?}"
+    );
+    // What dicom-object builds from these bytes: more than 50 levels.
+    use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+    let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(EXPLICIT_LE)
+        .unwrap();
+    let obj = dicom_object::InMemDicomObject::read_dataset_with_ts(&ds[..], ts).unwrap();
+    let mut deepest = 0;
+    let mut todo = vec![(&obj, 0usize)];
+    while let Some((o, depth)) = todo.pop() {
+        deepest = deepest.max(depth);
+        for e in o.iter() {
+            if let Some(items) = e.items() {
+                todo.extend(items.iter().map(|i| (i, depth + 1)));
+            }
+        }
+    }
+    assert!(deepest > LEVELS, "dicom-object built {deepest} levels");
 }
