@@ -1038,11 +1038,11 @@ struct RawListener {
     max_unassociated: Option<usize>,
 }
 
+/// Builds the error for (section, key, given on the command line, message).
+type Invalid<'a> = &'a dyn Fn(Option<&str>, &str, bool, String) -> ConfigError;
+
 /// Validates one DICOM section's listeners and access keys.
-fn resolve_listener(
-    r: RawListener,
-    invalid: &dyn Fn(Option<&str>, &str, bool, String) -> ConfigError,
-) -> Result<ListenerSettings, ConfigError> {
+fn resolve_listener(r: RawListener, invalid: Invalid<'_>) -> Result<ListenerSettings, ConfigError> {
     let sec = Some(r.section);
     let addr = |text: &str, key: &str, flag: bool| -> Result<SocketAddr, ConfigError> {
         text.parse().map_err(|_| {

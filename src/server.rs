@@ -668,7 +668,7 @@ async fn serve_tls<I: Io>(
             .await;
         }
         Err(e) => {
-            warn!(%peer, service = port.service.label(), error = %e, "DICOM TLS handshake failed");
+            warn!(%peer, service = port.service.label(), reason = %e, "DICOM TLS connection refused");
         }
     }
 }

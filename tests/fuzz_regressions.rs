@@ -181,7 +181,6 @@ fn rq_with(contexts: Vec<(u8, &str, Vec<&str>)>) -> AssociationRQ {
 /// Expected: one result per ID, and the negotiated transfer syntax is the one the AC states
 /// for it (or the RQ is refused/aborted).
 #[test]
-#[ignore = "finding in src/net/ul/association.rs (negotiate): duplicate presentation context IDs"]
 fn duplicate_presentation_context_ids_get_one_consistent_answer() {
     const VERIFICATION: &str = "1.2.840.10008.1.1";
     let rq = rq_with(vec![
@@ -194,7 +193,7 @@ fn duplicate_presentation_context_ids_get_one_consistent_answer() {
         allowed_calling_ae_titles: vec![],
         max_pdu_length: 262_144,
     };
-    match negotiate(&rq, &policy, false, |a| a == VERIFICATION) {
+    match negotiate(&rq, &policy, false, |a: &str| a == VERIFICATION) {
         Decision::Accept(ac, negotiated) => {
             let answers: Vec<_> = ac
                 .presentation_contexts

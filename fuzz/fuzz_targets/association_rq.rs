@@ -30,14 +30,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(Some(Pdu::AssociationRQ(rq))) = read_pdu(pdu, MAX_PDU, flags & 1 == 1) else {
         return;
     };
-    // Known finding (fuzz/README.md, tests/fuzz_regressions.rs): `negotiate` answers every
-    // proposal of a repeated presentation context ID, and keeps the last one's transfer
-    // syntax. Skipped here so the run goes on past it.
+    // A repeated presentation context ID is answered once (the fixed finding of
+    // tests/fuzz_regressions.rs): one result per distinct ID.
     let mut ids: Vec<u8> = rq.presentation_contexts.iter().map(|pc| pc.id).collect();
     ids.sort_unstable();
-    if ids.windows(2).any(|w| w[0] == w[1]) {
-        return;
-    }
+    ids.dedup();
     let policy = AcceptorPolicy {
         ae_title: "DICOM_GW".into(),
         require_called_ae_title: flags & 2 != 0,
@@ -49,12 +46,13 @@ fuzz_target!(|data: &[u8]| {
         max_pdu_length: MAX_PDU,
     };
     black_box(max_length(&rq.user_variables));
-    match negotiate(&rq, &policy, flags & 8 != 0, |a| SUPPORTED.contains(&a)) {
+    match negotiate(&rq, &policy, flags & 8 != 0, |a: &str| SUPPORTED.contains(&a)) {
         Decision::Accept(ac, negotiated) => {
-            assert_eq!(
-                ac.presentation_contexts.len(),
-                rq.presentation_contexts.len()
-            );
+            assert_eq!(ac.presentation_contexts.len(), ids.len());
+            for (id, ctx) in &negotiated.contexts {
+                let answer = ac.presentation_contexts.iter().find(|r| r.id == *id);
+                assert_eq!(answer.map(|r| r.transfer_syntax.as_str()), Some(ctx.transfer_syntax.as_str()));
+            }
             for (id, ctx) in &negotiated.contexts {
                 let proposed = rq
                     .presentation_contexts

@@ -274,7 +274,7 @@ async fn run<F: ObjFile, S: NetStream>(
                 peer_max_pdu = negotiated.peer_max_pdu_length,
                 "association accepted"
             );
-            negotiated
+            *negotiated
         }
         Decision::Reject(rj, why) => {
             let _ = transition(state, Event::Evt8).expect("table: Evt8/Sta3");

@@ -136,8 +136,8 @@ impl RejectReason {
 /// The answer to an A-ASSOCIATE-RQ.
 #[derive(Debug, Clone)]
 pub enum Decision {
-    /// Send this A-ASSOCIATE-AC (boxed: it carries every context's result).
-    Accept(Box<AssociationAC>, Negotiated),
+    /// Send this A-ASSOCIATE-AC (both boxed: they carry every context's result).
+    Accept(Box<AssociationAC>, Box<Negotiated>),
     /// Send this A-ASSOCIATE-RJ.
     Reject(AssociationRJ, RejectReason),
 }
@@ -339,14 +339,14 @@ pub fn negotiate(
     };
     Decision::Accept(
         Box::new(ac),
-        Negotiated {
+        Box::new(Negotiated {
             calling_ae_title: calling,
             called_ae_title: called,
             peer_max_pdu_length,
             contexts,
             roles,
             extended,
-        },
+        }),
     )
 }
 
