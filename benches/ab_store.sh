@@ -46,7 +46,7 @@ cell() {
     local port=""
     for _ in $(seq 1 300); do
         port=$(grep -m1 "^$line" "$out" 2>/dev/null | sed -E 's/.*:([0-9]+).*/\1/' || true)
-        [ -n "$port" ] && grep -q "^dicom-gw: store" "$out" && break
+        [ -n "$port" ] && grep -q "^dicom-gw: store listening on" "$out" && break
         sleep 0.1
     done
     [ -n "$port" ] || { echo "no port from $bin" >&2; cat "$work/err.txt" >&2; exit 1; }

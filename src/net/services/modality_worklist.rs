@@ -19,20 +19,10 @@ use crate::worklist::{Dataset, Query, WorklistStore};
 /// Modality Worklist Information Model – FIND SOP Class UID.
 pub const SOP_CLASS: &str = "1.2.840.10008.5.1.4.31";
 
-/// C-FIND statuses (PS3.4 K.4.1.1.4, PS3.7 C.4.1.1.4).
+/// C-FIND statuses (PS3.4 K.4.1.1.4, PS3.7 C.4.1.1.4): the FIND services' common ones, and
+/// this service's refusal of another SOP class.
 pub mod status {
-    /// Matching is complete.
-    pub const SUCCESS: u16 = 0x0000;
-    /// Matches are continuing.
-    pub const PENDING: u16 = 0xFF00;
-    /// Matching terminated due to a C-CANCEL.
-    pub const CANCEL: u16 = 0xFE00;
-    /// Refused: out of resources.
-    pub const OUT_OF_RESOURCES: u16 = 0xA700;
-    /// Identifier does not match SOP Class.
-    pub const IDENTIFIER_DOES_NOT_MATCH: u16 = 0xA900;
-    /// Unable to process.
-    pub const UNABLE_TO_PROCESS: u16 = 0xC000;
+    pub use crate::net::dimse::find::status::*;
     /// SOP class not supported on this context.
     pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
 }
