@@ -775,6 +775,9 @@ fn study_search_filters_and_pagination() {
         "{st}"
     );
     assert_eq!(st["queue"]["destinations"], 2);
+    // The disk against its high-water mark (the default, 95 %), for the console's gauge.
+    assert_eq!(st["disk"]["high_water_percent"], 95, "{st}");
+    assert_eq!(st["disk"]["accepting"], true, "{st}");
     gw.get("/stats?x=1", v).err(400, "x");
 }
 

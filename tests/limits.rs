@@ -384,6 +384,8 @@ fn allowed_peers_rejects_other_networks_with_the_standard_reason() {
         log.contains("peer address not allowed") && log.contains("calling=OUTSIDER"),
         "the rejection is logged with the peer: {log}"
     );
+    // Plain text for journald and files: no terminal escape codes (stderr is a pipe here).
+    assert!(!log.contains('\u{1b}'), "escape codes in the log: {log:?}");
     // Every association line names the peer and both AE titles, on both ports.
     let accepted: Vec<&str> = log
         .lines()

@@ -176,8 +176,10 @@ async function dashboard(main) {
     const used = stats.disk.used_percent;
     const bar = h('span', { class: stats.disk.accepting ? (used > 85 ? 'warn' : '') : 'bad' });
     bar.style.width = `${Math.min(100, used || 0)}%`;
-    disk.replaceChildren(h('div', {}, used == null ? stats.disk.error : `${used} % used`),
-      h('div', { class: 'bar', role: 'presentation' }, bar),
+    const mark = h('i', { title: `high-water mark ${stats.disk.high_water_percent} %` });
+    mark.style.left = `${Math.min(100, stats.disk.high_water_percent)}%`;
+    disk.replaceChildren(h('div', { id: 'disk-use' }, used == null ? stats.disk.error : `${used} % used of ${stats.disk.high_water_percent} % allowed (high-water mark)`),
+      h('div', { class: 'bar', role: 'presentation' }, bar, mark),
       h('div', { class: stats.disk.accepting ? 'muted' : 'bad' }, stats.disk.accepting ? 'below the high-water mark: accepting objects' : 'above the high-water mark: C-STORE answers A700'));
     const act = promSamples(metrics, 'dicomgw_associations_active');
     assoc.replaceChildren(table(['Service', 'Active'], act.map((s) => h('tr', {}, td(s.labels.service), num(s.value)))));

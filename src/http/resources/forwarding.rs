@@ -529,6 +529,10 @@ pub async fn stats(req: &Request<Incoming>, ctx: &Ctx<'_>) -> Result<Response<Bo
         }
     }
     disk.insert("accepting".into(), json!(s.disk.check().is_ok()));
+    disk.insert(
+        "high_water_percent".into(),
+        json!(s.disk.high_water_percent()),
+    );
     Ok(json_response(
         200,
         &json!({
