@@ -256,6 +256,15 @@ pub fn serve(
             }
         })?);
         info!(items = wl_store.count(), "worklist database open");
+        let w = &settings.worklist;
+        let open = |a: Option<SocketAddr>| a.is_some_and(|a| !a.ip().is_loopback());
+        if (open(w.net.listen) || open(w.net.tls.as_ref().map(|t| t.listen)))
+            && w.net.allowed_peers.is_empty()
+            && w.allowed_calling_ae_titles.is_empty()
+        {
+            // Audit M2: the worklist is PHI, and MPPS can discontinue a scheduled step.
+            warn!("the worklist service answers any peer on the network (patient data, and MPPS can discontinue scheduled steps): set [worklist] allowed_peers or allowed_calling_ae_titles, and TLS");
+        }
         Some(wl_store)
     } else {
         None

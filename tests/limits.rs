@@ -403,6 +403,34 @@ fn allowed_peers_rejects_other_networks_with_the_standard_reason() {
 }
 
 #[test]
+fn an_open_worklist_is_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let warning = "the worklist service answers any peer on the network";
+    // On a loopback address: no warning.
+    let mut gw = Daemon::start(BIN, tmp.path().join("a"), "epoll", &[]);
+    gw.stop();
+    assert!(!gw.stderr().contains(warning), "{}", gw.stderr());
+    // On every interface with no allow-list: warned at start-up (audit M2).
+    let dir = tmp.path().join("b");
+    let args: Vec<std::ffi::OsString> = vec![
+        "serve".into(),
+        "--data-dir".into(),
+        dir.clone().into_os_string(),
+        "--store-listen".into(),
+        "127.0.0.1:0".into(),
+        "--http-listen".into(),
+        "127.0.0.1:0".into(),
+        "--io".into(),
+        "epoll".into(),
+        "--worklist-listen".into(),
+        "0.0.0.0:0".into(),
+    ];
+    let mut gw = Daemon::spawn(Path::new(BIN), &args, &dir).unwrap();
+    gw.stop();
+    assert!(gw.stderr().contains(warning), "{}", gw.stderr());
+}
+
+#[test]
 fn a_second_daemon_cannot_take_a_listening_port() {
     let tmp = tempfile::tempdir().unwrap();
     let first = Daemon::start(BIN, tmp.path().join("a"), "epoll", &[]);
