@@ -1,5 +1,6 @@
-//! Wires the daemon together: data directory, index, committer, one thread per core with its
-//! own runtime and `SO_REUSEPORT` listener, and shutdown in phases.
+//! Wires the daemon together: data directory, index, committer, the DICOM ports (store and
+//! worklist, plain and TLS) served by one thread per core with its own runtime, the admin API,
+//! and shutdown in phases.
 //!
 //! Shutdown (SIGTERM/SIGINT): stop accepting; let associations finish for the grace period;
 //! abort what is left; the committer finishes every object already handed to it (so each
