@@ -6,43 +6,69 @@
 
 use std::sync::{Mutex, OnceLock};
 
-static FAILED: Mutex<Option<String>> = Mutex::new(None);
-
-fn notify() -> &'static tokio::sync::Notify {
-    static N: OnceLock<tokio::sync::Notify> = OnceLock::new();
-    N.get_or_init(tokio::sync::Notify::new)
+/// Where failures are recorded: the daemon's one [`global`] registry, or a test's own.
+#[derive(Debug, Default)]
+pub struct Registry {
+    failed: Mutex<Option<String>>,
+    notify: tokio::sync::Notify,
 }
 
-/// Records that `component` failed (the first failure is kept).
-pub fn fail(component: &str, why: &str) {
-    let mut f = FAILED.lock().unwrap_or_else(|p| p.into_inner());
-    if f.is_none() {
-        tracing::error!(
-            component,
-            why,
-            "a vital component failed: the daemon is not ready and will stop"
-        );
-        *f = Some(format!("{component}: {why}"));
-    }
-    drop(f);
-    notify().notify_waiters();
-    notify().notify_one();
+/// The daemon's registry.
+pub fn global() -> &'static Registry {
+    static G: OnceLock<Registry> = OnceLock::new();
+    G.get_or_init(Registry::default)
 }
 
-/// The first recorded failure, if any.
-pub fn failed() -> Option<String> {
-    FAILED.lock().unwrap_or_else(|p| p.into_inner()).clone()
-}
-
-/// Resolves once a failure is recorded.
-pub async fn wait_failure() -> String {
-    loop {
-        let woken = notify().notified();
-        if let Some(f) = failed() {
-            return f;
+impl Registry {
+    /// Records that `component` failed (the first failure is kept).
+    pub fn fail(&self, component: &str, why: &str) {
+        let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            tracing::error!(
+                component,
+                why,
+                "a vital component failed: the daemon is not ready and will stop"
+            );
+            *f = Some(format!("{component}: {why}"));
         }
-        woken.await;
+        drop(f);
+        self.notify.notify_waiters();
+        self.notify.notify_one();
     }
+
+    /// The first recorded failure, if any.
+    pub fn failed(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Resolves once a failure is recorded.
+    pub async fn wait_failure(&self) -> String {
+        loop {
+            let woken = self.notify.notified();
+            if let Some(f) = self.failed() {
+                return f;
+            }
+            woken.await;
+        }
+    }
+}
+
+/// Records that `component` failed, in the daemon's registry.
+pub fn fail(component: &str, why: &str) {
+    global().fail(component, why);
+}
+
+/// The daemon's first recorded failure, if any.
+pub fn failed() -> Option<String> {
+    global().failed()
+}
+
+/// Resolves once the daemon records a failure.
+pub async fn wait_failure() -> String {
+    global().wait_failure().await
 }
 
 /// Held by a vital thread for as long as it must run; if it is dropped without
@@ -51,14 +77,21 @@ pub async fn wait_failure() -> String {
 #[derive(Debug)]
 pub struct Vital {
     component: &'static str,
+    registry: &'static Registry,
     done: bool,
 }
 
 impl Vital {
-    /// Guards `component`.
+    /// Guards `component`, recording into the daemon's registry.
     pub fn new(component: &'static str) -> Self {
+        Vital::in_registry(component, global())
+    }
+
+    /// Guards `component`, recording into `registry`.
+    pub fn in_registry(component: &'static str, registry: &'static Registry) -> Self {
         Vital {
             component,
+            registry,
             done: false,
         }
     }
@@ -77,7 +110,54 @@ impl Drop for Vital {
             } else {
                 "stopped unexpectedly"
             };
-            fail(self.component, why);
+            self.registry.fail(self.component, why);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> &'static Registry {
+        Box::leak(Box::default())
+    }
+
+    #[test]
+    fn an_orderly_stop_is_not_a_failure() {
+        let r = registry();
+        Vital::in_registry("committer", r).done();
+        assert_eq!(r.failed(), None);
+    }
+
+    #[test]
+    fn a_thread_that_ends_early_or_panics_is_recorded_and_wakes_the_waiter() {
+        let r = registry();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let waiter = std::thread::spawn(move || {
+            rt.block_on(tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                r.wait_failure(),
+            ))
+            .expect("the waiter was woken")
+        });
+        let t = std::thread::spawn(move || {
+            let _vital = Vital::in_registry("committer", r);
+            panic!("boom");
+        });
+        assert!(t.join().is_err());
+        assert_eq!(waiter.join().unwrap(), "committer: panicked");
+        // The first failure is kept.
+        drop(Vital::in_registry("core thread", r));
+        assert_eq!(r.failed().as_deref(), Some("committer: panicked"));
+        let r2 = registry();
+        drop(Vital::in_registry("core thread", r2));
+        assert_eq!(
+            r2.failed().as_deref(),
+            Some("core thread: stopped unexpectedly")
+        );
     }
 }
