@@ -138,10 +138,9 @@ mod tests {
             .build()
             .unwrap();
         let waiter = std::thread::spawn(move || {
-            rt.block_on(tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                r.wait_failure(),
-            ))
+            rt.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(10), r.wait_failure()).await
+            })
             .expect("the waiter was woken")
         });
         let t = std::thread::spawn(move || {
