@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use dicom_ul::pdu::{AbortRQSource, Pdu};
+use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource, Pdu};
 use tokio::sync::{mpsc, watch};
 
 use super::Phase;
@@ -171,6 +171,11 @@ impl<S: NetStream> Conn<S> {
     /// Sends an A-ABORT (best effort).
     pub async fn abort(&self, source: AbortRQSource) {
         let _ = self.send_pdu(&Pdu::AbortRQ { source }).await;
+    }
+
+    /// Sends an A-ABORT from the service provider (us) for `reason` (best effort).
+    pub async fn provider_abort(&self, reason: AbortRQServiceProviderReason) {
+        self.abort(AbortRQSource::ServiceProvider(reason)).await;
     }
 
     /// After A-RELEASE-RP or A-ASSOCIATE-RJ (Sta13): waits for the peer to close, at most

@@ -133,11 +133,6 @@ fn status_class(status: u16) -> crate::metrics::StatusClass {
     }
 }
 
-/// An A-ABORT from the service provider (us) for `reason`.
-pub fn provider_abort(reason: AbortRQServiceProviderReason) -> AbortRQSource {
-    AbortRQSource::ServiceProvider(reason)
-}
-
 fn event_for(ty: PduType) -> Event {
     match ty {
         PduType::AssociateRq => Event::Evt6,
@@ -209,10 +204,8 @@ async fn run<F: ObjFile, S: NetStream>(
                 event_for_error(&e)
             };
             if transition(state, evt) == Some(Action::Aa1) {
-                conn.abort(provider_abort(
-                    AbortRQServiceProviderReason::InvalidPduParameter,
-                ))
-                .await;
+                conn.provider_abort(AbortRQServiceProviderReason::InvalidPduParameter)
+                    .await;
             }
             debug!(error = %e, "connection ended before association");
             return;
@@ -223,7 +216,7 @@ async fn run<F: ObjFile, S: NetStream>(
         action => {
             warn!(pdu = ?ty, ?action, "unexpected PDU before A-ASSOCIATE-RQ; aborting");
             if action == Some(Action::Aa1) {
-                conn.abort(provider_abort(AbortRQServiceProviderReason::UnexpectedPdu))
+                conn.provider_abort(AbortRQServiceProviderReason::UnexpectedPdu)
                     .await;
             }
             return;
@@ -234,10 +227,8 @@ async fn run<F: ObjFile, S: NetStream>(
         other => {
             // Evt19 in Sta2 → AA-1.
             warn!(error = ?other.err(), "malformed A-ASSOCIATE-RQ; aborting");
-            conn.abort(provider_abort(
-                AbortRQServiceProviderReason::InvalidPduParameter,
-            ))
-            .await;
+            conn.provider_abort(AbortRQServiceProviderReason::InvalidPduParameter)
+                .await;
             return;
         }
     };
@@ -401,9 +392,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                         Some(Action::Aa8) => {
                             warn!(error = %e, "invalid PDU; aborting association");
                             self.conn
-                                .abort(provider_abort(
-                                    AbortRQServiceProviderReason::InvalidPduParameter,
-                                ))
+                                .provider_abort(AbortRQServiceProviderReason::InvalidPduParameter)
                                 .await;
                         }
                         _ => debug!(error = %e, "connection closed"),
@@ -418,9 +407,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                         Err(e) => {
                             warn!(error = %e, "malformed P-DATA-TF; aborting");
                             self.conn
-                                .abort(provider_abort(
-                                    AbortRQServiceProviderReason::InvalidPduParameter,
-                                ))
+                                .provider_abort(AbortRQServiceProviderReason::InvalidPduParameter)
                                 .await;
                             return;
                         }
@@ -437,9 +424,9 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                             Err(e) => {
                                 warn!(error = %e, "DIMSE protocol error; aborting");
                                 self.conn
-                                    .abort(provider_abort(
+                                    .provider_abort(
                                         AbortRQServiceProviderReason::UnexpectedPduParameter,
-                                    ))
+                                    )
                                     .await;
                                 return;
                             }
@@ -475,7 +462,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 action => {
                     warn!(pdu = ?ty, ?action, "unexpected PDU in an established association; aborting");
                     self.conn
-                        .abort(provider_abort(AbortRQServiceProviderReason::UnexpectedPdu))
+                        .provider_abort(AbortRQServiceProviderReason::UnexpectedPdu)
                         .await;
                     return;
                 }
