@@ -23,13 +23,6 @@ pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 static VENV: Mutex<Option<PathBuf>> = Mutex::new(None);
 
-fn imports(python: &Path) -> bool {
-    Command::new(python)
-        .args(["-c", "import selenium"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// Whether Chromium and its driver are installed. When they are not: under `CI=true` this
 /// panics (the test must fail), otherwise it prints why the test is skipped and returns false.
 pub fn require_chromium(test: &str) -> bool {
@@ -53,51 +46,15 @@ pub fn require_chromium(test: &str) -> bool {
 
 /// The path of a python3 that can `import selenium`; made on first use.
 pub fn selenium_python() -> PathBuf {
-    let mut cached = VENV.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = cached.as_ref() {
-        return p.clone();
-    }
-    if let Some(p) = std::env::var_os("DICOM_GW_TEST_SELENIUM_PYTHON") {
-        let p = PathBuf::from(p);
-        assert!(
-            imports(&p),
-            "$DICOM_GW_TEST_SELENIUM_PYTHON={} cannot import selenium",
-            p.display()
-        );
-        *cached = Some(p.clone());
-        return p;
-    }
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("selenium-{SELENIUM}"));
-    let python = dir.join("bin").join("python3");
-    if !imports(&python) {
-        let _ = std::fs::remove_dir_all(&dir);
-        let (out, timed_out) = run_timeout(
-            Command::new("python3").arg("-m").arg("venv").arg(&dir),
-            Duration::from_secs(120),
-        );
-        assert!(
-            !timed_out && out.status.success(),
-            "cannot create a venv for selenium (Debian: apt-get install python3-venv): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let (out, timed_out) = run_timeout(
-            Command::new(dir.join("bin").join("pip")).args([
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                &format!("selenium=={SELENIUM}"),
-            ]),
-            Duration::from_secs(600),
-        );
-        assert!(
-            !timed_out && out.status.success() && imports(&python),
-            "cannot install selenium {SELENIUM} from PyPI: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    *cached = Some(python.clone());
-    python
+    crate::util::python::venv_python(
+        &VENV,
+        &crate::util::python::VenvSpec {
+            package: "selenium",
+            version: SELENIUM,
+            import: "import selenium",
+            env_var: "DICOM_GW_TEST_SELENIUM_PYTHON",
+        },
+    )
 }
 
 /// Runs the Selenium `script` (Python source) with `env` set, bounded by `timeout`; returns

@@ -18,32 +18,52 @@ pub const PYNETDICOM: &str = "2.1.1";
 
 static VENV: Mutex<Option<PathBuf>> = Mutex::new(None);
 
-fn imports(python: &Path) -> bool {
+/// What a test venv holds: a pinned PyPI package, how to check it, and the environment
+/// variable that may name a Python that already has it.
+pub struct VenvSpec {
+    /// PyPI name (also names the venv directory).
+    pub package: &'static str,
+    /// Pinned version.
+    pub version: &'static str,
+    /// Python statement that succeeds once the package is usable.
+    pub import: &'static str,
+    /// Environment variable naming a ready Python instead.
+    pub env_var: &'static str,
+}
+
+fn imports(python: &Path, import: &str) -> bool {
     Command::new(python)
-        .args(["-c", "import pynetdicom, pydicom"])
+        .args(["-c", import])
         .output()
         .is_ok_and(|o| o.status.success())
 }
 
-/// The path of a python3 that can `import pynetdicom`; made on first use.
-pub fn pynetdicom_python() -> PathBuf {
-    let mut cached = VENV.lock().unwrap_or_else(|e| e.into_inner());
+/// The path of a python3 with `spec`'s package, cached in `cache`: `$env_var` if set, else a
+/// venv under Cargo's target tmp dir, made once and reused by later runs.
+pub fn venv_python(cache: &Mutex<Option<PathBuf>>, spec: &VenvSpec) -> PathBuf {
+    let VenvSpec {
+        package,
+        version,
+        import,
+        env_var,
+    } = *spec;
+    let mut cached = cache.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(p) = cached.as_ref() {
         return p.clone();
     }
-    if let Some(p) = std::env::var_os("DICOM_GW_TEST_PYTHON") {
+    if let Some(p) = std::env::var_os(env_var) {
         let p = PathBuf::from(p);
         assert!(
-            imports(&p),
-            "$DICOM_GW_TEST_PYTHON={} cannot import pynetdicom",
+            imports(&p, import),
+            "${env_var}={} cannot import {package}",
             p.display()
         );
         *cached = Some(p.clone());
         return p;
     }
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pynetdicom-{PYNETDICOM}"));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{package}-{version}"));
     let python = dir.join("bin").join("python3");
-    if !imports(&python) {
+    if !imports(&python, import) {
         let _ = std::fs::remove_dir_all(&dir);
         let (out, timed_out) = run_timeout(
             Command::new("python3").arg("-m").arg("venv").arg(&dir),
@@ -51,7 +71,7 @@ pub fn pynetdicom_python() -> PathBuf {
         );
         assert!(
             !timed_out && out.status.success(),
-            "cannot create a venv for pynetdicom (Debian: apt-get install python3-venv): {}",
+            "cannot create a venv for {package} (Debian: apt-get install python3-venv): {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let (out, timed_out) = run_timeout(
@@ -59,17 +79,30 @@ pub fn pynetdicom_python() -> PathBuf {
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
-                &format!("pynetdicom=={PYNETDICOM}"),
+                &format!("{package}=={version}"),
             ]),
             Duration::from_secs(600),
         );
         assert!(
-            !timed_out && out.status.success() && imports(&python),
-            "cannot install pynetdicom {PYNETDICOM} from PyPI: {}{}",
+            !timed_out && out.status.success() && imports(&python, import),
+            "cannot install {package} {version} from PyPI: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
     }
     *cached = Some(python.clone());
     python
+}
+
+/// The path of a python3 that can `import pynetdicom`; made on first use.
+pub fn pynetdicom_python() -> PathBuf {
+    venv_python(
+        &VENV,
+        &VenvSpec {
+            package: "pynetdicom",
+            version: PYNETDICOM,
+            import: "import pynetdicom, pydicom",
+            env_var: "DICOM_GW_TEST_PYTHON",
+        },
+    )
 }
