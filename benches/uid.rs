@@ -3,7 +3,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use dicom_gw::store::uid::validate_uid;
+use dicom_gw::dicom::uid::validate_uid;
 
 const UIDS: [&str; 8] = [
     "1.2.840.113619.2.55.3.604688119.969.1268071029.320",

@@ -783,7 +783,7 @@ impl RawConfig {
         }
         let mut extra = Vec::new();
         for uid in s.extra_sop_classes.unwrap_or_default() {
-            let v = crate::store::uid::validate_uid(&uid).map_err(|e| {
+            let v = crate::dicom::uid::validate_uid(&uid).map_err(|e| {
                 invalid(
                     Some("store"),
                     "extra_sop_classes",

@@ -553,7 +553,7 @@ impl Ops {
             }
             Request::Replay { destination, study } => {
                 self.check(destination)?;
-                crate::store::uid::validate_uid(study)
+                crate::dicom::uid::validate_uid(study)
                     .map_err(|e| OpError::Usage(format!("study {study:?}: {e}")))?;
                 let n = self.queue.replay_study(destination, study, now)?;
                 self.wake(destination);

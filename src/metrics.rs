@@ -59,7 +59,7 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::queue::{DestinationStats, Outcome};
+use serde::{Deserialize, Serialize};
 
 /// HTTP `Content-Type` of [`render`]'s output (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -279,21 +279,46 @@ impl DestinationMetrics {
         }
     }
 
-    /// Counts one attempt's outcome (`Unsent` was no attempt and is not counted).
-    pub fn record(&self, outcome: &Outcome) {
-        let i = match outcome {
-            Outcome::Delivered => 0,
-            Outcome::Retry(_) => 1,
-            Outcome::Dead(_) => 2,
-            Outcome::Unsent => return,
-        };
-        self.results[i].fetch_add(1, Relaxed);
+    /// Counts one attempt's result.
+    pub fn record(&self, result: ForwardResult) {
+        self.results[result as usize].fetch_add(1, Relaxed);
     }
 
     /// Records one C-STORE round trip (request sent to response received).
     pub fn observe(&self, elapsed: Duration) {
         self.latency.observe(&LATENCY_BOUNDS_NS, nanos(elapsed));
     }
+}
+
+/// Job counts of one destination (filled by `queue::Queue::stats`; defined here so the
+/// metrics stay a leaf that every layer can record into).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationStats {
+    /// Name.
+    pub destination: String,
+    /// Waiting, never tried.
+    pub pending: u64,
+    /// Waiting for a retry.
+    pub retry: u64,
+    /// Being sent.
+    pub in_flight: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Delivered since the database was created.
+    pub done: u64,
+    /// Whether forwarding to it is paused.
+    pub paused: bool,
+}
+
+/// How one forward attempt ended, as counted in `dicomgw_forward_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardResult {
+    /// Success or warning from the destination.
+    Delivered,
+    /// A transient failure; the job waits for a retry.
+    Retry,
+    /// A permanent refusal; the job is a dead letter.
+    Dead,
 }
 
 /// Every metric the daemon records. Normally the process-global one ([`global`]); tests make
@@ -555,14 +580,14 @@ impl Metrics {
     }
 
     /// Counts the outcomes of a batch of forward attempts to `destination`.
-    pub fn forward_results<'o>(
+    pub fn forward_results(
         &self,
         destination: &str,
-        outcomes: impl IntoIterator<Item = &'o Outcome>,
+        results: impl IntoIterator<Item = ForwardResult>,
     ) {
         let d = self.destination(destination);
-        for o in outcomes {
-            d.record(o);
+        for r in results {
+            d.record(r);
         }
     }
 
@@ -1108,12 +1133,11 @@ mod tests {
         let m = Metrics::new(1);
         m.forward_results(
             "pacs",
-            &[
-                Outcome::Delivered,
-                Outcome::Delivered,
-                Outcome::Retry("x".into()),
-                Outcome::Dead("y".into()),
-                Outcome::Unsent,
+            [
+                ForwardResult::Delivered,
+                ForwardResult::Delivered,
+                ForwardResult::Retry,
+                ForwardResult::Dead,
             ],
         );
         m.destination("pacs").observe(Duration::from_millis(2));
@@ -1185,7 +1209,7 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         let m = Metrics::new(1);
-        m.forward_results("a\"b\\c\nd", &[Outcome::Delivered]);
+        m.forward_results("a\"b\\c\nd", [ForwardResult::Delivered]);
         let out = m.render(&Snapshot::default());
         assert!(
             out.contains(r#"dicomgw_forward_total{destination="a\"b\\c\nd",result="delivered"} 1"#),
@@ -1201,7 +1225,7 @@ mod tests {
     fn output_is_valid_text_format() {
         let m = Metrics::new(2);
         m.instance_received(0, 10);
-        m.forward_results("pacs", &[Outcome::Delivered]);
+        m.forward_results("pacs", [ForwardResult::Delivered]);
         let snapshot = Snapshot {
             queue: vec![DestinationStats {
                 destination: "pacs".into(),

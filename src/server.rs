@@ -325,7 +325,8 @@ pub fn serve(
                 offer: Offer {
                     storage: None,
                     worklist: Some(WorklistScp {
-                        store: wl_store.clone(),
+                        worklist: wl_store.clone(),
+                        steps: wl_store.clone(),
                         pool,
                         max_results: w.max_results,
                     }),

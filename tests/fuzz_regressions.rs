@@ -5,10 +5,10 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use dicom_gw::dicom::json::{dataset_from_json, dataset_to_json, parse_datasets};
 use dicom_gw::dicom::scan::{check, Limits, ScanError};
 use dicom_gw::net::services::modality_worklist::read_dataset;
 use dicom_gw::net::ul::association::{negotiate, AcceptorPolicy, Decision};
-use dicom_gw::worklist::json::{dataset_from_json, dataset_to_json, parse_datasets};
 use dicom_ul::pdu::{
     AssociationRQ, PresentationContextProposed, PresentationContextResultReason, UserVariableItem,
 };

@@ -277,7 +277,12 @@ fn rendered_exposition_passes_promtool() {
         Duration::from_secs(3),
     );
     m.commit_batch(17, Duration::from_millis(2));
-    m.forward_results("archive", &[Outcome::Delivered, Outcome::Retry("x".into())]);
+    m.forward_results(
+        "archive",
+        [Outcome::Delivered, Outcome::Retry("x".into())]
+            .iter()
+            .filter_map(Outcome::counted),
+    );
     m.destination("archive").observe(Duration::from_millis(12));
     let snapshot = Snapshot {
         queue: vec![

@@ -1,4 +1,4 @@
-//! DICOM JSON import (`worklist::json::parse_datasets`, and `worklist::model::parse_items`,
+//! DICOM JSON import (`dicom::json::parse_datasets`, and `worklist::model::parse_items`,
 //! what `POST /api/v1/worklist` and the CLI import take). Invariant: a dataset that was
 //! accepted, written back with `dataset_to_json`, is accepted again and writes the same JSON.
 //! (Not the same `Dataset`: `"Value": [null]` reads as one empty string and is written as no
@@ -10,7 +10,7 @@ mod alloc_guard;
 
 use std::hint::black_box;
 
-use dicom_gw::worklist::json::{dataset_from_json, dataset_to_json, parse_datasets};
+use dicom_gw::dicom::json::{dataset_from_json, dataset_to_json, parse_datasets};
 use dicom_gw::worklist::model::parse_items;
 use libfuzzer_sys::fuzz_target;
 

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use dicom_gw::dicom::scan::{check, Limits};
 use dicom_gw::net::dimse::command::{Command, CommandField};
 use dicom_gw::net::services::modality_worklist::{find, read_dataset, FindOutcome, SOP_CLASS};
-use dicom_gw::worklist::dataset::DatasetError;
+use dicom_gw::dicom::dataset::DatasetError;
 use dicom_gw::worklist::{Dataset, WorklistStore};
 use libfuzzer_sys::fuzz_target;
 

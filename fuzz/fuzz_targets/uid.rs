@@ -3,7 +3,7 @@
 
 use std::hint::black_box;
 
-use dicom_gw::store::uid::{validate_uid, MAX_UID_LEN};
+use dicom_gw::dicom::uid::{validate_uid, MAX_UID_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|s: &str| {

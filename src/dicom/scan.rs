@@ -38,7 +38,7 @@ const UNDEFINED: u32 = 0xFFFF_FFFF;
 /// Longest element header: tag, VR, reserved, 4-byte length (PS3.5 §7.1.2).
 const MAX_HEADER: usize = 12;
 
-/// Default deepest sequence nesting: what the worklist model accepts (`worklist::dataset`'s
+/// Default deepest sequence nesting: what the worklist model accepts (`dicom::dataset`'s
 /// `MAX_DEPTH`), far more than any IOD uses.
 pub const DEFAULT_MAX_DEPTH: usize = 16;
 

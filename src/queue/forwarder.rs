@@ -327,7 +327,8 @@ fn worker(shared: &Shared, d: &DestinationState) {
             continue;
         }
         let (results, link_failed) = send_batch(&mut link, claimed, d, shared);
-        crate::metrics::global().forward_results(&cfg.name, results.iter().map(|(_, o)| o));
+        crate::metrics::global()
+            .forward_results(&cfg.name, results.iter().filter_map(|(_, o)| o.counted()));
         let delivered = results
             .iter()
             .filter(|(_, o)| *o == Outcome::Delivered)

@@ -133,24 +133,7 @@ pub struct JobView {
     pub state: JobState,
 }
 
-/// Job counts of one destination.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DestinationStats {
-    /// Name.
-    pub destination: String,
-    /// Waiting, never tried.
-    pub pending: u64,
-    /// Waiting for a retry.
-    pub retry: u64,
-    /// Being sent.
-    pub in_flight: u64,
-    /// Dead letters.
-    pub dead: u64,
-    /// Delivered since the database was created.
-    pub done: u64,
-    /// Whether forwarding to it is paused.
-    pub paused: bool,
-}
+pub use crate::metrics::DestinationStats;
 
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +147,19 @@ pub enum Outcome {
     /// Not attempted (the association broke earlier in the batch, or the forwarder is
     /// stopping): back to waiting, due now, no attempt charged.
     Unsent,
+}
+
+impl Outcome {
+    /// The attempt's result as the metrics count it (`Unsent` was no attempt).
+    pub fn counted(&self) -> Option<crate::metrics::ForwardResult> {
+        use crate::metrics::ForwardResult as R;
+        match self {
+            Outcome::Delivered => Some(R::Delivered),
+            Outcome::Retry(_) => Some(R::Retry),
+            Outcome::Dead(_) => Some(R::Dead),
+            Outcome::Unsent => None,
+        }
+    }
 }
 
 /// A claimed job with the stored object it refers to (`None`: the object is gone).

@@ -1,6 +1,7 @@
 //! Errors of the storage layer, mapped to C-STORE statuses in one place ([`StoreError::status`]).
 
-use super::{attrs::ExtractError, index::IndexError, uid::UidError};
+use super::{attrs::ExtractError, index::IndexError};
+use crate::dicom::uid::UidError;
 
 /// Why an object was not stored. Each variant maps to one PS3.4 Annex B status.
 #[derive(Debug, thiserror::Error)]

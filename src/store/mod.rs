@@ -8,7 +8,7 @@ pub mod index;
 pub mod meta;
 pub mod sink;
 pub mod summary;
-pub mod uid;
+
 pub mod writer;
 
 use std::os::fd::AsRawFd;
@@ -223,15 +223,16 @@ impl DataDir {
     /// Path of an object relative to the data directory. Every UID is validated first
     /// (PS3.5 §9.1: digits and dots only), so no UID can steer the path anywhere else.
     pub fn object_rel_path(study: &str, series: &str, sop: &str) -> Result<PathBuf, StoreError> {
-        let study = uid::validate_uid(study).map_err(|e| StoreError::InvalidUid {
+        let study = crate::dicom::uid::validate_uid(study).map_err(|e| StoreError::InvalidUid {
             field: "StudyInstanceUID",
             source: e,
         })?;
-        let series = uid::validate_uid(series).map_err(|e| StoreError::InvalidUid {
-            field: "SeriesInstanceUID",
-            source: e,
-        })?;
-        let sop = uid::validate_uid(sop).map_err(|e| StoreError::InvalidUid {
+        let series =
+            crate::dicom::uid::validate_uid(series).map_err(|e| StoreError::InvalidUid {
+                field: "SeriesInstanceUID",
+                source: e,
+            })?;
+        let sop = crate::dicom::uid::validate_uid(sop).map_err(|e| StoreError::InvalidUid {
             field: "SOPInstanceUID",
             source: e,
         })?;

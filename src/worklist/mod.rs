@@ -10,26 +10,23 @@
 //! knows its DICOM status (`QueryError::status`, `MppsError::status`) or names the attribute
 //! for a 400 (`ItemError::path`).
 //!
+//! The generic DICOM parts it builds on (the owned dataset model, value rules, DICOM JSON and
+//! C-FIND matching) live in [`crate::dicom`], shared with Query/Retrieve.
+//!
 //! Modules, from the bottom up:
-//! - [`dataset`] — the owned dataset model (fast to store and match), conversions to and from
-//!   `InMemDicomObject`, attribute paths for error messages.
-//! - [`vr`] — PS3.5 value rules; date/time parsing with precision.
-//! - [`json`] — DICOM JSON (PS3.18 Annex F) ↔ dataset, strict on entry.
 //! - [`model`] — worklist items, the required-attribute set, defaults, statuses.
-//! - [`matching`] — C-FIND matching and projection.
 //! - [`mpps`] — the MPPS state machine and worklist linking.
 //! - [`store`] — `worklist.redb`.
+//! - [`services`] — the network services' ports ([`crate::net::services`]) implemented by the
+//!   store.
 
-pub mod dataset;
-pub mod json;
-pub mod matching;
 pub mod model;
 pub mod mpps;
+pub mod services;
 pub mod store;
-pub mod vr;
 
-pub use dataset::{AttributePath, Dataset, Element, Value};
-pub use matching::{Query, QueryError};
+pub use crate::dicom::dataset::{AttributePath, Dataset, Element, Value};
+pub use crate::dicom::matching::{Query, QueryError};
 pub use model::{ItemError, ItemKey, NewItem, SpsStatus, WorklistItem};
 pub use mpps::{MppsError, MppsInstance, PpsStatus};
 pub use store::{MppsRecord, MppsStoreError, Upserted, WorklistStore, WorklistStoreError};

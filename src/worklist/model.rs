@@ -29,8 +29,8 @@ use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;
 use serde::{Deserialize, Serialize};
 
-use super::dataset::{AttributePath, Dataset, Value};
-use super::json::{self, JsonError};
+use crate::dicom::dataset::{AttributePath, Dataset, Value};
+use crate::dicom::json::{self, JsonError};
 
 /// Scheduled Procedure Step Status (0040,0020), the defined terms of PS3.3 C.4.10.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -450,7 +450,7 @@ pub fn generate_uid() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::uid::validate_uid;
+    use crate::dicom::uid::validate_uid;
     use serde_json::json;
 
     fn doc(extra_top: serde_json::Value, extra_step: serde_json::Value) -> String {
@@ -574,10 +574,7 @@ mod tests {
                 json!({}),
             );
             assert!(matches!(e, ItemError::Missing { .. }), "{e}");
-            assert_eq!(
-                e.path().unwrap().tag(),
-                crate::worklist::json::parse_tag(tag)
-            );
+            assert_eq!(e.path().unwrap().tag(), crate::dicom::json::parse_tag(tag));
         }
     }
 

@@ -30,9 +30,9 @@ use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use serde::{Deserialize, Serialize};
 
-use super::dataset::{keyword, Dataset, Value};
 use super::model::SpsStatus;
-use crate::store::uid::validate_uid;
+use crate::dicom::dataset::{keyword, Dataset, Value};
+use crate::dicom::uid::validate_uid;
 
 /// Performed Procedure Step Status (0040,0252), PS3.3 C.4.14.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -206,7 +206,7 @@ impl MppsInstance {
 
     /// The attributes as DICOM JSON (for `/api/v1/mpps`).
     pub fn to_json(&self) -> serde_json::Value {
-        super::json::dataset_to_json(&self.dataset)
+        crate::dicom::json::dataset_to_json(&self.dataset)
     }
 }
 
@@ -385,7 +385,7 @@ pub fn links_to(refs: &[StepRef], item: &Dataset) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worklist::json::dataset_from_json;
+    use crate::dicom::json::dataset_from_json;
     use dicom_core::VR;
     use serde_json::json;
 

@@ -30,10 +30,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::dataset::Dataset;
-use super::matching::{MatchHint, Prefilter, Query};
 use super::model::{self, generate_uid, ItemKey, NewItem, SpsStatus, WorklistItem};
 use super::mpps::{self, MppsError, MppsInstance, PpsStatus};
+use crate::dicom::dataset::Dataset;
+use crate::dicom::matching::{MatchHint, Prefilter, Query};
 
 /// The database file name inside the data directory.
 pub const FILE_NAME: &str = "worklist.redb";
@@ -787,7 +787,7 @@ fn set_items_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worklist::json::dataset_from_json;
+    use crate::dicom::json::dataset_from_json;
     use crate::worklist::model::parse_items;
     use dicom_core::VR;
     use dicom_dictionary_std::tags;

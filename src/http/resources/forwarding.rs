@@ -472,7 +472,7 @@ struct ReplayBody {
 pub async fn replay(req: Request<Incoming>, ctx: &Ctx<'_>) -> Result<Response<Body>, ApiError> {
     Query::parse(req.uri())?.finish()?;
     let body: ReplayBody = read_body(req).await?;
-    let study = crate::store::uid::validate_uid(&body.study)
+    let study = crate::dicom::uid::validate_uid(&body.study)
         .map_err(|e| ApiError::bad_request(format!("study: {e}")))?
         .to_owned();
     let (f, actor) = (Fwd::of(ctx), Actor::of(ctx));

@@ -20,9 +20,9 @@ use tracing::error;
 use serde::Serialize;
 
 use super::{blocking, index_err, page_response, Params, Query};
+use crate::dicom::uid::validate_uid;
 use crate::http::{bytes_response, json_response, ApiError, Body, Ctx};
 use crate::store::index::{InstanceRecord, StudyFilter, StudyRecord};
-use crate::store::uid::validate_uid;
 use crate::store::DataDir;
 
 /// Bytes read per chunk of a download.

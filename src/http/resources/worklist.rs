@@ -24,12 +24,12 @@ use hyper::{Request, Response};
 use serde_json::{json, Value as Json};
 
 use super::{blocking, paginate, Actor, Params, Query};
+use crate::dicom::dataset::{keyword, Value};
+use crate::dicom::vr::parse_date;
 use crate::http::{json_response, ApiError, Body, Ctx, MAX_BODY};
-use crate::worklist::dataset::{keyword, Value};
 use crate::worklist::model::{self, ItemError, ItemKey, NewItem, SpsStatus, WorklistItem};
 use crate::worklist::mpps::PpsStatus;
 use crate::worklist::store::{MppsRecord, WorklistStore, WorklistStoreError};
-use crate::worklist::vr::parse_date;
 
 /// The content types a worklist body may be sent as (parameters such as `charset` aside).
 const JSON_TYPES: [&str; 2] = ["application/dicom+json", "application/json"];
@@ -453,7 +453,7 @@ pub async fn get_mpps(
 ) -> Result<Response<Body>, ApiError> {
     Query::parse(req.uri())?.finish()?;
     let raw = p.get("uid");
-    let uid = crate::store::uid::validate_uid(raw)
+    let uid = crate::dicom::uid::validate_uid(raw)
         .map_err(|e| ApiError::bad_request(format!("path parameter uid: {raw:?}: {e}")))?
         .to_owned();
     let store = store(ctx)?;

@@ -754,10 +754,10 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 metrics.worklist_find(FindResult::Failure, 0, started.elapsed());
                 return self.reply(pc_id, &rsp, None).await;
             };
-            let (store, rq, limit) = (wl.store.clone(), cmd.clone(), wl.max_results);
+            let (store, rq, limit) = (wl.worklist.clone(), cmd.clone(), wl.max_results);
             let answer = wl
                 .pool
-                .run(move || mwl::find_encoded(&store, &rq, &identifier, &ts, limit))
+                .run(move || mwl::find_encoded(&*store, &rq, &identifier, &ts, limit))
                 .await
                 .unwrap_or_else(|busy| FindAnswer::Refused {
                     status: find_status::OUT_OF_RESOURCES,
@@ -785,14 +785,14 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             };
         }
         let create = route == Route::MppsCreate;
-        let (store, rq) = (wl.store.clone(), cmd.clone());
+        let (store, rq) = (wl.steps.clone(), cmd.clone());
         let answer = wl
             .pool
             .run(move || {
                 if create {
-                    mpps::n_create(&store, &rq, data.as_deref(), &ts)
+                    mpps::n_create(&*store, &rq, data.as_deref(), &ts)
                 } else {
-                    mpps::n_set(&store, &rq, data.as_deref(), &ts)
+                    mpps::n_set(&*store, &rq, data.as_deref(), &ts)
                 }
             })
             .await

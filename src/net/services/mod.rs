@@ -16,14 +16,15 @@ use std::sync::Arc;
 
 use crate::net::dimse::command::CommandField;
 use crate::rt::WorkPool;
-use crate::worklist::WorklistStore;
 
 /// The Basic Worklist Management service (MWL FIND) and MPPS, which share the worklist
 /// database. Their work (matching, database writes) runs on `pool`, never on a core.
 #[derive(Debug, Clone)]
 pub struct WorklistScp {
-    /// The worklist and MPPS database.
-    pub store: Arc<WorklistStore>,
+    /// The scheduled procedure steps C-FIND searches.
+    pub worklist: Arc<dyn modality_worklist::Worklist>,
+    /// The performed procedure steps N-CREATE and N-SET change.
+    pub steps: Arc<dyn modality_performed_procedure_step::ProcedureSteps>,
     /// Threads for matching and MPPS transactions.
     pub pool: WorkPool,
     /// Most responses per C-FIND (`None`: no cap).

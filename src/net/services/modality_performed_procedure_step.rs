@@ -1,21 +1,44 @@
 //! Modality Performed Procedure Step SOP Class (PS3.4 Annex F.7): the N-CREATE and N-SET
 //! SCP's pure part.
 //!
-//! The state machine and the worklist linking live in `worklist::mpps` and
-//! `worklist::store`; this module decodes the request's dataset, calls them and builds the
+//! The state machine and the worklist linking live above the network layer (`worklist::mpps`
+//! and `worklist::store`, behind the [`ProcedureSteps`] port); this module decodes the
+//! request's dataset, calls the port and builds the
 //! response command with the status, Error Comment, Error ID and Attribute Identifier List the
 //! standard asks for, so a modality's refusal log names what was wrong.
 
 use dicom_core::Tag;
 
 use super::modality_worklist::{ascii64, read_dataset};
+use crate::dicom::dataset::Dataset;
 use crate::net::dimse::command::{tags, Command, CommandBuilder, CommandField, NO_DATASET};
-use crate::worklist::{Dataset, MppsStoreError, WorklistStore};
+
+/// Where performed procedure steps are created and updated (the MPPS state machine and its
+/// database). A port, so that the network layer does not depend on the worklist.
+pub trait ProcedureSteps: Send + Sync + std::fmt::Debug {
+    /// N-CREATE of `instance` with its attributes.
+    fn create(&self, instance: &str, attributes: Dataset) -> Result<(), Refusal>;
+    /// N-SET of `instance` with the Modification List.
+    fn set(&self, instance: &str, modifications: &Dataset) -> Result<(), Refusal>;
+}
+
+/// Why a request was refused, in the response's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status (e.g. 0111, 0112, 0106, C310, or 0110 for a database failure).
+    pub status: u16,
+    /// Error Comment.
+    pub comment: String,
+    /// Error ID.
+    pub error_id: Option<u16>,
+    /// Attribute Identifier List.
+    pub attributes: Vec<Tag>,
+}
 
 /// Modality Performed Procedure Step SOP Class UID.
 pub const SOP_CLASS: &str = "1.2.840.10008.3.1.2.3.3";
 
-/// Statuses used besides those of `worklist::MppsError`.
+/// Statuses this module answers itself (the state machine's come in a [`Refusal`]).
 pub mod status {
     /// Success.
     pub const SUCCESS: u16 = 0x0000;
@@ -68,20 +91,13 @@ impl Answer {
         }
     }
 
-    fn from_store(instance: &str, e: &MppsStoreError) -> Self {
-        match e {
-            MppsStoreError::Refused(r) => Answer {
-                instance: instance.to_owned(),
-                status: r.status(),
-                comment: Some(r.error_comment()),
-                error_id: r.error_id(),
-                attributes: r.attributes(),
-            },
-            MppsStoreError::Store(s) => Answer::fail(
-                instance,
-                status::PROCESSING_FAILURE,
-                format!("database: {s}"),
-            ),
+    fn refused(instance: &str, r: Refusal) -> Self {
+        Answer {
+            instance: instance.to_owned(),
+            status: r.status,
+            comment: Some(r.comment),
+            error_id: r.error_id,
+            attributes: r.attributes,
         }
     }
 }
@@ -115,7 +131,12 @@ fn dataset(bytes: Option<&[u8]>, ts: &str, instance: &str) -> Result<Dataset, An
 }
 
 /// Handles an N-CREATE-RQ with its dataset (`None`: the command announced none).
-pub fn n_create(store: &WorklistStore, cmd: &Command, data: Option<&[u8]>, ts: &str) -> Answer {
+pub fn n_create(
+    store: &dyn ProcedureSteps,
+    cmd: &Command,
+    data: Option<&[u8]>,
+    ts: &str,
+) -> Answer {
     let instance = match cmd.affected_sop_instance_uid.as_deref() {
         Some(uid) if !uid.is_empty() => uid.to_owned(),
         _ => new_instance_uid(),
@@ -131,14 +152,14 @@ pub fn n_create(store: &WorklistStore, cmd: &Command, data: Option<&[u8]>, ts: &
         Ok(d) => d,
         Err(a) => return a,
     };
-    match store.mpps_create(&instance, attributes) {
-        Ok(_) => Answer::ok(&instance),
-        Err(e) => Answer::from_store(&instance, &e),
+    match store.create(&instance, attributes) {
+        Ok(()) => Answer::ok(&instance),
+        Err(r) => Answer::refused(&instance, r),
     }
 }
 
 /// Handles an N-SET-RQ with its dataset (the Modification List).
-pub fn n_set(store: &WorklistStore, cmd: &Command, data: Option<&[u8]>, ts: &str) -> Answer {
+pub fn n_set(store: &dyn ProcedureSteps, cmd: &Command, data: Option<&[u8]>, ts: &str) -> Answer {
     let instance = cmd.requested_sop_instance_uid.clone().unwrap_or_default();
     if cmd.requested_sop_class_uid.as_deref() != Some(SOP_CLASS) {
         return Answer::fail(
@@ -151,9 +172,9 @@ pub fn n_set(store: &WorklistStore, cmd: &Command, data: Option<&[u8]>, ts: &str
         Ok(d) => d,
         Err(a) => return a,
     };
-    match store.mpps_set(&instance, &modifications) {
-        Ok(_) => Answer::ok(&instance),
-        Err(e) => Answer::from_store(&instance, &e),
+    match store.set(&instance, &modifications) {
+        Ok(()) => Answer::ok(&instance),
+        Err(r) => Answer::refused(&instance, r),
     }
 }
 
@@ -173,7 +194,7 @@ pub fn response(rq: &Command, answer: &Answer) -> Vec<u8> {
     if let Some(id) = answer.error_id {
         b = b.us(tags::ERROR_ID, id);
     }
-    if !answer.instance.is_empty() && crate::store::uid::validate_uid(&answer.instance).is_ok() {
+    if !answer.instance.is_empty() && crate::dicom::uid::validate_uid(&answer.instance).is_ok() {
         b = b.uid(tags::AFFECTED_SOP_INSTANCE_UID, &answer.instance);
     }
     if !answer.attributes.is_empty() {
@@ -186,97 +207,4 @@ pub fn response(rq: &Command, answer: &Answer) -> Vec<u8> {
 /// Whether `field` is one this module answers.
 pub fn handles(field: u16) -> bool {
     field == CommandField::NCreateRq as u16 || field == CommandField::NSetRq as u16
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::modality_worklist::write_dataset;
-    use super::*;
-    use crate::net::dimse::command::decode_command;
-    use dicom_core::{DataElement, PrimitiveValue, VR};
-    use dicom_dictionary_std::tags as t;
-    use dicom_object::InMemDicomObject;
-
-    const TS: &str = "1.2.840.10008.1.2";
-
-    fn create_rq(uid: Option<&str>) -> Command {
-        Command {
-            command_field: CommandField::NCreateRq as u16,
-            message_id: 3,
-            affected_sop_class_uid: Some(SOP_CLASS.into()),
-            affected_sop_instance_uid: uid.map(str::to_owned),
-            has_dataset: true,
-            ..Command::default()
-        }
-    }
-
-    fn set_rq(uid: &str) -> Command {
-        Command {
-            command_field: CommandField::NSetRq as u16,
-            message_id: 4,
-            requested_sop_class_uid: Some(SOP_CLASS.into()),
-            requested_sop_instance_uid: Some(uid.into()),
-            has_dataset: true,
-            ..Command::default()
-        }
-    }
-
-    fn status_ds(status: &str) -> Vec<u8> {
-        let mut obj = InMemDicomObject::new_empty();
-        obj.put(DataElement::new(
-            t::PERFORMED_PROCEDURE_STEP_STATUS,
-            VR::CS,
-            PrimitiveValue::from(status),
-        ));
-        write_dataset(&obj, TS).unwrap()
-    }
-
-    #[test]
-    fn create_without_dataset_or_uid_and_set_after_completion() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = WorklistStore::open_in(dir.path()).unwrap();
-        let a = n_create(&store, &create_rq(Some("1.2.3.4")), None, TS);
-        assert_eq!(a.status, 0x0120);
-        // A status other than IN PROGRESS at creation: 0106 naming the attribute, or a
-        // missing required attribute first (the state machine decides which).
-        let a = n_create(&store, &create_rq(None), Some(&status_ds("COMPLETED")), TS);
-        assert_ne!(a.status, 0, "{a:?}");
-        assert!(a.instance.starts_with("2.25."), "{a:?}");
-        let rsp = decode_command(&response(&create_rq(None), &a)).unwrap();
-        assert_eq!(rsp.command_field, 0x8140);
-        assert_eq!(rsp.status, Some(a.status));
-        assert_eq!(
-            rsp.affected_sop_instance_uid.as_deref(),
-            Some(a.instance.as_str())
-        );
-        // N-SET of an unknown instance: 0112.
-        let a = n_set(
-            &store,
-            &set_rq("1.2.3.9"),
-            Some(&status_ds("COMPLETED")),
-            TS,
-        );
-        assert_eq!(a.status, 0x0112);
-        assert_eq!(
-            decode_command(&response(&set_rq("1.2.3.9"), &a))
-                .unwrap()
-                .command_field,
-            0x8120
-        );
-        // Undecodable bytes: a processing failure, no panic.
-        let truncated = [0x10, 0x00, 0x10, 0x00, 100, 0, 0, 0, b'A', b'B'];
-        let a = n_set(&store, &set_rq("1.2.3.9"), Some(&truncated), TS);
-        assert_eq!(a.status, 0x0110);
-    }
-
-    #[test]
-    fn fresh_uids_are_valid_and_distinct() {
-        let a = new_instance_uid();
-        let b = new_instance_uid();
-        assert_ne!(a, b);
-        for u in [a, b] {
-            assert!(u.len() <= 64);
-            crate::store::uid::validate_uid(&u).unwrap();
-        }
-    }
 }

@@ -10,11 +10,11 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::dicom::uid::validate_uid;
 use crate::net::dimse::command::Command;
 use crate::rt::ObjFile;
 use crate::store::attrs::{self, ExtractError, IndexAttrs};
 use crate::store::sink::{Accepted, ObjectSink, ReceivedObject};
-use crate::store::uid::validate_uid;
 use crate::store::writer::{read_dataset_prefix, remove_quietly, ObjectWriter};
 use crate::store::{meta, DataDir, DiskGuard, StoreError};
 

@@ -1,5 +1,5 @@
 //! C-FIND attribute matching (PS3.4 C.2.2.2) and return-key projection for the Modality
-//! Worklist, as pure functions over [`Dataset`]s.
+//! Worklist (and, next, Query/Retrieve), as pure functions over [`Dataset`]s.
 //!
 //! A C-FIND identifier is parsed once into a [`Query`] (every key's value checked and turned
 //! into a pattern), then [`Query::matches`] runs per stored item and [`Query::project`]
@@ -434,7 +434,7 @@ fn text_pattern(vr: VR, v: &str) -> Result<Option<Pattern>, String> {
         }
         VR::UI => {
             no_wildcard("UID")?;
-            crate::store::uid::validate_uid(v)
+            crate::dicom::uid::validate_uid(v)
                 .map_err(|e| format!("{v:?} is not a valid UID: {e}"))?;
             Pattern::Uid(v.to_owned())
         }
@@ -668,7 +668,7 @@ fn wildcard_match(pattern: &[char], text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worklist::json::dataset_from_json;
+    use crate::dicom::json::dataset_from_json;
     use dicom_core::{DataElement, PrimitiveValue};
     use serde_json::json;
 

@@ -1,5 +1,5 @@
-//! A small owned dataset model for worklist items, C-FIND identifiers and MPPS instances.
-//!
+//! A small owned dataset model for worklist items, C-FIND identifiers, MPPS instances and (next)
+//! Query/Retrieve identifiers.
 //! Why not keep `dicom_object::InMemDicomObject` everywhere: a C-FIND scans every stored item,
 //! so the stored form must decode fast (postcard of this model: a sorted `Vec`, plain
 //! `String`s) and the matching code must read values without conversions or error paths. The

@@ -9,7 +9,7 @@
 
 use dicom_core::VR;
 
-use crate::store::uid::validate_uid;
+use crate::dicom::uid::validate_uid;
 
 /// Checks one value of a text VR; `Err` says what is wrong, for the caller to prefix with
 /// the attribute's name. Lengths are counted in characters, as PS3.5 counts them for the

@@ -20,8 +20,8 @@ use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 
 use super::{within, Matcher, Pattern, Query};
-use crate::worklist::dataset::{Dataset, Value};
-use crate::worklist::vr::{self, DateNum};
+use crate::dicom::dataset::{Dataset, Value};
+use crate::dicom::vr::{self, DateNum};
 
 /// Top-level text attributes the hint records (single-value, exact matching).
 const TOP_TEXT: [Tag; 2] = [tags::PATIENT_ID, tags::ACCESSION_NUMBER];
