@@ -73,6 +73,11 @@ mpps = (el(0x0008, 0x0060, b"CS", b"CT") + el(0x0010, 0x0010, b"PN", b"Doe^Jane"
         + el(0x0040, 0x0252, b"CS", b"IN PROGRESS") + el(0x0040, 0x0253, b"SH", b"PPS1")
         + sq(0x0040, 0x0270, [el(0x0008, 0x0050, b"SH", b"ACC1") + el(0x0020, 0x000D, b"UI", b"1.2.3.4")
                               + el(0x0040, 0x0009, b"SH", b"SPS1")]))
+# A Storage Commitment N-ACTION-RQ dataset: Transaction UID and two references.
+commitment = (el(0x0008, 0x1195, b"UI", b"1.2.3.99")
+              + sq(0x0008, 0x1199, [el(0x0008, 0x1150, b"UI", b"1.2.840.10008.5.1.4.1.1.2")
+                                    + el(0x0008, 0x1155, b"UI", b"1.2.3.4.%d" % i) for i in (1, 2)]))
+put("n_action_dataset", "commitment", bytes([1]) + commitment)
 for t in ("mwl_identifier", "mpps_dataset", "dataset_scan"):
     put(t, "identifier", bytes([1]) + (bytes([0]) if t == "dataset_scan" else b"") + identifier)
     put(t, "mpps", bytes([1]) + (bytes([0]) if t == "dataset_scan" else b"") + mpps)
@@ -90,6 +95,7 @@ if os.path.isdir(samples):
         if len(ds) < 16384:
             put("mwl_identifier", name, bytes([TS_BYTE[ts]]) + ds)
             put("mpps_dataset", name, bytes([TS_BYTE[ts]]) + ds)
+            put("n_action_dataset", name, bytes([TS_BYTE[ts]]) + ds)
 
 
 def item(t, body):

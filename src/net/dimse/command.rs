@@ -36,6 +36,14 @@ pub enum CommandField {
     NCreateRq = 0x0140,
     /// N-CREATE-RSP
     NCreateRsp = 0x8140,
+    /// N-EVENT-REPORT-RQ
+    NEventReportRq = 0x0100,
+    /// N-EVENT-REPORT-RSP
+    NEventReportRsp = 0x8100,
+    /// N-ACTION-RQ
+    NActionRq = 0x0130,
+    /// N-ACTION-RSP
+    NActionRsp = 0x8130,
 }
 
 /// Command Data Set Type value meaning "no dataset follows" (PS3.7 §E.1).
@@ -71,6 +79,10 @@ pub mod tags {
     pub const AFFECTED_SOP_INSTANCE_UID: (u16, u16) = (0x0000, 0x1000);
     /// Requested SOP Instance UID (N-SET, N-GET, N-ACTION, N-DELETE)
     pub const REQUESTED_SOP_INSTANCE_UID: (u16, u16) = (0x0000, 0x1001);
+    /// Event Type ID (N-EVENT-REPORT)
+    pub const EVENT_TYPE_ID: (u16, u16) = (0x0000, 0x1002);
+    /// Action Type ID (N-ACTION)
+    pub const ACTION_TYPE_ID: (u16, u16) = (0x0000, 0x1008);
     /// Attribute Identifier List
     pub const ATTRIBUTE_IDENTIFIER_LIST: (u16, u16) = (0x0000, 0x1005);
     /// Move Originator Application Entity Title
@@ -104,6 +116,10 @@ pub struct Command {
     pub requested_sop_class_uid: Option<String>,
     /// Requested SOP Instance UID.
     pub requested_sop_instance_uid: Option<String>,
+    /// Action Type ID (N-ACTION).
+    pub action_type_id: Option<u16>,
+    /// Event Type ID (N-EVENT-REPORT).
+    pub event_type_id: Option<u16>,
 }
 
 /// Why a command set could not be decoded; the association is aborted.
@@ -193,6 +209,8 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, CommandError> {
             tags::MOVE_ORIGINATOR_MESSAGE_ID => {
                 cmd.move_originator_message_id = Some(us(group, elem, v)?)
             }
+            tags::ACTION_TYPE_ID => cmd.action_type_id = Some(us(group, elem, v)?),
+            tags::EVENT_TYPE_ID => cmd.event_type_id = Some(us(group, elem, v)?),
             // In responses, a response's own "message id"; in a C-CANCEL-RQ (which has no
             // Message ID) the request it cancels.
             tags::MESSAGE_ID_BEING_RESPONDED_TO if message_id.is_none() => {

@@ -2,5 +2,6 @@
 
 pub mod assembly;
 pub mod command;
+pub mod dataset;
 pub mod find;
 pub mod status;

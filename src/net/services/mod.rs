@@ -10,6 +10,7 @@ pub mod modality_performed_procedure_step;
 pub mod modality_worklist;
 pub mod storage;
 mod storage_classes;
+pub mod storage_commitment;
 pub mod verification;
 
 use std::sync::Arc;

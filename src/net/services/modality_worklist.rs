@@ -9,9 +9,6 @@
 //! sends one pending response per match and honours C-CANCEL between them.
 
 use dicom_core::Tag;
-use dicom_encoding::TransferSyntaxIndex;
-use dicom_object::InMemDicomObject;
-use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
 use crate::dicom::dataset::Dataset;
 use crate::dicom::matching::Query;
@@ -53,38 +50,7 @@ pub enum FindOutcome {
     },
 }
 
-/// Decodes a dataset received in `ts` (a transfer syntax UID as negotiated). An odd length is
-/// refused first: the parser would read the stray byte as a clean end of data.
-pub fn read_dataset(bytes: &[u8], ts: &str) -> Result<InMemDicomObject, String> {
-    if !bytes.len().is_multiple_of(2) {
-        return Err(format!("dataset of odd length {}", bytes.len()));
-    }
-    // The decoder below builds nested sequences recursively: depth, element count and framing
-    // are checked first, iteratively, so a hostile identifier gets an answer, not a stack
-    // overflow (audit C1).
-    crate::dicom::scan::check(
-        bytes,
-        ts,
-        &crate::dicom::scan::Limits::before_dicom_object(),
-    )
-    .map_err(|e| e.error_comment())?;
-    let syntax = TransferSyntaxRegistry
-        .get(ts.trim_end_matches('\0'))
-        .ok_or_else(|| format!("transfer syntax {ts} unknown"))?;
-    InMemDicomObject::read_dataset_with_ts(bytes, syntax)
-        .map_err(|e| format!("cannot decode the dataset: {e}"))
-}
-
-/// Encodes a response dataset in `ts`.
-pub fn write_dataset(obj: &InMemDicomObject, ts: &str) -> Result<Vec<u8>, String> {
-    let syntax = TransferSyntaxRegistry
-        .get(ts.trim_end_matches('\0'))
-        .ok_or_else(|| format!("transfer syntax {ts} unknown"))?;
-    let mut out = Vec::with_capacity(512);
-    obj.write_dataset_with_ts(&mut out, syntax)
-        .map_err(|e| format!("cannot encode the dataset: {e}"))?;
-    Ok(out)
-}
+pub use crate::net::dimse::dataset::{read_dataset, write_dataset};
 
 fn refused(status: u16, comment: impl Into<String>, offending: Option<Tag>) -> FindOutcome {
     FindOutcome::Refused {
