@@ -29,7 +29,8 @@ use dicom_ul::pdu::{
     PresentationContextResultReason, UserVariableItem, MAXIMUM_PDU_SIZE,
 };
 
-use crate::net::dimse::command::{decode_command, encode_store_rq, tags, Command, CommandField};
+use crate::net::dimse::assembly::{Fragment, MessageAssembler};
+use crate::net::dimse::command::{encode_store_rq, Command, CommandField};
 use crate::net::ul::association::{max_length, DICOM_APPLICATION_CONTEXT};
 use crate::net::ul::pdata::{
     check_length, encode_message, peek_header, split_pdata, PduType, Pdv, PDU_HEADER_LEN,
@@ -327,6 +328,8 @@ pub struct Association {
     /// Joins pieces of an in-memory dataset, or holds one batch read from a file.
     scratch: Vec<u8>,
     pdvs: VecDeque<Pdv>,
+    /// The same message assembly as the acceptor's: context checks, command size cap.
+    assembler: MessageAssembler,
 }
 
 const RELEASE_RQ: [u8; 10] = [0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0];
@@ -458,6 +461,7 @@ impl Association {
             wbuf: BytesMut::with_capacity(64 * 1024),
             scratch: Vec::new(),
             pdvs: VecDeque::new(),
+            assembler: MessageAssembler::default(),
         }
     }
 
@@ -675,15 +679,14 @@ impl Association {
     /// Receives the next message (command, then its dataset if it announces one) and checks
     /// that it responds to `message_id`.
     pub fn receive(&mut self, message_id: u16) -> Result<Message, ScuError> {
-        let mut cmd = Vec::new();
         let command = loop {
-            let pdv = self.next_pdv()?;
-            if !pdv.is_command {
-                return Err(protocol("dataset fragment before its command"));
-            }
-            cmd.extend_from_slice(&pdv.data);
-            if pdv.is_last {
-                break decode_command(&cmd).map_err(protocol)?;
+            match self.next_fragment()? {
+                Fragment::Partial => {}
+                Fragment::Command(cmd, _) => break cmd,
+                // The assembler refuses these itself; kept as errors, never as panics.
+                Fragment::Data { .. } => {
+                    return Err(protocol("dataset fragment before its command"))
+                }
             }
         };
         if command.message_id != message_id {
@@ -695,21 +698,30 @@ impl Association {
         let mut dataset_len = 0u64;
         if command.has_dataset {
             loop {
-                let pdv = self.next_pdv()?;
-                if pdv.is_command {
-                    return Err(protocol("command fragment inside a dataset"));
-                }
-                dataset_len += pdv.data.len() as u64;
-                if pdv.is_last {
-                    break;
+                match self.next_fragment()? {
+                    Fragment::Data { data, last } => {
+                        dataset_len += data.len() as u64;
+                        if last {
+                            break;
+                        }
+                    }
+                    _ => return Err(protocol("command fragment inside a dataset")),
                 }
             }
         }
         Ok(Message {
+            error_comment: command.error_comment.clone(),
             command,
-            error_comment: error_comment(&cmd),
             dataset_len,
         })
+    }
+
+    /// The next PDV through the message assembler: on a context we proposed and the peer
+    /// accepted, in order, a command set no larger than the cap.
+    fn next_fragment(&mut self) -> Result<Fragment, ScuError> {
+        let pdv = self.next_pdv()?;
+        let accepted = self.accepted.iter().any(|c| c.id == pdv.pc_id);
+        self.assembler.push(pdv, accepted).map_err(protocol)
     }
 
     /// A-RELEASE-RQ, then waits (bounded by the read timeout) for A-RELEASE-RP: the orderly
@@ -740,26 +752,6 @@ impl Association {
         let _ = self.stream.write_all(&ABORT_RQ);
         self.stream.shutdown();
     }
-}
-
-/// Error Comment (0000,0902) of a command set that [`decode_command`] accepted, trimmed of
-/// padding; `None` when absent or empty. (`Command` does not keep it since the SCP never
-/// reads one; the SCU wants it for its logs.)
-fn error_comment(cmd: &[u8]) -> Option<String> {
-    let mut pos = 0usize;
-    while let Some(h) = cmd.get(pos..pos + 8) {
-        let group = u16::from_le_bytes([h[0], h[1]]);
-        let elem = u16::from_le_bytes([h[2], h[3]]);
-        let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
-        let value = cmd.get(pos + 8..(pos + 8).checked_add(len)?)?;
-        if (group, elem) == tags::ERROR_COMMENT {
-            let s = String::from_utf8_lossy(value);
-            let s = s.trim_matches(['\0', ' ']);
-            return (!s.is_empty()).then(|| s.to_owned());
-        }
-        pos += 8 + len;
-    }
-    None
 }
 
 /// PDV payload bytes per PDU for a peer Maximum Length, as [`encode_message`] computes it.
@@ -944,7 +936,7 @@ fn frame_batch(out: &mut BytesMut, pc: u8, data: &[u8], peer_max_pdu: u32, is_la
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::dimse::command::encode_response;
+    use crate::net::dimse::command::{decode_command, encode_response};
     use dicom_ul::pdu::{
         AssociationAC, AssociationRJ, AssociationRJResult,
         AssociationRJServiceProviderPresentationReason, AssociationRJSource,
@@ -1155,9 +1147,10 @@ mod tests {
     fn error_comment_is_found_in_a_response() {
         let rq = decode_command(&encode_store_rq(9, "1.2.3", "1.2.3.4")).unwrap();
         let rsp = encode_response(&rq, 0x8001, 0xA700, Some("disk full"));
-        assert_eq!(error_comment(&rsp).as_deref(), Some("disk full"));
+        let comment = |b: &[u8]| decode_command(b).unwrap().error_comment;
+        assert_eq!(comment(&rsp).as_deref(), Some("disk full"));
         let rsp = encode_response(&rq, 0x8001, 0x0000, None);
-        assert_eq!(error_comment(&rsp), None);
+        assert_eq!(comment(&rsp), None);
     }
 
     /// Reads one PDU from a blocking stream: (type, whole PDU).
@@ -1267,6 +1260,53 @@ mod tests {
         );
         a.release().unwrap();
         assert!(peer.join().unwrap() == bytes[10..50_010]);
+    }
+
+    /// A hostile or broken destination: its response is checked by the same message
+    /// assembly as the acceptor's. A command set past the cap and a PDV on a context that was
+    /// never accepted are protocol errors, not memory growth or a misread response.
+    #[test]
+    fn responses_go_through_the_acceptors_message_assembly() {
+        let accepted = || AcceptedContext {
+            id: 1,
+            abstract_syntax: "1.2.3".into(),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+        };
+        // 16 command fragments of 16 KiB, none the last: 256 KiB against a 64 KiB cap.
+        let (c, mut s) = tcp_pair();
+        let peer = std::thread::spawn(move || {
+            let mut out = BytesMut::new();
+            for _ in 0..16 {
+                encode_message(&mut out, 1, true, &[0u8; 16_384], 1 << 20);
+                // encode_message marks its last fragment; this peer never ends the command.
+                let last = out.len() - 16_384 - 1;
+                out[last] &= !0x02;
+            }
+            let _ = s.write_all(&out);
+            s
+        });
+        let mut a = Association::with_stream(c, 1 << 20);
+        a.accepted.push(accepted());
+        match a.receive(1) {
+            Err(ScuError::Protocol(m)) => assert!(m.contains("command"), "{m}"),
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+        drop(peer.join());
+
+        // A whole response, but on context 3, which the association never accepted.
+        let (c, mut s) = tcp_pair();
+        let peer = std::thread::spawn(move || {
+            let rq = decode_command(&encode_store_rq(1, "1.2.3", "1.2.3.4")).unwrap();
+            let rsp = encode_response(&rq, 0x8001, 0x0000, None);
+            let mut out = BytesMut::new();
+            encode_message(&mut out, 3, true, &rsp, 16_384);
+            let _ = s.write_all(&out);
+            s
+        });
+        let mut a = Association::with_stream(c, 1 << 20);
+        a.accepted.push(accepted());
+        assert!(matches!(a.receive(1), Err(ScuError::Protocol(_))));
+        drop(peer.join());
     }
 
     fn rejection(result: AssociationRJResult) -> Pdu {

@@ -120,6 +120,9 @@ pub struct Command {
     pub action_type_id: Option<u16>,
     /// Event Type ID (N-EVENT-REPORT).
     pub event_type_id: Option<u16>,
+    /// Error Comment (responses), padding removed; `None` when absent or empty. Read lossily:
+    /// a peer's non-ASCII comment must not make its status unreadable.
+    pub error_comment: Option<String>,
 }
 
 /// Why a command set could not be decoded; the association is aborted.
@@ -211,6 +214,11 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, CommandError> {
             }
             tags::ACTION_TYPE_ID => cmd.action_type_id = Some(us(group, elem, v)?),
             tags::EVENT_TYPE_ID => cmd.event_type_id = Some(us(group, elem, v)?),
+            tags::ERROR_COMMENT => {
+                let c = String::from_utf8_lossy(v);
+                let c = c.trim_matches(['\0', ' ']);
+                cmd.error_comment = (!c.is_empty()).then(|| c.to_owned());
+            }
             // In responses, a response's own "message id"; in a C-CANCEL-RQ (which has no
             // Message ID) the request it cancels.
             tags::MESSAGE_ID_BEING_RESPONDED_TO if message_id.is_none() => {
