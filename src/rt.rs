@@ -239,8 +239,21 @@ impl ObjFile for InlineFile {
     }
 
     async fn close(self) -> io::Result<()> {
-        drop(self.0);
+        close_fd(self.0)
+    }
+}
+
+/// Closes `file` and reports what `close(2)` says: on NFS and some FUSE filesystems a delayed
+/// write error surfaces only here, and dropping the file would discard it (audit L5).
+fn close_fd(file: std::fs::File) -> io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = file.into_raw_fd();
+    // SAFETY: `fd` was just released by the File, so it is open and owned by nobody else; it
+    // is closed exactly once (POSIX: never retry close, even on EINTR).
+    if unsafe { libc::close(fd) } == 0 {
         Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -140,6 +140,12 @@ pub fn serve(
     let backend = rt::resolve(settings.io)?;
     crate::metrics::init(settings.threads);
     info!(backend = backend.name(), threads = settings.threads, data_dir = %data.root().display(), durability = ?settings.durability, "starting");
+    if settings.durability == crate::config::Durability::Full {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        if !syncfs_reports_errors(release.trim()) {
+            warn!(kernel = release.trim(), "this kernel's syncfs may not report writeback errors (Linux < 5.8): a failed write after a C-STORE's success could go unnoticed");
+        }
+    }
 
     let gateway_mode = settings.retention.mode == RetentionMode::Gateway;
     let queue = Queue::new(index.clone(), gateway_mode);
@@ -694,5 +700,31 @@ fn await_cores_listening(cores: &[std::thread::JoinHandle<()>], listening: &Atom
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Whether `syncfs(2)` reports writeback errors on a kernel of this release string: Linux does
+/// since 5.8 (audit L5). Durability `full` relies on it; an unknown string is not warned about.
+pub fn syncfs_reports_errors(release: &str) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let (Some(Ok(major)), Some(Ok(minor))) = (
+        parts.next().map(str::parse::<u32>),
+        parts.next().map(str::parse::<u32>),
+    ) else {
+        return true;
+    };
+    (major, minor) >= (5, 8)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn syncfs_error_reporting_is_known_from_the_kernel_release() {
+        use super::syncfs_reports_errors as ok;
+        assert!(ok("6.1.0-27-amd64"));
+        assert!(ok("5.8.0"));
+        assert!(!ok("5.4.0-150-generic"));
+        assert!(!ok("4.18.0-553.el8_10.x86_64"));
+        assert!(ok("garbage"));
     }
 }
