@@ -94,6 +94,8 @@ pub struct Core {
     /// Index of the core (metrics slot, temporary file names).
     pub index: usize,
     temp_seq: Cell<u64>,
+    /// The process id, read once (`getpid` is a system call, and names every temporary file).
+    pid: u32,
 }
 
 impl Core {
@@ -102,13 +104,14 @@ impl Core {
         Core {
             index,
             temp_seq: Cell::new(0),
+            pid: std::process::id(),
         }
     }
 
     fn temp_path(&self, dir: &std::path::Path) -> PathBuf {
         let n = self.temp_seq.get();
         self.temp_seq.set(n + 1);
-        dir.join(format!("{}-{}-{}.part", std::process::id(), self.index, n))
+        dir.join(format!("{}-{}-{}.part", self.pid, self.index, n))
     }
 }
 

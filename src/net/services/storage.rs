@@ -226,6 +226,7 @@ impl StorageScp {
             .finish()
             .await
             .map_err(|e| StoreError::from_io("write object", &e))?;
+        self.disk.admit(obj.dataset_size);
         let class = cmd.affected_sop_class_uid.as_deref().unwrap_or("");
         let instance = cmd.affected_sop_instance_uid.as_deref().unwrap_or("");
         // One snapshot for the whole object, even if the routing table is swapped meanwhile.
