@@ -190,7 +190,7 @@ mod tests {
               "00400002": {"vr": "DA", "Value": ["20261123"]}}]}}
         ]"#;
         let items = crate::worklist::model::parse_items(json).unwrap();
-        store.create_many(items).unwrap();
+        store.create_many(items, crate::audit::no_audit).unwrap();
         store
     }
 
