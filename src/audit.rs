@@ -22,12 +22,43 @@
 //! head hash that `dicom-gw audit verify` prints somewhere else (a ticket, another machine)
 //! and pass it later as an anchor ([`verify_anchored`]): every entry up to the anchored one is
 //! then covered by that hash through the chain.
+//!
+//! A change and its entry commit together or not at all, so a crash between them cannot leave
+//! an unrecorded change (nor an entry for a change that did not happen). Changes to
+//! `gateway.redb` (queue, destinations and routes, tokens, users) take an [`AuditHook`] that
+//! their function runs inside its write transaction before the commit; the caller's hook calls
+//! [`append`], and an `Err` from it aborts the transaction. A change to another database (the
+//! worklist's) cannot share a transaction with this log: its hook writes the entry to that
+//! database's [`outbox`] instead, and [`outbox::drain`] moves it here afterwards, exactly once.
+//!
+//! This module depends only on [`crate::db`] and [`crate::clock`], so every layer that changes
+//! something can take an [`AuditHook`] without knowing who writes the entry.
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::db;
+
+pub mod outbox;
+
+/// Writes the audit entry of a change inside the change's own write transaction, given what
+/// the change produced (typically by calling [`append`], or [`outbox::put`] for another
+/// database): the function making the change runs it just before its commit, and an `Err`
+/// aborts the transaction, so the change and its entry commit together or not at all.
+/// [`no_audit`] for callers that record nothing (tests, start-up).
+pub trait AuditHook<R>: FnOnce(&WriteTransaction, &R) -> Result<(), String> {}
+impl<R, F: FnOnce(&WriteTransaction, &R) -> Result<(), String>> AuditHook<R> for F {}
+
+/// The hook of a change that is not audited (tests, start-up).
+pub fn no_audit<R>(_: &WriteTransaction, _: &R) -> Result<(), String> {
+    Ok(())
+}
+
+/// The message of a change refused because its audit entry could not be written.
+pub fn not_made(e: &str) -> String {
+    format!("the audit log cannot be written ({e}); the change was not made")
+}
 
 /// The BLAKE3 derive-key context of entry hashes (domain separation, and a version: a new
 /// encoding gets a new context).
@@ -132,6 +163,26 @@ fn err(what: &str) -> impl Fn(&dyn std::fmt::Display) -> String + '_ {
 /// Appends an event inside the caller's write transaction (so a change and its entry can
 /// commit together), stamped `at_us`. Returns its sequence number.
 pub fn append(tx: &WriteTransaction, at_us: u64, event: &AuditEvent<'_>) -> Result<u64, String> {
+    append_text(
+        tx,
+        at_us,
+        event.actor,
+        event.source,
+        event.action,
+        event.details.to_string(),
+    )
+}
+
+/// [`append`] with the details already encoded as compact JSON text (as the outbox keeps
+/// them: the entry then hashes exactly the bytes that were recorded at the change).
+fn append_text(
+    tx: &WriteTransaction,
+    at_us: u64,
+    actor: &str,
+    source: &str,
+    action: &str,
+    details: String,
+) -> Result<u64, String> {
     let mut t = tx.open_table(db::AUDIT).map_err(|e| err("open")(&e))?;
     let (seq, prev_hash) = match t.last().map_err(|e| err("read")(&e))? {
         Some((k, v)) => {
@@ -141,22 +192,13 @@ pub fn append(tx: &WriteTransaction, at_us: u64, event: &AuditEvent<'_>) -> Resu
         }
         None => (1, GENESIS.to_owned()),
     };
-    let details = event.details.to_string();
-    let hash = entry_hash(
-        seq,
-        at_us,
-        event.actor,
-        event.source,
-        event.action,
-        &details,
-        &prev_hash,
-    );
+    let hash = entry_hash(seq, at_us, actor, source, action, &details, &prev_hash);
     let entry = AuditEntry {
         seq,
         at_us,
-        actor: event.actor.to_owned(),
-        source: event.source.to_owned(),
-        action: event.action.to_owned(),
+        actor: actor.to_owned(),
+        source: source.to_owned(),
+        action: action.to_owned(),
         details,
         prev_hash,
         hash,
@@ -170,9 +212,11 @@ pub fn append(tx: &WriteTransaction, at_us: u64, event: &AuditEvent<'_>) -> Resu
     Ok(seq)
 }
 
-/// Appends an event in its own (durable) write transaction; returns its sequence number.
+/// Appends an event in its own (durable) write transaction; returns its sequence number. For
+/// events that are not changes (a failed login); a change writes its entry in its own
+/// transaction through an [`AuditHook`].
 pub fn record(db: &Database, event: AuditEvent<'_>) -> Result<u64, String> {
-    record_at(db, crate::commit::timestamp_us(), &event)
+    record_at(db, crate::clock::timestamp_us(), &event)
 }
 
 /// [`record`] with an explicit time (µs since the Unix epoch).

@@ -27,7 +27,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -164,13 +164,9 @@ impl Committer {
     }
 }
 
-/// Microseconds since the Unix epoch, for `received_at_us`.
-pub fn timestamp_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+/// Microseconds since the Unix epoch, for `received_at_us` (kept here for its callers; the
+/// clock itself is the leaf [`crate::clock`]).
+pub use crate::clock::timestamp_us;
 
 /// The committer's bookkeeping of `PENDING_SYNC` entries.
 #[derive(Debug, Default)]

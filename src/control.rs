@@ -15,9 +15,9 @@
 //! directory made traversable by hand still does not let another uid in.
 //!
 //! Every change made through [`Ops::execute_as`] is written to the audit log with the caller
-//! and where it came from. The caller is what the kernel says (`cli:uid=0(root)`), never what
-//! the client writes in its request ([`ControlRequest::actor`] is kept for older CLIs and
-//! ignored for the audit log).
+//! and where it came from, in the change's own transaction (see [`Ops::execute_as`]). The
+//! caller is what the kernel says (`cli:uid=0(root)`), never what the client writes in its
+//! request ([`ControlRequest::actor`] is kept for older CLIs and ignored for the audit log).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -337,9 +337,15 @@ impl Ops {
     /// export again updates instead of failing or duplicating, as long as its items carry
     /// their Requested Procedure and Scheduled Procedure Step IDs (an item without them gets
     /// its new id there and is created again; the answer counts those as `without_key`).
-    /// Answer: `{"created", "updated", "without_key", "items": [{"id", "result"}]}`; audit
-    /// details: the ids created and updated.
-    pub fn import_worklist(&self, document: &str) -> Result<(Value, Value), OpError> {
+    /// Answer: `{"created", "updated", "without_key", "items": [{"id", "result"}]}`. With
+    /// `who` (actor, source) the import is audited (details: the ids created and updated)
+    /// through the worklist database's audit outbox, written in the import's transaction and
+    /// drained into the audit log right after (see [`Ops::execute_as`]).
+    pub fn import_worklist(
+        &self,
+        document: &str,
+        who: Option<(&str, &str)>,
+    ) -> Result<Value, OpError> {
         use crate::worklist::{ItemKey, Upserted};
         let store = self.worklist()?;
         let items = crate::worklist::model::parse_items(document)
@@ -357,26 +363,51 @@ impl Ops {
                 k.requested_procedure_id.is_empty() || k.scheduled_procedure_step_id.is_empty()
             })
             .count();
-        let results = store.upsert_many(items).map_err(|e| match e {
+        let ids = |results: &[(crate::worklist::WorklistItem, Upserted)], which: Upserted| {
+            results
+                .iter()
+                .filter(|(_, u)| *u == which)
+                .map(|(i, _)| i.id)
+                .collect::<Vec<u64>>()
+        };
+        let audit = |tx: &redb::WriteTransaction,
+                     results: &Vec<(crate::worklist::WorklistItem, Upserted)>| {
+            let Some((actor, source)) = who else {
+                return Ok(());
+            };
+            let details = json!({
+                "created": ids(results, Upserted::Created),
+                "updated": ids(results, Upserted::Updated),
+            });
+            crate::audit::outbox::put(
+                tx,
+                timestamp_us(),
+                &crate::audit::AuditEvent {
+                    actor,
+                    source,
+                    action: "worklist.import",
+                    details,
+                },
+            )
+            .map(drop)
+        };
+        let results = store.upsert_many(items, audit).map_err(|e| match e {
             crate::worklist::WorklistStoreError::DuplicateKey { .. } => {
                 OpError::Usage(e.to_string())
             }
             other => OpError::Failed(other.to_string()),
         })?;
-        let ids = |which: Upserted| -> Vec<u64> {
-            results
-                .iter()
-                .filter(|(_, u)| *u == which)
-                .map(|(i, _)| i.id)
-                .collect()
-        };
-        let (created, updated) = (ids(Upserted::Created), ids(Upserted::Updated));
+        let (created, updated) = (
+            ids(&results, Upserted::Created),
+            ids(&results, Upserted::Updated),
+        );
         tracing::info!(
             created = created.len(),
             updated = updated.len(),
             "worklist imported"
         );
-        let line = json!({
+        drain_worklist_audit(store, self.db()).map_err(OpError::Failed)?;
+        Ok(json!({
             "created": created.len(),
             "updated": updated.len(),
             "without_key": without_key,
@@ -384,8 +415,7 @@ impl Ops {
                 "id": i.id,
                 "result": if *u == Upserted::Created { "created" } else { "updated" },
             })).collect::<Vec<_>>(),
-        });
-        Ok((line, json!({ "created": created, "updated": updated })))
+        }))
     }
 
     /// Operations on a database no daemon holds: `configured` names (from a config file, if
@@ -436,57 +466,39 @@ impl Ops {
         }
     }
 
-    /// Runs one request without writing to the audit log (reads, or callers that record the
-    /// change themselves); the result is the lines to print.
+    /// Runs one request without writing to the audit log (reads, tests); the result is the
+    /// lines to print.
     pub fn execute(&self, req: &Request) -> Result<Vec<Value>, OpError> {
-        self.run(req, None).map(|(lines, _)| lines)
+        self.run(req, None)
     }
 
     /// Runs one request for `actor` coming from `source` (`cli`, or the API peer's address)
-    /// and, if it changed something, appends that to the audit log. Token and user changes
-    /// write their entry in the change's own transaction (both or neither). Queue and
-    /// worklist changes live in other transactions (the worklist in another database), so
-    /// their entry follows: if it cannot be written the answer is a failure saying so, since
-    /// an unrecorded change must not pass unnoticed.
+    /// and, if it changes something, writes that to the audit log in the change's own
+    /// transaction, so a crash between change and entry leaves both or neither. Queue, token
+    /// and user changes append their entry to the audit log inside their `gateway.redb` write
+    /// transaction (through an [`crate::audit::AuditHook`]); if it cannot be written the
+    /// transaction is aborted and the answer is a failure: the change was not made. A worklist
+    /// import lives in `worklist.redb`, so its entry goes to that database's audit outbox in
+    /// the import's transaction, and the outbox is drained into the audit log right after (and
+    /// at the daemon's start, see [`crate::audit::outbox`]); if that drain fails the import
+    /// stands, its entry waits in the outbox for the next drain, and the answer is a failure
+    /// saying so.
     pub fn execute_as(
         &self,
         req: &Request,
         actor: &str,
         source: &str,
     ) -> Result<Vec<Value>, OpError> {
-        let (lines, details) = self.run(req, Some((actor, source)))?;
-        if let (Some(action), Some(details)) = (req.audit_action(), details) {
-            crate::audit::record(
-                self.db(),
-                crate::audit::AuditEvent {
-                    actor,
-                    source,
-                    action,
-                    details,
-                },
-            )
-            .map_err(|e| {
-                tracing::error!(action, actor, error = %e, "change made but not audited");
-                OpError::Failed(format!(
-                    "the change was made but could not be written to the audit log: {e}"
-                ))
-            })?;
-        }
-        Ok(lines)
+        self.run(req, Some((actor, source)))
     }
 
     fn db(&self) -> &redb::Database {
         self.queue.index().database()
     }
 
-    /// Runs one request: the lines to print and, for a change not yet audited, the audit
-    /// details. With `who` (actor, source), token and user changes are audited in their own
-    /// transaction and give no details back.
-    fn run(
-        &self,
-        req: &Request,
-        who: Option<(&str, &str)>,
-    ) -> Result<(Vec<Value>, Option<Value>), OpError> {
+    /// Runs one request: the lines to print. With `who` (actor, source), a change is audited
+    /// in its own transaction ([`Ops::execute_as`]).
+    fn run(&self, req: &Request, who: Option<(&str, &str)>) -> Result<Vec<Value>, OpError> {
         use crate::http::auth;
         let api = |e: crate::http::ApiError| {
             if e.status < 500 {
@@ -497,8 +509,7 @@ impl Ops {
         };
         let now = timestamp_us();
         let db = self.db();
-        let read = |lines: Vec<Value>| Ok((lines, None));
-        // The audit entry of a token or user change, written in its transaction.
+        // The audit entry of a change, written in its transaction.
         let hook = |details: Value| {
             move |tx: &redb::WriteTransaction| -> Result<(), String> {
                 match (who, req.audit_action()) {
@@ -518,13 +529,12 @@ impl Ops {
             }
         };
         match req {
-            Request::Stats => read(
-                self.queue
-                    .stats(&self.known())?
-                    .into_iter()
-                    .map(|s| json!(s))
-                    .collect(),
-            ),
+            Request::Stats => Ok(self
+                .queue
+                .stats(&self.known())?
+                .into_iter()
+                .map(|s| json!(s))
+                .collect()),
             Request::List {
                 destination,
                 state,
@@ -533,46 +543,44 @@ impl Ops {
                 if let Some(d) = destination {
                     self.check(d)?;
                 }
-                read(
-                    self.queue
-                        .list(destination.as_deref(), *state, (*limit).min(MAX_LIST))?
-                        .into_iter()
-                        .map(|j| json!(j))
-                        .collect(),
-                )
+                Ok(self
+                    .queue
+                    .list(destination.as_deref(), *state, (*limit).min(MAX_LIST))?
+                    .into_iter()
+                    .map(|j| json!(j))
+                    .collect())
             }
             Request::Retry { destination, job } => {
                 self.check(destination)?;
-                let n = self.queue.retry_dead(destination, *job, now)?;
+                let n = self.queue.retry_dead(destination, *job, now, |tx, n| {
+                    hook(json!({ "destination": destination, "job": job, "retried": n }))(tx)
+                })?;
                 self.wake(destination);
                 tracing::info!(destination = %destination, jobs = n, "dead jobs queued again");
-                Ok((
-                    vec![json!({ "retried": n })],
-                    Some(json!({ "destination": destination, "job": job, "retried": n })),
-                ))
+                Ok(vec![json!({ "retried": n })])
             }
             Request::Replay { destination, study } => {
                 self.check(destination)?;
                 crate::dicom::uid::validate_uid(study)
                     .map_err(|e| OpError::Usage(format!("study {study:?}: {e}")))?;
-                let n = self.queue.replay_study(destination, study, now)?;
+                let n = self.queue.replay_study(destination, study, now, |tx, n| {
+                    hook(json!({ "destination": destination, "study": study, "queued": n }))(tx)
+                })?;
                 self.wake(destination);
                 tracing::info!(destination = %destination, study = %study, jobs = n, "study replayed");
-                Ok((
-                    vec![json!({ "queued": n })],
-                    Some(json!({ "destination": destination, "study": study, "queued": n })),
-                ))
+                Ok(vec![json!({ "queued": n })])
             }
             Request::Pause { destination } | Request::Resume { destination } => {
                 self.check(destination)?;
                 let paused = matches!(req, Request::Pause { .. });
-                self.queue.set_paused(destination, paused)?;
+                let v = json!({ "destination": destination, "paused": paused });
+                let h = hook(v.clone());
+                self.queue.set_paused(destination, paused, |tx, _| h(tx))?;
                 if let Some(f) = &self.forwarder {
                     f.set_paused(destination, paused);
                 }
                 tracing::info!(destination = %destination, paused, "destination pause state changed");
-                let v = json!({ "destination": destination, "paused": paused });
-                Ok((vec![v.clone()], Some(v)))
+                Ok(vec![v])
             }
             Request::TokenCreate { role, name } => {
                 let (token, rec) = auth::create_token(db, *role, name, now, 0, |tx, rec| {
@@ -580,20 +588,15 @@ impl Ops {
                 })
                 .map_err(api)?;
                 tracing::info!(id = %rec.id, role = %rec.role, name = %rec.name, "API token created");
-                Ok((
-                    vec![
-                        json!({ "token": token, "id": rec.id, "role": rec.role, "name": rec.name }),
-                    ],
-                    None,
-                ))
+                Ok(vec![
+                    json!({ "token": token, "id": rec.id, "role": rec.role, "name": rec.name }),
+                ])
             }
-            Request::TokenList => read(
-                auth::list_tokens(db)
-                    .map_err(api)?
-                    .into_iter()
-                    .map(|t| json!(t))
-                    .collect(),
-            ),
+            Request::TokenList => Ok(auth::list_tokens(db)
+                .map_err(api)?
+                .into_iter()
+                .map(|t| json!(t))
+                .collect()),
             Request::TokenRevoke { id } => {
                 let v = json!({ "id": id, "revoked": true });
                 let h = hook(v.clone());
@@ -601,7 +604,7 @@ impl Ops {
                     return Err(OpError::Usage(format!("no token with id {id:?}")));
                 }
                 tracing::info!(id = %id, "API token revoked");
-                Ok((vec![v], None))
+                Ok(vec![v])
             }
             Request::UserAdd {
                 name,
@@ -613,25 +616,20 @@ impl Ops {
                 })
                 .map_err(api)?;
                 tracing::info!(name = %u.name, role = %u.role, "user added");
-                Ok((vec![json!(u.info())], None))
+                Ok(vec![json!(u.info())])
             }
-            Request::UserList => read(
-                auth::list_users(db)
-                    .map_err(api)?
-                    .into_iter()
-                    .map(|u| json!(u))
-                    .collect(),
-            ),
+            Request::UserList => Ok(auth::list_users(db)
+                .map_err(api)?
+                .into_iter()
+                .map(|u| json!(u))
+                .collect()),
             Request::UserPassword { name, password } => {
                 let u = auth::set_password(db, name, &password.0, |tx, u| {
                     hook(json!({ "name": u.name }))(tx)
                 })
                 .map_err(api)?;
                 tracing::info!(name = %u.name, "user password changed");
-                Ok((
-                    vec![json!({ "name": u.name, "password_changed": true })],
-                    None,
-                ))
+                Ok(vec![json!({ "name": u.name, "password_changed": true })])
             }
             Request::UserRemove { name } => {
                 let v = json!({ "name": name, "removed": true });
@@ -640,35 +638,31 @@ impl Ops {
                     return Err(OpError::Usage(format!("no user {name:?}")));
                 }
                 tracing::info!(name = %name, "user removed");
-                Ok((vec![v], None))
+                Ok(vec![v])
             }
             Request::AuditVerify { anchor } => {
                 let r = crate::audit::verify_anchored(db, anchor.as_deref())
                     .map_err(OpError::Failed)?;
-                read(vec![json!(r)])
+                Ok(vec![json!(r)])
             }
-            Request::AuditList { offset, limit } => read(
-                crate::audit::list(db, *offset, (*limit).min(MAX_LIST))
+            Request::AuditList { offset, limit } => {
+                Ok(crate::audit::list(db, *offset, (*limit).min(MAX_LIST))
                     .map_err(OpError::Failed)?
                     .iter()
                     .map(crate::audit::AuditEntry::to_json)
-                    .collect(),
-            ),
-            Request::WorklistImport { document } => {
-                let (line, details) = self.import_worklist(document)?;
-                Ok((vec![line], Some(details)))
+                    .collect())
             }
+            Request::WorklistImport { document } => Ok(vec![self.import_worklist(document, who)?]),
             Request::WorklistList { offset, limit } => {
                 let skip = usize::try_from(*offset).unwrap_or(usize::MAX);
-                read(
-                    self.worklist()?
-                        .list(None, usize::MAX)
-                        .iter()
-                        .skip(skip)
-                        .take((*limit).min(MAX_LIST))
-                        .map(|i| crate::http::resources::item_json(i))
-                        .collect(),
-                )
+                Ok(self
+                    .worklist()?
+                    .list(None, usize::MAX)
+                    .iter()
+                    .skip(skip)
+                    .take((*limit).min(MAX_LIST))
+                    .map(|i| crate::http::resources::item_json(i))
+                    .collect())
             }
         }
     }
@@ -690,6 +684,24 @@ impl Ops {
             Err(OpError::Failed(m)) => Reply::Failed(m),
         }
     }
+}
+
+/// Moves the audit entries waiting in the worklist database's outbox into the audit log in
+/// `gateway` ([`crate::audit::outbox::drain`]), each exactly once: after every worklist change
+/// made by the API or the CLI, and at the daemon's start. The `Err` is the message to answer
+/// with: the change was made and its entry waits in the outbox for the next drain.
+pub fn drain_worklist_audit(
+    worklist: &crate::worklist::WorklistStore,
+    gateway: &redb::Database,
+) -> Result<usize, String> {
+    crate::audit::outbox::drain(worklist.database(), gateway).map_err(|e| {
+        tracing::error!(error = %e, "worklist audit entries not moved to the audit log; they wait in the outbox of worklist.redb");
+        format!(
+            "the change was made, but its audit entry could not be moved from the outbox of \
+             worklist.redb to the audit log ({e}); it stays in the outbox and is written to the \
+             audit log at the next drain (the next worklist change, or the daemon's start)"
+        )
+    })
 }
 
 /// The private directory holding the control socket: mode 0700, owned by the daemon's user.
@@ -1114,5 +1126,111 @@ mod tests {
         let actions: Vec<_> = log.iter().map(|e| e.action.as_str()).collect();
         assert_eq!(actions, ["user.add", "user.remove"]);
         assert!(!log[0].details.contains("long enough"));
+    }
+
+    /// Makes the audit log unwritable the way a damaged database would: an entry at the end
+    /// that does not decode, so appending after it fails. Returns the key, to repair it.
+    fn break_audit_log(db: &redb::Database) -> u64 {
+        let key = crate::audit::count(db).unwrap() + 1;
+        let tx = db.begin_write().unwrap();
+        tx.open_table(crate::db::AUDIT)
+            .unwrap()
+            .insert(key, [0xffu8; 3].as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+        key
+    }
+
+    fn repair_audit_log(db: &redb::Database, key: u64) {
+        let tx = db.begin_write().unwrap();
+        tx.open_table(crate::db::AUDIT)
+            .unwrap()
+            .remove(key)
+            .unwrap();
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn a_queue_change_whose_audit_entry_cannot_be_written_is_not_made() {
+        let (_d, ops) = ops();
+        let pause = Request::Pause {
+            destination: "pacs".into(),
+        };
+        let broken = break_audit_log(ops.db());
+        let e = ops.execute_as(&pause, "cli:alice", CLI_SOURCE).unwrap_err();
+        assert!(
+            matches!(&e, OpError::Failed(m) if m.contains("the change was not made")),
+            "{e}"
+        );
+        let retry = Request::Retry {
+            destination: "pacs".into(),
+            job: None,
+        };
+        assert!(matches!(
+            ops.execute_as(&retry, "cli:alice", CLI_SOURCE),
+            Err(OpError::Failed(_))
+        ));
+        let stats = ops.execute(&Request::Stats).unwrap();
+        assert_eq!(stats[0]["paused"], false, "not paused: {stats:?}");
+        // Without an actor (execute) nothing is audited, so nothing stands in the way.
+        ops.execute(&pause).unwrap();
+        ops.execute(&Request::Resume {
+            destination: "pacs".into(),
+        })
+        .unwrap();
+        repair_audit_log(ops.db(), broken);
+        ops.execute_as(&pause, "cli:alice", CLI_SOURCE).unwrap();
+        let stats = ops.execute(&Request::Stats).unwrap();
+        assert_eq!(stats[0]["paused"], true);
+        let log = crate::audit::list(ops.db(), 0, 10).unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].action, "queue.pause");
+        assert!(crate::audit::verify(ops.db()).unwrap().ok);
+    }
+
+    #[test]
+    fn a_worklist_import_whose_drain_fails_waits_in_the_outbox_and_is_audited_once_later() {
+        let (d, ops) = ops();
+        let store = Arc::new(crate::worklist::WorklistStore::open_in(d.path()).unwrap());
+        let ops = ops.with_worklist(store.clone());
+        let import = |acc: &str| Request::WorklistImport {
+            document: worklist_doc(&[(acc, "S1")]),
+        };
+        let broken = break_audit_log(ops.db());
+        let e = ops
+            .execute_as(&import("A"), "cli:alice", CLI_SOURCE)
+            .unwrap_err();
+        // The import stands, the answer says where its entry is and when it will be written.
+        assert!(
+            matches!(&e, OpError::Failed(m) if m.contains("the change was made")
+                && m.contains("outbox") && m.contains("next drain")),
+            "{e}"
+        );
+        assert_eq!(store.count(), 1);
+        assert_eq!(crate::audit::outbox::pending(store.database()).unwrap(), 1);
+        repair_audit_log(ops.db(), broken);
+        ops.execute_as(&import("B"), "cli:bob", CLI_SOURCE).unwrap();
+        assert_eq!(crate::audit::outbox::pending(store.database()).unwrap(), 0);
+        let log = crate::audit::list(ops.db(), 0, 10).unwrap();
+        let seen: Vec<_> = log
+            .iter()
+            .map(|e| (e.actor.as_str(), e.action.as_str(), e.details.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (
+                    "cli:alice",
+                    "worklist.import",
+                    r#"{"created":[1],"updated":[]}"#
+                ),
+                (
+                    "cli:bob",
+                    "worklist.import",
+                    r#"{"created":[2],"updated":[]}"#
+                )
+            ]
+        );
+        assert!(crate::audit::verify(ops.db()).unwrap().ok);
     }
 }

@@ -5,7 +5,10 @@
 //! - [`rt`]: per-core runtimes (io_uring or epoll) behind a small owned-buffer I/O trait.
 //! - [`tls`]: DICOM TLS (rustls) configurations and a TLS stream over the I/O trait.
 //! - [`config`]: the TOML file as written → validated settings.
+//! - [`clock`]: the wall clock in µs since the Unix epoch; a leaf.
 //! - [`db`]: redb table definitions shared by index and queue.
+//! - [`audit`]: the hash-chained audit log, the hook through which every change writes its
+//!   entry in its own transaction, and the outbox of changes to the worklist database.
 //! - [`health`]: vital components whose failure makes the daemon unready and stop.
 //! - [`dicom`]: checks on a peer's dataset bytes before anything is built from them (the
 //!   iterative structure scanner: depth, element and size limits, framing); a leaf.
@@ -23,6 +26,7 @@
 //! - [`server`]: wires the cores, listeners, committer and shutdown together.
 
 pub mod audit;
+pub mod clock;
 pub mod commit;
 pub mod config;
 pub mod control;

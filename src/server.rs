@@ -263,6 +263,18 @@ pub fn serve(
             }
         })?);
         info!(items = wl_store.count(), "worklist database open");
+        // Audit entries of worklist changes that a crash (or a failing audit log) left in the
+        // worklist database's outbox go to the audit log now, before anything is served. If
+        // that fails the daemon still starts: they stay there for the next drain, and every
+        // worklist change meanwhile answers a failure saying so.
+        match control::drain_worklist_audit(&wl_store, index.database()) {
+            Ok(0) => {}
+            Ok(n) => info!(
+                entries = n,
+                "audit entries of earlier worklist changes moved to the audit log"
+            ),
+            Err(e) => error!(error = %e, "worklist audit outbox not drained at start-up"),
+        }
         let w = &settings.worklist;
         let open = |a: Option<SocketAddr>| a.is_some_and(|a| !a.ip().is_loopback());
         if (open(w.net.listen) || open(w.net.tls.as_ref().map(|t| t.listen)))

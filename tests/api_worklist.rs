@@ -240,7 +240,7 @@ fn ids(page: &Value) -> Vec<u64> {
 
 #[test]
 fn worklist_items_crud_roles_and_audit() {
-    let gw = Gw::start(&[]);
+    let mut gw = Gw::start(&[]);
     let port = gw.daemon.http_port;
     let one = item("P1", "ACC1", None, "CT", "20260115");
 
@@ -456,6 +456,16 @@ fn worklist_items_crud_roles_and_audit() {
     // The audit log records the change and its order key, not the patient.
     let whole = gw.get("/audit?limit=1000", &gw.admin).ok(200).to_string();
     assert!(!whole.contains("Renamed"), "patient data in the audit log");
+    // Each entry went through the worklist database's audit outbox (written with the change),
+    // which the daemon drained: nothing waits there, and the chain verifies.
+    let v = gw.get("/audit/verify", &gw.admin).ok(200);
+    assert_eq!(v["ok"], true, "{v}");
+    gw.daemon.stop();
+    let store = dicom_gw::worklist::WorklistStore::open_in(&gw.data).unwrap();
+    assert_eq!(
+        dicom_gw::audit::outbox::pending(store.database()).unwrap(),
+        0
+    );
 }
 
 #[test]

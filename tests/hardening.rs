@@ -1,6 +1,8 @@
 //! Hardening (issue 16; review findings M1, M7, H8, L1, L2, L4): who may use the control
 //! socket, the admin API's timeouts and connection cap, authentication before pacing, file
-//! modes whatever the umask, one daemon per data directory, failed logins in the audit log.
+//! modes whatever the umask, one daemon per data directory, failed logins in the audit log,
+//! each change and its audit entry in one transaction (a crash between them leaves both or
+//! neither).
 //!
 //! The control-socket test switches to the unprivileged `nobody` account with `setpriv`, so it
 //! needs root; it is skipped (with a message) when not root, and fails under `CI=true`.
@@ -668,4 +670,287 @@ fn http_json_tls_free(gw: &Daemon) -> u16 {
     } else {
         0
     }
+}
+
+/// Makes the audit log of `db` unwritable the way a damaged database would: an entry at the
+/// end that does not decode, so appending after it fails. Returns its key, to repair it.
+fn break_audit_log(db: &redb::Database) -> u64 {
+    let key = dicom_gw::audit::count(db).unwrap() + 1;
+    let tx = db.begin_write().unwrap();
+    tx.open_table(dicom_gw::db::AUDIT)
+        .unwrap()
+        .insert(key, [0xffu8; 3].as_slice())
+        .unwrap();
+    tx.commit().unwrap();
+    key
+}
+
+fn repair_audit_log(db: &redb::Database, key: u64) {
+    let tx = db.begin_write().unwrap();
+    tx.open_table(dicom_gw::db::AUDIT)
+        .unwrap()
+        .remove(key)
+        .unwrap();
+    tx.commit().unwrap();
+}
+
+/// The audit log as (actor, action, details), in order.
+fn audit_log(db: &redb::Database) -> Vec<(String, String, String)> {
+    dicom_gw::audit::list(db, 0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.actor, e.action, e.details))
+        .collect()
+}
+
+/// A worklist item as a RIS would send it.
+fn worklist_item(acc: &str) -> dicom_gw::worklist::model::NewItem {
+    let doc = json!({
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]},
+        "00100020": {"vr": "LO", "Value": ["P1"]},
+        "00080050": {"vr": "SH", "Value": [acc]},
+        "00401001": {"vr": "SH", "Value": ["RP1"]},
+        "00400100": {"vr": "SQ", "Value": [{
+            "00080060": {"vr": "CS", "Value": ["CT"]},
+            "00400001": {"vr": "AE", "Value": ["CT1"]},
+            "00400002": {"vr": "DA", "Value": ["20260115"]},
+            "00400009": {"vr": "SH", "Value": ["S1"]}
+        }]}
+    });
+    dicom_gw::worklist::model::parse_items(&doc.to_string())
+        .unwrap()
+        .remove(0)
+}
+
+/// Issue 16, "each change and its audit entry in one transaction": a crash between a change
+/// and its audit entry leaves both or neither.
+///
+/// Changes to `gateway.redb` (a queue operation through the CLI/API operations, a destination,
+/// the routes) write their entry inside the change's transaction: when the entry cannot be
+/// written the change is not made (neither), and when it can, the hook runs before the commit
+/// (the change is not visible yet from outside) and both appear together. A worklist change
+/// (`worklist.redb`) writes its entry to that database's outbox in its transaction; the daemon
+/// drains the outbox at start-up, so a crash after the worklist commit and before the drain, or
+/// after the audit append and before the outbox delete, still yields the entry exactly once.
+#[test]
+fn a_crash_between_change_and_audit_leaves_both_or_neither() {
+    use std::sync::{Arc, Mutex};
+
+    use dicom_gw::audit::{self, outbox, AuditEvent};
+    use dicom_gw::config::{RawDestination, RawRoute};
+    use dicom_gw::control::{Ops, Request, CLI_SOURCE};
+    use dicom_gw::queue::forwarder::Forwarder;
+    use dicom_gw::queue::live::{self, LiveConfig};
+    use dicom_gw::queue::routing::Routing;
+    use dicom_gw::queue::Queue;
+    use dicom_gw::store::index::Index;
+    use dicom_gw::store::DataDir;
+    use dicom_gw::worklist::WorklistStore;
+
+    let tmp = tempfile::tempdir().unwrap();
+
+    // 1. gateway.redb: a queue operation (the CLI's and the API's path), a destination, routes.
+    let (data, _) = DataDir::prepare(&tmp.path().join("gw")).unwrap();
+    let index = Arc::new(Index::open(&data.index_path()).unwrap());
+    let db = index.database();
+    let queue = Queue::new(index.clone(), false);
+    let ops = Ops::offline(queue.clone(), vec!["pacs".into()]).unwrap();
+    let fwd = Forwarder::start(queue.clone(), data, vec![]).unwrap();
+    let routing = Arc::new(arc_swap::ArcSwap::from_pointee(Routing::default()));
+    let live = LiveConfig::new(
+        index.clone(),
+        fwd.shared().clone(),
+        routing.clone(),
+        "GW".into(),
+    );
+    let dest = |port| RawDestination {
+        name: Some("archive".into()),
+        ae_title: Some("ARCH".into()),
+        host: Some("127.0.0.1".into()),
+        port: Some(port),
+        ..Default::default()
+    };
+    let route = RawRoute {
+        name: Some("all".into()),
+        match_: None,
+        destinations: Some(vec!["archive".into()]),
+    };
+    let pause = Request::Pause {
+        destination: "pacs".into(),
+    };
+    // What each hook saw of the stored configuration (destination ports, route count) from
+    // outside its transaction while it ran: the state before its change.
+    let seen_inside: Seen = Arc::default();
+    type Seen = Arc<Mutex<Vec<(Vec<u16>, usize)>>>;
+    fn hook<R>(index: Arc<Index>, seen: Seen, action: &'static str) -> impl audit::AuditHook<R> {
+        move |tx: &redb::WriteTransaction, _: &R| {
+            let (d, r, _) = live::effective(&index, vec![], vec![], "GW").unwrap();
+            seen.lock()
+                .unwrap()
+                .push((d.iter().map(|d| d.port).collect(), r.len()));
+            audit::append(
+                tx,
+                1,
+                &AuditEvent {
+                    actor: "alice",
+                    source: "127.0.0.1:1",
+                    action,
+                    details: json!({}),
+                },
+            )
+            .map(drop)
+        }
+    }
+
+    // (a) The audit log cannot be written: no change is made.
+    let broken = break_audit_log(db);
+    let e = ops
+        .execute_as(&pause, "cli:uid=0(root)", CLI_SOURCE)
+        .unwrap_err();
+    assert!(e.to_string().contains("the change was not made"), "{e}");
+    assert!(!queue.is_paused("pacs").unwrap(), "paused without an entry");
+    let e = live
+        .create_destination(
+            dest(1),
+            hook(index.clone(), seen_inside.clone(), "destination.create"),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("the change was not made"), "{e}");
+    assert!(fwd.shared().names().is_empty(), "applied without an entry");
+    assert!(
+        !live::effective(&index, vec![], vec![], "GW").unwrap().2,
+        "stored without an entry"
+    );
+    repair_audit_log(db, broken);
+    assert!(audit_log(db).is_empty());
+
+    // (b) It can: both, committed together.
+    ops.execute_as(&pause, "cli:uid=0(root)", CLI_SOURCE)
+        .unwrap();
+    assert!(queue.is_paused("pacs").unwrap());
+    live.create_destination(
+        dest(1),
+        hook(index.clone(), seen_inside.clone(), "destination.create"),
+    )
+    .unwrap();
+    let broken = break_audit_log(db);
+    let e = live
+        .upsert_destination(
+            dest(2),
+            None,
+            hook(index.clone(), seen_inside.clone(), "destination.update"),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("the change was not made"), "{e}");
+    let e = live
+        .set_routes(
+            vec![route.clone()],
+            hook(index.clone(), seen_inside.clone(), "routes.replace"),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("the change was not made"), "{e}");
+    let (dests, routes, _) = live::effective(&index, vec![], vec![], "GW").unwrap();
+    assert_eq!(
+        (dests[0].port, routes.len()),
+        (1, 0),
+        "stored without an entry"
+    );
+    assert!(
+        routing.load().routes().is_empty(),
+        "applied without an entry"
+    );
+    repair_audit_log(db, broken);
+    live.upsert_destination(
+        dest(2),
+        None,
+        hook(index.clone(), seen_inside.clone(), "destination.update"),
+    )
+    .unwrap();
+    live.set_routes(
+        vec![route],
+        hook(index.clone(), seen_inside.clone(), "routes.replace"),
+    )
+    .unwrap();
+    assert_eq!(routing.load().routes().len(), 1);
+    let (dests, routes, _) = live::effective(&index, vec![], vec![], "GW").unwrap();
+    assert_eq!((dests[0].port, routes.len()), (2, 1));
+    // Every hook ran inside its change's transaction, before the commit: what it saw from
+    // outside was the state before the change.
+    assert_eq!(
+        *seen_inside.lock().unwrap(),
+        [
+            (vec![], 0),  // create, refused
+            (vec![], 0),  // create
+            (vec![1], 0), // update, refused
+            (vec![1], 0), // routes, refused
+            (vec![1], 0), // update
+            (vec![2], 0), // routes
+        ]
+    );
+    let actions: Vec<String> = audit_log(db).into_iter().map(|(_, a, _)| a).collect();
+    assert_eq!(
+        actions,
+        [
+            "queue.pause",
+            "destination.create",
+            "destination.update",
+            "routes.replace"
+        ]
+    );
+    assert!(audit::verify(db).unwrap().ok);
+    fwd.stop();
+
+    // 2. worklist.redb: the change and its outbox entry commit together; the daemon drains the
+    // outbox at start-up.
+    let data = tmp.path().join("wl");
+    std::fs::create_dir_all(&data).unwrap();
+    let index = Index::open(&data.join("gateway.redb")).unwrap();
+    let store = WorklistStore::open_in(&data).unwrap();
+    let to_outbox = |acc: &'static str| {
+        move |tx: &redb::WriteTransaction, _: &_| {
+            outbox::put(
+                tx,
+                1,
+                &AuditEvent {
+                    actor: "ris",
+                    source: "10.0.0.9:4000",
+                    action: "worklist.create",
+                    details: json!({ "accession": acc }),
+                },
+            )
+            .map(drop)
+        }
+    };
+    // A failing outbox write: neither the item nor an entry.
+    let failing = |_: &redb::WriteTransaction, _: &_| Err("disk on fire".to_owned());
+    assert!(store.create(worklist_item("A0"), failing).is_err());
+    assert_eq!(store.count(), 0);
+    // A crash after the audit append and before the outbox delete (item A)...
+    store.create(worklist_item("A"), to_outbox("A")).unwrap();
+    let a = outbox::append_pending(store.database(), index.database())
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.appended, 1);
+    // ... and one after the worklist commit and before the drain (item B).
+    store.create(worklist_item("B"), to_outbox("B")).unwrap();
+    assert_eq!(outbox::pending(store.database()).unwrap(), 2);
+    assert_eq!(audit::count(index.database()).unwrap(), 1);
+    drop((store, index));
+
+    let mut gw = Daemon::start(BIN, &data, "epoll", &[]);
+    gw.stop();
+    let index = Index::open(&data.join("gateway.redb")).unwrap();
+    let store = WorklistStore::open_in(&data).unwrap();
+    assert_eq!(store.count(), 2);
+    assert_eq!(outbox::pending(store.database()).unwrap(), 0);
+    let log = audit_log(index.database());
+    let expected = |acc: &str| {
+        (
+            "ris".to_owned(),
+            "worklist.create".to_owned(),
+            format!(r#"{{"accession":"{acc}"}}"#),
+        )
+    };
+    assert_eq!(log, [expected("A"), expected("B")], "each exactly once");
+    assert!(audit::verify(index.database()).unwrap().ok);
 }

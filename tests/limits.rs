@@ -215,7 +215,10 @@ fn seed_worklist(data_dir: &Path, n: usize) {
         .collect();
     let store = dicom_gw::worklist::WorklistStore::open_in(data_dir).unwrap();
     store
-        .create_many(parse_items(&serde_json::Value::Array(items).to_string()).unwrap())
+        .create_many(
+            parse_items(&serde_json::Value::Array(items).to_string()).unwrap(),
+            dicom_gw::audit::no_audit,
+        )
         .unwrap();
 }
 

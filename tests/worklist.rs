@@ -128,7 +128,9 @@ fn seed(data_dir: &Path, items: &[Value]) {
     std::fs::create_dir_all(data_dir).unwrap();
     let store = WorklistStore::open_in(data_dir).unwrap();
     let parsed = parse_items(&Value::Array(items.to_vec()).to_string()).unwrap();
-    store.create_many(parsed).unwrap();
+    store
+        .create_many(parsed, dicom_gw::audit::no_audit)
+        .unwrap();
 }
 
 /// What one `findscu -W` run returned.

@@ -54,7 +54,7 @@ fn store() -> &'static WorklistStore {
         std::fs::create_dir_all(&dir).unwrap();
         let store = WorklistStore::open_in(&dir).unwrap();
         let items = dicom_gw::worklist::model::parse_items(ITEMS).unwrap();
-        store.create_many(items).unwrap();
+        store.create_many(items, dicom_gw::audit::no_audit).unwrap();
         store
     })
 }

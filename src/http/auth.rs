@@ -116,24 +116,13 @@ pub fn new_token() -> Result<String, ApiError> {
     Ok(format!("{TOKEN_PREFIX}{hex}"))
 }
 
-/// Writes the audit entry of a change inside the change's own write transaction
-/// ([`crate::audit::append`]), given what the change produced: the change and its entry
-/// commit together or not at all. [`no_audit`] for callers that record nothing.
-pub trait AuditHook<R>: FnOnce(&WriteTransaction, &R) -> Result<(), String> {}
-impl<R, F: FnOnce(&WriteTransaction, &R) -> Result<(), String>> AuditHook<R> for F {}
-
-/// The hook of a change that is not audited (tests, start-up).
-pub fn no_audit<R>(_: &WriteTransaction, _: &R) -> Result<(), String> {
-    Ok(())
-}
+pub use crate::audit::{no_audit, AuditHook};
 
 /// Runs the audit hook; if it fails, the transaction is dropped (aborted) by the caller's `?`.
 fn audit_in<R>(tx: &WriteTransaction, r: &R, audit: impl AuditHook<R>) -> Result<(), ApiError> {
     audit(tx, r).map_err(|e| {
         tracing::error!(error = %e, "audit entry not written; the change is rolled back");
-        ApiError::internal(format!(
-            "the audit log cannot be written ({e}); the change was not made"
-        ))
+        ApiError::internal(crate::audit::not_made(&e))
     })
 }
 

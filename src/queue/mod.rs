@@ -21,6 +21,7 @@ use std::time::Duration;
 use redb::{ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::AuditHook;
 use crate::config::RetryPolicy;
 use crate::db;
 use crate::store::index::{Index, IndexError, InstanceRecord};
@@ -38,6 +39,18 @@ pub enum QueueError {
     /// No such job (or not in the state the operation needs).
     #[error("{0}")]
     NotFound(String),
+    /// The change's audit entry could not be written, so the change was not made.
+    #[error("{}", crate::audit::not_made(.0))]
+    Audit(String),
+}
+
+/// Runs a change's audit hook inside its transaction; an `Err` is returned before the commit,
+/// so the transaction is dropped (aborted) and nothing changes.
+fn audit_in<R>(tx: &WriteTransaction, r: &R, audit: impl AuditHook<R>) -> Result<(), QueueError> {
+    audit(tx, r).map_err(|e| {
+        tracing::error!(error = %e, "audit entry not written; the queue change is rolled back");
+        QueueError::Audit(e)
+    })
 }
 
 macro_rules! from_redb {
@@ -600,12 +613,14 @@ impl Queue {
     }
 
     /// Moves dead jobs of `dest` (all, or the one with id `job`) back to pending with their
-    /// attempts reset, due now. Returns how many.
+    /// attempts reset, due now, audited (`audit`, given how many) in the same transaction.
+    /// Returns how many.
     pub fn retry_dead(
         &self,
         dest: &str,
         job: Option<u64>,
         now_us: u64,
+        audit: impl AuditHook<usize>,
     ) -> Result<usize, QueueError> {
         let tx = self.index.database().begin_write()?;
         let mut n = 0;
@@ -641,13 +656,21 @@ impl Queue {
                 n += 1;
             }
         }
+        audit_in(&tx, &n, audit)?;
         tx.commit()?;
         Ok(n)
     }
 
-    /// Queues every stored instance of `study` for `dest` again. Scans the instance table (an
-    /// operator action, not a hot path). Returns how many jobs were created.
-    pub fn replay_study(&self, dest: &str, study: &str, now_us: u64) -> Result<usize, QueueError> {
+    /// Queues every stored instance of `study` for `dest` again, audited (`audit`, given how
+    /// many jobs) in the same transaction. Scans the instance table (an operator action, not a
+    /// hot path). Returns how many jobs were created.
+    pub fn replay_study(
+        &self,
+        dest: &str,
+        study: &str,
+        now_us: u64,
+        audit: impl AuditHook<usize>,
+    ) -> Result<usize, QueueError> {
         let tx = self.index.database().begin_write()?;
         let mut sops = Vec::new();
         {
@@ -667,12 +690,18 @@ impl Queue {
         for sop in &sops {
             enqueue(&tx, dest, sop, now_us)?;
         }
+        audit_in(&tx, &sops.len(), audit)?;
         tx.commit()?;
         Ok(sops.len())
     }
 
-    /// Pauses or resumes a destination (persisted).
-    pub fn set_paused(&self, dest: &str, paused: bool) -> Result<(), QueueError> {
+    /// Pauses or resumes a destination (persisted), audited in the same transaction.
+    pub fn set_paused(
+        &self,
+        dest: &str,
+        paused: bool,
+        audit: impl AuditHook<()>,
+    ) -> Result<(), QueueError> {
         let tx = self.index.database().begin_write()?;
         {
             let mut t = tx.open_table(db::PAUSED)?;
@@ -682,6 +711,7 @@ impl Queue {
                 t.remove(dest)?;
             }
         }
+        audit_in(&tx, &(), audit)?;
         tx.commit()?;
         Ok(())
     }
@@ -701,6 +731,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::no_audit;
     use crate::store::attrs::IndexAttrs;
 
     const S: u64 = 1_000_000;
@@ -937,10 +968,10 @@ mod tests {
         assert_eq!(counts(&stats(&q, "a")), [1, 0, 0, 1, 0]);
         assert_eq!(q.claim("a", 50, 10).unwrap().len(), 1);
         assert!(matches!(
-            q.retry_dead("a", Some(999), 60),
+            q.retry_dead("a", Some(999), 60, no_audit),
             Err(QueueError::NotFound(_))
         ));
-        assert_eq!(q.retry_dead("a", None, 60).unwrap(), 1);
+        assert_eq!(q.retry_dead("a", None, 60, no_audit).unwrap(), 1);
         let again = q.claim("a", 60, 10).unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].job.attempts, 0, "attempts reset");
@@ -950,13 +981,13 @@ mod tests {
     #[test]
     fn replay_pause_and_missing_objects() {
         let (_d, q) = setup(3, false);
-        assert_eq!(q.replay_study("a", "1.2", 5).unwrap(), 3);
-        assert_eq!(q.replay_study("a", "9.9", 5).unwrap(), 0);
+        assert_eq!(q.replay_study("a", "1.2", 5, no_audit).unwrap(), 3);
+        assert_eq!(q.replay_study("a", "9.9", 5, no_audit).unwrap(), 0);
         assert_eq!(counts(&stats(&q, "a")), [3, 0, 0, 0, 0]);
         assert!(!q.is_paused("a").unwrap());
-        q.set_paused("a", true).unwrap();
+        q.set_paused("a", true, no_audit).unwrap();
         assert!(stats(&q, "a").paused);
-        q.set_paused("a", false).unwrap();
+        q.set_paused("a", false, no_audit).unwrap();
         assert!(!q.is_paused("a").unwrap());
         add_job(&q, "a", "4.5.6", 6);
         let c = q.claim("a", 10, 10).unwrap();
@@ -976,5 +1007,89 @@ mod tests {
         tx.commit().unwrap();
         assert_eq!(counts(&stats(&q, "a")), [1, 0, 0, 0, 0]);
         assert_eq!(counts(&stats(&q, "b")), [0, 0, 0, 0, 0]);
+    }
+
+    /// A hook that appends a real audit entry (as the control operations' do).
+    fn audited<R: std::fmt::Debug>(action: &'static str) -> impl AuditHook<R> {
+        move |tx: &WriteTransaction, r: &R| {
+            crate::audit::append(
+                tx,
+                1,
+                &crate::audit::AuditEvent {
+                    actor: "cli:alice",
+                    source: "cli",
+                    action,
+                    details: serde_json::json!({ "result": format!("{r:?}") }),
+                },
+            )
+            .map(drop)
+        }
+    }
+
+    fn failing<R>(_: &WriteTransaction, _: &R) -> Result<(), String> {
+        Err("disk on fire".into())
+    }
+
+    #[test]
+    fn a_queue_change_and_its_audit_entry_commit_together_or_not_at_all() {
+        let (_d, q) = setup(2, false);
+        let db = q.index().database();
+        let p = policy(1);
+        add_job(&q, "a", "1.2.3.1", 0);
+        let c = q.claim("a", 0, 10).unwrap();
+        q.finish(
+            vec![(c[0].job.clone(), Outcome::Dead("no".into()))],
+            &p,
+            1,
+            || 0.0,
+        )
+        .unwrap();
+        let before = counts(&stats(&q, "a"));
+        assert_eq!(before, [0, 0, 0, 1, 0]);
+
+        // A failing hook (an audit append that cannot be written): nothing changes.
+        for e in [
+            q.retry_dead("a", None, 5, failing).unwrap_err(),
+            q.replay_study("a", "1.2", 5, failing).unwrap_err(),
+            q.set_paused("a", true, failing).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&e, QueueError::Audit(m) if m == "disk on fire"),
+                "{e}"
+            );
+            assert!(e.to_string().contains("the change was not made"), "{e}");
+        }
+        assert_eq!(counts(&stats(&q, "a")), before);
+        assert!(!q.is_paused("a").unwrap());
+        assert_eq!(crate::audit::count(db).unwrap(), 0);
+
+        // A working one: each change and its entry, in one commit.
+        assert_eq!(
+            q.retry_dead("a", None, 5, audited("queue.retry")).unwrap(),
+            1
+        );
+        assert_eq!(counts(&stats(&q, "a")), [1, 0, 0, 0, 0]);
+        assert_eq!(
+            q.replay_study("a", "1.2", 5, audited("queue.replay"))
+                .unwrap(),
+            2
+        );
+        assert_eq!(counts(&stats(&q, "a")), [3, 0, 0, 0, 0]);
+        q.set_paused("a", true, audited("queue.pause")).unwrap();
+        assert!(q.is_paused("a").unwrap());
+        let log = crate::audit::list(db, 0, 10).unwrap();
+        let got: Vec<_> = log
+            .iter()
+            .map(|e| (e.action.as_str(), e.details.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("queue.retry", r#"{"result":"1"}"#),
+                ("queue.replay", r#"{"result":"2"}"#),
+                ("queue.pause", r#"{"result":"()"}"#)
+            ]
+        );
+        assert!(crate::audit::verify(db).unwrap().ok);
     }
 }

@@ -91,7 +91,7 @@ mod modality_worklist_tests {
               "00400002": {"vr": "DA", "Value": ["20261123"]}}]}}
         ]"#;
         let items = crate::worklist::model::parse_items(json).unwrap();
-        store.create_many(items).unwrap();
+        store.create_many(items, crate::audit::no_audit).unwrap();
         store
     }
 

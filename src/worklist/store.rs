@@ -11,6 +11,7 @@
 //! | `item_keys` | (Accession Number, Requested Procedure ID, Scheduled Procedure Step ID) | item id |
 //! | `mpps` | MPPS SOP Instance UID | `StoredMpps::V1`: created/updated µs, dataset, linked item ids |
 //! | `meta` | `next_item_id` | u64 |
+//! | `audit_outbox`, `audit_outbox_meta` | outbox id; `next_id`, `epoch` | audit entries of changes, waiting to be moved to the audit log in `gateway.redb` ([`crate::audit::outbox`]) |
 //!
 //! `item_keys` makes the order key unique (a RIS re-sending an order updates it, see
 //! [`WorklistStore::upsert_many`]). There is no index on query keys: a C-FIND matches every
@@ -19,7 +20,10 @@
 //!
 //! Every change is one write transaction: an MPPS N-CREATE or N-SET and the status change of
 //! the worklist items it links to commit together, so the worklist never shows a step STARTED
-//! by an MPPS that was refused.
+//! by an MPPS that was refused. The item changes of operators (create, import, update, cancel,
+//! delete) take an [`AuditHook`] run in that transaction before the commit: the API and the
+//! CLI write the change's audit entry to the audit outbox there, so the change and its pending
+//! entry commit together (and an `Err` from the hook aborts the change).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -32,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{self, generate_uid, ItemKey, NewItem, SpsStatus, WorklistItem};
 use super::mpps::{self, MppsError, MppsInstance, PpsStatus};
+use crate::audit::AuditHook;
 use crate::dicom::dataset::Dataset;
 use crate::dicom::matching::{MatchHint, Prefilter, Query};
 
@@ -103,6 +108,22 @@ pub enum WorklistStoreError {
         /// Its status.
         status: SpsStatus,
     },
+    /// The change's audit entry could not be written, so the change was not made.
+    #[error("{}", crate::audit::not_made(.0))]
+    Audit(String),
+}
+
+/// Runs a change's audit hook inside its transaction; an `Err` is returned before the commit,
+/// so the transaction is dropped (aborted) and nothing changes.
+fn audit_in<R>(
+    tx: &redb::WriteTransaction,
+    r: &R,
+    audit: impl AuditHook<R>,
+) -> Result<(), WorklistStoreError> {
+    audit(tx, r).map_err(|e| {
+        tracing::error!(error = %e, "audit entry not written; the worklist change is rolled back");
+        WorklistStoreError::Audit(e)
+    })
 }
 
 macro_rules! from_redb {
@@ -375,6 +396,13 @@ impl WorklistStore {
         Self::open(&data_dir.join(FILE_NAME))
     }
 
+    /// The database, for its audit outbox ([`crate::audit::outbox::drain`]). Items and MPPS
+    /// instances must be changed only through this struct, which keeps its cache equal to
+    /// the committed table.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// Runs one write transaction under the writer lock, commits it, then applies its item
     /// changes to the cache — still under the lock, so the cache sees commits in order.
     fn write<T, E>(
@@ -409,15 +437,21 @@ impl WorklistStore {
         Ok(out)
     }
 
-    /// Creates one item.
-    pub fn create(&self, item: NewItem) -> Result<WorklistItem, WorklistStoreError> {
-        Ok(self.create_many(vec![item])?.remove(0))
+    /// Creates one item, audited (`audit`, given the items created) in the same transaction.
+    pub fn create(
+        &self,
+        item: NewItem,
+        audit: impl AuditHook<Vec<WorklistItem>>,
+    ) -> Result<WorklistItem, WorklistStoreError> {
+        Ok(self.create_many(vec![item], audit)?.remove(0))
     }
 
-    /// Creates items in one transaction: all or none (an import either lands or not).
+    /// Creates items in one transaction: all or none (an import either lands or not), audited
+    /// (`audit`, given the items created) in the same transaction.
     pub fn create_many(
         &self,
         items: Vec<NewItem>,
+        audit: impl AuditHook<Vec<WorklistItem>>,
     ) -> Result<Vec<WorklistItem>, WorklistStoreError> {
         let now = now_us();
         self.write(|tx, _| {
@@ -429,6 +463,7 @@ impl WorklistStore {
                 let id = next_id(&mut meta)?;
                 out.push(insert_new(&mut table, &mut keys, id, item, now)?);
             }
+            audit_in(tx, &out, audit)?;
             let changes = out.iter().cloned().map(Change::Put).collect();
             Ok((out, changes))
         })
@@ -439,9 +474,11 @@ impl WorklistStore {
     /// equal a stored item's replaces it (id and, if not given, Study Instance UID and status
     /// kept); any other is created. This is what makes re-importing a RIS export idempotent —
     /// for items that carry their Requested Procedure and Scheduled Procedure Step IDs.
+    /// Audited (`audit`, given the results) in the same transaction.
     pub fn upsert_many(
         &self,
         items: Vec<NewItem>,
+        audit: impl AuditHook<Vec<(WorklistItem, Upserted)>>,
     ) -> Result<Vec<(WorklistItem, Upserted)>, WorklistStoreError> {
         let now = now_us();
         self.write(|tx, _| {
@@ -470,25 +507,38 @@ impl WorklistStore {
                     }
                 }
             }
+            audit_in(tx, &out, audit)?;
             let changes = out.iter().map(|(i, _)| Change::Put(i.clone())).collect();
             Ok((out, changes))
         })
     }
 
     /// Replaces an item's dataset (its id stays; Study Instance UID and status are kept when
-    /// the new dataset leaves them out).
-    pub fn update(&self, id: u64, item: NewItem) -> Result<WorklistItem, WorklistStoreError> {
+    /// the new dataset leaves them out), audited (`audit`, given the new item) in the same
+    /// transaction.
+    pub fn update(
+        &self,
+        id: u64,
+        item: NewItem,
+        audit: impl AuditHook<WorklistItem>,
+    ) -> Result<WorklistItem, WorklistStoreError> {
         self.write(|tx, _| {
             let mut table = tx.open_table(ITEMS)?;
             let mut keys = tx.open_table(ITEM_KEYS)?;
             let updated = replace(&mut table, &mut keys, id, item, now_us())?;
+            audit_in(tx, &updated, audit)?;
             Ok((updated.clone(), vec![Change::Put(updated)]))
         })
     }
 
     /// Cancels a step that no modality has started: status CANCELED. The item stays (for the
-    /// record and the API) but is no longer offered to modalities.
-    pub fn cancel(&self, id: u64) -> Result<WorklistItem, WorklistStoreError> {
+    /// record and the API) but is no longer offered to modalities. Audited (`audit`, given the
+    /// cancelled item and its status before) in the same transaction.
+    pub fn cancel(
+        &self,
+        id: u64,
+        audit: impl AuditHook<(WorklistItem, SpsStatus)>,
+    ) -> Result<WorklistItem, WorklistStoreError> {
         self.write(|tx, _| {
             let mut table = tx.open_table(ITEMS)?;
             let mut item = get_item(&table, id)?.ok_or(WorklistStoreError::NotFound(id))?;
@@ -499,12 +549,20 @@ impl WorklistStore {
             model::set_status(&mut item.dataset, SpsStatus::Canceled);
             item.updated_us = now_us();
             table.insert(id, encode_item(&item).as_slice())?;
+            let done = (item, status);
+            audit_in(tx, &done, audit)?;
+            let (item, _) = done;
             Ok((item.clone(), vec![Change::Put(item)]))
         })
     }
 
-    /// Deletes an item; returns what was deleted.
-    pub fn delete(&self, id: u64) -> Result<WorklistItem, WorklistStoreError> {
+    /// Deletes an item, audited (`audit`, given what was deleted) in the same transaction;
+    /// returns what was deleted.
+    pub fn delete(
+        &self,
+        id: u64,
+        audit: impl AuditHook<WorklistItem>,
+    ) -> Result<WorklistItem, WorklistStoreError> {
         self.write(|tx, _| {
             let mut table = tx.open_table(ITEMS)?;
             let mut keys = tx.open_table(ITEM_KEYS)?;
@@ -513,6 +571,7 @@ impl WorklistStore {
                 None => return Err(WorklistStoreError::NotFound(id)),
             };
             keys.remove(key_tuple(&item.key()))?;
+            audit_in(tx, &item, audit)?;
             Ok((item, vec![Change::Remove(id)]))
         })
     }
@@ -787,6 +846,7 @@ fn set_items_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::no_audit;
     use crate::dicom::json::dataset_from_json;
     use crate::worklist::model::parse_items;
     use dicom_core::VR;
@@ -838,8 +898,12 @@ mod tests {
     #[test]
     fn crud_round_trip() {
         let (dir, store) = open();
-        let a = store.create(new_item("P1", "ACC1", Some("S1"))).unwrap();
-        let b = store.create(new_item("P2", "ACC2", None)).unwrap();
+        let a = store
+            .create(new_item("P1", "ACC1", Some("S1")), no_audit)
+            .unwrap();
+        let b = store
+            .create(new_item("P2", "ACC2", None), no_audit)
+            .unwrap();
         assert_eq!((a.id, b.id), (1, 2));
         assert_eq!(a.status(), SpsStatus::Scheduled);
         assert_eq!(*store.get(1).unwrap(), a);
@@ -855,7 +919,11 @@ mod tests {
         let mut changed = item_json("P1", "ACC1", Some("S1"), "20260116", "CT1");
         changed["00100010"]["Value"][0]["Alphabetic"] = json!("Renamed^Test");
         let updated = store
-            .update(1, parse_items(&changed.to_string()).unwrap().remove(0))
+            .update(
+                1,
+                parse_items(&changed.to_string()).unwrap().remove(0),
+                no_audit,
+            )
             .unwrap();
         assert_eq!(updated.id, 1);
         assert_eq!(updated.created_us, a.created_us);
@@ -869,10 +937,10 @@ mod tests {
         );
 
         // Cancel, then cancel again is refused.
-        let cancelled = store.cancel(1).unwrap();
+        let cancelled = store.cancel(1, no_audit).unwrap();
         assert_eq!(cancelled.status(), SpsStatus::Canceled);
         assert!(matches!(
-            store.cancel(1),
+            store.cancel(1, no_audit),
             Err(WorklistStoreError::CannotCancel {
                 id: 1,
                 status: SpsStatus::Canceled
@@ -880,14 +948,14 @@ mod tests {
         ));
 
         // Delete, and not-found errors.
-        assert_eq!(store.delete(2).unwrap().id, 2);
+        assert_eq!(store.delete(2, no_audit).unwrap().id, 2);
         assert!(store.get(2).is_none());
         assert!(matches!(
-            store.delete(2),
+            store.delete(2, no_audit),
             Err(WorklistStoreError::NotFound(2))
         ));
         assert!(matches!(
-            store.update(2, new_item("P2", "ACC2", None)),
+            store.update(2, new_item("P2", "ACC2", None), no_audit),
             Err(WorklistStoreError::NotFound(2))
         ));
 
@@ -895,15 +963,23 @@ mod tests {
         drop(store);
         let store = WorklistStore::open_in(dir.path()).unwrap();
         assert_eq!(*store.get(1).unwrap(), cancelled);
-        assert_eq!(store.create(new_item("P3", "ACC3", None)).unwrap().id, 3);
+        assert_eq!(
+            store
+                .create(new_item("P3", "ACC3", None), no_audit)
+                .unwrap()
+                .id,
+            3
+        );
     }
 
     #[test]
     fn order_keys_are_unique_and_upsert_uses_them() {
         let (_dir, store) = open();
-        store.create(new_item("P1", "ACC1", Some("S1"))).unwrap();
+        store
+            .create(new_item("P1", "ACC1", Some("S1")), no_audit)
+            .unwrap();
         let err = store
-            .create(new_item("P1", "ACC1", Some("S1")))
+            .create(new_item("P1", "ACC1", Some("S1")), no_audit)
             .unwrap_err();
         assert!(
             matches!(err, WorklistStoreError::DuplicateKey { id: 1, .. }),
@@ -911,19 +987,25 @@ mod tests {
         );
         // A failed batch writes nothing.
         let err = store
-            .create_many(vec![
-                new_item("P9", "ACC9", Some("S9")),
-                new_item("P1", "ACC1", Some("S1")),
-            ])
+            .create_many(
+                vec![
+                    new_item("P9", "ACC9", Some("S9")),
+                    new_item("P1", "ACC1", Some("S1")),
+                ],
+                no_audit,
+            )
             .unwrap_err();
         assert!(matches!(err, WorklistStoreError::DuplicateKey { .. }));
         assert_eq!(store.count(), 1);
 
         let results = store
-            .upsert_many(vec![
-                new_item("P1", "ACC1", Some("S1")),
-                new_item("P2", "ACC2", Some("S1")),
-            ])
+            .upsert_many(
+                vec![
+                    new_item("P1", "ACC1", Some("S1")),
+                    new_item("P2", "ACC2", Some("S1")),
+                ],
+                no_audit,
+            )
             .unwrap();
         assert_eq!(results[0].1, Upserted::Updated);
         assert_eq!(results[0].0.id, 1);
@@ -931,7 +1013,7 @@ mod tests {
         assert_eq!(store.count(), 2);
         // Changing an item's key onto another's is refused.
         let err = store
-            .update(1, new_item("P2", "ACC2", Some("S1")))
+            .update(1, new_item("P2", "ACC2", Some("S1")), no_audit)
             .unwrap_err();
         assert!(matches!(err, WorklistStoreError::DuplicateKey { .. }));
     }
@@ -945,7 +1027,9 @@ mod tests {
             ("P3", "ACC3", "20260115", "MR1"),
         ] {
             let doc = item_json(p, acc, None, date, ae).to_string();
-            store.create(parse_items(&doc).unwrap().remove(0)).unwrap();
+            store
+                .create(parse_items(&doc).unwrap().remove(0), no_audit)
+                .unwrap();
         }
         let found = find_all(
             &store,
@@ -961,7 +1045,7 @@ mod tests {
         assert_eq!(found[0].str(tags::PATIENT_ID), Some("P1"));
         assert_eq!(found[0].len(), 2, "only the requested keys");
 
-        store.cancel(1).unwrap();
+        store.cancel(1, no_audit).unwrap();
         let everyone = json!({"00100020": {"vr": "LO"}});
         assert_eq!(
             find_all(&store, everyone.clone()).len(),
@@ -1005,8 +1089,12 @@ mod tests {
     #[test]
     fn mpps_moves_the_linked_item_through_its_states() {
         let (_dir, store) = open();
-        let item = store.create(new_item("P1", "ACC1", Some("S1"))).unwrap();
-        let other = store.create(new_item("P2", "ACC2", Some("S1"))).unwrap();
+        let item = store
+            .create(new_item("P1", "ACC1", Some("S1")), no_audit)
+            .unwrap();
+        let other = store
+            .create(new_item("P2", "ACC2", Some("S1")), no_audit)
+            .unwrap();
 
         let rec = store
             .mpps_create("1.2.3.100", mpps_attrs("ACC1", "S1"))
@@ -1049,7 +1137,9 @@ mod tests {
     #[test]
     fn refused_mpps_changes_nothing() {
         let (_dir, store) = open();
-        let item = store.create(new_item("P1", "ACC1", Some("S1"))).unwrap();
+        let item = store
+            .create(new_item("P1", "ACC1", Some("S1")), no_audit)
+            .unwrap();
         let mut attrs = mpps_attrs("ACC1", "S1");
         attrs.put_str(tags::PERFORMED_PROCEDURE_STEP_STATUS, VR::CS, "COMPLETED");
         let err = store.mpps_create("1.2.3.100", attrs).unwrap_err();
@@ -1061,7 +1151,9 @@ mod tests {
     #[test]
     fn discontinued_and_unscheduled_mpps() {
         let (_dir, store) = open();
-        let item = store.create(new_item("P1", "ACC1", Some("S1"))).unwrap();
+        let item = store
+            .create(new_item("P1", "ACC1", Some("S1")), no_audit)
+            .unwrap();
         store
             .mpps_create("1.2.3.100", mpps_attrs("ACC1", "S1"))
             .unwrap();
@@ -1099,7 +1191,7 @@ mod tests {
                 parse_items(&doc).unwrap().remove(0)
             })
             .collect();
-        store.create_many(items).unwrap();
+        store.create_many(items, no_audit).unwrap();
         // Built directly: a range is a valid key but not a valid stored DA, so not JSON.
         let mut identifier = dataset_from_json(&json!({
             "00100010": {"vr": "PN"},
@@ -1130,5 +1222,105 @@ mod tests {
         let per_query = start.elapsed() / runs;
         assert_eq!(found, 500);
         println!("worklist C-FIND over 10000 items: {per_query:?} per query, {found} matches");
+    }
+
+    fn failing<R>(_: &redb::WriteTransaction, _: &R) -> Result<(), String> {
+        Err("disk on fire".into())
+    }
+
+    /// A hook writing the change's audit entry to the outbox (as the API's and the CLI's do).
+    fn to_outbox<R>(action: &'static str) -> impl AuditHook<R> {
+        move |tx: &redb::WriteTransaction, _: &R| {
+            crate::audit::outbox::put(
+                tx,
+                1,
+                &crate::audit::AuditEvent {
+                    actor: "alice",
+                    source: "cli",
+                    action,
+                    details: json!({}),
+                },
+            )
+            .map(drop)
+        }
+    }
+
+    #[test]
+    fn a_worklist_change_and_its_outbox_entry_commit_together_or_not_at_all() {
+        let (dir, store) = open();
+        let pending = |s: &WorklistStore| crate::audit::outbox::pending(s.database()).unwrap();
+        let refused = |e: WorklistStoreError| {
+            assert!(
+                matches!(&e, WorklistStoreError::Audit(m) if m == "disk on fire"),
+                "{e}"
+            );
+            assert!(e.to_string().contains("the change was not made"), "{e}");
+        };
+        // Every kind of change with a failing hook: nothing is stored, nothing is cached.
+        refused(
+            store
+                .create(new_item("P1", "ACC1", Some("S1")), failing)
+                .unwrap_err(),
+        );
+        refused(
+            store
+                .upsert_many(vec![new_item("P1", "ACC1", Some("S1"))], failing)
+                .unwrap_err(),
+        );
+        assert_eq!(store.count(), 0);
+        store
+            .create(
+                new_item("P1", "ACC1", Some("S1")),
+                to_outbox("worklist.create"),
+            )
+            .unwrap();
+        assert_eq!(pending(&store), 1);
+        let before = store.get(1).unwrap();
+        refused(
+            store
+                .update(1, new_item("P1", "ACC1", Some("S2")), failing)
+                .unwrap_err(),
+        );
+        refused(store.cancel(1, failing).unwrap_err());
+        refused(store.delete(1, failing).unwrap_err());
+        assert_eq!(store.get(1).unwrap(), before);
+        assert_eq!(pending(&store), 1);
+        // Also on disk, not only in the cache.
+        drop(store);
+        let store = WorklistStore::open_in(dir.path()).unwrap();
+        assert_eq!((store.count(), store.get(1).unwrap()), (1, before));
+        assert_eq!(pending(&store), 1);
+
+        // Working hooks: each change and its outbox entry.
+        store
+            .upsert_many(
+                vec![new_item("P2", "ACC2", Some("S1"))],
+                to_outbox("worklist.import"),
+            )
+            .unwrap();
+        store
+            .update(
+                1,
+                new_item("P1", "ACC1", Some("S2")),
+                to_outbox("worklist.update"),
+            )
+            .unwrap();
+        let mut previous = None;
+        store
+            .cancel(
+                1,
+                |tx: &redb::WriteTransaction, (item, was): &(WorklistItem, SpsStatus)| {
+                    previous = Some((item.id, item.status(), *was));
+                    to_outbox("worklist.cancel")(tx, &())
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            previous,
+            Some((1, SpsStatus::Canceled, SpsStatus::Scheduled))
+        );
+        store.delete(2, to_outbox("worklist.delete")).unwrap();
+        assert_eq!(pending(&store), 5);
+        assert_eq!(store.count(), 1);
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Queue actions go through [`Ops`], the same code the `dicom-gw queue` command line uses;
 //! configuration changes go through [`LiveConfig`], which validates exactly like the config
-//! file, persists and applies at once. Everything that changes state is audited.
+//! file, persists and applies at once. Everything that changes state is audited, in the
+//! transaction that stores the change (both or neither).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -185,12 +186,16 @@ pub async fn create_destination(
     }
     let (f, actor) = (Fwd::of(ctx), Actor::of(ctx));
     let v = blocking(move || {
-        let dest = f.live.create_destination(raw).map_err(live_err)?;
-        actor.record(
-            f.index.database(),
-            "destination.create",
-            json!({ "destination": RawDestination::from(&dest) }),
-        )?;
+        let dest = f
+            .live
+            .create_destination(raw, |tx, dest| {
+                actor.audit(
+                    tx,
+                    "destination.create",
+                    json!({ "destination": RawDestination::from(dest) }),
+                )
+            })
+            .map_err(live_err)?;
         f.destination(&dest.name)
     })
     .await?;
@@ -210,17 +215,18 @@ pub async fn put_destination(
     let (v, existed) = blocking(move || {
         let (dest, existed) = f
             .live
-            .upsert_destination(raw, Some(&name))
+            .upsert_destination(raw, Some(&name), |tx, (dest, existed)| {
+                actor.audit(
+                    tx,
+                    if *existed {
+                        "destination.update"
+                    } else {
+                        "destination.create"
+                    },
+                    json!({ "destination": RawDestination::from(dest) }),
+                )
+            })
             .map_err(live_err)?;
-        actor.record(
-            f.index.database(),
-            if existed {
-                "destination.update"
-            } else {
-                "destination.create"
-            },
-            json!({ "destination": RawDestination::from(&dest) }),
-        )?;
         Ok((f.destination(&dest.name)?, existed))
     })
     .await?;
@@ -237,12 +243,11 @@ pub async fn delete_destination(
     let (f, actor) = (Fwd::of(ctx), Actor::of(ctx));
     let name = p.get("name").to_owned();
     let v = blocking(move || {
-        f.live.remove_destination(&name).map_err(live_err)?;
-        actor.record(
-            f.index.database(),
-            "destination.delete",
-            json!({ "destination": name }),
-        )?;
+        f.live
+            .remove_destination(&name, |tx, _| {
+                actor.audit(tx, "destination.delete", json!({ "destination": name }))
+            })
+            .map_err(live_err)?;
         Ok(json!({ "removed": name }))
     })
     .await?;
@@ -325,19 +330,19 @@ pub async fn put_routes(req: Request<Incoming>, ctx: &Ctx<'_>) -> Result<Respons
         .collect::<Result<Vec<_>, _>>()?;
     let (f, actor) = (Fwd::of(ctx), Actor::of(ctx));
     let routes = blocking(move || {
-        let routes = f.live.set_routes(raws).map_err(|e| match e {
-            LiveError::Invalid { field, message } => {
-                ApiError::bad_request(format!("routes{field}: {message}"))
-            }
-            other => live_err(other),
-        })?;
-        let shown: Vec<RawRoute> = routes.iter().map(RawRoute::from).collect();
-        actor.record(
-            f.index.database(),
-            "routes.replace",
-            json!({ "routes": shown }),
-        )?;
-        Ok(shown)
+        let routes = f
+            .live
+            .set_routes(raws, |tx, routes| {
+                let shown: Vec<RawRoute> = routes.iter().map(RawRoute::from).collect();
+                actor.audit(tx, "routes.replace", json!({ "routes": shown }))
+            })
+            .map_err(|e| match e {
+                LiveError::Invalid { field, message } => {
+                    ApiError::bad_request(format!("routes{field}: {message}"))
+                }
+                other => live_err(other),
+            })?;
+        Ok(routes.iter().map(RawRoute::from).collect::<Vec<_>>())
     })
     .await?;
     let n = routes.len();

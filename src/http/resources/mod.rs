@@ -485,34 +485,65 @@ impl Actor {
         }
     }
 
-    /// Writes the audit entry of a change that was just made; `details` gets the token id.
-    /// If this fails the change stands but the caller hears about it (500), since an
-    /// unrecorded change is exactly what the audit log exists to prevent going unnoticed.
-    fn record(
-        &self,
-        db: &redb::Database,
-        action: &str,
-        mut details: Value,
-    ) -> Result<(), ApiError> {
+    /// The event of a change by this caller; `details` gets the token id.
+    fn event<'a>(&'a self, action: &'a str, mut details: Value) -> crate::audit::AuditEvent<'a> {
         if let Value::Object(m) = &mut details {
             m.insert("token_id".into(), Value::String(self.token_id.clone()));
         }
-        crate::audit::record(
-            db,
-            crate::audit::AuditEvent {
-                actor: &self.name,
-                source: &self.source,
-                action,
-                details,
-            },
+        crate::audit::AuditEvent {
+            actor: &self.name,
+            source: &self.source,
+            action,
+            details,
+        }
+    }
+
+    /// Appends the audit entry of a change to `gateway.redb` inside the change's own write
+    /// transaction `tx` (call it from the change's [`crate::audit::AuditHook`]): the change
+    /// and its entry commit together, and an `Err` aborts the change.
+    fn audit(
+        &self,
+        tx: &redb::WriteTransaction,
+        action: &str,
+        details: Value,
+    ) -> Result<(), String> {
+        crate::audit::append(
+            tx,
+            crate::clock::timestamp_us(),
+            &self.event(action, details),
         )
         .map(drop)
-        .map_err(|e| {
-            ApiError::internal(format!(
-                "the change was made but could not be written to the audit log: {e}"
-            ))
-        })
     }
+
+    /// Writes the audit entry of a worklist change to the audit outbox of `worklist.redb`
+    /// inside the change's own write transaction `tx` (call it from the change's hook, then
+    /// [`drain`] once the change is committed).
+    fn to_outbox(
+        &self,
+        tx: &redb::WriteTransaction,
+        action: &str,
+        details: Value,
+    ) -> Result<(), String> {
+        crate::audit::outbox::put(
+            tx,
+            crate::clock::timestamp_us(),
+            &self.event(action, details),
+        )
+        .map(drop)
+    }
+}
+
+/// Moves the worklist's pending audit entries into the audit log right after a worklist
+/// change ([`crate::control::drain_worklist_audit`]). If that fails the change stands and its
+/// entry waits in the outbox for the next drain, and the caller hears about it (500), since a
+/// change not in the audit log must not pass unnoticed.
+fn drain(
+    worklist: &crate::worklist::WorklistStore,
+    gateway: &redb::Database,
+) -> Result<(), ApiError> {
+    crate::control::drain_worklist_audit(worklist, gateway)
+        .map(drop)
+        .map_err(ApiError::internal)
 }
 
 /// A 500 for an index failure.

@@ -12,6 +12,10 @@
 //! an order twice. Re-importing a whole RIS export, where "already there" is expected, is
 //! what `dicom-gw worklist import` is for (it updates by order key).
 //!
+//! Every change is audited: its entry is written to the audit outbox of `worklist.redb` in the
+//! change's own transaction, then moved into the audit log right after (see
+//! [`crate::audit::outbox`]), so a crash in between loses nothing.
+//!
 //! When the process does not run the worklist service (`--only store`) every route here
 //! answers 404 saying so, rather than pretending the worklist is empty.
 
@@ -23,7 +27,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::{json, Value as Json};
 
-use super::{blocking, paginate, Actor, Params, Query};
+use super::{blocking, drain, paginate, Actor, Params, Query};
 use crate::dicom::dataset::{keyword, Value};
 use crate::dicom::vr::parse_date;
 use crate::http::{json_response, ApiError, Body, Ctx, MAX_BODY};
@@ -298,12 +302,16 @@ pub async fn create(req: Request<Incoming>, ctx: &Ctx<'_>) -> Result<Response<Bo
     check_distinct_keys(&items).map_err(|m| ApiError::bad_request(format!("request body: {m}")))?;
     let (actor, index) = (Actor::of(ctx), ctx.state.index.clone());
     let created = blocking(move || {
-        let created = store.create_many(items).map_err(store_err)?;
-        actor.record(
-            index.database(),
-            "worklist.create",
-            json!({ "items": created.iter().map(|i| json!({ "id": i.id, "key": i.key() })).collect::<Vec<_>>() }),
-        )?;
+        let created = store
+            .create_many(items, |tx, created| {
+                actor.to_outbox(
+                    tx,
+                    "worklist.create",
+                    json!({ "items": created.iter().map(|i| json!({ "id": i.id, "key": i.key() })).collect::<Vec<_>>() }),
+                )
+            })
+            .map_err(store_err)?;
+        drain(&store, index.database())?;
         Ok(created)
     })
     .await?;
@@ -354,12 +362,16 @@ pub async fn put(
     };
     let (actor, index) = (Actor::of(ctx), ctx.state.index.clone());
     let updated = blocking(move || {
-        let updated = store.update(id, item).map_err(store_err)?;
-        actor.record(
-            index.database(),
-            "worklist.update",
-            json!({ "id": id, "key": updated.key() }),
-        )?;
+        let updated = store
+            .update(id, item, |tx, updated| {
+                actor.to_outbox(
+                    tx,
+                    "worklist.update",
+                    json!({ "id": id, "key": updated.key() }),
+                )
+            })
+            .map_err(store_err)?;
+        drain(&store, index.database())?;
         Ok(updated)
     })
     .await?;
@@ -377,12 +389,16 @@ pub async fn delete(
     let store = store(ctx)?;
     let (actor, index) = (Actor::of(ctx), ctx.state.index.clone());
     let deleted = blocking(move || {
-        let deleted = store.delete(id).map_err(store_err)?;
-        actor.record(
-            index.database(),
-            "worklist.delete",
-            json!({ "id": id, "key": deleted.key(), "status": deleted.status() }),
-        )?;
+        let deleted = store
+            .delete(id, |tx, deleted| {
+                actor.to_outbox(
+                    tx,
+                    "worklist.delete",
+                    json!({ "id": id, "key": deleted.key(), "status": deleted.status() }),
+                )
+            })
+            .map_err(store_err)?;
+        drain(&store, index.database())?;
         Ok(deleted)
     })
     .await?;
@@ -401,13 +417,16 @@ pub async fn cancel(
     let store = store(ctx)?;
     let (actor, index) = (Actor::of(ctx), ctx.state.index.clone());
     let cancelled = blocking(move || {
-        let previous = store.get(id).map(|i| i.status());
-        let cancelled = store.cancel(id).map_err(store_err)?;
-        actor.record(
-            index.database(),
-            "worklist.cancel",
-            json!({ "id": id, "key": cancelled.key(), "previous_status": previous }),
-        )?;
+        let cancelled = store
+            .cancel(id, |tx, (cancelled, previous)| {
+                actor.to_outbox(
+                    tx,
+                    "worklist.cancel",
+                    json!({ "id": id, "key": cancelled.key(), "previous_status": previous }),
+                )
+            })
+            .map_err(store_err)?;
+        drain(&store, index.database())?;
         Ok(cancelled)
     })
     .await?;
