@@ -671,12 +671,18 @@ impl Queue {
         now_us: u64,
         audit: impl AuditHook<usize>,
     ) -> Result<usize, QueueError> {
-        let tx = self.index.database().begin_write()?;
+        // The scan runs in a read transaction: inside the write transaction it would hold the
+        // index's one writer, and every C-STORE's commit, for as long as it takes (audit L5).
         let mut sops = Vec::new();
         {
-            let t = tx.open_table(db::INSTANCES)?;
-            for row in t.iter()? {
-                let (k, v) = row?;
+            let rtx = self
+                .index
+                .database()
+                .begin_read()
+                .map_err(IndexError::from)?;
+            let t = rtx.open_table(db::INSTANCES).map_err(IndexError::from)?;
+            for row in t.iter().map_err(IndexError::from)? {
+                let (k, v) = row.map_err(IndexError::from)?;
                 let rec: InstanceRecord =
                     postcard::from_bytes(v.value()).map_err(|e| IndexError::Decode {
                         key: k.value().to_owned(),
@@ -686,6 +692,18 @@ impl Queue {
                     sops.push(rec.sop_instance_uid);
                 }
             }
+        }
+        let tx = self.index.database().begin_write()?;
+        {
+            // Only what is still stored: an instance removed since the scan gets no job.
+            let t = tx.open_table(db::INSTANCES)?;
+            let mut still = Vec::with_capacity(sops.len());
+            for sop in sops {
+                if t.get(sop.as_str())?.is_some() {
+                    still.push(sop);
+                }
+            }
+            sops = still;
         }
         for sop in &sops {
             enqueue(&tx, dest, sop, now_us)?;
