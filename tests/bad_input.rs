@@ -883,3 +883,98 @@ fn check_config_line_with_commented_section_header() {
     assert!(stderr.contains("store.max_associations"), "{stderr}");
     assert!(stderr.contains("line 2"), "no line in: {stderr}");
 }
+
+/// Deflated Explicit VR Little Endian.
+const TS_DEFLATED: &str = "1.2.840.10008.1.2.1.99";
+
+/// Raw deflate (PS3.5 A.5) of `ds`, without padding.
+fn deflate(ds: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(ds).unwrap();
+    enc.finish().unwrap()
+}
+
+// The interoperability review's first finding: a CT object cut 1,001 bytes inside Pixel Data
+// (odd length) and an odd-length deflated stream were answered 0000 and stored. Both are now
+// refused C000 while they stream in (the structure check), nothing is stored, indexed or
+// queued, and the same association stores valid objects, deflated ones included.
+gwtest!(truncated_and_odd_length_datasets_are_refused, |io: &str| {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut gw = start(
+        tmp.path(),
+        io,
+        "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 9\n\n[[routes]]\ndestinations = [\"pacs\"]\n",
+    );
+    let mut contexts = default_contexts();
+    contexts.push((5, CT.into(), vec![TS_DEFLATED.into()]));
+    let mut p = Peer::associate_with(gw.port, association_rq("GWTEST", "DICOM_GW", &contexts));
+
+    let cut = ObjSpec::new(0).pixel_bytes(20_000);
+    let ds = dataset_of(tmp.path(), "cut", &cut);
+    let truncated = &ds[..ds.len() - 1001];
+    assert_eq!(truncated.len() % 2, 1);
+    let rsp = p.store(3, 1, CT, &cut.sop_instance_uid, truncated);
+    assert_eq!(rsp.status, Some(0xC000), "truncated CT: {rsp:?}");
+    wait_tmp_empty(&gw, &data, "truncated CT");
+    assert_nothing_stored(&gw, &data, "truncated CT");
+
+    let odd = ObjSpec::new(1);
+    let mut z = deflate(&dataset_of(tmp.path(), "odd", &odd));
+    if z.len() % 2 == 0 {
+        z.push(0); // a padding NUL too many: odd as sent
+    }
+    let rsp = p.store(5, 2, CT, &odd.sop_instance_uid, &z);
+    assert_eq!(
+        rsp.status,
+        Some(0xC000),
+        "odd-length deflated stream: {rsp:?}"
+    );
+    wait_tmp_empty(&gw, &data, "odd deflated");
+    assert_nothing_stored(&gw, &data, "odd deflated");
+
+    // Same association: a whole object, and a deflated one padded as PS3.5 A.5 says.
+    let good = ObjSpec::new(2).pixel_bytes(20_000);
+    let rsp = p.store(
+        3,
+        3,
+        CT,
+        &good.sop_instance_uid,
+        &dataset_of(tmp.path(), "good", &good),
+    );
+    assert_eq!(rsp.status, Some(0), "{rsp:?}");
+    let zgood = ObjSpec::new(3);
+    let mut z = deflate(&dataset_of(tmp.path(), "zgood", &zgood));
+    if z.len() % 2 == 1 {
+        z.push(0);
+    }
+    let rsp = p.store(5, 4, CT, &zgood.sop_instance_uid, &z);
+    assert_eq!(rsp.status, Some(0), "padded deflated stream: {rsp:?}");
+    p.release();
+    let log = gw.stderr();
+    assert!(
+        log.contains("malformed dataset") && log.contains("odd length"),
+        "the refusals are logged with their reason:\n{log}"
+    );
+    echo_ok(&gw, "after malformed datasets");
+    let index = stop_and_open_index(&mut gw, &data);
+    assert_eq!(index.instance_count().unwrap(), 2);
+    for s in [&cut, &odd] {
+        assert!(index.instance(&s.sop_instance_uid).unwrap().is_none());
+    }
+    let mut stored = stray_files(&data);
+    stored.sort();
+    let mut want = vec![good.stored_path(&data), zgood.stored_path(&data)];
+    want.sort();
+    assert_eq!(stored, want);
+    let jobs = dicom_gw::queue::Queue::new(std::sync::Arc::new(index), false)
+        .stats(&["pacs".into()])
+        .unwrap();
+    assert_eq!(
+        jobs[0].pending + jobs[0].retry + jobs[0].in_flight + jobs[0].dead,
+        2,
+        "{jobs:?}"
+    );
+});

@@ -310,6 +310,13 @@ pub enum ScanError {
         /// The cap.
         limit: u64,
     },
+    /// The dataset as sent has an odd number of bytes: every DICOM encoding, deflated ones
+    /// included (PS3.5 §A.5 pads the stream to even length), makes it even.
+    #[error("dataset of odd length {length}")]
+    OddDatasetLength {
+        /// The length received.
+        length: u64,
+    },
 }
 
 fn tag_or_header(tag: Option<Tag>) -> String {
@@ -363,6 +370,7 @@ impl ScanError {
             }
             ScanError::UnknownTransferSyntax(_) => "unknown transfer syntax".to_owned(),
             ScanError::Inflate(_) => "deflated dataset does not inflate".to_owned(),
+            ScanError::OddDatasetLength { length } => format!("dataset of odd length {length}"),
             ScanError::InflatedTooLarge { limit } => {
                 format!("deflated dataset inflates beyond {limit} bytes")
             }
@@ -955,6 +963,126 @@ pub fn inflate(deflated: &[u8], max_out: u64) -> Result<Vec<u8>, ScanError> {
         return Err(ScanError::InflatedTooLarge { limit: max_out });
     }
     Ok(out)
+}
+
+/// The structure check of a dataset that arrives in pieces (a C-STORE's P-DATA fragments):
+/// a [`Scanner`], behind a streaming inflater for the deflated transfer syntaxes, and the
+/// even-length rule on the bytes as sent. Pushing never fails; the first error is kept and
+/// [`StreamCheck::finish`] reports it, so the caller can keep draining the peer's fragments
+/// and answer with a status instead of dropping the association.
+#[derive(Debug)]
+pub struct StreamCheck {
+    scanner: Scanner,
+    inflater: Option<Box<flate2::Decompress>>,
+    /// Bytes received (as sent, before inflation).
+    received: u64,
+    /// Whether the deflate stream has ended (only padding may follow).
+    inflate_done: bool,
+    /// The inflated size cap.
+    max_inflated: u64,
+    error: Option<ScanError>,
+}
+
+impl StreamCheck {
+    /// A check for a dataset in `transfer_syntax`; `None` for a syntax whose encoding is not
+    /// known here (a private one): such a dataset is not checked. A deflated dataset inflates
+    /// to at most `limits.max_size` or [`DEFAULT_MAX_INFLATED`] bytes.
+    pub fn for_transfer_syntax(transfer_syntax: &str, limits: Limits) -> Option<Self> {
+        let (enc, deflated) = Encoding::for_transfer_syntax(transfer_syntax)?;
+        Some(StreamCheck {
+            scanner: Scanner::new(enc, limits),
+            inflater: deflated.then(|| Box::new(flate2::Decompress::new(false))),
+            received: 0,
+            inflate_done: false,
+            max_inflated: limits.max_size.min(DEFAULT_MAX_INFLATED),
+            error: None,
+        })
+    }
+
+    /// Whether a problem was found already (the rest of the dataset need not be looked at).
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// Checks the next bytes of the dataset.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.received += bytes.len() as u64;
+        if self.error.is_some() {
+            return;
+        }
+        let r = match &mut self.inflater {
+            None => self.scanner.push(bytes),
+            Some(z) => Self::inflate_into(
+                z,
+                &mut self.scanner,
+                &mut self.inflate_done,
+                self.max_inflated,
+                bytes,
+            ),
+        };
+        if let Err(e) = r {
+            self.error = Some(e);
+        }
+    }
+
+    /// Inflates `input` in bounded steps, scanning what comes out; after the end of the
+    /// deflate stream only NUL padding may follow.
+    fn inflate_into(
+        z: &mut flate2::Decompress,
+        scanner: &mut Scanner,
+        done: &mut bool,
+        max_out: u64,
+        mut input: &[u8],
+    ) -> Result<(), ScanError> {
+        let mut out = [0u8; 16 * 1024];
+        while !input.is_empty() {
+            if *done {
+                return if input.iter().all(|b| *b == 0) {
+                    Ok(())
+                } else {
+                    Err(ScanError::Inflate(
+                        "data after the end of the deflate stream".into(),
+                    ))
+                };
+            }
+            let (in0, out0) = (z.total_in(), z.total_out());
+            let status = z
+                .decompress(input, &mut out, flate2::FlushDecompress::None)
+                .map_err(|e| ScanError::Inflate(e.to_string()))?;
+            let used = (z.total_in() - in0) as usize;
+            let made = (z.total_out() - out0) as usize;
+            input = &input[used..];
+            if z.total_out() > max_out {
+                return Err(ScanError::InflatedTooLarge { limit: max_out });
+            }
+            scanner.push(&out[..made])?;
+            if status == flate2::Status::StreamEnd {
+                *done = true;
+            } else if used == 0 && made == 0 {
+                // No progress with input left: the stream needs what never comes here.
+                return Err(ScanError::Inflate("deflate stream stalled".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the check: the first problem found, or the scan's summary.
+    pub fn finish(self) -> Result<Summary, ScanError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        if self.received % 2 == 1 {
+            return Err(ScanError::OddDatasetLength {
+                length: self.received,
+            });
+        }
+        if self.inflater.is_some() && !self.inflate_done {
+            return Err(ScanError::Inflate(
+                "the deflate stream ends before its last block".into(),
+            ));
+        }
+        self.scanner.finish()
+    }
 }
 
 /// Scans a whole dataset received in `transfer_syntax` (inflating a deflated one first, to at

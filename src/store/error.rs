@@ -1,6 +1,7 @@
 //! Errors of the storage layer, mapped to C-STORE statuses in one place ([`StoreError::status`]).
 
 use super::{attrs::ExtractError, index::IndexError};
+use crate::dicom::scan::ScanError;
 use crate::dicom::uid::UidError;
 
 /// Why an object was not stored. Each variant maps to one PS3.4 Annex B status.
@@ -21,6 +22,10 @@ pub enum StoreError {
         /// What is wrong with it.
         source: UidError,
     },
+    /// The dataset's element framing is broken (it ends inside an element, has an odd length,
+    /// a value runs past its item...): found while it streamed in, nothing is kept.
+    #[error("malformed dataset: {0}")]
+    Malformed(#[from] ScanError),
     /// The dataset does not parse (or lacks a required attribute).
     #[error("cannot understand dataset: {0}")]
     CannotUnderstand(String),
@@ -59,10 +64,12 @@ impl StoreError {
         match self {
             StoreError::DiskFull(_) => 0xA700, // Refused: Out of Resources
             StoreError::Mismatch(_) => 0xA900, // Error: Data Set does not match SOP Class
-            StoreError::InvalidUid { .. } | StoreError::CannotUnderstand(_) => 0xC000, // Error: Cannot understand
+            StoreError::InvalidUid { .. }
+            | StoreError::CannotUnderstand(_)
+            | StoreError::Malformed(_) => 0xC000, // Error: Cannot understand
             StoreError::Duplicate(_) => 0x0111, // Failure: Duplicate SOP Instance
             StoreError::SopClassNotNegotiated { .. } => 0x0122, // Refused: SOP Class not supported
-            StoreError::Io(_) => 0x0110,        // Failure: Processing failure
+            StoreError::Io(_) => 0x0110,       // Failure: Processing failure
             StoreError::Index(IndexError::Db(redb::Error::Io(e)))
                 if matches!(e.raw_os_error(), Some(libc::ENOSPC)) =>
             {

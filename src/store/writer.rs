@@ -3,6 +3,8 @@
 //! The Part-10 header goes first, then every data fragment at the offset where it belongs,
 //! exactly as received. The dataset is hashed (BLAKE3) on the way and its first bytes are kept
 //! for index-attribute extraction; nothing else is held in memory, whatever the object's size.
+//! The dataset's element framing is followed on the way too ([`StreamCheck`]), so an object
+//! that ends inside an element or has an odd length is known when its last fragment lands.
 //! A write error (disk full) is remembered and the remaining fragments are drained without
 //! writing, so the association stays usable and the peer gets a status, not a dropped link.
 
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+use crate::dicom::scan::{ScanError, StreamCheck};
 use crate::rt::ObjFile;
 
 /// How many leading dataset bytes are kept in memory for attribute extraction; more are read
@@ -26,6 +29,7 @@ pub struct ObjectWriter<F: ObjFile> {
     header_len: u64,
     hasher: blake3::Hasher,
     prefix: Vec<u8>,
+    check: Option<StreamCheck>,
     error: Option<io::Error>,
 }
 
@@ -44,11 +48,18 @@ pub struct WrittenObject {
     pub dataset_blake3: String,
     /// The first [`PREFIX_LEN`] bytes of the dataset (or all of it).
     pub prefix: Vec<u8>,
+    /// What the structure check found (`Ok` also when the syntax is not one it knows).
+    pub structure: Result<(), ScanError>,
 }
 
 impl<F: ObjFile> ObjectWriter<F> {
-    /// Creates the temporary file and writes the Part-10 header.
-    pub async fn create(temp_path: PathBuf, header: Vec<u8>) -> io::Result<Self> {
+    /// Creates the temporary file and writes the Part-10 header; `check` follows the dataset's
+    /// structure as it arrives (`None`: not checked).
+    pub async fn create(
+        temp_path: PathBuf,
+        header: Vec<u8>,
+        check: Option<StreamCheck>,
+    ) -> io::Result<Self> {
         let file = F::create(&temp_path).await?;
         let header_len = header.len() as u64;
         let mut w = Self {
@@ -58,6 +69,7 @@ impl<F: ObjFile> ObjectWriter<F> {
             header_len,
             hasher: blake3::Hasher::new(),
             prefix: Vec::new(),
+            check,
             error: None,
         };
         if let Err(e) = file.write_all_at(Bytes::from(header), 0).await {
@@ -81,6 +93,9 @@ impl<F: ObjFile> ObjectWriter<F> {
             self.prefix.extend_from_slice(&data[..take]);
         }
         self.hasher.update(&data);
+        if let Some(c) = &mut self.check {
+            c.push(&data);
+        }
         let len = data.len() as u64;
         match file.write_all_at(data, self.pos).await {
             Ok(()) => self.pos += len,
@@ -112,6 +127,7 @@ impl<F: ObjFile> ObjectWriter<F> {
             dataset_size: self.pos - self.header_len,
             dataset_blake3: self.hasher.finalize().to_hex().to_string(),
             prefix: std::mem::take(&mut self.prefix),
+            structure: self.check.take().map_or(Ok(()), |c| c.finish().map(drop)),
         })
     }
 }

@@ -1109,3 +1109,166 @@ fn un_read_as_the_builder_reads_it_closes_a_depth_bypass() {
     }
     assert!(deepest > LEVELS, "dicom-object built {deepest} levels");
 }
+
+/// Feeds `bytes` to a [`StreamCheck`] in pieces of `chunk` bytes.
+fn stream(ts: &str, bytes: &[u8], chunk: usize, limits: Limits) -> Result<Summary, ScanError> {
+    let mut c = StreamCheck::for_transfer_syntax(ts, limits).expect("known syntax");
+    for piece in bytes.chunks(chunk.max(1)) {
+        c.push(piece);
+    }
+    c.finish()
+}
+
+fn deflate(ds: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(ds).unwrap();
+    enc.finish().unwrap()
+}
+
+#[test]
+fn the_stream_check_agrees_with_check_in_any_chunking() {
+    let ds = sample(ELE);
+    let limits = Limits::default();
+    for chunk in [1, 3, 7, 64, usize::MAX] {
+        assert_eq!(
+            stream(EXPLICIT_LE, &ds, chunk, limits),
+            check(&ds, EXPLICIT_LE, &limits)
+        );
+        // Cut anywhere: the same verdict as the whole-buffer check, never a success.
+        for cut in [1, 9, ds.len() / 2, ds.len() - 2] {
+            let part = &ds[..cut];
+            let streamed = stream(EXPLICIT_LE, part, chunk, limits);
+            assert!(streamed.is_err(), "cut at {cut}: {streamed:?}");
+            if cut % 2 == 0 {
+                assert_eq!(streamed, check(part, EXPLICIT_LE, &limits), "cut at {cut}");
+            } else {
+                assert_eq!(
+                    streamed,
+                    Err(ScanError::OddDatasetLength { length: cut as u64 })
+                );
+            }
+        }
+    }
+    let mut deflated = deflate(&ds);
+    if deflated.len() % 2 == 1 {
+        deflated.push(0); // PS3.5 A.5: padded to even length with one NUL
+    }
+    for chunk in [1, 5, 4096] {
+        let s = stream(DEFLATED_LE, &deflated, chunk, limits).unwrap();
+        assert_eq!(s.bytes, ds.len() as u64);
+    }
+}
+
+#[test]
+fn the_stream_check_refuses_broken_deflate_streams() {
+    let ds = sample(ELE);
+    let limits = Limits::default();
+    let deflated = deflate(&ds);
+    // Odd length as sent (the padding NUL missing or one byte too many).
+    let odd = if deflated.len() % 2 == 1 {
+        deflated.clone()
+    } else {
+        [deflated.clone(), vec![0]].concat()
+    };
+    assert_eq!(
+        stream(DEFLATED_LE, &odd, 7, limits),
+        Err(ScanError::OddDatasetLength {
+            length: odd.len() as u64
+        })
+    );
+    // Cut short: the stream never ends (or what came out ends inside an element).
+    let half = &deflated[..(deflated.len() / 2) & !1];
+    assert!(stream(DEFLATED_LE, half, 7, limits).is_err());
+    // Something other than padding after the end of the stream.
+    let mut trailing = deflated.clone();
+    trailing.extend_from_slice(b"XY");
+    if trailing.len() % 2 == 1 {
+        trailing.push(0);
+    }
+    assert!(matches!(
+        stream(DEFLATED_LE, &trailing, 7, limits),
+        Err(ScanError::Inflate(_))
+    ));
+    // A bomb (one 16 MiB OB value of zeros) is stopped at the cap, by the inflater or by the
+    // scanner's size limit on the value's header, before it is inflated in full.
+    let mut big = ELE.header(0x0043, 0x1010, b"OB", 16 << 20);
+    big.resize(big.len() + (16 << 20), 0);
+    let bomb = deflate(&big);
+    let capped = Limits {
+        max_size: 1 << 20,
+        ..Limits::default()
+    };
+    let mut bomb = bomb;
+    if bomb.len() % 2 == 1 {
+        bomb.push(0);
+    }
+    let r = stream(DEFLATED_LE, &bomb, 4096, capped);
+    assert!(
+        matches!(
+            r,
+            Err(ScanError::InflatedTooLarge { limit: 1048576 })
+                | Err(ScanError::TooLarge { limit: 1048576, .. })
+        ),
+        "{r:?}"
+    );
+    let r = stream(
+        DEFLATED_LE,
+        &bomb,
+        4096,
+        Limits {
+            max_size: 32 << 20,
+            ..Limits::default()
+        },
+    );
+    assert!(r.is_ok(), "{r:?}");
+}
+
+/// The sample files through the stream check with the C-STORE path's limits, in 4 KiB pieces
+/// (a PDU's worth): the same verdict as the whole-buffer check, so the valid ones are stored
+/// and the broken ones refused.
+#[test]
+fn real_files_stream_checked_as_the_store_path_does() {
+    let Some(dir) = samples_dir() else { return };
+    let limits = Limits {
+        max_depth: 128,
+        max_elements: 1 << 24,
+        max_size: u64::MAX,
+        un_undefined: UnUndefined::ImplicitLittle,
+    };
+    let mut seen = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().and_then(|x| x.to_str()) != Some("dcm") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let Ok((ds, Some(ts))) = part10(&bytes) else {
+            continue;
+        };
+        if Encoding::for_transfer_syntax(&ts).is_none() {
+            continue;
+        }
+        let whole = if ds.len() % 2 == 1 {
+            Err(ScanError::OddDatasetLength {
+                length: ds.len() as u64,
+            })
+        } else {
+            check(ds, &ts, &limits)
+        };
+        // The same verdict; a broken file may be refused for another of its faults first
+        // (image_dfl.dcm: an odd length, and data after its deflate stream).
+        let streamed = stream(&ts, ds, 4096, limits);
+        assert_eq!(
+            streamed.is_ok(),
+            whole.is_ok(),
+            "{}: {streamed:?} vs {whole:?}",
+            path.display()
+        );
+        if streamed.is_ok() {
+            assert_eq!(streamed, whole, "{}", path.display());
+        }
+        seen += 1;
+    }
+    assert!(seen >= 10, "only {seen} sample files");
+}

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::dicom::scan::{Limits, StreamCheck, UnUndefined};
 use crate::dicom::uid::validate_uid;
 use crate::net::dimse::command::Command;
 use crate::rt::ObjFile;
@@ -74,6 +75,17 @@ impl SopClassPolicy {
                 .is_none()
     }
 }
+
+/// The structure check of every received dataset (issue: never acknowledge a broken object).
+/// Generous, because its job is framing, not policy: real objects nest a few levels (deep
+/// Structured Reports a few dozen) and the scanner is iterative, so depth costs only its stack
+/// vector; a deflated dataset's inflation stays capped by the scanner's default.
+pub const STRUCTURE_LIMITS: Limits = Limits {
+    max_depth: 128,
+    max_elements: 1 << 24,
+    max_size: u64::MAX,
+    un_undefined: UnUndefined::ImplicitLittle,
+};
 
 /// The largest dataset prefix read back from disk for attribute extraction: groups
 /// 0008–0020 of any sane object fit; a dataset needing more is refused as not understood.
@@ -207,7 +219,8 @@ impl StorageScp {
                 Ok(h) => h,
                 Err(e) => return Reception::Refused(StoreError::CannotUnderstand(e.to_string())),
             };
-        match ObjectWriter::<F>::create(temp_path, header).await {
+        let check = StreamCheck::for_transfer_syntax(ctx.transfer_syntax, STRUCTURE_LIMITS);
+        match ObjectWriter::<F>::create(temp_path, header, check).await {
             Ok(w) => Reception::Streaming(Box::new(w)),
             Err(e) => Reception::Refused(StoreError::from_io("create temporary file", &e)),
         }
@@ -232,6 +245,7 @@ impl StorageScp {
         // One snapshot for the whole object, even if the routing table is swapped meanwhile.
         let sink = self.sink.snapshot();
         let checked = (|| {
+            obj.structure.clone()?;
             let attrs = extract_attrs(
                 &obj.prefix,
                 obj.dataset_size,
