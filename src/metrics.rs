@@ -335,6 +335,8 @@ pub struct Metrics {
     rejects: [[AtomicU64; REJECT_REASONS.len()]; SERVICES],
     /// Connections closed before association to make room for newer ones, by service.
     evicted: [AtomicU64; SERVICES],
+    /// Duplicates by [`DuplicateOutcome`] (rare: shared atomics).
+    duplicates: [AtomicU64; 4],
 }
 
 /// Label values of `dicomgw_association_rejects_total{reason}`; the last catches any other.
@@ -373,6 +375,40 @@ pub enum FindResult {
     Cancel,
     /// Refused (A900, C000, …).
     Failure,
+}
+
+/// What became of an object whose SOP Instance UID was stored already, for
+/// [`Metrics::duplicate`] (`dicomgw_duplicates_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DuplicateOutcome {
+    /// The same bytes: acknowledged, nothing new written.
+    Identical,
+    /// Different bytes, policy `keep`: the stored object stays.
+    KeptExisting,
+    /// Different bytes, policy `replace`: the new object replaced the stored one.
+    Replaced,
+    /// Different bytes, policy `reject`: refused 0111.
+    Rejected,
+}
+
+impl DuplicateOutcome {
+    /// Every outcome, in label order.
+    pub const ALL: [DuplicateOutcome; 4] = [
+        DuplicateOutcome::Identical,
+        DuplicateOutcome::KeptExisting,
+        DuplicateOutcome::Replaced,
+        DuplicateOutcome::Rejected,
+    ];
+
+    /// The `outcome` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            DuplicateOutcome::Identical => "identical",
+            DuplicateOutcome::KeptExisting => "kept_existing",
+            DuplicateOutcome::Replaced => "replaced",
+            DuplicateOutcome::Rejected => "rejected",
+        }
+    }
 }
 
 /// Which MPPS request, for [`Metrics::mpps`].
@@ -482,6 +518,7 @@ impl Metrics {
             },
             rejects: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             evicted: std::array::from_fn(|_| AtomicU64::new(0)),
+            duplicates: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -499,6 +536,11 @@ impl Metrics {
     pub fn mpps(&self, op: MppsOp, status: u16) {
         let class = usize::from(status != 0);
         self.worklist.mpps[op as usize][class].fetch_add(1, Relaxed);
+    }
+
+    /// An object arrived under a SOP Instance UID that was stored already.
+    pub fn duplicate(&self, outcome: DuplicateOutcome) {
+        self.duplicates[outcome as usize].fetch_add(1, Relaxed);
     }
 
     fn slot(&self, core: usize) -> &CoreSlot {
@@ -632,6 +674,7 @@ impl Metrics {
                     std::array::from_fn(|c| self.worklist.mpps[op][c].load(Relaxed))
                 }),
             },
+            duplicates: std::array::from_fn(|i| self.duplicates[i].load(Relaxed)),
             snapshot: snapshot.clone(),
         };
         let mut registry = Registry::default();
@@ -720,6 +763,7 @@ struct Exposition {
     commit_duration: HistogramValue,
     destinations: Vec<(String, DestinationTotals)>,
     worklist: WorklistTotals,
+    duplicates: [u64; 4],
     snapshot: Snapshot,
 }
 
@@ -993,6 +1037,16 @@ impl Collector for Exposition {
             for (class, n) in ["success", "failure"].iter().zip(row) {
                 sample(&mut m, &[("operation", e(op)), ("status", e(class))], n)?;
             }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_duplicates_total",
+            "Objects received under a SOP Instance UID already stored, by outcome: identical (same bytes), kept_existing, replaced, rejected (duplicate_policy).",
+            None,
+            Counter,
+        )?;
+        for (o, n) in DuplicateOutcome::ALL.iter().zip(self.duplicates) {
+            sample(&mut m, &[("outcome", e(o.label()))], n)?;
         }
 
         let mut m = enc.encode_descriptor(

@@ -653,10 +653,47 @@ fn duplicate_case(io: &str, policy: &str, expect_second: u16, expect_stored_seco
         "{policy}: second, different bytes:\n{}",
         r2.output
     );
+    let want = if expect_stored_second { &f2 } else { &f1 };
+    // And an identical re-send of what is stored now.
+    let (s3, r3) = store_one(&gw, want);
+    assert_eq!(
+        s3,
+        Some(0x0000),
+        "{policy}: identical re-send:\n{}",
+        r3.output
+    );
     wait_tmp_empty(&gw, &data, policy);
     let stored = first.stored_path(&data);
     assert_eq!(stray_files(&data), vec![stored.clone()], "{policy}");
-    let want = if expect_stored_second { &f2 } else { &f1 };
+    // Both duplicates are visible: a WARN line each and the counter by outcome.
+    let label = match policy {
+        "keep" => "kept_existing",
+        "replace" => "replaced",
+        _ => "rejected",
+    };
+    for (outcome, n) in [(label, 1.0), ("identical", 1.0)] {
+        assert_eq!(
+            metric_value(
+                gw.http_port,
+                &format!("dicomgw_duplicates_total{{outcome=\"{outcome}\"}}")
+            ),
+            Some(n),
+            "{policy}: dicomgw_duplicates_total{{outcome={outcome}}}"
+        );
+    }
+    let log = gw.stderr();
+    let warned = |outcome: &str| {
+        log.lines().any(|l| {
+            l.contains("WARN")
+                && l.contains("duplicate SOP Instance UID")
+                && l.contains(outcome)
+                && l.contains(&first.sop_instance_uid)
+        })
+    };
+    assert!(
+        warned(label) && warned("identical"),
+        "{policy}: duplicate lines:\n{log}"
+    );
     assert!(
         same_dataset(&stored, want),
         "{policy}: stored object is not the {} one",

@@ -11,9 +11,11 @@ use arc_swap::ArcSwap;
 use dicom_core::Tag;
 
 use crate::commit::{timestamp_us, CommitOutcome, Committer};
+use crate::metrics::DuplicateOutcome;
 use crate::queue::routing::{RouteInput, Routing};
 use crate::store::index::InstanceRecord;
 use crate::store::sink::{Accepted, ObjectSink, ReceivedObject, SinkSnapshot, Submission};
+use crate::store::StoreError;
 
 /// Routing plus the group committer.
 #[derive(Debug, Clone)]
@@ -73,16 +75,50 @@ impl SinkSnapshot for Snapshot {
         });
         let committer = self.committer.clone();
         let temp_path = obj.temp_path;
+        let (sop, calling) = (
+            record.sop_instance_uid.clone(),
+            record.calling_ae_title.clone(),
+        );
         Box::pin(async move {
             let outcome = committer
                 .commit(temp_path, record, attrs, destinations)
-                .await?;
-            Ok(match outcome {
-                CommitOutcome::Stored => Accepted::Stored,
-                CommitOutcome::IdenticalDuplicate => Accepted::IdenticalDuplicate,
-                CommitOutcome::KeptExisting => Accepted::KeptExisting,
-                CommitOutcome::Replaced => Accepted::Replaced,
-            })
+                .await;
+            let (accepted, duplicate) = match outcome {
+                Ok(CommitOutcome::Stored) => (Accepted::Stored, None),
+                Ok(CommitOutcome::IdenticalDuplicate) => (
+                    Accepted::IdenticalDuplicate,
+                    Some(DuplicateOutcome::Identical),
+                ),
+                Ok(CommitOutcome::KeptExisting) => {
+                    (Accepted::KeptExisting, Some(DuplicateOutcome::KeptExisting))
+                }
+                Ok(CommitOutcome::Replaced) => {
+                    (Accepted::Replaced, Some(DuplicateOutcome::Replaced))
+                }
+                Err(e) => {
+                    if matches!(e, StoreError::Duplicate(_)) {
+                        duplicate_seen(DuplicateOutcome::Rejected, &sop, &calling);
+                    }
+                    return Err(e);
+                }
+            };
+            if let Some(d) = duplicate {
+                duplicate_seen(d, &sop, &calling);
+            }
+            Ok(accepted)
         })
     }
+}
+
+/// A re-sent SOP Instance UID is worth a line at WARN and a count: with `keep` a corrected
+/// re-send is silently discarded otherwise, and an identical one can hide a routing mistake.
+fn duplicate_seen(outcome: DuplicateOutcome, sop: &str, calling: &str) {
+    crate::metrics::global().duplicate(outcome);
+    let what = match outcome {
+        DuplicateOutcome::Identical => "identical to the stored object: acknowledged, nothing new written",
+        DuplicateOutcome::KeptExisting => "different from the stored object: kept the stored one, discarded the new one (duplicate_policy = \"keep\")",
+        DuplicateOutcome::Replaced => "different from the stored object: the new one replaced it (duplicate_policy = \"replace\")",
+        DuplicateOutcome::Rejected => "different from the stored object: refused 0111 (duplicate_policy = \"reject\")",
+    };
+    tracing::warn!(sop_instance_uid = %sop, calling = %calling, outcome = outcome.label(), "duplicate SOP Instance UID, {what}");
 }
