@@ -401,6 +401,34 @@ pub fn verify_anchored(db: &Database, anchor: Option<&str>) -> Result<VerifyRepo
     Ok(report)
 }
 
+/// Fault injection for tests of "the change and its audit entry commit together or not at
+/// all" (unit and integration tests alike, hence public but hidden).
+#[doc(hidden)]
+pub mod fault {
+    /// Makes the audit log unwritable the way a damaged database would: an entry at the end
+    /// that does not decode, so appending after it fails. Returns its key, to repair it.
+    pub fn break_audit_log(db: &redb::Database) -> u64 {
+        let key = super::count(db).unwrap() + 1;
+        let tx = db.begin_write().unwrap();
+        tx.open_table(crate::db::AUDIT)
+            .unwrap()
+            .insert(key, [0xffu8; 3].as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+        key
+    }
+
+    /// Removes what [`break_audit_log`] put there.
+    pub fn repair_audit_log(db: &redb::Database, key: u64) {
+        let tx = db.begin_write().unwrap();
+        tx.open_table(crate::db::AUDIT)
+            .unwrap()
+            .remove(key)
+            .unwrap();
+        tx.commit().unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

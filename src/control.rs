@@ -1128,27 +1128,7 @@ mod tests {
         assert!(!log[0].details.contains("long enough"));
     }
 
-    /// Makes the audit log unwritable the way a damaged database would: an entry at the end
-    /// that does not decode, so appending after it fails. Returns the key, to repair it.
-    fn break_audit_log(db: &redb::Database) -> u64 {
-        let key = crate::audit::count(db).unwrap() + 1;
-        let tx = db.begin_write().unwrap();
-        tx.open_table(crate::db::AUDIT)
-            .unwrap()
-            .insert(key, [0xffu8; 3].as_slice())
-            .unwrap();
-        tx.commit().unwrap();
-        key
-    }
-
-    fn repair_audit_log(db: &redb::Database, key: u64) {
-        let tx = db.begin_write().unwrap();
-        tx.open_table(crate::db::AUDIT)
-            .unwrap()
-            .remove(key)
-            .unwrap();
-        tx.commit().unwrap();
-    }
+    use crate::audit::fault::{break_audit_log, repair_audit_log};
 
     #[test]
     fn a_queue_change_whose_audit_entry_cannot_be_written_is_not_made() {

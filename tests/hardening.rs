@@ -672,27 +672,7 @@ fn http_json_tls_free(gw: &Daemon) -> u16 {
     }
 }
 
-/// Makes the audit log of `db` unwritable the way a damaged database would: an entry at the
-/// end that does not decode, so appending after it fails. Returns its key, to repair it.
-fn break_audit_log(db: &redb::Database) -> u64 {
-    let key = dicom_gw::audit::count(db).unwrap() + 1;
-    let tx = db.begin_write().unwrap();
-    tx.open_table(dicom_gw::db::AUDIT)
-        .unwrap()
-        .insert(key, [0xffu8; 3].as_slice())
-        .unwrap();
-    tx.commit().unwrap();
-    key
-}
-
-fn repair_audit_log(db: &redb::Database, key: u64) {
-    let tx = db.begin_write().unwrap();
-    tx.open_table(dicom_gw::db::AUDIT)
-        .unwrap()
-        .remove(key)
-        .unwrap();
-    tx.commit().unwrap();
-}
+use dicom_gw::audit::fault::{break_audit_log, repair_audit_log};
 
 /// The audit log as (actor, action, details), in order.
 fn audit_log(db: &redb::Database) -> Vec<(String, String, String)> {
