@@ -196,11 +196,11 @@ pub fn extract_with(
             DataToken::PrimitiveValue(v) if depth == 0 => {
                 if let Some(tag) = pending.take() {
                     if wanted.binary_search(&tag).is_ok() {
-                        let text = v.to_str();
+                        let text = text_of(&v);
                         let t = text.trim_end_matches(['\0', ' ']).trim_start().to_owned();
                         attrs.extra.push((tag, t));
                     }
-                    store(&mut attrs, tag, v.to_str());
+                    store(&mut attrs, tag, text_of(&v));
                 }
             }
             _ => {}
@@ -212,6 +212,17 @@ pub fn extract_with(
         Ok(attrs)
     } else {
         Err(ExtractError::NeedMore)
+    }
+}
+
+/// A value as text. Every attribute kept here is text (UI, CS, DA, PN, ...), but a sender may
+/// encode it with VR UN or OB (explicit VR with an unknown VR, or implicit VR data on an
+/// explicit context): the parser then holds bytes, whose `to_str` prints them as decimal
+/// numbers (`49\46\57...`). Such bytes are the text, so they are read as text.
+fn text_of(v: &dicom_core::value::PrimitiveValue) -> Cow<'_, str> {
+    match v {
+        dicom_core::value::PrimitiveValue::U8(bytes) => String::from_utf8_lossy(bytes),
+        other => other.to_str(),
     }
 }
 
@@ -278,6 +289,28 @@ mod tests {
         ds.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 8, 0, 0, 0]);
         ds.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
         ds
+    }
+
+    /// A UID encoded as UN (or OB) is still its text: indexed as such, and a mismatch comment
+    /// prints it as text, never as decimal bytes (interoperability review, D8).
+    #[test]
+    fn uids_encoded_as_bytes_are_read_as_text() {
+        let mut ds = Vec::new();
+        ds.extend(el(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2"));
+        // (0008,0018) with VR UN: 4-byte length form.
+        let uid = b"1.9.999.1\0";
+        ds.extend_from_slice(&[0x08, 0x00, 0x18, 0x00, b'U', b'N', 0, 0]);
+        ds.extend_from_slice(&(uid.len() as u32).to_le_bytes());
+        ds.extend_from_slice(uid);
+        ds.extend(el(0x0020, 0x000D, b"UI", b"1.2.3.4"));
+        let a = extract(
+            &ds,
+            dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+            true,
+        )
+        .unwrap();
+        assert_eq!(a.sop_instance_uid, "1.9.999.1");
+        assert_eq!(a.study_instance_uid, "1.2.3.4");
     }
 
     #[test]
