@@ -515,6 +515,9 @@ impl<S: Storage> Journal<S> {
             return Err(JournalError::TooLarge { len: padded, limit });
         }
         let head = self.head;
+        if head.seq.checked_add(records.len() as u64).is_none() {
+            return Err(JournalError::State("sequence numbers exhausted".into()));
+        }
         let (segment, offset) = if head.offset + padded <= self.cfg.segment_size {
             (head.segment, head.offset)
         } else {

@@ -158,9 +158,16 @@ fn in_flight_fourth_group(cfg: &JournalConfig) -> (CrashStorage, Vec<Record>, Ve
     (storage, acked, last)
 }
 
-fn check_torn(cfg: &JournalConfig, disk: &CrashStorage, kept: u64, acked: &[Record], last: &[Obj]) {
+fn check_torn(
+    cfg: &JournalConfig,
+    disk: &CrashStorage,
+    checkpoint: Option<Position>,
+    kept: u64,
+    acked: &[Record],
+    last: &[Obj],
+) {
     let (_, content) = lens(last);
-    let (mut j, replayed) = reopen(disk, cfg, None);
+    let (mut j, replayed) = reopen(disk, cfg, checkpoint);
     let mut expected = acked.to_vec();
     if kept >= content {
         // Its bytes all reached the disk: it replays although it was never acknowledged.
@@ -182,7 +189,7 @@ fn check_torn(cfg: &JournalConfig, disk: &CrashStorage, kept: u64, acked: &[Reco
     let pos = append(&mut j, &more, &mut expected).unwrap();
     assert_eq!(pos.seq, expected.last().unwrap().seq + 1);
     drop(j);
-    let (_, again) = reopen(&disk.crash(Tear::None), cfg, None);
+    let (_, again) = reopen(&disk.crash(Tear::None), cfg, checkpoint);
     assert_eq!(
         again, expected,
         "kept {kept}: the append after recovery replays"
@@ -197,7 +204,7 @@ fn torn_tail_at_every_byte_offset_replays_only_the_valid_prefix() {
     assert_eq!(storage.last_unflushed_len() as u64, padded);
     for n in 0..=padded as usize {
         let disk = storage.crash(Tear::Bytes(n));
-        check_torn(&cfg, &disk, n as u64, &acked, &last);
+        check_torn(&cfg, &disk, None, n as u64, &acked, &last);
     }
 }
 
@@ -208,7 +215,7 @@ fn torn_tail_at_every_sector_replays_only_the_valid_prefix() {
     let (padded, _) = lens(&last);
     for k in 0..=(padded as usize / crash::SECTOR) {
         let disk = storage.crash(Tear::Sectors(k));
-        check_torn(&cfg, &disk, (k * crash::SECTOR) as u64, &acked, &last);
+        check_torn(&cfg, &disk, None, (k * crash::SECTOR) as u64, &acked, &last);
     }
     // Sectors persisted out of order: any missing sector of the content refuses the group.
     for seed in 0..200 {
@@ -293,6 +300,26 @@ fn older_lap_records_behind_the_valid_prefix_never_replay() {
     drop(j);
     let (_, replayed) = reopen(&disk.crash(Tear::None), &cfg, Some(checkpoint));
     assert_eq!(replayed, expected);
+}
+
+#[test]
+fn torn_tail_over_an_older_lap_at_every_byte_offset() {
+    // The last group is torn while overwriting lap 1's groups 3 and 4 in segment 0: whatever
+    // mix of new and old bytes the crash leaves, only the valid prefix replays.
+    let cfg = config(3, 4, Durability::Full);
+    let (disk, checkpoint, after, last_pos) = wrapped_ring(&cfg);
+    let (mut j, replayed) = reopen(&disk, &cfg, Some(checkpoint));
+    assert_eq!(replayed, after);
+    disk.cut_power_at_flush(1);
+    let last = group(20, 3, 2000);
+    let (padded, _) = lens(&last);
+    assert_eq!(padded, 2 * B);
+    assert!(j.append_group(&inputs(&last)).is_err());
+    assert_eq!(j.position(), last_pos);
+    for n in 0..=padded as usize {
+        let torn = disk.crash(Tear::Bytes(n));
+        check_torn(&cfg, &torn, Some(checkpoint), n as u64, &after, &last);
+    }
 }
 
 #[test]
@@ -638,6 +665,23 @@ fn oversized_group_is_refused_without_poisoning() {
 }
 
 #[test]
+fn exhausted_sequence_numbers_are_an_error() {
+    let cfg = config(3, 4, Durability::Full);
+    let storage = CrashStorage::new();
+    let last = Position {
+        seq: u64::MAX,
+        ..Position::GENESIS
+    };
+    let mut j = Journal::open(storage, cfg, Some(last))
+        .unwrap()
+        .finish()
+        .unwrap();
+    let e = j.append_group(&inputs(&group(1, 1, 10))).unwrap_err();
+    assert!(matches!(e, JournalError::State(_)), "{e}");
+    assert!(!j.is_poisoned());
+}
+
+#[test]
 fn opening_without_checkpoint_after_a_wrap_is_refused() {
     let cfg = config(3, 4, Durability::Full);
     let (disk, checkpoint, _, _) = wrapped_ring(&cfg);
@@ -693,6 +737,8 @@ fn a_different_geometry_or_foreign_position_is_refused() {
 
 #[test]
 fn random_workloads_with_random_crashes() {
+    // How often each situation came up over all seeds (all must, or the test proves little).
+    let (mut cuts, mut fulls, mut laps, mut whole_in_flight) = (0, 0, 0, 0);
     for seed in 0..60u64 {
         let mut rng = fastrand::Rng::with_seed(seed);
         let blocks = rng.u64(3..10);
@@ -724,6 +770,9 @@ fn random_workloads_with_random_crashes() {
                 seqs(&in_flight)
             );
             replayed_total += replayed.len();
+            if !in_flight.is_empty() && replayed == with_in_flight {
+                whole_in_flight += 1;
+            }
             acked = replayed;
             in_flight.clear();
             let mut positions = vec![j.position()];
@@ -748,8 +797,12 @@ fn random_workloads_with_random_crashes() {
                     Ok(p) => positions.push(p),
                     Err(JournalError::TooLarge { .. }) => {}
                     // The materializer catches up (to a random acknowledged group).
-                    Err(JournalError::Full) => release = true,
+                    Err(JournalError::Full) => {
+                        fulls += 1;
+                        release = true;
+                    }
                     Err(JournalError::Io { .. }) => {
+                        cuts += 1;
                         in_flight = objs
                             .iter()
                             .enumerate()
@@ -773,11 +826,18 @@ fn random_workloads_with_random_crashes() {
                 2 => Tear::Sectors(rng.usize(..40)),
                 _ => Tear::Scattered(rng.u64(..)),
             };
+            if j.position().segment < positions[0].segment {
+                laps += 1;
+            }
             drop(j);
             disk = disk.crash(tear);
         }
         assert!(replayed_total > 0, "seed {seed} replayed nothing at all");
     }
+    assert!(
+        cuts > 20 && fulls > 20 && laps > 20 && whole_in_flight > 0,
+        "cuts {cuts}, full {fulls}, wraps {laps}, whole in-flight groups replayed {whole_in_flight}"
+    );
 }
 
 #[test]
