@@ -42,7 +42,8 @@
 //! [`Journal::open`] scans from the checkpoint ([`Position`]: segment, offset, next seq,
 //! epoch and checksum of the group before it). The next group is valid only if its header
 //! checksum holds, its lengths fit the room left and the group limit (checked before any
-//! byte of the body is read, so a torn or hostile length allocates nothing), its first seq is
+//! byte of the body is read, so a torn or hostile length costs at most one group limit of
+//! buffer, never more), its first seq is
 //! the expected one, it names the previous group's checksum, its epoch is at least the
 //! previous group's and at most the highest ever handed out, and every record's header and
 //! CRC hold. It is looked for at the end of the previous group, then at the start of the next
@@ -70,11 +71,15 @@
 //!   writing them). The journal then refuses every append until it is reopened; reopening
 //!   replays the prefix and writes it again and flushes it before appending, so a replayed
 //!   group is durable even if it was only in the page cache.
+//! * **Relaxed** (`durability = "relaxed"`): groups are written without a flush; a process
+//!   crash loses nothing (the page cache has them), a power cut may lose the last groups, and
+//!   then replay ends where the first lost one was.
 //! * **Full**: the writer only enters a segment none of whose records is unreleased; otherwise
 //!   [`JournalError::Full`] and the caller stops reading from its sockets.
 //!
 //! # What the integrator must do
-//! 1. Append each group, answer its objects only after `append_group` returned `Ok`; on an
+//! 1. Append each group (`&mut self`: one group in flight per journal, so completion order
+//!    is log order), answer its objects only after `append_group` returned `Ok`; on an
 //!    error answer the group with a failure and stop acknowledging on this core until the
 //!    journal is reopened (process restart or [`Journal::open`] again).
 //! 2. Checkpoint in this order: materialized files synced (`syncfs`), *then* one redb commit
@@ -140,11 +145,11 @@ impl JournalConfig {
         let b = BLOCK as u64;
         let problem = if self.segment_count < 2 {
             "segment_count must be at least 2"
-        } else if self.segment_size % b != 0 || self.segment_size < b {
+        } else if !self.segment_size.is_multiple_of(b) || self.segment_size < b {
             "segment_size must be a positive multiple of 4 KiB"
         } else if self.segment_size > MAX_SEGMENT_SIZE {
             "segment_size must be at most 1 GiB"
-        } else if self.max_group_bytes % b != 0
+        } else if !self.max_group_bytes.is_multiple_of(b)
             || self.max_group_bytes < b
             || self.max_group_bytes > self.segment_size
         {
@@ -467,7 +472,7 @@ impl<S: Storage> Journal<S> {
             Some(p) => {
                 let fits = p.segment < cfg.segment_count
                     && p.offset <= cfg.segment_size
-                    && p.offset % BLOCK as u64 == 0
+                    && p.offset.is_multiple_of(BLOCK as u64)
                     && p.epoch <= state.epoch
                     && p.seq >= 1;
                 if !fits {
