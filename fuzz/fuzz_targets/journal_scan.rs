@@ -188,7 +188,7 @@ fn replay(rest: &[u8]) {
     };
     let mut disk = CrashStorage::new();
     // Creates the ring (epoch 0) so the image can be put into segment 0.
-    let _ = disk.segment(0, cfg.segment_size);
+    let _ = disk.segment(0, cfg.segment_size, true);
     let image = &image[..image.len().min(cfg.segment_size as usize)];
     disk.poke(0, 0, image);
     let checkpoint = Position {

@@ -172,6 +172,13 @@ impl CrashStorage {
             .map_or_else(Vec::new, |i| i.durable.clone())
     }
 
+    /// Removes segment `index`, as an operator deleting a file would.
+    pub fn remove_segment(&self, index: u32) {
+        if let Some(s) = self.disk().segments.get_mut(index as usize) {
+            *s = None;
+        }
+    }
+
     /// Overwrites durable (and live) bytes of segment `index` at `offset`, to craft stale or
     /// hostile contents in tests.
     ///
@@ -188,7 +195,7 @@ impl CrashStorage {
 impl Storage for CrashStorage {
     type Segment = CrashSegment;
 
-    fn segment(&mut self, index: u32, size: u64) -> io::Result<CrashSegment> {
+    fn segment(&mut self, index: u32, size: u64, create: bool) -> io::Result<CrashSegment> {
         let mut d = self.disk();
         if d.dead {
             return Err(power_lost());
@@ -198,6 +205,9 @@ impl Storage for CrashStorage {
             d.segments.resize(i + 1, None);
         }
         if d.segments[i].is_none() {
+            if !create {
+                return Err(io::Error::from(io::ErrorKind::NotFound));
+            }
             let zeros = vec![0u8; size as usize];
             d.segments[i] = Some(Image {
                 durable: zeros.clone(),

@@ -438,9 +438,11 @@ impl<S: Storage> Journal<S> {
         }
         let mut segs = Vec::with_capacity(cfg.segment_count as usize);
         for k in 0..cfg.segment_count {
+            // Segments are created only with the ring (no state yet): later, a missing one
+            // means lost records, and replay must not silently run into fresh zeros.
             let seg = storage
-                .segment(k, cfg.segment_size)
-                .map_err(JournalError::io("prepare segment"))?;
+                .segment(k, cfg.segment_size, stored.is_none())
+                .map_err(JournalError::io("open segment"))?;
             if seg.len() != cfg.segment_size {
                 return Err(JournalError::Config(format!(
                     "segment {k} has {} bytes, expected {}",

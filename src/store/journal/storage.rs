@@ -38,9 +38,10 @@ pub trait Segment {
 pub trait Storage {
     /// The segment type.
     type Segment: Segment;
-    /// Opens segment `index`; if it does not exist yet it is created and preallocated to
-    /// `size` first (durably, before it is visible under its name).
-    fn segment(&mut self, index: u32, size: u64) -> io::Result<Self::Segment>;
+    /// Opens segment `index`. If it does not exist and `create` is set, it is created and
+    /// preallocated to `size` first (durably, before it is visible under its name); without
+    /// `create` a missing segment is a `NotFound` error (a ring with a hole must not be used).
+    fn segment(&mut self, index: u32, size: u64, create: bool) -> io::Result<Self::Segment>;
     /// The state record last stored, if any.
     fn load_state(&mut self) -> io::Result<Option<Vec<u8>>>;
     /// Replaces the state record; durable when this returns.
@@ -85,6 +86,13 @@ impl FileStorage {
             .recursive(true)
             .mode(crate::store::DIR_MODE)
             .create(dir)?;
+        // The directory entries of `journal/core-<n>` and `journal/` must be durable before a
+        // flushed group can count on its segment being found.
+        for d in dir.ancestors().skip(1).take(2) {
+            if !d.as_os_str().is_empty() {
+                File::open(d)?.sync_all()?;
+            }
+        }
         let io = match (durability, mode) {
             (Durability::Relaxed, _) | (_, IoMode::Buffered) => FileIo::Buffered,
             (Durability::Full, IoMode::Direct) => {
@@ -147,9 +155,9 @@ fn probe_direct(dir: &Path) -> io::Result<()> {
 impl Storage for FileStorage {
     type Segment = FileSegment;
 
-    fn segment(&mut self, index: u32, size: u64) -> io::Result<FileSegment> {
+    fn segment(&mut self, index: u32, size: u64, create: bool) -> io::Result<FileSegment> {
         let path = self.dir.join(format!("seg-{index}"));
-        if !path.exists() {
+        if !path.exists() && create {
             // Prepared under a temporary name and renamed: a segment visible under its name
             // is always fully written, whatever moment a crash picked.
             let tmp = self.dir.join(format!("seg-{index}.tmp"));

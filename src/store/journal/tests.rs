@@ -665,6 +665,35 @@ fn oversized_group_is_refused_without_poisoning() {
 }
 
 #[test]
+fn a_missing_segment_is_refused_not_recreated() {
+    let cfg = config(3, 4, Durability::Full);
+    let (storage, mut j) = fresh(&cfg);
+    append(&mut j, &group(1, 1, 10), &mut Vec::new()).unwrap();
+    drop(j);
+    storage.remove_segment(1);
+    let e = Journal::open(storage, cfg.clone(), None).err().unwrap();
+    assert!(
+        matches!(&e, JournalError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound),
+        "{e}"
+    );
+    // The same on files.
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal_dir(dir.path(), 0);
+    drop(
+        Journal::open_dir(&path, cfg.clone(), None)
+            .unwrap()
+            .finish()
+            .unwrap(),
+    );
+    std::fs::remove_file(path.join("seg-2")).unwrap();
+    let e = Journal::open_dir(&path, cfg, None).err().unwrap();
+    assert!(
+        matches!(&e, JournalError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound),
+        "{e}"
+    );
+}
+
+#[test]
 fn exhausted_sequence_numbers_are_an_error() {
     let cfg = config(3, 4, Durability::Full);
     let storage = CrashStorage::new();
