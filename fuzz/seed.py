@@ -129,4 +129,48 @@ json_item = b"""[{"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane", 
    "00400003": {"vr": "TM", "Value": ["101500"]}, "00400009": {"vr": "SH", "Value": ["SPS1"]},
    "00400020": {"vr": "CS", "Value": ["SCHEDULED"]}, "00400007": {"vr": "LO", "Value": [null]}}]}}]"""
 put("dicom_json", "item", json_item)
+
+
+# The journal's format (src/store/journal/format.rs): CRC32C (Castagnoli, reflected).
+_CRC = []
+for n in range(256):
+    c = n
+    for _ in range(8):
+        c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    _CRC.append(c)
+
+
+def crc32c(data, crc=0):
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc = _CRC[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def journal_group(epoch, first_seq, prev, records):
+    """One group (header, records, zero padding to 4 KiB); returns (bytes, its link)."""
+    body, body_crc = b"", 0
+    for i, (flags, meta, header, dataset) in enumerate(records):
+        h = (b"DGJR" + bytes([1, 0]) + struct.pack("<HQIII", flags, first_seq + i, epoch, len(meta), len(header))
+             + struct.pack("<IQI", 0, len(dataset), 0))
+        crc = crc32c(meta + header + dataset, crc32c(h))
+        body += h + struct.pack("<I", crc) + meta + header + dataset
+        body_crc = crc32c(struct.pack("<I", crc), body_crc)
+    h = (b"DGJG" + bytes([1, 0]) + struct.pack("<HIIQQII", 0, epoch, len(records), first_seq, len(body), prev, body_crc)
+         + bytes(20))
+    link = crc32c(h)
+    g = h + struct.pack("<I", link) + body
+    return g + bytes(-len(g) % 4096), link
+
+
+recs = [(0, b"meta", bytes(132) + b"DICM", bytes(range(256)) * 8), (3, b"", b"", b"")]
+# Mode 0: expectation (seq 1, epoch_min 1, link 5 whose low byte widens the epochs to 1..6).
+g1, l1 = journal_group(1, 1, 5, recs)
+g2, _ = journal_group(2, 3, l1, recs[:1])
+put("journal_scan", "chain", bytes([0]) + struct.pack("<QII", 1, 1, 5) + g1 + g2)
+# Mode 2: the checkpoint (seq 7, link 9) and a ring of epoch 0.
+g1, l1 = journal_group(0, 7, 9, recs)
+g2, _ = journal_group(0, 9, l1, recs[1:] * 3)
+put("journal_scan", "replay", bytes([2]) + struct.pack("<QI", 7, 9) + g1 + g2)
+put("journal_scan", "damage", bytes([1, 5, 0x41, 7]) + bytes(range(200)))
 print("seeds written under", os.path.join(here, "corpus"))

@@ -1,10 +1,11 @@
 //! Storage: UID validation, the Part-10 header, the streaming object writer, index-attribute
-//! extraction and the redb index. Everything here is below the network layer: it knows files
-//! and bytes, not associations.
+//! extraction, the redb index and the per-core write-ahead journal. Everything here is below
+//! the network layer: it knows files and bytes, not associations.
 
 pub mod attrs;
 pub mod error;
 pub mod index;
+pub mod journal;
 pub mod meta;
 pub mod sink;
 pub mod summary;
