@@ -843,6 +843,71 @@ mod tests {
     use super::*;
 
     #[test]
+    fn conversion_contexts_are_proposed_once_per_class_unless_never() {
+        let ct = "1.2.840.10008.5.1.4.1.1.2".to_owned();
+        let mr = "1.2.840.10008.5.1.4.1.1.4".to_owned();
+        let pairs = [
+            (ct.clone(), "1.2.840.10008.1.2.1".to_owned()),
+            (ct.clone(), "1.2.840.10008.1.2.4.70".to_owned()),
+            (mr.clone(), "1.2.840.10008.1.2.4.90".to_owned()),
+        ];
+        let refs: Vec<&(String, String)> = pairs.iter().collect();
+        let c = proposed_contexts(TranscodePolicy::Lossless, &refs);
+        // The originals alone (verbatim when accepted), then CT's conversion context; none
+        // for MR: JPEG 2000 cannot be converted.
+        assert_eq!(c.len(), 4, "{c:?}");
+        for (i, (class, ts)) in pairs.iter().enumerate() {
+            assert_eq!(c[i], (class.clone(), vec![ts.clone()]));
+        }
+        assert_eq!(
+            c[3],
+            (
+                ct,
+                vec![
+                    "1.2.840.10008.1.2.1".to_owned(),
+                    "1.2.840.10008.1.2".to_owned()
+                ]
+            )
+        );
+        assert_eq!(proposed_contexts(TranscodePolicy::Never, &refs).len(), 3);
+    }
+
+    #[test]
+    fn strikes_need_other_deliveries_since_the_first_failure() {
+        let d = DestinationState {
+            config: crate::config::resolve_destination(
+                crate::config::RawDestination {
+                    name: Some("a".into()),
+                    ae_title: Some("A".into()),
+                    host: Some("h".into()),
+                    port: Some(104),
+                    ..Default::default()
+                },
+                "GW",
+            )
+            .unwrap(),
+            paused: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            hold_until_us: AtomicU64::new(0),
+            bell: Mutex::new(0),
+            rung: Condvar::new(),
+            associations_opened: AtomicU64::new(0),
+            delivered: AtomicU64::new(10),
+            strikes: Mutex::new(HashMap::new()),
+        };
+        // Nothing delivered during the batch: not (yet) the object's fault.
+        assert_eq!(d.strike(7, 10), None);
+        // Another object delivered since: a strike, and the next failures too.
+        d.delivered.fetch_add(1, Ordering::AcqRel);
+        assert_eq!(d.strike(7, 11), Some(1));
+        assert_eq!(d.strike(7, 11), Some(2));
+        // A job failing in a batch where others went through counts at once.
+        assert_eq!(d.strike(8, 10), Some(1));
+        d.forget([7u64, 8].iter());
+        assert!(d.strikes().is_empty());
+    }
+
+    #[test]
     fn statuses_map_to_outcomes() {
         assert_eq!(classify(0x0000, None), Outcome::Delivered);
         assert_eq!(classify(0xB000, None), Outcome::Delivered);
