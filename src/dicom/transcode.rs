@@ -736,7 +736,7 @@ impl Conversion {
         if size == 1 || src_big == w.enc.big {
             return w.bytes(value);
         }
-        if value.len() % size != 0 {
+        if !value.len().is_multiple_of(size) {
             return Err(malformed(
                 start,
                 format!(
