@@ -245,6 +245,13 @@ fn an_unreachable_destination_dead_letters_after_max_attempts_and_counts_it() {
         2,
         "{log}"
     );
+    // The last word on each job is its dead letter, not a "will retry".
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("destination=gone"))
+        .unwrap();
+    assert!(last.contains("dead-lettered"), "{log}");
     let metric = |r: &str| {
         metric_value(
             gw.http_port,

@@ -437,8 +437,17 @@ fn worker(shared: &Shared, d: &DestinationState) {
                 for j in &finished.dead {
                     warn!(destination = %cfg.name, sop = %j.sop_instance_uid, job = j.id, attempts = j.attempts, reason = %j.last_error, "dead-lettered");
                 }
-                for (id, sop, attempts) in retried.iter().filter(|(id, _, _)| !dead.contains(id)) {
-                    info!(destination = %cfg.name, sop = %sop, job = id, attempts, "will retry");
+                let again = retried.iter().filter(|(id, _, _)| !dead.contains(id));
+                if link_failed {
+                    // One line for a destination-wide failure, however many jobs wait.
+                    let n = again.count();
+                    if n > 0 {
+                        info!(destination = %cfg.name, jobs = n, "will retry after the destination's backoff");
+                    }
+                } else {
+                    for (id, sop, attempts) in again {
+                        info!(destination = %cfg.name, sop = %sop, job = id, attempts, "will retry");
+                    }
                 }
                 d.forget(settled.iter().chain(dead.iter()));
                 if link_failed {
@@ -722,7 +731,7 @@ fn send_batch(
                     // the objects whose failure could not be told apart from this one.
                     let why = link_failure(&e);
                     let rest = 1 + todo.len();
-                    warn!(destination = %cfg.name, error = %why, jobs = rest + suspects.len(), "cannot associate; will retry");
+                    warn!(destination = %cfg.name, error = %why, jobs = rest + suspects.len(), "cannot associate");
                     results.push((job, Outcome::Retry(why.clone())));
                     results.extend(todo.by_ref().map(|(j, _)| (j, Outcome::Retry(why.clone()))));
                     results.extend(suspects.drain(..).map(|(j, w)| (j, Outcome::Retry(w))));
