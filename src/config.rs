@@ -53,6 +53,37 @@ pub enum DuplicatePolicy {
     Reject,
 }
 
+/// Whether a destination gets objects converted when it refuses their transfer syntax.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TranscodePolicy {
+    /// Send only the syntax the object was received in; a refusal is a dead letter.
+    Never,
+    /// Convert losslessly ([`crate::dicom::transcode`]) when the original syntax is refused
+    /// (default).
+    #[default]
+    Lossless,
+}
+
+/// How the daemon writes its log lines (to stderr).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (default); colours only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (journald, Loki): timestamp, level, message, fields, spans.
+    Json,
+}
+
+/// `[log]`: the daemon's log output.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// "text" (default) or "json". The level comes from `RUST_LOG` (default `info`).
+    pub format: Option<LogFormat>,
+}
+
 /// The config file as written. Every key is optional.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -79,6 +110,8 @@ pub struct RawConfig {
     pub http: RawHttp,
     /// `[worklist]`: the Modality Worklist and MPPS service.
     pub worklist: RawWorklist,
+    /// `[log]`: log output format.
+    pub log: RawLog,
 }
 
 /// `[worklist]`: the Modality Worklist (C-FIND) and MPPS (N-CREATE/N-SET) service, on its own
@@ -172,6 +205,19 @@ pub struct RawDestination {
     pub max_pdu_length: Option<u32>,
     /// DICOM TLS towards the destination (PS3.15 Annex B); unset: plain TCP.
     pub tls: Option<RawTls>,
+    /// "lossless" (default): when the destination refuses an object's transfer syntax,
+    /// convert it losslessly to one it accepts; "never": dead-letter it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcode: Option<TranscodePolicy>,
+    /// Largest dataset converted for this destination, bytes, as stored, inflated, decoded or
+    /// converted (default 268435456 = 256 MiB): conversion happens in memory; a larger
+    /// object is dead-lettered with the reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcode_max_bytes: Option<u64>,
+    /// Attempts before an object the destination aborts or refuses, while it accepts others,
+    /// goes to the dead letters (default 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_object_attempts: Option<u32>,
 }
 
 /// TLS settings of a destination: `tls = { ca_file, cert_file, key_file, server_name }`.
@@ -317,6 +363,8 @@ pub struct Settings {
     pub worklist: WorklistSettings,
     /// Which services this process runs (`--only`).
     pub services: Services,
+    /// Log output format.
+    pub log_format: LogFormat,
 }
 
 /// Which DICOM services a process runs: both (the default), or one of them (`--only store`,
@@ -446,7 +494,19 @@ pub struct Destination {
     pub max_pdu_length: u32,
     /// DICOM TLS towards it, if configured.
     pub tls: Option<DestinationTls>,
+    /// Whether refused transfer syntaxes are converted.
+    pub transcode: TranscodePolicy,
+    /// Largest dataset converted in memory.
+    pub transcode_max_bytes: u64,
+    /// Attempts before an object the destination keeps aborting or refusing, while others
+    /// get through, is a dead letter.
+    pub max_object_attempts: u32,
 }
+
+/// Default of `transcode_max_bytes` (256 MiB).
+pub const DEFAULT_TRANSCODE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Default of `max_object_attempts`.
+pub const DEFAULT_MAX_OBJECT_ATTEMPTS: u32 = 3;
 
 /// Validated TLS settings of a destination. The files are read when an association is opened
 /// (so renewed certificates are picked up without a restart); validation only checks that
@@ -989,6 +1049,7 @@ impl RawConfig {
         Ok(Settings {
             worklist,
             services: ov.services.unwrap_or_default(),
+            log_format: self.log.format.unwrap_or_default(),
             data_dir,
             io: ov.io.or(self.io).unwrap_or(IoMode::Auto),
             threads,
@@ -1203,6 +1264,17 @@ pub fn resolve_destination(d: RawDestination, our_ae: &str) -> Result<Destinatio
         None => None,
         Some(t) => Some(resolve_destination_tls(t, &host)?),
     };
+    let transcode_max_bytes = d.transcode_max_bytes.unwrap_or(DEFAULT_TRANSCODE_MAX_BYTES);
+    if !(1024..=(4 << 30)).contains(&transcode_max_bytes) {
+        return Err((
+            "transcode_max_bytes",
+            format!("{transcode_max_bytes} is outside 1024..=4294967296"),
+        ));
+    }
+    let max_object_attempts = d.max_object_attempts.unwrap_or(DEFAULT_MAX_OBJECT_ATTEMPTS);
+    if max_object_attempts == 0 {
+        return Err(("max_object_attempts", "must be at least 1".to_owned()));
+    }
     Ok(Destination {
         name,
         ae_title,
@@ -1221,6 +1293,9 @@ pub fn resolve_destination(d: RawDestination, our_ae: &str) -> Result<Destinatio
         idle_release: whole(d.idle_release_seconds, 30, "idle_release_seconds")?,
         max_pdu_length,
         tls,
+        transcode: d.transcode.unwrap_or_default(),
+        transcode_max_bytes,
+        max_object_attempts,
     })
 }
 
@@ -1388,6 +1463,9 @@ impl From<&Destination> for RawDestination {
                 key_file: t.client.as_ref().map(|c| c.1.clone()),
                 server_name: t.server_name.clone(),
             }),
+            transcode: Some(d.transcode),
+            transcode_max_bytes: Some(d.transcode_max_bytes),
+            max_object_attempts: Some(d.max_object_attempts),
         }
     }
 }
@@ -1580,6 +1658,43 @@ delete_after_seconds = 3600
             .unwrap_err()
             .to_string();
         assert!(e.contains("mode"), "{e}");
+    }
+
+    #[test]
+    fn transcoding_object_attempts_and_log_format() {
+        let base = "[[destinations]]\nname = \"a\"\nae_title = \"A\"\nhost = \"h\"\nport = 104\n";
+        let s = resolve(base).unwrap();
+        let d = &s.destinations[0];
+        assert_eq!(d.transcode, TranscodePolicy::Lossless);
+        assert_eq!(d.transcode_max_bytes, DEFAULT_TRANSCODE_MAX_BYTES);
+        assert_eq!(d.max_object_attempts, 3);
+        assert_eq!(s.log_format, LogFormat::Text);
+        let s = resolve(&format!(
+            "[log]\nformat = \"json\"\n\n{base}transcode = \"never\"\n\
+             transcode_max_bytes = 4096\nmax_object_attempts = 5\n"
+        ))
+        .unwrap();
+        let d = &s.destinations[0];
+        assert_eq!(
+            (d.transcode, d.transcode_max_bytes, d.max_object_attempts),
+            (TranscodePolicy::Never, 4096, 5)
+        );
+        assert_eq!(s.log_format, LogFormat::Json);
+        // The API's round trip keeps them.
+        let back = resolve_destination(RawDestination::from(d), "GW").unwrap();
+        assert_eq!(&back, d);
+        for (bad, key) in [
+            ("transcode = \"lossy\"", "transcode"),
+            ("transcode_max_bytes = 10", "transcode_max_bytes"),
+            ("max_object_attempts = 0", "max_object_attempts"),
+        ] {
+            let e = resolve(&format!("{base}{bad}\n")).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        let e = resolve("[log]\nformat = \"xml\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("format"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dicom_gw::config::{self, Durability, Overrides, RawConfig};
+use dicom_gw::config::{self, Durability, LogFormat, Overrides, RawConfig};
 use dicom_gw::rt::IoMode;
 
 #[global_allocator]
@@ -313,20 +313,45 @@ fn parse_durability(s: &str) -> Result<Durability, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal: journald and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging(log_format_of(&cli));
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("dicom-gw: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// The `[log] format` of `serve --config FILE`; text for the other commands, and when the
+/// file cannot be read or parsed (`run` then reports why and exits).
+fn log_format_of(cli: &Cli) -> LogFormat {
+    match &cli.command {
+        Command::Serve {
+            config: Some(path), ..
+        } => config::load(path)
+            .ok()
+            .and_then(|(raw, _)| raw.log.format)
+            .unwrap_or_default(),
+        _ => LogFormat::Text,
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`): text lines, coloured only for
+/// a person at a terminal (journald and log files get no escape codes), or one JSON object
+/// per line (timestamp, level, message and the event's fields at the top level, with the
+/// enclosing spans) for journald and Loki.
+fn init_logging(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).init(),
     }
 }
 

@@ -41,9 +41,11 @@
 //! - `commit_batch_objects`, `commit_duration_seconds`: objects per group commit and the time
 //!   one batch takes (placing, sync, index commit).
 //! - `forward_total{destination,result}`: forward attempts by outcome (`delivered`, `retry`,
-//!   `dead`; an attempt that exhausts `max_attempts` counts as `retry` here and shows up in
-//!   `queue_jobs{state="dead"}`); `forward_duration_seconds{destination}`: one C-STORE to the
-//!   destination, request to response.
+//!   `dead`; the attempt that sends a job to the dead letters counts as `dead`, whether it was
+//!   refused outright or exhausted `max_attempts` or `max_object_attempts`);
+//!   `forward_duration_seconds{destination}`: one C-STORE to the destination, request to
+//!   response; `forward_transcoded_total{destination,from,to}`: objects converted to another
+//!   transfer syntax (UIDs) because the destination refused theirs.
 //! - `queue_jobs{destination,state}`, `queue_paused{destination}`, `disk_free_bytes`,
 //!   `disk_size_bytes`, `io_backend_info{backend}`, `build_info{version}`.
 
@@ -269,6 +271,9 @@ pub struct DestinationMetrics {
     /// Attempts by [`FORWARD_RESULTS`] index.
     results: [AtomicU64; 3],
     latency: AtomicHistogram<LATENCY_BUCKETS>,
+    /// Conversions by (from, to) transfer syntax UID: rare (only for destinations that refuse
+    /// a syntax), so a locked map is cheap enough and holds only the pairs that happened.
+    transcoded: std::sync::Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl DestinationMetrics {
@@ -276,7 +281,18 @@ impl DestinationMetrics {
         Self {
             results: std::array::from_fn(|_| AtomicU64::new(0)),
             latency: AtomicHistogram::new(),
+            transcoded: std::sync::Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Counts one object converted from transfer syntax `from` to `to` (UIDs).
+    pub fn transcoded(&self, from: &'static str, to: &'static str) {
+        *self
+            .transcoded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((from, to))
+            .or_insert(0) += 1;
     }
 
     /// Counts one attempt's result.
@@ -730,7 +746,21 @@ impl Metrics {
                 let mut latency = HistogramValue::zero(LATENCY_BUCKETS);
                 d.latency.add_to(&mut latency);
                 let results = std::array::from_fn(|i| d.results[i].load(Relaxed));
-                (name.clone(), DestinationTotals { results, latency })
+                let transcoded = d
+                    .transcoded
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .iter()
+                    .map(|(k, v)| (*k, *v))
+                    .collect();
+                (
+                    name.clone(),
+                    DestinationTotals {
+                        results,
+                        latency,
+                        transcoded,
+                    },
+                )
             })
             .collect()
     }
@@ -751,6 +781,7 @@ struct CoreTotals {
 struct DestinationTotals {
     results: [u64; 3],
     latency: HistogramValue,
+    transcoded: Vec<((&'static str, &'static str), u64)>,
 }
 
 /// One scrape's values, written by the encoder through [`Collector`].
@@ -959,6 +990,19 @@ impl Collector for Exposition {
             for (result, n) in FORWARD_RESULTS.iter().zip(d.results) {
                 let labels = [("destination", e(name)), ("result", e(result))];
                 sample(&mut m, &labels, n)?;
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_forward_transcoded_total",
+            "Objects converted to another transfer syntax (UIDs) because the destination refused theirs.",
+            None,
+            Counter,
+        )?;
+        for (name, d) in &self.destinations {
+            for ((from, to), n) in &d.transcoded {
+                let labels = [("destination", e(name)), ("from", e(from)), ("to", e(to))];
+                sample(&mut m, &labels, *n)?;
             }
         }
 
@@ -1195,6 +1239,10 @@ mod tests {
             ],
         );
         m.destination("pacs").observe(Duration::from_millis(2));
+        m.destination("pacs")
+            .transcoded("1.2.840.10008.1.2.1", "1.2.840.10008.1.2");
+        m.destination("pacs")
+            .transcoded("1.2.840.10008.1.2.1", "1.2.840.10008.1.2");
         let snapshot = Snapshot {
             queue: vec![DestinationStats {
                 destination: "archive".into(),
@@ -1219,6 +1267,13 @@ mod tests {
         assert_eq!(fwd("pacs", "delivered"), 2.0);
         assert_eq!(fwd("pacs", "retry"), 1.0);
         assert_eq!(fwd("pacs", "dead"), 1.0);
+        assert_eq!(
+            value(
+                &out,
+                "dicomgw_forward_transcoded_total{destination=\"pacs\",from=\"1.2.840.10008.1.2.1\",to=\"1.2.840.10008.1.2\"}"
+            ),
+            2.0
+        );
         // A configured destination without traffic is there with zeros.
         assert_eq!(fwd("archive", "delivered"), 0.0);
         assert_eq!(
@@ -1381,6 +1436,7 @@ mod tests {
             "dicomgw_queue_jobs",
             "dicomgw_forward_total",
             "dicomgw_forward_duration_seconds",
+            "dicomgw_forward_transcoded_total",
             "dicomgw_disk_free_bytes",
             "dicomgw_io_backend_info",
             "dicomgw_build_info",

@@ -11,11 +11,14 @@
 //!   sequences and items, encapsulated pixel data, with limits on nesting depth, element
 //!   count and size, checked as the bytes arrive. It is what keeps a 5,000-level nested
 //!   identifier away from the recursive object builder (audit C1).
+//! - [`transcode`] — lossless conversion of a dataset between transfer syntaxes (uncompressed
+//!   ones re-framed, RLE and JPEG decompressed), for destinations that refuse the original.
 
 pub mod dataset;
 pub mod json;
 pub mod matching;
 pub mod scan;
+pub mod transcode;
 pub mod uid;
 pub mod vr;
 

@@ -596,6 +596,35 @@ impl Association {
     ) -> Result<StoreResponse, ScuError> {
         let command = encode_store_rq(message_id, sop_class_uid, sop_instance_uid);
         self.send_dataset_from(pc, &command, file, offset, len)?;
+        self.store_response(message_id, sop_instance_uid)
+    }
+
+    /// One C-STORE of a dataset held in memory (an object converted to the transfer syntax of
+    /// context `pc`, see [`crate::dicom::transcode`]); otherwise as
+    /// [`Association::c_store_from_file`].
+    pub fn c_store(
+        &mut self,
+        pc: u8,
+        message_id: u16,
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+        dataset: &[u8],
+    ) -> Result<StoreResponse, ScuError> {
+        let command = encode_store_rq(message_id, sop_class_uid, sop_instance_uid);
+        if let Err(e) = self.send(pc, &command, Some((dataset, &[]))) {
+            // The message is incomplete: the peer must not wait for the rest.
+            self.abort_in_place();
+            return Err(e);
+        }
+        self.store_response(message_id, sop_instance_uid)
+    }
+
+    /// Waits for the C-STORE-RSP to `message_id` and checks it is about `sop_instance_uid`.
+    fn store_response(
+        &mut self,
+        message_id: u16,
+        sop_instance_uid: &str,
+    ) -> Result<StoreResponse, ScuError> {
         let rsp = self.receive(message_id)?;
         let c = &rsp.command;
         if c.command_field != CommandField::CStoreRsp as u16 {

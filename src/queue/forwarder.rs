@@ -7,11 +7,27 @@
 //!
 //! A worker claims a batch of due jobs, proposes each object's SOP class in the object's
 //! *original* transfer syntax (re-associating only when the batch needs a pair the current
-//! association lacks), streams the stored dataset bytes verbatim from the file
-//! ([`crate::net::scu`]), and records the outcomes in one durable transaction. Status 0000 and
-//! warnings (Bxxx, 0001) are delivered; out of resources (A7xx, 0213), rejected associations,
-//! refused connections and timeouts are retried with the destination's backoff; a rejected
-//! presentation context, 0122, Cxxx and other failures go to the dead letters at once.
+//! association lacks) and, unless the destination says `transcode = "never"`, one more context
+//! per SOP class with the uncompressed syntaxes an object can be converted to
+//! ([`crate::dicom::transcode::TARGETS`]). An object goes out verbatim, streamed from its file
+//! ([`crate::net::scu`]), whenever its original syntax was accepted; otherwise it is converted
+//! losslessly in memory for this send (the stored file never changes), logged and counted.
+//!
+//! Outcomes are recorded in one durable transaction per batch. Status 0000 and warnings
+//! (Bxxx, 0001) are delivered; a rejected presentation context without a possible conversion,
+//! 0122, Cxxx and other failures go to the dead letters at once. Failures fall in two classes:
+//! - *destination-wide*: the association cannot be opened (connection refused, timeout,
+//!   A-ASSOCIATE-RJ): every job of the batch waits for the destination's backoff, up to
+//!   `max_attempts`, and the destination is held until the earliest retry;
+//! - *this object's*: an A-ABORT, a dropped connection, a timeout or an out-of-resources
+//!   status (A7xx, 0213) on one C-STORE, after which the association is opened again at once
+//!   and the rest of the batch goes on. Such a failure is a strike against the object once
+//!   other objects have been delivered to the destination (in the same batch, or since the
+//!   object's first failure); after `max_object_attempts` strikes the object is a dead letter.
+//!   Without that evidence the failure counts like a destination-wide one.
+//!
+//! Every dead letter is logged ("dead-lettered", with destination, SOP Instance UID, attempts
+//! and reason) and counted in `dicomgw_forward_total{result="dead"}`.
 
 use std::collections::{HashMap, HashSet};
 use std::net::ToSocketAddrs;
@@ -24,8 +40,11 @@ use tracing::{debug, error, info, warn};
 
 use super::{Claimed, JobRecord, Outcome, Queue};
 use crate::commit::{timestamp_us, Wake};
-use crate::config::Destination;
+use crate::config::{Destination, TranscodePolicy};
+use crate::dicom::transcode::{self, Syntax, TranscodeError};
+use crate::metrics::ForwardResult;
 use crate::net::scu::{AssocParams, Association, ScuError, ScuTls};
+use crate::store::index::InstanceRecord;
 use crate::store::DataDir;
 
 /// Jobs claimed per round trip to the queue.
@@ -47,6 +66,21 @@ pub struct DestinationState {
     rung: Condvar,
     /// Associations opened so far (all workers), for logs and tests.
     pub associations_opened: AtomicU64,
+    /// Objects delivered so far (all workers): the evidence that a failure is one object's.
+    delivered: AtomicU64,
+    /// Jobs with strikes (failures while the destination accepted others), by job id. In
+    /// memory only: a restart gives a poison object a few more attempts, which is harmless.
+    strikes: Mutex<HashMap<u64, Strikes>>,
+}
+
+/// One job's record of failures that may be its own.
+#[derive(Debug, Clone, Copy)]
+struct Strikes {
+    /// Failures that counted against the object.
+    count: u32,
+    /// `delivered` when the object first failed (at the start of that batch): any delivery
+    /// after it shows the destination accepts other objects.
+    delivered_before: u64,
 }
 
 impl DestinationState {
@@ -80,6 +114,39 @@ impl DestinationState {
     /// Whether forwarding to this destination is paused.
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Acquire)
+    }
+
+    fn strikes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Strikes>> {
+        self.strikes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops the strikes of jobs that are delivered or dead.
+    fn forget<'a>(&self, jobs: impl Iterator<Item = &'a u64>) {
+        let mut s = self.strikes();
+        if !s.is_empty() {
+            for id in jobs {
+                s.remove(id);
+            }
+        }
+    }
+
+    /// Classifies a failure of job `id` that may be the object's own, at the end of the batch
+    /// it happened in (`delivered_at_start`: deliveries counted when the batch began). Returns
+    /// the strikes against the object, or `None` if no other object has been delivered since
+    /// its first failure (then the failure counts like a destination-wide one).
+    fn strike(&self, id: u64, delivered_at_start: u64) -> Option<u32> {
+        let now = self.delivered.load(Ordering::Acquire);
+        let mut s = self.strikes();
+        let e = s.entry(id).or_insert(Strikes {
+            count: 0,
+            delivered_before: delivered_at_start,
+        });
+        if now > e.delivered_before {
+            e.count += 1;
+            Some(e.count)
+        } else {
+            None
+        }
     }
 }
 
@@ -156,6 +223,8 @@ impl Shared {
             bell: Mutex::new(0),
             rung: Condvar::new(),
             associations_opened: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            strikes: Mutex::new(HashMap::new()),
         });
         let old = self
             .dests
@@ -265,6 +334,8 @@ impl Forwarder {
 struct Link {
     assoc: Association,
     proposed: HashSet<(String, String)>,
+    /// Presentation contexts proposed (pairs plus conversion contexts), for the log.
+    contexts: usize,
     last_used: Instant,
     next_message_id: u16,
 }
@@ -327,19 +398,60 @@ fn worker(shared: &Shared, d: &DestinationState) {
             continue;
         }
         let (results, link_failed) = send_batch(&mut link, claimed, d, shared);
-        crate::metrics::global()
-            .forward_results(&cfg.name, results.iter().filter_map(|(_, o)| o.counted()));
         let delivered = results
             .iter()
             .filter(|(_, o)| *o == Outcome::Delivered)
             .count();
+        let counted: Vec<(u64, ForwardResult)> = results
+            .iter()
+            .filter_map(|(j, o)| o.counted().map(|r| (j.id, r)))
+            .collect();
+        let retried: Vec<(u64, String, u32)> = results
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Retry(_)))
+            .map(|(j, _)| (j.id, j.sop_instance_uid.clone(), j.attempts + 1))
+            .collect();
+        let settled: Vec<u64> = results
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Delivered | Outcome::Dead(_)))
+            .map(|(j, _)| j.id)
+            .collect();
         match shared
             .queue
             .finish(results, &cfg.retry, timestamp_us(), || rng.f64())
         {
-            Ok(earliest) => {
+            Ok(finished) => {
+                let dead: HashSet<u64> = finished.dead.iter().map(|j| j.id).collect();
+                // The attempt that sends a job to the dead letters counts as `dead`, also when
+                // it was a retry that exhausted `max_attempts`.
+                crate::metrics::global().forward_results(
+                    &cfg.name,
+                    counted.into_iter().map(|(id, r)| {
+                        if dead.contains(&id) {
+                            ForwardResult::Dead
+                        } else {
+                            r
+                        }
+                    }),
+                );
+                for j in &finished.dead {
+                    warn!(destination = %cfg.name, sop = %j.sop_instance_uid, job = j.id, attempts = j.attempts, reason = %j.last_error, "dead-lettered");
+                }
+                let again = retried.iter().filter(|(id, _, _)| !dead.contains(id));
                 if link_failed {
-                    if let Some(t) = earliest {
+                    // One line for a destination-wide failure, however many jobs wait.
+                    let n = again.count();
+                    if n > 0 {
+                        info!(destination = %cfg.name, jobs = n, "will retry after the destination's backoff");
+                    }
+                } else {
+                    for (id, sop, attempts) in again {
+                        info!(destination = %cfg.name, sop = %sop, job = id, attempts, "will retry");
+                    }
+                }
+                d.forget(settled.iter().chain(dead.iter()));
+                if link_failed {
+                    if let Some(t) = finished.earliest {
                         d.hold_until_us.fetch_max(t, Ordering::AcqRel);
                     }
                 }
@@ -379,6 +491,38 @@ pub fn classify(status: u16, comment: Option<&str>) -> Outcome {
     }
 }
 
+/// The presentation contexts for `pairs` (SOP class, original transfer syntax, sorted): one
+/// per pair with the original syntax alone, so a destination that accepts it gets the bytes
+/// verbatim (an SCP picks by its own preference among the syntaxes of one context); and, when
+/// converting is allowed, one per SOP class with the syntaxes an object can be converted to.
+fn proposed_contexts(
+    policy: TranscodePolicy,
+    pairs: &[&(String, String)],
+) -> Vec<(String, Vec<String>)> {
+    let mut contexts: Vec<(String, Vec<String>)> = pairs
+        .iter()
+        .map(|(class, ts)| (class.clone(), vec![ts.clone()]))
+        .collect();
+    if policy == TranscodePolicy::Lossless {
+        let mut classes: Vec<&String> = pairs
+            .iter()
+            .filter(|(_, ts)| Syntax::from_uid(ts).is_some())
+            .map(|(class, _)| class)
+            .collect();
+        classes.dedup();
+        for class in classes {
+            contexts.push((
+                class.clone(),
+                transcode::TARGETS
+                    .iter()
+                    .map(|t| t.uid().to_owned())
+                    .collect(),
+            ));
+        }
+    }
+    contexts
+}
+
 fn open_link(cfg: &Destination, pairs: &HashSet<(String, String)>) -> Result<Link, ScuError> {
     let addr = (cfg.host.as_str(), cfg.port)
         .to_socket_addrs()
@@ -411,6 +555,8 @@ fn open_link(cfg: &Destination, pairs: &HashSet<(String, String)>) -> Result<Lin
             server_name: t.verify_name(&cfg.host).to_owned(),
         }),
     };
+    let contexts = proposed_contexts(cfg.transcode, &sorted);
+    let count = contexts.len();
     let assoc = Association::open_with_tls(
         &AssocParams {
             addr,
@@ -419,10 +565,7 @@ fn open_link(cfg: &Destination, pairs: &HashSet<(String, String)>) -> Result<Lin
             max_pdu: cfg.max_pdu_length,
             timeout: cfg.dimse_timeout,
             connect_timeout: Some(cfg.connect_timeout),
-            contexts: sorted
-                .iter()
-                .map(|(class, ts)| (class.clone(), vec![ts.clone()]))
-                .collect(),
+            contexts,
             implementation_class_uid: crate::IMPLEMENTATION_CLASS_UID.to_owned(),
             implementation_version_name: crate::IMPLEMENTATION_VERSION_NAME.to_owned(),
         },
@@ -431,6 +574,7 @@ fn open_link(cfg: &Destination, pairs: &HashSet<(String, String)>) -> Result<Lin
     Ok(Link {
         assoc,
         proposed: pairs.clone(),
+        contexts: count,
         last_used: Instant::now(),
         next_message_id: 1,
     })
@@ -450,8 +594,86 @@ fn link_failure(e: &ScuError) -> String {
     }
 }
 
+/// How one object goes out on the current association.
+enum Plan {
+    /// Its stored bytes, on this context.
+    Verbatim(u8),
+    /// Converted, on this context.
+    Convert { pc: u8, from: Syntax, to: Syntax },
+}
+
+/// Picks the context for `rec`: its original syntax if accepted, else (when allowed) an
+/// accepted syntax it can be converted to. `Err` is the dead-letter reason.
+fn plan(assoc: &Association, rec: &InstanceRecord, cfg: &Destination) -> Result<Plan, String> {
+    let (class, ts) = (&rec.sop_class_uid, &rec.transfer_syntax_uid);
+    if let Ok(pc) = assoc.context(class, ts) {
+        return Ok(Plan::Verbatim(pc));
+    }
+    let refused = format!(
+        "the destination rejected the presentation context for SOP class {class} in transfer \
+         syntax {ts}"
+    );
+    if cfg.transcode == TranscodePolicy::Never {
+        return Err(format!(
+            "{refused} (transcode = \"never\": the object is forwarded only in the syntax it \
+             was received in)"
+        ));
+    }
+    let Some(from) = Syntax::from_uid(ts) else {
+        return Err(format!(
+            "{refused}, and {}",
+            TranscodeError::UnsupportedSource(ts.clone())
+        ));
+    };
+    for to in transcode::TARGETS {
+        if to != from {
+            if let Ok(pc) = assoc.context(class, to.uid()) {
+                return Ok(Plan::Convert { pc, from, to });
+            }
+        }
+    }
+    Err(format!(
+        "{refused}, and none of the uncompressed syntaxes it could be converted to ({})",
+        transcode::TARGETS
+            .iter()
+            .map(|t| format!("{} {}", t.name(), t.uid()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// Reads the stored dataset and converts it; `Err` is the dead-letter reason.
+fn convert(
+    file: &std::fs::File,
+    rec: &InstanceRecord,
+    from: Syntax,
+    to: Syntax,
+    limit: u64,
+) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::FileExt;
+    let why = |e: &dyn std::fmt::Display| {
+        format!(
+            "the destination does not accept {} ({}); converting to {} failed: {e}",
+            from.name(),
+            from.uid(),
+            to.name()
+        )
+    };
+    if rec.dataset_size > limit {
+        return Err(why(&TranscodeError::TooLarge {
+            what: "stored dataset",
+            size: rec.dataset_size,
+            limit,
+        }));
+    }
+    let mut bytes = vec![0u8; rec.dataset_size as usize];
+    file.read_exact_at(&mut bytes, rec.file_size.saturating_sub(rec.dataset_size))
+        .map_err(|e| why(&format!("cannot read the stored object: {e}")))?;
+    transcode::transcode(&bytes, from, to, limit).map_err(|e| why(&e))
+}
+
 /// Sends a batch over `link` (opening or re-opening it as needed). Returns each job's outcome
-/// and whether the association failed (the destination is then held until the earliest
+/// and whether the destination could not be reached (it is then held until the earliest
 /// retry).
 fn send_batch(
     link: &mut Option<Link>,
@@ -461,6 +683,7 @@ fn send_batch(
 ) -> (Vec<(JobRecord, Outcome)>, bool) {
     let cfg = &d.config;
     let metrics = crate::metrics::global().destination(&cfg.name);
+    let delivered_at_start = d.delivered.load(Ordering::Acquire);
     let mut results = Vec::with_capacity(claimed.len());
     let mut todo = Vec::with_capacity(claimed.len());
     for c in claimed {
@@ -487,42 +710,40 @@ fn send_batch(
             l.release(&cfg.name);
         }
     }
-    if link.is_none() {
-        match open_link(cfg, &pairs) {
-            Ok(l) => {
-                let n = d.associations_opened.fetch_add(1, Ordering::Relaxed) + 1;
-                info!(destination = %cfg.name, contexts = pairs.len(), accepted = l.assoc.accepted().len(), associations = n, "association opened");
-                *link = Some(l);
-            }
-            Err(e) => {
-                let why = link_failure(&e);
-                warn!(destination = %cfg.name, error = %why, jobs = todo.len(), "cannot associate; will retry");
-                results.extend(
-                    todo.into_iter()
-                        .map(|(j, _)| (j, Outcome::Retry(why.clone()))),
-                );
-                return (results, true);
-            }
-        }
-    }
-    let mut failed = false;
+    // Failures that may be the object's own: classified once the batch is over.
+    let mut suspects: Vec<(JobRecord, String)> = Vec::new();
+    let mut unreachable = false;
     let mut todo = todo.into_iter();
-    for (job, rec) in todo.by_ref() {
+    while let Some((job, rec)) = todo.next() {
         if shared.stop.load(Ordering::Acquire) || d.retired.load(Ordering::Acquire) {
             results.push((job, Outcome::Unsent));
             continue;
         }
+        if link.is_none() {
+            match open_link(cfg, &pairs) {
+                Ok(l) => {
+                    let n = d.associations_opened.fetch_add(1, Ordering::Relaxed) + 1;
+                    info!(destination = %cfg.name, contexts = l.contexts, accepted = l.assoc.accepted().len(), associations = n, "association opened");
+                    *link = Some(l);
+                }
+                Err(e) => {
+                    // Destination-wide: this job and the rest wait for the backoff, and so do
+                    // the objects whose failure could not be told apart from this one.
+                    let why = link_failure(&e);
+                    let rest = 1 + todo.len();
+                    warn!(destination = %cfg.name, error = %why, jobs = rest + suspects.len(), "cannot associate");
+                    results.push((job, Outcome::Retry(why.clone())));
+                    results.extend(todo.by_ref().map(|(j, _)| (j, Outcome::Retry(why.clone()))));
+                    results.extend(suspects.drain(..).map(|(j, w)| (j, Outcome::Retry(w))));
+                    unreachable = true;
+                    break;
+                }
+            }
+        }
         let l = link.as_mut().expect("opened above");
-        let pc = match l
-            .assoc
-            .context(&rec.sop_class_uid, &rec.transfer_syntax_uid)
-        {
-            Ok(pc) => pc,
-            Err(_) => {
-                let why = format!(
-                    "the destination rejected the presentation context for SOP class {} in transfer syntax {} (the object is forwarded only in the syntax it was received in)",
-                    rec.sop_class_uid, rec.transfer_syntax_uid
-                );
+        let plan = match plan(&l.assoc, &rec, cfg) {
+            Ok(p) => p,
+            Err(why) => {
                 warn!(destination = %cfg.name, sop = %rec.sop_instance_uid, "{why}");
                 results.push((job, Outcome::Dead(why)));
                 continue;
@@ -540,31 +761,56 @@ fn send_batch(
         };
         let id = l.next_message_id;
         l.next_message_id = l.next_message_id.checked_add(1).unwrap_or(1);
-        let offset = rec.file_size.saturating_sub(rec.dataset_size);
         let sent_at = Instant::now();
-        match l.assoc.c_store_from_file(
-            pc,
-            id,
-            &rec.sop_class_uid,
-            &rec.sop_instance_uid,
-            &file,
-            offset,
-            rec.dataset_size,
-        ) {
+        let sent = match plan {
+            Plan::Verbatim(pc) => l.assoc.c_store_from_file(
+                pc,
+                id,
+                &rec.sop_class_uid,
+                &rec.sop_instance_uid,
+                &file,
+                rec.file_size.saturating_sub(rec.dataset_size),
+                rec.dataset_size,
+            ),
+            Plan::Convert { pc, from, to } => {
+                match convert(&file, &rec, from, to, cfg.transcode_max_bytes) {
+                    Ok(bytes) => {
+                        metrics.transcoded(from.uid(), to.uid());
+                        info!(destination = %cfg.name, sop = %rec.sop_instance_uid, from = from.uid(), to = to.uid(), from_name = from.name(), to_name = to.name(), stored_bytes = rec.dataset_size, sent_bytes = bytes.len(), "transcoded: the destination does not accept the original transfer syntax");
+                        l.assoc
+                            .c_store(pc, id, &rec.sop_class_uid, &rec.sop_instance_uid, &bytes)
+                    }
+                    Err(why) => {
+                        warn!(destination = %cfg.name, sop = %rec.sop_instance_uid, "{why}");
+                        results.push((job, Outcome::Dead(why)));
+                        continue;
+                    }
+                }
+            }
+        };
+        match sent {
             Ok(rsp) => {
                 l.last_used = Instant::now();
                 metrics.observe(sent_at.elapsed());
                 let outcome = classify(rsp.status, rsp.error_comment.as_deref());
-                match &outcome {
-                    Outcome::Delivered if rsp.status != 0 => {
-                        warn!(destination = %cfg.name, sop = %rec.sop_instance_uid, status = format!("{:04X}", rsp.status), "delivered with a warning")
+                match outcome {
+                    Outcome::Delivered => {
+                        if rsp.status != 0 {
+                            warn!(destination = %cfg.name, sop = %rec.sop_instance_uid, status = format!("{:04X}", rsp.status), comment = rsp.error_comment.as_deref().unwrap_or(""), "delivered with a warning");
+                        }
+                        d.delivered.fetch_add(1, Ordering::AcqRel);
+                        results.push((job, Outcome::Delivered));
                     }
-                    Outcome::Delivered => {}
+                    Outcome::Retry(why) => {
+                        // Out of resources for this object while the association stays up.
+                        warn!(destination = %cfg.name, sop = %rec.sop_instance_uid, reason = %why, "C-STORE refused");
+                        suspects.push((job, why));
+                    }
                     other => {
-                        warn!(destination = %cfg.name, sop = %rec.sop_instance_uid, outcome = ?other, "C-STORE refused")
+                        warn!(destination = %cfg.name, sop = %rec.sop_instance_uid, outcome = ?other, "C-STORE refused");
+                        results.push((job, other));
                     }
                 }
-                results.push((job, outcome));
             }
             Err(ScuError::Source(e)) => {
                 // Our file is shorter than its index record says: the association was aborted
@@ -573,29 +819,102 @@ fn send_batch(
                 error!(destination = %cfg.name, "{why}");
                 results.push((job, Outcome::Dead(why)));
                 *link = None;
-                break;
             }
             Err(e) => {
+                // The association broke on this object: open a new one for the rest; whether
+                // the failure is the object's own is decided once the batch is over.
                 let why = link_failure(&e);
-                warn!(destination = %cfg.name, sop = %rec.sop_instance_uid, error = %why, "sending failed; will retry");
-                results.push((job, Outcome::Retry(why)));
+                warn!(destination = %cfg.name, sop = %rec.sop_instance_uid, error = %why, "C-STORE failed; the association is opened again for the objects behind it");
                 if let Some(l) = link.take() {
                     l.assoc.abort();
                 }
-                failed = true;
-                break;
+                suspects.push((job, why));
             }
         }
     }
-    // Whatever was not attempted (the association broke, or we are stopping) waits again
-    // without being charged an attempt.
-    results.extend(todo.map(|(j, _)| (j, Outcome::Unsent)));
-    (results, failed)
+    for (job, why) in suspects {
+        let outcome = match d.strike(job.id, delivered_at_start) {
+            Some(n) if n >= cfg.max_object_attempts => Outcome::Dead(format!(
+                "gave up after {n} attempts that the destination aborted or refused while it \
+                 accepted other objects (max_object_attempts = {}): {why}",
+                cfg.max_object_attempts
+            )),
+            _ => Outcome::Retry(why),
+        };
+        results.push((job, outcome));
+    }
+    // Whatever was not attempted (we are stopping) waits again without being charged.
+    (results, unreachable)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conversion_contexts_are_proposed_once_per_class_unless_never() {
+        let ct = "1.2.840.10008.5.1.4.1.1.2".to_owned();
+        let mr = "1.2.840.10008.5.1.4.1.1.4".to_owned();
+        let pairs = [
+            (ct.clone(), "1.2.840.10008.1.2.1".to_owned()),
+            (ct.clone(), "1.2.840.10008.1.2.4.70".to_owned()),
+            (mr.clone(), "1.2.840.10008.1.2.4.90".to_owned()),
+        ];
+        let refs: Vec<&(String, String)> = pairs.iter().collect();
+        let c = proposed_contexts(TranscodePolicy::Lossless, &refs);
+        // The originals alone (verbatim when accepted), then CT's conversion context; none
+        // for MR: JPEG 2000 cannot be converted.
+        assert_eq!(c.len(), 4, "{c:?}");
+        for (i, (class, ts)) in pairs.iter().enumerate() {
+            assert_eq!(c[i], (class.clone(), vec![ts.clone()]));
+        }
+        assert_eq!(
+            c[3],
+            (
+                ct,
+                vec![
+                    "1.2.840.10008.1.2.1".to_owned(),
+                    "1.2.840.10008.1.2".to_owned()
+                ]
+            )
+        );
+        assert_eq!(proposed_contexts(TranscodePolicy::Never, &refs).len(), 3);
+    }
+
+    #[test]
+    fn strikes_need_other_deliveries_since_the_first_failure() {
+        let d = DestinationState {
+            config: crate::config::resolve_destination(
+                crate::config::RawDestination {
+                    name: Some("a".into()),
+                    ae_title: Some("A".into()),
+                    host: Some("h".into()),
+                    port: Some(104),
+                    ..Default::default()
+                },
+                "GW",
+            )
+            .unwrap(),
+            paused: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            hold_until_us: AtomicU64::new(0),
+            bell: Mutex::new(0),
+            rung: Condvar::new(),
+            associations_opened: AtomicU64::new(0),
+            delivered: AtomicU64::new(10),
+            strikes: Mutex::new(HashMap::new()),
+        };
+        // Nothing delivered during the batch: not (yet) the object's fault.
+        assert_eq!(d.strike(7, 10), None);
+        // Another object delivered since: a strike, and the next failures too.
+        d.delivered.fetch_add(1, Ordering::AcqRel);
+        assert_eq!(d.strike(7, 11), Some(1));
+        assert_eq!(d.strike(7, 11), Some(2));
+        // A job failing in a batch where others went through counts at once.
+        assert_eq!(d.strike(8, 10), Some(1));
+        d.forget([7u64, 8].iter());
+        assert!(d.strikes().is_empty());
+    }
 
     #[test]
     fn statuses_map_to_outcomes() {

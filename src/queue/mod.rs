@@ -175,6 +175,15 @@ impl Outcome {
     }
 }
 
+/// What [`Queue::finish`] recorded beyond the jobs' new states.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Finished {
+    /// The earliest new due time of a retried job.
+    pub earliest: Option<u64>,
+    /// The jobs that went to the dead letters, as recorded.
+    pub dead: Vec<JobRecord>,
+}
+
 /// A claimed job with the stored object it refers to (`None`: the object is gone).
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -384,16 +393,18 @@ impl Queue {
     /// Records how attempts ended, in one durable transaction: delivered jobs are deleted and
     /// counted, transient failures wait for their backoff (or die after `max_attempts`),
     /// permanent ones die at once. `jitter` yields values in [0, 1). Returns the earliest new
-    /// due time of a retried job.
+    /// due time of a retried job and the jobs that went to the dead letters (as recorded: with
+    /// their attempts and reason), so the caller can log and count each one.
     pub fn finish(
         &self,
         results: Vec<(JobRecord, Outcome)>,
         policy: &RetryPolicy,
         now_us: u64,
         mut jitter: impl FnMut() -> f64,
-    ) -> Result<Option<u64>, QueueError> {
+    ) -> Result<Finished, QueueError> {
         let tx = self.index.database().begin_write()?;
         let mut earliest: Option<u64> = None;
+        let mut dead_letters = Vec::new();
         {
             let mut flight = tx.open_table(db::IN_FLIGHT)?;
             let mut q = tx.open_table(db::QUEUE)?;
@@ -445,6 +456,7 @@ impl Queue {
                         job.due_at_us = now_us;
                         dead.insert((dest.as_str(), job.id), encode_job(&job).as_slice())?;
                         bump(&mut counts, &dest, "dead", 1)?;
+                        dead_letters.push(job);
                     }
                     Outcome::Unsent => {
                         job.due_at_us = now_us;
@@ -462,12 +474,16 @@ impl Queue {
                         job.due_at_us = now_us;
                         dead.insert((dest.as_str(), job.id), encode_job(&job).as_slice())?;
                         bump(&mut counts, &dest, "dead", 1)?;
+                        dead_letters.push(job);
                     }
                 }
             }
         }
         tx.commit()?;
-        Ok(earliest)
+        Ok(Finished {
+            earliest,
+            dead: dead_letters,
+        })
     }
 
     /// Returns every in-flight job to waiting, due now (start-up: whatever was being sent when
@@ -860,7 +876,8 @@ mod tests {
                     || 0.0,
                 )
                 .unwrap();
-            assert_eq!(due, Some(now + wait * S));
+            assert_eq!(due.earliest, Some(now + wait * S));
+            assert!(due.dead.is_empty());
             assert_eq!(counts(&stats(&q, "a")), [0, 1, 0, 0, 0]);
             assert_eq!(q.next_due("a").unwrap(), Some(now + wait * S));
             // One microsecond early: nothing to do.
@@ -869,16 +886,22 @@ mod tests {
         }
         let c = q.claim("a", now, 10).unwrap();
         assert_eq!(c[0].job.attempts, 3);
-        q.finish(
-            vec![(
-                c[0].job.clone(),
-                Outcome::Retry("connection refused".into()),
-            )],
-            &p,
-            now,
-            || 0.0,
-        )
-        .unwrap();
+        let f = q
+            .finish(
+                vec![(
+                    c[0].job.clone(),
+                    Outcome::Retry("connection refused".into()),
+                )],
+                &p,
+                now,
+                || 0.0,
+            )
+            .unwrap();
+        // The exhausted retry is reported as a dead letter, with its attempts and reason.
+        assert_eq!(f.earliest, None);
+        assert_eq!(f.dead.len(), 1);
+        assert_eq!(f.dead[0].attempts, 4);
+        assert!(f.dead[0].last_error.starts_with("gave up after 4 attempts"));
         assert_eq!(counts(&stats(&q, "a")), [0, 0, 0, 1, 0]);
         let dead = q.list(Some("a"), Some(JobState::Dead), 10).unwrap();
         assert_eq!(dead.len(), 1);

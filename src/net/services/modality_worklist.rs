@@ -43,7 +43,8 @@ pub enum FindOutcome {
     Refused {
         /// The status.
         status: u16,
-        /// Error Comment (≤ 64 characters).
+        /// Error Comment, whole: the log line carries it all; the response encoder cuts it to
+        /// the 64 characters an LO holds.
         comment: String,
         /// Offending Element, when one attribute is at fault.
         offending: Option<Tag>,
@@ -55,7 +56,7 @@ pub use crate::net::dimse::dataset::{read_dataset, write_dataset};
 fn refused(status: u16, comment: impl Into<String>, offending: Option<Tag>) -> FindOutcome {
     FindOutcome::Refused {
         status,
-        comment: comment.into().chars().take(64).collect(),
+        comment: comment.into(),
         offending,
     }
 }
@@ -82,7 +83,7 @@ pub fn find(
     };
     match Query::from_identifier(&obj) {
         Ok(query) => FindOutcome::Matches(store.find(&query, limit)),
-        Err(e) => refused(e.status(), e.error_comment(), e.offending_element()),
+        Err(e) => refused(e.status(), e.to_string(), e.offending_element()),
     }
 }
 
