@@ -153,19 +153,20 @@ impl MppsError {
         }
     }
 
-    /// Error Comment (0000,0902), at most 64 characters (LO). For the final-state refusal it
-    /// is exactly the standard's text.
+    /// Error Comment (0000,0902), whole: the log line carries all of it and the response
+    /// encoder cuts the wire value to 64 characters (LO). For the final-state refusal it is
+    /// exactly the standard's text.
     pub fn error_comment(&self) -> String {
         let text = match self {
             MppsError::NoLongerUpdatable(_) => return COMMENT_NO_LONGER_UPDATABLE.to_owned(),
-            // The keyword and the reason, without the tag: 64 characters go fast.
+            // The keyword and the reason, without the tag: the wire's 64 characters go fast.
             MppsError::InvalidAttributeValue { tag, reason } => match keyword(*tag) {
                 Some(k) => format!("{k}: {reason}"),
                 None => self.to_string(),
             },
             other => other.to_string(),
         };
-        text.chars().take(64).collect()
+        text
     }
 
     /// Error ID (0000,0903), where the standard defines one.

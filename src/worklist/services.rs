@@ -282,6 +282,16 @@ mod modality_performed_procedure_step_tests {
         assert_eq!(a.status, 0x0110);
     }
 
+    /// The log gets the whole comment; the wire value is cut to 64 characters (LO).
+    #[test]
+    fn a_long_comment_is_whole_in_the_answer_and_cut_on_the_wire() {
+        let long = "x".repeat(100);
+        let a = Answer::fail("1.2.3", status::PROCESSING_FAILURE, long.clone());
+        assert_eq!(a.comment.as_deref(), Some(long.as_str()));
+        let rsp = decode_command(&response(&create_rq(Some("1.2.3")), &a)).unwrap();
+        assert_eq!(rsp.error_comment.as_deref(), Some(&long[..64]));
+    }
+
     #[test]
     fn fresh_uids_are_valid_and_distinct() {
         let a = new_instance_uid();
