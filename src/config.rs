@@ -304,6 +304,9 @@ pub struct RawStore {
     pub allowed_calling_ae_titles: Option<Vec<String>>,
     /// Accept any abstract syntax not known to be a non-storage service as a storage class.
     pub accept_any_storage_class: Option<bool>,
+    /// Store objects without a usable Study/Series Instance UID in quarantine (default true)
+    /// instead of refusing them C000.
+    pub accept_nonconformant: Option<bool>,
     /// Extra (private) storage SOP class UIDs to accept.
     pub extra_sop_classes: Option<Vec<String>>,
     /// ARTIM: how long to wait for A-ASSOCIATE-RQ after connect, and for the peer to close.
@@ -604,6 +607,8 @@ pub struct StoreSettings {
     pub accept_any_storage_class: bool,
     /// Extra storage SOP classes.
     pub extra_sop_classes: Vec<String>,
+    /// Quarantine objects without a usable Study/Series Instance UID instead of refusing them.
+    pub accept_nonconformant: bool,
     /// ARTIM timeout.
     pub acse_timeout: Duration,
     /// DIMSE idle timeout.
@@ -1064,6 +1069,7 @@ impl RawConfig {
                 allowed_calling_ae_titles: allowed,
                 accept_any_storage_class: s.accept_any_storage_class.unwrap_or(false),
                 extra_sop_classes: extra,
+                accept_nonconformant: s.accept_nonconformant.unwrap_or(true),
                 acse_timeout: secs(s.acse_timeout_seconds, 30, "acse_timeout_seconds")?,
                 dimse_timeout: secs(s.dimse_timeout_seconds, 120, "dimse_timeout_seconds")?,
                 duplicate_policy: s.duplicate_policy.unwrap_or_default(),

@@ -353,7 +353,17 @@ pub struct Metrics {
     evicted: [AtomicU64; SERVICES],
     /// Duplicates by [`DuplicateOutcome`] (rare: shared atomics).
     duplicates: [AtomicU64; 4],
+    /// Objects kept in quarantine, by [`NONCONFORMANT_REASONS`] index.
+    nonconformant: [AtomicU64; NONCONFORMANT_REASONS.len()],
 }
+
+/// Label values of `dicomgw_nonconformant_total{reason}`: why an object went to quarantine.
+pub const NONCONFORMANT_REASONS: [&str; 4] = [
+    "study_uid_missing",
+    "series_uid_missing",
+    "study_uid_invalid",
+    "series_uid_invalid",
+];
 
 /// Label values of `dicomgw_association_rejects_total{reason}`; the last catches any other.
 const REJECT_REASONS: [&str; 7] = [
@@ -535,6 +545,7 @@ impl Metrics {
             rejects: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             evicted: std::array::from_fn(|_| AtomicU64::new(0)),
             duplicates: std::array::from_fn(|_| AtomicU64::new(0)),
+            nonconformant: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -552,6 +563,14 @@ impl Metrics {
     pub fn mpps(&self, op: MppsOp, status: u16) {
         let class = usize::from(status != 0);
         self.worklist.mpps[op as usize][class].fetch_add(1, Relaxed);
+    }
+
+    /// An object without a usable Study or Series Instance UID was kept in quarantine;
+    /// `reason` is one of [`NONCONFORMANT_REASONS`] (another value is not counted).
+    pub fn nonconformant(&self, reason: &str) {
+        if let Some(i) = NONCONFORMANT_REASONS.iter().position(|r| *r == reason) {
+            self.nonconformant[i].fetch_add(1, Relaxed);
+        }
     }
 
     /// An object arrived under a SOP Instance UID that was stored already.
@@ -691,6 +710,7 @@ impl Metrics {
                 }),
             },
             duplicates: std::array::from_fn(|i| self.duplicates[i].load(Relaxed)),
+            nonconformant: std::array::from_fn(|i| self.nonconformant[i].load(Relaxed)),
             snapshot: snapshot.clone(),
         };
         let mut registry = Registry::default();
@@ -795,6 +815,7 @@ struct Exposition {
     destinations: Vec<(String, DestinationTotals)>,
     worklist: WorklistTotals,
     duplicates: [u64; 4],
+    nonconformant: [u64; NONCONFORMANT_REASONS.len()],
     snapshot: Snapshot,
 }
 
@@ -1091,6 +1112,16 @@ impl Collector for Exposition {
         )?;
         for (o, n) in DuplicateOutcome::ALL.iter().zip(self.duplicates) {
             sample(&mut m, &[("outcome", e(o.label()))], n)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_nonconformant_total",
+            "Objects kept in quarantine (accept_nonconformant) because their Study or Series Instance UID is missing or not a UID, by reason.",
+            None,
+            Counter,
+        )?;
+        for (r, n) in NONCONFORMANT_REASONS.iter().zip(self.nonconformant) {
+            sample(&mut m, &[("reason", e(r))], n)?;
         }
 
         let mut m = enc.encode_descriptor(

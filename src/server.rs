@@ -313,6 +313,7 @@ pub fn serve(
                 sink: Arc::new(Pipeline::new(committer.clone(), routing.clone())),
                 data: data.clone(),
                 disk: disk.clone(),
+                accept_nonconformant: store.accept_nonconformant,
             }),
             worklist: None,
         },

@@ -508,11 +508,20 @@ gwtest!(invalid_sop_instance_uid_storescu, |io: &str| {
     assert_eq!(index.instance_count().unwrap(), 0);
 });
 
-gwtest!(path_tricks_in_dataset_uids, |io: &str| {
+/// Study and Series UIDs that try to steer the object's path. Under
+/// `accept_nonconformant = false` they are refused C000 with nothing written; by default they
+/// are kept in quarantine under a hashed name inside `objects/quarantine/`, and no raw UID
+/// ever becomes a path component.
+fn path_tricks_case(io: &str, strict: bool) {
     require_dcmtk();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut gw = start(tmp.path(), io, "");
+    let toml = if strict {
+        "[store]\naccept_nonconformant = false\n"
+    } else {
+        ""
+    };
+    let mut gw = start(tmp.path(), io, toml);
     let specs = [
         ObjSpec::new(0).study("../../../../tmp/gwtest-evil"),
         ObjSpec::new(1).series("1.2/../../x"),
@@ -524,26 +533,61 @@ gwtest!(path_tricks_in_dataset_uids, |io: &str| {
         let (status, r) = store_one(&gw, &f);
         assert_eq!(
             status,
-            Some(0xC000),
+            Some(if strict { 0xC000 } else { 0x0000 }),
             "study {:?} series {:?}:\n{}",
             spec.study_instance_uid,
             spec.series_instance_uid,
             r.output
         );
         wait_tmp_empty(&gw, &data, "path trick");
-        assert_nothing_stored(&gw, &data, "path trick");
+        if strict {
+            assert_nothing_stored(&gw, &data, "path trick");
+        }
     }
     assert!(!Path::new("/tmp/gwtest-evil").exists());
     echo_ok(&gw, "after path tricks");
+    let stored = stray_files(&data);
     let index = stop_and_open_index(&mut gw, &data);
-    assert_eq!(index.instance_count().unwrap(), 0);
-});
+    if strict {
+        assert_eq!(index.instance_count().unwrap(), 0);
+        return;
+    }
+    assert_eq!(index.instance_count().unwrap(), 4);
+    assert_eq!(stored.len(), 4, "{stored:?}");
+    for f in stored {
+        let rel = f.strip_prefix(&data).unwrap();
+        let parts: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(parts.len(), 4, "{rel:?}");
+        assert_eq!(&parts[..2], ["objects", "quarantine"], "{rel:?}");
+        let name = parts[3].strip_suffix(".dcm").unwrap();
+        assert!(
+            name.len() == 64
+                && name.bytes().all(|b| b.is_ascii_hexdigit())
+                && name.starts_with(&parts[2]),
+            "{rel:?}"
+        );
+    }
+}
 
-gwtest!(dataset_without_study_uid, |io: &str| {
+gwtest!(
+    path_tricks_in_dataset_uids_refused_when_strict,
+    |io: &str| { path_tricks_case(io, true) }
+);
+gwtest!(
+    path_tricks_in_dataset_uids_quarantined_by_hash,
+    |io: &str| { path_tricks_case(io, false) }
+);
+
+// Under `accept_nonconformant = false`; by default such an object is quarantined (tests/forward.rs
+// `nonconformant_objects_are_quarantined_and_forwarded`).
+gwtest!(dataset_without_study_uid_refused_when_strict, |io: &str| {
     require_dcmtk();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut gw = start(tmp.path(), io, "");
+    let mut gw = start(tmp.path(), io, "[store]\naccept_nonconformant = false\n");
     let spec = ObjSpec::new(0).omit(STUDY_INSTANCE_UID);
     let f = gen(tmp.path(), "nostudy", &spec);
     let (status, r) = store_one(&gw, &f);

@@ -1196,3 +1196,108 @@ fn disk_high_water_mark_refuses_with_a700_before_disk_full() {
     assert!(same_dataset(next.spec.stored_path(&data), &next.file));
     drop(gw);
 }
+
+/// Issue 14: objects that DCMTK `storescp` and Orthanc accept — no Study Instance UID, or a
+/// 77-character one — are kept in quarantine by default (`accept_nonconformant = true`):
+/// answered 0000, stored under a hashed name inside `objects/quarantine/` (never under the raw
+/// UID), indexed under substitute UIDs, visible and downloadable through the API, forwarded
+/// byte-identical per the routes, logged and counted. With `false` they are refused C000.
+#[test]
+fn nonconformant_objects_are_quarantined_and_forwarded() {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let scp = DestScp::start_free(&tmp.path().join("archive-q"), &[]);
+    let toml = dest_block("archive-q", scp.port, FAST_RETRY)
+        + &route_block("everything", "", &["archive-q"]);
+    let mut gw = start_gw(tmp.path(), &data, &toml, &[]);
+    let long = format!("1.2.{}", "3".repeat(73));
+    assert_eq!(long.len(), 77);
+    let no_study = ObjSpec::new(700).omit(tag(0x0020, 0x000D));
+    let mut long_study = ObjSpec::new(701);
+    long_study.study_instance_uid = long.clone();
+    let objs = gen_objs(&tmp.path().join("src"), [no_study, long_study]);
+    send_all(&gw, &objs, "Q_SENDER");
+    wait_settled(&data, "archive-q", 2, 0, Duration::from_secs(60));
+    let refs: Vec<&Obj> = objs.iter().collect();
+    assert_received(&scp, &refs, 1);
+
+    // Stored inside objects/quarantine/ under hashed names, the bytes as received.
+    let stored = list_files(data.join("objects"));
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    for f in &stored {
+        let rel = f
+            .strip_prefix(&data)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(dicom_gw::store::is_quarantined(&rel), "{rel}");
+        assert!(!rel.contains(&long), "{rel}");
+    }
+    let token = cli_token(env!("CARGO_BIN_EXE_dicom-gw"), &data, "viewer");
+    for o in &objs {
+        let sop = &o.spec.sop_instance_uid;
+        let (code, v) = http_json(
+            gw.http_port,
+            "GET",
+            &format!("/api/v1/instances/{sop}"),
+            Some(&token),
+            None,
+        );
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["quarantined"], true, "{v}");
+        let study = v["study_instance_uid"].as_str().unwrap();
+        assert!(study.starts_with("2.25.") && study.len() <= 64, "{v}");
+        // Listed under its substitute study, and downloadable byte for byte.
+        let (code, s) = http_json(
+            gw.http_port,
+            "GET",
+            &format!("/api/v1/studies/{study}"),
+            Some(&token),
+            None,
+        );
+        assert_eq!(code, 200, "{s}");
+        let r = request(
+            gw.http_port,
+            "GET",
+            &format!("/api/v1/instances/{sop}/file"),
+            Some(&token),
+            None,
+        );
+        assert_eq!(r.status, 200);
+        let stored_file = data.join(v["path"].as_str().unwrap());
+        assert_eq!(r.body, std::fs::read(&stored_file).unwrap());
+        assert!(same_dataset(&stored_file, &o.file));
+    }
+    for reason in ["study_uid_missing", "study_uid_invalid"] {
+        assert_eq!(
+            metric_value(
+                gw.http_port,
+                &format!("dicomgw_nonconformant_total{{reason=\"{reason}\"}}")
+            ),
+            Some(1.0),
+            "{reason}"
+        );
+    }
+    let log = gw.stderr();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("WARN") && l.contains("quarantine"))
+            .count(),
+        2,
+        "{log}"
+    );
+    gw.stop();
+
+    // accept_nonconformant = false: both refused C000, nothing more stored.
+    let toml = "[store]\naccept_nonconformant = false\n".to_owned() + &toml;
+    let strict = start_gw(tmp.path(), &data, &toml, &[]);
+    let files = files_of(&objs);
+    let mut flags = storescu_flags_for(Ts::ExplicitLE);
+    flags.push("-nh"); // keep going after a refusal
+    let r = storescu(strict.port, &files, &flags);
+    for f in &files {
+        assert_eq!(r.status_of(f), Some(0xC000), "{}", r.output);
+    }
+    assert_eq!(list_files(data.join("objects")).len(), 2);
+}

@@ -303,6 +303,26 @@ impl DataDir {
             .join(series)
             .join(format!("{sop}.dcm")))
     }
+
+    /// Path of a quarantined object (one without a usable Study or Series Instance UID):
+    /// `objects/quarantine/<h>/<hash>.dcm`, named by `key` (a hash of its raw UIDs), never by
+    /// the UIDs themselves. `quarantine` cannot be a UID (digits and dots only), so it never
+    /// meets a study directory, and the object stays inside `objects/` for every reader.
+    pub fn quarantine_rel_path(key: &blake3::Hash) -> PathBuf {
+        let hex = key.to_hex();
+        Path::new("objects")
+            .join(QUARANTINE_DIR)
+            .join(&hex[..2])
+            .join(format!("{hex}.dcm"))
+    }
+}
+
+/// The directory under `objects/` that holds quarantined objects.
+pub const QUARANTINE_DIR: &str = "quarantine";
+
+/// Whether an index record's path is in quarantine.
+pub fn is_quarantined(rel_path: &str) -> bool {
+    Path::new(rel_path).starts_with(Path::new("objects").join(QUARANTINE_DIR))
 }
 
 #[cfg(test)]

@@ -260,7 +260,15 @@ pub async fn list_instances(
             .ok_or_else(|| ApiError::not_found(format!("no series {series} in study {study}")))
     })
     .await?;
-    Ok(page_response(&page.items, page.total, offset, limit))
+    let items: Vec<serde_json::Value> = page.items.iter().map(instance_json).collect();
+    Ok(page_response(&items, page.total, offset, limit))
+}
+
+/// An instance as the API shows it: the index record, and whether it is in quarantine.
+fn instance_json(rec: &InstanceRecord) -> serde_json::Value {
+    let mut v = serde_json::json!(rec);
+    v["quarantined"] = serde_json::Value::Bool(crate::store::is_quarantined(&rec.path));
+    v
 }
 
 /// `GET /instances/{sop_uid}`.
@@ -273,7 +281,7 @@ pub async fn get_instance(
     let uid = uid_param(p, "sop_uid")?;
     let index = ctx.state.index.clone();
     let rec = blocking(move || find_instance(&index, &uid)).await?;
-    Ok(json_response(200, &serde_json::json!(rec)))
+    Ok(json_response(200, &instance_json(&rec)))
 }
 
 fn find_instance(

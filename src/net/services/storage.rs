@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::dicom::scan::{Limits, StreamCheck, UnUndefined};
-use crate::dicom::uid::validate_uid;
+use crate::dicom::uid::{validate_uid, UidError};
 use crate::net::dimse::command::Command;
 use crate::rt::ObjFile;
 use crate::store::attrs::{self, ExtractError, IndexAttrs};
@@ -137,17 +137,126 @@ pub fn check_dataset(
             attrs.sop_class_uid, sop_class
         )));
     }
-    if attrs.study_instance_uid.is_empty() {
-        return Err(StoreError::CannotUnderstand(
-            "StudyInstanceUID (0020,000D) missing".into(),
-        ));
-    }
-    if attrs.series_instance_uid.is_empty() {
-        return Err(StoreError::CannotUnderstand(
-            "SeriesInstanceUID (0020,000E) missing".into(),
-        ));
-    }
     Ok(())
+}
+
+/// Why an object cannot be filed under `objects/<Study>/<Series>/`: a Study or Series
+/// Instance UID that is missing or is not a UID (e.g. 77 characters). DCMTK `storescp` and
+/// Orthanc accept such objects; at a gateway a refusal is a study that never reaches the
+/// archive, so by default (`accept_nonconformant`) they are kept in quarantine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Nonconformance {
+    /// No Study Instance UID (0020,000D).
+    StudyUidMissing,
+    /// No Series Instance UID (0020,000E).
+    SeriesUidMissing,
+    /// A Study Instance UID that is not a UID.
+    StudyUidInvalid(UidError),
+    /// A Series Instance UID that is not a UID.
+    SeriesUidInvalid(UidError),
+}
+
+impl Nonconformance {
+    /// The `reason` label of `dicomgw_nonconformant_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Nonconformance::StudyUidMissing => "study_uid_missing",
+            Nonconformance::SeriesUidMissing => "series_uid_missing",
+            Nonconformance::StudyUidInvalid(_) => "study_uid_invalid",
+            Nonconformance::SeriesUidInvalid(_) => "series_uid_invalid",
+        }
+    }
+
+    /// The refusal when quarantine is off (C000, as before quarantine existed).
+    pub fn refusal(self) -> StoreError {
+        match self {
+            Nonconformance::StudyUidMissing => {
+                StoreError::CannotUnderstand("StudyInstanceUID (0020,000D) missing".into())
+            }
+            Nonconformance::SeriesUidMissing => {
+                StoreError::CannotUnderstand("SeriesInstanceUID (0020,000E) missing".into())
+            }
+            Nonconformance::StudyUidInvalid(source) => StoreError::InvalidUid {
+                field: "StudyInstanceUID",
+                source,
+            },
+            Nonconformance::SeriesUidInvalid(source) => StoreError::InvalidUid {
+                field: "SeriesInstanceUID",
+                source,
+            },
+        }
+    }
+}
+
+/// The first reason `attrs` cannot be filed by its UIDs, if any.
+pub fn nonconformance(attrs: &IndexAttrs) -> Option<Nonconformance> {
+    let check = |v: &str, missing, invalid: fn(UidError) -> Nonconformance| {
+        if v.is_empty() {
+            Some(missing)
+        } else {
+            validate_uid(v).err().map(invalid)
+        }
+    };
+    check(
+        &attrs.study_instance_uid,
+        Nonconformance::StudyUidMissing,
+        Nonconformance::StudyUidInvalid,
+    )
+    .or_else(|| {
+        check(
+            &attrs.series_instance_uid,
+            Nonconformance::SeriesUidMissing,
+            Nonconformance::SeriesUidInvalid,
+        )
+    })
+}
+
+/// Files a non-conformant object in quarantine: its path is named by a hash of its raw UIDs,
+/// and an unusable Study or Series Instance UID is replaced *in the index* (never in the
+/// stored bytes) by a UUID-style UID derived from the same raw value (PS3.5 B.2), so the
+/// object is listed, searched, downloaded and forwarded like any other. Objects that share a
+/// raw Study UID share the substitute; one without any shares it with its series (or, with
+/// neither, is its own study).
+pub fn quarantine(attrs: &mut IndexAttrs, sop_instance: &str) -> PathBuf {
+    let raw = |kind: &str, v: &str, fallback: &str| {
+        let mut h = blake3::Hasher::new();
+        h.update(kind.as_bytes());
+        h.update(b"\0");
+        h.update(if v.is_empty() { fallback } else { v }.as_bytes());
+        h.finalize()
+    };
+    let key = {
+        let mut h = blake3::Hasher::new();
+        for part in [
+            &attrs.study_instance_uid,
+            &attrs.series_instance_uid,
+            &sop_instance.to_owned(),
+        ] {
+            h.update(part.as_bytes());
+            h.update(b"\0");
+        }
+        h.finalize()
+    };
+    let substitute = |hash: blake3::Hash| {
+        let b = hash.as_bytes();
+        let mut n = [0u8; 16];
+        n.copy_from_slice(&b[..16]);
+        format!("2.25.{}", u128::from_be_bytes(n))
+    };
+    let series_fallback = if attrs.series_instance_uid.is_empty() {
+        sop_instance.to_owned()
+    } else {
+        attrs.series_instance_uid.clone()
+    };
+    if validate_uid(&attrs.study_instance_uid).is_err() {
+        attrs.study_instance_uid =
+            substitute(raw("study", &attrs.study_instance_uid, &series_fallback));
+    }
+    if validate_uid(&attrs.series_instance_uid).is_err() {
+        attrs.series_instance_uid =
+            substitute(raw("series", &attrs.series_instance_uid, sop_instance));
+    }
+    DataDir::quarantine_rel_path(&key)
 }
 
 /// The Storage SCP: what a C-STORE needs beyond its association.
@@ -161,6 +270,8 @@ pub struct StorageScp {
     pub data: DataDir,
     /// The disk high-water mark.
     pub disk: DiskGuard,
+    /// Quarantine objects without a usable Study/Series Instance UID instead of refusing them.
+    pub accept_nonconformant: bool,
 }
 
 /// The association-level facts a C-STORE is checked against.
@@ -244,6 +355,7 @@ impl StorageScp {
         let instance = cmd.affected_sop_instance_uid.as_deref().unwrap_or("");
         // One snapshot for the whole object, even if the routing table is swapped meanwhile.
         let sink = self.sink.snapshot();
+        let accept_nonconformant = self.accept_nonconformant;
         let checked = (|| {
             obj.structure.clone()?;
             let attrs = extract_attrs(
@@ -254,11 +366,29 @@ impl StorageScp {
                 |len| read_dataset_prefix(&obj, len),
             )?;
             check_dataset(&attrs, class, instance)?;
-            let path = DataDir::object_rel_path(
-                &attrs.study_instance_uid,
-                &attrs.series_instance_uid,
-                instance,
-            )?;
+            let mut attrs = attrs;
+            let path = match nonconformance(&attrs) {
+                None => DataDir::object_rel_path(
+                    &attrs.study_instance_uid,
+                    &attrs.series_instance_uid,
+                    instance,
+                )?,
+                Some(n) if !accept_nonconformant => return Err(n.refusal()),
+                Some(n) => {
+                    crate::metrics::global().nonconformant(n.label());
+                    let (study, series) = (
+                        attrs.study_instance_uid.clone(),
+                        attrs.series_instance_uid.clone(),
+                    );
+                    let path = quarantine(&mut attrs, instance);
+                    tracing::warn!(sop_instance_uid = %instance, reason = n.label(),
+                        study = %study.escape_debug(), series = %series.escape_debug(),
+                        indexed_study = %attrs.study_instance_uid, indexed_series = %attrs.series_instance_uid,
+                        path = %path.display(),
+                        "non-conformant object kept in quarantine (accept_nonconformant)");
+                    path
+                }
+            };
             Ok::<_, StoreError>((attrs, path))
         })();
         let (attrs, rel_path) = match checked {
@@ -331,9 +461,66 @@ mod tests {
             status::DATASET_DOES_NOT_MATCH_SOP_CLASS
         );
         a.series_instance_uid.clear();
+        // A missing Series UID is no mismatch: it is a non-conformance (quarantine or C000).
+        assert!(check_dataset(&a, "1.9", "1.5").is_ok());
+        assert_eq!(nonconformance(&a), Some(Nonconformance::SeriesUidMissing));
         assert_eq!(
-            check_dataset(&a, "1.9", "1.5").unwrap_err().status(),
+            nonconformance(&a).unwrap().refusal().status(),
             status::CANNOT_UNDERSTAND
         );
+    }
+
+    #[test]
+    fn nonconformant_objects_are_filed_by_hash_under_substitute_uids() {
+        let long = format!("1.2.{}", "3".repeat(73));
+        assert_eq!(long.len(), 77);
+        let attrs = |study: &str, series: &str| IndexAttrs {
+            study_instance_uid: study.into(),
+            series_instance_uid: series.into(),
+            ..Default::default()
+        };
+        assert_eq!(nonconformance(&attrs("1.2", "1.2.3")), None);
+        assert_eq!(
+            nonconformance(&attrs("", "1.2.3")),
+            Some(Nonconformance::StudyUidMissing)
+        );
+        assert!(matches!(
+            nonconformance(&attrs(&long, "1.2.3")),
+            Some(Nonconformance::StudyUidInvalid(_))
+        ));
+        assert!(matches!(
+            nonconformance(&attrs("1.2", "../../etc")),
+            Some(Nonconformance::SeriesUidInvalid(_))
+        ));
+        assert_eq!(
+            nonconformance(&attrs(&long, "1.2.3"))
+                .unwrap()
+                .refusal()
+                .status(),
+            0xC000
+        );
+
+        let mut a = attrs(&long, "1.2.3");
+        let path = quarantine(&mut a, "1.5");
+        // Named by a hash, inside objects/quarantine/, never by the raw UID.
+        assert!(crate::store::is_quarantined(&path.to_string_lossy()));
+        assert!(!path.to_string_lossy().contains(&long));
+        assert_eq!(path.components().count(), 4, "{path:?}");
+        // The unusable study UID gets a valid substitute; the good series UID stays.
+        validate_uid(&a.study_instance_uid).unwrap();
+        assert!(a.study_instance_uid.starts_with("2.25."));
+        assert_eq!(a.series_instance_uid, "1.2.3");
+        // Deterministic: objects of the same raw study share the substitute, not the path.
+        let mut b = attrs(&long, "1.2.3");
+        let path_b = quarantine(&mut b, "1.6");
+        assert_eq!(a.study_instance_uid, b.study_instance_uid);
+        assert_ne!(path, path_b);
+        // No study and no series: both substituted, both valid.
+        let mut c = attrs("", "");
+        quarantine(&mut c, "1.7");
+        validate_uid(&c.study_instance_uid).unwrap();
+        validate_uid(&c.series_instance_uid).unwrap();
+        assert_ne!(c.study_instance_uid, c.series_instance_uid);
+        assert!(!crate::store::is_quarantined("objects/1.2/1.2.3/1.5.dcm"));
     }
 }
