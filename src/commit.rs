@@ -363,6 +363,8 @@ struct Item {
     result: Option<Result<CommitOutcome, StoreError>>,
     /// Set once the file has been renamed into a path that did not hold an indexed object.
     created: Option<PathBuf>,
+    /// Destinations an identical re-send was routed to (new jobs).
+    rerouted: Vec<String>,
 }
 
 fn fail_all(items: &mut [Item], err: &StoreError) {
@@ -393,6 +395,7 @@ fn commit_batch(
             req,
             result: None,
             created: None,
+            rerouted: Vec::new(),
         })
         .collect();
 
@@ -492,13 +495,14 @@ fn commit_batch(
     }
     if let Some(wake) = &cfg.wake {
         let mut rung: Vec<&str> = Vec::new();
-        for it in items.iter().filter(|it| {
-            matches!(
-                it.result,
-                Some(Ok(CommitOutcome::Stored | CommitOutcome::Replaced))
-            )
-        }) {
-            for d in &it.req.destinations {
+        for it in &items {
+            let dests = match it.result {
+                Some(Ok(CommitOutcome::Stored | CommitOutcome::Replaced)) => &it.req.destinations,
+                // An identical re-send routed to destinations that had not received it.
+                Some(Ok(CommitOutcome::IdenticalDuplicate)) => &it.rerouted,
+                _ => continue,
+            };
+            for d in dests {
                 if !rung.contains(&d.as_str()) {
                     rung.push(d);
                     (wake.0)(d);
@@ -553,6 +557,19 @@ fn place(
             if old.dataset_blake3 == rec.dataset_blake3 && old.dataset_size == rec.dataset_size =>
         {
             remove_quietly(&it.req.temp_path);
+            // Routed again: destinations that match now and never received it get a job.
+            let added = crate::queue::reroute(
+                tx,
+                &rec.sop_instance_uid,
+                &it.req.destinations,
+                timestamp_us(),
+            )
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+            if !added.is_empty() {
+                tracing::info!(sop_instance_uid = %rec.sop_instance_uid, destinations = ?added,
+                    "identical re-send routed to destinations that had not received it");
+            }
+            it.rerouted = added;
             return Ok(CommitOutcome::IdenticalDuplicate);
         }
         Some(_) => match cfg.duplicate_policy {
@@ -596,6 +613,10 @@ fn place(
         it.created = Some(dest);
     }
     index::put_instance(tx, rec, &it.req.attrs, replaced)?;
+    if replaced {
+        // The new bytes have been delivered nowhere yet.
+        index::forget_deliveries(tx, &rec.sop_instance_uid)?;
+    }
     let now = timestamp_us();
     for dest in &it.req.destinations {
         crate::queue::enqueue(tx, dest, &rec.sop_instance_uid, now)

@@ -41,6 +41,9 @@ pub const OUTSTANDING: TableDefinition<&str, u64> = TableDefinition::new("outsta
 pub const RETIRABLE: TableDefinition<(u64, &str), ()> = TableDefinition::new("retirable");
 /// Paused destinations (name → ()), so a pause survives a restart.
 pub const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("paused");
+/// Deliveries: (SOP Instance UID, destination) → when, µs. Lets an identical re-send be
+/// routed to the destinations that never received the object, and no other.
+pub const DELIVERED: TableDefinition<(&str, &str), u64> = TableDefinition::new("delivered");
 /// Small named counters, e.g. `next_job_id`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 

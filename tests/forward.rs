@@ -1301,3 +1301,63 @@ fn nonconformant_objects_are_quarantined_and_forwarded() {
     }
     assert_eq!(list_files(data.join("objects")).len(), 2);
 }
+
+/// Issue 14: a modality's "send again" fixes a routing mistake. After the routes change, an
+/// identical re-send creates jobs for the destinations that match now and never received the
+/// object — and for no other (the first archive does not get it twice).
+#[test]
+fn identical_resend_after_a_route_change_reaches_the_new_destination_only() {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let a = DestScp::start_free(&tmp.path().join("arch-a"), &[]);
+    let b = DestScp::start_free(&tmp.path().join("arch-b"), &[]);
+    let toml = dest_block("arch-a", a.port, FAST_RETRY)
+        + &dest_block("arch-b", b.port, FAST_RETRY)
+        + &route_block("everything", "", &["arch-a"]);
+    let gw = start_gw(tmp.path(), &data, &toml, &[]);
+    let objs = gen_objs(
+        &tmp.path().join("src"),
+        (0..3).map(|i| ObjSpec::new(900 + i)),
+    );
+    send_all(&gw, &objs, "MODALITY");
+    wait_settled(&data, "arch-a", 3, 0, Duration::from_secs(60));
+    let refs: Vec<&Obj> = objs.iter().collect();
+    assert_received(&a, &refs, 1);
+
+    // The routes now send everything to both archives.
+    let admin = cli_token(env!("CARGO_BIN_EXE_dicom-gw"), &data, "admin");
+    let routes =
+        serde_json::json!([{ "name": "everything", "destinations": ["arch-a", "arch-b"] }]);
+    let (code, v) = http_json(
+        gw.http_port,
+        "PUT",
+        "/api/v1/routes",
+        Some(&admin),
+        Some(&routes),
+    );
+    assert_eq!(code, 200, "{v}");
+    // The modality sends the first two again, byte for byte.
+    send_all(&gw, &objs[..2], "MODALITY");
+    wait_settled(&data, "arch-b", 2, 0, Duration::from_secs(60));
+    b.wait_files(2, Duration::from_secs(30));
+    assert_received(&b, &refs[..2], 1);
+    assert_received_exactly(&b, &refs[..2]);
+    // arch-a got nothing twice.
+    assert_received(&a, &refs, 1);
+    let log = gw.stderr();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("identical re-send routed"))
+            .count(),
+        2,
+        "{log}"
+    );
+    // A third identical re-send: both have it, nothing more is queued (jobs are committed with
+    // the C-STORE's answer, so they would be there when storescu returns).
+    send_all(&gw, &objs[..1], "MODALITY");
+    assert_eq!(dest_stats(&data, "arch-b").outstanding(), 0);
+    assert_eq!(dest_stats(&data, "arch-a").outstanding(), 0);
+    assert_received(&a, &refs, 1);
+    assert_received(&b, &refs[..2], 1);
+}

@@ -227,6 +227,69 @@ fn next_id(tx: &WriteTransaction) -> Result<u64, QueueError> {
     Ok(id)
 }
 
+/// Routes an identical re-send of a stored object: a job for each of `dests` (the routes'
+/// choice now) that has neither received the object nor a job for it (pending, in flight or
+/// dead), inside the caller's transaction. Returns the destinations that got one. This is how
+/// a modality's "send again" fixes a routing mistake without sending anything twice.
+pub fn reroute(
+    tx: &WriteTransaction,
+    sop: &str,
+    dests: &[String],
+    now_us: u64,
+) -> Result<Vec<String>, QueueError> {
+    let mut added = Vec::new();
+    if dests.is_empty() {
+        return Ok(added);
+    }
+    let outstanding = tx
+        .open_table(db::OUTSTANDING)?
+        .get(sop)?
+        .map_or(0, |g| g.value());
+    for dest in dests {
+        if tx
+            .open_table(db::DELIVERED)?
+            .get((sop, dest.as_str()))?
+            .is_some()
+        {
+            continue;
+        }
+        if outstanding > 0 && has_job(tx, dest, sop)? {
+            continue;
+        }
+        enqueue(tx, dest, sop, now_us)?;
+        added.push(dest.clone());
+    }
+    Ok(added)
+}
+
+/// Whether `dest` has a job for `sop` (pending, in flight or dead). Scans that destination's
+/// jobs: only an identical re-send of an object with outstanding jobs asks.
+fn has_job(tx: &WriteTransaction, dest: &str, sop: &str) -> Result<bool, QueueError> {
+    let q = tx.open_table(db::QUEUE)?;
+    for row in q.range((dest, 0u64, 0u64)..=(dest, u64::MAX, u64::MAX))? {
+        let (k, v) = row?;
+        if decode_job(k.value().2, v.value())?.sop_instance_uid == sop {
+            return Ok(true);
+        }
+    }
+    let dead = tx.open_table(db::DEAD)?;
+    for row in dead.range((dest, 0u64)..=(dest, u64::MAX))? {
+        let (k, v) = row?;
+        if decode_job(k.value().1, v.value())?.sop_instance_uid == sop {
+            return Ok(true);
+        }
+    }
+    let flight = tx.open_table(db::IN_FLIGHT)?;
+    for row in flight.iter()? {
+        let (k, v) = row?;
+        let j = decode_job(k.value(), v.value())?;
+        if j.destination == dest && j.sop_instance_uid == sop {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Adds a pending job "send `sop` to `dest`" inside the caller's transaction (the committer's,
 /// so jobs and index rows become durable together). Returns the job id.
 pub fn enqueue(
@@ -424,6 +487,8 @@ impl Queue {
                     Outcome::Delivered => {
                         bump(&mut counts, &dest, "done", 1)?;
                         let sop = job.sop_instance_uid.as_str();
+                        tx.open_table(db::DELIVERED)?
+                            .insert((sop, dest.as_str()), now_us)?;
                         let left = out.get(sop)?.map(|g| g.value()).unwrap_or(1);
                         if left <= 1 {
                             out.remove(sop)?;
@@ -829,6 +894,62 @@ mod tests {
 
     fn counts(s: &DestinationStats) -> [u64; 5] {
         [s.pending, s.retry, s.in_flight, s.dead, s.done]
+    }
+
+    /// An identical re-send is routed only to destinations that neither received the object
+    /// nor hold a job for it; a replacement (new bytes) has been delivered nowhere.
+    #[test]
+    fn reroute_reaches_only_destinations_that_never_received_the_object() {
+        let (_d, q) = setup(1, false);
+        let sop = "1.2.3.1";
+        let reroute_now = |dests: &[&str]| {
+            let tx = q.index().database().begin_write().unwrap();
+            let dests: Vec<String> = dests.iter().map(|d| d.to_string()).collect();
+            let added = reroute(&tx, sop, &dests, S).unwrap();
+            tx.commit().unwrap();
+            added
+        };
+        add_job(&q, "a", sop, S);
+        let c = q.claim("a", S, 10).unwrap();
+        q.finish(
+            vec![(c[0].job.clone(), Outcome::Delivered)],
+            &policy(5),
+            S,
+            || 0.0,
+        )
+        .unwrap();
+        assert_eq!(reroute_now(&["a", "b"]), vec!["b".to_owned()]);
+        // b now has a pending job: a second re-send adds nothing.
+        assert!(reroute_now(&["a", "b"]).is_empty());
+        // A dead job counts as a job too (the operator retries it).
+        add_job(&q, "c", sop, S);
+        let c = q.claim("c", S, 10).unwrap();
+        q.finish(
+            vec![(c[0].job.clone(), Outcome::Dead("refused".into()))],
+            &policy(5),
+            S,
+            || 0.0,
+        )
+        .unwrap();
+        assert!(reroute_now(&["c"]).is_empty());
+        // New bytes under the same UID: delivered nowhere.
+        let tx = q.index().database().begin_write().unwrap();
+        crate::store::index::forget_deliveries(&tx, sop).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(reroute_now(&["a"]), vec!["a".to_owned()]);
+        // A removed instance leaves no delivery behind.
+        let tx = q.index().database().begin_write().unwrap();
+        tx.open_table(db::DELIVERED)
+            .unwrap()
+            .insert((sop, "z"), 1)
+            .unwrap();
+        crate::store::index::remove_instance(&tx, sop).unwrap();
+        assert!(tx
+            .open_table(db::DELIVERED)
+            .unwrap()
+            .get((sop, "z"))
+            .unwrap()
+            .is_none());
     }
 
     #[test]

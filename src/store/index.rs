@@ -151,6 +151,25 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Creates the tables if missing, so read transactions never see "table does not exist".
+/// Forgets where an object was delivered: it is gone, or its bytes were replaced (a new
+/// version has been delivered nowhere).
+pub fn forget_deliveries(tx: &WriteTransaction, sop_instance_uid: &str) -> Result<(), IndexError> {
+    let mut t = tx.open_table(db::DELIVERED)?;
+    let mut dests = Vec::new();
+    for row in t.range((sop_instance_uid, "")..)? {
+        let (k, _) = row?;
+        let (sop, dest) = k.value();
+        if sop != sop_instance_uid {
+            break;
+        }
+        dests.push(dest.to_owned());
+    }
+    for d in dests {
+        t.remove((sop_instance_uid, d.as_str()))?;
+    }
+    Ok(())
+}
+
 pub fn create_tables(tx: &WriteTransaction) -> Result<(), IndexError> {
     tx.open_table(db::INSTANCES)?;
     tx.open_table(db::SERIES)?;
@@ -165,6 +184,7 @@ pub fn create_tables(tx: &WriteTransaction) -> Result<(), IndexError> {
     tx.open_table(db::OUTSTANDING)?;
     tx.open_table(db::RETIRABLE)?;
     tx.open_table(db::PAUSED)?;
+    tx.open_table(db::DELIVERED)?;
     tx.open_table(db::META)?;
     // Admin API tables.
     tx.open_table(db::API_TOKENS)?;
@@ -285,6 +305,7 @@ pub fn remove_instance(
         return Ok(None);
     };
     drop(instances);
+    forget_deliveries(tx, sop_instance_uid)?;
     let (study_uid, series_uid) = (
         rec.study_instance_uid.as_str(),
         rec.series_instance_uid.as_str(),
