@@ -6,7 +6,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use dicom_gw::dicom::scan::{check, Encoding, Limits, Scanner};
+use dicom_gw::dicom::scan::{check, Encoding, Limits, Scanner, StreamCheck};
 
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
@@ -187,6 +187,21 @@ fn bench(c: &mut Criterion) {
                 }
                 s.finish().unwrap()
             })
+        });
+        // What the C-STORE path runs per fragment (StreamCheck with the store's limits), and
+        // BLAKE3 over the same bytes, which that path already pays, as the yardstick.
+        let store_limits = dicom_gw::net::services::storage::STRUCTURE_LIMITS;
+        g.bench_function(format!("{name}_stream_check_16k_pdus"), |b| {
+            b.iter(|| {
+                let mut s = StreamCheck::for_transfer_syntax(ts, store_limits).unwrap();
+                for chunk in black_box(&bytes).chunks(16 * 1024) {
+                    s.push(chunk);
+                }
+                s.finish().unwrap()
+            })
+        });
+        g.bench_function(format!("{name}_blake3"), |b| {
+            b.iter(|| blake3::hash(black_box(&bytes)))
         });
     }
     g.finish();
