@@ -1061,16 +1061,29 @@ gwtest!(truncated_and_odd_length_datasets_are_refused, |io: &str| {
     );
 });
 
-/// The value of meta element (0002,`elem`) of a parsed Part-10 file, padding removed.
-fn meta_text(info: &Part10Info, elem: u16) -> String {
-    let (_, v) = info
-        .meta
-        .iter()
-        .find(|(t, _)| *t == tag(0x0002, elem))
-        .unwrap_or_else(|| panic!("no (0002,{elem:04X})"));
-    String::from_utf8_lossy(v)
-        .trim_end_matches(['\0', ' '])
-        .to_owned()
+/// SOP Instance UID of a Part-10 file, from its meta group.
+fn sop_of(f: &Path) -> String {
+    meta_str(f, tag(0x0002, 0x0003)).expect("(0002,0003)")
+}
+
+/// Sends the dataset of Part-10 file `f` as its bytes stand (no re-encoding, unlike DCMTK),
+/// on a context of its own SOP class and transfer syntax; returns the C-STORE-RSP.
+fn store_raw(gw: &Daemon, f: &Path) -> dicom_gw::net::dimse::command::Command {
+    let info = parse_part10(f).unwrap();
+    let class = meta_str(f, tag(0x0002, 0x0002)).expect("(0002,0002)");
+    let bytes = std::fs::read(f).unwrap();
+    let mut contexts = default_contexts();
+    contexts.push((5, class.clone(), vec![info.ts.clone()]));
+    let mut p = Peer::associate_with(gw.port, association_rq("GWTEST", "DICOM_GW", &contexts));
+    let rsp = p.store(
+        5,
+        1,
+        &class,
+        &sop_of(f),
+        &bytes[info.dataset_offset as usize..],
+    );
+    p.release();
+    rsp
 }
 
 // Real-world objects (tests/data/samples: pydicom's test files, 17 transfer syntaxes and kinds)
@@ -1096,33 +1109,14 @@ gwtest!(
         // byte. Some samples share a SOP Instance UID (one object in several syntaxes), and
         // the first one stored is the one kept.
         const RLE: &str = "1.2.840.10008.1.2.5";
-        for (i, f) in valid
-            .iter()
-            .filter(|f| parse_part10(f).unwrap().ts == RLE)
-            .enumerate()
-        {
-            let info = parse_part10(f).unwrap();
-            let (class, sop) = (meta_text(&info, 0x0002), meta_text(&info, 0x0003));
-            let bytes = std::fs::read(f).unwrap();
-            let mut contexts = default_contexts();
-            contexts.push((5, class.clone(), vec![RLE.to_owned()]));
-            let mut p =
-                Peer::associate_with(gw.port, association_rq("GWTEST", "DICOM_GW", &contexts));
-            let rsp = p.store(
-                5,
-                i as u16 + 1,
-                &class,
-                &sop,
-                &bytes[info.dataset_offset as usize..],
-            );
+        for f in valid.iter().filter(|f| meta_ts(f) == RLE) {
+            let rsp = store_raw(&gw, f);
             assert_eq!(rsp.status, Some(0), "{}: {rsp:?}", f.display());
-            p.release();
         }
         let mut sops = BTreeSet::new();
         for f in &valid {
             // One run per file, proposing its SOP class with its own transfer syntax.
-            let ts = parse_part10(f).unwrap().ts;
-            let x = match ts.as_str() {
+            let x = match meta_ts(f).as_str() {
                 "1.2.840.10008.1.2" => "-xi",
                 "1.2.840.10008.1.2.1" => "-xe",
                 "1.2.840.10008.1.2.2" => "-xb",
@@ -1139,28 +1133,20 @@ gwtest!(
             };
             let r = storescu(gw.port, &[f], &["-R", x]);
             assert_eq!(r.status_of(f), Some(0), "{}:\n{}", f.display(), r.output);
-            sops.insert(meta_text(&parse_part10(f).unwrap(), 0x0003));
+            sops.insert(sop_of(f));
         }
 
         let truncated = samples.join("MR_truncated.dcm");
-        let info = parse_part10(&truncated).unwrap();
-        let (class, sop) = (meta_text(&info, 0x0002), meta_text(&info, 0x0003));
-        let bytes = std::fs::read(&truncated).unwrap();
-        let ds = &bytes[info.dataset_offset as usize..];
-        let mut contexts = default_contexts();
-        contexts.push((5, class.clone(), vec![info.ts.clone()]));
-        let mut p = Peer::associate_with(gw.port, association_rq("GWTEST", "DICOM_GW", &contexts));
-        let rsp = p.store(5, 1, &class, &sop, ds);
+        let rsp = store_raw(&gw, &truncated);
         assert_eq!(rsp.status, Some(0xC000), "MR_truncated: {rsp:?}");
-        p.release();
+        let sop = sop_of(&truncated);
         wait_tmp_empty(&gw, &data, "samples");
         let index = stop_and_open_index(&mut gw, &data);
         assert!(index.instance(&sop).unwrap().is_none() || sops.contains(&sop));
         assert_eq!(index.instance_count().unwrap(), sops.len() as u64);
         let mut rle = 0;
-        for f in valid.iter().filter(|f| parse_part10(f).unwrap().ts == RLE) {
-            let sop = meta_text(&parse_part10(f).unwrap(), 0x0003);
-            let rec = index.instance(&sop).unwrap().expect("stored");
+        for f in valid.iter().filter(|f| meta_ts(f) == RLE) {
+            let rec = index.instance(&sop_of(f)).unwrap().expect("stored");
             assert_eq!(rec.transfer_syntax_uid, RLE);
             assert!(
                 same_dataset(data.join(&rec.path), f),
