@@ -218,45 +218,43 @@ pub fn nonconformance(attrs: &IndexAttrs) -> Option<Nonconformance> {
 /// raw Study UID share the substitute; one without any shares it with its series (or, with
 /// neither, is its own study).
 pub fn quarantine(attrs: &mut IndexAttrs, sop_instance: &str) -> PathBuf {
-    let raw = |kind: &str, v: &str, fallback: &str| {
-        let mut h = blake3::Hasher::new();
-        h.update(kind.as_bytes());
-        h.update(b"\0");
-        h.update(if v.is_empty() { fallback } else { v }.as_bytes());
-        h.finalize()
-    };
-    let key = {
-        let mut h = blake3::Hasher::new();
-        for part in [
-            &attrs.study_instance_uid,
-            &attrs.series_instance_uid,
-            &sop_instance.to_owned(),
-        ] {
-            h.update(part.as_bytes());
-            h.update(b"\0");
-        }
-        h.finalize()
-    };
-    let substitute = |hash: blake3::Hash| {
-        let b = hash.as_bytes();
-        let mut n = [0u8; 16];
-        n.copy_from_slice(&b[..16]);
-        format!("2.25.{}", u128::from_be_bytes(n))
-    };
-    let series_fallback = if attrs.series_instance_uid.is_empty() {
-        sop_instance.to_owned()
-    } else {
-        attrs.series_instance_uid.clone()
-    };
+    let (study, series) = (&attrs.study_instance_uid, &attrs.series_instance_uid);
+    let key = hash_parts(&[study, series, sop_instance]);
+    let new_study = substitute(&["study", or(study, or(series, sop_instance))]);
+    let new_series = substitute(&["series", or(series, sop_instance)]);
     if validate_uid(&attrs.study_instance_uid).is_err() {
-        attrs.study_instance_uid =
-            substitute(raw("study", &attrs.study_instance_uid, &series_fallback));
+        attrs.study_instance_uid = new_study;
     }
     if validate_uid(&attrs.series_instance_uid).is_err() {
-        attrs.series_instance_uid =
-            substitute(raw("series", &attrs.series_instance_uid, sop_instance));
+        attrs.series_instance_uid = new_series;
     }
     DataDir::quarantine_rel_path(&key)
+}
+
+/// `v`, or `fallback` when `v` is empty.
+fn or<'a>(v: &'a str, fallback: &'a str) -> &'a str {
+    if v.is_empty() {
+        fallback
+    } else {
+        v
+    }
+}
+
+/// BLAKE3 of `parts`, each followed by a NUL, so no two lists hash alike.
+fn hash_parts(parts: &[&str]) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update(b"\0");
+    }
+    h.finalize()
+}
+
+/// A UUID-derived UID (PS3.5 B.2) from the hash of `parts`: ≤ 44 characters, always valid.
+fn substitute(parts: &[&str]) -> String {
+    let mut n = [0u8; 16];
+    n.copy_from_slice(&hash_parts(parts).as_bytes()[..16]);
+    format!("2.25.{}", u128::from_be_bytes(n))
 }
 
 /// The Storage SCP: what a C-STORE needs beyond its association.
@@ -468,6 +466,18 @@ mod tests {
             nonconformance(&a).unwrap().refusal().status(),
             status::CANNOT_UNDERSTAND
         );
+        // Every reason is a label the metric counts (it drops unknown ones).
+        for n in [
+            Nonconformance::StudyUidMissing,
+            Nonconformance::SeriesUidMissing,
+            Nonconformance::StudyUidInvalid(UidError::Empty),
+            Nonconformance::SeriesUidInvalid(UidError::Empty),
+        ] {
+            assert!(
+                crate::metrics::NONCONFORMANT_REASONS.contains(&n.label()),
+                "{n:?}"
+            );
+        }
     }
 
     #[test]
