@@ -245,12 +245,9 @@ pub fn reroute(
         .open_table(db::OUTSTANDING)?
         .get(sop)?
         .map_or(0, |g| g.value());
+    let delivered = tx.open_table(db::DELIVERED)?;
     for dest in dests {
-        if tx
-            .open_table(db::DELIVERED)?
-            .get((sop, dest.as_str()))?
-            .is_some()
-        {
+        if delivered.get((sop, dest.as_str()))?.is_some() {
             continue;
         }
         if outstanding > 0 && has_job(tx, dest, sop)? {
@@ -475,6 +472,7 @@ impl Queue {
             let mut counts = tx.open_table(db::QUEUE_COUNTS)?;
             let mut out = tx.open_table(db::OUTSTANDING)?;
             let mut retirable = tx.open_table(db::RETIRABLE)?;
+            let mut delivered = tx.open_table(db::DELIVERED)?;
             let instances = tx.open_table(db::INSTANCES)?;
             for (mut job, outcome) in results {
                 let dest = job.destination.clone();
@@ -487,8 +485,7 @@ impl Queue {
                     Outcome::Delivered => {
                         bump(&mut counts, &dest, "done", 1)?;
                         let sop = job.sop_instance_uid.as_str();
-                        tx.open_table(db::DELIVERED)?
-                            .insert((sop, dest.as_str()), now_us)?;
+                        delivered.insert((sop, dest.as_str()), now_us)?;
                         let left = out.get(sop)?.map(|g| g.value()).unwrap_or(1);
                         if left <= 1 {
                             out.remove(sop)?;
