@@ -26,7 +26,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::commit::timestamp_us;
+use crate::clock::timestamp_us;
 use crate::queue::forwarder::Shared;
 use crate::queue::{JobState, Queue, QueueError};
 

@@ -46,6 +46,9 @@ pub const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("paused");
 pub const DELIVERED: TableDefinition<(&str, &str), u64> = TableDefinition::new("delivered");
 /// Small named counters, e.g. `next_job_id`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Ingest journal checkpoints: journal name → the encoded `Position` after the last group
+/// whose objects are materialized and indexed (written in the same commit as their rows).
+pub const JOURNAL: TableDefinition<&str, &[u8]> = TableDefinition::new("journal");
 
 /// API tokens: BLAKE3 hex of the token → `http::auth::TokenRecord`. Tokens are shown once and
 /// only their hash is kept.

@@ -178,6 +178,8 @@ pub struct DataDir {
     /// The directory, open and locked; the lock goes when the last clone is dropped (or the
     /// process ends).
     _lock: std::sync::Arc<std::fs::File>,
+    /// See [`DataDir::objects_lock`].
+    objects_lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl DataDir {
@@ -201,6 +203,7 @@ impl DataDir {
         let dd = Self {
             root: root.to_path_buf(),
             _lock: std::sync::Arc::new(lock),
+            objects_lock: Default::default(),
         };
         for dir in [dd.objects(), dd.tmp()] {
             std::fs::DirBuilder::new()
@@ -266,6 +269,15 @@ impl DataDir {
     /// The data directory itself.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Held while files under `objects/` are created or removed together with their index
+    /// rows (the ingest checkpoint, retention): a removal's late `unlink` can then never
+    /// delete a file that a checkpoint has just put at the same path (audit H1).
+    pub fn objects_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.objects_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Where stored objects live.
