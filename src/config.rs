@@ -921,7 +921,10 @@ impl RawConfig {
                 Some("store"),
                 "inline_max_kib",
                 false,
-                format!("must be at most a quarter of a journal segment ({} KiB)", segment_mib * 256),
+                format!(
+                    "must be at most a quarter of a journal segment ({} KiB)",
+                    segment_mib * 256
+                ),
             ));
         }
         let disk_high_water_percent = s.disk_high_water_percent.unwrap_or(95);

@@ -184,8 +184,15 @@ pub fn serve(
             crate::store::journal::IoMode::Auto,
         )
         .map_err(|e| ServeError::Ingest(format!("open {}: {e}", dir.display())))?;
-        Ingest::start(storage, jcfg, index.clone(), data.clone(), cfg, routing.clone())
-            .map_err(|e| ServeError::Ingest(e.to_string()))?
+        Ingest::start(
+            storage,
+            jcfg,
+            index.clone(),
+            data.clone(),
+            cfg,
+            routing.clone(),
+        )
+        .map_err(|e| ServeError::Ingest(e.to_string()))?
     };
     let settle = ingest.settle.clone();
     let sweeper = if gateway_mode {

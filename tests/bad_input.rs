@@ -483,7 +483,8 @@ gwtest!(invalid_sop_instance_uid_raw, |io: &str| {
         );
     }
     assert_eq!(index.instance_count().unwrap(), 1);
-    assert_eq!(stray_files(&data), vec![good.stored_path(&data)]);
+    let want = vec![good.settled_path(&data)];
+    assert_eq!(stray_files(&data), want);
 });
 
 gwtest!(invalid_sop_instance_uid_storescu, |io: &str| {
@@ -666,8 +667,9 @@ gwtest!(identical_duplicate_is_one_row, |io: &str| {
         let (status, r) = store_one(&gw, &f);
         assert_eq!(status, Some(0x0000), "round {round}:\n{}", r.output);
     }
-    assert!(same_dataset(spec.stored_path(&data), &f));
-    assert_eq!(stray_files(&data), vec![spec.stored_path(&data)]);
+    assert!(same_dataset(spec.settled_path(&data), &f));
+    let want = vec![spec.settled_path(&data)];
+    assert_eq!(stray_files(&data), want);
     let index = stop_and_open_index(&mut gw, &data);
     assert_eq!(index.instance_count().unwrap(), 1);
 });
@@ -708,7 +710,7 @@ fn duplicate_case(io: &str, policy: &str, expect_second: u16, expect_stored_seco
         r3.output
     );
     wait_tmp_empty(&gw, &data, policy);
-    let stored = first.stored_path(&data);
+    let stored = first.settled_path(&data);
     assert_eq!(stray_files(&data), vec![stored.clone()], "{policy}");
     // Both duplicates are visible: a WARN line each and the counter by outcome.
     let label = match policy {
@@ -816,7 +818,7 @@ gwtest!(disk_full_refuses_and_recovers, |io: &str| {
         "small object after disk full:\n{}",
         r.output
     );
-    assert!(same_dataset(small.stored_path(&data), &fsmall));
+    assert!(same_dataset(small.settled_path(&data), &fsmall));
     echo_ok(&gw, "after disk full");
     let index = stop_and_open_index(&mut gw, &data);
     assert!(index.instance(&big.sop_instance_uid).unwrap().is_none());
@@ -856,7 +858,7 @@ gwtest!(leftover_temporary_files_removed_at_startup, |io: &str| {
         "leftovers not removed at start-up: {left:?}"
     );
     assert!(
-        same_dataset(spec.stored_path(&data), &f),
+        same_dataset(spec.settled_path(&data), &f),
         "stored object changed"
     );
     let second = ObjSpec::new(1);
@@ -1048,7 +1050,7 @@ gwtest!(truncated_and_odd_length_datasets_are_refused, |io: &str| {
     }
     let mut stored = stray_files(&data);
     stored.sort();
-    let mut want = vec![good.stored_path(&data), zgood.stored_path(&data)];
+    let mut want = vec![good.settled_path(&data), zgood.settled_path(&data)];
     want.sort();
     assert_eq!(stored, want);
     let jobs = dicom_gw::queue::Queue::new(std::sync::Arc::new(index), false)

@@ -633,7 +633,9 @@ fn reads_the_index(method: &hyper::Method, path: &str) -> bool {
             "/api/v1/queue",
         ]
         .iter()
-        .any(|p| path == *p || path.starts_with(&format!("{p}/")) || path.starts_with(&format!("{p}?")))
+        .any(|p| {
+            path == *p || path.starts_with(&format!("{p}/")) || path.starts_with(&format!("{p}?"))
+        })
 }
 
 fn readyz(state: &ApiState) -> Response<Body> {

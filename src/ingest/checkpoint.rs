@@ -125,7 +125,8 @@ pub fn checkpoint(
             index::put_instance(&tx, &rec, &meta.attrs, false)?;
             touched.insert(rec.study_instance_uid.clone());
             for d in &meta.destinations {
-                crate::queue::enqueue(&tx, d, sop, now).map_err(|e| StoreError::Io(e.to_string()))?;
+                crate::queue::enqueue(&tx, d, sop, now)
+                    .map_err(|e| StoreError::Io(e.to_string()))?;
                 out.destinations.push(d.clone());
             }
             if meta.destinations.is_empty() && cfg.retire_unrouted {
@@ -135,12 +136,15 @@ pub fn checkpoint(
             out.placed.push((sop.to_owned(), it.seq));
         }
         {
-            let mut t = tx.open_table(crate::db::JOURNAL).map_err(|e| db(e.into()))?;
+            let mut t = tx
+                .open_table(crate::db::JOURNAL)
+                .map_err(|e| db(e.into()))?;
             t.insert(JOURNAL_NAME, end.to_bytes().as_slice())
                 .map_err(|e| db(e.into()))?;
         }
         // 2. The files first…
-        let root = std::fs::File::open(data.root()).map_err(|e| StoreError::from_io("open data directory", &e))?;
+        let root = std::fs::File::open(data.root())
+            .map_err(|e| StoreError::from_io("open data directory", &e))?;
         crate::store::syncfs(&root).map_err(|e| StoreError::from_io("syncfs", &e))?;
         // …and room for the commit, so redb never fails half-way (and latches) on ENOSPC.
         let (_, avail) = crate::store::disk_usage(data.root())
@@ -182,7 +186,10 @@ fn place(
     data: &DataDir,
     made_dirs: &mut HashSet<PathBuf>,
 ) -> Result<(), StoreError> {
-    let dir = dest.parent().expect("object paths have a directory").to_path_buf();
+    let dir = dest
+        .parent()
+        .expect("object paths have a directory")
+        .to_path_buf();
     if !made_dirs.contains(&dir) {
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::from_io("create directory", &e))?;
         made_dirs.insert(dir);
@@ -206,7 +213,8 @@ fn place(
                 // Placed by an earlier attempt whose checkpoint did not commit.
                 Err(e)
                     if e.kind() == std::io::ErrorKind::NotFound
-                        && std::fs::metadata(dest).is_ok_and(|m| m.len() == it.meta.record.file_size) =>
+                        && std::fs::metadata(dest)
+                            .is_ok_and(|m| m.len() == it.meta.record.file_size) =>
                 {
                     Ok(())
                 }
@@ -235,13 +243,18 @@ pub(super) fn run<S: Storage>(rx: mpsc::Receiver<Msg>, shared: Arc<Shared<S>>) {
     loop {
         let wait = match since {
             _ if closed => Duration::ZERO,
-            Some(s) if failing_since.is_none() => cfg.checkpoint_interval.saturating_sub(s.elapsed()),
+            Some(s) if failing_since.is_none() => {
+                cfg.checkpoint_interval.saturating_sub(s.elapsed())
+            }
             Some(_) => Duration::from_millis(500),
             None => Duration::from_secs(1),
         };
         let mut take = |m: Msg, hurry: &mut bool| match m {
             Msg::Group { items, end: e } => {
-                pending_bytes += items.iter().map(|i| i.bytes.as_ref().map_or(0, |b| b.len() as u64)).sum::<u64>();
+                pending_bytes += items
+                    .iter()
+                    .map(|i| i.bytes.as_ref().map_or(0, |b| b.len() as u64))
+                    .sum::<u64>();
                 pending.extend(items);
                 end = Some(e);
                 since.get_or_insert_with(Instant::now);
@@ -265,7 +278,9 @@ pub(super) fn run<S: Storage>(rx: mpsc::Receiver<Msg>, shared: Arc<Shared<S>>) {
                 }
             }
         }
-        shared.progress.lag(pending.first().map(|i| i.meta.record.received_at_us));
+        shared
+            .progress
+            .lag(pending.first().map(|i| i.meta.record.received_at_us));
         let Some(e) = end else {
             if closed {
                 break;
@@ -282,7 +297,15 @@ pub(super) fn run<S: Storage>(rx: mpsc::Receiver<Msg>, shared: Arc<Shared<S>>) {
         }
         let started = Instant::now();
         let staged_dir = shared.staged_dir();
-        match checkpoint(&shared.index, &shared.data, cfg, &staged_dir, &pending, e, &mut made_dirs) {
+        match checkpoint(
+            &shared.index,
+            &shared.data,
+            cfg,
+            &staged_dir,
+            &pending,
+            e,
+            &mut made_dirs,
+        ) {
             Ok(done) => {
                 if let Err(err) = shared.journal().release_through(&e) {
                     tracing::error!(error = %err, "journal release failed");
@@ -295,7 +318,11 @@ pub(super) fn run<S: Storage>(rx: mpsc::Receiver<Msg>, shared: Arc<Shared<S>>) {
                         (w.0)(d);
                     }
                 }
-                tracing::debug!(objects = pending.len(), elapsed_us = started.elapsed().as_micros() as u64, "checkpoint");
+                tracing::debug!(
+                    objects = pending.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "checkpoint"
+                );
                 crate::metrics::global().checkpoint(pending.len(), started.elapsed());
                 pending.clear();
                 pending_bytes = 0;
@@ -316,7 +343,9 @@ pub(super) fn run<S: Storage>(rx: mpsc::Receiver<Msg>, shared: Arc<Shared<S>>) {
                     failing_since = Some(Instant::now());
                 }
                 tracing::error!(error = %err, objects = pending.len(), "checkpoint failed; the objects stay in the journal and are retried");
-                shared.progress.problem("checkpoint", Some(format!("failing: {err}")));
+                shared
+                    .progress
+                    .problem("checkpoint", Some(format!("failing: {err}")));
                 if closed {
                     tracing::error!("stopping with objects not yet indexed: the next start replays them from the journal");
                     break;
@@ -379,7 +408,11 @@ pub fn recover<S: Storage>(
                 Bytes::from(v)
             });
             bytes += body.as_ref().map_or(0, |b| b.len() as u64);
-            items.push(Item { seq: r.seq, meta, bytes: body });
+            items.push(Item {
+                seq: r.seq,
+                meta,
+                bytes: body,
+            });
         }
         end = Some(g.end);
         if bytes > 64 << 20 {
@@ -414,17 +447,22 @@ pub fn recover<S: Storage>(
 /// The stored checkpoint of the journal, if it was ever checkpointed.
 pub fn read_checkpoint(index: &Index) -> Result<Option<Position>, super::IngestError> {
     use redb::ReadableDatabase;
-    let tx = index.database().begin_read().map_err(|e| super::IngestError::Index(e.into()))?;
+    let tx = index
+        .database()
+        .begin_read()
+        .map_err(|e| super::IngestError::Index(e.into()))?;
     let t = match tx.open_table(crate::db::JOURNAL) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(super::IngestError::Index(e.into())),
     };
-    let v = t.get(JOURNAL_NAME).map_err(|e| super::IngestError::Index(e.into()))?;
+    let v = t
+        .get(JOURNAL_NAME)
+        .map_err(|e| super::IngestError::Index(e.into()))?;
     match v {
         None => Ok(None),
-        Some(g) => Position::from_bytes(g.value())
-            .map(Some)
-            .ok_or_else(|| super::IngestError::Io("stored journal checkpoint does not decode".into())),
+        Some(g) => Position::from_bytes(g.value()).map(Some).ok_or_else(|| {
+            super::IngestError::Io("stored journal checkpoint does not decode".into())
+        }),
     }
 }

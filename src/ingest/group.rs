@@ -64,7 +64,11 @@ fn group_bytes(e: &Entry) -> u64 {
     48 + 1024 + body
 }
 
-pub(super) fn run<S: Storage>(rx: mpsc::Receiver<Entry>, shared: Arc<Shared<S>>, mat: mpsc::Sender<Msg>) {
+pub(super) fn run<S: Storage>(
+    rx: mpsc::Receiver<Entry>,
+    shared: Arc<Shared<S>>,
+    mat: mpsc::Sender<Msg>,
+) {
     let vital = crate::health::Vital::new("journal writer");
     let root = match std::fs::File::open(shared.data.root()) {
         Ok(f) => Some(f),
@@ -218,7 +222,9 @@ fn write_group<S: Storage>(
                 tracing::error!(error = %why, "ingest journal write failed: refusing every object until restart");
                 shared.progress.problem(
                     "journal",
-                    Some(format!("write failed ({why}); restart the daemon to replay the journal")),
+                    Some(format!(
+                        "write failed ({why}); restart the daemon to replay the journal"
+                    )),
                 );
                 *poisoned = Some(why);
             }
@@ -269,7 +275,9 @@ fn append<S: Storage>(
             Err(JournalError::Full) if Instant::now() < deadline => {
                 if !warned {
                     tracing::warn!("ingest journal full: waiting for the checkpoint (associations wait for their answers)");
-                    shared.progress.problem("journal", Some("full: waiting for the checkpoint".into()));
+                    shared
+                        .progress
+                        .problem("journal", Some("full: waiting for the checkpoint".into()));
                     warned = true;
                 }
                 let _ = mat.send(Msg::Hurry);
@@ -305,22 +313,38 @@ fn plan<S: Storage>(e: Entry, shared: &Shared<S>, undo: &mut Undo) -> Plan {
             .instance(&sop)
             .map(|r| r.map(|r| (r.dataset_blake3, r.dataset_size))),
     };
-    let same = |(h, n): &(String, u64)| *h == obj.record.dataset_blake3 && *n == obj.record.dataset_size;
+    let same =
+        |(h, n): &(String, u64)| *h == obj.record.dataset_blake3 && *n == obj.record.dataset_size;
     let (decision, accepted) = match known {
         Err(e) => {
             let outcome = done(Err(StoreError::Index(e)), &obj);
-            return Plan { reply, outcome, record: None, staged: None };
+            return Plan {
+                reply,
+                outcome,
+                record: None,
+                staged: None,
+            };
         }
         Ok(None) => (Decision::Place, Accepted::Stored),
         Ok(Some(k)) if same(&k) => (Decision::Identical, Accepted::IdenticalDuplicate),
         Ok(Some(_)) => match shared.cfg.duplicate_policy {
             DuplicatePolicy::Keep => {
                 let outcome = done(Ok(Accepted::KeptExisting), &obj);
-                return Plan { reply, outcome, record: None, staged: None };
+                return Plan {
+                    reply,
+                    outcome,
+                    record: None,
+                    staged: None,
+                };
             }
             DuplicatePolicy::Reject => {
                 let outcome = done(Err(StoreError::Duplicate(sop)), &obj);
-                return Plan { reply, outcome, record: None, staged: None };
+                return Plan {
+                    reply,
+                    outcome,
+                    record: None,
+                    staged: None,
+                };
             }
             DuplicatePolicy::Replace => (Decision::Place, Accepted::Replaced),
         },
@@ -336,7 +360,12 @@ fn plan<S: Storage>(e: Entry, shared: &Shared<S>, undo: &mut Undo) -> Plan {
             if let Err(e) = std::fs::rename(&temp, &to) {
                 remove_quietly(&temp);
                 let outcome = Err(StoreError::from_io("stage large object", &e));
-                return Plan { reply, outcome, record: None, staged: None };
+                return Plan {
+                    reply,
+                    outcome,
+                    record: None,
+                    staged: None,
+                };
             }
             (None, Some((name, to)))
         }

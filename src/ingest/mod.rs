@@ -300,8 +300,12 @@ impl Ingest {
         let started = std::time::Instant::now();
         let (journal, recovered) = checkpoint::recover(storage, jcfg.clone(), &index, &data, &cfg)?;
         if recovered.records > 0 {
-            tracing::info!(records = recovered.records, groups = recovered.groups, elapsed_ms = started.elapsed().as_millis() as u64,
-                "journal replayed: objects acknowledged before the last stop are indexed");
+            tracing::info!(
+                records = recovered.records,
+                groups = recovered.groups,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "journal replayed: objects acknowledged before the last stop are indexed"
+            );
         }
         let start = journal.position().seq - 1;
         let progress = Arc::new(Progress::new(start));
@@ -318,7 +322,10 @@ impl Ingest {
         });
         let (tx, rx) = mpsc::channel::<group::Entry>();
         let (mat_tx, mat_rx) = mpsc::channel::<Msg>();
-        *progress.kick.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(mat_tx.clone());
+        *progress
+            .kick
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(mat_tx.clone());
         let s = shared.clone();
         let materializer = std::thread::Builder::new()
             .name("materializer".into())
@@ -335,10 +342,7 @@ impl Ingest {
             .spawn(move || group::run(rx, s, mat_tx))
             .map_err(|e| IngestError::Io(format!("start the journal writer: {e}")))?;
         Ok(Ingest {
-            pipeline: Pipeline {
-                tx,
-                routing,
-            },
+            pipeline: Pipeline { tx, routing },
             settle: Settle { progress },
             recovered,
             threads: vec![writer, materializer],
@@ -426,7 +430,10 @@ impl SinkSnapshot for Snapshot {
             attribute: &lookup,
         });
         let (reply, rx) = oneshot::channel();
-        let (sop, calling) = (record.sop_instance_uid.clone(), record.calling_ae_title.clone());
+        let (sop, calling) = (
+            record.sop_instance_uid.clone(),
+            record.calling_ae_title.clone(),
+        );
         let entry = group::Entry {
             obj: Incoming {
                 record,
@@ -475,3 +482,6 @@ fn duplicate_seen(outcome: DuplicateOutcome, sop: &str, calling: &str) {
     };
     tracing::warn!(sop_instance_uid = %sop, calling = %calling, outcome = outcome.label(), "duplicate SOP Instance UID, {what}");
 }
+
+#[cfg(test)]
+mod tests;

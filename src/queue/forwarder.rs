@@ -38,9 +38,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
+use super::Wake;
 use super::{Claimed, JobRecord, Outcome, Queue};
 use crate::clock::timestamp_us;
-use super::Wake;
 use crate::config::{Destination, TranscodePolicy};
 use crate::dicom::transcode::{self, Syntax, TranscodeError};
 use crate::metrics::ForwardResult;

@@ -371,7 +371,12 @@ impl Index {
     /// Opens (creating if needed) the index database at `path` and its tables, and loads the
     /// study summary.
     pub fn open(path: &Path) -> Result<Self, IndexError> {
-        let db = Database::create(path)?;
+        Self::from_database(Database::create(path)?)
+    }
+
+    /// The index in an open database (e.g. on a test backend that models power loss),
+    /// creating its tables.
+    pub fn from_database(db: Database) -> Result<Self, IndexError> {
         let tx = db.begin_write()?;
         create_tables(&tx)?;
         tx.commit()?;

@@ -204,7 +204,10 @@ impl<F: ObjFile> ObjectWriter<F> {
         }
         if self.file.is_none() {
             // Spilling failed before the file existed.
-            let e = self.error.take().unwrap_or_else(|| io::Error::other("no file"));
+            let e = self
+                .error
+                .take()
+                .unwrap_or_else(|| io::Error::other("no file"));
             remove_quietly(&self.temp_path);
             return Err(e);
         }
