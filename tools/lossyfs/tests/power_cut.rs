@@ -497,6 +497,9 @@ fn cycles(strict: bool, cycles: usize) -> Option<Vec<String>> {
         }
         let h = load(gw.port, rng.u64(..));
         let wait = Duration::from_millis(rng.u64(300..2500));
+        // Every other cut on average also tears the last unflushed write of each file.
+        let tear = rng.bool().then(|| rng.u64(..));
+        mnt.fs.state().model.set_tear(tear);
         std::thread::sleep(wait);
         mnt.fs.cut();
         gw.kill9();
@@ -506,12 +509,16 @@ fn cycles(strict: bool, cycles: usize) -> Option<Vec<String>> {
             acked.insert(r.sop_instance.clone(), r);
         }
         let counters = mnt.fs.counters();
+        assert!(
+            strict || counters.sync_all > 1,
+            "the syncfs shim did not reach lossyfs: {counters:?}"
+        );
         let stderr = gw.stderr();
         drop(gw);
         mnt.remount();
         let f = check(&data, &acked, preload);
         eprintln!(
-            "{mode} cycle {cycle}: cut after {wait:?}, {new} acknowledged ({} in all), {} index \
+            "{mode} cycle {cycle}: cut after {wait:?} (tear {tear:?}), {new} acknowledged ({} in all), {} index \
              rows, {} unindexed files after restart; {counters:?}",
             acked.len(),
             f.rows,
