@@ -53,6 +53,18 @@ pub enum DuplicatePolicy {
     Reject,
 }
 
+/// How the ingest checkpoint makes object files durable before it indexes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMethod {
+    /// One `syncfs` of the data filesystem per checkpoint (ext4, XFS: one journal commit).
+    #[default]
+    Syncfs,
+    /// `fdatasync` of every file and `fsync` of every directory touched: for filesystems
+    /// whose `syncfs` does nothing (FUSE other than virtiofs; some network filesystems).
+    Fsync,
+}
+
 /// Whether a destination gets objects converted when it refuses their transfer syntax.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -324,8 +336,10 @@ pub struct RawStore {
     pub inline_max_kib: Option<u64>,
     /// Segments in the ingest journal's ring (default 8, at least 2).
     pub journal_segments: Option<u32>,
-    /// Size of one journal segment, MiB (default 64, 1–1024). The environment variable
-    /// `DICOM_GW_JOURNAL_SEGMENT_MIB` overrides it (test rigs and tiny appliances).
+    /// "syncfs" (default) or "fsync"; see [`SyncMethod`].
+    pub sync_method: Option<SyncMethod>,
+    /// Size of one journal segment, MiB (default 64, 1–1024). Unset, the environment
+    /// variable `DICOM_GW_JOURNAL_SEGMENT_MIB` gives it (test rigs, tiny appliances).
     pub journal_segment_mib: Option<u64>,
     /// Refuse new objects (A700) once the data filesystem is this full, percent (default 95).
     pub disk_high_water_percent: Option<u8>,
@@ -631,6 +645,8 @@ pub struct StoreSettings {
     pub inline_max: usize,
     /// Journal ring: segment count.
     pub journal_segments: u32,
+    /// How checkpoints make files durable.
+    pub sync_method: SyncMethod,
     /// Journal ring: bytes per segment.
     pub journal_segment_size: u64,
     /// Refuse objects once the data filesystem is this full (percent, 1–100; 100 = never).
@@ -901,10 +917,13 @@ impl RawConfig {
                 "must be between 2 and 64".into(),
             ));
         }
-        let segment_mib = std::env::var("DICOM_GW_JOURNAL_SEGMENT_MIB")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .or(s.journal_segment_mib)
+        let segment_mib = s
+            .journal_segment_mib
+            .or_else(|| {
+                std::env::var("DICOM_GW_JOURNAL_SEGMENT_MIB")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
             .unwrap_or(64);
         if !(1..=1024).contains(&segment_mib) {
             return Err(invalid(
@@ -1126,6 +1145,7 @@ impl RawConfig {
                 commit_max_batch,
                 inline_max: (inline_max_kib * 1024) as usize,
                 journal_segments,
+                sync_method: s.sync_method.unwrap_or_default(),
                 journal_segment_size: segment_mib << 20,
                 disk_high_water_percent,
             },

@@ -139,6 +139,8 @@ pub fn serve(
             source,
         })?,
     );
+    // A new index file's name, like the directories, must be durable before it is used.
+    let _ = crate::store::fsync_dir(data.root());
     let backend = rt::resolve(settings.io)?;
     crate::metrics::init(settings.threads);
     info!(backend = backend.name(), threads = settings.threads, data_dir = %data.root().display(), durability = ?settings.durability, "starting");
@@ -171,6 +173,7 @@ pub fn serve(
         cfg.max_batch = settings.store.commit_max_batch;
         cfg.window = settings.store.commit_window;
         cfg.retire_unrouted = gateway_mode;
+        cfg.sync = settings.store.sync_method;
         cfg.wake = Some(forwarder.wake_handle());
         let jcfg = crate::ingest::journal_config(
             settings.store.journal_segments,
@@ -308,7 +311,7 @@ pub fn serve(
     } else {
         None
     };
-    let mut ops = Ops::live(queue.clone(), forwarder.shared().clone());
+    let mut ops = Ops::live(queue.clone(), forwarder.shared().clone()).with_settle(settle.clone());
     if let Some(w) = &worklist_store {
         ops = ops.with_worklist(w.clone());
     }

@@ -446,7 +446,7 @@ gwtest!(kill9_at_random_moments_many_cycles, |io: &str| {
                 r.sop_instance_uid
             );
             assert_eq!(
-                &dataset_hash(&data.join(&r.path)),
+                &dataset_hash(data.join(&r.path)),
                 want,
                 "cycle {cycle}: file of {}",
                 r.sop_instance_uid

@@ -1114,7 +1114,7 @@ fn disk_high_water_mark_refuses_with_a700_before_disk_full() {
     let mut gw = start_gw(
         tmp.path(),
         &data,
-        "[store]\ndisk_high_water_percent = 50\n",
+        "[store]\ndisk_high_water_percent = 50\njournal_segments = 2\njournal_segment_mib = 1\n",
         &[],
     );
     let (total, avail0) = fs_space(&data);
@@ -1165,15 +1165,15 @@ fn disk_high_water_mark_refuses_with_a700_before_disk_full() {
             Err(format!("{t:?}"))
         }
     });
+    for o in &objs[..ok] {
+        assert!(same_dataset(o.spec.settled_path(&data), &o.file));
+    }
     let stored = list_files(data.join("objects"));
     assert_eq!(
         stored.len(),
         ok,
         "stored files vs accepted objects: {stored:?}"
     );
-    for o in &objs[..ok] {
-        assert!(same_dataset(o.spec.settled_path(&data), &o.file));
-    }
     gw.stop();
     drop(gw);
     assert_eq!(index_uids(&data), uids_of(&objs[..ok]));
@@ -1182,7 +1182,7 @@ fn disk_high_water_mark_refuses_with_a700_before_disk_full() {
     let gw = start_gw(
         tmp.path(),
         &data,
-        "[store]\ndisk_high_water_percent = 100\n",
+        "[store]\ndisk_high_water_percent = 100\njournal_segments = 2\njournal_segment_mib = 1\n",
         &[],
     );
     let next = &objs[ok];

@@ -28,6 +28,7 @@ use bytes::Bytes;
 use super::record::{Decision, RecordMeta};
 use super::{IngestConfig, Item, Msg, Shared};
 use crate::clock::timestamp_us;
+use crate::config::SyncMethod;
 use crate::store::index::{self, Index, IndexError};
 use crate::store::journal::{Journal, JournalConfig, Position, Storage};
 use crate::store::writer::remove_quietly;
@@ -47,8 +48,8 @@ pub struct Checkpointed {
 
 /// Free space kept for the index commit: below it a checkpoint waits instead of letting
 /// redb fail mid-commit (which latches the database until it is reopened, audit H4).
-fn index_reserve(items: usize) -> u64 {
-    (8 << 20) + items as u64 * 16 * 1024
+fn index_reserve(total: u64, items: usize) -> u64 {
+    (total / 100).clamp(256 << 10, 8 << 20) + items as u64 * 16 * 1024
 }
 
 /// The versioned name a replacement gets: `<dir>/<SOP>.<first 8 hex of BLAKE3>.dcm`.
@@ -87,21 +88,20 @@ pub fn checkpoint(
                     && std::fs::metadata(data.root().join(&old.path))
                         .is_ok_and(|m| m.len() == old.file_size)
             };
-            if meta.decision == Decision::Identical {
-                if existing.as_ref().is_some_and(intact) {
-                    let added = crate::queue::reroute(&tx, sop, &meta.destinations, now)
-                        .map_err(|e| StoreError::Io(e.to_string()))?;
-                    if !added.is_empty() {
-                        tracing::info!(sop_instance_uid = %sop, destinations = ?added,
-                            "identical re-send routed to destinations that had not received it");
-                    }
-                    out.destinations.extend(added);
-                    if let Some(s) = &meta.staged {
-                        remove_quietly(&staged_dir.join(s));
-                    }
-                    continue;
+            // An identical re-send whose stored copy was retired (or damaged) since is not
+            // skipped: it restores the object.
+            if meta.decision == Decision::Identical && existing.as_ref().is_some_and(intact) {
+                let added = crate::queue::reroute(&tx, sop, &meta.destinations, now)
+                    .map_err(|e| StoreError::Io(e.to_string()))?;
+                if !added.is_empty() {
+                    tracing::info!(sop_instance_uid = %sop, destinations = ?added,
+                        "identical re-send routed to destinations that had not received it");
                 }
-                // The stored copy was retired (or damaged) since: this one restores it.
+                out.destinations.extend(added);
+                if let Some(s) = &meta.staged {
+                    remove_quietly(&staged_dir.join(s));
+                }
+                continue;
             }
             let mut rec = meta.record.clone();
             // Never overwrite an indexed file: a new version at the same place gets its own
@@ -143,16 +143,35 @@ pub fn checkpoint(
                 .map_err(|e| db(e.into()))?;
         }
         // 2. The files first…
-        let root = std::fs::File::open(data.root())
-            .map_err(|e| StoreError::from_io("open data directory", &e))?;
-        crate::store::syncfs(&root).map_err(|e| StoreError::from_io("syncfs", &e))?;
+        match cfg.sync {
+            SyncMethod::Syncfs => {
+                let root = std::fs::File::open(data.root())
+                    .map_err(|e| StoreError::from_io("open data directory", &e))?;
+                crate::store::syncfs(&root).map_err(|e| StoreError::from_io("syncfs", &e))?;
+            }
+            SyncMethod::Fsync => {
+                // Each placed file, its directory, and the directories above it that may be new.
+                let mut dirs: Vec<PathBuf> = Vec::new();
+                for f in &created {
+                    let mut d = f.parent();
+                    for _ in 0..3 {
+                        let Some(dir) = d else { break };
+                        if !dirs.iter().any(|x| x == dir) {
+                            dirs.push(dir.to_path_buf());
+                        }
+                        d = dir.parent();
+                    }
+                }
+                super::fsync_all(&created, &dirs).map_err(|e| StoreError::from_io("fsync", &e))?;
+            }
+        }
         // …and room for the commit, so redb never fails half-way (and latches) on ENOSPC.
-        let (_, avail) = crate::store::disk_usage(data.root())
+        let (total, avail) = crate::store::disk_usage(data.root())
             .map_err(|e| StoreError::from_io("statvfs", &e))?;
-        if avail < index_reserve(items.len()) {
+        let reserve = index_reserve(total, items.len());
+        if avail < reserve {
             return Err(StoreError::DiskFull(format!(
-                "{avail} bytes free; the index commit waits for {} bytes",
-                index_reserve(items.len())
+                "{avail} bytes free; the index commit waits for {reserve} bytes"
             )));
         }
         Ok(())
@@ -383,6 +402,7 @@ pub fn recover<S: Storage>(
     let mut replay = Journal::open(storage, jcfg, cp)?;
     let staged_dir = super::staged_dir(data);
     std::fs::create_dir_all(&staged_dir)
+        .and_then(|()| crate::store::fsync_dir(staged_dir.parent().unwrap_or(&staged_dir)))
         .map_err(|e| super::IngestError::Io(format!("create {}: {e}", staged_dir.display())))?;
     let mut rep = Recovered::default();
     let mut items: Vec<Item> = Vec::new();

@@ -160,9 +160,13 @@ fn write_group<S: Storage>(
     // Large objects' files must be on disk before a record names them.
     let staged = plans.iter().any(|p| p.staged.is_some());
     if staged && full {
-        let synced = match root {
-            Some(r) => crate::store::syncfs(r),
-            None => Err(std::io::Error::other("data directory not open")),
+        let synced = match (shared.cfg.sync, root) {
+            (crate::config::SyncMethod::Fsync, _) => {
+                let files: Vec<PathBuf> = plans.iter().filter_map(|p| p.staged.clone()).collect();
+                super::fsync_all(&files, &[shared.staged_dir()])
+            }
+            (_, Some(r)) => crate::store::syncfs(r),
+            (_, None) => Err(std::io::Error::other("data directory not open")),
         };
         if let Err(e) = synced {
             tracing::error!(error = %e, "syncfs before the journal append failed; refusing the group");

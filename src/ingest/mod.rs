@@ -33,7 +33,7 @@ use dicom_core::Tag;
 use tokio::sync::{oneshot, watch};
 
 use crate::clock::timestamp_us;
-use crate::config::{DuplicatePolicy, Durability};
+use crate::config::{DuplicatePolicy, Durability, SyncMethod};
 use crate::metrics::DuplicateOutcome;
 use crate::queue::routing::{RouteInput, Routing};
 use crate::queue::Wake;
@@ -66,6 +66,8 @@ pub struct IngestConfig {
     pub checkpoint_objects: usize,
     /// How long a group waits for room in a full journal before it is refused A700.
     pub full_wait: Duration,
+    /// How files are made durable (checkpoints, large objects before their record).
+    pub sync: SyncMethod,
 }
 
 impl IngestConfig {
@@ -81,6 +83,7 @@ impl IngestConfig {
             checkpoint_interval: Duration::from_millis(250),
             checkpoint_objects: 4096,
             full_wait: Duration::from_secs(30),
+            sync: SyncMethod::Syncfs,
         }
     }
 }
@@ -367,6 +370,43 @@ pub fn journal_config(segments: u32, segment_size: u64, durability: Durability) 
         max_group_bytes: segment_size.min(16 << 20),
         durability,
     }
+}
+
+/// Makes `files` (their data) and `dirs` (their entries) durable with `fdatasync`/`fsync`,
+/// several at a time: concurrent flushes share the filesystem's journal commits.
+pub fn fsync_all(files: &[PathBuf], dirs: &[PathBuf]) -> std::io::Result<()> {
+    let work: Vec<(&Path, bool)> = files
+        .iter()
+        .map(|f| (f.as_path(), false))
+        .chain(dirs.iter().map(|d| (d.as_path(), true)))
+        .collect();
+    if work.is_empty() {
+        return Ok(());
+    }
+    let threads = work.len().clamp(1, 8);
+    let chunk = work.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = work
+            .chunks(chunk)
+            .map(|c| {
+                s.spawn(move || -> std::io::Result<()> {
+                    for (p, dir) in c {
+                        let f = std::fs::File::open(p)?;
+                        if *dir {
+                            f.sync_all()?;
+                        } else {
+                            f.sync_data()?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("fsync thread panicked")))
+        })
+    })
 }
 
 /// `<data>/journal/core-0`.

@@ -175,7 +175,7 @@ pub fn create_tables(tx: &WriteTransaction) -> Result<(), IndexError> {
     tx.open_table(db::SERIES)?;
     tx.open_table(db::STUDIES)?;
     tx.open_table(db::PATIENTS)?;
-    tx.open_table(db::PENDING_SYNC)?;
+    tx.open_table(db::JOURNAL)?;
     // The forwarding queue shares the database (and the committer's transactions).
     tx.open_table(db::QUEUE)?;
     tx.open_table(db::IN_FLIGHT)?;

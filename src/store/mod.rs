@@ -32,6 +32,12 @@ pub fn syncfs(f: &std::fs::File) -> std::io::Result<()> {
     }
 }
 
+/// Makes a directory's entries durable (`fsync` on the directory): after creating or renaming
+/// something in it that a later step relies on surviving a power cut.
+pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Filesystem usage: (total bytes, bytes available to unprivileged writers).
 pub fn disk_usage(path: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
@@ -212,6 +218,12 @@ impl DataDir {
                 .create(&dir)?;
         }
         dd.restrict_modes();
+        // The new directories' names must survive a power cut before anything in them is
+        // acknowledged (a filesystem without syncfs, e.g. FUSE, would otherwise lose them).
+        fsync_dir(root)?;
+        if let Some(parent) = root.parent() {
+            let _ = fsync_dir(parent);
+        }
         let mut removed = 0;
         for entry in std::fs::read_dir(dd.tmp())? {
             let entry = entry?;
