@@ -863,6 +863,103 @@ gwtest!(disk_full_refuses_and_recovers, |io: &str| {
     drop(gw);
 });
 
+// A full disk under the materializer (issue 12, audit H4): objects the journal acknowledged
+// wait in it while checkpoints fail on ENOSPC, `/readyz` says so (503, "ingest"), and once
+// space is back the same process indexes them and takes more: no restart, nothing lost.
+gwtest!(
+    disk_full_under_the_checkpoint_recovers_without_restart,
+    |io: &str| {
+        require_dcmtk();
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let _mount = match Tmpfs::mount(&data, "8m") {
+            Ok(m) => m,
+            Err(why) => {
+                eprintln!(
+                    "SKIP disk_full_under_the_checkpoint_recovers_without_restart ({io}): {why}"
+                );
+                return;
+            }
+        };
+        let mut gw = start_on(
+        tmp.path(),
+        &data,
+        io,
+        "[store]\njournal_segments = 2\njournal_segment_mib = 1\ndisk_high_water_percent = 100\n",
+    );
+        let ready = |gw: &Daemon| request(gw.http_port, "GET", "/readyz", None, None);
+        assert_eq!(ready(&gw).status, 200, "{}", ready(&gw).text());
+        // Fill the filesystem.
+        let filler = data.join("filler");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let chunk = vec![0x55u8; 64 << 10];
+            while f.write_all(&chunk).is_ok() {}
+            let _ = f.sync_all();
+        }
+        let specs: Vec<ObjSpec> = (0..3)
+            .map(|i| ObjSpec::new(500 + i).pixel_bytes(8192))
+            .collect();
+        let files: Vec<PathBuf> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| gen(tmp.path(), &format!("w{i}"), s))
+            .collect();
+        for f in &files {
+            let (status, r) = store_one(&gw, f);
+            assert_eq!(
+                status,
+                Some(0),
+                "acknowledged from the journal:\n{}",
+                r.output
+            );
+        }
+        // The checkpoint cannot place them: not ready, and says why.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let rsp = loop {
+            let r = ready(&gw);
+            if r.status == 503 || Instant::now() > deadline {
+                break r;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(rsp.status, 503, "{}", rsp.text());
+        let body = rsp.text();
+        assert!(
+            body.contains("ingest") && body.contains("checkpoint"),
+            "{body}"
+        );
+        assert!(!specs[0].stored_path(&data).exists());
+        // Space back: the same process catches up.
+        std::fs::remove_file(&filler).unwrap();
+        for (s, f) in specs.iter().zip(&files) {
+            assert!(
+                same_dataset(s.settled_path(&data), f),
+                "{} after space came back",
+                s.sop_instance_uid
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ready(&gw).status != 200 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(ready(&gw).status, 200, "{}", ready(&gw).text());
+        let more = ObjSpec::new(600);
+        let fmore = gen(tmp.path(), "more", &more);
+        assert_eq!(store_one(&gw, &fmore).0, Some(0));
+        let index = stop_and_open_index(&mut gw, &data);
+        for s in specs.iter().chain([&more]) {
+            assert!(
+                index.instance(&s.sop_instance_uid).unwrap().is_some(),
+                "{}",
+                s.sop_instance_uid
+            );
+        }
+        assert!(!gw.stderr().contains("panicked"), "{}", gw.stderr());
+    }
+);
+
 // ---------------------------------------------------------------------------------------------
 // Start-up and configuration.
 
