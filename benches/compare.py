@@ -50,6 +50,8 @@ LAG = "dicomgw_journal_lag_seconds"
 
 # Every child we start, so `finally` can always stop them (by process group).
 RUNNING = set()
+# Notes raised deep inside a cell (printed with the run's notes).
+notes_global = []
 
 
 def log(msg):
@@ -211,19 +213,40 @@ class Filesystem:
                 sys.exit(f"compare.py: only {free_gib:.1f} GiB free under {self.work}: too little for the image")
             size = f"{gib}G"
         self.size = size
-        run(["truncate", "-s", size, self.image], 30)
-        run(["mkfs.ext4", "-q", "-F", self.image], 300)
-        run(["mount", "-o", "loop", self.image, self.mount], 60)
+        self._make()
         self.root = self.mount
         self.desc = f"fresh ext4 ({size} sparse image, loop device, defaults)"
         return self
 
+    def _make(self):
+        run(["truncate", "-s", self.size, self.image], 30)
+        run(["mkfs.ext4", "-q", "-F", self.image], 300)
+        run(["mount", "-o", "loop", self.image, self.mount], 60)
+
+    def reset(self):
+        """A new empty ext4 in place of the old one (after a cell that wrote ~10^6 files:
+        faster than deleting them, and the host gets its space back at once)."""
+        if not self.mount:
+            return False
+        r = subprocess.run(["umount", self.mount], timeout=120, check=False)
+        if r.returncode != 0:
+            return False
+        run(["truncate", "-s", "0", self.image], 30)
+        self._make()
+        return True
+
+    def used_gib(self):
+        st = os.statvfs(self.root)
+        return (st.f_blocks - st.f_bfree) * st.f_frsize / 2**30
+
     def cell_dir(self, name):
         return tempfile.mkdtemp(prefix=name + "-", dir=self.root)
 
-    def clean(self, path):
+    def clean(self, path, reset=False):
         """Deletes a cell's directory and flushes the filesystem, so the next cell starts
         without the previous one's dirty pages or journal."""
+        if reset and self.reset():
+            return
         shutil.rmtree(path, ignore_errors=True)
         try:
             run(["sync", "-f", self.root], 300, check=False)
@@ -561,6 +584,39 @@ class MetricsSampler:
         }
 
 
+class HostDiskGuard:
+    """Kills a receiver (its process group) when the filesystem holding the sparse image gets
+    below `min_free_gib`: a sustained run writes ~20 GB and the host disk is shared."""
+
+    def __init__(self, path, receiver, min_free_gib):
+        self.path, self.receiver, self.min_free = path, receiver, min_free_gib
+        self.tripped = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self._stop.wait(0.5):
+            st = os.statvfs(self.path)
+            free = st.f_bavail * st.f_frsize / 2**30
+            if free < self.min_free:
+                self.tripped = free
+                log(f"host disk guard: {free:.1f} GiB free under {self.path}: killing {self.receiver.name}")
+                try:
+                    os.killpg(self.receiver.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return False
+
+
 def on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
@@ -671,8 +727,13 @@ def measure(args, fs, spec, size, conc, rep, dur=None, drain_timeout=None, keep_
             sampler = MetricsSampler(r.http_addr).start()
         t0 = cpu_ticks(r.pid)
         w0 = time.monotonic()
-        s = loadgen_store(args, port, size, conc, dur, fs.work)
+        with HostDiskGuard(fs.work, r, args.min_host_free) as guard:
+            s = loadgen_store(args, port, size, conc, dur, fs.work)
+        if guard.tripped is not None:
+            row["aborted"] = f"host disk below {args.min_host_free:g} GiB free ({guard.tripped:.1f}): receiver killed"
+            notes_global.append(f"{spec['name']} {size} -c {conc} rep {rep}: {row['aborted']}")
         w1 = time.monotonic()
+        row["fs_used_gib"] = fs.used_gib()
         time.sleep(0.3)  # let storescp's children finish their release
         t1 = cpu_ticks(r.pid)
         hwm = vm_hwm_kb(r.pid)
@@ -724,7 +785,7 @@ def measure(args, fs, spec, size, conc, rep, dur=None, drain_timeout=None, keep_
             sampler.stop()
         if r:
             r.stop()
-        fs.clean(d)
+        fs.clean(d, reset=dur >= 30)
     return row
 
 
@@ -1349,6 +1410,7 @@ def main_issue12(args):
             except (ProcessLookupError, PermissionError):
                 pass
     elapsed = time.time() - started
+    notes += notes_global
     if not any(x.get("metrics") for x in res["cells"] + res["sustained"]):
         notes.append(f"the daemon exports no {PENDING} / {LAG}: materialization lag n/a")
     print(f"## Journaled ingest (issue 12): {len(res['cells'])} cells, {elapsed / 60:.1f} min\n")
@@ -1423,6 +1485,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="1 repetition, 2 s per cell, short extras")
     ap.add_argument("--receivers", help="comma-separated name substrings to run (storescp +B always runs)")
     ap.add_argument("--dir", help="measure in DIR instead of a fresh loop-mounted ext4 (no root needed)")
+    ap.add_argument("--min-host-free", type=float, default=2.0,
+                    help="kill the receiver of a cell when the image's host filesystem gets below this "
+                    "many GiB free (default %(default)s)")
     ap.add_argument("--image-size", help="sparse image size, or auto: the host's free space less 4 GiB, "
                     "at most 40G (default 16G; with --issue12 auto)")
     ap.add_argument("--work-dir", default="/var/tmp", help="where the image and logs go (default %(default)s)")
@@ -1537,6 +1602,7 @@ def main():
             except (ProcessLookupError, PermissionError):
                 pass
     elapsed = time.time() - started
+    notes += notes_global
     md = table(summary)
     print("## Receivers (medians of %d repetition(s), %g s per cell)\n" % (args.reps, args.duration))
     print(md)
