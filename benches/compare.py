@@ -524,6 +524,45 @@ class MetricsSampler:
         self.samples.append((t, pending, lag))
         return pending, lag
 
+    HISTOGRAMS = {
+        "dicomgw_commit_batch_objects": "group_objects",
+        "dicomgw_commit_duration_seconds": "group_s",
+        "dicomgw_checkpoint_objects": "checkpoint_objects",
+        "dicomgw_checkpoint_duration_seconds": "checkpoint_s",
+        "dicomgw_cstore_duration_seconds": "cstore_s",
+    }
+
+    def histograms(self):
+        """One scrape: count and mean of the journal group / checkpoint histograms (the daemon
+        starts fresh per cell, so these cover the cell). {} if absent or unreachable."""
+        if not self.url:
+            return {}
+        try:
+            with urllib.request.urlopen(self.url, timeout=2) as rsp:
+                text = rsp.read().decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return {}
+        acc = {}
+        for line in text.splitlines():
+            if line.startswith("#") or "{" in line:
+                continue
+            parts = line.split()
+            if len(parts) < 2:
+                continue
+            for suffix in ("_sum", "_count"):
+                base = parts[0][: -len(suffix)]
+                if parts[0].endswith(suffix) and base in self.HISTOGRAMS:
+                    acc.setdefault(base, {})[suffix[1:]] = float(parts[1])
+        out = {}
+        for base, v in acc.items():
+            key = self.HISTOGRAMS[base]
+            n, total = v.get("count"), v.get("sum")
+            if n:
+                out[key + "_n"] = n
+                out[key + "_mean"] = total / n
+                out[key + "_total"] = total
+        return out
+
     def _loop(self):
         while not self._stop.is_set():
             t0 = time.monotonic()
@@ -739,8 +778,14 @@ def measure(args, fs, spec, size, conc, rep, dur=None, drain_timeout=None, keep_
         hwm = vm_hwm_kb(r.pid)
         ok = s["ok"]
         if sampler:
+            hist_load = sampler.histograms()
             drained = sampler.wait_drained(w1, drain_timeout)
             t2 = cpu_ticks(r.pid)
+            hist = sampler.histograms()
+            if hist_load:
+                # Journal groups at the end of the load; checkpoints once drained.
+                row["journal"] = {k: v for k, v in hist_load.items() if not k.startswith("checkpoint")}
+                row["journal"].update({k: v for k, v in hist.items() if k.startswith("checkpoint")})
             sampler.stop()
             st = sampler.stats(w0, w1)
             if not keep_series:
@@ -1349,7 +1394,7 @@ def issue12_markdown(res, args):
         ser = [p for p in (x.get("series") or []) if p[1] is not None]
         if ser:
             step = max(1, len(ser) // 16)
-            pts = ", ".join(f"{t:.0f} s: {p:.0f} ({fmt(l, 1)} s)" for t, p, l in ser[::step])
+            pts = ", ".join(f"{max(0.0, t):.0f} s: {p:.0f} ({fmt(l, 1)} s)" for t, p, l in ser[::step])
             L.append(f"\n{x['receiver']}: pending objects (oldest age) over time, from the start of the load: {pts}")
     L.append(f"\n### (c) 512 KiB, {I12_C} associations ({args.duration:g} s, medians of {args.reps})\n")
     L.append("| receiver | inst/s (min–max) | MB/s | p50 ms | p99 ms | errors | CPU ms/inst (load) | CPU incl. materialization | × disk ceiling | × best peer |")
@@ -1363,6 +1408,35 @@ def issue12_markdown(res, args):
             f"{fmt_ms(s['p50'])} | {fmt_ms(s['p99'])} | {s['errors']} | {fmt_cpu(s['cpu_ms'])} | "
             f"{opt(s.get('cpu_ms_drained'), fmt_cpu) if gw else '–'} | {fmt(s.get('ratio_ceiling'), 2)} | {fmt(s.get('ratio_best'), 2)} |"
         )
+    jrows = []
+    for size in ("16k", "512k"):
+        for name in I12_FULL + I12_RELAXED:
+            cs = [c for c in res["cells"] if c["receiver"] == name and c["size"] == size and c.get("journal")]
+            if not cs:
+                continue
+
+            def m(key, scale=1.0):
+                v = med([c["journal"].get(key) for c in cs])
+                return v * scale if v is not None else None
+
+            rate = med([c["journal"]["group_objects_n"] / c["duration_s"] for c in cs
+                        if c["journal"].get("group_objects_n")])
+            jrows.append(f"| {name} | {size} | {fmt(rate, 0)} | {fmt(m('group_objects_mean'), 1)} | "
+                         f"{fmt_ms(m('group_s_mean', 1000))} | {fmt_ms(m('cstore_s_mean', 1000))} | "
+                         f"{fmt(m('checkpoint_objects_n'), 0)} | {fmt(m('checkpoint_objects_mean'), 0)} | "
+                         f"{fmt_ms(m('checkpoint_s_mean', 1000))} |")
+    for x in res["sustained"]:
+        j = x.get("journal")
+        if j:
+            jrows.append(f"| {x['receiver']} (sustained) | {x['size']} | {fmt(j.get('group_objects_n', 0) / x['duration_s'], 0)} | "
+                         f"{fmt(j.get('group_objects_mean'), 1)} | {fmt_ms((j.get('group_s_mean') or 0) * 1000)} | "
+                         f"{fmt_ms((j.get('cstore_s_mean') or 0) * 1000)} | {fmt(j.get('checkpoint_objects_n'), 0)} | "
+                         f"{fmt(j.get('checkpoint_objects_mean'), 0)} | {fmt_ms((j.get('checkpoint_s_mean') or 0) * 1000)} |")
+    if jrows:
+        L.append("\n### Journal groups and checkpoints (the daemon's histograms; medians over repetitions)\n")
+        L.append("| receiver | size | groups/s | objects/group | ms/group (decisions, write, flush) | C-STORE mean ms | checkpoints | objects/checkpoint | ms/checkpoint |")
+        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        L += jrows
     if res["open_loop"]:
         L.append(f"\n### (e) Open loop at half the closed-loop maximum (16k, -c {I12_C}, {args.extra_duration:g} s, medians of {args.reps})\n")
         L.append("| receiver | closed-loop max/s | rate/s | achieved/s | p50 ms | p99 ms | p99.9 ms | errors |")
