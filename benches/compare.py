@@ -1143,7 +1143,8 @@ def profile_gw(args, fs, spec, out_txt):
         for sort, lines in reports:
             f.write(f"## perf report --no-children --sort {sort}\n" + "\n".join(lines) + "\n\n")
         f.write("## call chains (entries >= 2 %)\n")
-        f.write("\n".join(x.rstrip() for x in chains.stdout.splitlines() if x.strip() and not x.startswith("#"))[:60000] + "\n")
+        f.write("\n".join(re.sub(r"(\s+-)+$", "", x.rstrip()) for x in chains.stdout.splitlines()
+                          if x.strip() and not x.startswith("#"))[:60000] + "\n")
     try:
         keep = os.path.join(REPO, "target", "bench", "issue12-perf.data")
         os.makedirs(os.path.dirname(keep), exist_ok=True)
