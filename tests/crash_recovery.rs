@@ -352,6 +352,7 @@ gwtest!(kill9_at_random_moments_many_cycles, |io: &str| {
     .unwrap();
     let args = ["--config", config.to_str().unwrap()];
     let mut acked: Vec<Obj> = Vec::new();
+    let mut token: Option<String> = None;
     let mut sent: HashMap<String, String> = HashMap::new();
     let mut recovery_ms = Vec::new();
     let mut rng = fastrand::Rng::with_seed(0x6b696c6c39 ^ io.len() as u64);
@@ -399,6 +400,25 @@ gwtest!(kill9_at_random_moments_many_cycles, |io: &str| {
         let started = Instant::now();
         let mut gw = Daemon::start(BIN, &data, io, &args);
         recovery_ms.push(started.elapsed().as_millis() as u64);
+        // The admin API shows this cycle's acknowledged objects (the earlier ones are checked
+        // in the index below).
+        let token = token.get_or_insert_with(|| cli_token(BIN, &data, "viewer"));
+        for o in acked.iter().filter(|o| {
+            o.file
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{cycle}_"))
+        }) {
+            let r = request(
+                gw.http_port,
+                "GET",
+                &format!("/api/v1/instances/{}", o.spec.sop_instance_uid),
+                Some(token),
+                None,
+            );
+            assert_eq!(r.status, 200, "cycle {cycle}: API: {}", r.text());
+        }
         gw.stop();
         assert!(
             !gw.stderr().contains("ERROR"),

@@ -18,7 +18,7 @@
 //!
 //! Needs /dev/fuse and root (the mount is a plain mount(2)), and the dicom-gw binary next to
 //! this test's directory (`cargo build -p dicom-gw`, or `DICOM_GW_BIN`). Knobs:
-//! `LOSSYFS_CYCLES` (default 5), `LOSSYFS_SEED`, `LOSSYFS_SETTLE` (make everything durable
+//! `LOSSYFS_CYCLES` (default 3), `LOSSYFS_SEED`, `LOSSYFS_SETTLE` (make everything durable
 //! once the daemon's first start is done: separates start-up durability from per-object).
 
 use std::collections::{BTreeMap, HashMap};
@@ -563,7 +563,7 @@ fn cycle_count() -> usize {
     std::env::var("LOSSYFS_CYCLES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5)
+        .unwrap_or(3)
 }
 
 /// The daemon as if the kernel delivered syncfs to the filesystem.
