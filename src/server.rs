@@ -25,6 +25,7 @@ use crate::ingest::Pipeline;
 use crate::metrics::Service;
 use crate::net::association::limits::Slots;
 use crate::net::association::{self, Core, Phase, Port, Transport};
+use crate::net::services::query_retrieve_find::QueryScp;
 use crate::net::services::storage::{SopClassPolicy, StorageScp};
 use crate::net::services::{Offer, WorklistScp};
 use crate::net::ul::association::AcceptorPolicy;
@@ -316,6 +317,14 @@ pub fn serve(
                 accept_nonconformant: store.accept_nonconformant,
             }),
             worklist: None,
+            // Query/Retrieve FIND (issue 13): searches run on their own pool, never a core.
+            query: Some(QueryScp {
+                index: index.clone(),
+                pool: rt::WorkPool::start("query", 2, 256, WORKLIST_NICE)
+                    .map_err(ServeError::Thread)?,
+                max_results: settings.query.max_results,
+                ae_title: store.ae_title.clone(),
+            }),
         },
         access: store.net.clone(),
         slots: Slots::new(
@@ -349,6 +358,7 @@ pub fn serve(
                         pool,
                         max_results: w.max_results,
                     }),
+                    query: None,
                 },
                 access: w.net.clone(),
                 slots: Slots::new(w.net.max_unassociated_connections, w.max_associations),
