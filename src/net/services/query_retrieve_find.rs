@@ -322,6 +322,128 @@ pub fn find_encoded(
     }
 }
 
+/// The SCU side (`dicom-gw scu find`): what one C-FIND returned.
+#[derive(Debug, Default)]
+pub struct FindResult {
+    /// The identifiers of the pending responses, decoded (text in Unicode).
+    pub matches: Vec<Dataset>,
+    /// The final status.
+    pub status: u16,
+    /// The final response's Error Comment, if any.
+    pub error_comment: Option<String>,
+}
+
+/// Largest response identifier the SCU accepts.
+const MAX_RESPONSE_IDENTIFIER: usize = 4 << 20;
+
+/// Parses a `-k` key as DCMTK's findscu takes it: `TAG[=VALUE]`, the tag as a keyword
+/// (`PatientName`), `gggg,eeee` or `(gggg,eeee)`; the VR from the standard dictionary;
+/// several values separated by `\`. No value: a return key (zero-length).
+pub fn parse_key(arg: &str) -> Result<(Tag, VR, Value), String> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    use dicom_dictionary_std::StandardDataDictionary;
+    let (name, value) = match arg.split_once('=') {
+        Some((n, v)) => (n.trim(), Some(v)),
+        None => (arg.trim(), None),
+    };
+    let hex = name.trim_start_matches('(').trim_end_matches(')').replace(',', "");
+    let tag = if hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let n = u32::from_str_radix(&hex, 16).map_err(|e| e.to_string())?;
+        Tag((n >> 16) as u16, (n & 0xFFFF) as u16)
+    } else {
+        StandardDataDictionary
+            .by_name(name)
+            .map(|e| e.tag_range().inner())
+            .ok_or_else(|| format!("unknown attribute {name:?}"))?
+    };
+    let vr = StandardDataDictionary
+        .by_tag(tag)
+        .map(|e| e.vr().relaxed())
+        .unwrap_or(VR::LO);
+    let value = match value {
+        None | Some("") => Value::empty_for(vr),
+        Some(v) => match vr {
+            VR::US | VR::SS | VR::UL | VR::SL => Value::Ints(
+                v.split('\\')
+                    .map(|x| x.trim().parse().map_err(|_| format!("{name}: {x:?} is not a number")))
+                    .collect::<Result<_, _>>()?,
+            ),
+            VR::SQ => return Err(format!("{name}: sequence keys are not supported here")),
+            _ => Value::Strs(v.split('\\').map(str::to_owned).collect()),
+        },
+    };
+    Ok((tag, vr, value))
+}
+
+/// Sends one C-FIND-RQ on `model` with `identifier` and gathers the answers; with
+/// `cancel_after = Some(n)`, sends a C-CANCEL-RQ after the n-th pending response.
+pub fn scu_find(
+    params: &crate::net::scu::AssocParams,
+    tls: Option<&crate::net::scu::ScuTls>,
+    model: &str,
+    identifier: &Dataset,
+    cancel_after: Option<usize>,
+) -> Result<FindResult, crate::net::scu::ScuError> {
+    use crate::net::dimse::command::{tags as ct, CommandBuilder, CommandField, NO_DATASET};
+    use crate::net::scu::{Association, ScuError};
+    let mut a = Association::open_with_tls(params, tls)?;
+    let ctx = a.any_context(model)?.clone();
+    let mut id = identifier.clone();
+    let ascii = id.iter().all(|(_, e)| match &e.value {
+        Value::Strs(v) => v.iter().all(|s| s.is_ascii()),
+        _ => true,
+    });
+    if !ascii && id.get(tags::SPECIFIC_CHARACTER_SET).is_none() {
+        id.put_str(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
+    }
+    let bytes = write_dataset(&id.to_dicom(), &ctx.transfer_syntax).map_err(ScuError::Protocol)?;
+    let message_id = 1;
+    let rq = CommandBuilder::new()
+        .uid(ct::AFFECTED_SOP_CLASS_UID, model)
+        .us(ct::COMMAND_FIELD, CommandField::CFindRq as u16)
+        .us(ct::MESSAGE_ID, message_id)
+        .us(ct::PRIORITY, 0)
+        .us(ct::COMMAND_DATA_SET_TYPE, 0x0000)
+        .build();
+    if let Err(e) = a.send(ctx.id, &rq, Some((&bytes, &[]))) {
+        a.abort();
+        return Err(e);
+    }
+    let mut out = FindResult::default();
+    let mut buf = Vec::new();
+    loop {
+        let msg = match a.receive_with_dataset(message_id, MAX_RESPONSE_IDENTIFIER, &mut buf) {
+            Ok(m) => m,
+            Err(e) => {
+                a.abort();
+                return Err(e);
+            }
+        };
+        let st = msg.command.status.unwrap_or(0xC000);
+        if matches!(st, 0xFF00 | 0xFF01) {
+            if msg.command.has_dataset {
+                let ds = decode_identifier(&buf, &ctx.transfer_syntax)
+                    .map_err(|r| ScuError::Protocol(r.comment))?;
+                out.matches.push(ds);
+            }
+            if cancel_after == Some(out.matches.len()) {
+                let cancel = CommandBuilder::new()
+                    .us(ct::COMMAND_FIELD, CommandField::CCancelRq as u16)
+                    .us(ct::MESSAGE_ID_BEING_RESPONDED_TO, message_id)
+                    .us(ct::COMMAND_DATA_SET_TYPE, NO_DATASET)
+                    .build();
+                a.send(ctx.id, &cancel, None)?;
+            }
+            continue;
+        }
+        out.status = st;
+        out.error_comment = msg.error_comment;
+        break;
+    }
+    a.release()?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
