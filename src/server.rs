@@ -333,7 +333,10 @@ pub fn serve(
         ),
         acse_timeout: store.acse_timeout,
         dimse_timeout: store.dimse_timeout,
-        send_buffer: None,
+        // Q/R C-FIND streams responses on this port: as on the worklist port, a capped send
+        // buffer keeps a C-CANCEL effective (C-STORE-RSPs are tiny). Revisit for C-GET, whose
+        // sub-operations send whole objects the other way on the same association.
+        send_buffer: Some(WORKLIST_SEND_BUFFER),
         phase: phase_rx.clone(),
     });
     drop(committer);

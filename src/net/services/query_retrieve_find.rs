@@ -346,7 +346,10 @@ pub fn parse_key(arg: &str) -> Result<(Tag, VR, Value), String> {
         Some((n, v)) => (n.trim(), Some(v)),
         None => (arg.trim(), None),
     };
-    let hex = name.trim_start_matches('(').trim_end_matches(')').replace(',', "");
+    let hex = name
+        .trim_start_matches('(')
+        .trim_end_matches(')')
+        .replace(',', "");
     let tag = if hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         let n = u32::from_str_radix(&hex, 16).map_err(|e| e.to_string())?;
         Tag((n >> 16) as u16, (n & 0xFFFF) as u16)
@@ -365,7 +368,11 @@ pub fn parse_key(arg: &str) -> Result<(Tag, VR, Value), String> {
         Some(v) => match vr {
             VR::US | VR::SS | VR::UL | VR::SL => Value::Ints(
                 v.split('\\')
-                    .map(|x| x.trim().parse().map_err(|_| format!("{name}: {x:?} is not a number")))
+                    .map(|x| {
+                        x.trim()
+                            .parse()
+                            .map_err(|_| format!("{name}: {x:?} is not a number"))
+                    })
                     .collect::<Result<_, _>>()?,
             ),
             VR::SQ => return Err(format!("{name}: sequence keys are not supported here")),
