@@ -283,7 +283,7 @@ pub fn extract_with(
 fn keep(tag: Tag, vr: dicom_core::VR, len: u32) -> bool {
     use dicom_core::VR;
     tag.group() >= 0x0008
-        && tag.group() % 2 == 0
+        && tag.group().is_multiple_of(2)
         && tag.element() != 0
         && len <= MAX_ATTRIBUTE_LEN
         && !matches!(
@@ -556,6 +556,53 @@ mod tests {
         let b = extract_with(&ds, ele, true, &wanted[..2]).unwrap();
         assert_eq!(b.extra_value(Tag(0x0028, 0x0010)), None);
         assert_eq!(b.series_instance_uid, "1.2.3.4.5");
+    }
+
+    /// ISO 2022 names are indexed decoded (PS3.5 H.3.1), and the attribute list keeps small
+    /// attributes past group 0020 but neither bulk nor sequences.
+    #[test]
+    fn iso_2022_names_are_decoded_and_small_attributes_kept() {
+        let mut ds = Vec::new();
+        ds.extend(el(0x0008, 0x0005, b"CS", b"\\ISO 2022 IR 87"));
+        ds.extend(el(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2"));
+        ds.extend(el(0x0008, 0x0018, b"UI", b"1.2.3.4.5.6"));
+        ds.extend(el(
+            0x0010,
+            0x0010,
+            b"PN",
+            b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B=\x1b$B$d$^$@\x1b(B^\x1b$B$?$m$&\x1b(B",
+        ));
+        ds.extend(el(0x0020, 0x000D, b"UI", b"1.2.3.4"));
+        ds.extend(el(0x0028, 0x0010, b"US", &[4, 0]));
+        ds.extend(el(0x0029, 0x0010, b"LO", b"PRIVATE"));
+        ds.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 2, 0, 0, 0, 1, 2]);
+        let a = extract(
+            &ds,
+            dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+            true,
+        )
+        .unwrap();
+        assert_eq!(a.patient_name, "Yamada^Tarou=山田^太郎=やまだ^たろう");
+        let kept = a.attributes();
+        assert_eq!(
+            kept.str(dicom_dictionary_std::tags::PATIENT_NAME),
+            Some("Yamada^Tarou=山田^太郎=やまだ^たろう")
+        );
+        assert_eq!(
+            kept.get(dicom_dictionary_std::tags::ROWS).map(|e| &e.value),
+            Some(&Value::Ints(vec![4]))
+        );
+        assert!(kept.get(Tag(0x0029, 0x0010)).is_none(), "private");
+        assert!(kept.get(dicom_dictionary_std::tags::PIXEL_DATA).is_none());
+        // A prefix cut after group 0020 still answers: the list is cut, the keys are whole.
+        let cut = ds.len() - 6;
+        let b = extract(
+            &ds[..cut],
+            dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+            false,
+        )
+        .unwrap();
+        assert_eq!(b.study_instance_uid, "1.2.3.4");
     }
 
     #[test]

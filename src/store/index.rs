@@ -364,7 +364,10 @@ pub fn remove_instance(
             }
         } else {
             studies.insert(study_uid, encode(&st).as_slice())?;
+            drop(studies); // closed before the Query/Retrieve hook opens it
         }
+    } else {
+        drop(studies);
     }
     // Query/Retrieve rows (issue 13).
     query::on_remove(tx, &rec)?;

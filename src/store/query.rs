@@ -733,3 +733,156 @@ fn patient_dataset(t: &Tables, s: &Search, pid: &str) -> Result<Option<Dataset>,
     add_retrieve_keys(s, &mut ds);
     Ok(Some(ds))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::index::{put_instance, remove_instance, Index};
+
+    fn rec(study: &str, series: &str, sop: &str) -> InstanceRecord {
+        InstanceRecord {
+            sop_instance_uid: sop.into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            study_instance_uid: study.into(),
+            series_instance_uid: series.into(),
+            instance_number: "1".into(),
+            transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+            file_size: 0,
+            dataset_size: 0,
+            dataset_blake3: String::new(),
+            received_at_us: 0,
+            calling_ae_title: String::new(),
+            called_ae_title: String::new(),
+            path: String::new(),
+        }
+    }
+
+    fn attrs(name: &str, date: &str, modality: &str) -> IndexAttrs {
+        IndexAttrs {
+            patient_name: name.into(),
+            patient_id: "P1".into(),
+            study_date: date.into(),
+            modality: modality.into(),
+            accession_number: "A1".into(),
+            ..IndexAttrs::default()
+        }
+    }
+
+    fn keys(index: &Index) -> Vec<(u8, String, String)> {
+        let tx = index.database().begin_read().unwrap();
+        let t = tx.open_table(db::QR_STUDY_KEYS).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|r| {
+                let (k, _) = r.unwrap();
+                let (a, b, c) = k.value();
+                (a, b.to_owned(), c.to_owned())
+            })
+            .collect()
+    }
+
+    fn study_query(index: &Index, identifier: serde_json::Value) -> Vec<Dataset> {
+        let id = crate::dicom::json::dataset_from_json(&identifier).unwrap();
+        let q = Query::from_dataset(&id).unwrap();
+        let s = Search {
+            level: Level::Study,
+            identifier: &id,
+            query: &q,
+            limit: 100,
+            retrieve_ae_title: "GW",
+        };
+        find(index.database(), &s).unwrap().matches
+    }
+
+    /// The range keys follow the study through ingest, a second series, removals and the
+    /// study's end; computed keys are read from the current rows.
+    #[test]
+    fn keys_and_computed_attributes_follow_put_and_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("gateway.redb")).unwrap();
+        let put = |r: &InstanceRecord, a: &IndexAttrs| {
+            let tx = index.database().begin_write().unwrap();
+            put_instance(&tx, r, a, false).unwrap();
+            tx.commit().unwrap();
+        };
+        put(
+            &rec("1.1", "1.1.1", "1.1.1.1"),
+            &attrs("Doe^Jane=山田^花子", "20260101", "CT"),
+        );
+        put(
+            &rec("1.1", "1.1.2", "1.1.2.1"),
+            &attrs("Doe^Jane=山田^花子", "20260101", "MR"),
+        );
+        let k = keys(&index);
+        let want = |kind: KeyKind, v: &str| (kind as u8, v.to_owned(), "1.1".to_owned());
+        for row in [
+            want(KeyKind::PatientName, "doe^jane"),
+            want(KeyKind::PatientName, "山田^花子"),
+            want(KeyKind::StudyDate, "20260101"),
+            want(KeyKind::PatientId, "P1"),
+            want(KeyKind::Accession, "A1"),
+            want(KeyKind::Modality, "CT"),
+            want(KeyKind::Modality, "MR"),
+        ] {
+            assert!(k.contains(&row), "{row:?} missing from {k:?}");
+        }
+        let m = study_query(
+            &index,
+            serde_json::json!({"00080061": {"vr": "CS", "Value": ["MR"]},
+                               "00201208": {"vr": "IS"}, "00201206": {"vr": "IS"}}),
+        );
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].str(tags::NUMBER_OF_STUDY_RELATED_INSTANCES), Some("2"));
+        assert_eq!(m[0].str(tags::NUMBER_OF_STUDY_RELATED_SERIES), Some("2"));
+        // The MR series goes: its modality key and count go with it.
+        let tx = index.database().begin_write().unwrap();
+        remove_instance(&tx, "1.1.2.1").unwrap();
+        tx.commit().unwrap();
+        assert!(!keys(&index).contains(&want(KeyKind::Modality, "MR")));
+        assert!(study_query(
+            &index,
+            serde_json::json!({"00080061": {"vr": "CS", "Value": ["MR"]}})
+        )
+        .is_empty());
+        let m = study_query(
+            &index,
+            serde_json::json!({"00100010": {"vr": "PN", "Value": [{"Alphabetic": "DOE*"}]},
+                               "00080061": {"vr": "CS"}}),
+        );
+        assert_eq!(m.len(), 1);
+        assert_eq!(
+            m[0].get(tags::MODALITIES_IN_STUDY).unwrap().value,
+            Value::Strs(vec!["CT".into()])
+        );
+        // The last instance goes: no key rows left, no object rows.
+        let tx = index.database().begin_write().unwrap();
+        remove_instance(&tx, "1.1.1.1").unwrap();
+        tx.commit().unwrap();
+        assert!(keys(&index).is_empty());
+        let tx = index.database().begin_read().unwrap();
+        assert!(tx
+            .open_table(db::QR_OBJECTS)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .next()
+            .is_none());
+        assert!(tx
+            .open_table(db::QR_STUDY_KEYS_OF)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .next()
+            .is_none());
+    }
+
+    #[test]
+    fn levels_of_attributes() {
+        assert_eq!(level_of(tags::PATIENT_NAME), Level::Patient);
+        assert_eq!(level_of(tags::PATIENT_AGE), Level::Study);
+        assert_eq!(level_of(tags::STUDY_DATE), Level::Study);
+        assert_eq!(level_of(tags::MODALITY), Level::Series);
+        assert_eq!(level_of(tags::SOP_INSTANCE_UID), Level::Image);
+        assert_eq!(level_of(tags::INSTANCE_NUMBER), Level::Image);
+    }
+}
