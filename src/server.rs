@@ -138,6 +138,17 @@ pub fn serve(
             source,
         })?,
     );
+    // Query/Retrieve rows for an index written before they existed (issue 13).
+    match crate::store::index::query::backfill(index.database()) {
+        Ok(0) => {}
+        Ok(n) => info!(
+            instances = n,
+            "built the Query/Retrieve index of existing objects"
+        ),
+        Err(e) => {
+            warn!(error = %e, "cannot build the Query/Retrieve index of existing objects; C-FIND will not see them")
+        }
+    }
     let backend = rt::resolve(settings.io)?;
     crate::metrics::init(settings.threads);
     info!(backend = backend.name(), threads = settings.threads, data_dir = %data.root().display(), durability = ?settings.durability, "starting");

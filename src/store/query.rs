@@ -293,6 +293,96 @@ fn sync_study_keys(tx: &WriteTransaction, study_uid: &str) -> Result<(), IndexEr
     Ok(())
 }
 
+/// Builds the Query/Retrieve rows of an index written before they existed (or by an ingest
+/// path that bypassed the hooks): when `QR_OBJECTS` is empty and `INSTANCES` is not, one row
+/// per instance from the instance, series, study and patient rows (the indexed attributes;
+/// the full attribute list arrives only with objects ingested from now on), and the study
+/// keys. Returns how many instances it indexed (0: nothing to do). One write transaction.
+pub fn backfill(db: &Database) -> Result<u64, IndexError> {
+    {
+        let tx = db.begin_read()?;
+        let objects = match tx.open_table(db::QR_OBJECTS) {
+            Ok(t) => Some(t.iter()?.next().is_none()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let instances = match tx.open_table(db::INSTANCES) {
+            Ok(t) => t.iter()?.next().is_some(),
+            Err(redb::TableError::TableDoesNotExist(_)) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if objects == Some(false) || !instances {
+            return Ok(0);
+        }
+    }
+    let tx = db.begin_write()?;
+    create_tables(&tx)?;
+    let mut study_uids = BTreeSet::new();
+    let mut count = 0u64;
+    {
+        // Streamed: one instance at a time from its rows into its object row.
+        let instances = tx.open_table(db::INSTANCES)?;
+        let series = tx.open_table(db::SERIES)?;
+        let studies = tx.open_table(db::STUDIES)?;
+        let patients = tx.open_table(db::PATIENTS)?;
+        let mut objects = tx.open_table(db::QR_OBJECTS)?;
+        for row in instances.iter()? {
+            let (k, v) = row?;
+            let rec: InstanceRecord = decode(k.value(), v.value())?;
+            let (st, se) = (
+                rec.study_instance_uid.as_str(),
+                rec.series_instance_uid.as_str(),
+            );
+            let sr: SeriesRecord = match series.get((st, se))? {
+                Some(g) => decode(se, g.value())?,
+                None => SeriesRecord::default(),
+            };
+            let study: StudyRecord = match studies.get(st)? {
+                Some(g) => decode(st, g.value())?,
+                None => StudyRecord::default(),
+            };
+            let patient: PatientRecord = match patients.get(study.patient_id.as_str())? {
+                Some(g) => decode(&study.patient_id, g.value())?,
+                None => PatientRecord::default(),
+            };
+            let attrs = IndexAttrs {
+                sop_class_uid: rec.sop_class_uid.clone(),
+                sop_instance_uid: rec.sop_instance_uid.clone(),
+                study_date: study.study_date,
+                study_time: study.study_time,
+                accession_number: study.accession_number,
+                modality: sr.modality,
+                referring_physician_name: study.referring_physician_name,
+                study_description: study.study_description,
+                series_description: sr.series_description,
+                patient_name: study.patient_name,
+                patient_id: study.patient_id,
+                patient_birth_date: patient.patient_birth_date,
+                patient_sex: patient.patient_sex,
+                study_instance_uid: rec.study_instance_uid.clone(),
+                series_instance_uid: rec.series_instance_uid.clone(),
+                study_id: study.study_id,
+                series_number: sr.series_number,
+                instance_number: rec.instance_number.clone(),
+                ..IndexAttrs::default()
+            };
+            objects.insert(
+                (st, se, rec.sop_instance_uid.as_str()),
+                object_row(&rec, &attrs).as_slice(),
+            )?;
+            if !study_uids.contains(st) {
+                study_uids.insert(st.to_owned());
+            }
+            count += 1;
+        }
+    }
+    for st in &study_uids {
+        sync_study_keys(&tx, st)?;
+    }
+    tx.commit()?;
+    Ok(count)
+}
+
 /// One C-FIND over the index.
 #[derive(Debug)]
 pub struct Search<'a> {
@@ -612,6 +702,25 @@ fn study_dataset(t: &Tables, s: &Search, study: &str) -> Result<Option<Dataset>,
     let rep = first_object(t, study, None)?.unwrap_or_default();
     let mut ds = at_level(rep, Level::Study);
     ds.put_str(tags::STUDY_INSTANCE_UID, VR::UI, study);
+    // The study row's attributes where the representative lacks them.
+    for (tag, vr, v) in [
+        (tags::PATIENT_NAME, VR::PN, &rec.patient_name),
+        (tags::PATIENT_ID, VR::LO, &rec.patient_id),
+        (tags::STUDY_DATE, VR::DA, &rec.study_date),
+        (tags::STUDY_TIME, VR::TM, &rec.study_time),
+        (tags::ACCESSION_NUMBER, VR::SH, &rec.accession_number),
+        (tags::STUDY_DESCRIPTION, VR::LO, &rec.study_description),
+        (tags::STUDY_ID, VR::SH, &rec.study_id),
+        (
+            tags::REFERRING_PHYSICIAN_NAME,
+            VR::PN,
+            &rec.referring_physician_name,
+        ),
+    ] {
+        if ds.get(tag).is_none() && !v.is_empty() {
+            ds.put_str(tag, vr, v.as_str());
+        }
+    }
     put_count(
         &mut ds,
         tags::NUMBER_OF_STUDY_RELATED_SERIES,
@@ -874,6 +983,47 @@ mod tests {
             .unwrap()
             .next()
             .is_none());
+    }
+
+    /// An index written before the Query/Retrieve rows existed gets them at start-up.
+    #[test]
+    fn backfill_builds_the_rows_of_an_older_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("gateway.redb")).unwrap();
+        let tx = index.database().begin_write().unwrap();
+        put_instance(
+            &tx,
+            &rec("2.1", "2.1.1", "2.1.1.1"),
+            &attrs("Roe^Rick", "20250505", "US"),
+            false,
+        )
+        .unwrap();
+        // Forget the Query/Retrieve rows, as an older version never wrote them.
+        for t in [db::QR_OBJECTS] {
+            let mut t = tx.open_table(t).unwrap();
+            t.retain(|_, _| false).unwrap();
+        }
+        tx.open_table(db::QR_STUDY_KEYS)
+            .unwrap()
+            .retain(|_, _| false)
+            .unwrap();
+        tx.open_table(db::QR_STUDY_KEYS_OF)
+            .unwrap()
+            .retain(|_, _| false)
+            .unwrap();
+        tx.commit().unwrap();
+        let by_name =
+            serde_json::json!({"00100010": {"vr": "PN", "Value": [{"Alphabetic": "roe*"}]}});
+        assert!(study_query(&index, by_name).is_empty());
+        assert_eq!(backfill(index.database()).unwrap(), 1);
+        assert_eq!(backfill(index.database()).unwrap(), 0, "once");
+        let m = study_query(
+            &index,
+            serde_json::json!({"00100010": {"vr": "PN", "Value": [{"Alphabetic": "roe*"}]},
+                               "00080020": {"vr": "DA"}}),
+        );
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].str(tags::STUDY_DATE), Some("20250505"));
     }
 
     #[test]
