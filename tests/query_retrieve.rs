@@ -696,6 +696,20 @@ fn pynetdicom_matching_matrix_and_relational_queries() {
         let want: BTreeSet<String> = want.iter().map(|i| uid(*i)).collect();
         assert_eq!(uids_of(r, "StudyInstanceUID"), want, "{name}: {r}");
     }
+    // A sequence key the index cannot match: universal, pending status FF01.
+    let seq = qr_find(
+        &json!({"port": gw.port, "model": "S", "queries": [{"name": "seq", "keys": {
+        "QueryRetrieveLevel": "STUDY", "StudyInstanceUID": null,
+        "ProcedureCodeSequence": {"CodeValue": "X1"}}}]}),
+    );
+    assert_eq!(seq["seq"]["status"], json!(0), "{}", seq["seq"]);
+    let pending = seq["seq"]["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 5);
+    assert!(
+        pending.iter().all(|p| *p == json!(0xFF01)),
+        "{}",
+        seq["seq"]
+    );
     // Empty values come back zero-length; a missing attribute too.
     let r = &results["empty value matching"];
     for m in r["matches"].as_array().unwrap() {
@@ -776,6 +790,45 @@ fn ascii_pattern(name: &str) -> String {
         .collect()
 }
 
+/// One worklist item per charset file, its Patient's Name in UTF-8 DICOM JSON, Accession
+/// Number `W<i>`; written to `worklist.redb` before the daemon starts.
+fn seed_worklist(data: &Path) {
+    let items: Vec<Value> = CHARSET_FILES
+        .iter()
+        .enumerate()
+        .map(|(i, (_, name))| {
+            let mut groups = name.split('=');
+            let mut pn = serde_json::Map::new();
+            for key in ["Alphabetic", "Ideographic", "Phonetic"] {
+                match groups.next() {
+                    Some(g) if !g.is_empty() => {
+                        pn.insert(key.into(), json!(g));
+                    }
+                    _ => {}
+                }
+            }
+            json!({
+                "00080050": {"vr": "SH", "Value": [format!("W{i}")]},
+                "00100010": {"vr": "PN", "Value": [pn]},
+                "00100020": {"vr": "LO", "Value": [format!("WP{i}")]},
+                "0020000D": {"vr": "UI", "Value": [format!("1.2.826.0.1.3680043.10.2.{i}")]},
+                "00400100": {"vr": "SQ", "Value": [{
+                    "00080060": {"vr": "CS", "Value": ["CT"]},
+                    "00400001": {"vr": "AE", "Value": ["CT01"]},
+                    "00400002": {"vr": "DA", "Value": ["20261206"]},
+                    "00400003": {"vr": "TM", "Value": ["120000"]},
+                    "00400009": {"vr": "SH", "Value": [format!("SPS{i}")]}
+                }]}
+            })
+        })
+        .collect();
+    let store = dicom_gw::worklist::WorklistStore::open_in(data).unwrap();
+    let parsed = dicom_gw::worklist::model::parse_items(&Value::Array(items).to_string()).unwrap();
+    store
+        .create_many(parsed, dicom_gw::audit::no_audit)
+        .unwrap();
+}
+
 /// Patient's Name as pydicom shows it, without the empty trailing groups.
 fn pn(v: &Value) -> String {
     v.as_str().unwrap_or("").trim_end_matches('=').to_owned()
@@ -789,6 +842,7 @@ fn charset_files_are_found_by_name_in_their_own_repertoire_via_c_find_scu_find_a
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let token = cli_token(BIN, &data, "viewer");
+    seed_worklist(&data);
     let mut gw = Daemon::start(BIN, &data, "epoll", &[]);
     let files: Vec<PathBuf> = CHARSET_FILES.iter().map(|(f, _)| dir.join(f)).collect();
     storescu(gw.port, &files, &[]).assert_all_ok(&files);
@@ -832,6 +886,28 @@ fn charset_files_are_found_by_name_in_their_own_repertoire_via_c_find_scu_find_a
                 "{kind} {f}: no (0008,0005) in {m}"
             );
         }
+    }
+
+    // Modality Worklist: the same names as worklist items, found by queries in each file's
+    // repertoire (the same identifier decoding as Q/R).
+    let queries: Vec<Value> = CHARSET_FILES
+        .iter()
+        .map(|(f, _)| {
+            json!({"name": f, "from_file": dir.join(f), "file_keys": ["PatientName"],
+                   "keys": {"AccessionNumber": null}})
+        })
+        .collect();
+    let mwl = qr_find(&json!({"port": gw.worklist_port, "model": "W", "queries": queries}));
+    for (i, (f, name)) in CHARSET_FILES.iter().enumerate() {
+        let r = &mwl[*f];
+        assert_eq!(r["status"], json!(0), "MWL {f}: {r}");
+        let hit = r["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["AccessionNumber"] == json!(format!("W{i}")))
+            .unwrap_or_else(|| panic!("MWL {f}: item W{i} not found: {r}"));
+        assert_eq!(pn(&hit["PatientName"]), *name, "MWL {f}: {r}");
     }
 
     // `dicom-gw scu find` against the gateway itself: JSON, decoded names.

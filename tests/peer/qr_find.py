@@ -1,9 +1,9 @@
 """Query/Retrieve C-FIND SCU for tests/query_retrieve.rs (pynetdicom).
 
 Reads a job as JSON on stdin:
-  {"port": N, "aec": "GW", "model": "S" | "P", "relational": bool,
+  {"port": N, "aec": "GW", "model": "S" | "P" | "W" (worklist), "relational": bool,
    "queries": [{"name": str, "charset": str | [str] | null,
-                "keys": {"Keyword": value | [values] | null, ...},
+                "keys": {"Keyword": value | [values] | null | {item keys}, ...},
                 "from_file": path | null, "file_keys": ["PatientName", ...]}]}
 `from_file` copies (0008,0005) and the `file_keys` values from a stored object (so a name is
 queried in the object's own repertoire, encoded by pydicom). Prints one JSON result per query:
@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 from pynetdicom.sop_class import (
+    ModalityWorklistInformationFind as Worklist,
     PatientRootQueryRetrieveInformationModelFind as PatientRoot,
     StudyRootQueryRetrieveInformationModelFind as StudyRoot,
 )
@@ -40,7 +41,7 @@ def value_of(elem):
 
 def main():
     job = json.load(sys.stdin)
-    model = PatientRoot if job.get("model") == "P" else StudyRoot
+    model = {"P": PatientRoot, "W": Worklist}.get(job.get("model"), StudyRoot)
     ae = AE(ae_title="QRTEST")
     ae.add_requested_context(model)
     ext = []
@@ -64,7 +65,14 @@ def main():
         if q.get("charset") is not None:
             ds.SpecificCharacterSet = q["charset"]
         for k, v in q["keys"].items():
-            setattr(ds, k, "" if v is None else v)
+            if isinstance(v, dict):
+                # A sequence key with one item.
+                item = Dataset()
+                for ik, iv in v.items():
+                    setattr(item, ik, "" if iv is None else iv)
+                setattr(ds, k, [item])
+            else:
+                setattr(ds, k, "" if v is None else v)
         res = {"name": q["name"], "pending": [], "matches": []}
         for status, ident in assoc.send_c_find(ds, model):
             if status is None:
