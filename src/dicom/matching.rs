@@ -1055,6 +1055,29 @@ mod tests {
         );
     }
 
+    /// `""` matches an absent or zero-length attribute and nothing else.
+    #[test]
+    fn empty_value_matching() {
+        let q = |v: &str| {
+            let mut id = Dataset::new();
+            id.put_str(tags::ACCESSION_NUMBER, VR::SH, v);
+            Query::from_dataset(&id).unwrap()
+        };
+        let mut with = Dataset::new();
+        with.put_str(tags::ACCESSION_NUMBER, VR::SH, "A1");
+        let mut empty = Dataset::new();
+        empty.put(tags::ACCESSION_NUMBER, VR::SH, Value::Strs(vec![]));
+        let absent = Dataset::new();
+        let e = q("\"\"");
+        assert!(!e.matches(&with));
+        assert!(e.matches(&empty));
+        assert!(e.matches(&absent));
+        // A single value never matches an absent attribute; universal matches all.
+        assert!(!q("A1").matches(&absent));
+        assert!(q("A1").matches(&with));
+        assert!(q("*").matches(&absent));
+    }
+
     #[test]
     fn specific_character_set_rules() {
         let mut ascii_item = item();

@@ -16,7 +16,7 @@
 //!   Class Extended Negotiation (byte 1 of the application information, C.5.1.1), in which
 //!   case any key at or above the level may constrain the search.
 //! - Keys below the query level are not matched and come back zero-length (Orthanc does the
-//!   same: real SCUs send them).
+//!   same: real SCUs send them). Timezone Offset From UTC is returned, never matched.
 //! - Sequence keys are not held by the index: an item with keys is an optional key this SCP
 //!   cannot match, treated as universal, and the pending status is FF01 (C.2.2.1.1).
 //! - The response holds exactly the requested keys, plus (0008,0052), and (0008,0005) =
@@ -251,7 +251,10 @@ pub fn check(sop_class: &str, identifier: Dataset, relational: bool) -> Result<R
         if tag == tags::QUERY_RETRIEVE_LEVEL {
             continue;
         }
-        let below = tag != tags::SPECIFIC_CHARACTER_SET && qr::level_of(tag) > level;
+        // Timezone Offset From UTC qualifies dates and times; it is not a key to match (an
+        // SCU that sends it would otherwise miss every object recorded without one).
+        let below = tag == tags::TIMEZONE_OFFSET_FROM_UTC
+            || (tag != tags::SPECIFIC_CHARACTER_SET && qr::level_of(tag) > level);
         let sequence =
             matches!(&e.value, Value::Items(items) if items.iter().any(|i| !i.is_empty()));
         if sequence {
