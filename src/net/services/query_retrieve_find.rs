@@ -87,7 +87,11 @@ pub fn relational(agreed: Option<&Vec<u8>>) -> bool {
 /// (dicom-parser alone reads only the first term and keeps escape sequences). Shared by the
 /// Modality Worklist.
 pub fn decode_identifier(bytes: &[u8], ts: &str) -> Result<Dataset, Refusal> {
-    let enc = crate::dicom::Encoding::for_transfer_syntax(ts).map(|(e, _)| e);
+    // (A deflated identifier is left to dicom-parser's own decoding: its bytes are not
+    // elements until inflated.)
+    let enc = crate::dicom::Encoding::for_transfer_syntax(ts)
+        .filter(|(_, deflated)| !deflated)
+        .map(|(e, _)| e);
     let transparent = enc.and_then(|e| charset::latin1_transparent(bytes, e));
     let (bytes, terms) = match &transparent {
         Some((copy, terms)) => (&copy[..], Some(terms.as_slice())),
