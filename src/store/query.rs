@@ -999,10 +999,10 @@ mod tests {
         )
         .unwrap();
         // Forget the Query/Retrieve rows, as an older version never wrote them.
-        for t in [db::QR_OBJECTS] {
-            let mut t = tx.open_table(t).unwrap();
-            t.retain(|_, _| false).unwrap();
-        }
+        tx.open_table(db::QR_OBJECTS)
+            .unwrap()
+            .retain(|_, _| false)
+            .unwrap();
         tx.open_table(db::QR_STUDY_KEYS)
             .unwrap()
             .retain(|_, _| false)
