@@ -53,6 +53,18 @@ pub enum DuplicatePolicy {
     Reject,
 }
 
+/// How the ingest checkpoint makes object files durable before it indexes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMethod {
+    /// One `syncfs` of the data filesystem per checkpoint (ext4, XFS: one journal commit).
+    #[default]
+    Syncfs,
+    /// `fdatasync` of every file and `fsync` of every directory touched: for filesystems
+    /// whose `syncfs` does nothing (FUSE other than virtiofs; some network filesystems).
+    Fsync,
+}
+
 /// Whether a destination gets objects converted when it refuses their transfer syntax.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -321,6 +333,16 @@ pub struct RawStore {
     pub commit_window_micros: Option<u64>,
     /// Most objects per group commit (default 1024).
     pub commit_max_batch: Option<usize>,
+    /// Objects (Part-10 header and dataset) up to this size are received in memory and
+    /// journaled whole; larger ones stream to a file (KiB, default 256).
+    pub inline_max_kib: Option<u64>,
+    /// Segments in the ingest journal's ring (default 8, at least 2).
+    pub journal_segments: Option<u32>,
+    /// "syncfs" (default) or "fsync"; see [`SyncMethod`].
+    pub sync_method: Option<SyncMethod>,
+    /// Size of one journal segment, MiB (default 64, 1–1024). Unset, the environment
+    /// variable `DICOM_GW_JOURNAL_SEGMENT_MIB` gives it (test rigs, tiny appliances).
+    pub journal_segment_mib: Option<u64>,
     /// Refuse new objects (A700) once the data filesystem is this full, percent (default 95).
     pub disk_high_water_percent: Option<u8>,
     /// DICOM TLS listen address (PS3.15 Annex B; port 2762 by convention). Unset: no TLS
@@ -644,6 +666,14 @@ pub struct StoreSettings {
     pub commit_window: Duration,
     /// Group-commit batch cap.
     pub commit_max_batch: usize,
+    /// Largest object received in memory and journaled whole, bytes.
+    pub inline_max: usize,
+    /// Journal ring: segment count.
+    pub journal_segments: u32,
+    /// How checkpoints make files durable.
+    pub sync_method: SyncMethod,
+    /// Journal ring: bytes per segment.
+    pub journal_segment_size: u64,
     /// Refuse objects once the data filesystem is this full (percent, 1–100; 100 = never).
     pub disk_high_water_percent: u8,
 }
@@ -903,6 +933,44 @@ impl RawConfig {
                 "must be at least 1".into(),
             ));
         }
+        let journal_segments = s.journal_segments.unwrap_or(8);
+        if !(2..=64).contains(&journal_segments) {
+            return Err(invalid(
+                Some("store"),
+                "journal_segments",
+                false,
+                "must be between 2 and 64".into(),
+            ));
+        }
+        let segment_mib = s
+            .journal_segment_mib
+            .or_else(|| {
+                std::env::var("DICOM_GW_JOURNAL_SEGMENT_MIB")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+            .unwrap_or(64);
+        if !(1..=1024).contains(&segment_mib) {
+            return Err(invalid(
+                Some("store"),
+                "journal_segment_mib",
+                false,
+                "must be between 1 and 1024".into(),
+            ));
+        }
+        let inline_max_kib = s.inline_max_kib.unwrap_or(256);
+        // A group holds at least one inline object: keep them well under a segment.
+        if inline_max_kib * 4 > segment_mib * 1024 {
+            return Err(invalid(
+                Some("store"),
+                "inline_max_kib",
+                false,
+                format!(
+                    "must be at most a quarter of a journal segment ({} KiB)",
+                    segment_mib * 256
+                ),
+            ));
+        }
         let disk_high_water_percent = s.disk_high_water_percent.unwrap_or(95);
         if !(1..=100).contains(&disk_high_water_percent) {
             return Err(invalid(
@@ -1108,6 +1176,10 @@ impl RawConfig {
                 duplicate_policy: s.duplicate_policy.unwrap_or_default(),
                 commit_window: Duration::from_micros(s.commit_window_micros.unwrap_or(0)),
                 commit_max_batch,
+                inline_max: (inline_max_kib * 1024) as usize,
+                journal_segments,
+                sync_method: s.sync_method.unwrap_or_default(),
+                journal_segment_size: segment_mib << 20,
                 disk_high_water_percent,
             },
             destinations,

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::commit::timestamp_us;
+use crate::clock::timestamp_us;
 use crate::queue::forwarder::Shared;
 use crate::queue::{JobState, Queue, QueueError};
 
@@ -299,6 +299,9 @@ pub struct Ops {
     /// The worklist database, when this process runs the worklist service (or the CLI opened
     /// it offline).
     worklist: Option<Arc<crate::worklist::WorklistStore>>,
+    /// Inside the daemon: requests wait for the checkpoint of every object acknowledged
+    /// before them, so a job list or a count never misses one.
+    settle: Option<crate::ingest::Settle>,
 }
 
 impl Ops {
@@ -309,7 +312,14 @@ impl Ops {
             known: forwarder.names(),
             forwarder: Some(forwarder),
             worklist: None,
+            settle: None,
         }
+    }
+
+    /// Makes every request wait for the ingest checkpoint first (see [`Ops`]).
+    pub fn with_settle(mut self, settle: crate::ingest::Settle) -> Self {
+        self.settle = Some(settle);
+        self
     }
 
     /// Gives the operations the worklist store (the daemon when it runs the worklist service,
@@ -432,6 +442,7 @@ impl Ops {
             known,
             forwarder: None,
             worklist: None,
+            settle: None,
         })
     }
 
@@ -802,12 +813,17 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, ops: Arc<Ops>) {
                 Ok(_) => match serde_json::from_str::<ControlRequest>(&line) {
                     // Operations are short redb transactions (or an Argon2 hash): run them
                     // off the runtime.
-                    Ok(req) => tokio::task::spawn_blocking(move || {
-                        let actor = actor_for_uid(peer_uid);
-                        ops.reply_as(&req.request, &actor, CLI_SOURCE)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Reply::Failed(e.to_string())),
+                    Ok(req) => {
+                        if let Some(s) = &ops.settle {
+                            s.settle(std::time::Duration::from_secs(10)).await;
+                        }
+                        tokio::task::spawn_blocking(move || {
+                            let actor = actor_for_uid(peer_uid);
+                            ops.reply_as(&req.request, &actor, CLI_SOURCE)
+                        })
+                        .await
+                        .unwrap_or_else(|e| Reply::Failed(e.to_string()))
+                    }
                     Err(e) => Reply::Usage(format!("bad request: {e}")),
                 },
                 Err(e) => Reply::Failed(e.to_string()),

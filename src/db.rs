@@ -14,12 +14,6 @@ pub const SERIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("s
 pub const STUDIES: TableDefinition<&str, &[u8]> = TableDefinition::new("studies");
 /// Patient ID → `PatientRecord`.
 pub const PATIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("patients");
-/// Batch sequence → postcard `Vec<String>` of the SOP Instance UIDs whose files that batch
-/// renamed into place. The committer writes this in the batch's transaction and runs the
-/// batch's `syncfs` concurrently with its commit; the next batch deletes the entry. An entry
-/// found at start-up means a crash may have made index rows durable before their files'
-/// data: those files are verified and bad rows removed (see `commit::recover_pending`).
-pub const PENDING_SYNC: TableDefinition<u64, &[u8]> = TableDefinition::new("pending_sync");
 
 /// Waiting forward jobs: (destination, due time µs, job id) → `queue::JobRecord`. Pending
 /// jobs (never tried) are due at their creation time, retries at their backoff time, so "the
@@ -46,6 +40,9 @@ pub const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("paused");
 pub const DELIVERED: TableDefinition<(&str, &str), u64> = TableDefinition::new("delivered");
 /// Small named counters, e.g. `next_job_id`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Ingest journal checkpoints: journal name → the encoded `Position` after the last group
+/// whose objects are materialized and indexed (written in the same commit as their rows).
+pub const JOURNAL: TableDefinition<&str, &[u8]> = TableDefinition::new("journal");
 
 /// API tokens: BLAKE3 hex of the token → `http::auth::TokenRecord`. Tokens are shown once and
 /// only their hash is kept.

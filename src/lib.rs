@@ -17,17 +17,16 @@
 //! - [`net`]: upper layer (PDU framing, the PS3.8 state machine, negotiation), DIMSE, services,
 //!   and the association engine every DICOM port runs on.
 //! - [`queue`]: forwarding jobs.
-//! - [`ingest`]: the pipeline behind the storage service (record, routing, group commit).
+//! - [`ingest`]: the pipeline behind the storage service: routing, duplicate decisions, the
+//!   write-ahead journal a C-STORE is answered from, the materializer and checkpoints that
+//!   write object files and index rows, recovery at start-up.
 //! - [`control`]: the control socket the CLI reaches the running daemon through (queue,
 //!   tokens, users, audit, worklist import), and the same operations offline.
-//! - [`commit`]: the group committer (files synced and renamed, index rows committed, in
-//!   batches) — the only writer of the index.
 //! - [`http`]: admin API and metrics.
-//! - [`server`]: wires the cores, listeners, committer and shutdown together.
+//! - [`server`]: wires the cores, listeners, ingest and shutdown together.
 
 pub mod audit;
 pub mod clock;
-pub mod commit;
 pub mod config;
 pub mod control;
 pub mod db;

@@ -38,8 +38,12 @@
 //! - `cstore_total{status}`: C-STORE-RSPs sent, by status class (`success`, `warning`,
 //!   `failure`, PS3.7 Annex C); `cstore_duration_seconds`: from the C-STORE-RQ command set
 //!   decoded to its response handed to the socket.
-//! - `commit_batch_objects`, `commit_duration_seconds`: objects per group commit and the time
-//!   one batch takes (placing, sync, index commit).
+//! - `commit_batch_objects`, `commit_duration_seconds`: objects per ingest journal group and
+//!   the time one group takes (decisions, one write, one flush).
+//! - `journal_pending_objects`: acknowledged objects not yet checkpointed into the index;
+//!   `journal_lag_seconds`: age of the oldest of them; `checkpoint_objects`,
+//!   `checkpoint_duration_seconds`: objects per checkpoint and its time (files, syncfs,
+//!   index commit).
 //! - `forward_total{destination,result}`: forward attempts by outcome (`delivered`, `retry`,
 //!   `dead`; the attempt that sends a job to the dead letters counts as `dead`, whether it was
 //!   refused outright or exhausted `max_attempts` or `max_object_attempts`);
@@ -345,6 +349,10 @@ pub struct Metrics {
     cores: Box<[CoreSlot]>,
     commit_batch: AtomicHistogram<BATCH_BUCKETS>,
     commit_duration: AtomicHistogram<LATENCY_BUCKETS>,
+    checkpoint_objects: AtomicHistogram<BATCH_BUCKETS>,
+    checkpoint_duration: AtomicHistogram<LATENCY_BUCKETS>,
+    journal_pending: AtomicU64,
+    journal_lag_us: AtomicU64,
     destinations: RwLock<BTreeMap<String, Arc<DestinationMetrics>>>,
     worklist: WorklistMetrics,
     /// Rejected associations by service and [`REJECT_REASONS`] index (rare: shared atomics).
@@ -535,6 +543,10 @@ impl Metrics {
             cores: (0..=cores.max(1)).map(|_| CoreSlot::new()).collect(),
             commit_batch: AtomicHistogram::new(),
             commit_duration: AtomicHistogram::new(),
+            checkpoint_objects: AtomicHistogram::new(),
+            checkpoint_duration: AtomicHistogram::new(),
+            journal_pending: AtomicU64::new(0),
+            journal_lag_us: AtomicU64::new(0),
             destinations: RwLock::new(BTreeMap::new()),
             worklist: WorklistMetrics {
                 find: Default::default(),
@@ -630,6 +642,26 @@ impl Metrics {
     }
 
     /// The committer committed (or refused) a batch of `objects` in `elapsed`.
+    /// One checkpoint: objects materialized and indexed, and its time.
+    pub fn checkpoint(&self, objects: usize, elapsed: Duration) {
+        self.checkpoint_objects
+            .observe(&BATCH_BOUNDS, u64::try_from(objects).unwrap_or(u64::MAX));
+        self.checkpoint_duration
+            .observe(&LATENCY_BOUNDS_NS, nanos(elapsed));
+    }
+
+    /// Acknowledged objects not yet in the index.
+    pub fn journal_pending(&self, objects: u64) {
+        self.journal_pending.store(objects, Relaxed);
+    }
+
+    /// Age of the oldest acknowledged object not yet in the index, seconds.
+    pub fn journal_lag(&self, seconds: f64) {
+        self.journal_lag_us
+            .store((seconds.max(0.0) * 1e6) as u64, Relaxed);
+    }
+
+    /// One ingest journal group: objects in it and its time.
     pub fn commit_batch(&self, objects: usize, elapsed: Duration) {
         self.commit_batch
             .observe(&BATCH_BOUNDS, u64::try_from(objects).unwrap_or(u64::MAX));
@@ -700,6 +732,10 @@ impl Metrics {
             cores: self.sum_cores(),
             commit_batch: self.sum(&self.commit_batch),
             commit_duration: self.sum(&self.commit_duration),
+            checkpoint_objects: self.sum(&self.checkpoint_objects),
+            checkpoint_duration: self.sum(&self.checkpoint_duration),
+            journal_pending: self.journal_pending.load(Relaxed),
+            journal_lag_us: self.journal_lag_us.load(Relaxed),
             destinations: self.sum_destinations(snapshot),
             worklist: WorklistTotals {
                 find: std::array::from_fn(|i| self.worklist.find[i].load(Relaxed)),
@@ -812,6 +848,10 @@ struct Exposition {
     cores: CoreTotals,
     commit_batch: HistogramValue,
     commit_duration: HistogramValue,
+    checkpoint_objects: HistogramValue,
+    checkpoint_duration: HistogramValue,
+    journal_pending: u64,
+    journal_lag_us: u64,
     destinations: Vec<(String, DestinationTotals)>,
     worklist: WorklistTotals,
     duplicates: [u64; 4],
@@ -953,7 +993,7 @@ impl Collector for Exposition {
 
         let mut m = enc.encode_descriptor(
             "dicomgw_commit_batch_objects",
-            "Objects per group commit (one sync and one index transaction each).",
+            "Objects per ingest journal group (one write and one flush each).",
             None,
             Histogram,
         )?;
@@ -961,12 +1001,45 @@ impl Collector for Exposition {
 
         let mut m = enc.encode_descriptor(
             "dicomgw_commit_duration_seconds",
-            "Time one group commit takes: placing the files, syncing them and committing the index.",
+            "Time one journal group takes: duplicate decisions, one write and its flush.",
             None,
             Histogram,
         )?;
         self.commit_duration
             .encode(&LATENCY_BOUNDS_NS, NS_PER_SECOND, &mut m)?;
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_checkpoint_objects",
+            "Objects per checkpoint (files placed, one syncfs, one index commit).",
+            None,
+            Histogram,
+        )?;
+        self.checkpoint_objects.encode(&BATCH_BOUNDS, 1.0, &mut m)?;
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_checkpoint_duration_seconds",
+            "Time one checkpoint takes: placing the files, syncing them and committing the index.",
+            None,
+            Histogram,
+        )?;
+        self.checkpoint_duration
+            .encode(&LATENCY_BOUNDS_NS, NS_PER_SECOND, &mut m)?;
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_journal_pending_objects",
+            "Acknowledged objects (durable in the ingest journal) not yet checkpointed into the index.",
+            None,
+            Gauge,
+        )?;
+        sample(&mut m, &[], self.journal_pending)?;
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_journal_lag_seconds",
+            "Age of the oldest acknowledged object not yet checkpointed into the index.",
+            None,
+            Gauge,
+        )?;
+        m.encode_gauge(&(self.journal_lag_us as f64 / 1e6))?;
 
         let queue = &self.snapshot.queue;
         let mut m = enc.encode_descriptor(

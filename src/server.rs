@@ -16,12 +16,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::commit::{Committer, CommitterConfig};
 use crate::config::RetentionMode;
 use crate::config::Settings;
 use crate::control::{self, Ops};
 use crate::http::{self, ApiState, HttpServer};
-use crate::ingest::Pipeline;
+use crate::ingest::{Ingest, IngestConfig};
 use crate::metrics::Service;
 use crate::net::association::limits::Slots;
 use crate::net::association::{self, Core, Phase, Port, Transport};
@@ -71,6 +70,9 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The ingest journal could not be opened or replayed.
+    #[error("ingest journal: {0}")]
+    Ingest(String),
     /// A thread could not be started.
     #[error("cannot start thread: {0}")]
     Thread(std::io::Error),
@@ -138,6 +140,8 @@ pub fn serve(
             source,
         })?,
     );
+    // A new index file's name, like the directories, must be durable before it is used.
+    let _ = crate::store::fsync_dir(data.root());
     // Query/Retrieve rows for an index written before they existed (issue 13).
     match crate::store::index::query::backfill(index.database()) {
         Ok(0) => {}
@@ -173,19 +177,39 @@ pub fn serve(
     }
     let forwarder = Forwarder::start(queue.clone(), data.clone(), destinations.clone())
         .map_err(ServeError::Thread)?;
-    let (committer, committer_thread, _stats) = Committer::start(
-        index.clone(),
-        data.clone(),
-        CommitterConfig {
-            durability: settings.durability,
-            duplicate_policy: settings.store.duplicate_policy,
-            max_batch: settings.store.commit_max_batch,
-            window: settings.store.commit_window,
-            retire_unrouted: gateway_mode,
-            wake: Some(forwarder.wake_handle()),
-        },
-    )
-    .map_err(ServeError::Thread)?;
+    let routing = Arc::new(ArcSwap::from_pointee(Routing::new(routes.clone())));
+    // Recovery runs here, before any listener: objects acknowledged before the last stop
+    // are indexed (and their jobs queued) before anything new is accepted.
+    let ingest = {
+        let mut cfg = IngestConfig::new(settings.durability, settings.store.duplicate_policy);
+        cfg.max_batch = settings.store.commit_max_batch;
+        cfg.window = settings.store.commit_window;
+        cfg.retire_unrouted = gateway_mode;
+        cfg.sync = settings.store.sync_method;
+        cfg.wake = Some(forwarder.wake_handle());
+        let jcfg = crate::ingest::journal_config(
+            settings.store.journal_segments,
+            settings.store.journal_segment_size,
+            settings.durability,
+        );
+        let dir = crate::ingest::journal_path(data.root());
+        let storage = crate::store::journal::FileStorage::open(
+            &dir,
+            settings.durability,
+            crate::store::journal::IoMode::Auto,
+        )
+        .map_err(|e| ServeError::Ingest(format!("open {}: {e}", dir.display())))?;
+        Ingest::start(
+            storage,
+            jcfg,
+            index.clone(),
+            data.clone(),
+            cfg,
+            routing.clone(),
+        )
+        .map_err(|e| ServeError::Ingest(e.to_string()))?
+    };
+    let settle = ingest.settle.clone();
     let sweeper = if gateway_mode {
         Some(
             Sweeper::start(
@@ -206,7 +230,6 @@ pub fn serve(
                 "cannot create the control socket; `dicom-gw queue` will not reach this daemon")
         })
         .ok();
-    let routing = Arc::new(ArcSwap::from_pointee(Routing::new(routes.clone())));
     let live_config = Arc::new(LiveConfig::new(
         index.clone(),
         forwarder.shared().clone(),
@@ -300,7 +323,7 @@ pub fn serve(
     } else {
         None
     };
-    let mut ops = Ops::live(queue.clone(), forwarder.shared().clone());
+    let mut ops = Ops::live(queue.clone(), forwarder.shared().clone()).with_settle(settle.clone());
     if let Some(w) = &worklist_store {
         ops = ops.with_worklist(w.clone());
     }
@@ -322,10 +345,11 @@ pub fn serve(
                     &store.extra_sop_classes,
                     store.accept_any_storage_class,
                 )),
-                sink: Arc::new(Pipeline::new(committer.clone(), routing.clone())),
+                sink: Arc::new(ingest.pipeline.clone()),
                 data: data.clone(),
                 disk: disk.clone(),
                 accept_nonconformant: store.accept_nonconformant,
+                inline_max: store.inline_max,
             }),
             worklist: None,
             // Query/Retrieve FIND (issue 13): searches run on their own pool, never a core.
@@ -350,7 +374,6 @@ pub fn serve(
         send_buffer: Some(WORKLIST_SEND_BUFFER),
         phase: phase_rx.clone(),
     });
-    drop(committer);
     let worklist_port = match &worklist_store {
         Some(wl_store) => {
             let w = &settings.worklist;
@@ -412,7 +435,8 @@ pub fn serve(
         associations_active: store_port.slots.active_counter(),
         io_backend: backend.name(),
         login_token_ttl: settings.http.login_token_ttl,
-        started_at_us: crate::commit::timestamp_us(),
+        started_at_us: crate::clock::timestamp_us(),
+        settle: Some(settle.clone()),
         worklist: worklist_store,
         pacer: http::pacer::Pacer::new(settings.http.max_requests_per_second),
     });
@@ -550,10 +574,11 @@ pub fn serve(
     for c in cores {
         let _ = c.join();
     }
-    // Every core has dropped its ports: with ours gone, the committer drains and ends.
+    // Every core has dropped its ports: with ours gone, the journal writer drains and the
+    // materializer runs its last checkpoint.
     drop(store_port);
     drop(worklist_port);
-    let _ = committer_thread.join();
+    ingest.join();
     http_server.stop();
     forwarder.stop();
     if let Some(s) = sweeper {

@@ -787,7 +787,7 @@ fn downloads_are_the_stored_bytes_and_nothing_else() {
     let port = gw.http_port();
     let v = &gw.viewer;
     for s in &gw.objs {
-        let stored = std::fs::read(s.stored_path(&gw.data)).unwrap();
+        let stored = std::fs::read(s.settled_path(&gw.data)).unwrap();
         let r = gw.get(&format!("/instances/{}/file", s.sop_instance_uid), v);
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.header("content-type"), Some("application/dicom"));
@@ -807,7 +807,7 @@ fn downloads_are_the_stored_bytes_and_nothing_else() {
     gen_part10(&f, &big).unwrap();
     storescu(gw.daemon.port, &[&f], &[]).assert_all_ok(&[&f]);
     let r = gw.get(&format!("/instances/{}/file", big.sop_instance_uid), v);
-    let stored = std::fs::read(big.stored_path(&gw.data)).unwrap();
+    let stored = std::fs::read(big.settled_path(&gw.data)).unwrap();
     assert!(
         r.status == 200 && r.body == stored,
         "big download: {} {} bytes",
@@ -824,7 +824,7 @@ fn downloads_are_the_stored_bytes_and_nothing_else() {
         .err(400, "x");
     // A file that vanished from under the index: 404, not 500.
     let gone = &gw.objs[4];
-    std::fs::remove_file(gone.stored_path(&gw.data)).unwrap();
+    std::fs::remove_file(gone.settled_path(&gw.data)).unwrap();
     gw.get(&format!("/instances/{}/file", gone.sop_instance_uid), v)
         .err(404, "not available");
 

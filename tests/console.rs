@@ -151,7 +151,7 @@ fn console_in_headless_chromium() {
     // The downloaded file is the stored one, byte for byte.
     let got = std::fs::read(downloads.join(format!("{}.dcm", b.sop_instance_uid)))
         .expect("the console downloaded BRAVO's instance under its SOP Instance UID");
-    assert_eq!(got, std::fs::read(b.stored_path(&data)).unwrap());
+    assert_eq!(got, std::fs::read(b.settled_path(&data)).unwrap());
 
     // What the console did, seen through the API and by the destination.
     let token = cli_token(BIN, &data, "admin");

@@ -323,3 +323,142 @@ gwtest!(sigterm_right_after_ready_exits_cleanly, |io: &str| {
         );
     }
 });
+
+/// Cycles per backend of the kill -9 loop (both backends run: 2 × 25 ≥ 50 in the suite;
+/// `scripts/kill9-loop.sh` runs more).
+const KILL_CYCLES: usize = 25;
+
+// kill -9 at a random moment of a sustained load, KILL_CYCLES times on one data directory,
+// every object routed to a destination (so each has a forward job). After every restart
+// (whose recovery time is reported) the daemon is stopped and the data directory checked:
+// every object acknowledged in any cycle so far is indexed, byte-identical, with its job;
+// every indexed object is one that was sent, complete.
+gwtest!(kill9_at_random_moments_many_cycles, |io: &str| {
+    require_dcmtk();
+    let cycles: usize = std::env::var("KILL9_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(KILL_CYCLES);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let config = tmp.path().join("gw.toml");
+    std::fs::write(
+        &config,
+        "[[destinations]]\nname = \"archive\"\nae_title = \"ARCHIVE\"\nhost = \"127.0.0.1\"\nport = 9\n\n[[routes]]\ndestinations = [\"archive\"]\n",
+    )
+    .unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let mut acked: Vec<Obj> = Vec::new();
+    let mut sent: HashMap<String, String> = HashMap::new();
+    let mut recovery_ms = Vec::new();
+    let mut rng = fastrand::Rng::with_seed(0x6b696c6c39 ^ io.len() as u64);
+    for cycle in 0..cycles {
+        // Two clients, 40 new objects each, sizes from 2 to 40 KiB.
+        let mut batches: Vec<Vec<Obj>> = Vec::new();
+        for c in 0..2 {
+            let first = ObjSpec::new((100_000 + cycle * 1000 + c * 100) as u32);
+            let mut b = Vec::new();
+            for i in 0..40 {
+                let spec = ObjSpec::new((100_000 + cycle * 1000 + c * 100 + i) as u32)
+                    .same_series_as(&first)
+                    .pixel_bytes(2048 + 1024 * rng.u64(0..38));
+                let file = src.join(format!("{cycle}_{c}_{i}.dcm"));
+                gen_part10(&file, &spec).unwrap();
+                sent.insert(spec.sop_instance_uid.clone(), dataset_hash(&file));
+                b.push(Obj { spec, file });
+            }
+            batches.push(b);
+        }
+        let started = Instant::now();
+        let gw = Daemon::start(BIN, &data, io, &args);
+        recovery_ms.push(started.elapsed().as_millis() as u64);
+        let port = gw.port;
+        let loads: Vec<_> = batches
+            .iter()
+            .map(|b| {
+                let files: Vec<PathBuf> = b.iter().map(|o| o.file.clone()).collect();
+                std::thread::spawn(move || {
+                    storescu(port, &files, &storescu_flags_for(Ts::ExplicitLE))
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(rng.u64(20..600)));
+        let mut gw = gw;
+        gw.kill9();
+        for (h, b) in loads.into_iter().zip(batches) {
+            let r = h.join().expect("storescu thread panicked");
+            assert!(!r.timed_out, "storescu timed out:\n{}", r.output);
+            let ok: BTreeSet<&Path> = r.succeeded.iter().map(|p| p.as_path()).collect();
+            acked.extend(b.into_iter().filter(|o| ok.contains(o.file.as_path())));
+        }
+        drop(gw);
+        // Restart (recovery runs before the ready line), stop cleanly, check everything.
+        let started = Instant::now();
+        let mut gw = Daemon::start(BIN, &data, io, &args);
+        recovery_ms.push(started.elapsed().as_millis() as u64);
+        gw.stop();
+        assert!(
+            !gw.stderr().contains("ERROR"),
+            "cycle {cycle}: errors after recovery:\n{}",
+            gw.stderr()
+        );
+        drop(gw);
+        let idx = open_index(&data);
+        let queue = dicom_gw::queue::Queue::new(std::sync::Arc::new(idx), false);
+        let jobs: BTreeSet<String> = queue
+            .list(Some("archive"), None, 1_000_000)
+            .unwrap()
+            .into_iter()
+            .map(|j| j.job.sop_instance_uid)
+            .collect();
+        let idx = queue.index();
+        for o in &acked {
+            let row = idx
+                .instance(&o.spec.sop_instance_uid)
+                .unwrap()
+                .unwrap_or_else(|| {
+                    panic!(
+                        "cycle {cycle}: acknowledged {} is not indexed",
+                        o.spec.sop_instance_uid
+                    )
+                });
+            let stored = data.join(&row.path);
+            assert!(
+                same_dataset(&stored, &o.file),
+                "cycle {cycle}: {} differs from what was sent",
+                stored.display()
+            );
+            assert!(
+                jobs.contains(&o.spec.sop_instance_uid),
+                "cycle {cycle}: acknowledged {} has no forward job",
+                o.spec.sop_instance_uid
+            );
+        }
+        for r in idx.instances().unwrap() {
+            let want = sent
+                .get(&r.sop_instance_uid)
+                .unwrap_or_else(|| panic!("cycle {cycle}: indexed object never sent: {r:?}"));
+            assert_eq!(
+                &r.dataset_blake3, want,
+                "cycle {cycle}: {}",
+                r.sop_instance_uid
+            );
+            assert_eq!(
+                &dataset_hash(data.join(&r.path)),
+                want,
+                "cycle {cycle}: file of {}",
+                r.sop_instance_uid
+            );
+        }
+    }
+    recovery_ms.sort_unstable();
+    eprintln!(
+        "{io}: {cycles} kill -9 cycles, {} objects acknowledged; start-up (recovery included) median {} ms, max {} ms",
+        acked.len(),
+        recovery_ms[recovery_ms.len() / 2],
+        recovery_ms.last().unwrap()
+    );
+    assert!(!acked.is_empty(), "no cycle acknowledged anything");
+});

@@ -771,7 +771,7 @@ fn routes_send_each_destination_exactly_its_objects() {
     assert_eq!(all_jobs, (want_a.len() + want_b.len()) as u64, "{stats:?}");
     for o in us_other.iter().chain(&not_described).chain(&dx_other) {
         assert!(
-            o.spec.stored_path(&data).is_file(),
+            o.spec.settled_path(&data).is_file(),
             "unrouted object {} not stored",
             o.spec.sop_instance_uid
         );
@@ -1003,7 +1003,7 @@ fn gateway_retention_deletes_only_what_every_destination_has() {
     std::thread::sleep(Duration::from_secs(3));
     for o in &mr {
         assert!(
-            o.spec.stored_path(&data).is_file(),
+            o.spec.settled_path(&data).is_file(),
             "{} deleted although destination ret-b does not have it",
             o.spec.sop_instance_uid
         );
@@ -1114,7 +1114,7 @@ fn disk_high_water_mark_refuses_with_a700_before_disk_full() {
     let mut gw = start_gw(
         tmp.path(),
         &data,
-        "[store]\ndisk_high_water_percent = 50\n",
+        "[store]\ndisk_high_water_percent = 50\njournal_segments = 2\njournal_segment_mib = 1\n",
         &[],
     );
     let (total, avail0) = fs_space(&data);
@@ -1165,15 +1165,15 @@ fn disk_high_water_mark_refuses_with_a700_before_disk_full() {
             Err(format!("{t:?}"))
         }
     });
+    for o in &objs[..ok] {
+        assert!(same_dataset(o.spec.settled_path(&data), &o.file));
+    }
     let stored = list_files(data.join("objects"));
     assert_eq!(
         stored.len(),
         ok,
         "stored files vs accepted objects: {stored:?}"
     );
-    for o in &objs[..ok] {
-        assert!(same_dataset(o.spec.stored_path(&data), &o.file));
-    }
     gw.stop();
     drop(gw);
     assert_eq!(index_uids(&data), uids_of(&objs[..ok]));
@@ -1182,7 +1182,7 @@ fn disk_high_water_mark_refuses_with_a700_before_disk_full() {
     let gw = start_gw(
         tmp.path(),
         &data,
-        "[store]\ndisk_high_water_percent = 100\n",
+        "[store]\ndisk_high_water_percent = 100\njournal_segments = 2\njournal_segment_mib = 1\n",
         &[],
     );
     let next = &objs[ok];
@@ -1193,7 +1193,7 @@ fn disk_high_water_mark_refuses_with_a700_before_disk_full() {
         "after raising the mark:\n{}",
         r.output
     );
-    assert!(same_dataset(next.spec.stored_path(&data), &next.file));
+    assert!(same_dataset(next.spec.settled_path(&data), &next.file));
     drop(gw);
 }
 

@@ -34,7 +34,7 @@ gwtest!(one_gib_object_streams_in_bounded_memory, |io: &str| {
     );
     gw.stop();
 
-    let stored = spec.stored_path(&data);
+    let stored = spec.settled_path(&data);
     assert!(stored.is_file(), "not stored at {}", stored.display());
     assert_eq!(meta_ts(&stored), Ts::ExplicitLE.uid());
     let st = parse_part10(&stored).unwrap();

@@ -570,7 +570,7 @@ fn install_run_and_purge(deb: &Path) {
     let spec = ObjSpec::new(1);
     gen_part10(&f, &spec).unwrap();
     storescu(store_port, &[&f], &[]).assert_all_ok(&[&f]);
-    let stored = spec.stored_path(data);
+    let stored = spec.settled_path(data);
     let md = std::fs::metadata(&stored).expect("the object is stored");
     assert_eq!((md.uid(), md.mode() & 0o777), (uid, 0o640));
     // The CLI reaches it as root through the control socket.

@@ -40,7 +40,7 @@ fn open_index(data_dir: &Path) -> Index {
 /// Checks the stored file of `s`: present, dcmftest-valid, meta group as specified, dataset
 /// bytes identical to the sent file's.
 fn check_stored_file(data_dir: &Path, s: &Sent) {
-    let stored = s.spec.stored_path(data_dir);
+    let stored = s.spec.settled_path(data_dir);
     assert!(
         stored.is_file(),
         "{:?} object {} not stored at {}",
@@ -115,7 +115,7 @@ fn check_row(idx: &Index, data_dir: &Path, s: &Sent) -> InstanceRecord {
         s.ts
     );
     assert_eq!(r.calling_ae_title.trim(), s.calling_ae);
-    let stored = s.spec.stored_path(data_dir);
+    let stored = s.spec.settled_path(data_dir);
     assert_eq!(data_dir.join(&r.path), stored, "row path of {uid}");
     assert_eq!(
         r.file_size,

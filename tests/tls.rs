@@ -313,7 +313,7 @@ fn all_services_over_tls(gw: &Daemon, dir: &Path, flags: &[&str]) {
     storescu(gw.tls_port, &files, flags).assert_all_ok(&files);
     for (spec, sent) in &objs {
         assert!(
-            same_dataset(spec.stored_path(&gw.data_dir), sent),
+            same_dataset(spec.settled_path(&gw.data_dir), sent),
             "stored over TLS: dataset differs"
         );
     }

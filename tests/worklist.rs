@@ -520,7 +520,7 @@ fn only_store_and_only_worklist_run_as_two_processes() {
     let f = tmp.path().join("o.dcm");
     gen_part10(&f, &spec).unwrap();
     storescu(store.port, &[&f], &[]).assert_all_ok(&[&f]);
-    assert!(spec.stored_path(&store_dir).exists());
+    assert!(spec.settled_path(&store_dir).exists());
     let found = query(wl.worklist_port, tmp.path(), &[]);
     assert_eq!(found.accessions(), set(&["ACC1", "ACC2"]), "{}", found.log);
     // Each process's admin API says which services it runs.

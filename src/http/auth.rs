@@ -433,7 +433,7 @@ pub fn add_user(
         name: name.to_owned(),
         role,
         password_hash: hash_password(password)?,
-        created_at_us: crate::commit::timestamp_us(),
+        created_at_us: crate::clock::timestamp_us(),
         disabled: false,
     };
     let tx = db.begin_write().map_err(db_err)?;

@@ -26,7 +26,7 @@ use hyper::{Request, Response};
 use serde_json::{json, Value};
 use tracing::{debug, error, info, warn};
 
-use crate::commit::timestamp_us;
+use crate::clock::timestamp_us;
 use crate::config::HttpSettings;
 use crate::control::Ops;
 use crate::queue::forwarder::Shared as ForwarderShared;
@@ -77,6 +77,9 @@ pub struct ApiState {
     pub worklist: Option<Arc<crate::worklist::store::WorklistStore>>,
     /// Paces every request but the health probes (`[http] max_requests_per_second`).
     pub pacer: pacer::Pacer,
+    /// Lets index reads wait for the checkpoint of every acknowledged object (`None`
+    /// without a store service).
+    pub settle: Option<crate::ingest::Settle>,
 }
 
 /// What a resource handler gets besides the request.
@@ -596,6 +599,14 @@ async fn api(
     peer: SocketAddr,
     principal: auth::Principal,
 ) -> Result<Response<Body>, ApiError> {
+    if reads_the_index(req.method(), req.uri().path()) {
+        if let Some(s) = &state.settle {
+            // Every object acknowledged before this request is indexed before it is answered.
+            if !s.settle(SETTLE_LIMIT).await {
+                tracing::warn!("the ingest checkpoint did not come within {SETTLE_LIMIT:?}: answering from the index as it stands");
+            }
+        }
+    }
     resources::dispatch(
         req,
         Ctx {
@@ -605,6 +616,26 @@ async fn api(
         },
     )
     .await
+}
+
+/// Longest an API read waits for the ingest checkpoint.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Reads that must see every acknowledged object: studies, series, instances (and their
+/// files), patients, forwarding jobs.
+fn reads_the_index(method: &hyper::Method, path: &str) -> bool {
+    (method == hyper::Method::GET || method == hyper::Method::HEAD)
+        && [
+            "/api/v1/studies",
+            "/api/v1/series",
+            "/api/v1/instances",
+            "/api/v1/patients",
+            "/api/v1/queue",
+        ]
+        .iter()
+        .any(|p| {
+            path == *p || path.starts_with(&format!("{p}/")) || path.starts_with(&format!("{p}?"))
+        })
 }
 
 fn readyz(state: &ApiState) -> Response<Body> {
@@ -652,6 +683,9 @@ fn ready_checks(state: &ApiState) -> (bool, serde_json::Map<String, Value>) {
         },
     );
     check("disk", state.disk.check().map_err(|e| e.to_string()));
+    if let Some(s) = &state.settle {
+        check("ingest", s.progress().readiness());
+    }
     check(
         "components",
         crate::health::failed().map_or(Ok(()), |f| Err(format!("failed: {f}"))),

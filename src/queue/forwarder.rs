@@ -38,8 +38,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
+use super::Wake;
 use super::{Claimed, JobRecord, Outcome, Queue};
-use crate::commit::{timestamp_us, Wake};
+use crate::clock::timestamp_us;
 use crate::config::{Destination, TranscodePolicy};
 use crate::dicom::transcode::{self, Syntax, TranscodeError};
 use crate::metrics::ForwardResult;
@@ -304,7 +305,7 @@ impl Forwarder {
         &self.shared
     }
 
-    /// The committer's doorbell.
+    /// The doorbell ingest rings after a checkpoint created jobs.
     pub fn wake_handle(&self) -> Wake {
         let s = self.shared.clone();
         Wake(Arc::new(move |name: &str| s.wake(name)))
@@ -750,8 +751,37 @@ fn send_batch(
             }
         };
         let path = shared.data.root().join(&rec.path);
-        let file = match std::fs::File::open(&path) {
+        // Object files are immutable: a replacement gets a new name and the old file goes
+        // after the index names the new one. So a file that is gone, or not the size the
+        // claimed record says, was replaced since the claim: the job is sent again with the
+        // record as it is now, never the old offsets over new bytes (audit H3).
+        let opened = std::fs::File::open(&path).and_then(|f| {
+            let len = f.metadata()?.len();
+            if len == rec.file_size {
+                Ok(f)
+            } else {
+                Err(std::io::Error::other(format!(
+                    "{len} bytes on disk, the record says {}",
+                    rec.file_size
+                )))
+            }
+        });
+        let replaced = || {
+            shared
+                .queue
+                .index()
+                .instance(&rec.sop_instance_uid)
+                .ok()
+                .flatten()
+                .is_some_and(|now| now.path != rec.path || now.dataset_blake3 != rec.dataset_blake3)
+        };
+        let file = match opened {
             Ok(f) => f,
+            Err(_) if replaced() => {
+                info!(destination = %cfg.name, sop = %rec.sop_instance_uid, "the object was replaced since this job was claimed: sending the new version");
+                results.push((job, Outcome::Unsent));
+                continue;
+            }
             Err(e) => {
                 let why = format!("cannot open the stored object {}: {e}", path.display());
                 error!(destination = %cfg.name, "{why}");

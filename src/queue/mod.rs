@@ -148,6 +148,16 @@ pub struct JobView {
 
 pub use crate::metrics::DestinationStats;
 
+/// The forwarder's doorbell, rung by ingest once new jobs are durable.
+#[derive(Clone)]
+pub struct Wake(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for Wake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Wake")
+    }
+}
+
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

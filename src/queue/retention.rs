@@ -17,7 +17,7 @@ use redb::ReadableTable;
 use tracing::{error, info};
 
 use super::QueueError;
-use crate::commit::timestamp_us;
+use crate::clock::timestamp_us;
 use crate::db;
 use crate::store::index::{self, Index};
 use crate::store::DataDir;

@@ -180,7 +180,7 @@ pub fn create_tables(tx: &WriteTransaction) -> Result<(), IndexError> {
     tx.open_table(db::SERIES)?;
     tx.open_table(db::STUDIES)?;
     tx.open_table(db::PATIENTS)?;
-    tx.open_table(db::PENDING_SYNC)?;
+    tx.open_table(db::JOURNAL)?;
     // The forwarding queue shares the database (and the committer's transactions).
     tx.open_table(db::QUEUE)?;
     tx.open_table(db::IN_FLIGHT)?;
@@ -385,7 +385,12 @@ impl Index {
     /// Opens (creating if needed) the index database at `path` and its tables, and loads the
     /// study summary.
     pub fn open(path: &Path) -> Result<Self, IndexError> {
-        let db = Database::create(path)?;
+        Self::from_database(Database::create(path)?)
+    }
+
+    /// The index in an open database (e.g. on a test backend that models power loss),
+    /// creating its tables.
+    pub fn from_database(db: Database) -> Result<Self, IndexError> {
         let tx = db.begin_write()?;
         create_tables(&tx)?;
         tx.commit()?;

@@ -32,6 +32,12 @@ pub fn syncfs(f: &std::fs::File) -> std::io::Result<()> {
     }
 }
 
+/// Makes a directory's entries durable (`fsync` on the directory): after creating or renaming
+/// something in it that a later step relies on surviving a power cut.
+pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Filesystem usage: (total bytes, bytes available to unprivileged writers).
 pub fn disk_usage(path: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
@@ -178,6 +184,8 @@ pub struct DataDir {
     /// The directory, open and locked; the lock goes when the last clone is dropped (or the
     /// process ends).
     _lock: std::sync::Arc<std::fs::File>,
+    /// See [`DataDir::objects_lock`].
+    objects_lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl DataDir {
@@ -201,6 +209,7 @@ impl DataDir {
         let dd = Self {
             root: root.to_path_buf(),
             _lock: std::sync::Arc::new(lock),
+            objects_lock: Default::default(),
         };
         for dir in [dd.objects(), dd.tmp()] {
             std::fs::DirBuilder::new()
@@ -209,6 +218,12 @@ impl DataDir {
                 .create(&dir)?;
         }
         dd.restrict_modes();
+        // The new directories' names must survive a power cut before anything in them is
+        // acknowledged (a filesystem without syncfs, e.g. FUSE, would otherwise lose them).
+        fsync_dir(root)?;
+        if let Some(parent) = root.parent() {
+            let _ = fsync_dir(parent);
+        }
         let mut removed = 0;
         for entry in std::fs::read_dir(dd.tmp())? {
             let entry = entry?;
@@ -266,6 +281,15 @@ impl DataDir {
     /// The data directory itself.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Held while files under `objects/` are created or removed together with their index
+    /// rows (the ingest checkpoint, retention): a removal's late `unlink` can then never
+    /// delete a file that a checkpoint has just put at the same path (audit H1).
+    pub fn objects_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.objects_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Where stored objects live.

@@ -7,6 +7,8 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+
+pub use super::writer::Body;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -15,12 +17,12 @@ use dicom_core::Tag;
 use super::attrs::IndexAttrs;
 use super::StoreError;
 
-/// An object whose bytes are all in its temporary file, checked against its command, with
-/// the attributes the index and routing need.
+/// An object whose bytes have all arrived (in memory or in its temporary file), checked
+/// against its command, with the attributes the index and routing need.
 #[derive(Debug)]
 pub struct ReceivedObject {
-    /// The temporary file (Part-10 header + the dataset as received).
-    pub temp_path: PathBuf,
+    /// Part-10 header + the dataset as received.
+    pub body: Body,
     /// Size of the whole file.
     pub file_size: u64,
     /// Size of the dataset bytes.

@@ -1,7 +1,11 @@
-//! The streaming object writer: one temporary file per object being received.
+//! The streaming object writer: an object being received, in memory while it is small, in a
+//! temporary file once it is not.
 //!
 //! The Part-10 header goes first, then every data fragment at the offset where it belongs,
-//! exactly as received. The dataset is hashed (BLAKE3) on the way and its first bytes are kept
+//! exactly as received. Objects up to the inline limit stay in one buffer that the ingest
+//! journal appends as it is (no file, no `open`/`close`, no kernel worker per write); the
+//! first fragment that would pass the limit spills the buffer to the temporary file and the
+//! rest streams there. The dataset is hashed (BLAKE3) on the way and its first bytes are kept
 //! for index-attribute extraction; nothing else is held in memory, whatever the object's size.
 //! The dataset's element framing is followed on the way too ([`StreamCheck`]), so an object
 //! that ends inside an element or has an odd length is known when its last fragment lands.
@@ -20,10 +24,13 @@ use crate::rt::ObjFile;
 /// back from the file in the rare case the wanted groups are longer.
 pub const PREFIX_LEN: usize = 64 * 1024;
 
-/// An object being written to its temporary file.
+/// An object being received.
 #[derive(Debug)]
 pub struct ObjectWriter<F: ObjFile> {
     file: Option<F>,
+    /// The whole object (header and dataset) while it is at most `inline_max` bytes.
+    mem: Option<Vec<u8>>,
+    inline_max: usize,
     temp_path: PathBuf,
     pos: u64,
     header_len: u64,
@@ -33,11 +40,29 @@ pub struct ObjectWriter<F: ObjFile> {
     error: Option<io::Error>,
 }
 
-/// An object whose bytes are all in its temporary file (not yet synced or renamed).
+/// Where a received object's bytes are.
+#[derive(Debug)]
+pub enum Body {
+    /// All of it (Part-10 header and dataset) in memory.
+    Inline(Bytes),
+    /// In this temporary file (not yet synced or renamed).
+    File(PathBuf),
+}
+
+impl Body {
+    /// Drops the object: removes its temporary file, if it has one.
+    pub fn discard(&self) {
+        if let Body::File(p) = self {
+            remove_quietly(p);
+        }
+    }
+}
+
+/// An object whose bytes have all arrived.
 #[derive(Debug)]
 pub struct WrittenObject {
-    /// The temporary file.
-    pub temp_path: PathBuf,
+    /// Its bytes.
+    pub body: Body,
     /// Size of the whole file.
     pub file_size: u64,
     /// Offset of the dataset in the file (header length).
@@ -53,17 +78,37 @@ pub struct WrittenObject {
 }
 
 impl<F: ObjFile> ObjectWriter<F> {
-    /// Creates the temporary file and writes the Part-10 header; `check` follows the dataset's
-    /// structure as it arrives (`None`: not checked).
+    /// Starts an object with its Part-10 header: in memory if `inline_max` leaves room for
+    /// more than the header, else in the temporary file `temp_path` (created now). `check`
+    /// follows the dataset's structure as it arrives (`None`: not checked).
     pub async fn create(
         temp_path: PathBuf,
         header: Vec<u8>,
         check: Option<StreamCheck>,
+        inline_max: usize,
     ) -> io::Result<Self> {
-        let file = F::create(&temp_path).await?;
         let header_len = header.len() as u64;
+        if header.len() < inline_max {
+            let mut mem = Vec::with_capacity(inline_max.min(64 * 1024));
+            mem.extend_from_slice(&header);
+            return Ok(Self {
+                file: None,
+                mem: Some(mem),
+                inline_max,
+                temp_path,
+                pos: header_len,
+                header_len,
+                hasher: blake3::Hasher::new(),
+                prefix: Vec::new(),
+                check,
+                error: None,
+            });
+        }
+        let file = F::create(&temp_path).await?;
         let mut w = Self {
             file: None,
+            mem: None,
+            inline_max,
             temp_path,
             pos: 0,
             header_len,
@@ -86,6 +131,39 @@ impl<F: ObjFile> ObjectWriter<F> {
     pub async fn write(&mut self, data: Bytes) {
         if self.error.is_some() {
             return;
+        }
+        if let Some(mem) = &mut self.mem {
+            if mem.len() + data.len() <= self.inline_max {
+                self.hasher.update(&data);
+                if let Some(c) = &mut self.check {
+                    c.push(&data);
+                }
+                mem.extend_from_slice(&data);
+                self.pos += data.len() as u64;
+                return;
+            }
+            // Too big to stay inline: what arrived so far goes to the file first.
+            let mem = self.mem.take().expect("checked above");
+            let dataset_start = self.header_len as usize;
+            self.prefix
+                .extend_from_slice(&mem[dataset_start..mem.len().min(dataset_start + PREFIX_LEN)]);
+            match F::create(&self.temp_path).await {
+                Ok(file) => {
+                    let len = mem.len() as u64;
+                    if let Err(e) = file.write_all_at(Bytes::from(mem), 0).await {
+                        self.error = Some(e);
+                    }
+                    debug_assert_eq!(len, self.pos);
+                    self.file = Some(file);
+                }
+                Err(e) => {
+                    self.error = Some(e);
+                    return;
+                }
+            }
+            if self.error.is_some() {
+                return;
+            }
         }
         let Some(file) = &self.file else { return };
         if self.prefix.len() < PREFIX_LEN {
@@ -111,6 +189,28 @@ impl<F: ObjFile> ObjectWriter<F> {
     /// Closes the file. On any earlier or closing error the temporary file is removed and the
     /// error returned, so no partial file survives.
     pub async fn finish(mut self) -> io::Result<WrittenObject> {
+        if let Some(mem) = self.mem.take() {
+            let dataset_start = self.header_len as usize;
+            let prefix_end = mem.len().min(dataset_start + PREFIX_LEN);
+            return Ok(WrittenObject {
+                prefix: mem[dataset_start..prefix_end].to_vec(),
+                body: Body::Inline(Bytes::from(mem)),
+                file_size: self.pos,
+                dataset_offset: self.header_len,
+                dataset_size: self.pos - self.header_len,
+                dataset_blake3: self.hasher.finalize().to_hex().to_string(),
+                structure: self.check.take().map_or(Ok(()), |c| c.finish().map(drop)),
+            });
+        }
+        if self.file.is_none() {
+            // Spilling failed before the file existed.
+            let e = self
+                .error
+                .take()
+                .unwrap_or_else(|| io::Error::other("no file"));
+            remove_quietly(&self.temp_path);
+            return Err(e);
+        }
         let file = self
             .file
             .take()
@@ -121,7 +221,7 @@ impl<F: ObjFile> ObjectWriter<F> {
             return Err(e);
         }
         Ok(WrittenObject {
-            temp_path: std::mem::take(&mut self.temp_path),
+            body: Body::File(std::mem::take(&mut self.temp_path)),
             file_size: self.pos,
             dataset_offset: self.header_len,
             dataset_size: self.pos - self.header_len,
@@ -154,8 +254,15 @@ pub fn remove_quietly(path: &Path) {
 /// in-memory prefix was too short for attribute extraction).
 pub fn read_dataset_prefix(obj: &WrittenObject, len: usize) -> io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(&obj.temp_path)?;
     let len = len.min(obj.dataset_size as usize);
+    let path = match &obj.body {
+        Body::Inline(b) => {
+            let start = obj.dataset_offset as usize;
+            return Ok(b[start..start + len].to_vec());
+        }
+        Body::File(p) => p,
+    };
+    let f = std::fs::File::open(path)?;
     let mut buf = vec![0u8; len];
     f.read_exact_at(&mut buf, obj.dataset_offset)?;
     Ok(buf)

@@ -96,6 +96,8 @@ impl Daemon {
     ) -> Result<Daemon, String> {
         let mut child = Command::new(bin)
             .args(args)
+            // Small journal segments: test daemons start by the hundred.
+            .env("DICOM_GW_JOURNAL_SEGMENT_MIB", "4")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -224,7 +224,22 @@ impl ObjSpec {
         r as u64 * c as u64 * 2
     }
 
-    /// Where the daemon stores this object under `data_dir`.
+    /// Where the daemon stores this object under `data_dir`, once it is there (waits up to
+    /// 30 s for the ingest checkpoint).
+    pub fn settled_path(&self, data_dir: &Path) -> PathBuf {
+        let p = self.stored_path(data_dir);
+        // A C-STORE is answered once the object is in the ingest journal; its file reaches
+        // objects/ at the next checkpoint (a fraction of a second). Its final name appears
+        // atomically, complete.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !p.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        p
+    }
+
+    /// Where the daemon stores this object (it may not be there yet: see
+    /// [`ObjSpec::settled_path`]).
     pub fn stored_path(&self, data_dir: &Path) -> PathBuf {
         data_dir
             .join("objects")

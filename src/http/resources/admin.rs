@@ -47,7 +47,7 @@ impl Actor {
             }
             crate::audit::append(
                 tx,
-                crate::commit::timestamp_us(),
+                crate::clock::timestamp_us(),
                 &crate::audit::AuditEvent {
                     actor: &self.name,
                     source: &self.source,
@@ -123,12 +123,12 @@ pub async fn login(
             db,
             &body.name,
             &body.password,
-            crate::commit::timestamp_us(),
+            crate::clock::timestamp_us(),
             ttl,
             |tx, rec: &TokenRecord| {
                 crate::audit::append(
                     tx,
-                    crate::commit::timestamp_us(),
+                    crate::clock::timestamp_us(),
                     &crate::audit::AuditEvent {
                         actor: &rec.name,
                         source: &source,
@@ -232,7 +232,7 @@ pub async fn create_token(
     let (index, actor) = (ctx.state.index.clone(), Actor::of(ctx));
     let v = blocking(move || {
         let db = index.database();
-        let now = crate::commit::timestamp_us();
+        let now = crate::clock::timestamp_us();
         let expires = if secs == 0 { 0 } else { now + secs * 1_000_000 };
         let (token, rec) = auth::create_token(
             db,

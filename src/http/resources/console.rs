@@ -100,7 +100,7 @@ pub fn history() -> &'static History {
 fn sample_now() -> Sample {
     let t = crate::metrics::global().totals();
     Sample {
-        t_us: crate::commit::timestamp_us(),
+        t_us: crate::clock::timestamp_us(),
         instances: t.instances_received,
         bytes: t.dataset_bytes_received,
         cstore_failures: t.cstore_failure,

@@ -523,7 +523,7 @@ pub async fn stats(req: &Request<Incoming>, ctx: &Ctx<'_>) -> Result<Response<Bo
         Ok((index, q))
     })
     .await?;
-    let now = crate::commit::timestamp_us();
+    let now = crate::clock::timestamp_us();
     let mut disk = Map::new();
     match s.disk.used_percent() {
         Ok(p) => {

@@ -16,7 +16,7 @@ use crate::net::dimse::command::Command;
 use crate::rt::ObjFile;
 use crate::store::attrs::{self, ExtractError, IndexAttrs};
 use crate::store::sink::{Accepted, ObjectSink, ReceivedObject};
-use crate::store::writer::{read_dataset_prefix, remove_quietly, ObjectWriter};
+use crate::store::writer::{read_dataset_prefix, ObjectWriter};
 use crate::store::{meta, DataDir, DiskGuard, StoreError};
 
 pub use super::storage_classes::STORAGE_SOP_CLASSES;
@@ -270,6 +270,9 @@ pub struct StorageScp {
     pub disk: DiskGuard,
     /// Quarantine objects without a usable Study/Series Instance UID instead of refusing them.
     pub accept_nonconformant: bool,
+    /// Objects (header and dataset) up to this many bytes are received in memory and go to
+    /// the ingest journal whole; larger ones stream to a temporary file.
+    pub inline_max: usize,
 }
 
 /// The association-level facts a C-STORE is checked against.
@@ -329,7 +332,7 @@ impl StorageScp {
                 Err(e) => return Reception::Refused(StoreError::CannotUnderstand(e.to_string())),
             };
         let check = StreamCheck::for_transfer_syntax(ctx.transfer_syntax, STRUCTURE_LIMITS);
-        match ObjectWriter::<F>::create(temp_path, header, check).await {
+        match ObjectWriter::<F>::create(temp_path, header, check, self.inline_max).await {
             Ok(w) => Reception::Streaming(Box::new(w)),
             Err(e) => Reception::Refused(StoreError::from_io("create temporary file", &e)),
         }
@@ -392,14 +395,14 @@ impl StorageScp {
         let (attrs, rel_path) = match checked {
             Ok(x) => x,
             Err(e) => {
-                remove_quietly(&obj.temp_path);
+                obj.body.discard();
                 return Err(e);
             }
         };
         let dataset_size = obj.dataset_size;
         let accepted = sink
             .submit(ReceivedObject {
-                temp_path: obj.temp_path,
+                body: obj.body,
                 file_size: obj.file_size,
                 dataset_size: obj.dataset_size,
                 dataset_blake3: obj.dataset_blake3,

@@ -1,0 +1,488 @@
+//! The materializer and the checkpoint: acknowledged objects leave the journal for their
+//! files under `objects/` and their index rows.
+//!
+//! A checkpoint, for every record since the last one, in journal order:
+//! 1. places the object's file (inline bytes written to `tmp/` and renamed, a large object's
+//!    staged file renamed) — a replacement under a new, versioned name
+//!    (`<SOP>.<hash8>.dcm`), so an indexed file is never overwritten and a reader that opened
+//!    a version reads that version whole (audit H2, H3);
+//! 2. runs one `syncfs`: the files' data and directory entries are on disk;
+//! 3. commits one redb transaction: the index rows (a replacement removes the old rows
+//!    first, so a changed Study/Series moves the instance, audit M4), the forward jobs and
+//!    the journal [`Position`] after the last record;
+//! 4. removes the files of replaced versions, publishes the touched studies, releases the
+//!    journal's segments, drops the overlay entries and wakes the forwarder.
+//!
+//! A crash anywhere before 3 leaves the position where it was: recovery places the same
+//! files again (idempotent, the same names) and commits. A crash after 3 may leave a
+//! replaced version's file behind, which nothing indexes. Steps 1–3 hold the data
+//! directory's objects lock, which retention also holds from its commit to its last unlink.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::record::{Decision, RecordMeta};
+use super::{IngestConfig, Item, Msg, Shared};
+use crate::clock::timestamp_us;
+use crate::config::SyncMethod;
+use crate::store::index::{self, Index, IndexError};
+use crate::store::journal::{Journal, JournalConfig, Position, Storage};
+use crate::store::writer::remove_quietly;
+use crate::store::{DataDir, StoreError};
+
+/// Name of the (single) ingest journal in the `JOURNAL` table and under `journal/`.
+pub const JOURNAL_NAME: &str = "core-0";
+
+/// What a checkpoint did, for the caller's bookkeeping.
+#[derive(Debug, Default)]
+pub struct Checkpointed {
+    /// (SOP Instance UID, seq) of every record placed.
+    pub placed: Vec<(String, u64)>,
+    /// Destinations that got jobs.
+    pub destinations: Vec<String>,
+}
+
+/// Free space kept for the index commit: below it a checkpoint waits instead of letting
+/// redb fail mid-commit (which latches the database until it is reopened, audit H4).
+fn index_reserve(total: u64, items: usize) -> u64 {
+    (total / 100).clamp(256 << 10, 8 << 20) + items as u64 * 16 * 1024
+}
+
+/// The versioned name a replacement gets: `<dir>/<SOP>.<first 8 hex of BLAKE3>.dcm`.
+fn versioned(path: &str, blake3: &str) -> String {
+    let stem = path.strip_suffix(".dcm").unwrap_or(path);
+    format!("{stem}.{}.dcm", &blake3[..blake3.len().min(8)])
+}
+
+/// Runs one checkpoint over `items` (journal order) ending at `end`. Nothing is released
+/// or answered here: see [`Checkpointed`].
+pub fn checkpoint(
+    index: &Index,
+    data: &DataDir,
+    cfg: &IngestConfig,
+    staged_dir: &Path,
+    items: &[Item],
+    end: Position,
+    made_dirs: &mut HashSet<PathBuf>,
+) -> Result<Checkpointed, StoreError> {
+    let _objects = data.objects_lock();
+    let db = |e: IndexError| StoreError::Index(e);
+    let tx = index.database().begin_write().map_err(|e| db(e.into()))?;
+    let mut out = Checkpointed::default();
+    let mut created: Vec<PathBuf> = Vec::new();
+    let mut replaced_files: Vec<PathBuf> = Vec::new();
+    let mut touched: HashSet<String> = HashSet::new();
+    let now = timestamp_us();
+    let result = (|| -> Result<(), StoreError> {
+        for it in items {
+            let meta = &it.meta;
+            let sop = meta.record.sop_instance_uid.as_str();
+            let existing = index::get_instance_tx(&tx, sop)?;
+            let intact = |old: &index::InstanceRecord| {
+                old.dataset_blake3 == meta.record.dataset_blake3
+                    && old.dataset_size == meta.record.dataset_size
+                    && std::fs::metadata(data.root().join(&old.path))
+                        .is_ok_and(|m| m.len() == old.file_size)
+            };
+            // An identical re-send whose stored copy was retired (or damaged) since is not
+            // skipped: it restores the object.
+            if meta.decision == Decision::Identical && existing.as_ref().is_some_and(intact) {
+                let added = crate::queue::reroute(&tx, sop, &meta.destinations, now)
+                    .map_err(|e| StoreError::Io(e.to_string()))?;
+                if !added.is_empty() {
+                    tracing::info!(sop_instance_uid = %sop, destinations = ?added,
+                        "identical re-send routed to destinations that had not received it");
+                }
+                out.destinations.extend(added);
+                if let Some(s) = &meta.staged {
+                    remove_quietly(&staged_dir.join(s));
+                }
+                continue;
+            }
+            let mut rec = meta.record.clone();
+            // Never overwrite an indexed file: a new version at the same place gets its own
+            // name, and the old one goes once the new rows are committed.
+            if existing.as_ref().is_some_and(|old| old.path == rec.path) {
+                rec.path = versioned(&rec.path, &rec.dataset_blake3);
+            }
+            let dest = data.root().join(&rec.path);
+            place(it, &meta.staged, staged_dir, &dest, data, made_dirs)?;
+            created.push(dest.clone());
+            if let Some(old) = &existing {
+                index::remove_instance(&tx, sop)?;
+                index::forget_deliveries(&tx, sop)?;
+                touched.insert(old.study_instance_uid.clone());
+                if old.path != rec.path {
+                    let f = data.root().join(&old.path);
+                    created.retain(|c| *c != f);
+                    replaced_files.push(f);
+                }
+            }
+            index::put_instance(&tx, &rec, &meta.attrs, false)?;
+            touched.insert(rec.study_instance_uid.clone());
+            for d in &meta.destinations {
+                crate::queue::enqueue(&tx, d, sop, now)
+                    .map_err(|e| StoreError::Io(e.to_string()))?;
+                out.destinations.push(d.clone());
+            }
+            if meta.destinations.is_empty() && cfg.retire_unrouted {
+                crate::queue::mark_retirable(&tx, rec.received_at_us, sop)
+                    .map_err(|e| StoreError::Io(e.to_string()))?;
+            }
+            out.placed.push((sop.to_owned(), it.seq));
+        }
+        {
+            let mut t = tx
+                .open_table(crate::db::JOURNAL)
+                .map_err(|e| db(e.into()))?;
+            t.insert(JOURNAL_NAME, end.to_bytes().as_slice())
+                .map_err(|e| db(e.into()))?;
+        }
+        // 2. The files first…
+        match cfg.sync {
+            SyncMethod::Syncfs => {
+                let root = std::fs::File::open(data.root())
+                    .map_err(|e| StoreError::from_io("open data directory", &e))?;
+                crate::store::syncfs(&root).map_err(|e| StoreError::from_io("syncfs", &e))?;
+            }
+            SyncMethod::Fsync => {
+                // Each placed file, its directory, and the directories above it that may be new.
+                let mut dirs: Vec<PathBuf> = Vec::new();
+                for f in &created {
+                    let mut d = f.parent();
+                    for _ in 0..3 {
+                        let Some(dir) = d else { break };
+                        if !dirs.iter().any(|x| x == dir) {
+                            dirs.push(dir.to_path_buf());
+                        }
+                        d = dir.parent();
+                    }
+                }
+                super::fsync_all(&created, &dirs).map_err(|e| StoreError::from_io("fsync", &e))?;
+            }
+        }
+        // …and room for the commit, so redb never fails half-way (and latches) on ENOSPC.
+        let (total, avail) = crate::store::disk_usage(data.root())
+            .map_err(|e| StoreError::from_io("statvfs", &e))?;
+        let reserve = index_reserve(total, items.len());
+        if avail < reserve {
+            return Err(StoreError::DiskFull(format!(
+                "{avail} bytes free; the index commit waits for {reserve} bytes"
+            )));
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        // Dropping the transaction aborts it. Files placed under new names stay until the
+        // retry places them again; none of them is indexed.
+        drop(tx);
+        return Err(e);
+    }
+    tx.commit().map_err(|e| db(e.into()))?;
+    for f in &replaced_files {
+        if !created.contains(f) {
+            remove_quietly(f);
+        }
+    }
+    if let Err(e) = index.refresh_studies(&touched) {
+        tracing::error!(error = %e, "study summary refresh failed; study searches read the index until it reloads");
+    }
+    out.destinations.sort();
+    out.destinations.dedup();
+    Ok(out)
+}
+
+/// Puts one object's file at `dest` (not synced: the checkpoint's `syncfs` does that).
+fn place(
+    it: &Item,
+    staged: &Option<String>,
+    staged_dir: &Path,
+    dest: &Path,
+    data: &DataDir,
+    made_dirs: &mut HashSet<PathBuf>,
+) -> Result<(), StoreError> {
+    let dir = dest
+        .parent()
+        .expect("object paths have a directory")
+        .to_path_buf();
+    if !made_dirs.contains(&dir) {
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::from_io("create directory", &e))?;
+        made_dirs.insert(dir);
+    }
+    match (&it.bytes, staged) {
+        (Some(bytes), _) => {
+            let tmp = data.tmp().join(format!("mat-{}.part", it.seq));
+            std::fs::write(&tmp, bytes).map_err(|e| {
+                remove_quietly(&tmp);
+                StoreError::from_io("write object", &e)
+            })?;
+            std::fs::rename(&tmp, dest).map_err(|e| {
+                remove_quietly(&tmp);
+                StoreError::from_io("rename into place", &e)
+            })
+        }
+        (None, Some(name)) => {
+            let from = staged_dir.join(name);
+            match std::fs::rename(&from, dest) {
+                Ok(()) => Ok(()),
+                // Placed by an earlier attempt whose checkpoint did not commit.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && std::fs::metadata(dest)
+                            .is_ok_and(|m| m.len() == it.meta.record.file_size) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(StoreError::from_io("place large object", &e)),
+            }
+        }
+        (None, None) => Err(StoreError::Io("journal record without bytes".into())),
+    }
+}
+
+/// The materializer thread: gathers acknowledged groups and checkpoints them every
+/// `checkpoint_interval`, every `checkpoint_objects` objects, when the ring fills, when a
+/// reader asks (`Settle`) and at shutdown. A failed checkpoint is retried (its objects stay
+/// in the journal and the overlay); `/readyz` says why meanwhile.
+pub(super) fn run<S: Storage>(rx: mpsc::Receiver<Msg>, shared: Arc<Shared<S>>) {
+    let vital = crate::health::Vital::new("materializer");
+    let cfg = &shared.cfg;
+    let mut pending: Vec<Item> = Vec::new();
+    let mut pending_bytes: u64 = 0;
+    let mut end: Option<Position> = None;
+    let mut since: Option<Instant> = None;
+    let mut hurry = false;
+    let mut closed = false;
+    let mut failing_since: Option<Instant> = None;
+    let mut made_dirs = HashSet::new();
+    loop {
+        let wait = match since {
+            _ if closed => Duration::ZERO,
+            Some(s) if failing_since.is_none() => {
+                cfg.checkpoint_interval.saturating_sub(s.elapsed())
+            }
+            Some(_) => Duration::from_millis(500),
+            None => Duration::from_secs(1),
+        };
+        let mut take = |m: Msg, hurry: &mut bool| match m {
+            Msg::Group { items, end: e } => {
+                pending_bytes += items
+                    .iter()
+                    .map(|i| i.bytes.as_ref().map_or(0, |b| b.len() as u64))
+                    .sum::<u64>();
+                pending.extend(items);
+                end = Some(e);
+                since.get_or_insert_with(Instant::now);
+            }
+            Msg::Hurry => *hurry = true,
+        };
+        if !closed {
+            match rx.recv_timeout(wait) {
+                Ok(m) => take(m, &mut hurry),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(m) => take(m, &mut hurry),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        shared
+            .progress
+            .lag(pending.first().map(|i| i.meta.record.received_at_us));
+        let Some(e) = end else {
+            if closed {
+                break;
+            }
+            continue;
+        };
+        let due = closed
+            || hurry
+            || pending.len() >= cfg.checkpoint_objects
+            || pending_bytes >= shared.ring_bytes / 4
+            || since.is_some_and(|s| s.elapsed() >= cfg.checkpoint_interval);
+        if !due {
+            continue;
+        }
+        let started = Instant::now();
+        let staged_dir = shared.staged_dir();
+        match checkpoint(
+            &shared.index,
+            &shared.data,
+            cfg,
+            &staged_dir,
+            &pending,
+            e,
+            &mut made_dirs,
+        ) {
+            Ok(done) => {
+                if let Err(err) = shared.journal().release_through(&e) {
+                    tracing::error!(error = %err, "journal release failed");
+                }
+                shared.released.notify_all();
+                shared.overlay.indexed(&done.placed);
+                shared.progress.materialized(e.seq - 1, pending.len());
+                if let Some(w) = &cfg.wake {
+                    for d in &done.destinations {
+                        (w.0)(d);
+                    }
+                }
+                tracing::debug!(
+                    objects = pending.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "checkpoint"
+                );
+                crate::metrics::global().checkpoint(pending.len(), started.elapsed());
+                pending.clear();
+                pending_bytes = 0;
+                end = None;
+                since = None;
+                hurry = false;
+                if failing_since.take().is_some() {
+                    tracing::info!("checkpoints succeed again");
+                    shared.progress.problem("checkpoint", None);
+                }
+                if made_dirs.len() > 100_000 {
+                    made_dirs.clear();
+                }
+            }
+            Err(err) => {
+                made_dirs.clear();
+                if failing_since.is_none() {
+                    failing_since = Some(Instant::now());
+                }
+                tracing::error!(error = %err, objects = pending.len(), "checkpoint failed; the objects stay in the journal and are retried");
+                shared
+                    .progress
+                    .problem("checkpoint", Some(format!("failing: {err}")));
+                if closed {
+                    tracing::error!("stopping with objects not yet indexed: the next start replays them from the journal");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        if closed && pending.is_empty() {
+            break;
+        }
+    }
+    vital.done();
+}
+
+/// What recovery found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// Records replayed and materialized.
+    pub records: u64,
+    /// Groups replayed.
+    pub groups: u64,
+}
+
+/// Start-up: replays every valid group after the stored checkpoint, materializes and
+/// indexes its records (idempotently: the same names, the same decisions), commits the new
+/// checkpoint, removes staged files no record names, and returns the writer.
+pub fn recover<S: Storage>(
+    storage: S,
+    jcfg: JournalConfig,
+    index: &Index,
+    data: &DataDir,
+    cfg: &IngestConfig,
+) -> Result<(Journal<S>, Recovered), super::IngestError> {
+    let cp = read_checkpoint(index)?;
+    let mut replay = Journal::open(storage, jcfg, cp)?;
+    let staged_dir = super::staged_dir(data);
+    std::fs::create_dir_all(&staged_dir)
+        .and_then(|()| crate::store::fsync_dir(staged_dir.parent().unwrap_or(&staged_dir)))
+        .map_err(|e| super::IngestError::Io(format!("create {}: {e}", staged_dir.display())))?;
+    let mut rep = Recovered::default();
+    let mut items: Vec<Item> = Vec::new();
+    let mut bytes = 0u64;
+    let mut end = None;
+    let mut made_dirs = HashSet::new();
+    while let Some(g) = replay.next_group()? {
+        rep.groups += 1;
+        for r in &g.records {
+            let meta = match RecordMeta::decode(r.meta) {
+                Ok(m) => m,
+                Err(e) => {
+                    // Its checksum held, so this is not a torn write: a record this version
+                    // cannot read. Say so loudly; the rest still replays.
+                    tracing::error!(seq = r.seq, error = %e, "journal record with an unreadable meta section skipped");
+                    continue;
+                }
+            };
+            let body = (meta.staged.is_none()).then(|| {
+                let mut v = Vec::with_capacity(r.header.len() + r.dataset.len());
+                v.extend_from_slice(r.header);
+                v.extend_from_slice(r.dataset);
+                Bytes::from(v)
+            });
+            bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+            items.push(Item {
+                seq: r.seq,
+                meta,
+                bytes: body,
+            });
+        }
+        end = Some(g.end);
+        if bytes > 64 << 20 {
+            let e = end.expect("set above");
+            checkpoint(index, data, cfg, &staged_dir, &items, e, &mut made_dirs)?;
+            rep.records += items.len() as u64;
+            items.clear();
+            bytes = 0;
+        }
+    }
+    if let Some(stop) = replay.stop() {
+        tracing::info!(at = ?stop.at, reason = ?stop.reason, "journal replay ended");
+    }
+    let mut journal = replay.finish()?;
+    if let Some(e) = end {
+        if !items.is_empty() {
+            checkpoint(index, data, cfg, &staged_dir, &items, e, &mut made_dirs)?;
+            rep.records += items.len() as u64;
+        }
+        journal.release_through(&e)?;
+    }
+    // Every record is materialized: what is left in staged/ belongs to groups that never
+    // became durable (never acknowledged).
+    if let Ok(rd) = std::fs::read_dir(&staged_dir) {
+        for f in rd.flatten() {
+            remove_quietly(&f.path());
+        }
+    }
+    Ok((journal, rep))
+}
+
+/// The stored checkpoint of the journal, if it was ever checkpointed.
+pub fn read_checkpoint(index: &Index) -> Result<Option<Position>, super::IngestError> {
+    use redb::ReadableDatabase;
+    let tx = index
+        .database()
+        .begin_read()
+        .map_err(|e| super::IngestError::Index(e.into()))?;
+    let t = match tx.open_table(crate::db::JOURNAL) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(super::IngestError::Index(e.into())),
+    };
+    let v = t
+        .get(JOURNAL_NAME)
+        .map_err(|e| super::IngestError::Index(e.into()))?;
+    match v {
+        None => Ok(None),
+        Some(g) => Position::from_bytes(g.value()).map(Some).ok_or_else(|| {
+            super::IngestError::Io("stored journal checkpoint does not decode".into())
+        }),
+    }
+}
