@@ -354,6 +354,7 @@ pub fn serve(
             worklist: None,
             // Query/Retrieve FIND (issue 13): searches run on their own pool, never a core.
             query: Some(QueryScp {
+                settle: Some(Arc::new(settle.clone())),
                 index: index.clone(),
                 pool: rt::WorkPool::start("query", 2, 256, WORKLIST_NICE)
                     .map_err(ServeError::Thread)?,
@@ -788,5 +789,15 @@ mod tests {
         assert!(!ok("5.4.0-150-generic"));
         assert!(!ok("4.18.0-553.el8_10.x86_64"));
         assert!(ok("garbage"));
+    }
+}
+
+/// The Q/R C-FIND waits for the ingest checkpoint as the admin API does.
+impl crate::net::services::query_retrieve_find::Settled for crate::ingest::Settle {
+    fn settle(
+        &self,
+        limit: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + '_>> {
+        Box::pin(crate::ingest::Settle::settle(self, limit))
     }
 }

@@ -761,6 +761,12 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
         };
         let relational =
             query_retrieve_find::relational(self.negotiated.extended.get(&abstract_syntax));
+        if let Some(settle) = &scp.settle {
+            // Every object acknowledged before this C-FIND is indexed before it is answered.
+            if !settle.settle(query_retrieve_find::SETTLE_LIMIT).await {
+                warn!("the ingest checkpoint did not come in time: C-FIND answers from the index as it stands");
+            }
+        }
         let rq = cmd.clone();
         let pool = scp.pool.clone();
         let answer = pool

@@ -48,9 +48,27 @@ pub const STUDY_ROOT: &str = uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_F
 /// Default of `[query] max_results`.
 pub const DEFAULT_MAX_RESULTS: usize = crate::config::DEFAULT_QUERY_MAX_RESULTS;
 
+/// Waits until every object acknowledged so far is in the index: the ingest journal answers a
+/// C-STORE before its checkpoint writes the rows, and a C-FIND must see what was acknowledged
+/// before it (as the admin API's reads do). A port, implemented by the ingest layer.
+pub trait Settled: Send + Sync + std::fmt::Debug {
+    /// Waits at most `limit`; whether the index caught up.
+    fn settle(
+        &self,
+        limit: std::time::Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + '_>>;
+}
+
+/// Longest a C-FIND waits for the ingest checkpoint before answering from the index as it
+/// stands.
+pub const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The Query/Retrieve FIND service of the store port.
 #[derive(Debug, Clone)]
 pub struct QueryScp {
+    /// Read-your-writes: waits for the checkpoint of acknowledged objects (`None`: the index
+    /// is written before the acknowledgement).
+    pub settle: Option<Arc<dyn Settled>>,
     /// The index searched.
     pub index: Arc<Index>,
     /// Threads the searches run on (never a core).
