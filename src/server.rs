@@ -779,6 +779,16 @@ pub fn syncfs_reports_errors(release: &str) -> bool {
     (major, minor) >= (5, 8)
 }
 
+/// The Q/R C-FIND waits for the ingest checkpoint as the admin API does.
+impl crate::net::services::query_retrieve_find::Settled for crate::ingest::Settle {
+    fn settle(
+        &self,
+        limit: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + '_>> {
+        Box::pin(crate::ingest::Settle::settle(self, limit))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -789,15 +799,5 @@ mod tests {
         assert!(!ok("5.4.0-150-generic"));
         assert!(!ok("4.18.0-553.el8_10.x86_64"));
         assert!(ok("garbage"));
-    }
-}
-
-/// The Q/R C-FIND waits for the ingest checkpoint as the admin API does.
-impl crate::net::services::query_retrieve_find::Settled for crate::ingest::Settle {
-    fn settle(
-        &self,
-        limit: Duration,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + '_>> {
-        Box::pin(crate::ingest::Settle::settle(self, limit))
     }
 }
