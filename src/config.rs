@@ -122,6 +122,8 @@ pub struct RawConfig {
     pub http: RawHttp,
     /// `[worklist]`: the Modality Worklist and MPPS service.
     pub worklist: RawWorklist,
+    /// `[query]`: Query/Retrieve C-FIND on the store port.
+    pub query: RawQuery,
     /// `[log]`: log output format.
     pub log: RawLog,
 }
@@ -361,6 +363,27 @@ pub struct RawStore {
     pub max_unassociated_connections: Option<usize>,
 }
 
+/// `[query]`: the Query/Retrieve C-FIND service (Patient Root and Study Root FIND) on the
+/// store port.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQuery {
+    /// Most responses one C-FIND returns (default 10000; 0 = the default). A query matching
+    /// more gets the first ones and then the final status 0000, and a warning is logged.
+    pub max_results: Option<usize>,
+}
+
+/// Default of `[query] max_results`: a bound on the memory one C-FIND's answers take (a few
+/// MB), far more than a person reads; scripts page by date range.
+pub const DEFAULT_QUERY_MAX_RESULTS: usize = 10_000;
+
+/// Validated `[query]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuerySettings {
+    /// Most C-FIND responses per request.
+    pub max_results: usize,
+}
+
 /// Validated settings of the whole daemon.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -386,6 +409,8 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Worklist service.
     pub worklist: WorklistSettings,
+    /// Query/Retrieve.
+    pub query: QuerySettings,
     /// Which services this process runs (`--only`).
     pub services: Services,
     /// Log output format.
@@ -1119,8 +1144,16 @@ impl RawConfig {
             require_called_ae_title: w.require_called_ae_title.unwrap_or(false),
             allowed_calling_ae_titles: worklist_allowed,
         };
+        let query = QuerySettings {
+            max_results: self
+                .query
+                .max_results
+                .filter(|&n| n > 0)
+                .unwrap_or(DEFAULT_QUERY_MAX_RESULTS),
+        };
         Ok(Settings {
             worklist,
+            query,
             services: ov.services.unwrap_or_default(),
             log_format: self.log.format.unwrap_or_default(),
             data_dir,

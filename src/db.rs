@@ -55,3 +55,17 @@ pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// Configuration changed through the admin API: `destinations` and `routes` → JSON arrays of
 /// their TOML/JSON forms. Once present they replace the config file's lists at start-up.
 pub const CONFIG: TableDefinition<&str, &str> = TableDefinition::new("config");
+
+/// Query/Retrieve objects: (Study, Series, SOP Instance UID) → postcard `dicom::dataset::Dataset`
+/// of the instance's small attributes (`store::attrs::IndexAttrs::attributes`), so C-FIND
+/// answers without reading files and walks a study or a series by one range scan.
+pub const QR_OBJECTS: TableDefinition<(&str, &str, &str), &[u8]> =
+    TableDefinition::new("qr_objects");
+/// Query/Retrieve study keys for range scans: (kind, value, Study Instance UID) → (). Kinds
+/// (`store::query::KeyKind`): study date, each Patient's Name component group lower-cased,
+/// Patient ID, Accession Number, each modality of the study.
+pub const QR_STUDY_KEYS: TableDefinition<(u8, &str, &str), ()> =
+    TableDefinition::new("qr_study_keys");
+/// Study Instance UID → postcard `Vec<(u8, String)>`: the `QR_STUDY_KEYS` rows written for that
+/// study, so a change or a removal deletes exactly them.
+pub const QR_STUDY_KEYS_OF: TableDefinition<&str, &[u8]> = TableDefinition::new("qr_study_keys_of");

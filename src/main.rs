@@ -92,11 +92,51 @@ enum Command {
         #[command(subcommand)]
         op: WorklistOp,
     },
+    /// DICOM client commands (the SCU side of each service), scriptable, with JSON output.
+    Scu {
+        #[command(subcommand)]
+        op: ScuOp,
+    },
     /// Print the index of a data directory as JSON lines (the daemon must not be running).
     Index {
         /// Data directory.
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
+    },
+}
+
+/// `dicom-gw scu …`: DCMTK-like flags, answers as JSON on stdout, the status on stderr.
+#[derive(Debug, Subcommand)]
+enum ScuOp {
+    /// C-FIND (Query/Retrieve): prints a JSON array of the matches (DICOM JSON). Exit code 0
+    /// on 0000 or FE00 (cancelled), 1 on a failure status, 2 if the association fails.
+    Find {
+        /// Patient Root information model.
+        #[arg(short = 'P', long = "patient-root", conflicts_with = "study_root")]
+        patient_root: bool,
+        /// Study Root information model (the default).
+        #[arg(short = 'S', long = "study-root")]
+        study_root: bool,
+        /// A key: TAG[=VALUE], TAG a keyword or gggg,eeee (e.g. -k QueryRetrieveLevel=STUDY
+        /// -k PatientName=Doe* -k StudyInstanceUID). Without QueryRetrieveLevel: STUDY.
+        #[arg(short = 'k', long = "key", value_name = "TAG[=VALUE]")]
+        keys: Vec<String>,
+        /// Our AE title (calling).
+        #[arg(long, default_value = "DICOMGW-SCU")]
+        aet: String,
+        /// The peer's AE title (called).
+        #[arg(long, default_value = "ANY-SCP")]
+        aec: String,
+        /// Send a C-CANCEL after this many responses.
+        #[arg(long, value_name = "N")]
+        cancel: Option<usize>,
+        /// Network timeout in seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// Peer host.
+        host: String,
+        /// Peer port.
+        port: u16,
     },
 }
 
@@ -367,6 +407,85 @@ fn load(
     }
 }
 
+fn scu(op: ScuOp) -> anyhow::Result<ExitCode> {
+    use dicom_gw::net::services::query_retrieve_find as qr;
+    use std::net::ToSocketAddrs;
+    let ScuOp::Find {
+        patient_root,
+        study_root: _,
+        keys,
+        aet,
+        aec,
+        cancel,
+        timeout,
+        host,
+        port,
+    } = op;
+    let model = if patient_root {
+        qr::PATIENT_ROOT
+    } else {
+        qr::STUDY_ROOT
+    };
+    let mut identifier = dicom_gw::dicom::dataset::Dataset::new();
+    for k in &keys {
+        let (tag, vr, value) = qr::parse_key(k).map_err(|e| anyhow::anyhow!("-k {k}: {e}"))?;
+        identifier.put(tag, vr, value);
+    }
+    let level = dicom_dictionary_std::tags::QUERY_RETRIEVE_LEVEL;
+    if identifier.get(level).is_none() {
+        identifier.put_str(level, dicom_core::VR::CS, "STUDY");
+    }
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{host}: no address"))?;
+    let params = dicom_gw::net::scu::AssocParams {
+        addr,
+        calling: aet,
+        called: aec,
+        max_pdu: 65536,
+        timeout: std::time::Duration::from_secs(timeout),
+        connect_timeout: None,
+        contexts: vec![(
+            model.to_owned(),
+            vec![
+                dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN.to_owned(),
+                dicom_dictionary_std::uids::IMPLICIT_VR_LITTLE_ENDIAN.to_owned(),
+            ],
+        )],
+        implementation_class_uid: dicom_gw::IMPLEMENTATION_CLASS_UID.to_owned(),
+        implementation_version_name: dicom_gw::IMPLEMENTATION_VERSION_NAME.to_owned(),
+    };
+    let found = match qr::scu_find(&params, None, model, &identifier, cancel) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("C-FIND failed: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let json: Vec<serde_json::Value> = found
+        .matches
+        .iter()
+        .map(dicom_gw::dicom::json::dataset_to_json)
+        .collect();
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    eprintln!(
+        "C-FIND status {:04X}{}: {} matches",
+        found.status,
+        found
+            .error_comment
+            .as_deref()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default(),
+        found.matches.len()
+    );
+    Ok(if matches!(found.status, 0x0000 | 0xFE00) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve {
@@ -461,6 +580,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User { op } => user_command(op),
         Command::Audit { op } => audit_command(op),
         Command::Worklist { op } => worklist_command(op),
+        Command::Scu { op } => scu(op),
         Command::Index { data_dir } => {
             let index = dicom_gw::store::index::Index::open(&data_dir.join("gateway.redb"))?;
             for rec in index.instances()? {

@@ -24,6 +24,7 @@ use crate::ingest::{Ingest, IngestConfig};
 use crate::metrics::Service;
 use crate::net::association::limits::Slots;
 use crate::net::association::{self, Core, Phase, Port, Transport};
+use crate::net::services::query_retrieve_find::QueryScp;
 use crate::net::services::storage::{SopClassPolicy, StorageScp};
 use crate::net::services::{Offer, WorklistScp};
 use crate::net::ul::association::AcceptorPolicy;
@@ -141,6 +142,17 @@ pub fn serve(
     );
     // A new index file's name, like the directories, must be durable before it is used.
     let _ = crate::store::fsync_dir(data.root());
+    // Query/Retrieve rows for an index written before they existed (issue 13).
+    match crate::store::index::query::backfill(index.database()) {
+        Ok(0) => {}
+        Ok(n) => info!(
+            instances = n,
+            "built the Query/Retrieve index of existing objects"
+        ),
+        Err(e) => {
+            warn!(error = %e, "cannot build the Query/Retrieve index of existing objects; C-FIND will not see them")
+        }
+    }
     let backend = rt::resolve(settings.io)?;
     crate::metrics::init(settings.threads);
     info!(backend = backend.name(), threads = settings.threads, data_dir = %data.root().display(), durability = ?settings.durability, "starting");
@@ -340,6 +352,15 @@ pub fn serve(
                 inline_max: store.inline_max,
             }),
             worklist: None,
+            // Query/Retrieve FIND (issue 13): searches run on their own pool, never a core.
+            query: Some(QueryScp {
+                settle: Some(Arc::new(settle.clone())),
+                index: index.clone(),
+                pool: rt::WorkPool::start("query", 2, 256, WORKLIST_NICE)
+                    .map_err(ServeError::Thread)?,
+                max_results: settings.query.max_results,
+                ae_title: store.ae_title.clone(),
+            }),
         },
         access: store.net.clone(),
         slots: Slots::new(
@@ -348,7 +369,10 @@ pub fn serve(
         ),
         acse_timeout: store.acse_timeout,
         dimse_timeout: store.dimse_timeout,
-        send_buffer: None,
+        // Q/R C-FIND streams responses on this port: as on the worklist port, a capped send
+        // buffer keeps a C-CANCEL effective (C-STORE-RSPs are tiny). Revisit for C-GET, whose
+        // sub-operations send whole objects the other way on the same association.
+        send_buffer: Some(WORKLIST_SEND_BUFFER),
         phase: phase_rx.clone(),
     });
     let worklist_port = match &worklist_store {
@@ -372,6 +396,7 @@ pub fn serve(
                         pool,
                         max_results: w.max_results,
                     }),
+                    query: None,
                 },
                 access: w.net.clone(),
                 slots: Slots::new(w.net.max_unassociated_connections, w.max_associations),
@@ -752,6 +777,16 @@ pub fn syncfs_reports_errors(release: &str) -> bool {
         return true;
     };
     (major, minor) >= (5, 8)
+}
+
+/// The Q/R C-FIND waits for the ingest checkpoint as the admin API does.
+impl crate::net::services::query_retrieve_find::Settled for crate::ingest::Settle {
+    fn settle(
+        &self,
+        limit: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + '_>> {
+        Box::pin(crate::ingest::Settle::settle(self, limit))
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@
 //!   of the stored sequence; the response holds only the matching items, each reduced to the
 //!   requested keys. A SQ key with no item, or an empty item, is universal and returns the
 //!   whole stored sequence.
+//! - **Empty value** `""` (two quotation marks, PS3.4 C.2.2.2.1 as revised by CP 1786 for the
+//!   "empty value matching"): matches items where the attribute is absent or zero-length.
 //! - Multi-valued stored attributes match if any value matches.
 //! - Keys this code cannot match (AT, OB, UN, unknown private tags) are return keys only, as
 //!   PS3.4 C.2.2.1.1 prescribes for unsupported optional matching keys.
@@ -168,6 +170,8 @@ enum Pattern {
     Int(i64),
     /// DS or binary float.
     Decimal(f64),
+    /// `""`: the attribute is absent or zero-length.
+    Empty,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -301,8 +305,9 @@ fn representable(ds: &Dataset, code: &str) -> bool {
             _ => true,
         })
     }
+    // ISO 2022 sets are answered in UTF-8: dicom-parser encodes without escape sequences.
     match SpecificCharacterSet::from_code(code) {
-        Some(cs) if !code.contains('\\') => all(ds, &cs),
+        Some(cs) if !code.contains('\\') && !code.contains("2022") => all(ds, &cs),
         _ => false,
     }
 }
@@ -368,6 +373,10 @@ fn parse_key(tag: Tag, element: &Element, path: &mut AttributePath) -> Result<Ke
                 }
                 if v == "*" {
                     universal = true;
+                    continue;
+                }
+                if v == "\"\"" {
+                    patterns.push(Pattern::Empty);
                     continue;
                 }
                 match text_pattern(vr, v) {
@@ -534,8 +543,9 @@ fn datetime_range(v: &str) -> Result<(Option<DateTimeNum>, Option<DateTimeNum>),
     ))
 }
 
-/// Lower-cases and drops trailing `^` (empty trailing components are not significant).
-fn pn_normalize(group: &str) -> String {
+/// Lower-cases and drops trailing `^` (empty trailing components are not significant): the
+/// form a person-name component group is compared in (and indexed in, `store::query`).
+pub fn pn_normalize(group: &str) -> String {
     group.trim_end_matches(['^', ' ']).to_lowercase()
 }
 
@@ -582,7 +592,7 @@ impl Key {
                 _ => !sub.is_constraining(),
             },
             Matcher::Any(patterns) => match item.get(self.tag) {
-                None => false,
+                None => patterns.contains(&Pattern::Empty),
                 Some(element) => patterns.iter().any(|p| p.matches(element)),
             },
         }
@@ -591,6 +601,9 @@ impl Key {
 
 impl Pattern {
     fn matches(&self, element: &Element) -> bool {
+        if *self == Pattern::Empty {
+            return element.value.is_empty();
+        }
         match &element.value {
             Value::Strs(values) => values
                 .iter()
@@ -632,6 +645,7 @@ impl Pattern {
             }
             Pattern::Int(i) => stored.parse::<i64>().is_ok_and(|v| v == *i),
             Pattern::Decimal(d) => stored.parse::<f64>().is_ok_and(|v| v == *d),
+            Pattern::Empty => stored.is_empty(),
         }
     }
 }
@@ -1039,6 +1053,29 @@ mod tests {
             out.get(tags::REFERENCED_STUDY_SEQUENCE).unwrap().value,
             Value::Items(vec![])
         );
+    }
+
+    /// `""` matches an absent or zero-length attribute and nothing else.
+    #[test]
+    fn empty_value_matching() {
+        let q = |v: &str| {
+            let mut id = Dataset::new();
+            id.put_str(tags::ACCESSION_NUMBER, VR::SH, v);
+            Query::from_dataset(&id).unwrap()
+        };
+        let mut with = Dataset::new();
+        with.put_str(tags::ACCESSION_NUMBER, VR::SH, "A1");
+        let mut empty = Dataset::new();
+        empty.put(tags::ACCESSION_NUMBER, VR::SH, Value::Strs(vec![]));
+        let absent = Dataset::new();
+        let e = q("\"\"");
+        assert!(!e.matches(&with));
+        assert!(e.matches(&empty));
+        assert!(e.matches(&absent));
+        // A single value never matches an absent attribute; universal matches all.
+        assert!(!q("A1").matches(&absent));
+        assert!(q("A1").matches(&with));
+        assert!(q("*").matches(&absent));
     }
 
     #[test]

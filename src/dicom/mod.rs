@@ -1,6 +1,7 @@
 //! The DICOM data model and rules every service shares: a leaf module (it imports nothing from
 //! the rest of the crate), used by the network services, the worklist, the index and the API.
 //!
+//! - [`charset`] — Specific Character Set decoding, ISO 2022 code extensions included.
 //! - [`uid`] — UID syntax (PS3.5 §9.1), the one check every path built from a UID relies on.
 //! - [`vr`] — PS3.5 value rules; date/time parsing with precision.
 //! - [`dataset`] — the owned dataset model (fast to store and match), conversions to and from
@@ -14,6 +15,7 @@
 //! - [`transcode`] — lossless conversion of a dataset between transfer syntaxes (uncompressed
 //!   ones re-framed, RLE and JPEG decompressed), for destinations that refuse the original.
 
+pub mod charset;
 pub mod dataset;
 pub mod json;
 pub mod matching;

@@ -708,6 +708,26 @@ impl Association {
     /// Receives the next message (command, then its dataset if it announces one) and checks
     /// that it responds to `message_id`.
     pub fn receive(&mut self, message_id: u16) -> Result<Message, ScuError> {
+        self.receive_keeping(message_id, None)
+    }
+
+    /// [`Association::receive`], keeping the dataset (at most `cap` bytes; more is a protocol
+    /// error): a C-FIND SCU needs each response's identifier.
+    pub fn receive_with_dataset(
+        &mut self,
+        message_id: u16,
+        cap: usize,
+        dataset: &mut Vec<u8>,
+    ) -> Result<Message, ScuError> {
+        dataset.clear();
+        self.receive_keeping(message_id, Some((cap, dataset)))
+    }
+
+    fn receive_keeping(
+        &mut self,
+        message_id: u16,
+        mut keep: Option<(usize, &mut Vec<u8>)>,
+    ) -> Result<Message, ScuError> {
         let command = loop {
             match self.next_fragment()? {
                 Fragment::Partial => {}
@@ -730,6 +750,14 @@ impl Association {
                 match self.next_fragment()? {
                     Fragment::Data { data, last } => {
                         dataset_len += data.len() as u64;
+                        if let Some((cap, buf)) = keep.as_mut() {
+                            if buf.len() + data.len() > *cap {
+                                return Err(protocol(format!(
+                                    "response dataset larger than {cap} bytes"
+                                )));
+                            }
+                            buf.extend_from_slice(&data);
+                        }
                         if last {
                             break;
                         }

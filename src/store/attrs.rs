@@ -1,11 +1,20 @@
 //! Index-attribute extraction: the patient/study/series/instance attributes Query/Retrieve and
 //! routing need, read with dicom-parser from the leading bytes of a received dataset.
 //!
-//! Only top-level elements of groups 0008, 0010 and 0020 are wanted, and those come before
-//! Pixel Data, so the parse stops at the first top-level element past group 0020. The caller
-//! passes a prefix of the dataset: [`extract`] answers [`ExtractError::NeedMore`] when the
-//! prefix ended before the wanted groups did, and the caller retries with more bytes (it has
-//! the whole dataset on disk). It is a pure function over bytes, fuzzed and benchmarked.
+//! The indexed attributes are top-level elements of groups 0008, 0010 and 0020 (and the
+//! routing keys asked for). The caller passes a prefix of the dataset: [`extract`] answers
+//! [`ExtractError::NeedMore`] when the prefix ended before those groups did, and the caller
+//! retries with more bytes (it has the whole dataset on disk). It is a pure function over
+//! bytes, fuzzed and benchmarked.
+//!
+//! For Query/Retrieve the parse then goes on, within the same prefix, up to Pixel Data and
+//! keeps every small top-level standard attribute in [`IndexAttrs::attributes`] (see
+//! [`MAX_ATTRIBUTE_LEN`]), so C-FIND return keys never need the object file. What lies past
+//! the prefix is not waited for: the index keys are complete, the attribute list may be cut.
+//!
+//! Text is decoded under the object's Specific Character Set, ISO 2022 code extensions
+//! included (`dicom::charset`): a Japanese name is indexed as `山田^太郎`, not with its escape
+//! sequences, so the admin API's search and C-FIND match it.
 
 use std::borrow::Cow;
 use std::io::Read;
@@ -16,6 +25,13 @@ use dicom_parser::dataset::read::DataSetReader;
 use dicom_parser::dataset::DataToken;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use serde::{Deserialize, Serialize};
+
+use crate::dicom::charset;
+use crate::dicom::dataset::{trim_padding, Dataset, Value};
+
+/// The longest value kept in [`IndexAttrs::attributes`]: names, dates, codes, descriptions
+/// and UID lists fit; anything longer is bulk for a query's purposes.
+pub const MAX_ATTRIBUTE_LEN: u32 = 1024;
 
 /// The index attributes of one instance. Text values are trimmed of DICOM padding.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +74,13 @@ pub struct IndexAttrs {
     pub series_number: String,
     /// (0020,0013) Instance Number.
     pub instance_number: String,
+    /// Every top-level standard attribute before Pixel Data whose value is at most
+    /// [`MAX_ATTRIBUTE_LEN`] bytes (no sequences, no OB/OW/UN bulk, no private or group-length
+    /// elements), text decoded to Unicode: a postcard-encoded `dicom::dataset::Dataset`, read
+    /// with [`IndexAttrs::attributes`]. Kept for C-FIND return keys and matching
+    /// (`store::query`). Bytes rather than the dataset so the record stays `Eq`.
+    #[serde(default)]
+    pub attributes: Vec<u8>,
     /// Values of the extra top-level attributes asked for (routing keys), in tag order of
     /// appearance; not stored in the index.
     #[serde(skip)]
@@ -71,6 +94,11 @@ impl IndexAttrs {
             .iter()
             .find(|(t, _)| *t == tag)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The decoded [`IndexAttrs::attributes`] (empty if absent or undecodable).
+    pub fn attributes(&self) -> Dataset {
+        postcard::from_bytes(&self.attributes).unwrap_or_default()
     }
 }
 
@@ -151,14 +179,32 @@ pub fn extract_with(
     } else {
         (prefix, ts, complete)
     };
+    // Text under ISO 2022 code extensions (or a set dicom-parser does not know): parse a copy
+    // whose (0008,0005) reads as Latin-1, byte for byte, and decode each text value here.
+    // (A deflated dataset was inflated above: Explicit VR Little Endian.)
+    let enc = crate::dicom::Encoding::for_transfer_syntax(ts_uid).map(|(e, _)| e);
+    let transparent = enc.and_then(|e| charset::latin1_transparent(bytes, e));
+    let (bytes, terms) = match &transparent {
+        Some((copy, terms)) => (&copy[..], Some(terms.as_slice())),
+        None => (bytes, None),
+    };
     let reader = DataSetReader::new_with_ts(bytes, ts)
         .map_err(|e| ExtractError::Malformed(e.to_string()))?;
     let mut attrs = IndexAttrs::default();
+    let mut kept = Dataset::new();
     let mut depth = 0usize;
-    let mut pending: Option<Tag> = None;
+    let mut pending: Option<(Tag, dicom_core::VR, u32)> = None;
+    // Past the last indexed group at the top level: the index keys are complete, and the
+    // rest of the parse only gathers `attributes`, so running out of bytes there ends it.
+    let mut past = false;
+    let finish = |mut attrs: IndexAttrs, kept: &Dataset| {
+        attrs.attributes = postcard::to_allocvec(kept).unwrap_or_default();
+        Ok(attrs)
+    };
     for token in reader {
         let token = match token {
             Ok(t) => t,
+            Err(_) if past => return finish(attrs, &kept),
             Err(_) if !complete => return Err(ExtractError::NeedMore),
             Err(e) => return Err(ExtractError::Malformed(e.to_string())),
         };
@@ -166,7 +212,10 @@ pub fn extract_with(
         // the parser allocates a buffer of the announced (peer-controlled, up to 4 GiB) size.
         if let DataToken::ElementHeader(h) = &token {
             let beyond_data = h.len.get().is_some_and(|n| n as usize > bytes.len());
-            if beyond_data && !(depth == 0 && h.tag.group() > last_group) {
+            if beyond_data {
+                if past || (depth == 0 && h.tag.group() > last_group) {
+                    return finish(attrs, &kept);
+                }
                 return Err(if complete {
                     ExtractError::Malformed(format!("element {} is longer than the dataset", h.tag))
                 } else {
@@ -175,44 +224,112 @@ pub fn extract_with(
             }
         }
         match token {
-            // Past group 0020 at the top level: everything wanted has been seen.
-            DataToken::PixelSequenceStart if depth == 0 => return Ok(attrs),
-            DataToken::SequenceStart { tag, .. } if depth == 0 && tag.group() > last_group => {
-                return Ok(attrs)
-            }
-            DataToken::SequenceStart { .. } | DataToken::PixelSequenceStart => {
+            // Pixel Data ends the parse.
+            DataToken::PixelSequenceStart if depth == 0 => return finish(attrs, &kept),
+            DataToken::SequenceStart { tag, .. } => {
                 if depth == 0 {
                     pending = None;
+                    if tag.group() > last_group {
+                        past = true;
+                    }
                 }
                 depth += 1;
             }
+            DataToken::PixelSequenceStart => depth += 1,
             DataToken::SequenceEnd => depth = depth.saturating_sub(1),
             DataToken::ElementHeader(h) if depth == 0 => {
-                if h.tag.group() > last_group {
-                    return Ok(attrs);
+                if h.tag.group() >= 0x7FE0 {
+                    return finish(attrs, &kept);
                 }
-                pending = Some(h.tag);
+                if h.tag.group() > last_group {
+                    past = true;
+                }
+                pending = Some((h.tag, h.vr, h.len.get().unwrap_or(u32::MAX)));
             }
             DataToken::PrimitiveValue(v) if depth == 0 => {
-                if let Some(tag) = pending.take() {
-                    if wanted.binary_search(&tag).is_ok() {
-                        let text = text_of(&v);
-                        let t = text.trim_end_matches(['\0', ' ']).trim_start().to_owned();
-                        attrs.extra.push((tag, t));
+                if let Some((tag, vr, len)) = pending.take() {
+                    let redecode = |s: &str| match terms {
+                        Some(t) if charset::is_charset_vr(vr) => charset::redecode_latin1(s, t),
+                        _ => s.to_owned(),
+                    };
+                    if !past {
+                        if wanted.binary_search(&tag).is_ok() {
+                            let text = text_of(&v);
+                            let t = text.trim_end_matches(['\0', ' ']).trim_start();
+                            attrs.extra.push((tag, redecode(t)));
+                        }
+                        store(&mut attrs, tag, Cow::Owned(redecode(&text_of(&v))));
                     }
-                    store(&mut attrs, tag, text_of(&v));
+                    if keep(tag, vr, len) {
+                        if let Some(value) = value_of(&v, vr, &redecode) {
+                            kept.put(tag, vr, value);
+                        }
+                    }
                 }
             }
             _ => {}
         }
     }
     // The token stream ended: the whole dataset was read, or the prefix ended exactly on an
-    // element boundary before group 0020 was done.
-    if complete {
-        Ok(attrs)
+    // element boundary.
+    if complete || past {
+        finish(attrs, &kept)
     } else {
         Err(ExtractError::NeedMore)
     }
+}
+
+/// Whether an element goes into [`IndexAttrs::attributes`].
+fn keep(tag: Tag, vr: dicom_core::VR, len: u32) -> bool {
+    use dicom_core::VR;
+    tag.group() >= 0x0008
+        && tag.group().is_multiple_of(2)
+        && tag.element() != 0
+        && len <= MAX_ATTRIBUTE_LEN
+        && !matches!(
+            vr,
+            VR::OB | VR::OW | VR::OF | VR::OD | VR::OL | VR::OV | VR::UN | VR::SQ
+        )
+}
+
+/// A parsed value in the dataset model; text trimmed and decoded.
+fn value_of(
+    v: &dicom_core::value::PrimitiveValue,
+    vr: dicom_core::VR,
+    redecode: &dyn Fn(&str) -> String,
+) -> Option<Value> {
+    use dicom_core::value::PrimitiveValue as P;
+    use dicom_core::VR;
+    if matches!(v, P::Empty) {
+        return Some(Value::empty_for(vr));
+    }
+    Some(match vr {
+        VR::SS | VR::US | VR::SL | VR::UL | VR::SV => Value::Ints(v.to_multi_int::<i64>().ok()?),
+        VR::UV => Value::Ints(
+            v.to_multi_int::<u64>()
+                .ok()?
+                .into_iter()
+                .map(|x| i64::try_from(x).unwrap_or(i64::MAX))
+                .collect(),
+        ),
+        VR::FL | VR::FD => Value::Floats(v.to_multi_float64().ok()?),
+        VR::AT => match v {
+            P::Tags(t) => Value::Tags(
+                t.iter()
+                    .map(|t| (u32::from(t.0) << 16) | u32::from(t.1))
+                    .collect(),
+            ),
+            _ => return None,
+        },
+        VR::LT | VR::ST | VR::UT => Value::Strs(vec![redecode(trim_padding(&v.to_str(), vr))]),
+        _ => Value::Strs(
+            v.to_multi_str()
+                .iter()
+                .flat_map(|s| s.split('\\'))
+                .map(|s| redecode(trim_padding(s, vr)))
+                .collect(),
+        ),
+    })
 }
 
 /// A value as text. Every attribute kept here is text (UI, CS, DA, PN, ...), but a sender may
@@ -439,6 +556,53 @@ mod tests {
         let b = extract_with(&ds, ele, true, &wanted[..2]).unwrap();
         assert_eq!(b.extra_value(Tag(0x0028, 0x0010)), None);
         assert_eq!(b.series_instance_uid, "1.2.3.4.5");
+    }
+
+    /// ISO 2022 names are indexed decoded (PS3.5 H.3.1), and the attribute list keeps small
+    /// attributes past group 0020 but neither bulk nor sequences.
+    #[test]
+    fn iso_2022_names_are_decoded_and_small_attributes_kept() {
+        let mut ds = Vec::new();
+        ds.extend(el(0x0008, 0x0005, b"CS", b"\\ISO 2022 IR 87"));
+        ds.extend(el(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2"));
+        ds.extend(el(0x0008, 0x0018, b"UI", b"1.2.3.4.5.6"));
+        ds.extend(el(
+            0x0010,
+            0x0010,
+            b"PN",
+            b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B=\x1b$B$d$^$@\x1b(B^\x1b$B$?$m$&\x1b(B",
+        ));
+        ds.extend(el(0x0020, 0x000D, b"UI", b"1.2.3.4"));
+        ds.extend(el(0x0028, 0x0010, b"US", &[4, 0]));
+        ds.extend(el(0x0029, 0x0010, b"LO", b"PRIVATE"));
+        ds.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 2, 0, 0, 0, 1, 2]);
+        let a = extract(
+            &ds,
+            dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+            true,
+        )
+        .unwrap();
+        assert_eq!(a.patient_name, "Yamada^Tarou=山田^太郎=やまだ^たろう");
+        let kept = a.attributes();
+        assert_eq!(
+            kept.str(dicom_dictionary_std::tags::PATIENT_NAME),
+            Some("Yamada^Tarou=山田^太郎=やまだ^たろう")
+        );
+        assert_eq!(
+            kept.get(dicom_dictionary_std::tags::ROWS).map(|e| &e.value),
+            Some(&Value::Ints(vec![4]))
+        );
+        assert!(kept.get(Tag(0x0029, 0x0010)).is_none(), "private");
+        assert!(kept.get(dicom_dictionary_std::tags::PIXEL_DATA).is_none());
+        // A prefix cut after group 0020 still answers: the list is cut, the keys are whole.
+        let cut = ds.len() - 6;
+        let b = extract(
+            &ds[..cut],
+            dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+            false,
+        )
+        .unwrap();
+        assert_eq!(b.study_instance_uid, "1.2.3.4");
     }
 
     #[test]

@@ -13,6 +13,11 @@ use super::attrs::IndexAttrs;
 use super::summary::StudySummary;
 use crate::db;
 
+// Query/Retrieve's index (issue 13): declared here so that `store/mod.rs` stays untouched
+// while issue 12 rewrites it; its place is `store::query` (move the line there on merge).
+#[path = "query.rs"]
+pub mod query;
+
 /// Errors of the index layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -191,6 +196,7 @@ pub fn create_tables(tx: &WriteTransaction) -> Result<(), IndexError> {
     tx.open_table(db::USERS)?;
     tx.open_table(db::AUDIT)?;
     tx.open_table(db::CONFIG)?;
+    query::create_tables(tx)?;
     Ok(())
 }
 
@@ -287,6 +293,9 @@ pub fn put_instance(
         patient.num_studies += 1;
     }
     patients.insert(pid, encode(&patient).as_slice())?;
+    drop(patients);
+    // Query/Retrieve rows (issue 13).
+    query::on_put(tx, rec, attrs)?;
     Ok(())
 }
 
@@ -355,8 +364,13 @@ pub fn remove_instance(
             }
         } else {
             studies.insert(study_uid, encode(&st).as_slice())?;
+            drop(studies); // closed before the Query/Retrieve hook opens it
         }
+    } else {
+        drop(studies);
     }
+    // Query/Retrieve rows (issue 13).
+    query::on_remove(tx, &rec)?;
     Ok(Some(rec))
 }
 

@@ -5,7 +5,7 @@
 //! starves the ingest on the same core nor keeps the reader task from seeing a C-CANCEL.
 
 use crate::net::dimse::command::Command;
-use crate::net::dimse::find::{final_response, pending_response, status, FindAnswer};
+use crate::net::dimse::find::{final_response, pending_response_with, status, FindAnswer};
 use crate::rt::NetStream;
 
 use super::conn::{Conn, Interrupt};
@@ -47,9 +47,11 @@ pub async fn respond<S: NetStream>(
                 Err(_) => (FindEnd::Gone, 0),
             };
         }
-        FindAnswer::Matches(m) => m,
+        FindAnswer::Matches(m) => (status::PENDING, m),
+        FindAnswer::MatchesWithStatus(s, m) => (s, m),
     };
-    let pending = pending_response(rq);
+    let (pending_status, matches) = matches;
+    let pending = pending_response_with(rq, pending_status);
     for (sent, identifier) in matches.iter().enumerate() {
         if sent % YIELD_EVERY == YIELD_EVERY - 1 {
             tokio::task::yield_now().await;

@@ -44,6 +44,7 @@ use crate::net::dimse::find::{final_response, status as find_status, FindAnswer}
 use crate::net::dimse::status::UNRECOGNIZED_OPERATION;
 use crate::net::services::modality_performed_procedure_step as mpps;
 use crate::net::services::modality_worklist as mwl;
+use crate::net::services::query_retrieve_find;
 use crate::net::services::storage::{self, Reception, StoreContext};
 use crate::net::services::{verification, Offer, Route};
 use crate::net::ul::association::{negotiate, reject_peer, AcceptorPolicy, Decision, Negotiated};
@@ -580,7 +581,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 });
                 Flow::Continue
             }
-            Route::WorklistFind | Route::MppsCreate | Route::MppsSet => {
+            Route::WorklistFind | Route::MppsCreate | Route::MppsSet | Route::QueryFind => {
                 if cmd.has_dataset {
                     self.inbound = Some(Inbound::Buffer {
                         cmd,
@@ -590,6 +591,9 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                         too_large: false,
                     });
                     return Flow::Continue;
+                }
+                if route == Route::QueryFind {
+                    return self.query_find(cmd, pc_id, None).await;
                 }
                 self.worklist(route, cmd, pc_id, None).await
             }
@@ -639,6 +643,9 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             } => {
                 if too_large {
                     return self.refuse_too_large(route, &cmd, pc_id).await;
+                }
+                if route == Route::QueryFind {
+                    return self.query_find(cmd, pc_id, Some(data)).await;
                 }
                 self.worklist(route, cmd, pc_id, Some(data)).await
             }
@@ -714,6 +721,9 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 crate::metrics::global().worklist_find(FindResult::Failure, 0, Duration::ZERO);
                 final_response(cmd, find_status::UNABLE_TO_PROCESS, Some(&comment), None)
             }
+            Route::QueryFind => {
+                final_response(cmd, find_status::UNABLE_TO_PROCESS, Some(&comment), None)
+            }
             _ => {
                 let answer = mpps::Answer::fail(
                     cmd.affected_sop_instance_uid
@@ -727,6 +737,59 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             }
         };
         self.reply(pc_id, &rsp, None).await
+    }
+
+    /// A Query/Retrieve C-FIND, complete: the search runs on the query pool, the answers
+    /// stream through the shared responder.
+    async fn query_find(&mut self, cmd: Command, pc_id: u8, data: Option<Vec<u8>>) -> Flow {
+        let (abstract_syntax, ts) = self.context(pc_id);
+        let scp = self
+            .port
+            .offer
+            .query
+            .clone()
+            .expect("routed to Query/Retrieve: offered");
+        let started = Instant::now();
+        let Some(identifier) = data else {
+            let rsp = final_response(
+                &cmd,
+                find_status::IDENTIFIER_DOES_NOT_MATCH,
+                Some("C-FIND-RQ without an identifier"),
+                None,
+            );
+            return self.reply(pc_id, &rsp, None).await;
+        };
+        let relational =
+            query_retrieve_find::relational(self.negotiated.extended.get(&abstract_syntax));
+        if let Some(settle) = &scp.settle {
+            // Every object acknowledged before this C-FIND is indexed before it is answered.
+            if !settle.settle(query_retrieve_find::SETTLE_LIMIT).await {
+                warn!("the ingest checkpoint did not come in time: C-FIND answers from the index as it stands");
+            }
+        }
+        let rq = cmd.clone();
+        let pool = scp.pool.clone();
+        let answer = pool
+            .run(move || query_retrieve_find::find_encoded(&scp, &rq, &identifier, &ts, relational))
+            .await
+            .unwrap_or_else(|busy| FindAnswer::Refused {
+                status: find_status::OUT_OF_RESOURCES,
+                comment: busy.to_string(),
+                offending: None,
+            });
+        let (end, sent) = find::respond(&mut self.conn, &cmd, pc_id, answer).await;
+        info!(
+            matches = sent,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            ?end,
+            relational,
+            "Q/R C-FIND"
+        );
+        if end == FindEnd::Gone {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
     }
 
     /// A worklist or MPPS request, complete: its work runs on the worklist pool.

@@ -30,6 +30,9 @@ pub enum FindAnswer {
     /// The matches, each an identifier already encoded in the context's transfer syntax: one
     /// pending response each, then success.
     Matches(Vec<Vec<u8>>),
+    /// As `Matches`, each pending response with this status (FF01: an optional key was not
+    /// supported and treated as universal).
+    MatchesWithStatus(u16, Vec<Vec<u8>>),
     /// The request is refused with this final status.
     Refused {
         /// The status.
@@ -51,6 +54,11 @@ pub fn ascii64(s: &str) -> String {
 
 /// A pending C-FIND-RSP command set (an identifier follows).
 pub fn pending_response(rq: &Command) -> Vec<u8> {
+    pending_response_with(rq, status::PENDING)
+}
+
+/// A pending C-FIND-RSP command set with `pending` (FF00 or FF01).
+pub fn pending_response_with(rq: &Command, pending: u16) -> Vec<u8> {
     CommandBuilder::new()
         .uid(
             tags::AFFECTED_SOP_CLASS_UID,
@@ -59,7 +67,7 @@ pub fn pending_response(rq: &Command) -> Vec<u8> {
         .us(tags::COMMAND_FIELD, CommandField::CFindRsp as u16)
         .us(tags::MESSAGE_ID_BEING_RESPONDED_TO, rq.message_id)
         .us(tags::COMMAND_DATA_SET_TYPE, 0x0000)
-        .us(tags::STATUS, status::PENDING)
+        .us(tags::STATUS, pending)
         .build()
 }
 

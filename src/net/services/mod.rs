@@ -8,6 +8,7 @@
 
 pub mod modality_performed_procedure_step;
 pub mod modality_worklist;
+pub mod query_retrieve_find;
 pub mod storage;
 mod storage_classes;
 pub mod storage_commitment;
@@ -39,6 +40,8 @@ pub struct Offer {
     pub storage: Option<storage::StorageScp>,
     /// Modality Worklist FIND and MPPS.
     pub worklist: Option<WorklistScp>,
+    /// Query/Retrieve FIND (Patient Root and Study Root).
+    pub query: Option<query_retrieve_find::QueryScp>,
 }
 
 /// The handler of one complete command.
@@ -50,6 +53,8 @@ pub enum Route {
     Store,
     /// C-FIND on Modality Worklist.
     WorklistFind,
+    /// C-FIND on a Query/Retrieve information model.
+    QueryFind,
     /// N-CREATE on MPPS.
     MppsCreate,
     /// N-SET on MPPS.
@@ -64,6 +69,11 @@ impl crate::net::ul::association::Offered for &Offer {
     fn supports(&self, abstract_syntax: &str) -> bool {
         Offer::supports(self, abstract_syntax)
     }
+
+    fn extended_negotiation(&self, sop_class: &str, proposed: &[u8]) -> Option<Vec<u8>> {
+        (self.query.is_some() && query_retrieve_find::is_find_model(sop_class))
+            .then(|| query_retrieve_find::extended_negotiation(proposed))
+    }
 }
 
 impl Offer {
@@ -76,6 +86,9 @@ impl Offer {
             if s.sop_classes.supports(abstract_syntax) {
                 return true;
             }
+        }
+        if self.query.is_some() && query_retrieve_find::is_find_model(abstract_syntax) {
+            return true;
         }
         self.worklist.is_some()
             && matches!(
@@ -99,6 +112,12 @@ impl Offer {
         }
         if is(F::CStoreRq) && self.storage.is_some() && !verification {
             return Route::Store;
+        }
+        if is(F::CFindRq)
+            && self.query.is_some()
+            && query_retrieve_find::is_find_model(abstract_syntax)
+        {
+            return Route::QueryFind;
         }
         if self.worklist.is_some() {
             if is(F::CFindRq) && abstract_syntax == modality_worklist::SOP_CLASS {

@@ -77,11 +77,12 @@ pub fn find(
             None,
         );
     }
-    let obj = match read_dataset(identifier, ts) {
-        Ok(o) => o,
-        Err(e) => return refused(status::IDENTIFIER_DOES_NOT_MATCH, e, None),
+    // Decoded under its Specific Character Set, ISO 2022 code extensions included (issue 13).
+    let ds = match super::query_retrieve_find::decode_identifier(identifier, ts) {
+        Ok(ds) => ds,
+        Err(r) => return refused(r.status, r.comment, r.offending),
     };
-    match Query::from_identifier(&obj) {
+    match Query::from_dataset(&ds) {
         Ok(query) => FindOutcome::Matches(store.find(&query, limit)),
         Err(e) => refused(e.status(), e.to_string(), e.offending_element()),
     }
