@@ -143,7 +143,7 @@ pub fn serve(
     // A new index file's name, like the directories, must be durable before it is used.
     let _ = crate::store::fsync_dir(data.root());
     // Query/Retrieve rows for an index written before they existed (issue 13).
-    match crate::store::index::query::backfill(index.database()) {
+    match crate::store::query::backfill(index.database()) {
         Ok(0) => {}
         Ok(n) => info!(
             instances = n,

@@ -13,11 +13,6 @@ use super::attrs::IndexAttrs;
 use super::summary::StudySummary;
 use crate::db;
 
-// Query/Retrieve's index (issue 13): declared here so that `store/mod.rs` stays untouched
-// while issue 12 rewrites it; its place is `store::query` (move the line there on merge).
-#[path = "query.rs"]
-pub mod query;
-
 /// Errors of the index layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -196,7 +191,7 @@ pub fn create_tables(tx: &WriteTransaction) -> Result<(), IndexError> {
     tx.open_table(db::USERS)?;
     tx.open_table(db::AUDIT)?;
     tx.open_table(db::CONFIG)?;
-    query::create_tables(tx)?;
+    super::query::create_tables(tx)?;
     Ok(())
 }
 
@@ -295,7 +290,7 @@ pub fn put_instance(
     patients.insert(pid, encode(&patient).as_slice())?;
     drop(patients);
     // Query/Retrieve rows (issue 13).
-    query::on_put(tx, rec, attrs)?;
+    super::query::on_put(tx, rec, attrs)?;
     Ok(())
 }
 
@@ -370,7 +365,7 @@ pub fn remove_instance(
         drop(studies);
     }
     // Query/Retrieve rows (issue 13).
-    query::on_remove(tx, &rec)?;
+    super::query::on_remove(tx, &rec)?;
     Ok(Some(rec))
 }
 

@@ -8,6 +8,7 @@ pub mod error;
 pub mod index;
 pub mod journal;
 pub mod meta;
+pub mod query;
 pub mod sink;
 pub mod summary;
 

@@ -25,7 +25,7 @@ use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;
 use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, WriteTransaction};
 
-use super::{decode, IndexError, InstanceRecord, PatientRecord, SeriesRecord, StudyRecord};
+use super::index::{decode, IndexError, InstanceRecord, PatientRecord, SeriesRecord, StudyRecord};
 use crate::db;
 use crate::dicom::dataset::{Dataset, Value};
 use crate::dicom::matching::{pn_normalize, Query};

@@ -37,7 +37,7 @@ use crate::net::dimse::command::Command;
 use crate::net::dimse::dataset::{read_dataset, write_dataset};
 use crate::net::dimse::find::{status, FindAnswer};
 use crate::rt::WorkPool;
-use crate::store::index::query::{self as qr, Level};
+use crate::store::query::{self as qr, Level};
 use crate::store::index::Index;
 
 /// Patient Root Query/Retrieve Information Model – FIND.
