@@ -37,8 +37,8 @@ use crate::net::dimse::command::Command;
 use crate::net::dimse::dataset::{read_dataset, write_dataset};
 use crate::net::dimse::find::{status, FindAnswer};
 use crate::rt::WorkPool;
-use crate::store::query::{self as qr, Level};
 use crate::store::index::Index;
+use crate::store::query::{self as qr, Level};
 
 /// Patient Root Query/Retrieve Information Model – FIND.
 pub const PATIENT_ROOT: &str = uids::PATIENT_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_FIND;
