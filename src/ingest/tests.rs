@@ -143,6 +143,27 @@ fn start(
     (ingest, index)
 }
 
+/// A fresh data directory, the journal on a new [`CrashStorage`], the index on a new
+/// [`CrashBackend`] (with its handle, for the flush boundaries), ingest started on them.
+fn crash_rig() -> (
+    tempfile::TempDir,
+    DataDir,
+    CrashStorage,
+    crate::store::crashdb::CrashHandle,
+    Ingest,
+    Arc<Index>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = DataDir::prepare(dir.path()).unwrap();
+    let storage = CrashStorage::new();
+    let (backend, handle) = CrashBackend::from_image(Vec::new());
+    let db = redb::Database::builder()
+        .create_with_backend(backend)
+        .unwrap();
+    let (ingest, index) = start(storage.clone(), db, &data, DuplicatePolicy::Replace);
+    (dir, data, storage, handle, ingest, index)
+}
+
 fn run_workload(ingest: &Ingest, rt: &tokio::runtime::Runtime) -> Run {
     let mut run = Run {
         acked: BTreeMap::new(),
@@ -258,14 +279,7 @@ fn power_loss_at_every_flush_boundary_loses_no_acknowledged_object() {
     let rt = runtime();
     // A clean run counts the journal's flushes.
     let flushes = {
-        let dir = tempfile::tempdir().unwrap();
-        let (data, _) = DataDir::prepare(dir.path()).unwrap();
-        let storage = CrashStorage::new();
-        let (backend, _h) = CrashBackend::from_image(Vec::new());
-        let db = redb::Database::builder()
-            .create_with_backend(backend)
-            .unwrap();
-        let (ingest, index) = start(storage.clone(), db, &data, DuplicatePolicy::Replace);
+        let (_dir, data, storage, _h, ingest, index) = crash_rig();
         let run = run_workload(&ingest, &rt);
         ingest.join();
         assert!(
@@ -279,14 +293,7 @@ fn power_loss_at_every_flush_boundary_loses_no_acknowledged_object() {
     assert!(flushes >= 6, "{flushes} journal flushes");
     let mut recoveries = 0;
     for cut in 1..=flushes + 1 {
-        let dir = tempfile::tempdir().unwrap();
-        let (data, _) = DataDir::prepare(dir.path()).unwrap();
-        let storage = CrashStorage::new();
-        let (backend, handle) = CrashBackend::from_image(Vec::new());
-        let db = redb::Database::builder()
-            .create_with_backend(backend)
-            .unwrap();
-        let (ingest, index) = start(storage.clone(), db, &data, DuplicatePolicy::Replace);
+        let (dir, _data, storage, handle, ingest, index) = crash_rig();
         // Counted from now: recovery of the empty journal flushed nothing.
         storage.cut_power_at_flush(cut);
         let run = run_workload(&ingest, &rt);
@@ -343,14 +350,7 @@ fn power_loss_at_every_flush_boundary_loses_no_acknowledged_object() {
 fn a_failed_flush_is_never_followed_by_a_success() {
     let rt = runtime();
     for k in 1..=6 {
-        let dir = tempfile::tempdir().unwrap();
-        let (data, _) = DataDir::prepare(dir.path()).unwrap();
-        let storage = CrashStorage::new();
-        let (backend, handle) = CrashBackend::from_image(Vec::new());
-        let db = redb::Database::builder()
-            .create_with_backend(backend)
-            .unwrap();
-        let (ingest, index) = start(storage.clone(), db, &data, DuplicatePolicy::Replace);
+        let (_dir, data, storage, handle, ingest, index) = crash_rig();
         storage.fail_flush(k);
         let run = run_workload(&ingest, &rt);
         assert!(
