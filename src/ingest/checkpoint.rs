@@ -331,7 +331,7 @@ pub(super) fn run<S: Storage>(rx: mpsc::Receiver<Msg>, shared: Arc<Shared<S>>) {
                 }
                 shared.released.notify_all();
                 shared.overlay.indexed(&done.placed);
-                shared.progress.materialized(e.seq - 1, pending.len());
+                shared.progress.materialized(e.seq - 1);
                 if let Some(w) = &cfg.wake {
                     for d in &done.destinations {
                         (w.0)(d);

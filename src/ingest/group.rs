@@ -55,13 +55,17 @@ pub(super) struct Entry {
     pub reply: oneshot::Sender<Result<Accepted, StoreError>>,
 }
 
-/// Bytes an entry adds to a group (record header, a generous meta, the inline bytes).
+/// Bytes an entry adds to a group, an upper bound: record header, the meta section (the
+/// record's and attributes' strings are bounded by their VRs: 4 KiB covers them; the
+/// attribute list and routing values are counted), the inline bytes.
 fn group_bytes(e: &Entry) -> u64 {
     let body = match &e.obj.body {
         Body::Inline(b) => b.len() as u64,
         Body::File(_) => 0,
     };
-    48 + 1024 + body
+    let attrs = &e.obj.attrs;
+    let extra: usize = attrs.extra.iter().map(|(_, v)| v.len() + 16).sum();
+    48 + 4096 + (attrs.attributes.len() + extra) as u64 + body
 }
 
 pub(super) fn run<S: Storage>(
@@ -210,7 +214,7 @@ fn write_group<S: Storage>(
             }
             shared.overlay.confirm(&seqs);
             if count > 0 {
-                shared.progress.acked(end.seq - 1, items.len());
+                shared.progress.acked(end.seq - 1);
                 // The materializer only goes away at shutdown, after this thread.
                 let _ = mat.send(Msg::Group { items, end });
             }
@@ -220,8 +224,10 @@ fn write_group<S: Storage>(
         }
         Err(e) => {
             shared.overlay.undo(undo);
+            // Neither a full ring nor an oversized group wrote anything: no poison.
             let full_ring = matches!(e, JournalError::Full);
-            if !full_ring {
+            let nothing_written = full_ring || matches!(e, JournalError::TooLarge { .. });
+            if !nothing_written {
                 let why = e.to_string();
                 tracing::error!(error = %why, "ingest journal write failed: refusing every object until restart");
                 shared.progress.problem(
@@ -244,7 +250,7 @@ fn write_group<S: Storage>(
                         StoreError::Io(msg.clone())
                     }
                 },
-                full_ring,
+                nothing_written,
             );
         }
     }

@@ -150,12 +150,12 @@ impl Progress {
         }
     }
 
-    fn acked(&self, seq: u64, _n: usize) {
+    fn acked(&self, seq: u64) {
         self.acked.store(seq, Ordering::Release);
         self.gauges();
     }
 
-    fn materialized(&self, seq: u64, _n: usize) {
+    fn materialized(&self, seq: u64) {
         self.materialized.send_replace(seq);
         self.gauges();
     }

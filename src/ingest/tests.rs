@@ -500,3 +500,32 @@ fn retention_cannot_lose_an_object_acknowledged_meanwhile() {
     assert_eq!(bytes.len() as u64, rec.file_size);
     ingest.join();
 }
+
+/// Groups are cut by their encoded size, meta sections included (the attribute list can be
+/// tens of KiB): many objects at once with large ones all get in, in several groups, and
+/// the journal keeps working.
+#[test]
+fn groups_are_cut_by_size_with_large_meta_sections() {
+    let rt = runtime();
+    let (_dir, _data, storage, _h, ingest, index) = crash_rig();
+    let snap = ingest.pipeline.snapshot();
+    let objs: Vec<ReceivedObject> = (0..24)
+        .map(|n| {
+            let mut o = s(100 + n, 1, "1.7").object();
+            o.attrs.attributes = vec![n as u8; 12 * 1024];
+            o
+        })
+        .collect();
+    let results = rt.block_on(join_all(objs.into_iter().map(|o| snap.submit(o))));
+    assert!(
+        results.iter().all(|r| matches!(r, Ok(Accepted::Stored))),
+        "{results:?}"
+    );
+    // 24 × (12 KiB meta + ~2 KiB object) cannot fit one 64 KiB group.
+    assert!(storage.flushes() >= 5, "{} flushes", storage.flushes());
+    assert_eq!(ingest.settle.progress().readiness(), Ok(()));
+    assert!(rt.block_on(ingest.settle.settle(Duration::from_secs(10))));
+    assert_eq!(index.instance_count().unwrap(), 24);
+    drop(snap);
+    ingest.join();
+}
