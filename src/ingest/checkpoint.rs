@@ -331,6 +331,11 @@ pub(super) fn run<S: Storage>(rx: mpsc::Receiver<Msg>, shared: Arc<Shared<S>>) {
                 }
                 shared.released.notify_all();
                 shared.overlay.indexed(&done.placed);
+                // Healthy again before anyone waiting for this checkpoint is let go.
+                if failing_since.take().is_some() {
+                    tracing::info!("checkpoints succeed again");
+                    shared.progress.problem("checkpoint", None);
+                }
                 shared.progress.materialized(e.seq - 1);
                 if let Some(w) = &cfg.wake {
                     for d in &done.destinations {
@@ -348,10 +353,6 @@ pub(super) fn run<S: Storage>(rx: mpsc::Receiver<Msg>, shared: Arc<Shared<S>>) {
                 end = None;
                 since = None;
                 hurry = false;
-                if failing_since.take().is_some() {
-                    tracing::info!("checkpoints succeed again");
-                    shared.progress.problem("checkpoint", None);
-                }
                 if made_dirs.len() > 100_000 {
                     made_dirs.clear();
                 }
