@@ -815,7 +815,7 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, ops: Arc<Ops>) {
                     // off the runtime.
                     Ok(req) => {
                         if let Some(s) = &ops.settle {
-                            s.settle(std::time::Duration::from_secs(10)).await;
+                            s.settle(crate::ingest::READ_WAIT).await;
                         }
                         tokio::task::spawn_blocking(move || {
                             let actor = actor_for_uid(peer_uid);

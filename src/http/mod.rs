@@ -602,8 +602,8 @@ async fn api(
     if reads_the_index(req.method(), req.uri().path()) {
         if let Some(s) = &state.settle {
             // Every object acknowledged before this request is indexed before it is answered.
-            if !s.settle(SETTLE_LIMIT).await {
-                tracing::warn!("the ingest checkpoint did not come within {SETTLE_LIMIT:?}: answering from the index as it stands");
+            if !s.settle(crate::ingest::READ_WAIT).await {
+                tracing::warn!("the ingest checkpoint did not come within {:?}: answering from the index as it stands", crate::ingest::READ_WAIT);
             }
         }
     }
@@ -617,9 +617,6 @@ async fn api(
     )
     .await
 }
-
-/// Longest an API read waits for the ingest checkpoint.
-const SETTLE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Reads that must see every acknowledged object: studies, series, instances (and their
 /// files), patients, forwarding jobs.

@@ -215,6 +215,9 @@ impl Progress {
     }
 }
 
+/// How long an admin API read or a control-socket request waits for the checkpoint.
+pub const READ_WAIT: Duration = Duration::from_secs(10);
+
 /// Lets a reader wait until every object acknowledged before it asked is indexed.
 #[derive(Debug, Clone)]
 pub struct Settle {
