@@ -122,8 +122,10 @@ pub struct RawConfig {
     pub http: RawHttp,
     /// `[worklist]`: the Modality Worklist and MPPS service.
     pub worklist: RawWorklist,
-    /// `[query]`: Query/Retrieve C-FIND on the store port.
+    /// `[query]`: Query/Retrieve (C-FIND, C-MOVE, C-GET) on the store port.
     pub query: RawQuery,
+    /// `[storage_commitment]`: the Storage Commitment Push Model SCP on the store port.
+    pub storage_commitment: RawStorageCommitment,
     /// `[log]`: log output format.
     pub log: RawLog,
 }
@@ -371,6 +373,46 @@ pub struct RawQuery {
     /// Most responses one C-FIND returns (default 10000; 0 = the default). A query matching
     /// more gets the first ones and then the final status 0000, and a warning is logged.
     pub max_results: Option<usize>,
+    /// C-GET from a requestor that did not negotiate the SCP role for a storage class (SCP/SCU
+    /// Role Selection, PS3.7 D.3.3.4): `true` (default) makes each such sub-operation fail and
+    /// be listed in the Failed SOP Instance UID List; `false` sends the C-STORE anyway on an
+    /// accepted context of that class, for old requestors that omit the item.
+    pub get_requires_role_selection: Option<bool>,
+}
+
+/// How the N-EVENT-REPORT of a Storage Commitment request reaches the requestor (PS3.4 J.3.3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommitmentReport {
+    /// On the association of the N-ACTION while it is open; on a new one after it closed
+    /// (default).
+    #[default]
+    Auto,
+    /// Always on the association of the N-ACTION (a request whose association closed before
+    /// its report waits for the requestor's next association).
+    SameAssociation,
+    /// Always on a new association to the requestor's AE title, looked up in the destination
+    /// table.
+    NewAssociation,
+}
+
+/// `[storage_commitment]`: the Storage Commitment Push Model SCP on the store port.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStorageCommitment {
+    /// Offer the service (default true).
+    pub enabled: Option<bool>,
+    /// Where the report goes: "auto" (default), "same-association", "new-association".
+    pub report: Option<CommitmentReport>,
+}
+
+/// Validated `[storage_commitment]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageCommitmentSettings {
+    /// Whether the store port offers the service.
+    pub enabled: bool,
+    /// Where the report goes.
+    pub report: CommitmentReport,
 }
 
 /// Default of `[query] max_results`: a bound on the memory one C-FIND's answers take (a few
@@ -382,6 +424,8 @@ pub const DEFAULT_QUERY_MAX_RESULTS: usize = 10_000;
 pub struct QuerySettings {
     /// Most C-FIND responses per request.
     pub max_results: usize,
+    /// C-GET sub-operations need the SCP role agreed for their storage class.
+    pub get_requires_role_selection: bool,
 }
 
 /// Validated settings of the whole daemon.
@@ -411,6 +455,8 @@ pub struct Settings {
     pub worklist: WorklistSettings,
     /// Query/Retrieve.
     pub query: QuerySettings,
+    /// `[storage_commitment]`.
+    pub storage_commitment: StorageCommitmentSettings,
     /// Which services this process runs (`--only`).
     pub services: Services,
     /// Log output format.
@@ -1150,10 +1196,16 @@ impl RawConfig {
                 .max_results
                 .filter(|&n| n > 0)
                 .unwrap_or(DEFAULT_QUERY_MAX_RESULTS),
+            get_requires_role_selection: self.query.get_requires_role_selection.unwrap_or(true),
+        };
+        let storage_commitment = StorageCommitmentSettings {
+            enabled: self.storage_commitment.enabled.unwrap_or(true),
+            report: self.storage_commitment.report.unwrap_or_default(),
         };
         Ok(Settings {
             worklist,
             query,
+            storage_commitment,
             services: ov.services.unwrap_or_default(),
             log_format: self.log.format.unwrap_or_default(),
             data_dir,

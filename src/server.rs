@@ -25,7 +25,9 @@ use crate::metrics::Service;
 use crate::net::association::limits::Slots;
 use crate::net::association::{self, Core, Phase, Port, Transport};
 use crate::net::services::query_retrieve_find::QueryScp;
+use crate::net::services::query_retrieve_move::RetrieveScp;
 use crate::net::services::storage::{SopClassPolicy, StorageScp};
+use crate::net::services::storage_commitment::CommitmentScp;
 use crate::net::services::{Offer, WorklistScp};
 use crate::net::ul::association::AcceptorPolicy;
 use crate::queue::forwarder::Forwarder;
@@ -361,6 +363,30 @@ pub fn serve(
                 max_results: settings.query.max_results,
                 ae_title: store.ae_title.clone(),
             }),
+            // Query/Retrieve MOVE and GET (issue 13).
+            retrieve: Some(RetrieveScp {
+                settle: Some(Arc::new(settle.clone())),
+                index: index.clone(),
+                data: data.clone(),
+                pool: rt::WorkPool::start("retrieve", 4, 256, WORKLIST_NICE)
+                    .map_err(ServeError::Thread)?,
+                destinations: forwarder.shared().clone(),
+                ae_title: store.ae_title.clone(),
+                get_requires_role_selection: settings.query.get_requires_role_selection,
+            }),
+            // Storage Commitment Push Model (issue 13).
+            commitment: match settings.storage_commitment.enabled {
+                false => None,
+                true => Some(CommitmentScp {
+                    settle: Some(Arc::new(settle.clone())),
+                    index: index.clone(),
+                    pool: rt::WorkPool::start("commitment", 2, 256, WORKLIST_NICE)
+                        .map_err(ServeError::Thread)?,
+                    destinations: forwarder.shared().clone(),
+                    ae_title: store.ae_title.clone(),
+                    report: settings.storage_commitment.report,
+                }),
+            },
         },
         access: store.net.clone(),
         slots: Slots::new(
@@ -397,6 +423,8 @@ pub fn serve(
                         max_results: w.max_results,
                     }),
                     query: None,
+                    retrieve: None,
+                    commitment: None,
                 },
                 access: w.net.clone(),
                 slots: Slots::new(w.net.max_unassociated_connections, w.max_associations),
@@ -777,6 +805,16 @@ pub fn syncfs_reports_errors(release: &str) -> bool {
         return true;
     };
     (major, minor) >= (5, 8)
+}
+
+/// C-MOVE destinations and commitment reports use the forwarder's live destination table.
+impl crate::net::services::Destinations for crate::queue::forwarder::Shared {
+    fn by_ae_title(&self, ae_title: &str) -> Option<crate::config::Destination> {
+        let ae_title = ae_title.trim();
+        self.destinations()
+            .into_iter()
+            .find(|d| d.ae_title == ae_title)
+    }
 }
 
 /// The Q/R C-FIND waits for the ingest checkpoint as the admin API does.

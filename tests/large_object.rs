@@ -23,7 +23,10 @@ gwtest!(one_gib_object_streams_in_bounded_memory, |io: &str| {
     let sent_len = info.file_len - info.dataset_offset;
     let sent_hash = dataset_hash(&src);
 
-    let mut gw = Daemon::start(BIN, &data, io, &[]);
+    // This test is about memory; the machine's other work must not push it over the disk mark.
+    let cfg = tmp.path().join("gw.toml");
+    std::fs::write(&cfg, "[store]\ndisk_high_water_percent = 100\n").unwrap();
+    let mut gw = Daemon::start(BIN, &data, io, &["--config", cfg.to_str().unwrap()]);
     let flags = storescu_flags_for(Ts::ExplicitLE);
     storescu(gw.port, &[&src], &flags).assert_all_ok(&[&src]);
     let hwm = vm_hwm_kib(gw.pid);

@@ -14,9 +14,11 @@
 //! identifiers have size caps, and identifiers are depth-checked before any object is built.
 //! No thread is started per connection or per request.
 
+mod commitment;
 pub mod conn;
 pub mod find;
 pub mod limits;
+mod retrieve;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -581,7 +583,20 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 });
                 Flow::Continue
             }
-            Route::WorklistFind | Route::MppsCreate | Route::MppsSet | Route::QueryFind => {
+            Route::CommitReportResponse => {
+                if cmd.has_dataset {
+                    // Nothing in it is used; dropped as it arrives.
+                    self.inbound = None;
+                }
+                self.commitment_report_response(cmd, pc_id).await
+            }
+            Route::WorklistFind
+            | Route::MppsCreate
+            | Route::MppsSet
+            | Route::QueryFind
+            | Route::QueryMove
+            | Route::QueryGet
+            | Route::CommitAction => {
                 if cmd.has_dataset {
                     self.inbound = Some(Inbound::Buffer {
                         cmd,
@@ -592,10 +607,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                     });
                     return Flow::Continue;
                 }
-                if route == Route::QueryFind {
-                    return self.query_find(cmd, pc_id, None).await;
-                }
-                self.worklist(route, cmd, pc_id, None).await
+                self.buffered(route, cmd, pc_id, None).await
             }
             Route::Unsupported => {
                 let field = cmd.command_field;
@@ -644,10 +656,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 if too_large {
                     return self.refuse_too_large(route, &cmd, pc_id).await;
                 }
-                if route == Route::QueryFind {
-                    return self.query_find(cmd, pc_id, Some(data)).await;
-                }
-                self.worklist(route, cmd, pc_id, Some(data)).await
+                self.buffered(route, cmd, pc_id, Some(data)).await
             }
             Inbound::Store {
                 cmd,
@@ -713,6 +722,24 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
         }
     }
 
+    /// A request whose identifier (or N-dataset) was buffered, complete: to its service.
+    async fn buffered(
+        &mut self,
+        route: Route,
+        cmd: Command,
+        pc_id: u8,
+        data: Option<Vec<u8>>,
+    ) -> Flow {
+        match route {
+            Route::QueryFind => self.query_find(cmd, pc_id, data).await,
+            Route::QueryMove | Route::QueryGet => {
+                self.query_retrieve(route, cmd, pc_id, data).await
+            }
+            Route::CommitAction => self.commitment_action(cmd, pc_id, data).await,
+            _ => self.worklist(route, cmd, pc_id, data).await,
+        }
+    }
+
     async fn refuse_too_large(&mut self, route: Route, cmd: &Command, pc_id: u8) -> Flow {
         let comment = format!("dataset larger than {MAX_IDENTIFIER_LEN} bytes");
         warn!(%comment, "request refused");
@@ -724,6 +751,18 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             Route::QueryFind => {
                 final_response(cmd, find_status::UNABLE_TO_PROCESS, Some(&comment), None)
             }
+            Route::QueryMove | Route::QueryGet => encode_response(
+                cmd,
+                cmd.command_field | 0x8000,
+                find_status::UNABLE_TO_PROCESS,
+                Some(&comment),
+            ),
+            Route::CommitAction => encode_response(
+                cmd,
+                cmd.command_field | 0x8000,
+                crate::net::services::storage_commitment::status::PROCESSING_FAILURE,
+                Some(&comment),
+            ),
             _ => {
                 let answer = mpps::Answer::fail(
                     cmd.affected_sop_instance_uid

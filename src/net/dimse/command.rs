@@ -85,6 +85,8 @@ pub mod tags {
     pub const ACTION_TYPE_ID: (u16, u16) = (0x0000, 0x1008);
     /// Attribute Identifier List
     pub const ATTRIBUTE_IDENTIFIER_LIST: (u16, u16) = (0x0000, 0x1005);
+    /// Move Destination (C-MOVE-RQ)
+    pub const MOVE_DESTINATION: (u16, u16) = (0x0000, 0x0600);
     /// Move Originator Application Entity Title
     pub const MOVE_ORIGINATOR_AE_TITLE: (u16, u16) = (0x0000, 0x1030);
     /// Move Originator Message ID
@@ -106,6 +108,8 @@ pub struct Command {
     pub has_dataset: bool,
     /// Priority (0 medium, 1 high, 2 low).
     pub priority: u16,
+    /// Move Destination (C-MOVE-RQ): the AE title the sub-operations go to, padding removed.
+    pub move_destination: Option<String>,
     /// Move Originator AE Title, when the C-STORE is a sub-operation of a C-MOVE.
     pub move_originator_ae_title: Option<String>,
     /// Move Originator Message ID.
@@ -206,6 +210,7 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, CommandError> {
             tags::REQUESTED_SOP_INSTANCE_UID => {
                 cmd.requested_sop_instance_uid = Some(text(group, elem, v)?)
             }
+            tags::MOVE_DESTINATION => cmd.move_destination = Some(text(group, elem, v)?),
             tags::MOVE_ORIGINATOR_AE_TITLE => {
                 cmd.move_originator_ae_title = Some(text(group, elem, v)?)
             }

@@ -9,6 +9,8 @@
 pub mod modality_performed_procedure_step;
 pub mod modality_worklist;
 pub mod query_retrieve_find;
+pub mod query_retrieve_get;
+pub mod query_retrieve_move;
 pub mod storage;
 mod storage_classes;
 pub mod storage_commitment;
@@ -33,6 +35,14 @@ pub struct WorklistScp {
     pub max_results: Option<usize>,
 }
 
+/// The destination table as the services that connect out see it (C-MOVE destinations,
+/// Storage Commitment reports on a new association). A trait because the table lives above
+/// `net` and changes at run time (admin API).
+pub trait Destinations: Send + Sync + std::fmt::Debug {
+    /// The destination whose AE title is `ae_title` (trimmed, case-sensitive), if any.
+    fn by_ae_title(&self, ae_title: &str) -> Option<crate::config::Destination>;
+}
+
 /// The services one port offers.
 #[derive(Debug, Clone, Default)]
 pub struct Offer {
@@ -42,6 +52,10 @@ pub struct Offer {
     pub worklist: Option<WorklistScp>,
     /// Query/Retrieve FIND (Patient Root and Study Root).
     pub query: Option<query_retrieve_find::QueryScp>,
+    /// Query/Retrieve MOVE and GET (Patient Root and Study Root).
+    pub retrieve: Option<query_retrieve_move::RetrieveScp>,
+    /// Storage Commitment Push Model.
+    pub commitment: Option<storage_commitment::CommitmentScp>,
 }
 
 /// The handler of one complete command.
@@ -59,6 +73,14 @@ pub enum Route {
     MppsCreate,
     /// N-SET on MPPS.
     MppsSet,
+    /// C-MOVE on a Query/Retrieve MOVE model.
+    QueryMove,
+    /// C-GET on a Query/Retrieve GET model.
+    QueryGet,
+    /// N-ACTION on Storage Commitment Push Model.
+    CommitAction,
+    /// N-EVENT-REPORT-RSP on Storage Commitment: the requestor's answer to our report.
+    CommitReportResponse,
     /// C-CANCEL whose operation has ended already (a running one is seen by the responder).
     LateCancel,
     /// Anything else: 0211 Unrecognized operation.
@@ -68,6 +90,15 @@ pub enum Route {
 impl crate::net::ul::association::Offered for &Offer {
     fn supports(&self, abstract_syntax: &str) -> bool {
         Offer::supports(self, abstract_syntax)
+    }
+
+    fn requestor_may_be_scp(&self, sop_class: &str) -> bool {
+        // C-GET sends its sub-operations as C-STOREs to the requestor on its association.
+        self.retrieve.is_some()
+            && self
+                .storage
+                .as_ref()
+                .is_some_and(|s| s.sop_classes.supports(sop_class))
     }
 
     fn extended_negotiation(&self, sop_class: &str, proposed: &[u8]) -> Option<Vec<u8>> {
@@ -88,6 +119,15 @@ impl Offer {
             }
         }
         if self.query.is_some() && query_retrieve_find::is_find_model(abstract_syntax) {
+            return true;
+        }
+        if self.retrieve.is_some()
+            && (query_retrieve_move::is_move_model(abstract_syntax)
+                || query_retrieve_get::is_get_model(abstract_syntax))
+        {
+            return true;
+        }
+        if self.commitment.is_some() && abstract_syntax == storage_commitment::SOP_CLASS {
             return true;
         }
         self.worklist.is_some()
@@ -118,6 +158,22 @@ impl Offer {
             && query_retrieve_find::is_find_model(abstract_syntax)
         {
             return Route::QueryFind;
+        }
+        if self.retrieve.is_some() {
+            if is(F::CMoveRq) && query_retrieve_move::is_move_model(abstract_syntax) {
+                return Route::QueryMove;
+            }
+            if is(F::CGetRq) && query_retrieve_get::is_get_model(abstract_syntax) {
+                return Route::QueryGet;
+            }
+        }
+        if self.commitment.is_some() && abstract_syntax == storage_commitment::SOP_CLASS {
+            if is(F::NActionRq) {
+                return Route::CommitAction;
+            }
+            if is(F::NEventReportRsp) {
+                return Route::CommitReportResponse;
+            }
         }
         if self.worklist.is_some() {
             if is(F::CFindRq) && abstract_syntax == modality_worklist::SOP_CLASS {

@@ -21,6 +21,27 @@ use crate::dicom::uid::validate_uid;
 use crate::net::dimse::command::Command;
 use crate::net::dimse::dataset::read_dataset;
 
+/// The Storage Commitment SCP as a port offers it.
+///
+/// Skeleton (issue 13): the N-ACTION's decoding below is done; answering, the report and
+/// pending requests that survive a restart are being built.
+#[derive(Debug, Clone)]
+pub struct CommitmentScp {
+    /// Read-your-writes: "durably stored and indexed" is judged after the checkpoint of
+    /// everything acknowledged before the request.
+    pub settle: Option<std::sync::Arc<dyn crate::net::services::query_retrieve_find::Settled>>,
+    /// The index the references are checked against.
+    pub index: std::sync::Arc<crate::store::index::Index>,
+    /// Threads lookups and report associations run on (never a core).
+    pub pool: crate::rt::WorkPool,
+    /// Requestors' AE titles for reports on a new association: the destination table.
+    pub destinations: std::sync::Arc<dyn crate::net::services::Destinations>,
+    /// Our AE title (calling AE title of report associations).
+    pub ae_title: String,
+    /// Where reports go.
+    pub report: crate::config::CommitmentReport,
+}
+
 /// Storage Commitment Push Model SOP Class UID.
 pub const SOP_CLASS: &str = "1.2.840.10008.1.20.1";
 
