@@ -599,7 +599,8 @@ fn scu_retrieve(op: ScuOp) -> anyhow::Result<ExitCode> {
     };
     let mut json = serde_json::to_value(&r)?;
     json["status"] = serde_json::Value::String(format!("{:04X}", r.status));
-    println!("{}", serde_json::to_string_pretty(&json)?);
+    // One line: a script reads it with one `read`, `jq` as well.
+    println!("{}", serde_json::to_string(&json)?);
     eprintln!(
         "{op_name} status {:04X}{}",
         r.status,

@@ -87,7 +87,7 @@ fn movescu(port: u16, model: &str, dest: &str, keys: &[String], extra: &[&str]) 
 /// The value printed after `label` in the last final C-MOVE/C-GET response of a DCMTK `-d`
 /// log (e.g. "Number of Completed Suboperations : 3"); `None` if absent.
 fn final_field(log: &str, label: &str) -> Option<String> {
-    let start = log.rfind("Move Response").or_else(|| log.rfind("Get Response"))?;
+    let start = log.rfind("C-MOVE RSP").max(log.rfind("C-GET RSP"))?;
     log[start..]
         .lines()
         .find(|l| l.contains(label))
