@@ -469,8 +469,8 @@ fn load(
 /// `dicom-gw scu move|get`.
 fn scu_retrieve(op: ScuOp) -> anyhow::Result<ExitCode> {
     use dicom_dictionary_std::uids;
-    use dicom_gw::net::services::{query_retrieve_find as qf, query_retrieve_get as qg};
     use dicom_gw::net::services::query_retrieve_move as qm;
+    use dicom_gw::net::services::{query_retrieve_find as qf, query_retrieve_get as qg};
     use std::net::ToSocketAddrs;
     let (common, is_move) = match &op {
         ScuOp::Move { common, .. } => (common, true),
@@ -514,9 +514,14 @@ fn scu_retrieve(op: ScuOp) -> anyhow::Result<ExitCode> {
         implementation_version_name: dicom_gw::IMPLEMENTATION_VERSION_NAME.to_owned(),
     };
     let result = match &op {
-        ScuOp::Move { destination, .. } => {
-            qm::scu_move(&params, None, model, &identifier, destination, common.cancel)
-        }
+        ScuOp::Move { destination, .. } => qm::scu_move(
+            &params,
+            None,
+            model,
+            &identifier,
+            destination,
+            common.cancel,
+        ),
         ScuOp::Get {
             out_dir,
             sop_classes,

@@ -81,7 +81,9 @@ fn run(cmd: &mut Command) -> String {
 /// `movescu -d` with a model flag, keys and extra flags.
 fn movescu(port: u16, model: &str, dest: &str, keys: &[String], extra: &[&str]) -> String {
     let mut cmd = Command::new("movescu");
-    cmd.args([model, "-d", "-aet", "MOVER", "-aec", "DICOM_GW", "-aem", dest]);
+    cmd.args([
+        model, "-d", "-aet", "MOVER", "-aec", "DICOM_GW", "-aem", dest,
+    ]);
     for k in keys {
         cmd.args(["-k", k]);
     }
@@ -133,7 +135,10 @@ fn assert_identical(got: &BTreeMap<String, PathBuf>, sent: &[(&ObjSpec, &PathBuf
     assert_eq!(
         got.keys().cloned().collect::<Vec<_>>(),
         {
-            let mut v: Vec<String> = sent.iter().map(|(s, _)| s.sop_instance_uid.clone()).collect();
+            let mut v: Vec<String> = sent
+                .iter()
+                .map(|(s, _)| s.sop_instance_uid.clone())
+                .collect();
             v.sort();
             v
         },
@@ -147,7 +152,11 @@ fn assert_identical(got: &BTreeMap<String, PathBuf>, sent: &[(&ObjSpec, &PathBuf
             "transfer syntax of {}",
             spec.sop_instance_uid
         );
-        assert!(same_dataset(r, file), "dataset bytes of {} differ", spec.sop_instance_uid);
+        assert!(
+            same_dataset(r, file),
+            "dataset bytes of {} differ",
+            spec.sop_instance_uid
+        );
     }
 }
 
@@ -166,7 +175,11 @@ fn movescu_study_and_patient_root_deliver_byte_identical_objects_with_the_move_o
     let files = store(
         gw.port,
         w,
-        &[(&a, Ts::ExplicitLE), (&b, Ts::ImplicitLE), (&c, Ts::ExplicitLE)],
+        &[
+            (&a, Ts::ExplicitLE),
+            (&b, Ts::ImplicitLE),
+            (&c, Ts::ExplicitLE),
+        ],
     );
 
     let log = movescu(
@@ -189,7 +202,9 @@ fn movescu_study_and_patient_root_deliver_byte_identical_objects_with_the_move_o
     assert!(
         dlog.contains("Move Originator AE Title    : MOVER")
             || dlog.contains("Move Originator AE Title     : MOVER")
-            || dlog.lines().any(|l| l.contains("Move Originator AE Title") && l.contains("MOVER")),
+            || dlog
+                .lines()
+                .any(|l| l.contains("Move Originator AE Title") && l.contains("MOVER")),
         "storescp did not see the Move Originator:\n{dlog}"
     );
 
@@ -220,7 +235,10 @@ fn movescu_study_and_patient_root_deliver_byte_identical_objects_with_the_move_o
         gw.port,
         "-P",
         "DEST",
-        &["QueryRetrieveLevel=PATIENT".into(), "PatientID=PMOVE".into()],
+        &[
+            "QueryRetrieveLevel=PATIENT".into(),
+            "PatientID=PMOVE".into(),
+        ],
         &[],
     );
     assert_eq!(final_status(&log), "0X0000", "movescu log:\n{log}");
@@ -248,7 +266,10 @@ fn movescu_study_and_patient_root_deliver_byte_identical_objects_with_the_move_o
         gw.port,
         "-S",
         "DEST",
-        &["QueryRetrieveLevel=STUDY".into(), "StudyInstanceUID=1.2.3.999".into()],
+        &[
+            "QueryRetrieveLevel=STUDY".into(),
+            "StudyInstanceUID=1.2.3.999".into(),
+        ],
         &[],
     );
     assert_eq!(final_status(&log), "0X0000", "movescu log:\n{log}");
@@ -272,14 +293,19 @@ fn movescu_unknown_destination_is_a801_and_a_destination_down_is_a702() {
     ];
     let log = movescu(gw.port, "-S", "NOSUCHAE", &keys, &[]);
     assert_eq!(final_status(&log), "0XA801", "movescu log:\n{log}");
-    assert!(log.contains("NOSUCHAE unknown"), "Error Comment names it:\n{log}");
+    assert!(
+        log.contains("NOSUCHAE unknown"),
+        "Error Comment names it:\n{log}"
+    );
 
     let log = movescu(gw.port, "-S", "GONE", &keys, &[]);
     assert_eq!(final_status(&log), "0XA702", "movescu log:\n{log}");
     assert_eq!(count(&log, "Failed Suboperations"), 2, "{log}");
     assert_eq!(count(&log, "Completed Suboperations"), 0, "{log}");
-    assert!(log.contains(&a.sop_instance_uid) && log.contains(&b.sop_instance_uid),
-        "the Failed SOP Instance UID List names both:\n{log}");
+    assert!(
+        log.contains(&a.sop_instance_uid) && log.contains(&b.sop_instance_uid),
+        "the Failed SOP Instance UID List names both:\n{log}"
+    );
     gw.stop();
 }
 
@@ -316,13 +342,17 @@ impl PyPeer {
             }
         });
         let peer = PyPeer { child, lines };
-        wait_for("the pynetdicom storage SCP to listen", Duration::from_secs(60), || {
-            if peer.lines.lock().unwrap().iter().any(|l| l == "LISTENING") {
-                Ok(())
-            } else {
-                Err("not yet".into())
-            }
-        });
+        wait_for(
+            "the pynetdicom storage SCP to listen",
+            Duration::from_secs(60),
+            || {
+                if peer.lines.lock().unwrap().iter().any(|l| l == "LISTENING") {
+                    Ok(())
+                } else {
+                    Err("not yet".into())
+                }
+            },
+        );
         peer
     }
 
@@ -364,8 +394,12 @@ fn py_get(job: Value) -> Value {
     let st = wait_timeout(&mut child, RUN_TIMEOUT);
     let out = String::from_utf8_lossy(&out_buf.lock().unwrap()).into_owned();
     let err = String::from_utf8_lossy(&err_buf.lock().unwrap()).into_owned();
-    assert!(st.is_some_and(|s| s.success()), "qr_get.py failed: {out}{err}");
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("qr_get.py output {out:?}: {e}\n{err}"))
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "qr_get.py failed: {out}{err}"
+    );
+    serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("qr_get.py output {out:?}: {e}\n{err}"))
 }
 
 #[test]
@@ -403,11 +437,19 @@ fn movescu_cancel_gets_fe00_with_consistent_counts_and_the_originator_reaches_th
         count(&log, "Warning Suboperations"),
         count(&log, "Remaining Suboperations"),
     );
-    assert_eq!(c + f + wn + r, total, "completed {c} + failed {f} + warning {wn} + remaining {r}:\n{log}");
+    assert_eq!(
+        c + f + wn + r,
+        total,
+        "completed {c} + failed {f} + warning {wn} + remaining {r}:\n{log}"
+    );
     assert!(r > 0, "the cancel stopped nothing:\n{log}");
     // Each C-STORE-RQ carried the Move Originator AE title and the C-MOVE's Message ID.
     let stores = peer.stores();
-    assert_eq!(stores.len() as u64, c, "stores seen by the destination: {stores:?}");
+    assert_eq!(
+        stores.len() as u64,
+        c,
+        "stores seen by the destination: {stores:?}"
+    );
     for s in &stores {
         assert_eq!(s["originator_ae"], "MOVER", "{s}");
         assert!(s["originator_id"].as_u64().is_some(), "{s}");
@@ -451,18 +493,35 @@ fn pynetdicom_get_without_a_storage_context_or_role_fails_those_instances() {
     let mut gw = start(w, "");
     let ct1 = ObjSpec::new(50).patient("GET^PART", "PPART");
     let ct2 = ObjSpec::new(51).same_series_as(&ct1);
-    let mut mr = ObjSpec::new(52).same_study_as(&ct1).modality("MR").sop_class(MR);
+    let mut mr = ObjSpec::new(52)
+        .same_study_as(&ct1)
+        .modality("MR")
+        .sop_class(MR);
     mr.series_number = 2;
-    store(gw.port, w, &[(&ct1, Ts::ExplicitLE), (&ct2, Ts::ExplicitLE), (&mr, Ts::ExplicitLE)]);
+    store(
+        gw.port,
+        w,
+        &[
+            (&ct1, Ts::ExplicitLE),
+            (&ct2, Ts::ExplicitLE),
+            (&mr, Ts::ExplicitLE),
+        ],
+    );
     let keys = serde_json::json!({"QueryRetrieveLevel": "STUDY",
         "StudyInstanceUID": ct1.study_instance_uid});
     // CT offered with the SCP role, MR not offered at all.
-    let r = py_get(serde_json::json!({"mode": "get", "port": gw.port, "keys": keys,
-        "contexts": [[CT, ["1.2.840.10008.1.2.1"]]], "roles": true}));
+    let r = py_get(
+        serde_json::json!({"mode": "get", "port": gw.port, "keys": keys,
+        "contexts": [[CT, ["1.2.840.10008.1.2.1"]]], "roles": true}),
+    );
     assert_eq!(r["status"], "B000", "{r}");
     assert_eq!(r["completed"], 2, "{r}");
     assert_eq!(r["failed"], 1, "{r}");
-    assert_eq!(r["failed_uids"], serde_json::json!([mr.sop_instance_uid]), "{r}");
+    assert_eq!(
+        r["failed_uids"],
+        serde_json::json!([mr.sop_instance_uid]),
+        "{r}"
+    );
     let mut received: Vec<String> = r["received"]
         .as_array()
         .unwrap()
@@ -475,9 +534,11 @@ fn pynetdicom_get_without_a_storage_context_or_role_fails_those_instances() {
     assert_eq!(received, want);
     // Both offered, but no role selection (GinkgoCADx-style): with the default
     // get_requires_role_selection = true every sub-operation fails, never a silent 0000.
-    let r = py_get(serde_json::json!({"mode": "get", "port": gw.port, "keys": keys,
+    let r = py_get(
+        serde_json::json!({"mode": "get", "port": gw.port, "keys": keys,
         "contexts": [[CT, ["1.2.840.10008.1.2.1"]], [MR, ["1.2.840.10008.1.2.1"]]],
-        "roles": false}));
+        "roles": false}),
+    );
     assert_eq!(r["status"], "A702", "{r}");
     assert_eq!(r["failed"], 3, "{r}");
     assert_eq!(r["failed_uids"].as_array().unwrap().len(), 3, "{r}");
@@ -494,8 +555,10 @@ fn pynetdicom_get_without_role_selection_is_served_when_the_policy_allows_it() {
     store(gw.port, w, &[(&ct1, Ts::ExplicitLE)]);
     let keys = serde_json::json!({"QueryRetrieveLevel": "STUDY",
         "StudyInstanceUID": ct1.study_instance_uid});
-    let r = py_get(serde_json::json!({"mode": "get", "port": gw.port, "keys": keys,
-        "contexts": [[CT, ["1.2.840.10008.1.2.1"]]], "roles": false}));
+    let r = py_get(
+        serde_json::json!({"mode": "get", "port": gw.port, "keys": keys,
+        "contexts": [[CT, ["1.2.840.10008.1.2.1"]]], "roles": false}),
+    );
     // The gateway sends the C-STORE anyway; pynetdicom itself refuses C-STOREs on a context
     // for which it did not get the SCP role, so its failure status comes back and counts as
     // a failed sub-operation (A702) — proof that it was sent, not skipped by the policy.
@@ -522,8 +585,19 @@ gwtest!(dicom_gw_scu_move_and_get_against_dicom_gw, |io: &str| {
     let port = gw.port.to_string();
     let study = format!("StudyInstanceUID={}", a.study_instance_uid);
     let out = gw_cli(&[
-        "scu", "move", "-S", "--move", "DEST", "--aec", "DICOM_GW", "-k",
-        "QueryRetrieveLevel=STUDY", "-k", &study, "127.0.0.1", &port,
+        "scu",
+        "move",
+        "-S",
+        "--move",
+        "DEST",
+        "--aec",
+        "DICOM_GW",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        &study,
+        "127.0.0.1",
+        &port,
     ])
     .ok()
     .json();
@@ -534,9 +608,21 @@ gwtest!(dicom_gw_scu_move_and_get_against_dicom_gw, |io: &str| {
 
     let got = w.join("got");
     let out = gw_cli(&[
-        "scu", "get", "-S", "--aec", "DICOM_GW", "--od", got.to_str().unwrap(), "-k",
-        "QueryRetrieveLevel=SERIES", "-k", &study, "-k",
-        &format!("SeriesInstanceUID={}", a.series_instance_uid), "127.0.0.1", &port,
+        "scu",
+        "get",
+        "-S",
+        "--aec",
+        "DICOM_GW",
+        "--od",
+        got.to_str().unwrap(),
+        "-k",
+        "QueryRetrieveLevel=SERIES",
+        "-k",
+        &study,
+        "-k",
+        &format!("SeriesInstanceUID={}", a.series_instance_uid),
+        "127.0.0.1",
+        &port,
     ])
     .ok()
     .json();
@@ -546,7 +632,16 @@ gwtest!(dicom_gw_scu_move_and_get_against_dicom_gw, |io: &str| {
 
     // Unknown destination: exit code 1, A801 in the JSON.
     let out = gw_cli(&[
-        "scu", "move", "--move", "NOPE", "--aec", "DICOM_GW", "-k", &study, "127.0.0.1", &port,
+        "scu",
+        "move",
+        "--move",
+        "NOPE",
+        "--aec",
+        "DICOM_GW",
+        "-k",
+        &study,
+        "127.0.0.1",
+        &port,
     ]);
     assert_eq!(out.json()["status"], "A801", "{out:?}");
     gw.stop();

@@ -172,7 +172,12 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
         };
         let t = &end.tally;
         if end.gone {
-            info!(op, completed = t.completed, failed = t.failed, "retrieve ended: the requestor is gone");
+            info!(
+                op,
+                completed = t.completed,
+                failed = t.failed,
+                "retrieve ended: the requestor is gone"
+            );
             return Flow::Stop;
         }
         let st = end.tally.final_status(end.cancelled);
@@ -263,7 +268,9 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
         let mut job_result = None;
         let stop_reading = |end: &mut SubOpsEnd, i: Option<Interrupt>| match i {
             Some(Interrupt::Cancel) => {
-                info!("C-MOVE cancelled by the requestor: stopping after the current sub-operation");
+                info!(
+                    "C-MOVE cancelled by the requestor: stopping after the current sub-operation"
+                );
                 end.cancelled = true;
                 cancel.store(true, Ordering::Relaxed);
             }
@@ -304,7 +311,10 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             // The job never ran: every sub-operation failed before it started.
             let why = format!("{busy}: no sub-operation could start");
             warn!("C-MOVE: {why}");
-            for u in uids.iter().skip(end.tally.completed + end.tally.failed + end.tally.warning) {
+            for u in uids
+                .iter()
+                .skip(end.tally.completed + end.tally.failed + end.tally.warning)
+            {
                 end.record(u, &Outcome::Failed(why.clone()));
             }
         }
@@ -336,7 +346,8 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 None => {}
             }
             message_id = message_id.wrapping_add(1).max(1);
-            let Some((outcome, cancel_seen)) = self.get_one(scp, rec, message_id, cmd.message_id).await
+            let Some((outcome, cancel_seen)) =
+                self.get_one(scp, rec, message_id, cmd.message_id).await
             else {
                 end.gone = true;
                 break;
@@ -521,8 +532,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                         return None;
                     }
                 };
-                if c.command_field == CommandField::CStoreRsp as u16 && c.message_id == message_id
-                {
+                if c.command_field == CommandField::CStoreRsp as u16 && c.message_id == message_id {
                     let st = c.status.unwrap_or(status::UNABLE_TO_PROCESS);
                     outcome = Some(Outcome::of_status(st, c.error_comment.as_deref()));
                 } else if c.command_field == CommandField::CCancelRq as u16

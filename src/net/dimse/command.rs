@@ -522,8 +522,8 @@ mod tests {
         assert_eq!(rsp.sub_operations, counts);
         assert_eq!(rsp.message_id, 9);
         assert!(!rsp.has_dataset);
-        let st = decode_command(&encode_store_rq_for_move(4, "1.2.3", "1.2.3.4", "MOVER", 9))
-            .unwrap();
+        let st =
+            decode_command(&encode_store_rq_for_move(4, "1.2.3", "1.2.3.4", "MOVER", 9)).unwrap();
         assert_eq!(st.move_originator_ae_title.as_deref(), Some("MOVER"));
         assert_eq!(st.move_originator_message_id, Some(9));
         assert_eq!(st.affected_sop_instance_uid.as_deref(), Some("1.2.3.4"));

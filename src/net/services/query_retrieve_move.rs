@@ -418,7 +418,11 @@ impl Tally {
             uids.push(u.clone());
         }
         let mut ds = Dataset::new();
-        ds.put(tags::FAILED_SOP_INSTANCE_UID_LIST, VR::UI, Value::Strs(uids));
+        ds.put(
+            tags::FAILED_SOP_INSTANCE_UID_LIST,
+            VR::UI,
+            Value::Strs(uids),
+        );
         write_dataset(&ds.to_dicom(), ts).map(Some)
     }
 }
@@ -427,7 +431,9 @@ impl Tally {
 /// replaced object gets a new file; a different size means the record is stale).
 pub fn open_stored(data: &DataDir, rec: &InstanceRecord) -> Result<std::fs::File, String> {
     if crate::store::is_quarantined(&rec.path) {
-        return Err("the object is in quarantine (not served until an operator releases it)".into());
+        return Err(
+            "the object is in quarantine (not served until an operator releases it)".into(),
+        );
     }
     let rel = std::path::Path::new(&rec.path);
     if rel.as_os_str().is_empty()
@@ -435,7 +441,10 @@ pub fn open_stored(data: &DataDir, rec: &InstanceRecord) -> Result<std::fs::File
             .components()
             .all(|c| matches!(c, std::path::Component::Normal(_)))
     {
-        return Err(format!("index path {:?} is not inside the data directory", rec.path));
+        return Err(format!(
+            "index path {:?} is not inside the data directory",
+            rec.path
+        ));
     }
     let path = data.root().join(rel);
     let f = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -584,10 +593,7 @@ fn store_one(
         rec.file_size.saturating_sub(rec.dataset_size),
         rec.dataset_size,
     ) {
-        Ok(rsp) => Ok(Outcome::of_status(
-            rsp.status,
-            rsp.error_comment.as_deref(),
-        )),
+        Ok(rsp) => Ok(Outcome::of_status(rsp.status, rsp.error_comment.as_deref())),
         Err(e) => Err((Outcome::Failed(e.to_string()), true)),
     }
 }
@@ -600,9 +606,19 @@ fn open_destination(
     use std::net::ToSocketAddrs;
     let addr = (dest.host.as_str(), dest.port)
         .to_socket_addrs()
-        .map_err(|e| ScuError::Io(std::io::Error::other(format!("cannot resolve {}: {e}", dest.host))))?
+        .map_err(|e| {
+            ScuError::Io(std::io::Error::other(format!(
+                "cannot resolve {}: {e}",
+                dest.host
+            )))
+        })?
         .next()
-        .ok_or_else(|| ScuError::Io(std::io::Error::other(format!("{} has no address", dest.host))))?;
+        .ok_or_else(|| {
+            ScuError::Io(std::io::Error::other(format!(
+                "{} has no address",
+                dest.host
+            )))
+        })?;
     let tls = match &dest.tls {
         None => None,
         Some(t) => Some(ScuTls {
@@ -697,7 +713,8 @@ fn finish(out: &mut RetrieveResult, cmd: &Command, identifier: &[u8], ts: &str) 
         (c.remaining, c.completed, c.failed, c.warning);
     if cmd.has_dataset {
         if let Ok(ds) = decode_identifier(identifier, ts) {
-            if let Some(Value::Strs(v)) = ds.get(tags::FAILED_SOP_INSTANCE_UID_LIST).map(|e| &e.value)
+            if let Some(Value::Strs(v)) =
+                ds.get(tags::FAILED_SOP_INSTANCE_UID_LIST).map(|e| &e.value)
             {
                 out.failed_uids = v.iter().filter(|s| !s.is_empty()).cloned().collect();
             }
@@ -725,7 +742,12 @@ pub fn scu_move(
     let ctx = a.any_context(model)?.clone();
     let bytes = encode_identifier(identifier, &ctx.transfer_syntax)?;
     let message_id = 1;
-    let rq = retrieve_rq(model, CommandField::CMoveRq as u16, message_id, Some(destination));
+    let rq = retrieve_rq(
+        model,
+        CommandField::CMoveRq as u16,
+        message_id,
+        Some(destination),
+    );
     let mut out = RetrieveResult::default();
     let run = (|| {
         a.send(ctx.id, &rq, Some((&bytes, &[])))?;
@@ -840,7 +862,16 @@ pub fn scu_get(
                     .map(|c| c.transfer_syntax.clone())
                     .unwrap_or_default();
                 let saved = write_err.map_or_else(
-                    || save_received(out_dir, &class, &sop, &ts, &small, file.is_some().then_some(&tmp)),
+                    || {
+                        save_received(
+                            out_dir,
+                            &class,
+                            &sop,
+                            &ts,
+                            &small,
+                            file.is_some().then_some(&tmp),
+                        )
+                    },
                     Err,
                 );
                 let _ = std::fs::remove_file(&tmp);
@@ -852,7 +883,8 @@ pub fn scu_get(
                     // Out of resources (PS3.4 B.2.3 A7xx): the file could not be written.
                     Err(e) => (0xA700, Some(format!("cannot write the object: {e}"))),
                 };
-                let rsp = encode_response(&cmd, CommandField::CStoreRsp as u16, st, comment.as_deref());
+                let rsp =
+                    encode_response(&cmd, CommandField::CStoreRsp as u16, st, comment.as_deref());
                 a.send(pc, &rsp, None)?;
                 continue;
             }
@@ -898,8 +930,8 @@ fn save_received(
     use std::io::Write;
     crate::dicom::uid::validate_uid(sop)
         .map_err(|e| std::io::Error::other(format!("SOP Instance UID {sop:?}: {e}")))?;
-    let header = crate::store::meta::build_header(class, sop, ts, "")
-        .map_err(std::io::Error::other)?;
+    let header =
+        crate::store::meta::build_header(class, sop, ts, "").map_err(std::io::Error::other)?;
     let path = dir.join(format!("{sop}.dcm"));
     let mut f = std::fs::File::create(&path)?;
     f.write_all(&header)?;
@@ -977,9 +1009,12 @@ mod tests {
         assert_eq!(r.offending, Some(tags::SOP_INSTANCE_UID));
         // No level.
         assert_eq!(
-            check_retrieve(false, &id(json!({"0020000D": {"vr": "UI", "Value": ["1"]}})))
-                .unwrap_err()
-                .status,
+            check_retrieve(
+                false,
+                &id(json!({"0020000D": {"vr": "UI", "Value": ["1"]}}))
+            )
+            .unwrap_err()
+            .status,
             0xA900
         );
         // Patient Root PATIENT with two IDs.
@@ -1033,7 +1068,10 @@ mod tests {
     fn failed_list_fits_one_element() {
         let mut t = Tally::new(3000);
         for i in 0..3000 {
-            t.record(&format!("1.2.826.0.1.3680043.2.1125.{i:040}"), &Outcome::Failed("x".into()));
+            t.record(
+                &format!("1.2.826.0.1.3680043.2.1125.{i:040}"),
+                &Outcome::Failed("x".into()),
+            );
         }
         let ts = uids::EXPLICIT_VR_LITTLE_ENDIAN;
         let bytes = t.failed_list(ts).unwrap().unwrap();
