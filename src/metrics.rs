@@ -363,6 +363,22 @@ pub struct Metrics {
     duplicates: [AtomicU64; 4],
     /// Objects kept in quarantine, by [`NONCONFORMANT_REASONS`] index.
     nonconformant: [AtomicU64; NONCONFORMANT_REASONS.len()],
+    /// Query/Retrieve C-MOVE and C-GET requests by operation and final status class.
+    qr_requests: [[AtomicU64; QR_RESULTS.len()]; QR_OPS.len()],
+}
+
+/// Label values of `dicomgw_qr_requests_total{op}`.
+const QR_OPS: [&str; 2] = ["move", "get"];
+/// Label values of `dicomgw_qr_requests_total{result}`.
+const QR_RESULTS: [&str; 4] = ["success", "warning", "cancel", "failure"];
+
+/// A Query/Retrieve operation, for [`Metrics::qr_request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QrOp {
+    /// C-MOVE.
+    Move,
+    /// C-GET.
+    Get,
 }
 
 /// Label values of `dicomgw_nonconformant_total{reason}`: why an object went to quarantine.
@@ -558,6 +574,7 @@ impl Metrics {
             evicted: std::array::from_fn(|_| AtomicU64::new(0)),
             duplicates: std::array::from_fn(|_| AtomicU64::new(0)),
             nonconformant: std::array::from_fn(|_| AtomicU64::new(0)),
+            qr_requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
         }
     }
 
@@ -569,6 +586,18 @@ impl Metrics {
         w.matches
             .fetch_add(u64::try_from(matches).unwrap_or(u64::MAX), Relaxed);
         w.find_duration.observe(&LATENCY_BOUNDS_NS, nanos(elapsed));
+    }
+
+    /// A C-MOVE or C-GET ended with final `status` (0000 success, Bxxx warning, FE00 cancel,
+    /// anything else failure).
+    pub fn qr_request(&self, op: QrOp, status: u16) {
+        let result = match status {
+            0x0000 => 0,
+            0xB000..=0xBFFF => 1,
+            0xFE00 => 2,
+            _ => 3,
+        };
+        self.qr_requests[op as usize][result].fetch_add(1, Relaxed);
     }
 
     /// An MPPS request was answered with `status`.
@@ -747,6 +776,9 @@ impl Metrics {
             },
             duplicates: std::array::from_fn(|i| self.duplicates[i].load(Relaxed)),
             nonconformant: std::array::from_fn(|i| self.nonconformant[i].load(Relaxed)),
+            qr_requests: std::array::from_fn(|op| {
+                std::array::from_fn(|r| self.qr_requests[op][r].load(Relaxed))
+            }),
             snapshot: snapshot.clone(),
         };
         let mut registry = Registry::default();
@@ -856,6 +888,7 @@ struct Exposition {
     worklist: WorklistTotals,
     duplicates: [u64; 4],
     nonconformant: [u64; NONCONFORMANT_REASONS.len()],
+    qr_requests: [[u64; QR_RESULTS.len()]; QR_OPS.len()],
     snapshot: Snapshot,
 }
 
@@ -1195,6 +1228,18 @@ impl Collector for Exposition {
         )?;
         for (r, n) in NONCONFORMANT_REASONS.iter().zip(self.nonconformant) {
             sample(&mut m, &[("reason", e(r))], n)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_qr_requests_total",
+            "Query/Retrieve C-MOVE and C-GET requests, by operation and final status class (success 0000, warning B000, cancel FE00, failure).",
+            None,
+            Counter,
+        )?;
+        for (op, row) in QR_OPS.iter().zip(self.qr_requests) {
+            for (result, n) in QR_RESULTS.iter().zip(row) {
+                sample(&mut m, &[("op", e(op)), ("result", e(result))], n)?;
+            }
         }
 
         let mut m = enc.encode_descriptor(

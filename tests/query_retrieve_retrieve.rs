@@ -542,6 +542,11 @@ fn pynetdicom_get_without_a_storage_context_or_role_fails_those_instances() {
     assert_eq!(r["status"], "A702", "{r}");
     assert_eq!(r["failed"], 3, "{r}");
     assert_eq!(r["failed_uids"].as_array().unwrap().len(), 3, "{r}");
+    // Both counted by outcome.
+    for (result, n) in [("warning", 1.0), ("failure", 1.0), ("success", 0.0)] {
+        let sample = format!("dicomgw_qr_requests_total{{op=\"get\",result=\"{result}\"}}");
+        assert_eq!(metric_value(gw.http_port, &sample), Some(n), "{sample}");
+    }
     gw.stop();
 }
 

@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use super::conn::Interrupt;
 use super::{Established, Flow};
 use crate::config::Destination;
+use crate::metrics::QrOp;
 use crate::net::dimse::assembly::Fragment;
 use crate::net::dimse::command::{
     encode_retrieve_response, encode_store_rq, Command, CommandField, SubOperations,
@@ -85,13 +86,14 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             .clone()
             .expect("routed to retrieve: offered");
         let is_move = route == Route::QueryMove;
-        let (op, field) = if is_move {
-            ("C-MOVE", CommandField::CMoveRsp as u16)
+        let (op, field, metric) = if is_move {
+            ("C-MOVE", CommandField::CMoveRsp as u16, QrOp::Move)
         } else {
-            ("C-GET", CommandField::CGetRsp as u16)
+            ("C-GET", CommandField::CGetRsp as u16, QrOp::Get)
         };
         let refuse = |status: u16, comment: &str| {
             warn!(op, status = format_args!("{status:04X}"), %comment, "retrieve refused");
+            crate::metrics::global().qr_request(metric, status);
             encode_retrieve_response(
                 &cmd,
                 field,
@@ -172,6 +174,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
         };
         let t = &end.tally;
         if end.gone {
+            crate::metrics::global().qr_request(metric, status::UNABLE_TO_PROCESS);
             info!(
                 op,
                 completed = t.completed,
@@ -205,6 +208,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "retrieve ended"
         );
+        crate::metrics::global().qr_request(metric, st);
         let rsp = encode_retrieve_response(
             &cmd,
             field,
