@@ -550,6 +550,95 @@ fn pynetdicom_get_without_a_storage_context_or_role_fails_those_instances() {
     gw.stop();
 }
 
+gwtest!(
+    pynetdicom_get_cancel_gets_fe00_with_consistent_counts,
+    |io: &str| {
+        require_dcmtk();
+        let tmp = tempfile::tempdir().unwrap();
+        let w = tmp.path();
+        let mut gw = start_io(w, "", io);
+        let first = ObjSpec::new(80).patient("GET^CANCEL", "PGCANCEL");
+        let mut specs = vec![first.clone()];
+        for i in 81..88 {
+            specs.push(ObjSpec::new(i).same_series_as(&first));
+        }
+        let with_ts: Vec<(&ObjSpec, Ts)> = specs.iter().map(|s| (s, Ts::ExplicitLE)).collect();
+        store(gw.port, w, &with_ts);
+        let keys = serde_json::json!({"QueryRetrieveLevel": "STUDY",
+        "StudyInstanceUID": first.study_instance_uid});
+        let r = py_get(
+            serde_json::json!({"mode": "get", "port": gw.port, "keys": keys,
+        "contexts": [[CT, ["1.2.840.10008.1.2.1"]]], "roles": true, "cancel_after": 3}),
+        );
+        assert_eq!(r["status"], "FE00", "{r}");
+        // The cancel arrived while the third C-STORE-RSP was due: stopped right after it.
+        assert_eq!(r["completed"], 3, "{r}");
+        assert_eq!(r["failed"], 0, "{r}");
+        assert_eq!(r["remaining"], specs.len() as u64 - 3, "{r}");
+        assert_eq!(r["received"].as_array().unwrap().len(), 3, "{r}");
+        // Nothing was left half-done: the next C-GET is served in full.
+        let r = py_get(
+            serde_json::json!({"mode": "get", "port": gw.port, "keys": keys,
+        "contexts": [[CT, ["1.2.840.10008.1.2.1"]]], "roles": true}),
+        );
+        assert_eq!(r["status"], "0000", "{r}");
+        assert_eq!(r["completed"], specs.len() as u64, "{r}");
+        gw.stop();
+    }
+);
+
+#[test]
+fn a_get_requestor_that_aborts_mid_retrieve_leaves_the_gateway_serving() {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    let mut gw = start(w, "");
+    let first = ObjSpec::new(90).patient("GET^ABORT", "PGABORT");
+    let second = ObjSpec::new(91).same_series_as(&first);
+    let third = ObjSpec::new(92).same_series_as(&first);
+    store(
+        gw.port,
+        w,
+        &[
+            (&first, Ts::ExplicitLE),
+            (&second, Ts::ExplicitLE),
+            (&third, Ts::ExplicitLE),
+        ],
+    );
+    let keys = serde_json::json!({"QueryRetrieveLevel": "STUDY",
+        "StudyInstanceUID": first.study_instance_uid});
+    let r = py_get(
+        serde_json::json!({"mode": "get", "port": gw.port, "keys": keys,
+        "contexts": [[CT, ["1.2.840.10008.1.2.1"]]], "roles": true, "abort_after": 1, "timeout": 5}),
+    );
+    assert!(
+        r["status"].is_null(),
+        "no final response after the abort: {r}"
+    );
+    wait_for(
+        "the gateway to log the abort",
+        Duration::from_secs(30),
+        || {
+            let log = gw.stderr();
+            if log.contains("aborted by the peer during C-GET")
+                || log.contains("retrieve ended: the requestor is gone")
+            {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    );
+    let r = py_get(
+        serde_json::json!({"mode": "get", "port": gw.port, "keys": keys,
+        "contexts": [[CT, ["1.2.840.10008.1.2.1"]]], "roles": true}),
+    );
+    assert_eq!(r["status"], "0000", "{r}");
+    assert_eq!(r["completed"], 3, "{r}");
+    assert!(gw.is_running());
+    gw.stop();
+}
+
 #[test]
 fn pynetdicom_get_without_role_selection_is_served_when_the_policy_allows_it() {
     require_dcmtk();

@@ -8,6 +8,8 @@ mode "get": {"port": N, "aec": "GW", "model": "S" | "P", "keys": {"Keyword": val
   Proposes the Study/Patient Root GET model plus each storage context; with "roles", an
   SCP/SCU Role Selection (SCP role) for each storage class. Prints one JSON object:
   {"status", "pending", "completed", "failed", "warning", "failed_uids", "received": [sop]}.
+  With "cancel_after": K, a C-CANCEL-RQ is sent from the K-th C-STORE's handler; with
+  "abort_after": K, an A-ABORT (then "status" is null).
 
 mode "store_scp": {"port": N, "ae": "DEST", "hold_after": K, "hold_seconds": S}
   A storage SCP on 127.0.0.1:N (any storage class, the uncompressed syntaxes). Each C-STORE is
@@ -31,8 +33,9 @@ from pynetdicom.sop_class import (
 def get(job):
     ae = AE(ae_title="PYGET")
     ae.acse_timeout = 30
-    ae.dimse_timeout = 60
-    ae.network_timeout = 60
+    # After our own A-ABORT pynetdicom's C-GET generator waits for responses until these.
+    ae.dimse_timeout = job.get("timeout", 60)
+    ae.network_timeout = job.get("timeout", 60)
     model = PatientRootGet if job.get("model") == "P" else StudyRootGet
     ae.add_requested_context(model)
     roles = []
@@ -44,6 +47,13 @@ def get(job):
 
     def on_store(event):
         received.append(str(event.request.AffectedSOPInstanceUID))
+        if len(received) == job.get("cancel_after"):
+            # The C-CANCEL goes out before this C-STORE-RSP: the SCP sees it while it waits
+            # for the response, and stops after this sub-operation.
+            cx = [c for c in event.assoc.accepted_contexts if c.abstract_syntax == model][0]
+            event.assoc.send_c_cancel(1, cx.context_id)
+        if len(received) == job.get("abort_after"):
+            event.assoc.abort()
         return 0x0000
 
     assoc = ae.associate(
@@ -61,7 +71,7 @@ def get(job):
         setattr(ds, k, v)
     out = {"pending": 0, "status": None, "failed_uids": []}
     for status, identifier in assoc.send_c_get(ds, model):
-        if status is None:
+        if status is None or not status:
             out["error"] = "no response"
             break
         st = int(status.Status)
@@ -79,7 +89,8 @@ def get(job):
         if identifier is not None and "FailedSOPInstanceUIDList" in identifier:
             v = identifier.FailedSOPInstanceUIDList
             out["failed_uids"] = [str(v)] if isinstance(v, str) else [str(x) for x in v]
-    assoc.release()
+    if assoc.is_established:
+        assoc.release()
     out["received"] = received
     print(json.dumps(out))
 
