@@ -316,7 +316,12 @@ struct PyPeer {
 }
 
 impl PyPeer {
-    fn store_scp(port: u16, hold_after: u32, hold_seconds: f64) -> PyPeer {
+    fn store_scp(
+        port: u16,
+        hold_after: u32,
+        hold_seconds: f64,
+        classes: Option<&[&str]>,
+    ) -> PyPeer {
         let python = pynetdicom_python();
         let mut child = Command::new(python)
             .arg(QR_GET)
@@ -326,7 +331,7 @@ impl PyPeer {
             .spawn()
             .unwrap();
         let job = serde_json::json!({"mode": "store_scp", "port": port, "ae": "SLOW",
-            "hold_after": hold_after, "hold_seconds": hold_seconds});
+            "hold_after": hold_after, "hold_seconds": hold_seconds, "classes": classes});
         child
             .stdin
             .take()
@@ -410,7 +415,7 @@ fn movescu_cancel_gets_fe00_with_consistent_counts_and_the_originator_reaches_th
     let port = free_port();
     // The destination answers the first two at once, then holds each answer 2 s: the cancel
     // sent after the second pending response lands while the third is held.
-    let peer = PyPeer::store_scp(port, 2, 2.0);
+    let peer = PyPeer::store_scp(port, 2, 2.0, None);
     let mut gw = start(w, &destination("slow", "SLOW", port));
     let first = ObjSpec::new(20).patient("CANCEL^ME", "PCANCEL");
     let mut specs = vec![first.clone()];
@@ -454,6 +459,63 @@ fn movescu_cancel_gets_fe00_with_consistent_counts_and_the_originator_reaches_th
         assert_eq!(s["originator_ae"], "MOVER", "{s}");
         assert!(s["originator_id"].as_u64().is_some(), "{s}");
     }
+    gw.stop();
+}
+
+#[test]
+fn movescu_to_a_destination_refusing_one_sop_class_gets_b000_listing_exactly_those() {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    let port = free_port();
+    let peer = PyPeer::store_scp(port, 1 << 30, 0.0, Some(&[CT]));
+    let mut gw = start(w, &destination("ctonly", "CTONLY", port));
+    let ct1 = ObjSpec::new(30).patient("MOVE^PART", "PMPART");
+    let ct2 = ObjSpec::new(31).same_series_as(&ct1);
+    let mut mr = ObjSpec::new(32)
+        .same_study_as(&ct1)
+        .modality("MR")
+        .sop_class(MR);
+    mr.series_number = 2;
+    store(
+        gw.port,
+        w,
+        &[
+            (&ct1, Ts::ExplicitLE),
+            (&mr, Ts::ExplicitLE),
+            (&ct2, Ts::ExplicitLE),
+        ],
+    );
+    let log = movescu(
+        gw.port,
+        "-S",
+        "CTONLY",
+        &[
+            "QueryRetrieveLevel=STUDY".into(),
+            format!("StudyInstanceUID={}", ct1.study_instance_uid),
+        ],
+        &[],
+    );
+    assert_eq!(final_status(&log), "0XB000", "movescu log:\n{log}");
+    assert_eq!(count(&log, "Completed Suboperations"), 2, "{log}");
+    assert_eq!(count(&log, "Failed Suboperations"), 1, "{log}");
+    let list_line = log
+        .lines()
+        .find(|l| l.contains("(0008,0058)"))
+        .unwrap_or_else(|| panic!("no Failed SOP Instance UID List:\n{log}"));
+    assert!(list_line.contains(&mr.sop_instance_uid), "{list_line}");
+    assert!(
+        !list_line.contains(&ct1.sop_instance_uid) && !list_line.contains(&ct2.sop_instance_uid)
+    );
+    let mut stored: Vec<String> = peer
+        .stores()
+        .iter()
+        .map(|s| s["sop"].as_str().unwrap().to_owned())
+        .collect();
+    stored.sort();
+    let mut want = vec![ct1.sop_instance_uid.clone(), ct2.sop_instance_uid.clone()];
+    want.sort();
+    assert_eq!(stored, want);
     gw.stop();
 }
 

@@ -11,8 +11,10 @@ mode "get": {"port": N, "aec": "GW", "model": "S" | "P", "keys": {"Keyword": val
   With "cancel_after": K, a C-CANCEL-RQ is sent from the K-th C-STORE's handler; with
   "abort_after": K, an A-ABORT (then "status" is null).
 
-mode "store_scp": {"port": N, "ae": "DEST", "hold_after": K, "hold_seconds": S}
-  A storage SCP on 127.0.0.1:N (any storage class, the uncompressed syntaxes). Each C-STORE is
+mode "store_scp": {"port": N, "ae": "DEST", "hold_after": K, "hold_seconds": S,
+                   "classes": [sop_class] | null}
+  A storage SCP on 127.0.0.1:N (the storage classes listed, default all; the uncompressed
+  syntaxes). Each C-STORE is
   printed as a JSON line {"sop", "originator_ae", "originator_id"}; from the (K+1)-th on, each
   answer is held S seconds, so that a C-CANCEL has time to reach the C-MOVE SCP. Prints
   "LISTENING" once it listens; runs until killed.
@@ -97,8 +99,9 @@ def get(job):
 
 def store_scp(job):
     ae = AE(ae_title=job.get("ae", "DEST"))
-    for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax)
+    classes = job.get("classes") or [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+    for c in classes:
+        ae.add_supported_context(c)
     count = [0]
 
     def on_store(event):

@@ -254,6 +254,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             message_id: cmd.message_id,
         };
         let (data, ae, stop) = (scp.data.clone(), scp.ae_title.clone(), cancel.clone());
+        let stop_reports = cancel.clone();
         let job = scp.pool.run(move || {
             run_move(
                 &data,
@@ -263,8 +264,14 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 &originator,
                 &stop,
                 &mut |rec, outcome| {
-                    // The receiver is gone only if the association task is: nothing to tell.
-                    let _ = tx.blocking_send((rec.sop_instance_uid.clone(), outcome));
+                    // The receiver is gone only if the association task is (the daemon is
+                    // shutting down): nobody to report to, so no more sub-operations.
+                    if tx
+                        .blocking_send((rec.sop_instance_uid.clone(), outcome))
+                        .is_err()
+                    {
+                        stop_reports.store(true, Ordering::Relaxed);
+                    }
                 },
             );
         });

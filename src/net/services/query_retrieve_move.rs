@@ -225,6 +225,7 @@ pub fn list(index: &Index, sel: &Selection) -> Result<Vec<InstanceRecord>, Index
     } else {
         studies.clone_from(&sel.studies);
     }
+    let wanted: BTreeSet<&str> = sel.instances.iter().map(String::as_str).collect();
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for study in &studies {
@@ -250,7 +251,7 @@ pub fn list(index: &Index, sel: &Selection) -> Result<Vec<InstanceRecord>, Index
                 if st != study || (!se.is_empty() && row_series != se) {
                     break;
                 }
-                if !sel.instances.is_empty() && !sel.instances.iter().any(|i| i == sop) {
+                if !wanted.is_empty() && !wanted.contains(sop) {
                     continue;
                 }
                 if !seen.insert(sop.to_owned()) {
