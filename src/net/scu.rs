@@ -350,8 +350,8 @@ impl Association {
     }
 
     /// Like [`Association::open_with_tls`], proposing an SCP/SCU Role Selection sub-item
-    /// (PS3.7 D.3.3.4: SCU and SCP role) for each SOP class of `scp_role`: a C-GET SCU must,
-    /// to receive the C-STOREs of its sub-operations on its own association.
+    /// (PS3.7 D.3.3.4; the SCP role, not the SCU role) for each SOP class of `scp_role`: a
+    /// C-GET SCU must, to receive the C-STOREs of its sub-operations on its own association.
     pub fn open_with_roles(
         p: &AssocParams,
         tls: Option<&ScuTls>,
