@@ -1028,6 +1028,93 @@ mod tests {
         assert_eq!(s.patients, vec!["A", "B"]);
     }
 
+    /// The selection over a real index: each level, UID lists, the Patient Root ownership
+    /// check, duplicates in a list, and unknown UIDs.
+    #[test]
+    fn selection_lists_exactly_the_named_instances() {
+        use crate::store::attrs::IndexAttrs;
+        use crate::store::index::put_instance;
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("gateway.redb")).unwrap();
+        let put = |study: &str, series: &str, sop: &str, pid: &str| {
+            let rec = InstanceRecord {
+                sop_instance_uid: sop.into(),
+                sop_class_uid: uids::CT_IMAGE_STORAGE.into(),
+                study_instance_uid: study.into(),
+                series_instance_uid: series.into(),
+                instance_number: "1".into(),
+                transfer_syntax_uid: uids::EXPLICIT_VR_LITTLE_ENDIAN.into(),
+                file_size: 0,
+                dataset_size: 0,
+                dataset_blake3: String::new(),
+                received_at_us: 0,
+                calling_ae_title: String::new(),
+                called_ae_title: String::new(),
+                path: String::new(),
+            };
+            let attrs = IndexAttrs {
+                patient_id: pid.into(),
+                study_instance_uid: study.into(),
+                series_instance_uid: series.into(),
+                sop_instance_uid: sop.into(),
+                modality: "CT".into(),
+                ..IndexAttrs::default()
+            };
+            let tx = index.database().begin_write().unwrap();
+            put_instance(&tx, &rec, &attrs, false).unwrap();
+            tx.commit().unwrap();
+        };
+        put("1.1", "1.1.1", "1.1.1.1", "PA");
+        put("1.1", "1.1.1", "1.1.1.2", "PA");
+        put("1.1", "1.1.2", "1.1.2.1", "PA");
+        put("1.2", "1.2.1", "1.2.1.1", "PA");
+        put("2.1", "2.1.1", "2.1.1.1", "PB");
+        let sops = |sel: Selection| -> Vec<String> {
+            list(&index, &sel)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.sop_instance_uid)
+                .collect()
+        };
+        let sel = |level, p: &[&str], st: &[&str], se: &[&str], i: &[&str]| Selection {
+            level,
+            patients: p.iter().map(|s| s.to_string()).collect(),
+            studies: st.iter().map(|s| s.to_string()).collect(),
+            series: se.iter().map(|s| s.to_string()).collect(),
+            instances: i.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(
+            sops(sel(
+                Level::Study,
+                &[],
+                &["1.1", "2.1", "9.9", "1.1"],
+                &[],
+                &[]
+            )),
+            ["1.1.1.1", "1.1.1.2", "1.1.2.1", "2.1.1.1"]
+        );
+        assert_eq!(
+            sops(sel(Level::Patient, &["PA"], &[], &[], &[])),
+            ["1.1.1.1", "1.1.1.2", "1.1.2.1", "1.2.1.1"]
+        );
+        // Patient Root: a study of another patient is not selected.
+        assert!(sops(sel(Level::Study, &["PB"], &["1.1"], &[], &[])).is_empty());
+        assert_eq!(
+            sops(sel(Level::Series, &[], &["1.1"], &["1.1.2", "1.2.1"], &[])),
+            ["1.1.2.1"]
+        );
+        assert_eq!(
+            sops(sel(
+                Level::Image,
+                &[],
+                &["1.1"],
+                &["1.1.1"],
+                &["1.1.1.2", "2.1.1.1"]
+            )),
+            ["1.1.1.2"]
+        );
+    }
+
     #[test]
     fn counts_clamp_and_final_status() {
         assert_eq!(clamp_count(65_535), 65_535);
