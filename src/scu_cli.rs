@@ -228,10 +228,7 @@ fn usage_is_2(r: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
 /// Prints an association failure and returns exit code 2.
 fn association_failed(what: &str, e: &ScuError) -> ExitCode {
     eprintln!("{what}: association failed ({}): {e}", e.kind());
-    println!(
-        "{}",
-        json!({ "error": e.to_string(), "kind": e.kind() })
-    );
+    println!("{}", json!({ "error": e.to_string(), "kind": e.kind() }));
     ExitCode::from(EXIT_ASSOCIATION)
 }
 
@@ -250,11 +247,7 @@ fn run_echo(a: &EchoArgs) -> anyhow::Result<ExitCode> {
         let mut assoc = Association::open(&params)?;
         let exchange = |assoc: &mut Association| -> Result<u16, ScuError> {
             let pc = assoc.any_context(uids::VERIFICATION)?.id;
-            assoc.send(
-                pc,
-                &dicom_gw::net::dimse::command::encode_echo_rq(1),
-                None,
-            )?;
+            assoc.send(pc, &dicom_gw::net::dimse::command::encode_echo_rq(1), None)?;
             assoc
                 .receive(1)?
                 .command
@@ -527,11 +520,9 @@ fn run_mpps(a: &MppsArgs) -> anyhow::Result<ExitCode> {
     };
     let exchange = |assoc: &mut Association| -> Result<(u16, Option<String>), ScuError> {
         let ctx = assoc.any_context(mpps::SOP_CLASS)?.clone();
-        let bytes = dicom_gw::net::dimse::dataset::write_dataset(
-            &ds.to_dicom(),
-            &ctx.transfer_syntax,
-        )
-        .map_err(ScuError::Protocol)?;
+        let bytes =
+            dicom_gw::net::dimse::dataset::write_dataset(&ds.to_dicom(), &ctx.transfer_syntax)
+                .map_err(ScuError::Protocol)?;
         let (field, rsp_field) = if operation == "create" {
             (CommandField::NCreateRq, CommandField::NCreateRsp)
         } else {
@@ -608,7 +599,11 @@ mod tests {
         let mut ds = Dataset::new();
         put_key(&mut ds, "PatientName=Doe*").unwrap();
         put_key(&mut ds, "ScheduledProcedureStepSequence[0].Modality=CT").unwrap();
-        put_key(&mut ds, "ScheduledProcedureStepSequence.ScheduledStationAETitle").unwrap();
+        put_key(
+            &mut ds,
+            "ScheduledProcedureStepSequence.ScheduledStationAETitle",
+        )
+        .unwrap();
         put_key(&mut ds, "(0040,0100)[1].Modality=MR").unwrap();
         let items = ds.items(tags::SCHEDULED_PROCEDURE_STEP_SEQUENCE).unwrap();
         assert_eq!(items.len(), 2);

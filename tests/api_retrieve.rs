@@ -211,15 +211,30 @@ fn move_endpoint_queues_the_study_and_storescp_receives_it() {
         "nowhere",
     );
     err(&gw.post_raw(&path, &gw.operator, b"{"), 400, "JSON");
-    err(&gw.post(&path, &gw.operator, &json!({})), 400, "destination");
     err(
-        &gw.post(&path, &gw.operator, &json!({ "destination": "pacs", "x": 1 })),
+        &gw.post(&path, &gw.operator, &json!({})),
+        400,
+        "destination",
+    );
+    err(
+        &gw.post(
+            &path,
+            &gw.operator,
+            &json!({ "destination": "pacs", "x": 1 }),
+        ),
         400,
         "unknown field",
     );
-    err(&gw.post(&path, &gw.operator, &json!(["pacs"])), 400, "object");
+    err(
+        &gw.post(&path, &gw.operator, &json!(["pacs"])),
+        400,
+        "object",
+    );
     assert_eq!(gw.call("GET", &path, &gw.operator, None).status, 405);
-    assert!(job_sops(&gw, "pacs").is_empty(), "a refused move queued jobs");
+    assert!(
+        job_sops(&gw, "pacs").is_empty(),
+        "a refused move queued jobs"
+    );
 
     // The move: one job per instance of study A.
     let v = gw.post(&path, &gw.operator, &body).ok(202);
@@ -231,7 +246,10 @@ fn move_endpoint_queues_the_study_and_storescp_receives_it() {
     assert_eq!(job_sops(&gw, "pacs"), study_a);
     // Again while they wait: nothing doubled.
     let v = gw.post(&path, &gw.admin, &body).ok(202);
-    assert_eq!((v["queued"].as_u64(), v["already_queued"].as_u64()), (Some(0), Some(3)));
+    assert_eq!(
+        (v["queued"].as_u64(), v["already_queued"].as_u64()),
+        (Some(0), Some(3))
+    );
     assert_eq!(job_sops(&gw, "pacs"), study_a);
     // Audited, with who and what.
     let audit = gw.call("GET", "/audit?limit=1000", &gw.admin, None).ok(200);
@@ -307,14 +325,21 @@ fn remote_query_against_a_second_gw() {
                  "ModalitiesInStudy": "", "NumberOfStudyRelatedInstances": ""}
     }))
     .ok(200);
-    assert_eq!((v["status"].as_str(), v["truncated"].as_bool()), (Some("0000"), Some(false)), "{v}");
+    assert_eq!(
+        (v["status"].as_str(), v["truncated"].as_bool()),
+        (Some("0000"), Some(false)),
+        "{v}"
+    );
     let m = v["matches"].as_array().unwrap();
     assert_eq!(m.len(), 1, "{v}");
     assert_eq!(first(&m[0], "0020000D"), objs[0].study_instance_uid);
     assert_eq!(first(&m[0], "00100010"), "DOE^JOHN");
     assert_eq!(first(&m[0], "00080020"), "20240115");
     assert_eq!(first(&m[0], "00201208"), "3");
-    assert_eq!(values(&m[0], "00080061"), ["CT", "MR"].map(String::from).into());
+    assert_eq!(
+        values(&m[0], "00080061"),
+        ["CT", "MR"].map(String::from).into()
+    );
     assert_eq!(first(&m[0], "00080052"), "STUDY");
 
     // Every study (defaults: STUDY, study-root).
@@ -377,8 +402,16 @@ fn remote_query_against_a_second_gw() {
     err(&q(json!({ "level": "PATIENT" })), 400, "level");
     err(&q(json!({ "model": "flat" })), 400, "model");
     err(&q(json!({ "keys": {"NoSuchKey": "x"} })), 400, "NoSuchKey");
-    err(&q(json!({ "keys": {"PatientName": true} })), 400, "PatientName");
-    err(&q(json!({ "keys": {"QueryRetrieveLevel": "SERIES"} })), 400, "level");
+    err(
+        &q(json!({ "keys": {"PatientName": true} })),
+        400,
+        "PatientName",
+    );
+    err(
+        &q(json!({ "keys": {"QueryRetrieveLevel": "SERIES"} })),
+        400,
+        "level",
+    );
     err(&q(json!({ "keys": {}, "extra": 1 })), 400, "unknown field");
     err(
         &gw.post("/destinations/nowhere/query", &gw.operator, &json!({})),

@@ -205,7 +205,10 @@ fn gw_scu(args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(GW_BIN);
     cmd.arg("scu").args(args);
     let (out, timed_out) = run_timeout(&mut cmd, CLI_LIMIT);
-    assert!(!timed_out, "dicom-gw scu {args:?} did not finish within {CLI_LIMIT:?}");
+    assert!(
+        !timed_out,
+        "dicom-gw scu {args:?} did not finish within {CLI_LIMIT:?}"
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -241,8 +244,20 @@ fn gw_scu_find_against_orthanc() {
     }
     let port = o.dicom_port.to_string();
     let (code, out, err) = gw_scu(&[
-        "find", "-S", "--aec", ORTHANC_AET, "-k", "QueryRetrieveLevel=STUDY", "-k",
-        "PatientName=DOE*", "-k", "StudyInstanceUID", "-k", "PatientID", "127.0.0.1", &port,
+        "find",
+        "-S",
+        "--aec",
+        ORTHANC_AET,
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "PatientName=DOE*",
+        "-k",
+        "StudyInstanceUID",
+        "-k",
+        "PatientID",
+        "127.0.0.1",
+        &port,
     ]);
     assert_eq!(code, 0, "{err}\n{}", o.log());
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -254,12 +269,22 @@ fn gw_scu_find_against_orthanc() {
 
     // Patient Root, IMAGE level of study A's CT series.
     let (code, out, err) = gw_scu(&[
-        "find", "-P", "--aec", ORTHANC_AET, "-k", "QueryRetrieveLevel=IMAGE", "-k",
-        "PatientID=PID-A", "-k",
+        "find",
+        "-P",
+        "--aec",
+        ORTHANC_AET,
+        "-k",
+        "QueryRetrieveLevel=IMAGE",
+        "-k",
+        "PatientID=PID-A",
+        "-k",
         &format!("StudyInstanceUID={}", objs[0].study_instance_uid),
         "-k",
         &format!("SeriesInstanceUID={}", objs[0].series_instance_uid),
-        "-k", "SOPInstanceUID", "127.0.0.1", &port,
+        "-k",
+        "SOPInstanceUID",
+        "127.0.0.1",
+        &port,
     ]);
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -296,17 +321,32 @@ fn gw_scu_move_from_orthanc() {
     o.add_modality(&Modality::new("gw", "DICOM_GW", gw.port));
     let port = o.dicom_port.to_string();
     let (code, out, err) = gw_scu(&[
-        "move", "-S", "--aec", ORTHANC_AET, "--move", "DICOM_GW", "-k",
-        "QueryRetrieveLevel=STUDY", "-k",
+        "move",
+        "-S",
+        "--aec",
+        ORTHANC_AET,
+        "--move",
+        "DICOM_GW",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
         &format!("StudyInstanceUID={}", objs[0].study_instance_uid),
-        "127.0.0.1", &port,
+        "127.0.0.1",
+        &port,
     ]);
     assert_eq!(code, 0, "{out}\n{err}\n{}", o.log());
     for (spec, sent) in objs.iter().zip(&files).take(3) {
         let stored = spec.settled_path(&data);
-        assert!(stored.exists(), "dicom-gw did not store {}", spec.sop_instance_uid);
+        assert!(
+            stored.exists(),
+            "dicom-gw did not store {}",
+            spec.sop_instance_uid
+        );
         assert!(same_dataset(sent, &stored), "{} differs", stored.display());
     }
-    assert!(!objs[3].stored_path(&data).exists(), "study B was not asked for");
+    assert!(
+        !objs[3].stored_path(&data).exists(),
+        "study B was not asked for"
+    );
     drop(gw);
 }

@@ -21,7 +21,10 @@ fn gw_scu(args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(GW_BIN);
     cmd.arg("scu").args(args);
     let (out, timed_out) = run_timeout(&mut cmd, LIMIT);
-    assert!(!timed_out, "dicom-gw scu {args:?} did not finish within {LIMIT:?}");
+    assert!(
+        !timed_out,
+        "dicom-gw scu {args:?} did not finish within {LIMIT:?}"
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -106,7 +109,10 @@ fn scu_echo_and_store_against_storescp() {
     ]);
     assert_eq!(code, 1, "{out}\n{err}");
     let lines = json_lines(&out);
-    assert!(lines[0]["error"].as_str().unwrap().contains("Part-10"), "{out}");
+    assert!(
+        lines[0]["error"].as_str().unwrap().contains("Part-10"),
+        "{out}"
+    );
     assert_eq!(lines[1]["status"], "0000");
 
     // Nobody listening: exit 2 for echo and store.
@@ -171,7 +177,14 @@ fn scu_store_mwl_and_mpps_against_the_gateway() {
     std::fs::create_dir_all(&data).unwrap();
     // The worklist item goes in before the daemon holds the database.
     let item_file = write_json(&tmp.path().join("item.json"), &item());
-    gw_cli(&["worklist", "import", "--data-dir", data.to_str().unwrap(), &item_file]).ok();
+    gw_cli(&[
+        "worklist",
+        "import",
+        "--data-dir",
+        data.to_str().unwrap(),
+        &item_file,
+    ])
+    .ok();
     let viewer = cli_token(GW_BIN, &data, "viewer");
     let gw = start_gw(tmp.path(), &data, STORE, &[]);
     let (port, wl) = (gw.port.to_string(), gw.worklist_port.to_string());
@@ -207,10 +220,7 @@ fn scu_store_mwl_and_mpps_against_the_gateway() {
     let m = v.as_array().unwrap();
     assert_eq!(m.len(), 1, "{out}");
     assert_eq!(m[0]["00080050"]["Value"][0], "ACC1");
-    assert_eq!(
-        m[0]["00400100"]["Value"][0]["00400001"]["Value"][0],
-        "CT01"
-    );
+    assert_eq!(m[0]["00400100"]["Value"][0]["00400001"]["Value"][0], "CT01");
     let (code, out, _) = gw_scu(&[
         "mwl",
         "-k",
@@ -247,7 +257,14 @@ fn scu_store_mwl_and_mpps_against_the_gateway() {
     assert_eq!(json_lines(&out)[0]["status"], "0000");
     // A second create of the same instance: 0111, exit 1; N-SET of a completed step: refused.
     let (code, out, _) = gw_scu(&[
-        "mpps", "create", "--uid", &uid, "--json", &attrs, "127.0.0.1", &wl,
+        "mpps",
+        "create",
+        "--uid",
+        &uid,
+        "--json",
+        &attrs,
+        "127.0.0.1",
+        &wl,
     ]);
     assert_eq!(code, 1, "{out}");
     assert_eq!(json_lines(&out)[0]["status"], "0111");

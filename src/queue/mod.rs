@@ -1307,7 +1307,10 @@ mod tests {
         assert_eq!((r.queued, r.already_queued), (3, 0));
         assert_eq!(counts(&stats(&q, "a")), [3, 0, 0, 0, 2]);
         let jobs = q.claim("a", 14, 10).unwrap();
-        let mut sops: Vec<&str> = jobs.iter().map(|c| c.job.sop_instance_uid.as_str()).collect();
+        let mut sops: Vec<&str> = jobs
+            .iter()
+            .map(|c| c.job.sop_instance_uid.as_str())
+            .collect();
         sops.sort_unstable();
         assert_eq!(sops, ["1.2.3.1", "1.2.3.2", "1.2.3.3"]);
     }

@@ -57,12 +57,9 @@ pub async fn move_study(
                     "already_queued": n.already_queued })
         };
         let r = queue
-            .enqueue_study(
-                &dest,
-                &study,
-                crate::clock::timestamp_us(),
-                |tx, n| actor.audit(tx, "study.move", details(n)),
-            )
+            .enqueue_study(&dest, &study, crate::clock::timestamp_us(), |tx, n| {
+                actor.audit(tx, "study.move", details(n))
+            })
             .map_err(|e| match e {
                 crate::queue::QueueError::Index(e) => index_err(e),
                 other => ApiError::internal(format!("queue: {other}")),
@@ -174,7 +171,12 @@ fn params_for(d: &Destination, model: &str) -> Result<(AssocParams, Option<ScuTl
     use std::net::ToSocketAddrs;
     let addr = (d.host.as_str(), d.port)
         .to_socket_addrs()
-        .map_err(|e| ScuError::Io(std::io::Error::other(format!("cannot resolve {}: {e}", d.host))))?
+        .map_err(|e| {
+            ScuError::Io(std::io::Error::other(format!(
+                "cannot resolve {}: {e}",
+                d.host
+            )))
+        })?
         .next()
         .ok_or_else(|| ScuError::Io(std::io::Error::other(format!("{} has no address", d.host))))?;
     let tls = match &d.tls {
@@ -235,7 +237,11 @@ pub async fn query(
             )))
         }
     };
-    let level = body.level.as_deref().unwrap_or("STUDY").to_ascii_uppercase();
+    let level = body
+        .level
+        .as_deref()
+        .unwrap_or("STUDY")
+        .to_ascii_uppercase();
     let levels: &[&str] = if model == qr::PATIENT_ROOT {
         &["PATIENT", "STUDY", "SERIES", "IMAGE"]
     } else {
@@ -323,8 +329,10 @@ mod tests {
     fn identifier_from_json_keys() {
         let id = identifier(
             "STUDY",
-            &keys(json!({"PatientName": "Doe*", "StudyDate": "", "StudyInstanceUID": null,
-                         "ModalitiesInStudy": ["CT", "MR"], "00100020": "PID-1"})),
+            &keys(
+                json!({"PatientName": "Doe*", "StudyDate": "", "StudyInstanceUID": null,
+                         "ModalitiesInStudy": ["CT", "MR"], "00100020": "PID-1"}),
+            ),
         )
         .unwrap();
         assert_eq!(id.str(tags::QUERY_RETRIEVE_LEVEL), Some("STUDY"));
