@@ -153,6 +153,65 @@ enum ScuOp {
     /// MPPS N-CREATE or N-SET: prints {"operation", "sop_instance_uid", "status"}. Exit code
     /// 0 on success or a warning, 1 on a failure status, 2 if the association fails.
     Mpps(scu_cli::MppsArgs),
+    /// C-MOVE (Query/Retrieve): asks the peer to send what the keys name to AE title
+    /// `--move`; prints a JSON summary (status, counts, failed UIDs). Exit code 0 on 0000 or
+    /// FE00, 1 on any other final status (B000 included), 2 if the association fails.
+    Move {
+        #[command(flatten)]
+        common: RetrieveArgs,
+        /// The Move Destination (an AE title the peer knows).
+        #[arg(long = "move", value_name = "AETITLE")]
+        destination: String,
+    },
+    /// C-GET (Query/Retrieve): the peer sends what the keys name back on this association;
+    /// each object is written to `--od` as `<SOP Instance UID>.dcm`. Prints a JSON summary
+    /// (status, counts, failed UIDs, files). Exit codes as `move`.
+    Get {
+        #[command(flatten)]
+        common: RetrieveArgs,
+        /// Output directory.
+        #[arg(long = "od", value_name = "DIR", default_value = ".")]
+        out_dir: PathBuf,
+        /// A storage SOP class to receive (repeatable; default: common image classes).
+        #[arg(long = "sop-class", value_name = "UID")]
+        sop_classes: Vec<String>,
+        /// A transfer syntax to receive in (repeatable; default: the uncompressed ones, JPEG
+        /// baseline and lossless, JPEG 2000 lossless, RLE). Objects come as stored: one
+        /// presentation context is proposed per class and syntax.
+        #[arg(long = "ts", value_name = "UID")]
+        transfer_syntaxes: Vec<String>,
+    },
+}
+
+/// The flags `scu move` and `scu get` share with `scu find`.
+#[derive(Debug, clap::Args)]
+struct RetrieveArgs {
+    /// Patient Root information model.
+    #[arg(short = 'P', long = "patient-root", conflicts_with = "study_root")]
+    patient_root: bool,
+    /// Study Root information model (the default).
+    #[arg(short = 'S', long = "study-root")]
+    study_root: bool,
+    /// A key: TAG=VALUE (e.g. -k QueryRetrieveLevel=STUDY -k StudyInstanceUID=1.2.3).
+    /// Without QueryRetrieveLevel: STUDY.
+    #[arg(short = 'k', long = "key", value_name = "TAG[=VALUE]")]
+    keys: Vec<String>,
+    /// Our AE title (calling).
+    #[arg(long, default_value = "DICOMGW-SCU")]
+    aet: String,
+    /// The peer's AE title (called).
+    #[arg(long, default_value = "ANY-SCP")]
+    aec: String,
+    /// Send a C-CANCEL after this many pending responses.
+    #[arg(long, value_name = "N")]
+    cancel: Option<usize>,
+    /// Network timeout in seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// Peer host.
+    host: String,
+    /// Peer port.
+    port: u16,
 }
 
 /// Where the queue commands find the data.
@@ -422,6 +481,161 @@ fn load(
     }
 }
 
+/// `dicom-gw scu move|get`.
+fn scu_retrieve(op: ScuOp) -> anyhow::Result<ExitCode> {
+    use dicom_dictionary_std::uids;
+    use dicom_gw::net::services::query_retrieve_move as qm;
+    use dicom_gw::net::services::{query_retrieve_find as qf, query_retrieve_get as qg};
+    use std::net::ToSocketAddrs;
+    let (common, is_move) = match &op {
+        ScuOp::Move { common, .. } => (common, true),
+        ScuOp::Get { common, .. } => (common, false),
+        _ => anyhow::bail!("not a retrieve"),
+    };
+    let model = match (is_move, common.patient_root) {
+        (true, true) => qm::PATIENT_ROOT,
+        (true, false) => qm::STUDY_ROOT,
+        (false, true) => qg::PATIENT_ROOT,
+        (false, false) => qg::STUDY_ROOT,
+    };
+    let mut identifier = dicom_gw::dicom::dataset::Dataset::new();
+    for k in &common.keys {
+        let (tag, vr, value) = qf::parse_key(k).map_err(|e| anyhow::anyhow!("-k {k}: {e}"))?;
+        identifier.put(tag, vr, value);
+    }
+    let level = dicom_dictionary_std::tags::QUERY_RETRIEVE_LEVEL;
+    if identifier.get(level).is_none() {
+        identifier.put_str(level, dicom_core::VR::CS, "STUDY");
+    }
+    let addr = (common.host.as_str(), common.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{}: no address", common.host))?;
+    let params = dicom_gw::net::scu::AssocParams {
+        addr,
+        calling: common.aet.clone(),
+        called: common.aec.clone(),
+        max_pdu: 65536,
+        timeout: std::time::Duration::from_secs(common.timeout),
+        connect_timeout: None,
+        contexts: vec![(
+            model.to_owned(),
+            vec![
+                uids::EXPLICIT_VR_LITTLE_ENDIAN.to_owned(),
+                uids::IMPLICIT_VR_LITTLE_ENDIAN.to_owned(),
+            ],
+        )],
+        implementation_class_uid: dicom_gw::IMPLEMENTATION_CLASS_UID.to_owned(),
+        implementation_version_name: dicom_gw::IMPLEMENTATION_VERSION_NAME.to_owned(),
+    };
+    let result = match &op {
+        ScuOp::Move { destination, .. } => qm::scu_move(
+            &params,
+            None,
+            model,
+            &identifier,
+            destination,
+            common.cancel,
+        ),
+        ScuOp::Get {
+            out_dir,
+            sop_classes,
+            transfer_syntaxes,
+            ..
+        } => {
+            std::fs::create_dir_all(out_dir)?;
+            let classes: Vec<String> = if sop_classes.is_empty() {
+                [
+                    uids::CT_IMAGE_STORAGE,
+                    uids::ENHANCED_CT_IMAGE_STORAGE,
+                    uids::MR_IMAGE_STORAGE,
+                    uids::ENHANCED_MR_IMAGE_STORAGE,
+                    uids::COMPUTED_RADIOGRAPHY_IMAGE_STORAGE,
+                    uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
+                    uids::SECONDARY_CAPTURE_IMAGE_STORAGE,
+                    uids::ULTRASOUND_IMAGE_STORAGE,
+                    uids::ULTRASOUND_MULTI_FRAME_IMAGE_STORAGE,
+                    uids::X_RAY_ANGIOGRAPHIC_IMAGE_STORAGE,
+                    uids::NUCLEAR_MEDICINE_IMAGE_STORAGE,
+                    uids::POSITRON_EMISSION_TOMOGRAPHY_IMAGE_STORAGE,
+                    uids::DIGITAL_MAMMOGRAPHY_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
+                    uids::ENCAPSULATED_PDF_STORAGE,
+                    uids::BASIC_TEXT_SR_STORAGE,
+                    uids::ENHANCED_SR_STORAGE,
+                    uids::RT_STRUCTURE_SET_STORAGE,
+                    uids::GRAYSCALE_SOFTCOPY_PRESENTATION_STATE_STORAGE,
+                ]
+                .map(str::to_owned)
+                .to_vec()
+            } else {
+                sop_classes.clone()
+            };
+            let syntaxes: Vec<String> = if transfer_syntaxes.is_empty() {
+                [
+                    uids::EXPLICIT_VR_LITTLE_ENDIAN,
+                    uids::IMPLICIT_VR_LITTLE_ENDIAN,
+                    uids::JPEG_BASELINE8_BIT,
+                    uids::JPEG_LOSSLESS_SV1,
+                    uids::JPEG2000_LOSSLESS,
+                    uids::RLE_LOSSLESS,
+                ]
+                .map(str::to_owned)
+                .to_vec()
+            } else {
+                transfer_syntaxes.clone()
+            };
+            let storage: Vec<(String, Vec<String>)> = classes
+                .iter()
+                .flat_map(|c| syntaxes.iter().map(move |t| (c.clone(), vec![t.clone()])))
+                .collect();
+            if storage.len() + 1 > dicom_gw::net::scu::MAX_PROPOSED_CONTEXTS {
+                anyhow::bail!(
+                    "{} classes × {} transfer syntaxes = {} presentation contexts: at most {} fit on one association",
+                    classes.len(),
+                    syntaxes.len(),
+                    storage.len(),
+                    dicom_gw::net::scu::MAX_PROPOSED_CONTEXTS - 1
+                );
+            }
+            qm::scu_get(
+                &params,
+                None,
+                model,
+                &identifier,
+                &storage,
+                out_dir,
+                common.cancel,
+            )
+        }
+        _ => anyhow::bail!("not a retrieve"),
+    };
+    let op_name = if is_move { "C-MOVE" } else { "C-GET" };
+    let r = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{op_name} failed: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut json = serde_json::to_value(&r)?;
+    json["status"] = serde_json::Value::String(format!("{:04X}", r.status));
+    // One line: a script reads it with one `read`, `jq` as well.
+    println!("{}", serde_json::to_string(&json)?);
+    eprintln!(
+        "{op_name} status {:04X}{}",
+        r.status,
+        r.error_comment
+            .as_deref()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default()
+    );
+    Ok(if matches!(r.status, 0x0000 | 0xFE00) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 fn scu(op: ScuOp) -> anyhow::Result<ExitCode> {
     use dicom_gw::net::services::query_retrieve_find as qr;
     use std::net::ToSocketAddrs;
@@ -432,6 +646,9 @@ fn scu(op: ScuOp) -> anyhow::Result<ExitCode> {
         ScuOp::Mpps(a) => return scu_cli::mpps(&a),
         find => find,
     };
+    if matches!(op, ScuOp::Move { .. } | ScuOp::Get { .. }) {
+        return scu_retrieve(op);
+    }
     let ScuOp::Find {
         patient_root,
         study_root: _,

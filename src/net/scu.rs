@@ -346,6 +346,17 @@ impl Association {
     /// (bounded by the read/write timeout) comes between the TCP connect and the
     /// A-ASSOCIATE-RQ, and fails with [`ScuError::Tls`] saying why.
     pub fn open_with_tls(p: &AssocParams, tls: Option<&ScuTls>) -> Result<Association, ScuError> {
+        Association::open_with_roles(p, tls, &[])
+    }
+
+    /// Like [`Association::open_with_tls`], proposing an SCP/SCU Role Selection sub-item
+    /// (PS3.7 D.3.3.4: SCU and SCP role) for each SOP class of `scp_role`: a C-GET SCU must,
+    /// to receive the C-STOREs of its sub-operations on its own association.
+    pub fn open_with_roles(
+        p: &AssocParams,
+        tls: Option<&ScuTls>,
+        scp_role: &[String],
+    ) -> Result<Association, ScuError> {
         if p.contexts.len() > MAX_PROPOSED_CONTEXTS {
             return Err(ScuError::TooManyContexts(p.contexts.len()));
         }
@@ -381,7 +392,19 @@ impl Association {
                 UserVariableItem::MaxLength(p.max_pdu),
                 UserVariableItem::ImplementationClassUID(p.implementation_class_uid.clone()),
                 UserVariableItem::ImplementationVersionName(p.implementation_version_name.clone()),
-            ],
+            ]
+            .into_iter()
+            .chain(scp_role.iter().map(|uid| {
+                UserVariableItem::ScuScpRoleSelectionSubItem(
+                    uid.clone(),
+                    // The SCP role only: the C-GET requestor receives, it does not store.
+                    dicom_ul::pdu::RequestorRoles {
+                        scu: false,
+                        scp: true,
+                    },
+                )
+            }))
+            .collect(),
         };
         let mut out = Vec::with_capacity(512);
         write_pdu(&mut out, &Pdu::AssociationRQ(rq)).map_err(protocol)?;
@@ -597,6 +620,56 @@ impl Association {
         let command = encode_store_rq(message_id, sop_class_uid, sop_instance_uid);
         self.send_dataset_from(pc, &command, file, offset, len)?;
         self.store_response(message_id, sop_instance_uid)
+    }
+
+    /// [`Association::c_store_from_file`] with a command set of the caller's (a C-MOVE
+    /// sub-operation's C-STORE-RQ carries the Move Originator, see
+    /// [`crate::net::dimse::command::encode_store_rq_for_move`]).
+    #[allow(clippy::too_many_arguments)] // as c_store_from_file, plus the command
+    pub fn c_store_command_from_file(
+        &mut self,
+        pc: u8,
+        message_id: u16,
+        command: &[u8],
+        sop_instance_uid: &str,
+        file: &File,
+        offset: u64,
+        len: u64,
+    ) -> Result<StoreResponse, ScuError> {
+        self.send_dataset_from(pc, command, file, offset, len)?;
+        self.store_response(message_id, sop_instance_uid)
+    }
+
+    /// Receives the next message whatever it is (a response, or a request the peer sends us:
+    /// the C-STOREs of a C-GET), handing its dataset, fragment by fragment, to `sink`: so an
+    /// object of any size costs one PDU of memory. Returns the command and its context ID.
+    pub fn receive_any(
+        &mut self,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<(Command, u8), ScuError> {
+        let (command, pc) = loop {
+            match self.next_fragment()? {
+                Fragment::Partial => {}
+                Fragment::Command(cmd, pc) => break (cmd, pc),
+                Fragment::Data { .. } => {
+                    return Err(protocol("dataset fragment before its command"))
+                }
+            }
+        };
+        if command.has_dataset {
+            loop {
+                match self.next_fragment()? {
+                    Fragment::Data { data, last } => {
+                        sink(&data).map_err(ScuError::Io)?;
+                        if last {
+                            break;
+                        }
+                    }
+                    _ => return Err(protocol("command fragment inside a dataset")),
+                }
+            }
+        }
+        Ok((command, pc))
     }
 
     /// One C-STORE of a dataset held in memory (an object converted to the transfer syntax of
@@ -980,7 +1053,7 @@ pub fn frame_message(
 /// Frames `data` (a piece of one dataset) as P-DATA-TF PDUs; when the piece is not the last
 /// of its message, clears the "last fragment" bit that [`encode_message`] sets on its final
 /// PDV.
-fn frame_batch(out: &mut BytesMut, pc: u8, data: &[u8], peer_max_pdu: u32, is_last: bool) {
+pub fn frame_batch(out: &mut BytesMut, pc: u8, data: &[u8], peer_max_pdu: u32, is_last: bool) {
     encode_message(out, pc, false, data, peer_max_pdu);
     if !is_last && !data.is_empty() {
         let payload = max_payload(peer_max_pdu);

@@ -16,12 +16,16 @@ pub enum CommandField {
     CStoreRsp = 0x8001,
     /// C-GET-RQ
     CGetRq = 0x0010,
+    /// C-GET-RSP
+    CGetRsp = 0x8010,
     /// C-FIND-RQ
     CFindRq = 0x0020,
     /// C-FIND-RSP
     CFindRsp = 0x8020,
     /// C-MOVE-RQ
     CMoveRq = 0x0021,
+    /// C-MOVE-RSP
+    CMoveRsp = 0x8021,
     /// C-ECHO-RQ
     CEchoRq = 0x0030,
     /// C-ECHO-RSP
@@ -91,6 +95,14 @@ pub mod tags {
     pub const MOVE_ORIGINATOR_AE_TITLE: (u16, u16) = (0x0000, 0x1030);
     /// Move Originator Message ID
     pub const MOVE_ORIGINATOR_MESSAGE_ID: (u16, u16) = (0x0000, 0x1031);
+    /// Number of Remaining Sub-operations (C-MOVE/C-GET responses)
+    pub const NUMBER_OF_REMAINING_SUB_OPERATIONS: (u16, u16) = (0x0000, 0x1020);
+    /// Number of Completed Sub-operations
+    pub const NUMBER_OF_COMPLETED_SUB_OPERATIONS: (u16, u16) = (0x0000, 0x1021);
+    /// Number of Failed Sub-operations
+    pub const NUMBER_OF_FAILED_SUB_OPERATIONS: (u16, u16) = (0x0000, 0x1022);
+    /// Number of Warning Sub-operations
+    pub const NUMBER_OF_WARNING_SUB_OPERATIONS: (u16, u16) = (0x0000, 0x1023);
 }
 
 /// The fields of a received command that the services act on.
@@ -127,6 +139,22 @@ pub struct Command {
     /// Error Comment (responses), padding removed; `None` when absent or empty. Read lossily:
     /// a peer's non-ASCII comment must not make its status unreadable.
     pub error_comment: Option<String>,
+    /// Sub-operation counts of a C-MOVE/C-GET response.
+    pub sub_operations: SubOperations,
+}
+
+/// The sub-operation counts of a C-MOVE/C-GET response (PS3.7 9.3.3.2, 9.3.4.2), each
+/// present or not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubOperations {
+    /// Number of Remaining Sub-operations (0000,1020).
+    pub remaining: Option<u16>,
+    /// Number of Completed Sub-operations (0000,1021).
+    pub completed: Option<u16>,
+    /// Number of Failed Sub-operations (0000,1022).
+    pub failed: Option<u16>,
+    /// Number of Warning Sub-operations (0000,1023).
+    pub warning: Option<u16>,
 }
 
 /// Why a command set could not be decoded; the association is aborted.
@@ -218,6 +246,18 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, CommandError> {
                 cmd.move_originator_message_id = Some(us(group, elem, v)?)
             }
             tags::ACTION_TYPE_ID => cmd.action_type_id = Some(us(group, elem, v)?),
+            tags::NUMBER_OF_REMAINING_SUB_OPERATIONS => {
+                cmd.sub_operations.remaining = Some(us(group, elem, v)?)
+            }
+            tags::NUMBER_OF_COMPLETED_SUB_OPERATIONS => {
+                cmd.sub_operations.completed = Some(us(group, elem, v)?)
+            }
+            tags::NUMBER_OF_FAILED_SUB_OPERATIONS => {
+                cmd.sub_operations.failed = Some(us(group, elem, v)?)
+            }
+            tags::NUMBER_OF_WARNING_SUB_OPERATIONS => {
+                cmd.sub_operations.warning = Some(us(group, elem, v)?)
+            }
             tags::EVENT_TYPE_ID => cmd.event_type_id = Some(us(group, elem, v)?),
             tags::ERROR_COMMENT => {
                 let c = String::from_utf8_lossy(v);
@@ -366,6 +406,72 @@ pub fn encode_store_rq(message_id: u16, sop_class: &str, sop_instance: &str) -> 
         .build()
 }
 
+/// Encodes a C-STORE-RQ that is a sub-operation of a C-MOVE: Move Originator Application
+/// Entity Title (0000,1030) and Move Originator Message ID (0000,1031) tell the destination
+/// which C-MOVE (and whose) it belongs to (PS3.7 9.3.1.1).
+pub fn encode_store_rq_for_move(
+    message_id: u16,
+    sop_class: &str,
+    sop_instance: &str,
+    originator_ae_title: &str,
+    originator_message_id: u16,
+) -> Vec<u8> {
+    CommandBuilder::new()
+        .uid(tags::AFFECTED_SOP_CLASS_UID, sop_class)
+        .us(tags::COMMAND_FIELD, CommandField::CStoreRq as u16)
+        .us(tags::MESSAGE_ID, message_id)
+        .us(tags::PRIORITY, 0)
+        .us(tags::COMMAND_DATA_SET_TYPE, 0x0000)
+        .uid(tags::AFFECTED_SOP_INSTANCE_UID, sop_instance)
+        .text(tags::MOVE_ORIGINATOR_AE_TITLE, originator_ae_title)
+        .us(tags::MOVE_ORIGINATOR_MESSAGE_ID, originator_message_id)
+        .build()
+}
+
+/// Encodes a C-MOVE-RSP or C-GET-RSP (`response_field`) to `rq`: the status, the sub-operation
+/// counts that are given, an Error Comment, and whether an identifier (the Failed SOP
+/// Instance UID List) follows.
+pub fn encode_retrieve_response(
+    rq: &Command,
+    response_field: u16,
+    status: u16,
+    counts: SubOperations,
+    error_comment: Option<&str>,
+    has_dataset: bool,
+) -> Vec<u8> {
+    let mut b = CommandBuilder::new();
+    if let Some(class) = &rq.affected_sop_class_uid {
+        b = b.uid(tags::AFFECTED_SOP_CLASS_UID, class);
+    }
+    b = b
+        .us(tags::COMMAND_FIELD, response_field)
+        .us(tags::MESSAGE_ID_BEING_RESPONDED_TO, rq.message_id)
+        .us(
+            tags::COMMAND_DATA_SET_TYPE,
+            if has_dataset { 0x0000 } else { NO_DATASET },
+        )
+        .us(tags::STATUS, status);
+    if let Some(comment) = error_comment {
+        let comment: String = comment
+            .chars()
+            .filter(|c| c.is_ascii() && !c.is_ascii_control())
+            .take(64)
+            .collect();
+        b = b.text(tags::ERROR_COMMENT, &comment);
+    }
+    for (tag, n) in [
+        (tags::NUMBER_OF_REMAINING_SUB_OPERATIONS, counts.remaining),
+        (tags::NUMBER_OF_COMPLETED_SUB_OPERATIONS, counts.completed),
+        (tags::NUMBER_OF_FAILED_SUB_OPERATIONS, counts.failed),
+        (tags::NUMBER_OF_WARNING_SUB_OPERATIONS, counts.warning),
+    ] {
+        if let Some(n) = n {
+            b = b.us(tag, n);
+        }
+    }
+    b.build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +493,40 @@ mod tests {
             u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
             bytes.len() - 12
         );
+    }
+
+    #[test]
+    fn retrieve_response_and_move_store_rq_roundtrip() {
+        let rq = Command {
+            command_field: CommandField::CMoveRq as u16,
+            message_id: 9,
+            affected_sop_class_uid: Some("1.2.840.10008.5.1.4.1.2.2.2".into()),
+            has_dataset: true,
+            ..Command::default()
+        };
+        let counts = SubOperations {
+            remaining: Some(3),
+            completed: Some(65535),
+            failed: Some(1),
+            warning: Some(0),
+        };
+        let rsp = decode_command(&encode_retrieve_response(
+            &rq,
+            CommandField::CMoveRsp as u16,
+            0xFF00,
+            counts,
+            None,
+            false,
+        ))
+        .unwrap();
+        assert_eq!(rsp.sub_operations, counts);
+        assert_eq!(rsp.message_id, 9);
+        assert!(!rsp.has_dataset);
+        let st =
+            decode_command(&encode_store_rq_for_move(4, "1.2.3", "1.2.3.4", "MOVER", 9)).unwrap();
+        assert_eq!(st.move_originator_ae_title.as_deref(), Some("MOVER"));
+        assert_eq!(st.move_originator_message_id, Some(9));
+        assert_eq!(st.affected_sop_instance_uid.as_deref(), Some("1.2.3.4"));
     }
 
     #[test]
