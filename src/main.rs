@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use dicom_gw::config::{self, Durability, LogFormat, Overrides, RawConfig};
 use dicom_gw::rt::IoMode;
 
+mod scu_cli;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -138,6 +140,19 @@ enum ScuOp {
         /// Peer port.
         port: u16,
     },
+    /// C-ECHO (Verification): prints {"status"}. Exit code 0 on 0000, 1 on another status,
+    /// 2 if the association fails.
+    Echo(scu_cli::EchoArgs),
+    /// C-STORE of Part-10 files, verbatim in their own transfer syntax: one JSON line per
+    /// file. Exit code 0 if all were stored (0000 or a warning), 1 if one failed, 2 if the
+    /// association fails.
+    Store(scu_cli::StoreArgs),
+    /// Modality Worklist C-FIND: prints a JSON array of the matches (DICOM JSON). Exit codes
+    /// as for `find`.
+    Mwl(scu_cli::MwlArgs),
+    /// MPPS N-CREATE or N-SET: prints {"operation", "sop_instance_uid", "status"}. Exit code
+    /// 0 on success or a warning, 1 on a failure status, 2 if the association fails.
+    Mpps(scu_cli::MppsArgs),
     /// C-MOVE (Query/Retrieve): asks the peer to send what the keys name to AE title
     /// `--move`; prints a JSON summary (status, counts, failed UIDs). Exit code 0 on 0000 or
     /// FE00, 1 on any other final status (B000 included), 2 if the association fails.
@@ -475,7 +490,7 @@ fn scu_retrieve(op: ScuOp) -> anyhow::Result<ExitCode> {
     let (common, is_move) = match &op {
         ScuOp::Move { common, .. } => (common, true),
         ScuOp::Get { common, .. } => (common, false),
-        ScuOp::Find { .. } => anyhow::bail!("not a retrieve"),
+        _ => anyhow::bail!("not a retrieve"),
     };
     let model = match (is_move, common.patient_root) {
         (true, true) => qm::PATIENT_ROOT,
@@ -592,7 +607,7 @@ fn scu_retrieve(op: ScuOp) -> anyhow::Result<ExitCode> {
                 common.cancel,
             )
         }
-        ScuOp::Find { .. } => anyhow::bail!("not a retrieve"),
+        _ => anyhow::bail!("not a retrieve"),
     };
     let op_name = if is_move { "C-MOVE" } else { "C-GET" };
     let r = match result {
@@ -624,6 +639,13 @@ fn scu_retrieve(op: ScuOp) -> anyhow::Result<ExitCode> {
 fn scu(op: ScuOp) -> anyhow::Result<ExitCode> {
     use dicom_gw::net::services::query_retrieve_find as qr;
     use std::net::ToSocketAddrs;
+    let op = match op {
+        ScuOp::Echo(a) => return scu_cli::echo(&a),
+        ScuOp::Store(a) => return scu_cli::store(&a),
+        ScuOp::Mwl(a) => return scu_cli::mwl(&a),
+        ScuOp::Mpps(a) => return scu_cli::mpps(&a),
+        find => find,
+    };
     if matches!(op, ScuOp::Move { .. } | ScuOp::Get { .. }) {
         return scu_retrieve(op);
     }
@@ -639,7 +661,7 @@ fn scu(op: ScuOp) -> anyhow::Result<ExitCode> {
         port,
     } = op
     else {
-        anyhow::bail!("handled above");
+        anyhow::bail!("internal: an scu command was not dispatched");
     };
     let model = if patient_root {
         qr::PATIENT_ROOT

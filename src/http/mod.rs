@@ -619,8 +619,15 @@ async fn api(
 }
 
 /// Reads that must see every acknowledged object: studies, series, instances (and their
-/// files), patients, forwarding jobs.
+/// files), patients, forwarding jobs; and a study move (`POST /studies/{uid}/move`), which
+/// queues every instance of the study acknowledged so far.
 fn reads_the_index(method: &hyper::Method, path: &str) -> bool {
+    if method == hyper::Method::POST
+        && path.starts_with("/api/v1/studies/")
+        && path.ends_with("/move")
+    {
+        return true;
+    }
     (method == hyper::Method::GET || method == hyper::Method::HEAD)
         && [
             "/api/v1/studies",

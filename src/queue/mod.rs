@@ -136,6 +136,15 @@ impl std::str::FromStr for JobState {
     }
 }
 
+/// What [`Queue::enqueue_study`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StudyEnqueued {
+    /// Jobs created (or dead ones back to pending).
+    pub queued: usize,
+    /// Instances that already had a waiting or in-flight job for the destination.
+    pub already_queued: usize,
+}
+
 /// A job with its state, as listed by the CLI and the API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobView {
@@ -801,6 +810,106 @@ impl Queue {
         Ok(sops.len())
     }
 
+    /// Queues every indexed instance of `study` for `dest`: the admin API's study move
+    /// (`POST /studies/{uid}/move`). Unlike [`Queue::replay_study`] it never doubles a job: an
+    /// instance that already has a waiting or in-flight job for `dest` is counted in
+    /// `already_queued` and left alone, and a dead job goes back to pending (attempts reset)
+    /// instead of being joined by a second one, so pressing "move" twice sends each object
+    /// once. Delivered objects are queued again: a move is an explicit request to send now.
+    /// `None` if the study is not in the index. The study's instances come from one range
+    /// scan of `QR_OBJECTS` in a read transaction (the write transaction, which holds the
+    /// index's one writer, only checks them and adds the jobs), audited (`audit`) in the same
+    /// write transaction.
+    pub fn enqueue_study(
+        &self,
+        dest: &str,
+        study: &str,
+        now_us: u64,
+        audit: impl AuditHook<StudyEnqueued>,
+    ) -> Result<Option<StudyEnqueued>, QueueError> {
+        let mut sops = Vec::new();
+        {
+            let rtx = self.index.database().begin_read()?;
+            if rtx.open_table(db::STUDIES)?.get(study)?.is_none() {
+                return Ok(None);
+            }
+            let t = rtx.open_table(db::QR_OBJECTS)?;
+            for row in t.range((study, "", "")..)? {
+                let (k, _) = row?;
+                let (st, _, sop) = k.value();
+                if st != study {
+                    break;
+                }
+                sops.push(sop.to_owned());
+            }
+        }
+        let tx = self.index.database().begin_write()?;
+        let mut done = StudyEnqueued::default();
+        {
+            // The destination's jobs, once: waiting and in flight (left alone), dead (revived).
+            let mut busy = HashSet::new();
+            for row in tx
+                .open_table(db::QUEUE)?
+                .range((dest, 0u64, 0u64)..=(dest, u64::MAX, u64::MAX))?
+            {
+                let (k, v) = row?;
+                busy.insert(decode_job(k.value().2, v.value())?.sop_instance_uid);
+            }
+            for row in tx.open_table(db::IN_FLIGHT)?.iter()? {
+                let (k, v) = row?;
+                let j = decode_job(k.value(), v.value())?;
+                if j.destination == dest {
+                    busy.insert(j.sop_instance_uid);
+                }
+            }
+            let mut dead_of = std::collections::HashMap::new();
+            for row in tx
+                .open_table(db::DEAD)?
+                .range((dest, 0u64)..=(dest, u64::MAX))?
+            {
+                let (k, v) = row?;
+                let id = k.value().1;
+                dead_of.insert(decode_job(id, v.value())?.sop_instance_uid, id);
+            }
+            let instances = tx.open_table(db::INSTANCES)?;
+            for sop in &sops {
+                // Only what is still stored: an instance removed since the scan gets no job.
+                if instances.get(sop.as_str())?.is_none() {
+                    continue;
+                }
+                if busy.contains(sop) {
+                    done.already_queued += 1;
+                    continue;
+                }
+                match dead_of.get(sop) {
+                    Some(&id) => {
+                        let mut dead = tx.open_table(db::DEAD)?;
+                        let Some(g) = dead.remove((dest, id))? else {
+                            continue;
+                        };
+                        let mut j = decode_job(id, g.value())?;
+                        drop(g);
+                        j.attempts = 0;
+                        j.due_at_us = now_us;
+                        tx.open_table(db::QUEUE)?
+                            .insert((dest, now_us, id), encode_job(&j).as_slice())?;
+                        let mut counts = tx.open_table(db::QUEUE_COUNTS)?;
+                        bump(&mut counts, dest, "dead", -1)?;
+                        bump(&mut counts, dest, "pending", 1)?;
+                    }
+                    None => {
+                        enqueue(&tx, dest, sop, now_us)?;
+                    }
+                }
+                busy.insert(sop.clone());
+                done.queued += 1;
+            }
+        }
+        audit_in(&tx, &done, audit)?;
+        tx.commit()?;
+        Ok(Some(done))
+    }
+
     /// Pauses or resumes a destination (persisted), audited in the same transaction.
     pub fn set_paused(
         &self,
@@ -1162,6 +1271,48 @@ mod tests {
         let c = q.claim("a", 10, 10).unwrap();
         assert_eq!(c.len(), 4);
         assert!(c.iter().any(|c| c.instance.is_none()));
+    }
+
+    /// A study move queues each instance once: again while its job waits or is in flight
+    /// changes nothing, a dead job goes back to pending rather than getting a twin, a
+    /// delivered object is sent again; an unknown study is `None`.
+    #[test]
+    fn enqueue_study_never_doubles_a_job() {
+        let (_d, q) = setup(3, false);
+        let r = q.enqueue_study("a", "1.2", 5, no_audit).unwrap().unwrap();
+        assert_eq!((r.queued, r.already_queued), (3, 0));
+        assert_eq!(counts(&stats(&q, "a")), [3, 0, 0, 0, 0]);
+        let r = q.enqueue_study("a", "1.2", 6, no_audit).unwrap().unwrap();
+        assert_eq!((r.queued, r.already_queued), (0, 3));
+        assert_eq!(counts(&stats(&q, "a")), [3, 0, 0, 0, 0]);
+        // Another destination is independent.
+        let r = q.enqueue_study("b", "1.2", 6, no_audit).unwrap().unwrap();
+        assert_eq!((r.queued, r.already_queued), (3, 0));
+        assert!(q.enqueue_study("a", "9.9", 6, no_audit).unwrap().is_none());
+        // Claimed (in flight) jobs count as queued; then one delivered, one dead, one retry.
+        let c = q.claim("a", 10, 10).unwrap();
+        assert_eq!(c.len(), 3);
+        let r = q.enqueue_study("a", "1.2", 11, no_audit).unwrap().unwrap();
+        assert_eq!((r.queued, r.already_queued), (0, 3));
+        let p = policy(1);
+        let outcomes = [
+            Outcome::Delivered,
+            Outcome::Dead("refused".into()),
+            Outcome::Delivered,
+        ];
+        let results = c.into_iter().map(|cl| cl.job).zip(outcomes).collect();
+        q.finish(results, &p, 12, || 0.0).unwrap();
+        assert_eq!(counts(&stats(&q, "a")), [0, 0, 0, 1, 2]);
+        let r = q.enqueue_study("a", "1.2", 13, no_audit).unwrap().unwrap();
+        assert_eq!((r.queued, r.already_queued), (3, 0));
+        assert_eq!(counts(&stats(&q, "a")), [3, 0, 0, 0, 2]);
+        let jobs = q.claim("a", 14, 10).unwrap();
+        let mut sops: Vec<&str> = jobs
+            .iter()
+            .map(|c| c.job.sop_instance_uid.as_str())
+            .collect();
+        sops.sort_unstable();
+        assert_eq!(sops, ["1.2.3.1", "1.2.3.2", "1.2.3.3"]);
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub use http::*;
 pub use part10::*;
 pub use python::*;
 pub mod forward;
+pub mod orthanc;
 pub use forward::*;
 
 /// Defines one test per I/O backend: `gwtest!(name, |io: &str| { ... })`

@@ -19,6 +19,7 @@ mod admin;
 pub mod console;
 mod forwarding;
 mod params;
+mod retrieve;
 mod studies;
 mod worklist;
 
@@ -103,6 +104,8 @@ enum H {
     StatsHistory,
     Me,
     Login,
+    MoveStudy,
+    QueryDestination,
 }
 
 const fn op(method: &'static str, role: Role, handler: H) -> Op {
@@ -132,6 +135,10 @@ pub const ROUTES: &[Route] = &[
     Route {
         path: "/studies/{study_uid}/series/{series_uid}/instances",
         methods: &[op("GET", Viewer, H::ListInstances)],
+    },
+    Route {
+        path: "/studies/{study_uid}/move",
+        methods: &[op("POST", Operator, H::MoveStudy)],
     },
     Route {
         path: "/instances/{sop_uid}",
@@ -167,6 +174,10 @@ pub const ROUTES: &[Route] = &[
     Route {
         path: "/destinations/{name}/echo",
         methods: &[op("POST", Operator, H::EchoDestination)],
+    },
+    Route {
+        path: "/destinations/{name}/query",
+        methods: &[op("POST", Operator, H::QueryDestination)],
     },
     Route {
         path: "/routes",
@@ -416,6 +427,8 @@ pub async fn dispatch(req: Request<Incoming>, ctx: Ctx<'_>) -> Result<Response<B
         H::Me => admin::me(&req, c),
         // Reached only if authenticated anyway (the unauthenticated path is `login` below).
         H::Login => admin::login(req, ctx.state, ctx.peer).await,
+        H::MoveStudy => retrieve::move_study(req, c, &p).await,
+        H::QueryDestination => retrieve::query(req, c, &p).await,
     }
 }
 
