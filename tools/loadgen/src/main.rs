@@ -18,6 +18,7 @@ use dicom_loadgen::synth::{SizeMix, SynthSpec, UidRoot, CT_IMAGE_STORAGE};
 use dicom_loadgen::verify::{self, Layout, VerifyReport};
 
 mod mwl;
+mod qr;
 
 /// DICOM load generator: C-STORE, C-ECHO and C-FIND load with latency percentiles.
 #[derive(Debug, Parser)]
@@ -45,12 +46,208 @@ enum Cmd {
     Mwl(MwlArgs),
     /// Write the worklist items `mwl` queries (DICOM JSON array and/or wlmscpfs .wl files).
     MwlItems(MwlItemsArgs),
+    /// Query/Retrieve C-FIND load: study-level queries over the corpus of `qr-index`.
+    Qr(QrArgs),
+    /// Write a synthetic corpus of N instances straight into DATA_DIR/gateway.redb (the
+    /// daemon must not be running), for `qr`.
+    QrIndex(QrIndexArgs),
+    /// Write the corpus of `qr-index` as Part-10 files (to load a peer through C-STORE).
+    QrFiles(QrFilesArgs),
     /// Re-check a manifest written by `store --manifest` against a data directory.
     Verify(VerifyArgs),
     /// Write synthesized objects as Part-10 files (what `store` would send).
     Synth(SynthArgs),
     /// Measure the durable disk ceiling: files of one size written with one sync per batch.
     DiskCeiling(CeilingArgs),
+}
+
+/// The corpus shape shared by `qr-index` and `qr`.
+#[derive(Debug, Args)]
+struct QrCorpusArgs {
+    /// Instances in the corpus.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    instances: u64,
+    /// Instances per series.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    per_series: u64,
+    /// Series per study.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    series_per_study: u64,
+    /// UID root of the corpus (digits and dots; `qr` must be given the same).
+    #[arg(long, value_name = "UID", default_value = "2.25.4242")]
+    root: String,
+}
+
+impl QrCorpusArgs {
+    fn corpus(&self) -> anyhow::Result<qr::Corpus> {
+        ensure!(
+            self.instances > 0 && self.per_series > 0 && self.series_per_study > 0,
+            "--instances, --per-series and --series-per-study must be positive"
+        );
+        ensure!(
+            self.root.len() <= 40 && self.root.bytes().all(|b| b.is_ascii_digit() || b == b'.'),
+            "--root must be at most 40 digits and dots"
+        );
+        Ok(qr::Corpus {
+            instances: self.instances,
+            per_series: self.per_series,
+            series_per_study: self.series_per_study,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+struct QrIndexArgs {
+    /// Data directory (created); its gateway.redb gets the corpus.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Instances per index transaction.
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    batch: u64,
+    #[command(flatten)]
+    corpus: QrCorpusArgs,
+}
+
+#[derive(Debug, Args)]
+struct QrFilesArgs {
+    /// Output directory (created).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[command(flatten)]
+    corpus: QrCorpusArgs,
+}
+
+#[derive(Debug, Args)]
+struct QrArgs {
+    /// The Q/R SCP, HOST:PORT.
+    target: String,
+    /// Concurrent associations.
+    #[arg(
+        short = 'c',
+        long = "concurrency",
+        value_name = "N",
+        default_value_t = 1
+    )]
+    concurrency: usize,
+    /// Run for this many seconds (default 10 unless -n is given).
+    #[arg(short = 'd', long = "duration", value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Stop after this many queries.
+    #[arg(short = 'n', long = "count", value_name = "COUNT")]
+    count: Option<u64>,
+    #[command(flatten)]
+    corpus: QrCorpusArgs,
+    /// Query kinds and weights: patient-id, accession, name, study-uid, date, universal
+    /// (default patient-id=30,accession=20,name=20,study-uid=20,date=10).
+    #[arg(long, value_name = "KIND=W,...")]
+    mix: Option<String>,
+    /// Fail every query whose number of matches differs from the corpus's.
+    #[arg(long)]
+    expect: bool,
+    /// Seed of the query choice.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+    /// Calling AE title.
+    #[arg(long, value_name = "AET", default_value = "LOADGEN")]
+    aet: String,
+    /// Called AE title.
+    #[arg(long, value_name = "AET", default_value = "DICOM_GW")]
+    aec: String,
+    /// Write the JSON summary to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Network timeout in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    timeout: f64,
+    /// Maximum PDU length we announce (for responses).
+    #[arg(long = "max-pdu", value_name = "BYTES", default_value_t = 262_144)]
+    max_pdu: u32,
+}
+
+fn qr_index(a: QrIndexArgs) -> anyhow::Result<ExitCode> {
+    let corpus = a.corpus.corpus()?;
+    let mut last = std::time::Instant::now();
+    let rate = qr::write_index(&a.data_dir, &corpus, &a.corpus.root, a.batch, |done| {
+        if last.elapsed() >= Duration::from_secs(5) {
+            eprintln!("dicom-loadgen: {done} instances indexed");
+            last = std::time::Instant::now();
+        }
+    })?;
+    println!(
+        "dicom-loadgen: {} instances in {} studies indexed under {} ({rate:.0} instances/s)",
+        corpus.instances,
+        corpus.studies(),
+        a.data_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn qr_files(a: QrFilesArgs) -> anyhow::Result<ExitCode> {
+    let corpus = a.corpus.corpus()?;
+    let bytes = qr::write_files(&a.out, &corpus, &a.corpus.root)
+        .with_context(|| format!("writing under {}", a.out.display()))?;
+    println!(
+        "dicom-loadgen: {} files ({bytes} bytes) in {} studies under {}",
+        corpus.instances,
+        corpus.studies(),
+        a.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn qr_cmd(a: QrArgs) -> anyhow::Result<ExitCode> {
+    let addr = a
+        .target
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {}", a.target))?
+        .next()
+        .with_context(|| format!("{} resolves to no address", a.target))?;
+    ensure!(
+        (1..=4096).contains(&a.concurrency),
+        "-c must be between 1 and 4096"
+    );
+    let mix = qr::Kind::parse_mix(
+        a.mix
+            .as_deref()
+            .unwrap_or("patient-id=30,accession=20,name=20,study-uid=20,date=10"),
+    )
+    .map_err(|e| anyhow::anyhow!("--mix: {e}"))?;
+    ensure!(
+        mix.iter().any(|(_, w)| *w > 0.0),
+        "--mix has no positive weight"
+    );
+    let duration = match (a.duration, a.count) {
+        (Some(d), _) => Some(secs(d, "-d")?),
+        (None, Some(_)) => None,
+        (None, None) => Some(Duration::from_secs(10)),
+    };
+    let cfg = qr::QrConfig {
+        addr,
+        target: a.target.clone(),
+        calling: a.aet,
+        called: a.aec,
+        concurrency: a.concurrency,
+        duration,
+        count: a.count,
+        corpus: a.corpus.corpus()?,
+        root: a.corpus.root.clone(),
+        mix,
+        expect: a.expect,
+        timeout: secs(a.timeout, "--timeout")?,
+        max_pdu: a.max_pdu,
+        seed: a.seed,
+    };
+    let summary = qr::run(cfg);
+    print!("{}", summary.report());
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&summary)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(if summary.errors == 0 && summary.fatal.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Options of `disk-ceiling`.
@@ -737,6 +934,9 @@ fn main() -> ExitCode {
         Cmd::Find(a) => find(a),
         Cmd::Mwl(a) => mwl_cmd(a),
         Cmd::MwlItems(a) => mwl_items(a),
+        Cmd::Qr(a) => qr_cmd(a),
+        Cmd::QrIndex(a) => qr_index(a),
+        Cmd::QrFiles(a) => qr_files(a),
         Cmd::Verify(a) => verify_cmd(a),
         Cmd::Synth(a) => synth(a),
     };
