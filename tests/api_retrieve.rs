@@ -302,18 +302,35 @@ fn remote_query_against_a_second_gw() {
     require_dcmtk();
     let tmp = tempfile::tempdir().unwrap();
     let objs = objects();
-    let files = write_objects(tmp.path(), &objs);
+    let mut files = write_objects(tmp.path(), &objs);
+    // A Japanese name in UTF-8 (ISO_IR 192), found by a query in its own script.
+    let jp = ObjSpec::new(9)
+        .patient("山田^太郎", "PID-J")
+        .extra(0x0008_0005, "CS", b"ISO_IR 192");
+    let jp_file = tmp.path().join("jp.dcm");
+    gen_part10(&jp_file, &jp).unwrap();
+    files.push(jp_file);
     let remote_dir = tmp.path().join("remote");
     std::fs::create_dir_all(&remote_dir).unwrap();
-    let remote = Gw::start(&remote_dir, "", &files);
+    // The remote lets in storescu and the local daemon's AE title, and no other.
+    let remote = Gw::start(
+        &remote_dir,
+        "allowed_calling_ae_titles = [\"STORESCU\", \"DICOM_GW\"]\n",
+        &files,
+    );
     let local_dir = tmp.path().join("local");
     std::fs::create_dir_all(&local_dir).unwrap();
     let (_silent, silent) = silent_port();
     let toml = format!(
-        "{}{}{}",
+        "{}{}{}{}",
         dest_block("peer", remote.daemon.port, ""),
         dest_block("down", free_port(), "connect_timeout_seconds = 2"),
         dest_block("mute", silent, "dimse_timeout_seconds = 2"),
+        dest_block(
+            "refused",
+            remote.daemon.port,
+            "calling_ae_title = \"INTRUDER\""
+        ),
     );
     let gw = Gw::start(&local_dir, &toml, &[]);
     let q = |body: Value| gw.post("/destinations/peer/query", &gw.operator, &body);
@@ -352,8 +369,18 @@ fn remote_query_against_a_second_gw() {
         .collect();
     assert_eq!(
         studies,
-        objs.iter().map(|o| o.study_instance_uid.clone()).collect()
+        objs.iter()
+            .chain([&jp])
+            .map(|o| o.study_instance_uid.clone())
+            .collect()
     );
+
+    // Non-ASCII keys go out as ISO_IR 192; the answer comes back as Unicode text.
+    let v = q(json!({ "keys": {"PatientName": "山田*", "StudyInstanceUID": ""} })).ok(200);
+    let m = v["matches"].as_array().unwrap();
+    assert_eq!(m.len(), 1, "{v}");
+    assert_eq!(first(&m[0], "00100010"), "山田^太郎");
+    assert_eq!(first(&m[0], "0020000D"), jp.study_instance_uid);
 
     // Patient Root, PATIENT level.
     let v = q(json!({
@@ -367,7 +394,7 @@ fn remote_query_against_a_second_gw() {
         .iter()
         .map(|m| first(m, "00100020"))
         .collect();
-    assert_eq!(pids, ["PID-A", "PID-B"].map(String::from).into());
+    assert_eq!(pids, ["PID-A", "PID-B", "PID-J"].map(String::from).into());
 
     // Series of study A.
     let v = q(json!({
@@ -434,6 +461,12 @@ fn remote_query_against_a_second_gw() {
         &gw.post("/destinations/mute/query", &gw.operator, &json!({})),
         502,
         "timed out",
+    );
+    // A-ASSOCIATE-RJ: the remote does not know our calling AE title.
+    err(
+        &gw.post("/destinations/refused/query", &gw.operator, &json!({})),
+        502,
+        "rejected",
     );
 }
 

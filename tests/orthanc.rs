@@ -4,7 +4,8 @@
 //! - as a C-MOVE client (`POST /queries/{id}/answers/0/retrieve` to itself, dicom-gw knowing
 //!   Orthanc's AE title as a destination): Orthanc ends up holding the study byte for byte;
 //! - as a Query/Retrieve SCP for `dicom-gw scu find` and `dicom-gw scu move` (objects uploaded
-//!   to Orthanc by REST `/instances`; the move brings them into dicom-gw byte for byte).
+//!   to Orthanc by REST `/instances`; the move brings them into dicom-gw byte for byte), and as
+//!   the Verification and Storage SCP of `dicom-gw scu echo` and `scu store`.
 //!
 //! Each test runs its own `Orthanc` process (util::orthanc), never the system service; all are
 //! skipped with a message when Orthanc is not installed. dicom-gw's C-FIND does not depend on
@@ -301,6 +302,38 @@ fn gw_scu_find_against_orthanc() {
             .map(|o| o.sop_instance_uid.clone())
             .collect()
     );
+}
+
+/// `dicom-gw scu echo` and `scu store` with Orthanc as the SCP: the stored instances are the
+/// files' datasets byte for byte, in their own transfer syntax.
+#[test]
+fn gw_scu_echo_and_store_to_orthanc() {
+    if !require_orthanc("gw_scu_echo_and_store_to_orthanc") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let objs = objects();
+    let files = write_objects(tmp.path(), &objs);
+    let o = Orthanc::start(&tmp.path().join("orthanc"), &[]);
+    let port = o.dicom_port.to_string();
+    let (code, out, err) = gw_scu(&["echo", "--aec", ORTHANC_AET, "127.0.0.1", &port]);
+    assert_eq!(code, 0, "{out}\n{err}\n{}", o.log());
+    let mut args = vec!["store", "--aec", ORTHANC_AET, "127.0.0.1", &port];
+    args.extend(files.iter().map(|f| f.to_str().unwrap()));
+    let (code, out, err) = gw_scu(&args);
+    assert_eq!(code, 0, "{out}\n{err}\n{}", o.log());
+    assert_eq!(out.lines().count(), files.len(), "{out}");
+    for l in out.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["status"], "0000", "{v}");
+    }
+    o.wait_instances(files.len(), SETTLE);
+    let held = o.files_by_sop_uid();
+    for (spec, sent) in objs.iter().zip(&files) {
+        let got = &held[&spec.sop_instance_uid];
+        assert!(same_dataset(sent, got), "{} differs", got.display());
+        assert_eq!(meta_ts(got), meta_ts(sent));
+    }
 }
 
 /// `dicom-gw scu move` (built on the `retrieve` branch) asks Orthanc to send study A to the
