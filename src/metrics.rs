@@ -368,7 +368,7 @@ pub struct Metrics {
 }
 
 /// Label values of `dicomgw_qr_requests_total{op}`.
-const QR_OPS: [&str; 2] = ["move", "get"];
+const QR_OPS: [&str; 3] = ["move", "get", "find"];
 /// Label values of `dicomgw_qr_requests_total{result}`.
 const QR_RESULTS: [&str; 4] = ["success", "warning", "cancel", "failure"];
 
@@ -379,6 +379,8 @@ pub enum QrOp {
     Move,
     /// C-GET.
     Get,
+    /// C-FIND on a Query/Retrieve model (the worklist's has its own metrics).
+    Find,
 }
 
 /// Label values of `dicomgw_nonconformant_total{reason}`: why an object went to quarantine.

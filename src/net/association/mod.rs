@@ -817,6 +817,12 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 offending: None,
             });
         let (end, sent) = find::respond(&mut self.conn, &cmd, pc_id, answer).await;
+        let status = match end {
+            FindEnd::Success => find_status::SUCCESS,
+            FindEnd::Cancelled => find_status::CANCEL,
+            FindEnd::Refused | FindEnd::Gone => find_status::UNABLE_TO_PROCESS,
+        };
+        crate::metrics::global().qr_request(crate::metrics::QrOp::Find, status);
         info!(
             matches = sent,
             elapsed_us = started.elapsed().as_micros() as u64,
