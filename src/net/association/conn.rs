@@ -139,6 +139,22 @@ impl<S: NetStream> Conn<S> {
         }
     }
 
+    /// Whether the peer asked to release, aborted or went away (looked at without waiting;
+    /// what it sent stays held for the association loop). A Storage Commitment report is not
+    /// sent to a peer that is leaving.
+    pub fn peer_leaving(&mut self) -> bool {
+        if self.held.is_none() {
+            match self.rx.try_recv() {
+                Ok(item) => self.held = Some(item),
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.held = Some(Err(ReadError::Closed));
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+        }
+        !matches!(self.held, None | Some(Ok((PduType::PData, _))))
+    }
+
     /// Sends raw bytes.
     pub async fn send(&self, bytes: Bytes) -> std::io::Result<()> {
         self.stream.write_all(bytes).await

@@ -1,0 +1,401 @@
+//! Storage Commitment Push Model (issue 13, item 5) with a real SCU: pynetdicom sends the
+//! N-ACTION for objects DCMTK `storescu` stored just before (read-your-writes: the
+//! judgement waits for the ingest checkpoint), and receives the N-EVENT-REPORT on the same
+//! association or, as SCP by role selection, on a new association to its listener. Failures
+//! carry the standard reasons (0112 unknown instance, 0119 class/instance conflict); a
+//! malformed N-ACTION gets its status and comment and the association stays usable; a request
+//! whose daemon is `kill -9`ed between the N-ACTION-RSP and the report is reported after the
+//! restart, on a new association.
+//!
+//! pynetdicom comes from PyPI into a venv kept under Cargo's target directory (see
+//! `util::python`).
+
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use util::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dicom-gw");
+const SCU: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peer/commitment_scu.py");
+const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
+/// The AE title the SCU calls from; reports on a new association go to it.
+const SCU_AE: &str = "MODALITY1";
+
+/// A config with `[store]` for the busy shared disk, the commitment section, and (with a
+/// listener port) a destination for the SCU's AE title.
+fn config(dir: &Path, report: &str, listener: Option<u16>) -> PathBuf {
+    let mut toml = format!(
+        "[store]\ndisk_high_water_percent = 100\n\n[storage_commitment]\nreport = \"{report}\"\n\n"
+    );
+    if let Some(p) = listener {
+        toml.push_str(&format!(
+            "[[destinations]]\nname = \"modality1\"\nae_title = \"{SCU_AE}\"\nhost = \"127.0.0.1\"\nport = {p}\n"
+        ));
+    }
+    let path = dir.join("gw.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Stores `n` fresh CT objects with storescu; returns their specs.
+fn store_objects(port: u16, dir: &Path, first: u32, n: u32) -> Vec<ObjSpec> {
+    let specs: Vec<ObjSpec> = (first..first + n).map(ObjSpec::new).collect();
+    let files: Vec<PathBuf> = specs
+        .iter()
+        .map(|s| {
+            let f = dir.join(format!("obj{}.dcm", s.instance_number));
+            gen_part10(&f, s).unwrap();
+            f
+        })
+        .collect();
+    storescu(port, &files, &[]).assert_all_ok(&files);
+    specs
+}
+
+fn scu_command(
+    python: &Path,
+    port: u16,
+    tx: &str,
+    refs: &[(&str, &str)],
+    extra: &[&str],
+) -> Command {
+    let mut cmd = Command::new(python);
+    cmd.arg(SCU)
+        .arg(port.to_string())
+        .args(["--ae", SCU_AE, "--tx", tx]);
+    for (c, i) in refs {
+        cmd.arg("--ref").arg(format!("{c}:{i}"));
+    }
+    cmd.args(extra);
+    cmd
+}
+
+/// Runs the SCU to completion; its final JSON.
+fn commit(python: &Path, port: u16, tx: &str, refs: &[(&str, &str)], extra: &[&str]) -> Value {
+    let (out, timed_out) = run_timeout(
+        &mut scu_command(python, port, tx, refs, extra),
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!timed_out, "commitment_scu.py timed out: {stdout}");
+    assert!(
+        out.status.success(),
+        "commitment_scu.py failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("commitment_scu.py output {stdout:?}: {e}"))
+}
+
+fn pairs(v: &Value) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_owned(),
+                p[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn failed(v: &Value) -> Vec<(String, String, u64)> {
+    let mut out: Vec<(String, String, u64)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_owned(),
+                p[1].as_str().unwrap().to_owned(),
+                p[2].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn owned(refs: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = refs
+        .iter()
+        .map(|(c, i)| ((*c).to_owned(), (*i).to_owned()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The one report of `r`, checked to be the only one.
+fn only_report(r: &Value) -> &Value {
+    let reports = r["reports"].as_array().unwrap();
+    assert_eq!(reports.len(), 1, "{r}");
+    &reports[0]
+}
+
+gwtest!(
+    same_association_report_lists_committed_and_failed,
+    |io: &str| {
+        require_dcmtk();
+        let python = pynetdicom_python();
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let cfg = config(tmp.path(), "auto", None);
+        let gw = Daemon::start(BIN, &data, io, &["--config", cfg.to_str().unwrap()]);
+        let objs = store_objects(gw.port, tmp.path(), 0, 3);
+        let unknown = make_uid(&[9, 999]);
+        let (a, b, c) = (
+            objs[0].sop_instance_uid.as_str(),
+            objs[1].sop_instance_uid.as_str(),
+            objs[2].sop_instance_uid.as_str(),
+        );
+
+        // Stored, stored under another class, never stored: one report, Event Type 2.
+        let tx = make_uid(&[8, 1]);
+        let r = commit(
+            &python,
+            gw.port,
+            &tx,
+            &[(CT, a), (MR, b), (CT, &unknown)],
+            &[],
+        );
+        assert_eq!(r["action"]["status"], 0, "{r}");
+        let rep = only_report(&r);
+        assert_eq!(rep["via"], "same", "{r}");
+        assert_eq!(rep["event_type"], 2, "{r}");
+        assert_eq!(rep["transaction"], tx.as_str(), "{r}");
+        assert_eq!(rep["retrieve_ae"], "DICOM_GW", "{r}");
+        assert_eq!(pairs(&rep["committed"]), owned(&[(CT, a)]), "{r}");
+        let mut want = vec![
+            (MR.to_owned(), b.to_owned(), 0x0119),
+            (CT.to_owned(), unknown.clone(), 0x0112),
+        ];
+        want.sort();
+        assert_eq!(failed(&rep["failed"]), want, "{r}");
+
+        // Everything stored: Event Type 1, no Failed SOP Sequence.
+        let tx = make_uid(&[8, 2]);
+        let r = commit(&python, gw.port, &tx, &[(CT, a), (CT, b), (CT, c)], &[]);
+        let rep = only_report(&r);
+        assert_eq!(rep["event_type"], 1, "{r}");
+        assert_eq!(
+            pairs(&rep["committed"]),
+            owned(&[(CT, a), (CT, b), (CT, c)]),
+            "{r}"
+        );
+        assert!(rep["failed"].as_array().unwrap().is_empty(), "{r}");
+    }
+);
+
+#[test]
+fn new_association_report_goes_to_the_requestors_listener() {
+    require_dcmtk();
+    let python = pynetdicom_python();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let listener = free_port();
+    let cfg = config(tmp.path(), "new-association", Some(listener));
+    let gw = Daemon::start(BIN, &data, "epoll", &["--config", cfg.to_str().unwrap()]);
+    let objs = store_objects(gw.port, tmp.path(), 10, 2);
+    let (a, b) = (
+        objs[0].sop_instance_uid.as_str(),
+        objs[1].sop_instance_uid.as_str(),
+    );
+    let unknown = make_uid(&[9, 998]);
+    let listen = listener.to_string();
+    // The SCU releases at once and listens with explicit role selection (SCP role accepted).
+    let tx = make_uid(&[8, 10]);
+    let r = commit(
+        &python,
+        gw.port,
+        &tx,
+        &[(CT, a), (CT, &unknown)],
+        &["--listen", &listen, "--release"],
+    );
+    assert_eq!(r["action"]["status"], 0, "{r}");
+    let rep = only_report(&r);
+    assert_eq!(rep["via"], "new", "{r}");
+    // The report association calls from the AE title the modality called.
+    assert_eq!(rep["calling_ae"], "DICOM_GW", "{r}");
+    assert_eq!(rep["transaction"], tx.as_str(), "{r}");
+    assert_eq!(rep["event_type"], 2, "{r}");
+    assert_eq!(pairs(&rep["committed"]), owned(&[(CT, a)]), "{r}");
+    assert_eq!(
+        failed(&rep["failed"]),
+        vec![(CT.to_owned(), unknown.clone(), 0x0112)],
+        "{r}"
+    );
+
+    // A listener that answers the role selection with the default roles still gets it.
+    let tx = make_uid(&[8, 11]);
+    let r = commit(
+        &python,
+        gw.port,
+        &tx,
+        &[(CT, a), (CT, b)],
+        &["--listen", &listen, "--release", "--default-roles"],
+    );
+    let rep = only_report(&r);
+    assert_eq!(rep["via"], "new", "{r}");
+    assert_eq!(rep["event_type"], 1, "{r}");
+    assert_eq!(pairs(&rep["committed"]), owned(&[(CT, a), (CT, b)]), "{r}");
+}
+
+#[test]
+fn a_report_to_an_unknown_ae_stays_pending_with_a_clear_warning() {
+    let python = pynetdicom_python();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg = config(tmp.path(), "new-association", None);
+    let gw = Daemon::start(BIN, &data, "epoll", &["--config", cfg.to_str().unwrap()]);
+    let tx = make_uid(&[8, 20]);
+    let r = commit(
+        &python,
+        gw.port,
+        &tx,
+        &[(CT, &make_uid(&[9, 997]))],
+        &["--expect", "0"],
+    );
+    assert_eq!(r["action"]["status"], 0, "{r}");
+    wait_for(
+        "the undeliverable-report warning",
+        Duration::from_secs(30),
+        || {
+            let e = gw.stderr();
+            if e.contains("no [[destinations]] entry has AE title \\\"MODALITY1\\\"")
+                || e.contains("no [[destinations]] entry has AE title \"MODALITY1\"")
+            {
+                Ok(())
+            } else {
+                Err(e.lines().rev().take(5).collect::<Vec<_>>().join("\n"))
+            }
+        },
+    );
+}
+
+#[test]
+fn malformed_n_actions_get_their_status_and_the_association_stays_usable() {
+    let python = pynetdicom_python();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg = config(tmp.path(), "auto", None);
+    let gw = Daemon::start(BIN, &data, "epoll", &["--config", cfg.to_str().unwrap()]);
+    let unknown = make_uid(&[9, 996]);
+    for (i, (kind, status, comment)) in [
+        ("no-seq", 0x0115, "Referenced SOP Sequence is missing"),
+        ("bad-uid", 0x0115, "Transaction UID"),
+        ("no-tx", 0x0115, "Transaction UID is missing"),
+        ("action-2", 0x0123, "Action Type ID"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tx = make_uid(&[8, 30 + i as u64]);
+        let r = commit(
+            &python,
+            gw.port,
+            &tx,
+            &[(CT, &unknown)],
+            &["--malformed", kind],
+        );
+        assert_eq!(r["malformed"]["status"], status, "{kind}: {r}");
+        let got = r["malformed"]["comment"].as_str().unwrap_or("");
+        assert!(got.contains(comment), "{kind}: {r}");
+        // The same association goes on: a C-ECHO, then a valid request and its report.
+        assert_eq!(r["echo_after"], 0, "{kind}: {r}");
+        assert_eq!(r["action"]["status"], 0, "{kind}: {r}");
+        let rep = only_report(&r);
+        assert_eq!(rep["event_type"], 2, "{kind}: {r}");
+    }
+}
+
+#[test]
+fn kill9_between_the_action_and_the_report_reports_after_restart() {
+    require_dcmtk();
+    let python = pynetdicom_python();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let listener = free_port();
+    let cfg = config(tmp.path(), "auto", Some(listener));
+    // The first daemon holds every judgement back a minute (test-only knob), so the kill
+    // falls between the N-ACTION-RSP and the report.
+    let args: Vec<std::ffi::OsString> = [
+        "DICOM_GW_TEST_COMMITMENT_DELAY_MS=60000",
+        BIN,
+        "serve",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--store-listen",
+        "127.0.0.1:0",
+        "--io",
+        "epoll",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--worklist-listen",
+        "127.0.0.1:0",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    let mut gw = Daemon::spawn(Path::new("/usr/bin/env"), &args, &data).unwrap();
+    let objs = store_objects(gw.port, tmp.path(), 20, 2);
+    let (a, b) = (
+        objs[0].sop_instance_uid.as_str(),
+        objs[1].sop_instance_uid.as_str(),
+    );
+    let tx = make_uid(&[8, 40]);
+    let mut scu = scu_command(
+        &python,
+        gw.port,
+        &tx,
+        &[(CT, a), (CT, b)],
+        &["--listen", &listener.to_string(), "--wait", "90"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let (tx_lines, lines) = mpsc::channel::<String>();
+    let stdout = scu.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx_lines.send(l);
+        }
+    });
+    let (stderr, _h) = drain(scu.stderr.take().unwrap());
+    let first = lines
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the N-ACTION-RSP within 60 s");
+    let first: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["action"]["status"], 0, "{first}");
+
+    // Recorded before it was answered: killed now, the request must survive.
+    gw.kill9();
+    let _gw = Daemon::start(BIN, &data, "epoll", &["--config", cfg.to_str().unwrap()]);
+    let status = wait_timeout(&mut scu, Duration::from_secs(100));
+    let rest: Vec<String> = lines.try_iter().collect();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "commitment_scu.py: {status:?} {rest:?} {}",
+        String::from_utf8_lossy(&stderr.lock().unwrap())
+    );
+    let r: Value = serde_json::from_str(rest.last().expect("final JSON")).unwrap();
+    let rep = only_report(&r);
+    assert_eq!(rep["via"], "new", "{r}");
+    assert_eq!(rep["transaction"], tx.as_str(), "{r}");
+    assert_eq!(rep["event_type"], 1, "{r}");
+    assert_eq!(pairs(&rep["committed"]), owned(&[(CT, a), (CT, b)]), "{r}");
+}
