@@ -399,3 +399,125 @@ fn kill9_between_the_action_and_the_report_reports_after_restart() {
     assert_eq!(rep["event_type"], 1, "{r}");
     assert_eq!(pairs(&rep["committed"]), owned(&[(CT, a), (CT, b)]), "{r}");
 }
+
+/// Runs `dicom-gw scu commit ARGS`; its exit code and JSON.
+fn gw_commit(args: &[&str]) -> (i32, Value) {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "scu",
+        "commit",
+        "--aet",
+        SCU_AE,
+        "--aec",
+        "DICOM_GW",
+        "--timeout",
+        "30",
+    ])
+    .args(args);
+    let (out, timed_out) = run_timeout(&mut cmd, Duration::from_secs(90));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!timed_out, "scu commit timed out: {stdout}");
+    let v = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "scu commit output {stdout:?}: {e}; stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), v)
+}
+
+fn scu_pairs(v: &Value) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["sop_class_uid"].as_str().unwrap().to_owned(),
+                p["sop_instance_uid"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn scu_commit_gets_the_report_on_the_same_and_on_a_new_association() {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg = config(tmp.path(), "auto", None);
+    let gw = Daemon::start(BIN, &data, "epoll", &["--config", cfg.to_str().unwrap()]);
+    let objs = store_objects(gw.port, tmp.path(), 30, 2);
+    let (a, b) = (
+        objs[0].sop_instance_uid.as_str(),
+        objs[1].sop_instance_uid.as_str(),
+    );
+    let file_a = tmp
+        .path()
+        .join(format!("obj{}.dcm", objs[0].instance_number));
+    let unknown = make_uid(&[9, 995]);
+    let port = gw.port.to_string();
+
+    // A file, a class mismatch and an unknown instance: exit 1, the report on the same
+    // association with both reasons.
+    let (code, v) = gw_commit(&[
+        "-k",
+        &format!("{MR}:{b}"),
+        "-k",
+        &format!("{CT}:{unknown}"),
+        "127.0.0.1",
+        &port,
+        file_a.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["action_status"], 0, "{v}");
+    let rep = &v["report"];
+    assert_eq!(rep["via"], "same", "{v}");
+    assert_eq!(rep["event_type"], 2, "{v}");
+    assert_eq!(rep["transaction_uid"], v["transaction_uid"], "{v}");
+    assert_eq!(scu_pairs(&rep["committed"]), owned(&[(CT, a)]), "{v}");
+    let mut reasons: Vec<(String, u64)> = rep["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["sop_instance_uid"].as_str().unwrap().to_owned(),
+                f["failure_reason"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    let mut want = vec![(b.to_owned(), 0x0119), (unknown.clone(), 0x0112)];
+    want.sort();
+    assert_eq!(reasons, want, "{v}");
+    drop(gw);
+
+    // The daemon set to report on a new association, to our listener (a destination).
+    let listener = free_port();
+    let cfg = config(tmp.path(), "new-association", Some(listener));
+    let gw = Daemon::start(BIN, &data, "epoll", &["--config", cfg.to_str().unwrap()]);
+    let port = gw.port.to_string();
+    let (code, v) = gw_commit(&[
+        "--port",
+        &listener.to_string(),
+        "-k",
+        &format!("{CT}:{a}"),
+        "-k",
+        &format!("{CT}:{b}"),
+        "127.0.0.1",
+        &port,
+    ]);
+    assert_eq!(code, 0, "{v}");
+    let rep = &v["report"];
+    assert_eq!(rep["via"], "new", "{v}");
+    assert_eq!(rep["calling_ae_title"], "DICOM_GW", "{v}");
+    assert_eq!(rep["event_type"], 1, "{v}");
+    assert_eq!(
+        scu_pairs(&rep["committed"]),
+        owned(&[(CT, a), (CT, b)]),
+        "{v}"
+    );
+}

@@ -78,6 +78,12 @@ pub struct Commitments<'a> {
 impl<'a> Commitments<'a> {
     /// The table in `db` (the index's `gateway.redb`), created if missing.
     pub fn open(db: &'a Database) -> Result<Self, CommitmentStoreError> {
+        // A read first: creating is a durable write transaction, needed once per database.
+        match db.begin_read()?.open_table(db::COMMITMENTS) {
+            Ok(_) => return Ok(Commitments { db }),
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         let tx = db.begin_write()?;
         tx.open_table(db::COMMITMENTS)?;
         tx.commit()?;

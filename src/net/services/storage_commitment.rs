@@ -13,6 +13,7 @@
 //! and an Error Comment saying what and where, never with a dropped association.
 
 pub mod report;
+pub mod scu;
 
 use dicom_core::value::Value as DicomValue;
 use dicom_core::Tag;
