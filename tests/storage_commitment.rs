@@ -521,3 +521,75 @@ fn scu_commit_gets_the_report_on_the_same_and_on_a_new_association() {
         "{v}"
     );
 }
+
+#[test]
+fn auto_reports_on_a_new_association_when_the_requestor_releases_at_once() {
+    require_dcmtk();
+    let python = pynetdicom_python();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let listener = free_port();
+    let cfg = config(tmp.path(), "auto", Some(listener));
+    let gw = Daemon::start(BIN, &data, "epoll", &["--config", cfg.to_str().unwrap()]);
+    let objs = store_objects(gw.port, tmp.path(), 40, 1);
+    let a = objs[0].sop_instance_uid.as_str();
+    let tx = make_uid(&[8, 50]);
+    let r = commit(
+        &python,
+        gw.port,
+        &tx,
+        &[(CT, a)],
+        &["--listen", &listener.to_string(), "--release"],
+    );
+    assert_eq!(r["action"]["status"], 0, "{r}");
+    // Wherever it went first, the report reached the requestor, and on a new association
+    // unless the daemon judged before the A-RELEASE-RQ arrived (then on the same one).
+    let reports = r["reports"].as_array().unwrap();
+    assert!(!reports.is_empty(), "{r}");
+    for rep in reports {
+        assert_eq!(rep["transaction"], tx.as_str(), "{r}");
+        assert_eq!(rep["event_type"], 1, "{r}");
+    }
+}
+
+#[test]
+fn same_association_mode_reports_a_left_behind_request_on_the_next_n_action() {
+    let python = pynetdicom_python();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg = config(tmp.path(), "same-association", None);
+    let gw = Daemon::start(BIN, &data, "epoll", &["--config", cfg.to_str().unwrap()]);
+    let unknown = make_uid(&[9, 994]);
+    // The first requestor leaves right after the N-ACTION-RSP, before its report.
+    let first = make_uid(&[8, 60]);
+    let r = commit(
+        &python,
+        gw.port,
+        &first,
+        &[(CT, &unknown)],
+        &["--release", "--expect", "0"],
+    );
+    assert_eq!(r["action"]["status"], 0, "{r}");
+    // Its next N-ACTION gets both reports on its association.
+    let second = make_uid(&[8, 61]);
+    let r = commit(
+        &python,
+        gw.port,
+        &second,
+        &[(CT, &unknown)],
+        &["--expect", "2"],
+    );
+    let mut txs: Vec<&str> = r["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rep| {
+            assert_eq!(rep["via"], "same", "{r}");
+            rep["transaction"].as_str().unwrap()
+        })
+        .collect();
+    txs.sort();
+    let mut want = vec![first.as_str(), second.as_str()];
+    want.sort();
+    assert_eq!(txs, want, "{r}");
+}

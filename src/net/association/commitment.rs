@@ -17,6 +17,7 @@
 //! pending request of that AE title is reported.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
@@ -34,6 +35,10 @@ use crate::net::services::storage_commitment::{
 };
 use crate::rt::{NetStream, ObjFile};
 use crate::store::commitment::{CommitmentStoreError, Commitments, PendingCommitment};
+
+/// How long after the N-ACTION-RSP a report on the same association waits for the requestor
+/// to release instead (then the report goes on a new association under `auto`).
+const REPORT_GRACE: Duration = Duration::from_millis(250);
 
 /// The reports sent on one association and not yet answered: the association's one piece of
 /// commitment state (a field of [`Established`]).
@@ -156,6 +161,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             "storage commitment request recorded");
         let rsp = action_rsp(cmd.message_id, status::SUCCESS, None, cmd.action_type_id);
         let flow = self.reply(pc_id, &rsp, None).await;
+        let answered = Instant::now();
         if matches!(flow, Flow::Stop) || scp.report == CommitmentReport::NewAssociation {
             scp.reports.release(&uid);
             scp.reports.wake();
@@ -167,7 +173,10 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             todo.extend(self.commitment_left_behind(&scp, &uid).await);
         }
         for p in todo {
-            if let Flow::Stop = self.commitment_report_here(&scp, pc_id, &ts, p).await {
+            if let Flow::Stop = self
+                .commitment_report_here(&scp, pc_id, &ts, p, answered)
+                .await
+            {
                 return Flow::Stop;
             }
         }
@@ -207,6 +216,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
         pc_id: u8,
         ts: &str,
         p: PendingCommitment,
+        answered: Instant,
     ) -> Flow {
         let uid = p.transaction_uid.clone();
         let hand_back = |why: &str| {
@@ -229,7 +239,11 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             hand_back("the commitment pool is busy");
             return Flow::Continue;
         };
-        if self.conn.peer_leaving() {
+        // A requestor that releases right after the N-ACTION-RSP (as most modalities do) must
+        // not get a report in the middle of its release: its A-RELEASE-RQ is awaited for a
+        // moment (one round trip on most networks) before the report goes out here.
+        let wait = REPORT_GRACE.saturating_sub(answered.elapsed());
+        if self.conn.peer_leaving(wait).await {
             hand_back("the requestor is releasing the association");
             return Flow::Continue;
         }

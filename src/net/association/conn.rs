@@ -139,17 +139,15 @@ impl<S: NetStream> Conn<S> {
         }
     }
 
-    /// Whether the peer asked to release, aborted or went away (looked at without waiting;
-    /// what it sent stays held for the association loop). A Storage Commitment report is not
-    /// sent to a peer that is leaving.
-    pub fn peer_leaving(&mut self) -> bool {
+    /// Whether the peer asked to release, aborted or went away, waiting at most `wait` for
+    /// its next PDU (which stays held for the association loop). A Storage Commitment report
+    /// is not sent to a peer that is leaving.
+    pub async fn peer_leaving(&mut self, wait: Duration) -> bool {
         if self.held.is_none() {
-            match self.rx.try_recv() {
-                Ok(item) => self.held = Some(item),
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    self.held = Some(Err(ReadError::Closed));
-                }
-                Err(mpsc::error::TryRecvError::Empty) => {}
+            match tokio::time::timeout(wait, self.rx.recv()).await {
+                Ok(Some(item)) => self.held = Some(item),
+                Ok(None) => self.held = Some(Err(ReadError::Closed)),
+                Err(_) => {}
             }
         }
         !matches!(self.held, None | Some(Ok((PduType::PData, _))))
