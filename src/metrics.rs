@@ -50,6 +50,9 @@
 //!   `forward_duration_seconds{destination}`: one C-STORE to the destination, request to
 //!   response; `forward_transcoded_total{destination,from,to}`: objects converted to another
 //!   transfer syntax (UIDs) because the destination refused theirs.
+//! - `storage_commitment_requests_total{result}`: Storage Commitment requests `refused` at the
+//!   N-ACTION, or reported and acknowledged with `all_committed` / `some_failed`;
+//!   `storage_commitment_pending`: requests recorded and not yet acknowledged.
 //! - `queue_jobs{destination,state}`, `queue_paused{destination}`, `disk_free_bytes`,
 //!   `disk_size_bytes`, `io_backend_info{backend}`, `build_info{version}`.
 

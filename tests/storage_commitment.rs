@@ -194,8 +194,24 @@ gwtest!(
             "{r}"
         );
         assert!(rep["failed"].as_array().unwrap().is_empty(), "{r}");
+
+        // Both acknowledged: counted by result, nothing left pending.
+        let some_failed = r#"dicomgw_storage_commitment_requests_total{result="some_failed"}"#;
+        let all_committed = r#"dicomgw_storage_commitment_requests_total{result="all_committed"}"#;
+        assert_eq!(metric(&gw, some_failed), 1);
+        assert_eq!(metric(&gw, all_committed), 1);
+        assert_eq!(metric(&gw, "dicomgw_storage_commitment_pending"), 0);
     }
 );
+
+fn metric(gw: &Daemon, name_and_labels: &str) -> u64 {
+    let r = request(gw.http_port, "GET", "/metrics", None, None);
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name_and_labels} not in /metrics:\n{}", r.text()))
+}
 
 #[test]
 fn new_association_report_goes_to_the_requestors_listener() {
