@@ -270,10 +270,6 @@ impl Reports {
         lock(&self.claimed).remove(transaction_uid);
     }
 
-    fn is_claimed(&self, transaction_uid: &str) -> bool {
-        lock(&self.claimed).contains(transaction_uid)
-    }
-
     /// Asks the reporter to look at the pending requests now.
     pub fn wake(&self) {
         *lock(&self.woken) = true;
@@ -352,52 +348,74 @@ fn deliver_due(scp: &CommitmentScp, rt: &tokio::runtime::Runtime) -> Duration {
     crate::metrics::global().commitment_pending(pending.len() as u64);
     let mut next = IDLE;
     for p in pending {
-        if scp.reports.is_claimed(&p.transaction_uid) {
-            continue;
-        }
         let now = now_us();
         if p.next_attempt_us > now {
             next = next.min(Duration::from_micros(p.next_attempt_us - now));
             continue;
         }
-        if let Some(settle) = &scp.settle {
-            if !rt.block_on(settle.settle(crate::net::services::query_retrieve_find::SETTLE_LIMIT))
-            {
-                warn!("storage commitment: the ingest checkpoint did not come in time; judging the index as it stands");
-            }
+        // Claimed while delivering, so an association does not report it at the same time;
+        // read again, since an association may have had it acknowledged since the listing.
+        if !scp.reports.claim(&p.transaction_uid) {
+            continue;
         }
-        if let Some(d) = test_delay() {
-            std::thread::sleep(d);
+        if let Some(wait) = deliver_one(scp, rt, &store, &p.transaction_uid) {
+            next = next.min(wait);
         }
-        let attempt = p.attempts + 1;
-        match deliver_new_association(scp, &p) {
-            Ok(event) => {
-                info!(transaction = %p.transaction_uid, requestor = %p.calling_ae_title,
-                    attempt, event_type = event, "storage commitment report delivered on a new association");
-                if let Err(e) = store.remove(&p.transaction_uid) {
-                    warn!(transaction = %p.transaction_uid, error = %e,
-                        "storage commitment: report delivered but the request cannot be removed; it will be reported again");
-                }
-                crate::metrics::global().commitment_reported(event == EVENT_ALL_COMMITTED);
-            }
-            Err(e) => {
-                let wait = backoff(p.attempts);
-                warn!(transaction = %p.transaction_uid, requestor = %p.calling_ae_title,
-                    attempt, retry_in_s = wait.as_secs(), error = %e,
-                    "storage commitment report not delivered; will retry");
-                if let Err(e) =
-                    store.reschedule(&p.transaction_uid, now_us() + wait.as_micros() as u64)
-                {
-                    warn!(transaction = %p.transaction_uid, error = %e, "storage commitment: cannot reschedule");
-                }
-                next = next.min(wait);
-            }
-        }
+        scp.reports.release(&p.transaction_uid);
     }
     if let Ok(n) = store.list().map(|l| l.len()) {
         crate::metrics::global().commitment_pending(n as u64);
     }
     next
+}
+
+/// Delivers the claimed request `uid` if it is still pending; the retry delay if it failed.
+fn deliver_one(
+    scp: &CommitmentScp,
+    rt: &tokio::runtime::Runtime,
+    store: &Commitments<'_>,
+    uid: &str,
+) -> Option<Duration> {
+    let p = match store.get(uid) {
+        Ok(Some(p)) => p,
+        Ok(None) => return None,
+        Err(e) => {
+            warn!(transaction = %uid, error = %e, "storage commitment: cannot read the request");
+            return Some(Duration::from_secs(10));
+        }
+    };
+    if let Some(settle) = &scp.settle {
+        if !rt.block_on(settle.settle(crate::net::services::query_retrieve_find::SETTLE_LIMIT)) {
+            warn!("storage commitment: the ingest checkpoint did not come in time; judging the index as it stands");
+        }
+    }
+    if let Some(d) = test_delay() {
+        std::thread::sleep(d);
+    }
+    let attempt = p.attempts + 1;
+    match deliver_new_association(scp, &p) {
+        Ok(event) => {
+            info!(transaction = %p.transaction_uid, requestor = %p.calling_ae_title,
+                attempt, event_type = event, "storage commitment report delivered on a new association");
+            if let Err(e) = store.remove(&p.transaction_uid) {
+                warn!(transaction = %p.transaction_uid, error = %e,
+                    "storage commitment: report delivered but the request cannot be removed; it will be reported again");
+            }
+            crate::metrics::global().commitment_reported(event == EVENT_ALL_COMMITTED);
+            None
+        }
+        Err(e) => {
+            let wait = backoff(p.attempts);
+            warn!(transaction = %p.transaction_uid, requestor = %p.calling_ae_title,
+                attempt, retry_in_s = wait.as_secs(), error = %e,
+                "storage commitment report not delivered; will retry");
+            if let Err(e) = store.reschedule(&p.transaction_uid, now_us() + wait.as_micros() as u64)
+            {
+                warn!(transaction = %p.transaction_uid, error = %e, "storage commitment: cannot reschedule");
+            }
+            Some(wait)
+        }
+    }
 }
 
 /// Judges `p` and delivers its report on a new association to the requestor's AE title,
