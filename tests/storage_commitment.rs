@@ -10,6 +10,7 @@
 //! pynetdicom comes from PyPI into a venv kept under Cargo's target directory (see
 //! `util::python`).
 
+mod peer;
 mod util;
 
 use std::io::{BufRead, BufReader};
@@ -608,4 +609,71 @@ fn same_association_mode_reports_a_left_behind_request_on_the_next_n_action() {
     let mut want = vec![first.as_str(), second.as_str()];
     want.sort();
     assert_eq!(txs, want, "{r}");
+}
+
+/// An N-ACTION-RQ command set as a peer sends it (announcing a dataset or not).
+fn raw_action(message_id: u16, instance: &str, with_dataset: bool) -> Vec<u8> {
+    use dicom_gw::net::dimse::command::{tags as ct, CommandBuilder};
+    CommandBuilder::new()
+        .uid(ct::REQUESTED_SOP_CLASS_UID, "1.2.840.10008.1.20.1")
+        .us(ct::COMMAND_FIELD, 0x0130)
+        .us(ct::MESSAGE_ID, message_id)
+        .us(
+            ct::COMMAND_DATA_SET_TYPE,
+            if with_dataset { 0x0000 } else { 0x0101 },
+        )
+        .uid(ct::REQUESTED_SOP_INSTANCE_UID, instance)
+        .us(ct::ACTION_TYPE_ID, 1)
+        .build()
+}
+
+#[test]
+fn undecodable_or_incomplete_n_actions_from_a_raw_peer_are_refused_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg = config(tmp.path(), "auto", None);
+    let gw = Daemon::start(BIN, &data, "epoll", &["--config", cfg.to_str().unwrap()]);
+    let contexts = vec![
+        (
+            1,
+            peer::VERIFICATION.to_owned(),
+            vec![peer::TS_IMPLICIT_LE.to_owned()],
+        ),
+        (
+            5,
+            "1.2.840.10008.1.20.1".to_owned(),
+            vec![peer::TS_IMPLICIT_LE.to_owned()],
+        ),
+    ];
+    let mut p =
+        peer::Peer::associate_with(gw.port, peer::association_rq(SCU_AE, "DICOM_GW", &contexts));
+    let check = |rsp: &dicom_gw::net::dimse::command::Command, id: u16, status: u16| {
+        assert_eq!(rsp.command_field, 0x8130, "{rsp:?}");
+        assert_eq!(rsp.message_id, id, "{rsp:?}");
+        assert_eq!(rsp.status, Some(status), "{rsp:?}");
+        assert_eq!(rsp.action_type_id, Some(1), "{rsp:?}");
+        assert_eq!(
+            rsp.affected_sop_class_uid.as_deref(),
+            Some("1.2.840.10008.1.20.1"),
+            "{rsp:?}"
+        );
+        assert!(rsp.error_comment.is_some(), "{rsp:?}");
+    };
+    // A truncated element: 0110 Processing failure.
+    p.send_message(5, true, &raw_action(1, "1.2.840.10008.1.20.1.1", true));
+    p.send_message(
+        5,
+        false,
+        &[0x08, 0x00, 0x95, 0x11, 100, 0, 0, 0, b'1', b'.'],
+    );
+    check(&p.read_response(), 1, 0x0110);
+    // No dataset at all: 0115 Invalid argument value.
+    p.send_message(5, true, &raw_action(2, "1.2.840.10008.1.20.1.1", false));
+    check(&p.read_response(), 2, 0x0115);
+    // Not the well-known instance: 0112 No such SOP instance.
+    p.send_message(5, true, &raw_action(3, "1.2.3.4", false));
+    check(&p.read_response(), 3, 0x0112);
+    // The association is still usable.
+    assert_eq!(p.echo(1, 4), 0);
+    p.release();
 }
