@@ -677,3 +677,212 @@ fn undecodable_or_incomplete_n_actions_from_a_raw_peer_are_refused_in_place() {
     assert_eq!(p.echo(1, 4), 0);
     p.release();
 }
+
+/// A private Orthanc (Debian package) for one test: its own config, storage and ports, killed
+/// on drop. `None` (and a SKIPPED line) when Orthanc is not installed.
+struct Orthanc {
+    http: u16,
+    dicom: u16,
+    child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Orthanc {
+    fn start(dir: &Path, dicom: u16, modalities: serde_json::Value) -> Option<Orthanc> {
+        let bin = Path::new("/usr/sbin/Orthanc");
+        if !bin.is_file() {
+            eprintln!("SKIPPED: Orthanc is not installed (apt-get install orthanc)");
+            return None;
+        }
+        std::fs::create_dir_all(dir.join("storage")).unwrap();
+        let http = free_port();
+        let cfg = serde_json::json!({
+            "Name": "dicom-gw-commitment-test",
+            "StorageDirectory": dir.join("storage"),
+            "IndexDirectory": dir.join("storage"),
+            "Plugins": [],
+            "HttpPort": http,
+            "RemoteAccessAllowed": false,
+            "AuthenticationEnabled": false,
+            "DicomAet": "ORTHANC",
+            "DicomPort": dicom,
+            "DicomCheckCalledAet": false,
+            "DicomAlwaysAllowStore": true,
+            "DicomCheckModalityHost": false,
+            "DicomModalities": modalities,
+            "DicomScuTimeout": 30,
+        });
+        let path = dir.join("orthanc.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        let mut child = Command::new(bin)
+            .arg(&path)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (log, _h) = drain(child.stderr.take().unwrap());
+        let o = Orthanc {
+            http,
+            dicom,
+            child,
+            log,
+        };
+        wait_for("Orthanc's REST API", Duration::from_secs(60), || {
+            if is_listening(http) && is_listening(dicom) {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&o.log.lock().unwrap()).into_owned())
+            }
+        });
+        Some(o)
+    }
+
+    /// Orthanc's storage commitment report for `id`, once it is no longer pending.
+    fn commitment_result(&self, id: &str) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..600 {
+            let r = request(
+                self.http,
+                "GET",
+                &format!("/storage-commitment/{id}"),
+                None,
+                None,
+            );
+            if r.status == 200 {
+                last = serde_json::from_slice(&r.body).unwrap();
+                if last["Status"] != "Pending" {
+                    return last;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "Orthanc's report {id} still pending: {last}\n{}",
+            String::from_utf8_lossy(&self.log.lock().unwrap())
+        );
+    }
+}
+
+impl Drop for Orthanc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn orthanc_as_scu_and_as_scp() {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let orthanc_dicom = free_port();
+    let listener = free_port();
+    // The gateway reports to Orthanc (a destination with Orthanc's AE title); Orthanc knows
+    // the gateway as "gw" and `dicom-gw scu commit` as "modality1".
+    let cfg = tmp.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\ndisk_high_water_percent = 100\n\n[[destinations]]\nname = \"orthanc\"\nae_title = \"ORTHANC\"\nhost = \"127.0.0.1\"\nport = {orthanc_dicom}\n"
+        ),
+    )
+    .unwrap();
+    let gw = Daemon::start(BIN, &data, "epoll", &["--config", cfg.to_str().unwrap()]);
+    let Some(orthanc) = Orthanc::start(
+        &tmp.path().join("orthanc"),
+        orthanc_dicom,
+        serde_json::json!({
+            "gw": ["DICOM_GW", "127.0.0.1", gw.port],
+            "modality1": [SCU_AE, "127.0.0.1", listener],
+        }),
+    ) else {
+        return;
+    };
+    let objs = store_objects(gw.port, tmp.path(), 50, 1);
+    let a = objs[0].sop_instance_uid.as_str();
+    let unknown = make_uid(&[9, 993]);
+
+    // Orthanc as the SCU: one stored, one unknown. It releases after the N-ACTION-RSP and
+    // gets the report on a new association, which it shows as a failure listing both.
+    let body = serde_json::json!({"DicomInstances": [
+        {"SOPClassUID": CT, "SOPInstanceUID": a},
+        {"SOPClassUID": CT, "SOPInstanceUID": unknown},
+    ]});
+    let r = request(
+        orthanc.http,
+        "POST",
+        "/modalities/gw/storage-commitment",
+        None,
+        Some(("application/json", body.to_string().as_bytes())),
+    )
+    .ok(200);
+    let res = orthanc.commitment_result(r["ID"].as_str().unwrap());
+    assert_eq!(res["Status"], "Failure", "{res}");
+    assert_eq!(res["Success"].as_array().unwrap().len(), 1, "{res}");
+    assert_eq!(res["Success"][0]["SOPInstanceUID"], a, "{res}");
+    assert_eq!(
+        res["Failures"][0]["SOPInstanceUID"],
+        unknown.as_str(),
+        "{res}"
+    );
+    assert_eq!(res["Failures"][0]["FailureReason"], 0x0112, "{res}");
+    // Everything stored: success.
+    let body = serde_json::json!({"DicomInstances": [{"SOPClassUID": CT, "SOPInstanceUID": a}]});
+    let r = request(
+        orthanc.http,
+        "POST",
+        "/modalities/gw/storage-commitment",
+        None,
+        Some(("application/json", body.to_string().as_bytes())),
+    )
+    .ok(200);
+    let res = orthanc.commitment_result(r["ID"].as_str().unwrap());
+    assert_eq!(res["Status"], "Success", "{res}");
+
+    // Orthanc as the SCP of `dicom-gw scu commit`: the object uploaded to it is committed,
+    // the report comes on a new association from ORTHANC to our listener.
+    let file = tmp
+        .path()
+        .join(format!("obj{}.dcm", objs[0].instance_number));
+    request(
+        orthanc.http,
+        "POST",
+        "/instances",
+        None,
+        Some(("application/dicom", &std::fs::read(&file).unwrap())),
+    )
+    .ok(200);
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "scu",
+        "commit",
+        "--aet",
+        SCU_AE,
+        "--aec",
+        "ORTHANC",
+        "--timeout",
+        "30",
+    ])
+    .args(["--port", &listener.to_string(), "127.0.0.1"])
+    .arg(orthanc.dicom.to_string())
+    .arg(&file)
+    .args(["-k", &format!("{CT}:{unknown}")]);
+    let (out, timed_out) = run_timeout(&mut cmd, Duration::from_secs(90));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!timed_out, "{stdout}");
+    let v: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(1), "{v}");
+    let rep = &v["report"];
+    assert_eq!(rep["via"], "new", "{v}");
+    assert_eq!(rep["calling_ae_title"], "ORTHANC", "{v}");
+    assert_eq!(scu_pairs(&rep["committed"]), owned(&[(CT, a)]), "{v}");
+    assert_eq!(
+        rep["failed"][0]["sop_instance_uid"],
+        unknown.as_str(),
+        "{v}"
+    );
+    assert_eq!(rep["failed"][0]["failure_reason"], 0x0112, "{v}");
+}
