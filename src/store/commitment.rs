@@ -6,7 +6,7 @@
 //! arrived. The record keeps what a report on a new association needs (who asked, whom they
 //! called, what they named) and the retry schedule of that delivery.
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
 use crate::db;
@@ -29,7 +29,14 @@ pub enum CommitmentStoreError {
     /// The same Transaction UID is pending with other references: PS3.4 J.3.2 forbids reuse.
     #[error("Transaction UID {0} is already pending with other references")]
     Duplicate(String),
+    /// [`MAX_PENDING`] requests are pending already (reports are not getting through).
+    #[error("{0} storage commitment requests are pending already")]
+    Full(u64),
 }
+
+/// Most requests kept pending: a requestor that is never reachable (or a peer flooding
+/// N-ACTIONs) cannot grow the table without bound. A request beyond it is refused (0213).
+pub const MAX_PENDING: u64 = 10_000;
 
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
@@ -102,6 +109,11 @@ impl<'a> Commitments<'a> {
                 if old.references != p.references {
                     return Err(CommitmentStoreError::Duplicate(p.transaction_uid.clone()));
                 }
+            } else {
+                let n = t.len()?;
+                if n >= MAX_PENDING {
+                    return Err(CommitmentStoreError::Full(n));
+                }
             }
             let bytes = postcard::to_allocvec(p).expect("a record always encodes");
             t.insert(p.transaction_uid.as_str(), bytes.as_slice())?;
@@ -119,6 +131,12 @@ impl<'a> Commitments<'a> {
         let t = tx.open_table(db::COMMITMENTS)?;
         let v = t.get(transaction_uid)?;
         v.map(|g| decode(transaction_uid, g.value())).transpose()
+    }
+
+    /// How many requests are pending.
+    pub fn count(&self) -> Result<u64, CommitmentStoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(db::COMMITMENTS)?.len()?)
     }
 
     /// Every pending request, in Transaction UID order.
@@ -224,6 +242,30 @@ mod tests {
             "rescheduling does not revive"
         );
         assert_eq!(c.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("g.redb")).unwrap();
+        let c = Commitments::open(&db).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(db::COMMITMENTS).unwrap();
+            for i in 0..MAX_PENDING {
+                let key = format!("1.2.{i}");
+                let bytes = postcard::to_allocvec(&rec(&key, &[])).unwrap();
+                t.insert(key.as_str(), bytes.as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        assert_eq!(c.count().unwrap(), MAX_PENDING);
+        assert!(matches!(
+            c.put(&rec("1.3", &[])),
+            Err(CommitmentStoreError::Full(n)) if n == MAX_PENDING
+        ));
+        // A request already pending may still be recorded again.
+        c.put(&rec("1.2.7", &[])).unwrap();
     }
 
     #[test]

@@ -33,7 +33,10 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 WELL_KNOWN = "1.2.840.10008.1.20.1.1"
 
 reports = []
+answered = [0]
 lock = threading.Lock()
+# Set once the N-EVENT-REPORT-RSPs of the expected reports went out: releasing before that
+# would make pynetdicom send a P-DATA during its own release (it crashes: Evt9 in Sta7).
 arrived = threading.Event()
 
 
@@ -63,9 +66,16 @@ def on_report(event, via):
     }
     with lock:
         reports.append(rep)
-        if len(reports) >= args.expect:
-            arrived.set()
     return 0x0000, None
+
+
+def on_sent(event):
+    if type(event.message).__name__ != "N_EVENT_REPORT_RSP":
+        return
+    with lock:
+        answered[0] += 1
+        if answered[0] >= args.expect:
+            arrived.set()
 
 
 def action_dataset(kind=None):
@@ -125,14 +135,20 @@ if args.listen:
     server = ae.start_server(
         ("127.0.0.1", args.listen),
         block=False,
-        evt_handlers=[(evt.EVT_N_EVENT_REPORT, lambda e: on_report(e, "new"))],
+        evt_handlers=[
+            (evt.EVT_N_EVENT_REPORT, lambda e: on_report(e, "new")),
+            (evt.EVT_DIMSE_SENT, on_sent),
+        ],
     )
 
 assoc = ae.associate(
     "127.0.0.1",
     args.port,
     ae_title=args.called,
-    evt_handlers=[(evt.EVT_N_EVENT_REPORT, lambda e: on_report(e, "same"))],
+    evt_handlers=[
+        (evt.EVT_N_EVENT_REPORT, lambda e: on_report(e, "same")),
+        (evt.EVT_DIMSE_SENT, on_sent),
+    ],
 )
 if not assoc.is_established:
     print(json.dumps({"error": "association failed"}))

@@ -126,13 +126,21 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             .run(move || {
                 let c = Commitments::open(index.database())?;
                 c.put(&rec)?;
-                c.list().map(|l| l.len())
+                c.count()
             })
             .await;
         let refusal = match put {
             Ok(Ok(n)) => {
-                crate::metrics::global().commitment_pending(n as u64);
+                crate::metrics::global().commitment_pending(n);
                 None
+            }
+            Ok(Err(e @ CommitmentStoreError::Full(_))) => {
+                warn!(transaction = %uid, error = %e, "storage commitment request refused: too many pending");
+                Some(Refusal {
+                    status: status::RESOURCE_LIMITATION,
+                    comment: "too many storage commitment requests pending".into(),
+                    attribute: None,
+                })
             }
             Ok(Err(CommitmentStoreError::Duplicate(_))) => Some(Refusal {
                 status: status::PROCESSING_FAILURE,
@@ -310,11 +318,11 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 .run(move || {
                     let c = Commitments::open(index.database())?;
                     c.remove(&u)?;
-                    c.list().map(|l| l.len())
+                    c.count()
                 })
                 .await;
             match removed {
-                Ok(Ok(n)) => crate::metrics::global().commitment_pending(n as u64),
+                Ok(Ok(n)) => crate::metrics::global().commitment_pending(n),
                 Ok(Err(e)) => {
                     warn!(transaction = %uid, error = %e, "storage commitment: report acknowledged but the request cannot be removed; it will be reported again")
                 }

@@ -328,9 +328,6 @@ pub fn start_reporter(scp: CommitmentScp) -> std::io::Result<std::thread::JoinHa
 /// One pass over the pending requests; returns how long to sleep before the next pass.
 fn deliver_due(scp: &CommitmentScp, rt: &tokio::runtime::Runtime) -> Duration {
     const IDLE: Duration = Duration::from_secs(60);
-    if scp.report == CommitmentReport::SameAssociation {
-        return IDLE;
-    }
     let store = match Commitments::open(scp.index.database()) {
         Ok(s) => s,
         Err(e) => {
@@ -346,6 +343,9 @@ fn deliver_due(scp: &CommitmentScp, rt: &tokio::runtime::Runtime) -> Duration {
         }
     };
     crate::metrics::global().commitment_pending(pending.len() as u64);
+    if scp.report == CommitmentReport::SameAssociation {
+        return IDLE;
+    }
     let mut next = IDLE;
     for p in pending {
         let now = now_us();
@@ -363,8 +363,8 @@ fn deliver_due(scp: &CommitmentScp, rt: &tokio::runtime::Runtime) -> Duration {
         }
         scp.reports.release(&p.transaction_uid);
     }
-    if let Ok(n) = store.list().map(|l| l.len()) {
-        crate::metrics::global().commitment_pending(n as u64);
+    if let Ok(n) = store.count() {
+        crate::metrics::global().commitment_pending(n);
     }
     next
 }
