@@ -180,11 +180,19 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             // Requests of this requestor whose association closed before their report.
             todo.extend(self.commitment_left_behind(&scp, &uid).await);
         }
-        for p in todo {
+        let mut todo = todo.into_iter();
+        while let Some(p) = todo.next() {
             if let Flow::Stop = self
                 .commitment_report_here(&scp, pc_id, &ts, p, answered)
                 .await
             {
+                // The connection is gone: what was not reported here goes back.
+                for rest in todo {
+                    scp.reports.release(&rest.transaction_uid);
+                }
+                if scp.report == CommitmentReport::Auto {
+                    scp.reports.wake();
+                }
                 return Flow::Stop;
             }
         }
