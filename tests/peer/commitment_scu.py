@@ -35,8 +35,10 @@ WELL_KNOWN = "1.2.840.10008.1.20.1.1"
 reports = []
 answered = [0]
 lock = threading.Lock()
-# Set once the N-EVENT-REPORT-RSPs of the expected reports went out: releasing before that
-# would make pynetdicom send a P-DATA during its own release (it crashes: Evt9 in Sta7).
+# Set once the N-EVENT-REPORT-RSPs of the expected reports are on the wire: releasing before
+# that makes pynetdicom send a P-DATA during its own release (it crashes: Evt9 in Sta7).
+# EVT_DIMSE_SENT fires before the message is queued, so the P-DATA-TF sent after the last
+# response was built is what counts (EVT_PDU_SENT fires after the socket write).
 arrived = threading.Event()
 
 
@@ -69,11 +71,16 @@ def on_report(event, via):
     return 0x0000, None
 
 
-def on_sent(event):
-    if type(event.message).__name__ != "N_EVENT_REPORT_RSP":
+def on_dimse_sent(event):
+    if type(event.message).__name__ == "N_EVENT_REPORT_RSP":
+        with lock:
+            answered[0] += 1
+
+
+def on_pdu_sent(event):
+    if type(event.pdu).__name__ != "P_DATA_TF":
         return
     with lock:
-        answered[0] += 1
         if answered[0] >= args.expect:
             arrived.set()
 
@@ -92,6 +99,17 @@ def action_dataset(kind=None):
             items.append(item)
         ds.ReferencedSOPSequence = items
     return ds
+
+
+def quiet_reactor(assoc):
+    """Parks pynetdicom's reactor before a request. pynetdicom 2.1.1 pauses it inside each
+    send_*() by clearing an event and polling a flag that the reactor also sets just *before*
+    it waits, so a reactor passing by can still take the response off the queue ("Received
+    unexpected C-ECHO service message") and the request times out after 30 s. Clearing the
+    event early and giving the reactor a few of its 1 ms turns to park closes that window.
+    """
+    assoc._reactor_checkpoint.clear()
+    time.sleep(0.05)
 
 
 def answer(status):
@@ -137,7 +155,8 @@ if args.listen:
         block=False,
         evt_handlers=[
             (evt.EVT_N_EVENT_REPORT, lambda e: on_report(e, "new")),
-            (evt.EVT_DIMSE_SENT, on_sent),
+            (evt.EVT_DIMSE_SENT, on_dimse_sent),
+            (evt.EVT_PDU_SENT, on_pdu_sent),
         ],
     )
 
@@ -147,7 +166,8 @@ assoc = ae.associate(
     ae_title=args.called,
     evt_handlers=[
         (evt.EVT_N_EVENT_REPORT, lambda e: on_report(e, "same")),
-        (evt.EVT_DIMSE_SENT, on_sent),
+        (evt.EVT_DIMSE_SENT, on_dimse_sent),
+        (evt.EVT_PDU_SENT, on_pdu_sent),
     ],
 )
 if not assoc.is_established:
@@ -160,13 +180,16 @@ out = {"action": None, "malformed": None, "echo_after": None, "reports": reports
 if args.malformed:
     kind = args.malformed
     action_type = 2 if kind == "action-2" else 1
+    quiet_reactor(assoc)
     status, _ = assoc.send_n_action(
         action_dataset(kind), action_type, StorageCommitmentPushModel, WELL_KNOWN
     )
     out["malformed"] = answer(status)
+    quiet_reactor(assoc)
     echo = assoc.send_c_echo()
     out["echo_after"] = int(echo.Status) if echo and "Status" in echo else None
 
+quiet_reactor(assoc)
 status, _ = assoc.send_n_action(
     action_dataset(), 1, StorageCommitmentPushModel, WELL_KNOWN
 )
