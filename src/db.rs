@@ -38,6 +38,9 @@ pub const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("paused");
 /// Deliveries: (SOP Instance UID, destination) → when, µs. Lets an identical re-send be
 /// routed to the destinations that never received the object, and no other.
 pub const DELIVERED: TableDefinition<(&str, &str), u64> = TableDefinition::new("delivered");
+/// Pending Storage Commitment requests: Transaction UID → `store::commitment::PendingCommitment`,
+/// written before the N-ACTION-RSP, removed when the report is acknowledged.
+pub const COMMITMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("commitments");
 /// Small named counters, e.g. `next_job_id`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Ingest journal checkpoints: journal name → the encoded `Position` after the last group

@@ -181,6 +181,42 @@ enum ScuOp {
         #[arg(long = "ts", value_name = "UID")]
         transfer_syntaxes: Vec<String>,
     },
+    /// Storage Commitment (N-ACTION): asks the peer to commit to objects, then waits for the
+    /// N-EVENT-REPORT on the same association, or with --port on a new one to that port.
+    /// Prints JSON (transaction_uid, action_status, report with committed and failed). Exit
+    /// code 0 when every object is committed, 1 on failures, a failure status or no report in
+    /// time, 2 if the association fails.
+    Commit(CommitArgs),
+}
+
+/// `dicom-gw scu commit`.
+#[derive(Debug, clap::Args)]
+struct CommitArgs {
+    /// An object as SOP class and instance UIDs: CLASS:INSTANCE (repeatable).
+    #[arg(short = 'k', long = "ref", value_name = "CLASS:INSTANCE")]
+    refs: Vec<String>,
+    /// Transaction UID (default: a fresh 2.25 UID).
+    #[arg(long, value_name = "UID")]
+    transaction_uid: Option<String>,
+    /// Listen on this port for the report on a new association (the association of the
+    /// N-ACTION is then released at once).
+    #[arg(long = "port", id = "listen_port", value_name = "P")]
+    listen_port: Option<u16>,
+    /// Our AE title (calling; the peer reports to it).
+    #[arg(long, default_value = "DICOMGW-SCU")]
+    aet: String,
+    /// The peer's AE title (called).
+    #[arg(long, default_value = "ANY-SCP")]
+    aec: String,
+    /// Network timeout, and the longest wait for the report, in seconds.
+    #[arg(long, default_value = "60")]
+    timeout: u64,
+    /// Peer host.
+    host: String,
+    /// Peer port.
+    port: u16,
+    /// DICOM files whose SOP class and instance are named in the request.
+    files: Vec<PathBuf>,
 }
 
 /// The flags `scu move` and `scu get` share with `scu find`.
@@ -644,6 +680,7 @@ fn scu(op: ScuOp) -> anyhow::Result<ExitCode> {
         ScuOp::Store(a) => return scu_cli::store(&a),
         ScuOp::Mwl(a) => return scu_cli::mwl(&a),
         ScuOp::Mpps(a) => return scu_cli::mpps(&a),
+        ScuOp::Commit(args) => return scu_commit(args),
         find => find,
     };
     if matches!(op, ScuOp::Move { .. } | ScuOp::Get { .. }) {
@@ -722,6 +759,117 @@ fn scu(op: ScuOp) -> anyhow::Result<ExitCode> {
         found.matches.len()
     );
     Ok(if matches!(found.status, 0x0000 | 0xFE00) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `dicom-gw scu commit`.
+fn scu_commit(a: CommitArgs) -> anyhow::Result<ExitCode> {
+    use dicom_gw::net::services::storage_commitment::{self as sc, scu::commit, Reference};
+    use std::net::ToSocketAddrs;
+    let mut refs = Vec::new();
+    for k in &a.refs {
+        let (c, i) = k
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("-k {k}: expected CLASS:INSTANCE"))?;
+        refs.push(Reference {
+            sop_class_uid: c.trim().to_owned(),
+            sop_instance_uid: i.trim().to_owned(),
+        });
+    }
+    for f in &a.files {
+        let obj = dicom_object::OpenFileOptions::new()
+            .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+            .open_file(f)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let meta = obj.meta();
+        refs.push(Reference {
+            sop_class_uid: meta
+                .media_storage_sop_class_uid
+                .trim_end_matches('\0')
+                .to_owned(),
+            sop_instance_uid: meta
+                .media_storage_sop_instance_uid
+                .trim_end_matches('\0')
+                .to_owned(),
+        });
+    }
+    anyhow::ensure!(
+        !refs.is_empty(),
+        "nothing to commit: give files or -k CLASS:INSTANCE"
+    );
+    let transaction_uid = a.transaction_uid.unwrap_or_else(
+        dicom_gw::net::services::modality_performed_procedure_step::new_instance_uid,
+    );
+    let addr = (a.host.as_str(), a.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{}: no address", a.host))?;
+    let timeout = std::time::Duration::from_secs(a.timeout);
+    let params = dicom_gw::net::scu::AssocParams {
+        addr,
+        calling: a.aet,
+        called: a.aec,
+        max_pdu: 65536,
+        timeout,
+        connect_timeout: None,
+        contexts: vec![(
+            sc::SOP_CLASS.to_owned(),
+            vec![
+                dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN.to_owned(),
+                dicom_dictionary_std::uids::IMPLICIT_VR_LITTLE_ENDIAN.to_owned(),
+            ],
+        )],
+        implementation_class_uid: dicom_gw::IMPLEMENTATION_CLASS_UID.to_owned(),
+        implementation_version_name: dicom_gw::IMPLEMENTATION_VERSION_NAME.to_owned(),
+    };
+    let out = match commit(&params, &transaction_uid, &refs, a.listen_port, timeout) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("storage commitment failed: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let pair = |r: &Reference| serde_json::json!({"sop_class_uid": r.sop_class_uid, "sop_instance_uid": r.sop_instance_uid});
+    let report = out.report.as_ref().map(|r| {
+        serde_json::json!({
+            "via": r.via,
+            "calling_ae_title": r.calling_ae_title,
+            "event_type": r.event_type,
+            "transaction_uid": r.transaction_uid,
+            "committed": r.committed.iter().map(pair).collect::<Vec<_>>(),
+            "failed": r.failed.iter().map(|(x, reason)| {
+                let mut v = pair(x);
+                v["failure_reason"] = serde_json::json!(reason);
+                v
+            }).collect::<Vec<_>>(),
+        })
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "transaction_uid": transaction_uid,
+            "action_status": out.action_status,
+            "action_comment": out.action_comment,
+            "report": report,
+        }))?
+    );
+    let all_committed = out
+        .report
+        .as_ref()
+        .is_some_and(|r| r.failed.is_empty() && r.committed.len() == refs.len());
+    match &out.report {
+        None if out.action_status == 0 => eprintln!("N-ACTION status 0000 but no report in time"),
+        None => eprintln!("N-ACTION status {:04X}", out.action_status),
+        Some(r) => eprintln!(
+            "report: {} committed, {} failed",
+            r.committed.len(),
+            r.failed.len()
+        ),
+    }
+    Ok(if all_committed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

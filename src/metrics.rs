@@ -50,6 +50,9 @@
 //!   `forward_duration_seconds{destination}`: one C-STORE to the destination, request to
 //!   response; `forward_transcoded_total{destination,from,to}`: objects converted to another
 //!   transfer syntax (UIDs) because the destination refused theirs.
+//! - `storage_commitment_requests_total{result}`: Storage Commitment requests `refused` at the
+//!   N-ACTION, or reported and acknowledged with `all_committed` / `some_failed`;
+//!   `storage_commitment_pending`: requests recorded and not yet acknowledged.
 //! - `queue_jobs{destination,state}`, `queue_paused{destination}`, `disk_free_bytes`,
 //!   `disk_size_bytes`, `io_backend_info{backend}`, `build_info{version}`.
 
@@ -363,6 +366,10 @@ pub struct Metrics {
     duplicates: [AtomicU64; 4],
     /// Objects kept in quarantine, by [`NONCONFORMANT_REASONS`] index.
     nonconformant: [AtomicU64; NONCONFORMANT_REASONS.len()],
+    /// Storage Commitment requests by [`COMMITMENT_RESULTS`] index.
+    commitment_requests: [AtomicU64; 3],
+    /// Storage Commitment requests recorded and not yet reported (last count seen).
+    commitment_pending: AtomicU64,
     /// Query/Retrieve C-MOVE and C-GET requests by operation and final status class.
     qr_requests: [[AtomicU64; QR_RESULTS.len()]; QR_OPS.len()],
 }
@@ -382,6 +389,10 @@ pub enum QrOp {
     /// C-FIND on a Query/Retrieve model (the worklist's has its own metrics).
     Find,
 }
+
+/// Label values of `dicomgw_storage_commitment_requests_total{result}`: refused at the
+/// N-ACTION, or reported (and acknowledged) with every reference committed or with failures.
+pub const COMMITMENT_RESULTS: [&str; 3] = ["refused", "all_committed", "some_failed"];
 
 /// Label values of `dicomgw_nonconformant_total{reason}`: why an object went to quarantine.
 pub const NONCONFORMANT_REASONS: [&str; 4] = [
@@ -576,8 +587,26 @@ impl Metrics {
             evicted: std::array::from_fn(|_| AtomicU64::new(0)),
             duplicates: std::array::from_fn(|_| AtomicU64::new(0)),
             nonconformant: std::array::from_fn(|_| AtomicU64::new(0)),
+            commitment_requests: std::array::from_fn(|_| AtomicU64::new(0)),
+            commitment_pending: AtomicU64::new(0),
             qr_requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
         }
+    }
+
+    /// A Storage Commitment N-ACTION was refused.
+    pub fn commitment_request_refused(&self) {
+        self.commitment_requests[0].fetch_add(1, Relaxed);
+    }
+
+    /// A Storage Commitment report was acknowledged by the requestor.
+    pub fn commitment_reported(&self, all_committed: bool) {
+        let i = if all_committed { 1 } else { 2 };
+        self.commitment_requests[i].fetch_add(1, Relaxed);
+    }
+
+    /// The number of pending Storage Commitment requests, as last counted.
+    pub fn commitment_pending(&self, n: u64) {
+        self.commitment_pending.store(n, Relaxed);
     }
 
     /// A Modality Worklist C-FIND ended: how, after how many matches sent, and how long from
@@ -778,6 +807,8 @@ impl Metrics {
             },
             duplicates: std::array::from_fn(|i| self.duplicates[i].load(Relaxed)),
             nonconformant: std::array::from_fn(|i| self.nonconformant[i].load(Relaxed)),
+            commitment_requests: std::array::from_fn(|i| self.commitment_requests[i].load(Relaxed)),
+            commitment_pending: self.commitment_pending.load(Relaxed),
             qr_requests: std::array::from_fn(|op| {
                 std::array::from_fn(|r| self.qr_requests[op][r].load(Relaxed))
             }),
@@ -890,6 +921,8 @@ struct Exposition {
     worklist: WorklistTotals,
     duplicates: [u64; 4],
     nonconformant: [u64; NONCONFORMANT_REASONS.len()],
+    commitment_requests: [u64; 3],
+    commitment_pending: u64,
     qr_requests: [[u64; QR_RESULTS.len()]; QR_OPS.len()],
     snapshot: Snapshot,
 }
@@ -1231,6 +1264,24 @@ impl Collector for Exposition {
         for (r, n) in NONCONFORMANT_REASONS.iter().zip(self.nonconformant) {
             sample(&mut m, &[("reason", e(r))], n)?;
         }
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_storage_commitment_requests_total",
+            "Storage Commitment requests by result: refused (N-ACTION failure status), all_committed or some_failed (counted when the requestor acknowledges the report).",
+            None,
+            Counter,
+        )?;
+        for (r, n) in COMMITMENT_RESULTS.iter().zip(self.commitment_requests) {
+            sample(&mut m, &[("result", e(r))], n)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_storage_commitment_pending",
+            "Storage Commitment requests recorded whose report has not been acknowledged yet.",
+            None,
+            Gauge,
+        )?;
+        sample(&mut m, &[], self.commitment_pending)?;
 
         let mut m = enc.encode_descriptor(
             "dicomgw_qr_requests_total",

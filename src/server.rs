@@ -385,6 +385,8 @@ pub fn serve(
                     destinations: forwarder.shared().clone(),
                     ae_title: store.ae_title.clone(),
                     report: settings.storage_commitment.report,
+                    data_root: data.root().to_owned(),
+                    reports: crate::net::services::storage_commitment::report::shared(),
                 }),
             },
         },
@@ -404,6 +406,12 @@ pub fn serve(
         send_buffer: Some(WORKLIST_SEND_BUFFER),
         phase: phase_rx.clone(),
     });
+    // Storage Commitment reports on new associations, starting with what a previous run left
+    // pending (the thread ends with the process; a pending request survives in the table).
+    if let Some(scp) = &store_port.offer.commitment {
+        crate::net::services::storage_commitment::report::start_reporter(scp.clone())
+            .map_err(ServeError::Thread)?;
+    }
     let worklist_port = match &worklist_store {
         Some(wl_store) => {
             let w = &settings.worklist;

@@ -357,6 +357,22 @@ impl Association {
         tls: Option<&ScuTls>,
         scp_role: &[String],
     ) -> Result<Association, ScuError> {
+        // The SCP role only: the C-GET requestor receives, it does not store.
+        let roles: Vec<(String, bool, bool)> = scp_role
+            .iter()
+            .map(|uid| (uid.clone(), false, true))
+            .collect();
+        Association::open_with_role_items(p, tls, &roles)
+    }
+
+    /// Like [`Association::open_with_tls`], proposing an SCP/SCU Role Selection sub-item for
+    /// each `(SOP class, SCU role, SCP role)` of `roles` (Storage Commitment reports on a new
+    /// association propose the SCP role, PS3.4 J.3.3.1.3).
+    pub fn open_with_role_items(
+        p: &AssocParams,
+        tls: Option<&ScuTls>,
+        roles: &[(String, bool, bool)],
+    ) -> Result<Association, ScuError> {
         if p.contexts.len() > MAX_PROPOSED_CONTEXTS {
             return Err(ScuError::TooManyContexts(p.contexts.len()));
         }
@@ -388,22 +404,24 @@ impl Association {
                     transfer_syntaxes: ts.clone(),
                 })
                 .collect(),
-            user_variables: vec![
+            // Sub-items in item-type order (51H, 52H, 54H, 55H, PS3.7 D.3.3).
+            user_variables: [
                 UserVariableItem::MaxLength(p.max_pdu),
                 UserVariableItem::ImplementationClassUID(p.implementation_class_uid.clone()),
-                UserVariableItem::ImplementationVersionName(p.implementation_version_name.clone()),
             ]
             .into_iter()
-            .chain(scp_role.iter().map(|uid| {
+            .chain(roles.iter().map(|(uid, scu, scp)| {
                 UserVariableItem::ScuScpRoleSelectionSubItem(
                     uid.clone(),
-                    // The SCP role only: the C-GET requestor receives, it does not store.
                     dicom_ul::pdu::RequestorRoles {
-                        scu: false,
-                        scp: true,
+                        scu: *scu,
+                        scp: *scp,
                     },
                 )
             }))
+            .chain([UserVariableItem::ImplementationVersionName(
+                p.implementation_version_name.clone(),
+            )])
             .collect(),
         };
         let mut out = Vec::with_capacity(512);
@@ -1062,6 +1080,119 @@ pub fn frame_batch(out: &mut BytesMut, pc: u8, data: &[u8], peer_max_pdu: u32, i
         out[control] &= !0x02;
     }
 }
+
+/// The requests a Storage Commitment association needs beyond the forwarder's C-STORE: an
+/// association that proposes SCP/SCU Role Selection (the SCP reporting on a new association
+/// must propose the SCP role, PS3.4 J.3.3.1.3), receiving a *request* (an N-EVENT-REPORT-RQ
+/// arrives unannounced, with the peer's message ID), and the acceptor side for an SCU that
+/// listens for its report.
+impl Association {
+    /// Receives the next message, request or response, whatever its message ID, keeping its
+    /// dataset (at most `cap` bytes). `Ok(None)`: the peer asked to release instead, and
+    /// was answered (A-RELEASE-RP).
+    pub fn receive_request(
+        &mut self,
+        cap: usize,
+        dataset: &mut Vec<u8>,
+    ) -> Result<Option<Message>, ScuError> {
+        dataset.clear();
+        let command = loop {
+            if self.pdvs.is_empty() {
+                let (ty, pdu) = self.read_raw()?;
+                match ty {
+                    PduType::PData => {
+                        self.pdvs
+                            .extend(split_pdata(pdu.slice(PDU_HEADER_LEN..)).map_err(protocol)?);
+                        continue;
+                    }
+                    PduType::ReleaseRq => {
+                        self.stream.write_all(&RELEASE_RP)?;
+                        return Ok(None);
+                    }
+                    PduType::Abort => return Err(ScuError::Aborted("by the peer".into())),
+                    other => return Err(protocol(format!("unexpected {other:?} PDU"))),
+                }
+            }
+            match self.next_fragment()? {
+                Fragment::Partial => {}
+                Fragment::Command(cmd, _) => break cmd,
+                Fragment::Data { .. } => {
+                    return Err(protocol("dataset fragment before its command"))
+                }
+            }
+        };
+        let mut dataset_len = 0u64;
+        if command.has_dataset {
+            loop {
+                match self.next_fragment()? {
+                    Fragment::Data { data, last } => {
+                        dataset_len += data.len() as u64;
+                        if dataset.len() + data.len() > cap {
+                            return Err(protocol(format!("dataset larger than {cap} bytes")));
+                        }
+                        dataset.extend_from_slice(&data);
+                        if last {
+                            break;
+                        }
+                    }
+                    _ => return Err(protocol("command fragment inside a dataset")),
+                }
+            }
+        }
+        Ok(Some(Message {
+            error_comment: command.error_comment.clone(),
+            command,
+            dataset_len,
+        }))
+    }
+
+    /// The acceptor side on an accepted TCP connection: reads the A-ASSOCIATE-RQ (bounded by
+    /// `timeout`), decides it with the pure [`crate::net::ul::association::negotiate`] and
+    /// answers. Returns the association and what was agreed, or the rejection sent.
+    pub fn accept(
+        stream: TcpStream,
+        timeout: Duration,
+        policy: &crate::net::ul::association::AcceptorPolicy,
+        offered: impl crate::net::ul::association::Offered,
+    ) -> Result<(Association, crate::net::ul::association::Negotiated), ScuError> {
+        use crate::net::ul::association::{negotiate, Decision};
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let mut a = Association::with_link(Link::Plain(stream), policy.max_pdu_length);
+        let (ty, pdu) = a.read_raw()?;
+        if ty != PduType::AssociateRq {
+            return Err(protocol(format!("expected A-ASSOCIATE-RQ, got {ty:?}")));
+        }
+        let rq = match read_pdu(&pdu[..], MAXIMUM_PDU_SIZE, false).map_err(protocol)? {
+            Some(Pdu::AssociationRQ(rq)) => rq,
+            _ => return Err(protocol("malformed A-ASSOCIATE-RQ")),
+        };
+        let mut out = Vec::with_capacity(512);
+        match negotiate(&rq, policy, false, offered) {
+            Decision::Accept(ac, negotiated) => {
+                write_pdu(&mut out, &Pdu::AssociationAC(*ac)).map_err(protocol)?;
+                a.stream.write_all(&out)?;
+                a.peer_max_pdu = negotiated.peer_max_pdu_length;
+                for (id, c) in &negotiated.contexts {
+                    a.accepted.push(AcceptedContext {
+                        id: *id,
+                        abstract_syntax: c.abstract_syntax.clone(),
+                        transfer_syntax: c.transfer_syntax.clone(),
+                    });
+                }
+                Ok((a, *negotiated))
+            }
+            Decision::Reject(rj, why) => {
+                write_pdu(&mut out, &Pdu::AssociationRJ(rj)).map_err(protocol)?;
+                let _ = a.stream.write_all(&out);
+                Err(protocol(format!("association rejected: {why}")))
+            }
+        }
+    }
+}
+
+const RELEASE_RP: [u8; 10] = [0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0];
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,7 @@
 //! the network layer: it knows files and bytes, not associations.
 
 pub mod attrs;
+pub mod commitment;
 pub mod crashdb;
 pub mod error;
 pub mod index;

@@ -139,6 +139,20 @@ impl<S: NetStream> Conn<S> {
         }
     }
 
+    /// Whether the peer asked to release, aborted or went away, waiting at most `wait` for
+    /// its next PDU (which stays held for the association loop). A Storage Commitment report
+    /// is not sent to a peer that is leaving.
+    pub async fn peer_leaving(&mut self, wait: Duration) -> bool {
+        if self.held.is_none() {
+            match tokio::time::timeout(wait, self.rx.recv()).await {
+                Ok(Some(item)) => self.held = Some(item),
+                Ok(None) => self.held = Some(Err(ReadError::Closed)),
+                Err(_) => {}
+            }
+        }
+        !matches!(self.held, None | Some(Ok((PduType::PData, _))))
+    }
+
     /// Sends raw bytes.
     pub async fn send(&self, bytes: Bytes) -> std::io::Result<()> {
         self.stream.write_all(bytes).await

@@ -295,6 +295,7 @@ async fn run<F: ObjFile, S: NetStream>(
         assembler: MessageAssembler::default(),
         inbound: None,
         released: false,
+        commitment: commitment::Outstanding::default(),
     };
     a.serve().await;
     if a.released {
@@ -381,6 +382,8 @@ struct Established<F: ObjFile, S: NetStream> {
     assembler: MessageAssembler,
     inbound: Option<Inbound<F>>,
     released: bool,
+    /// Storage Commitment reports sent on this association and not yet answered.
+    commitment: commitment::Outstanding,
 }
 
 impl<F: ObjFile, S: NetStream> Established<F, S> {

@@ -12,6 +12,9 @@
 //! malformed request is refused with the N-ACTION status the standard names (PS3.7 10.1.4.1.10)
 //! and an Error Comment saying what and where, never with a dropped association.
 
+pub mod report;
+pub mod scu;
+
 use dicom_core::value::Value as DicomValue;
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
@@ -21,10 +24,8 @@ use crate::dicom::uid::validate_uid;
 use crate::net::dimse::command::Command;
 use crate::net::dimse::dataset::read_dataset;
 
-/// The Storage Commitment SCP as a port offers it.
-///
-/// Skeleton (issue 13): the N-ACTION's decoding below is done; answering, the report and
-/// pending requests that survive a restart are being built.
+/// The Storage Commitment SCP as a port offers it. The association engine answers the
+/// N-ACTION (`net::association::commitment`); [`report`] judges and delivers.
 #[derive(Debug, Clone)]
 pub struct CommitmentScp {
     /// Read-your-writes: "durably stored and indexed" is judged after the checkpoint of
@@ -40,6 +41,10 @@ pub struct CommitmentScp {
     pub ae_title: String,
     /// Where reports go.
     pub report: crate::config::CommitmentReport,
+    /// The data directory: an indexed instance is committed only if its file is there.
+    pub data_root: std::path::PathBuf,
+    /// Which requests open associations are reporting, and the reporter's wake-up call.
+    pub reports: std::sync::Arc<report::Reports>,
 }
 
 /// Storage Commitment Push Model SOP Class UID.
@@ -65,6 +70,8 @@ pub mod status {
     pub const NO_SUCH_SOP_CLASS: u16 = 0x0118;
     /// No such action (an Action Type ID other than 1).
     pub const NO_SUCH_ACTION: u16 = 0x0123;
+    /// Resource limitation (the service's work queue is full).
+    pub const RESOURCE_LIMITATION: u16 = 0x0213;
 }
 
 /// One object the requester wants committed.
