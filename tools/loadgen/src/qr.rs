@@ -130,7 +130,7 @@ pub fn instance_dataset(c: &Corpus, root: &str, i: u64) -> Vec<u8> {
         0x0010,
         0x0040,
         b"CS",
-        if k % 2 == 0 { "F" } else { "M" },
+        if k.is_multiple_of(2) { "F" } else { "M" },
     );
     uid(&mut e, 0x0020, 0x000D, &format!("{root}.1.{k}"));
     uid(&mut e, 0x0020, 0x000E, &format!("{root}.2.{series}"));
