@@ -17,6 +17,7 @@ use dicom_loadgen::stats::{RunInfo, Summary};
 use dicom_loadgen::synth::{SizeMix, SynthSpec, UidRoot, CT_IMAGE_STORAGE};
 use dicom_loadgen::verify::{self, Layout, VerifyReport};
 
+mod find_load;
 mod mwl;
 mod qr;
 

@@ -38,10 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dicom_gw::net::dimse::command::{tags, CommandBuilder, CommandField};
-use dicom_gw::net::dimse::status::{category, Category};
 use dicom_loadgen::synth::civil;
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -50,6 +47,8 @@ use dicom_loadgen::query::Query;
 use dicom_loadgen::run::MWL_FIND;
 use dicom_loadgen::scu::{AssocParams, Association, ScuError};
 use dicom_loadgen::stats::Percentiles;
+
+use crate::find_load::{c_find, KindStats, Rng};
 
 /// Modalities assigned to stations in rotation.
 pub const MODALITIES: [&str; 8] = ["CT", "MR", "US", "CR", "DX", "MG", "NM", "XA"];
@@ -498,40 +497,6 @@ pub struct MwlConfig {
     pub rate: Option<f64>,
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
-}
-
-/// Per-kind counters of one worker (merged at the end).
-#[derive(Debug, Clone)]
-struct KindStats {
-    latency: Histogram<u64>,
-    queries: u64,
-    ok: u64,
-    matches: u64,
-    mismatches: u64,
-}
-
-impl KindStats {
-    fn new() -> Self {
-        KindStats {
-            latency: histogram(),
-            queries: 0,
-            ok: 0,
-            matches: 0,
-            mismatches: 0,
-        }
-    }
-
-    fn merge(&mut self, o: &KindStats) {
-        let _ = self.latency.add(&o.latency);
-        self.queries += o.queries;
-        self.ok += o.ok;
-        self.matches += o.matches;
-        self.mismatches += o.mismatches;
-    }
-}
-
 #[derive(Debug)]
 struct WorkerOut {
     kinds: BTreeMap<Kind, KindStats>,
@@ -683,22 +648,6 @@ impl Shared {
         self.stop.store(true, Ordering::SeqCst);
         let mut f = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
         f.get_or_insert(why);
-    }
-}
-
-/// xorshift64*: cheap, deterministic query choice.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -960,37 +909,7 @@ fn find(a: &mut Association, id: u16, inst: &Instance) -> Result<(u16, u64), Scu
     let ctx = a.any_context(MWL_FIND)?;
     let (pc, explicit) = (ctx.id, ctx.transfer_syntax == EXPLICIT_LE);
     let identifier = if explicit { &inst.ids[0] } else { &inst.ids[1] };
-    let cmd = CommandBuilder::new()
-        .uid(tags::AFFECTED_SOP_CLASS_UID, MWL_FIND)
-        .us(tags::COMMAND_FIELD, CommandField::CFindRq as u16)
-        .us(tags::MESSAGE_ID, id)
-        .us(tags::PRIORITY, 0)
-        .us(tags::COMMAND_DATA_SET_TYPE, 0x0000)
-        .build();
-    a.send(pc, &cmd, Some((identifier, &[])))?;
-    let mut pending = 0u64;
-    loop {
-        let rsp = a.receive(id)?;
-        let c = &rsp.command;
-        if c.command_field != CommandField::CFindRsp as u16 {
-            return Err(ScuError::Protocol(format!(
-                "expected C-FIND-RSP, got command field 0x{:04X}",
-                c.command_field
-            )));
-        }
-        let status = c
-            .status
-            .ok_or_else(|| ScuError::Protocol("response without Status (0000,0900)".into()))?;
-        if category(status) != Category::Pending {
-            return Ok((status, pending));
-        }
-        pending += 1;
-        if pending > MAX_PENDING {
-            return Err(ScuError::Protocol(format!(
-                "more than {MAX_PENDING} pending responses"
-            )));
-        }
-    }
+    c_find(a, id, MWL_FIND, pc, identifier, MAX_PENDING)
 }
 
 #[cfg(test)]

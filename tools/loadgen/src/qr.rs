@@ -32,14 +32,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use dicom_gw::net::dimse::command::{tags, CommandBuilder, CommandField};
-use dicom_gw::net::dimse::status::{category, Category};
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use dicom_loadgen::dataset::{Encoder, Ts, EXPLICIT_LE, IMPLICIT_LE};
 use dicom_loadgen::scu::{AssocParams, Association, ScuError};
 use dicom_loadgen::stats::Percentiles;
+
+use crate::find_load::{c_find, KindStats, Rng};
 
 /// Study Root Query/Retrieve Information Model – FIND.
 pub const STUDY_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.2.1";
@@ -372,42 +371,6 @@ pub struct QrConfig {
     pub seed: u64,
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
-}
-
-#[derive(Debug, Clone)]
-struct KindStats {
-    latency: Histogram<u64>,
-    queries: u64,
-    ok: u64,
-    matches: u64,
-    mismatches: u64,
-    busy_us: u64,
-}
-
-impl KindStats {
-    fn new() -> Self {
-        KindStats {
-            latency: histogram(),
-            queries: 0,
-            ok: 0,
-            matches: 0,
-            mismatches: 0,
-            busy_us: 0,
-        }
-    }
-
-    fn merge(&mut self, o: &KindStats) {
-        let _ = self.latency.add(&o.latency);
-        self.queries += o.queries;
-        self.ok += o.ok;
-        self.matches += o.matches;
-        self.mismatches += o.mismatches;
-        self.busy_us += o.busy_us;
-    }
-}
-
 /// One kind's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct KindSummary {
@@ -526,18 +489,6 @@ impl Shared {
         self.stop.store(true, Ordering::SeqCst);
         let mut f = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
         f.get_or_insert(why);
-    }
-}
-
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 }
 
@@ -696,7 +647,7 @@ fn worker(s: &Shared, w: u64) -> WorkerOut {
         if s.cfg.count.is_some_and(|n| i >= n) {
             break;
         }
-        let x = (rng.next() >> 11) as f64 / (1u64 << 53) as f64 * total;
+        let x = rng.unit() * total;
         let Some(kind) = s
             .cumulative
             .iter()
@@ -768,43 +719,14 @@ fn find(
     k: u64,
 ) -> Result<(u16, u64), ScuError> {
     let ctx = a.any_context(STUDY_ROOT_FIND)?;
-    let (pc, ts) = if ctx.transfer_syntax == EXPLICIT_LE {
-        (ctx.id, Ts::ExplicitLe)
+    let ts = if ctx.transfer_syntax == EXPLICIT_LE {
+        Ts::ExplicitLe
     } else {
-        (ctx.id, Ts::ImplicitLe)
+        Ts::ImplicitLe
     };
+    let pc = ctx.id;
     let identifier = identifier(kind, root, k, ts);
-    let cmd = CommandBuilder::new()
-        .uid(tags::AFFECTED_SOP_CLASS_UID, STUDY_ROOT_FIND)
-        .us(tags::COMMAND_FIELD, CommandField::CFindRq as u16)
-        .us(tags::MESSAGE_ID, id)
-        .us(tags::PRIORITY, 0)
-        .us(tags::COMMAND_DATA_SET_TYPE, 0x0000)
-        .build();
-    a.send(pc, &cmd, Some((&identifier, &[])))?;
-    let mut pending = 0u64;
-    loop {
-        let rsp = a.receive(id)?;
-        let c = &rsp.command;
-        if c.command_field != CommandField::CFindRsp as u16 {
-            return Err(ScuError::Protocol(format!(
-                "expected C-FIND-RSP, got command field 0x{:04X}",
-                c.command_field
-            )));
-        }
-        let status = c
-            .status
-            .ok_or_else(|| ScuError::Protocol("response without Status (0000,0900)".into()))?;
-        if category(status) != Category::Pending {
-            return Ok((status, pending));
-        }
-        pending += 1;
-        if pending > MAX_PENDING {
-            return Err(ScuError::Protocol(format!(
-                "more than {MAX_PENDING} pending responses"
-            )));
-        }
-    }
+    c_find(a, id, STUDY_ROOT_FIND, pc, &identifier, MAX_PENDING)
 }
 
 #[cfg(test)]

@@ -1,0 +1,116 @@
+//! What the C-FIND loads (`mwl`, `qr`) share: the latency histogram, per-kind counters, the
+//! query-choice generator and one C-FIND exchange.
+
+use dicom_gw::net::dimse::command::{tags, CommandBuilder, CommandField};
+use dicom_gw::net::dimse::status::{category, Category};
+use hdrhistogram::Histogram;
+
+use dicom_loadgen::scu::{Association, ScuError};
+
+/// Microseconds, 1 µs to 1 h, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// Per-kind counters of one worker (merged at the end).
+#[derive(Debug, Clone)]
+pub struct KindStats {
+    /// Latency of the queries that got a final response, µs.
+    pub latency: Histogram<u64>,
+    /// Queries sent.
+    pub queries: u64,
+    /// Answered 0000 (with the expected count, when checked).
+    pub ok: u64,
+    /// Pending responses received.
+    pub matches: u64,
+    /// Queries whose match count differed from the expected one.
+    pub mismatches: u64,
+    /// Time spent in this kind's queries, µs (its responses per second of query time).
+    pub busy_us: u64,
+}
+
+impl KindStats {
+    /// Zero counters.
+    pub fn new() -> Self {
+        KindStats {
+            latency: histogram(),
+            queries: 0,
+            ok: 0,
+            matches: 0,
+            mismatches: 0,
+            busy_us: 0,
+        }
+    }
+
+    /// Adds `o`'s counts.
+    pub fn merge(&mut self, o: &KindStats) {
+        let _ = self.latency.add(&o.latency);
+        self.queries += o.queries;
+        self.ok += o.ok;
+        self.matches += o.matches;
+        self.mismatches += o.mismatches;
+        self.busy_us += o.busy_us;
+    }
+}
+
+/// xorshift64*: cheap, deterministic query choice.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// One C-FIND of `identifier` (encoded in the transfer syntax of context `pc`) on
+/// `sop_class`: (final status, pending responses). More than `max_pending` pending responses
+/// is a protocol error (a runaway peer stays bounded).
+pub fn c_find(
+    a: &mut Association,
+    id: u16,
+    sop_class: &str,
+    pc: u8,
+    identifier: &[u8],
+    max_pending: u64,
+) -> Result<(u16, u64), ScuError> {
+    let cmd = CommandBuilder::new()
+        .uid(tags::AFFECTED_SOP_CLASS_UID, sop_class)
+        .us(tags::COMMAND_FIELD, CommandField::CFindRq as u16)
+        .us(tags::MESSAGE_ID, id)
+        .us(tags::PRIORITY, 0)
+        .us(tags::COMMAND_DATA_SET_TYPE, 0x0000)
+        .build();
+    a.send(pc, &cmd, Some((identifier, &[])))?;
+    let mut pending = 0u64;
+    loop {
+        let rsp = a.receive(id)?;
+        let c = &rsp.command;
+        if c.command_field != CommandField::CFindRsp as u16 {
+            return Err(ScuError::Protocol(format!(
+                "expected C-FIND-RSP, got command field 0x{:04X}",
+                c.command_field
+            )));
+        }
+        let status = c
+            .status
+            .ok_or_else(|| ScuError::Protocol("response without Status (0000,0900)".into()))?;
+        if category(status) != Category::Pending {
+            return Ok((status, pending));
+        }
+        pending += 1;
+        if pending > max_pending {
+            return Err(ScuError::Protocol(format!(
+                "more than {max_pending} pending responses"
+            )));
+        }
+    }
+}
