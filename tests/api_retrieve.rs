@@ -23,37 +23,6 @@ const SETTLE: Duration = Duration::from_secs(60);
 /// `[store]` of every test config: the shared disk is busy.
 const STORE: &str = "[store]\ndisk_high_water_percent = 100\n";
 
-/// Study A: three instances (two CT in one series, one MR) of DOE^JOHN; study B: one MR of
-/// SMITH^JANE.
-fn objects() -> Vec<ObjSpec> {
-    let mut a0 = ObjSpec::new(0).patient("DOE^JOHN", "PID-A").modality("CT");
-    a0.study_date = "20240115".into();
-    a0.instance_number = 1;
-    let mut a1 = ObjSpec::new(1).same_series_as(&a0).modality("CT");
-    a1.study_date = a0.study_date.clone();
-    a1.instance_number = 2;
-    let mut a2 = ObjSpec::new(2).same_study_as(&a0).modality("MR");
-    a2.study_date = a0.study_date.clone();
-    a2.series_number = 2;
-    let mut b = ObjSpec::new(3)
-        .patient("SMITH^JANE", "PID-B")
-        .modality("MR");
-    b.study_date = "20230601".into();
-    vec![a0, a1, a2, b]
-}
-
-/// Writes the objects as Part-10 files under `dir`.
-fn write_objects(dir: &Path, objs: &[ObjSpec]) -> Vec<PathBuf> {
-    objs.iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let f = dir.join(format!("in{i}.dcm"));
-            gen_part10(&f, s).unwrap();
-            f
-        })
-        .collect()
-}
-
 /// A daemon with tokens, started with `toml` (after `[store]`), holding `objs`.
 struct Gw {
     daemon: Daemon,
@@ -180,7 +149,7 @@ fn values(m: &Value, tag: &str) -> BTreeSet<String> {
 fn move_endpoint_queues_the_study_and_storescp_receives_it() {
     require_dcmtk();
     let tmp = tempfile::tempdir().unwrap();
-    let objs = objects();
+    let objs = two_studies();
     let files = write_objects(tmp.path(), &objs);
     let scp = DestScp::start_free(&tmp.path().join("scp"), &[]);
     // No route: ingest queues nothing, only the move does.
@@ -301,7 +270,7 @@ fn silent_port() -> (TcpListener, u16) {
 fn remote_query_against_a_second_gw() {
     require_dcmtk();
     let tmp = tempfile::tempdir().unwrap();
-    let objs = objects();
+    let objs = two_studies();
     let mut files = write_objects(tmp.path(), &objs);
     // A Japanese name in UTF-8 (ISO_IR 192), found by a query in its own script.
     let jp = ObjSpec::new(9)
@@ -480,7 +449,7 @@ fn remote_query_and_move_with_orthanc() {
     require_dcmtk();
     let tmp = tempfile::tempdir().unwrap();
     let orthanc = Orthanc::start(&tmp.path().join("orthanc"), &[]);
-    let objs = objects();
+    let objs = two_studies();
     let files = write_objects(tmp.path(), &objs);
     // Study B goes to Orthanc by REST; study A to dicom-gw by C-STORE.
     orthanc.upload(&files[3]);

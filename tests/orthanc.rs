@@ -26,36 +26,6 @@ use util::*;
 const SETTLE: Duration = Duration::from_secs(60);
 const CLI_LIMIT: Duration = Duration::from_secs(120);
 
-/// Study A: two CT instances of DOE^JOHN in one series and an MR in a second series; study B:
-/// one MR of SMITH^JANE.
-fn objects() -> Vec<ObjSpec> {
-    let mut a0 = ObjSpec::new(0).patient("DOE^JOHN", "PID-A").modality("CT");
-    a0.study_date = "20240115".into();
-    a0.instance_number = 1;
-    let mut a1 = ObjSpec::new(1).same_series_as(&a0).modality("CT");
-    a1.study_date = a0.study_date.clone();
-    a1.instance_number = 2;
-    let mut a2 = ObjSpec::new(2).same_study_as(&a0).modality("MR");
-    a2.study_date = a0.study_date.clone();
-    a2.series_number = 2;
-    let mut b = ObjSpec::new(3)
-        .patient("SMITH^JANE", "PID-B")
-        .modality("MR");
-    b.study_date = "20230601".into();
-    vec![a0, a1, a2, b]
-}
-
-fn write_objects(dir: &Path, objs: &[ObjSpec]) -> Vec<PathBuf> {
-    objs.iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let f = dir.join(format!("in{i}.dcm"));
-            gen_part10(&f, s).unwrap();
-            f
-        })
-        .collect()
-}
-
 /// dicom-gw with `toml` (after a `[store]` with the disk mark at 100) on backend `io`.
 fn start_gw_io(dir: &Path, io: &str, toml: &str) -> (Daemon, PathBuf) {
     let data = dir.join("data");
@@ -99,7 +69,7 @@ gwtest!(orthanc_queries_gw_with_c_find, |io: &str| {
     }
     require_dcmtk();
     let tmp = tempfile::tempdir().unwrap();
-    let objs = objects();
+    let objs = two_studies();
     let files = write_objects(tmp.path(), &objs);
     let (gw, _data) = start_gw_io(tmp.path(), io, "");
     storescu(gw.port, &files, &[]).assert_all_ok(&files);
@@ -161,7 +131,7 @@ gwtest!(orthanc_moves_a_study_from_gw, |io: &str| {
     }
     require_dcmtk();
     let tmp = tempfile::tempdir().unwrap();
-    let objs = objects();
+    let objs = two_studies();
     let files = write_objects(tmp.path(), &objs);
     // Orthanc first (its port goes into dicom-gw's destinations), then dicom-gw's address
     // into Orthanc's modalities.
@@ -237,7 +207,7 @@ fn gw_scu_find_against_orthanc() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let objs = objects();
+    let objs = two_studies();
     let files = write_objects(tmp.path(), &objs);
     let o = Orthanc::start(&tmp.path().join("orthanc"), &[]);
     for f in &files {
@@ -312,7 +282,7 @@ fn gw_scu_echo_and_store_to_orthanc() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let objs = objects();
+    let objs = two_studies();
     let files = write_objects(tmp.path(), &objs);
     let o = Orthanc::start(&tmp.path().join("orthanc"), &[]);
     let port = o.dicom_port.to_string();
@@ -344,7 +314,7 @@ fn gw_scu_move_from_orthanc() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let objs = objects();
+    let objs = two_studies();
     let files = write_objects(tmp.path(), &objs);
     let o = Orthanc::start(&tmp.path().join("orthanc"), &[]);
     for f in &files {

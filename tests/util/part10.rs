@@ -637,3 +637,35 @@ pub fn list_files(dir: impl AsRef<Path>) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// The two-study corpus of the retrieve tests (API move, Orthanc): study A holds two CT
+/// instances of DOE^JOHN in one series and an MR in a second series; study B one MR of
+/// SMITH^JANE.
+pub fn two_studies() -> Vec<ObjSpec> {
+    let mut a0 = ObjSpec::new(0).patient("DOE^JOHN", "PID-A").modality("CT");
+    a0.study_date = "20240115".into();
+    a0.instance_number = 1;
+    let mut a1 = ObjSpec::new(1).same_series_as(&a0).modality("CT");
+    a1.study_date = a0.study_date.clone();
+    a1.instance_number = 2;
+    let mut a2 = ObjSpec::new(2).same_study_as(&a0).modality("MR");
+    a2.study_date = a0.study_date.clone();
+    a2.series_number = 2;
+    let mut b = ObjSpec::new(3)
+        .patient("SMITH^JANE", "PID-B")
+        .modality("MR");
+    b.study_date = "20230601".into();
+    vec![a0, a1, a2, b]
+}
+
+/// Writes `objs` as Part-10 files `dir/in<i>.dcm`.
+pub fn write_objects(dir: &Path, objs: &[ObjSpec]) -> Vec<PathBuf> {
+    objs.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let f = dir.join(format!("in{i}.dcm"));
+            gen_part10(&f, s).unwrap();
+            f
+        })
+        .collect()
+}
