@@ -378,6 +378,9 @@ pub struct RawQuery {
     /// be listed in the Failed SOP Instance UID List; `false` sends the C-STORE anyway on an
     /// accepted context of that class, for old requestors that omit the item.
     pub get_requires_role_selection: Option<bool>,
+    /// Most instances one C-MOVE or C-GET may select (default 100000); a larger match is
+    /// refused with A701 before anything is sent.
+    pub max_retrieve_instances: Option<usize>,
 }
 
 /// How the N-EVENT-REPORT of a Storage Commitment request reaches the requestor (PS3.4 J.3.3).
@@ -419,6 +422,10 @@ pub struct StorageCommitmentSettings {
 /// MB), far more than a person reads; scripts page by date range.
 pub const DEFAULT_QUERY_MAX_RESULTS: usize = 10_000;
 
+/// Default of `[query] max_retrieve_instances`: a bound on the index records one C-MOVE or
+/// C-GET holds in memory (a few hundred bytes each), far above any single study.
+pub const DEFAULT_MAX_RETRIEVE_INSTANCES: usize = 100_000;
+
 /// Validated `[query]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuerySettings {
@@ -426,6 +433,8 @@ pub struct QuerySettings {
     pub max_results: usize,
     /// C-GET sub-operations need the SCP role agreed for their storage class.
     pub get_requires_role_selection: bool,
+    /// Most instances one C-MOVE or C-GET selects.
+    pub max_retrieve_instances: usize,
 }
 
 /// Validated settings of the whole daemon.
@@ -1197,6 +1206,11 @@ impl RawConfig {
                 .filter(|&n| n > 0)
                 .unwrap_or(DEFAULT_QUERY_MAX_RESULTS),
             get_requires_role_selection: self.query.get_requires_role_selection.unwrap_or(true),
+            max_retrieve_instances: self
+                .query
+                .max_retrieve_instances
+                .filter(|&n| n > 0)
+                .unwrap_or(DEFAULT_MAX_RETRIEVE_INSTANCES),
         };
         let storage_commitment = StorageCommitmentSettings {
             enabled: self.storage_commitment.enabled.unwrap_or(true),

@@ -373,6 +373,8 @@ pub fn serve(
                 destinations: forwarder.shared().clone(),
                 ae_title: store.ae_title.clone(),
                 get_requires_role_selection: settings.query.get_requires_role_selection,
+                max_instances: settings.query.max_retrieve_instances,
+                moves: Default::default(),
             }),
             // Storage Commitment Push Model (issue 13).
             commitment: match settings.storage_commitment.enabled {

@@ -306,6 +306,27 @@ fn movescu_unknown_destination_is_a801_and_a_destination_down_is_a702() {
         log.contains(&a.sop_instance_uid) && log.contains(&b.sop_instance_uid),
         "the Failed SOP Instance UID List names both:\n{log}"
     );
+
+    // A STUDY retrieve without its unique key: A900, naming the key.
+    let no_key = [
+        "QueryRetrieveLevel=STUDY".to_owned(),
+        "PatientName=X".to_owned(),
+    ];
+    let log = movescu(gw.port, "-S", "GONE", &no_key, &[]);
+    assert_eq!(final_status(&log), "0XA900", "movescu log:\n{log}");
+    assert!(log.contains("(0020,000d)"), "Offending Element:\n{log}");
+    gw.stop();
+
+    // More matches than [query] max_retrieve_instances: A701 before any sub-operation.
+    let limited = format!(
+        "{}[query]\nmax_retrieve_instances = 1\n",
+        destination("gone", "GONE", down)
+    );
+    let mut gw = start(w, &limited);
+    let log = movescu(gw.port, "-S", "GONE", &keys, &[]);
+    assert_eq!(final_status(&log), "0XA701", "movescu log:\n{log}");
+    assert!(log.contains("max_retrieve_instances"), "{log}");
+    assert_eq!(count(&log, "Failed Suboperations"), 0, "{log}");
     gw.stop();
 }
 
@@ -459,6 +480,64 @@ fn movescu_cancel_gets_fe00_with_consistent_counts_and_the_originator_reaches_th
         assert_eq!(s["originator_ae"], "MOVER", "{s}");
         assert!(s["originator_id"].as_u64().is_some(), "{s}");
     }
+    gw.stop();
+}
+
+/// Each C-MOVE holds a retrieve-pool thread for its whole transfer: past
+/// `MAX_CONCURRENT_MOVES` (3) running at once, another is refused with A702 at once (and one
+/// thread stays free), and it succeeds again once they ended.
+#[test]
+fn a_fourth_concurrent_c_move_is_refused_with_a702_and_served_after() {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    let port = free_port();
+    // The destination holds every answer 1 s: three moves of three objects each take ~3 s.
+    let _peer = PyPeer::store_scp(port, 0, 1.0, None);
+    let mut gw = start(w, &destination("slow", "SLOW", port));
+    let mut studies = Vec::new();
+    for s in 0..4u32 {
+        let first = ObjSpec::new(60 + 10 * s).patient("BUSY^MOVE", "PBUSY");
+        let specs = [
+            first.clone(),
+            ObjSpec::new(61 + 10 * s).same_series_as(&first),
+            ObjSpec::new(62 + 10 * s).same_series_as(&first),
+        ];
+        let with_ts: Vec<(&ObjSpec, Ts)> = specs.iter().map(|s| (s, Ts::ExplicitLE)).collect();
+        store(gw.port, w, &with_ts);
+        studies.push(first.study_instance_uid.clone());
+    }
+    let keys = |uid: &str| {
+        vec![
+            "QueryRetrieveLevel=STUDY".to_owned(),
+            format!("StudyInstanceUID={uid}"),
+        ]
+    };
+    let gw_port = gw.port;
+    let running: Vec<_> = studies[..3]
+        .iter()
+        .map(|uid| {
+            let k = keys(uid);
+            std::thread::spawn(move || movescu(gw_port, "-S", "SLOW", &k, &[]))
+        })
+        .collect();
+    wait_for("three C-MOVEs to start", Duration::from_secs(30), || {
+        let n = gw.stderr().matches("C-MOVE started").count();
+        if n >= 3 {
+            Ok(())
+        } else {
+            Err(format!("{n} started"))
+        }
+    });
+    let log = movescu(gw.port, "-S", "SLOW", &keys(&studies[3]), &[]);
+    assert_eq!(final_status(&log), "0XA702", "movescu log:\n{log}");
+    assert!(log.contains("C-MOVEs are running"), "{log}");
+    for t in running {
+        let log = t.join().unwrap();
+        assert_eq!(final_status(&log), "0X0000", "movescu log:\n{log}");
+    }
+    let log = movescu(gw.port, "-S", "SLOW", &keys(&studies[3]), &[]);
+    assert_eq!(final_status(&log), "0X0000", "movescu log:\n{log}");
     gw.stop();
 }
 

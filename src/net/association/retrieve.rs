@@ -68,6 +68,26 @@ impl SubOpsEnd {
     }
 }
 
+/// One of the [`qr::MAX_CONCURRENT_MOVES`] C-MOVE slots, released on drop.
+struct MoveSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl MoveSlot {
+    fn acquire(running: &Arc<std::sync::atomic::AtomicUsize>) -> Option<MoveSlot> {
+        running
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < qr::MAX_CONCURRENT_MOVES).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| MoveSlot(running.clone()))
+    }
+}
+
+impl Drop for MoveSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl<F: ObjFile, S: NetStream> Established<F, S> {
     /// A C-MOVE-RQ or C-GET-RQ with its identifier (`None`: it came without one).
     pub(super) async fn query_retrieve(
@@ -91,7 +111,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
         } else {
             ("C-GET", CommandField::CGetRsp as u16, QrOp::Get)
         };
-        let refuse = |status: u16, comment: &str| {
+        let refuse_at = |status: u16, comment: &str, offending: Option<dicom_core::Tag>| {
             warn!(op, status = format_args!("{status:04X}"), %comment, "retrieve refused");
             crate::metrics::global().qr_request(metric, status);
             encode_retrieve_response(
@@ -101,8 +121,10 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 SubOperations::default(),
                 Some(comment),
                 false,
+                offending.map(|t| (t.group(), t.element())),
             )
         };
+        let refuse = |status: u16, comment: &str| refuse_at(status, comment, None);
         let Some(identifier) = identifier else {
             let rsp = refuse(
                 status::IDENTIFIER_DOES_NOT_MATCH,
@@ -127,6 +149,23 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
         } else {
             None
         };
+        // Held until the sub-operations end (the job is awaited below).
+        let _slot = match dest {
+            Some(_) => match MoveSlot::acquire(&scp.moves) {
+                Some(slot) => Some(slot),
+                None => {
+                    let rsp = refuse(
+                        status::UNABLE_TO_PERFORM_SUB_OPERATIONS,
+                        &format!(
+                            "{} C-MOVEs are running, the most at once: retry later",
+                            qr::MAX_CONCURRENT_MOVES
+                        ),
+                    );
+                    return self.reply(pc_id, &rsp, None).await;
+                }
+            },
+            None => None,
+        };
         if let Some(settle) = &scp.settle {
             // What was acknowledged before this request can be retrieved by it.
             if !settle
@@ -136,6 +175,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 warn!("the ingest checkpoint did not come in time: {op} selects from the index as it stands");
             }
         }
+        let limit = scp.max_instances;
         let (index, class, ts2) = (
             scp.index.clone(),
             cmd.affected_sop_class_uid.clone().unwrap_or_default(),
@@ -143,7 +183,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
         );
         let items = match scp
             .pool
-            .run(move || qr::select(&index, &class, &identifier, &ts2))
+            .run(move || qr::select(&index, &class, &identifier, &ts2, limit))
             .await
         {
             Err(busy) => {
@@ -151,7 +191,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 return self.reply(pc_id, &rsp, None).await;
             }
             Ok(Err(r)) => {
-                let rsp = refuse(r.status, &r.comment);
+                let rsp = refuse_at(r.status, &r.comment, r.offending);
                 return self.reply(pc_id, &rsp, None).await;
             }
             Ok(Ok(items)) => items,
@@ -216,6 +256,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             end.tally.final_counts(end.cancelled),
             comment,
             list.is_some(),
+            None,
         );
         self.reply(pc_id, &rsp, list.map(Bytes::from)).await
     }
@@ -229,8 +270,18 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             tally.pending_counts(),
             None,
             false,
+            None,
         );
-        self.conn.send_message(pc_id, &rsp, None).await.is_ok()
+        // A requestor that stops reading must not hold this task (and, through the report
+        // channel, a pool thread) forever: past the DIMSE timeout it counts as gone.
+        matches!(
+            tokio::time::timeout(
+                self.port.dimse_timeout,
+                self.conn.send_message(pc_id, &rsp, None)
+            )
+            .await,
+            Ok(Ok(()))
+        )
     }
 
     /// The C-MOVE sub-operations: a job on the retrieve pool, its reports turned into pending
@@ -471,7 +522,10 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 first = false;
             }
             frame_batch(&mut out, pc, &buf, peer_max, left == 0);
-            if self.conn.send(out.freeze()).await.is_err() {
+            // A requestor that stops reading counts as gone after the DIMSE timeout.
+            let sent =
+                tokio::time::timeout(self.port.dimse_timeout, self.conn.send(out.freeze())).await;
+            if !matches!(sent, Ok(Ok(()))) {
                 return None;
             }
             if left == 0 {

@@ -438,6 +438,7 @@ pub fn encode_retrieve_response(
     counts: SubOperations,
     error_comment: Option<&str>,
     has_dataset: bool,
+    offending: Option<(u16, u16)>,
 ) -> Vec<u8> {
     let mut b = CommandBuilder::new();
     if let Some(class) = &rq.affected_sop_class_uid {
@@ -451,6 +452,10 @@ pub fn encode_retrieve_response(
             if has_dataset { 0x0000 } else { NO_DATASET },
         )
         .us(tags::STATUS, status);
+    // A900's related field (PS3.4 C.4.2.1.5): which key did not match the model.
+    if let Some(tag) = offending {
+        b = b.at(tags::OFFENDING_ELEMENT, &[tag]);
+    }
     if let Some(comment) = error_comment {
         let comment: String = comment
             .chars()
@@ -517,9 +522,23 @@ mod tests {
             counts,
             None,
             false,
+            None,
         ))
         .unwrap();
         assert_eq!(rsp.sub_operations, counts);
+        // A900 names the offending key: (0000,0901) AT (0020,000D), implicit VR LE.
+        let refused = encode_retrieve_response(
+            &rq,
+            CommandField::CMoveRsp as u16,
+            0xA900,
+            SubOperations::default(),
+            Some("StudyInstanceUID missing"),
+            false,
+            Some((0x0020, 0x000D)),
+        );
+        let at = [0x00, 0x00, 0x01, 0x09, 4, 0, 0, 0, 0x20, 0x00, 0x0D, 0x00];
+        assert!(refused.windows(at.len()).any(|w| w == at));
+        assert_eq!(decode_command(&refused).unwrap().status, Some(0xA900));
         assert_eq!(rsp.message_id, 9);
         assert!(!rsp.has_dataset);
         let st =

@@ -84,7 +84,15 @@ pub struct RetrieveScp {
     pub ae_title: String,
     /// C-GET sub-operations need the SCP role agreed for their storage class.
     pub get_requires_role_selection: bool,
+    /// Most instances one C-MOVE or C-GET may select (more: A701).
+    pub max_instances: usize,
+    /// C-MOVEs running now: each holds a pool thread for its whole transfer, so at most
+    /// [`MAX_CONCURRENT_MOVES`] run and one thread stays free for selections and C-GET reads.
+    pub moves: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// C-MOVEs that may run at once (the retrieve pool has one thread more); another gets A702.
+pub const MAX_CONCURRENT_MOVES: usize = 3;
 
 /// Whether an abstract syntax is one of the MOVE models served.
 pub fn is_move_model(abstract_syntax: &str) -> bool {
@@ -202,8 +210,13 @@ pub fn check_retrieve(patient_root: bool, identifier: &Dataset) -> Result<Select
 }
 
 /// The instances a selection names, from the index (one read transaction), in study, series,
-/// instance order, each once.
-pub fn list(index: &Index, sel: &Selection) -> Result<Vec<InstanceRecord>, IndexError> {
+/// instance order, each once; `None` when more than `limit` match (counted during the scan,
+/// so a patient-level request costs at most `limit` records of memory).
+pub fn list(
+    index: &Index,
+    sel: &Selection,
+    limit: usize,
+) -> Result<Option<Vec<InstanceRecord>>, IndexError> {
     let tx = index.database().begin_read()?;
     let objects = tx.open_table(crate::db::QR_OBJECTS)?;
     let keys = tx.open_table(crate::db::QR_STUDY_KEYS)?;
@@ -257,21 +270,26 @@ pub fn list(index: &Index, sel: &Selection) -> Result<Vec<InstanceRecord>, Index
                 if !seen.insert(sop.to_owned()) {
                     continue;
                 }
+                if out.len() == limit {
+                    return Ok(None);
+                }
                 if let Some(v) = instances.get(sop)? {
                     out.push(decode(sop, v.value())?);
                 }
             }
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
-/// Decodes, checks and lists a C-MOVE/C-GET identifier (on the retrieve pool).
+/// Decodes, checks and lists a C-MOVE/C-GET identifier (on the retrieve pool); more than
+/// `limit` matching instances is refused with A701.
 pub fn select(
     index: &Index,
     sop_class: &str,
     identifier: &[u8],
     ts: &str,
+    limit: usize,
 ) -> Result<Vec<InstanceRecord>, Refusal> {
     let patient_root = patient_root(sop_class).ok_or_else(|| {
         refusal(
@@ -282,7 +300,21 @@ pub fn select(
     })?;
     let ds = decode_identifier(identifier, ts)?;
     let sel = check_retrieve(patient_root, &ds)?;
-    list(index, &sel).map_err(|e| refusal(status::UNABLE_TO_PROCESS, format!("index: {e}"), None))
+    match list(index, &sel, limit) {
+        Ok(Some(items)) => Ok(items),
+        Ok(None) => Err(refusal(
+            status::UNABLE_TO_CALCULATE_MATCHES,
+            format!(
+                "more than {limit} instances match ([query] max_retrieve_instances): retrieve at a lower level"
+            ),
+            None,
+        )),
+        Err(e) => Err(refusal(
+            status::UNABLE_TO_PROCESS,
+            format!("index: {e}"),
+            None,
+        )),
+    }
 }
 
 /// How one sub-operation ended.
@@ -689,12 +721,14 @@ fn retrieve_rq(model: &str, field: u16, message_id: u16, destination: Option<&st
     let mut b = CommandBuilder::new()
         .uid(ct::AFFECTED_SOP_CLASS_UID, model)
         .us(ct::COMMAND_FIELD, field)
-        .us(ct::MESSAGE_ID, message_id)
-        .us(ct::PRIORITY, 0);
+        .us(ct::MESSAGE_ID, message_id);
+    // Ascending tag order (PS3.5 7.1): Move Destination (0000,0600) before Priority (0700).
     if let Some(d) = destination {
         b = b.text(ct::MOVE_DESTINATION, d);
     }
-    b.us(ct::COMMAND_DATA_SET_TYPE, 0x0000).build()
+    b.us(ct::PRIORITY, 0)
+        .us(ct::COMMAND_DATA_SET_TYPE, 0x0000)
+        .build()
 }
 
 fn cancel_rq(message_id: u16) -> Vec<u8> {
@@ -1070,7 +1104,8 @@ mod tests {
         put("1.2", "1.2.1", "1.2.1.1", "PA");
         put("2.1", "2.1.1", "2.1.1.1", "PB");
         let sops = |sel: Selection| -> Vec<String> {
-            list(&index, &sel)
+            list(&index, &sel, 100)
+                .unwrap()
                 .unwrap()
                 .into_iter()
                 .map(|r| r.sop_instance_uid)
@@ -1113,6 +1148,10 @@ mod tests {
             )),
             ["1.1.1.2"]
         );
+        // The limit: exactly `limit` matches pass, one more is refused before it is kept.
+        let patient = || sel(Level::Patient, &["PA"], &[], &[], &[]);
+        assert_eq!(list(&index, &patient(), 4).unwrap().unwrap().len(), 4);
+        assert!(list(&index, &patient(), 3).unwrap().is_none());
     }
 
     #[test]
