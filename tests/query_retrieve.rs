@@ -477,6 +477,33 @@ fn findscu_cancel_gets_fe00_and_max_results_caps_the_answer() {
         "{} of {N} responses before the cancel took effect",
         f.responses.len()
     );
+    // `dicom-gw scu find --cancel 3`: FE00, and exactly the first 3 matches kept, though more
+    // were in flight when the C-CANCEL left.
+    let out = Command::new(BIN)
+        .args([
+            "scu",
+            "find",
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            "StudyInstanceUID",
+        ])
+        .args([
+            "--cancel",
+            "3",
+            "--aec",
+            "GW",
+            "127.0.0.1",
+            &gw.port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("FE00"), "{stderr}");
+    let kept: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(kept.as_array().unwrap().len(), 3, "{stderr}");
     // A date range is answered from the date keys: exactly the studies of that day.
     let f = findscu(
         gw.port,

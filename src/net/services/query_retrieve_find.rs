@@ -407,8 +407,12 @@ pub fn parse_key(arg: &str) -> Result<(Tag, VR, Value), String> {
     Ok((tag, vr, value))
 }
 
+/// Pending responses [`scu_find`] reads after its C-CANCEL before it gives up on the peer.
+const MAX_AFTER_CANCEL: usize = 10_000;
+
 /// Sends one C-FIND-RQ on `model` with `identifier` and gathers the answers; with
-/// `cancel_after = Some(n)`, sends a C-CANCEL-RQ after the n-th pending response.
+/// `cancel_after = Some(n)`, sends a C-CANCEL-RQ after the n-th pending response and keeps
+/// no more than n.
 pub fn scu_find(
     params: &crate::net::scu::AssocParams,
     tls: Option<&crate::net::scu::ScuTls>,
@@ -443,6 +447,7 @@ pub fn scu_find(
     }
     let mut out = FindResult::default();
     let mut buf = Vec::new();
+    let mut ignored = 0usize;
     loop {
         let msg = match a.receive_with_dataset(message_id, MAX_RESPONSE_IDENTIFIER, &mut buf) {
             Ok(m) => m,
@@ -453,6 +458,18 @@ pub fn scu_find(
         };
         let st = msg.command.status.unwrap_or(0xC000);
         if matches!(st, 0xFF00 | 0xFF01) {
+            if cancel_after.is_some_and(|n| out.matches.len() >= n) {
+                // Cancelled already: what still comes is dropped, and a peer that ignores the
+                // C-CANCEL cannot make us keep reading for ever.
+                ignored += 1;
+                if ignored > MAX_AFTER_CANCEL {
+                    a.abort();
+                    return Err(ScuError::Protocol(format!(
+                        "more than {MAX_AFTER_CANCEL} responses after our C-CANCEL"
+                    )));
+                }
+                continue;
+            }
             if msg.command.has_dataset {
                 let ds = decode_identifier(&buf, &ctx.transfer_syntax)
                     .map_err(|r| ScuError::Protocol(r.comment))?;
