@@ -280,6 +280,29 @@ pub fn reroute(
 
 /// Whether `dest` has a job for `sop` (pending, in flight or dead). Scans that destination's
 /// jobs: only an identical re-send of an object with outstanding jobs asks.
+/// Moves dead job `id` of `dest` back to the queue, due now, with its attempts reset;
+/// whether it was there.
+fn revive_dead(
+    dead: &mut redb::Table<(&str, u64), &[u8]>,
+    queue: &mut redb::Table<(&str, u64, u64), &[u8]>,
+    counts: &mut Counts<'_>,
+    dest: &str,
+    id: u64,
+    now_us: u64,
+) -> Result<bool, QueueError> {
+    let Some(g) = dead.remove((dest, id))? else {
+        return Ok(false);
+    };
+    let mut j = decode_job(id, g.value())?;
+    drop(g);
+    j.attempts = 0;
+    j.due_at_us = now_us;
+    queue.insert((dest, now_us, id), encode_job(&j).as_slice())?;
+    bump(counts, dest, "dead", -1)?;
+    bump(counts, dest, "pending", 1)?;
+    Ok(true)
+}
+
 fn has_job(tx: &WriteTransaction, dest: &str, sop: &str) -> Result<bool, QueueError> {
     let q = tx.open_table(db::QUEUE)?;
     for row in q.range((dest, 0u64, 0u64)..=(dest, u64::MAX, u64::MAX))? {
@@ -740,17 +763,9 @@ impl Queue {
                     .collect::<Result<_, _>>()?,
             };
             for id in ids {
-                let Some(g) = dead.remove((dest, id))? else {
-                    continue;
-                };
-                let mut j = decode_job(id, g.value())?;
-                drop(g);
-                j.attempts = 0;
-                j.due_at_us = now_us;
-                q.insert((dest, now_us, id), encode_job(&j).as_slice())?;
-                bump(&mut counts, dest, "dead", -1)?;
-                bump(&mut counts, dest, "pending", 1)?;
-                n += 1;
+                if revive_dead(&mut dead, &mut q, &mut counts, dest, id, now_us)? {
+                    n += 1;
+                }
             }
         }
         audit_in(&tx, &n, audit)?;
@@ -883,19 +898,17 @@ impl Queue {
                 }
                 match dead_of.get(sop) {
                     Some(&id) => {
-                        let mut dead = tx.open_table(db::DEAD)?;
-                        let Some(g) = dead.remove((dest, id))? else {
+                        let revived = revive_dead(
+                            &mut tx.open_table(db::DEAD)?,
+                            &mut tx.open_table(db::QUEUE)?,
+                            &mut tx.open_table(db::QUEUE_COUNTS)?,
+                            dest,
+                            id,
+                            now_us,
+                        )?;
+                        if !revived {
                             continue;
-                        };
-                        let mut j = decode_job(id, g.value())?;
-                        drop(g);
-                        j.attempts = 0;
-                        j.due_at_us = now_us;
-                        tx.open_table(db::QUEUE)?
-                            .insert((dest, now_us, id), encode_job(&j).as_slice())?;
-                        let mut counts = tx.open_table(db::QUEUE_COUNTS)?;
-                        bump(&mut counts, dest, "dead", -1)?;
-                        bump(&mut counts, dest, "pending", 1)?;
+                        }
                     }
                     None => {
                         enqueue(&tx, dest, sop, now_us)?;
