@@ -41,6 +41,16 @@ pub const DELIVERED: TableDefinition<(&str, &str), u64> = TableDefinition::new("
 /// Pending Storage Commitment requests: Transaction UID → `store::commitment::PendingCommitment`,
 /// written before the N-ACTION-RSP, removed when the report is acknowledged.
 pub const COMMITMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("commitments");
+/// The schedule of each pending Storage Commitment request: Transaction UID →
+/// `store::commitment::Scheduled` (calling AE, received at, attempts, next attempt), a few
+/// dozen bytes, so the reporter's pass reads it without decoding the references (up to ~1 MB
+/// a request). Kept in step with `COMMITMENTS` in the same write transactions.
+pub const COMMITMENT_SCHEDULE: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("commitment_schedule");
+/// Pending Storage Commitment requests per calling AE title (absent = none), kept in step with
+/// `COMMITMENTS`, so the per-AE quota is one lookup.
+pub const COMMITMENT_AE_COUNTS: TableDefinition<&str, u64> =
+    TableDefinition::new("commitment_ae_counts");
 /// Small named counters, e.g. `next_job_id`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Ingest journal checkpoints: journal name → the encoded `Position` after the last group

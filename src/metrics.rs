@@ -51,7 +51,8 @@
 //!   response; `forward_transcoded_total{destination,from,to}`: objects converted to another
 //!   transfer syntax (UIDs) because the destination refused theirs.
 //! - `storage_commitment_requests_total{result}`: Storage Commitment requests `refused` at the
-//!   N-ACTION, or reported and acknowledged with `all_committed` / `some_failed`;
+//!   N-ACTION, reported and acknowledged with `all_committed` / `some_failed`, or `expired`
+//!   (dropped undelivered after the maximum age);
 //!   `storage_commitment_pending`: requests recorded and not yet acknowledged.
 //! - `queue_jobs{destination,state}`, `queue_paused{destination}`, `disk_free_bytes`,
 //!   `disk_size_bytes`, `io_backend_info{backend}`, `build_info{version}`.
@@ -367,7 +368,7 @@ pub struct Metrics {
     /// Objects kept in quarantine, by [`NONCONFORMANT_REASONS`] index.
     nonconformant: [AtomicU64; NONCONFORMANT_REASONS.len()],
     /// Storage Commitment requests by [`COMMITMENT_RESULTS`] index.
-    commitment_requests: [AtomicU64; 3],
+    commitment_requests: [AtomicU64; 4],
     /// Storage Commitment requests recorded and not yet reported (last count seen).
     commitment_pending: AtomicU64,
     /// Query/Retrieve C-MOVE and C-GET requests by operation and final status class.
@@ -392,7 +393,8 @@ pub enum QrOp {
 
 /// Label values of `dicomgw_storage_commitment_requests_total{result}`: refused at the
 /// N-ACTION, or reported (and acknowledged) with every reference committed or with failures.
-pub const COMMITMENT_RESULTS: [&str; 3] = ["refused", "all_committed", "some_failed"];
+/// `expired`: dropped undelivered after `store::commitment::MAX_AGE`.
+pub const COMMITMENT_RESULTS: [&str; 4] = ["refused", "all_committed", "some_failed", "expired"];
 
 /// Label values of `dicomgw_nonconformant_total{reason}`: why an object went to quarantine.
 pub const NONCONFORMANT_REASONS: [&str; 4] = [
@@ -602,6 +604,11 @@ impl Metrics {
     pub fn commitment_reported(&self, all_committed: bool) {
         let i = if all_committed { 1 } else { 2 };
         self.commitment_requests[i].fetch_add(1, Relaxed);
+    }
+
+    /// A pending Storage Commitment request was dropped undelivered, too old.
+    pub fn commitment_expired(&self) {
+        self.commitment_requests[3].fetch_add(1, Relaxed);
     }
 
     /// The number of pending Storage Commitment requests, as last counted.
@@ -921,7 +928,7 @@ struct Exposition {
     worklist: WorklistTotals,
     duplicates: [u64; 4],
     nonconformant: [u64; NONCONFORMANT_REASONS.len()],
-    commitment_requests: [u64; 3],
+    commitment_requests: [u64; 4],
     commitment_pending: u64,
     qr_requests: [[u64; QR_RESULTS.len()]; QR_OPS.len()],
     snapshot: Snapshot,
@@ -1267,7 +1274,7 @@ impl Collector for Exposition {
 
         let mut m = enc.encode_descriptor(
             "dicomgw_storage_commitment_requests_total",
-            "Storage Commitment requests by result: refused (N-ACTION failure status), all_committed or some_failed (counted when the requestor acknowledges the report).",
+            "Storage Commitment requests by result: refused (N-ACTION failure status), all_committed or some_failed (counted when the requestor acknowledges the report), expired (dropped undelivered after the maximum age).",
             None,
             Counter,
         )?;

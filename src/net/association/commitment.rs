@@ -34,7 +34,9 @@ use crate::net::services::storage_commitment::{
     check_command, decode_request, status, CommitmentScp, Refusal,
 };
 use crate::rt::{NetStream, ObjFile};
-use crate::store::commitment::{CommitmentStoreError, Commitments, PendingCommitment};
+use crate::store::commitment::{
+    CommitmentStoreError, Commitments, PendingCommitment, MAX_PENDING_PER_AE,
+};
 
 /// How long after the N-ACTION-RSP a report on the same association waits for the requestor
 /// to release instead (then the report goes on a new association under `auto`).
@@ -100,15 +102,24 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             Err(r) => return self.commitment_refuse(&cmd, pc_id, &r).await,
         };
         let uid = request.transaction_uid.clone();
-        if !scp.reports.claim(&uid) {
-            // The same request on two associations at once: the first one reports it.
-            info!(transaction = %uid, "storage commitment request already being reported by another association");
-            let rsp = action_rsp(cmd.message_id, status::SUCCESS, None, cmd.action_type_id);
-            return self.reply(pc_id, &rsp, None).await;
+        let calling = self.negotiated.calling_ae_title.clone();
+        if scp.report == CommitmentReport::NewAssociation
+            && scp.destinations.by_ae_title(&calling).is_none()
+        {
+            // The report could never be delivered: refused now rather than kept pending
+            // (and holding the requestor's quota) until it expires.
+            warn!(transaction = %uid, requestor = %calling,
+                "storage commitment request refused: no [[destinations]] entry has the requestor's AE title");
+            let r = Refusal {
+                status: status::RESOURCE_LIMITATION,
+                comment: format!("no [[destinations]] entry for AE title {calling}"),
+                attribute: None,
+            };
+            return self.commitment_refuse(&cmd, pc_id, &r).await;
         }
         let record = PendingCommitment {
             transaction_uid: uid.clone(),
-            calling_ae_title: self.negotiated.calling_ae_title.clone(),
+            calling_ae_title: calling,
             called_ae_title: self.negotiated.called_ae_title.clone(),
             references: request
                 .references
@@ -119,49 +130,22 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             attempts: 0,
             next_attempt_us: 0,
         };
-        let index = scp.index.clone();
-        let rec = record.clone();
-        let put = scp
-            .pool
-            .run(move || {
-                let c = Commitments::open(index.database())?;
-                c.put(&rec)?;
-                c.count()
-            })
-            .await;
-        let refusal = match put {
-            Ok(Ok(n)) => {
-                crate::metrics::global().commitment_pending(n);
-                None
+        if !scp.reports.claim(&uid) {
+            // The same Transaction UID on another association (or in the reporter) right
+            // now: the durable put still checks it (other references: 0110; quotas: 0213)
+            // and makes sure it is recorded, but whoever holds it reports it.
+            if let Some(r) = commitment_record(&scp, &record).await {
+                return self.commitment_refuse(&cmd, pc_id, &r).await;
             }
-            Ok(Err(e @ CommitmentStoreError::Full(_))) => {
-                warn!(transaction = %uid, error = %e, "storage commitment request refused: too many pending");
-                Some(Refusal {
-                    status: status::RESOURCE_LIMITATION,
-                    comment: "too many storage commitment requests pending".into(),
-                    attribute: None,
-                })
+            info!(transaction = %uid, "storage commitment request repeated while another association or the reporter has it; recorded, reported by them");
+            let rsp = action_rsp(cmd.message_id, status::SUCCESS, None, cmd.action_type_id);
+            let flow = self.reply(pc_id, &rsp, None).await;
+            if scp.report != CommitmentReport::SameAssociation {
+                scp.reports.wake();
             }
-            Ok(Err(CommitmentStoreError::Duplicate(_))) => Some(Refusal {
-                status: status::PROCESSING_FAILURE,
-                comment: "Transaction UID already used for other references".into(),
-                attribute: None,
-            }),
-            Ok(Err(e)) => {
-                warn!(transaction = %uid, error = %e, "storage commitment request cannot be recorded");
-                Some(Refusal {
-                    status: status::PROCESSING_FAILURE,
-                    comment: "cannot record the request".into(),
-                    attribute: None,
-                })
-            }
-            Err(busy) => Some(Refusal {
-                status: status::RESOURCE_LIMITATION,
-                comment: busy.to_string(),
-                attribute: None,
-            }),
-        };
-        if let Some(r) = refusal {
+            return flow;
+        }
+        if let Some(r) = commitment_record(&scp, &record).await {
             scp.reports.release(&uid);
             return self.commitment_refuse(&cmd, pc_id, &r).await;
         }
@@ -175,20 +159,30 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             scp.reports.wake();
             return flow;
         }
-        let mut todo = vec![record];
+        let mut todo = vec![uid.clone()];
         if scp.report == CommitmentReport::SameAssociation {
             // Requests of this requestor whose association closed before their report.
             todo.extend(self.commitment_left_behind(&scp, &uid).await);
         }
+        let mut first = Some(record);
         let mut todo = todo.into_iter();
-        while let Some(p) = todo.next() {
+        while let Some(u) = todo.next() {
+            // The full record (up to ~1 MB of references) is read only when its turn comes.
+            let p = match first.take() {
+                Some(p) => Some(p),
+                None => commitment_load(&scp, &u).await,
+            };
+            let Some(p) = p else {
+                scp.reports.release(&u);
+                continue;
+            };
             if let Flow::Stop = self
                 .commitment_report_here(&scp, pc_id, &ts, p, answered)
                 .await
             {
                 // The connection is gone: what was not reported here goes back.
                 for rest in todo {
-                    scp.reports.release(&rest.transaction_uid);
+                    scp.reports.release(&rest);
                 }
                 if scp.report == CommitmentReport::Auto {
                     scp.reports.wake();
@@ -200,16 +194,13 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
     }
 
     /// Other pending requests of this association's calling AE title that nobody is
-    /// reporting, claimed for this association.
-    async fn commitment_left_behind(
-        &mut self,
-        scp: &CommitmentScp,
-        current: &str,
-    ) -> Vec<PendingCommitment> {
+    /// reporting, claimed for this association: their Transaction UIDs, from the schedule
+    /// (no references decoded).
+    async fn commitment_left_behind(&mut self, scp: &CommitmentScp, current: &str) -> Vec<String> {
         let index = scp.index.clone();
         let listed = scp
             .pool
-            .run(move || Commitments::open(index.database())?.list())
+            .run(move || Commitments::open(index.database())?.schedule())
             .await;
         let Ok(Ok(all)) = listed else {
             return Vec::new();
@@ -220,6 +211,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                     && p.calling_ae_title == self.negotiated.calling_ae_title
                     && scp.reports.claim(&p.transaction_uid)
             })
+            .map(|p| p.transaction_uid)
             .collect()
     }
 
@@ -362,5 +354,88 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             }
         }
         Flow::Continue
+    }
+}
+
+/// Records `p` durably on the pool; the refusal to answer if it cannot be (each with a
+/// WARN line): 0213 when a bound is reached (the whole table, the requestor's quota, the
+/// pool), 0110 for a reused Transaction UID or a storage failure.
+async fn commitment_record(scp: &CommitmentScp, p: &PendingCommitment) -> Option<Refusal> {
+    let index = scp.index.clone();
+    let rec = p.clone();
+    let put = scp
+        .pool
+        .run(move || {
+            let c = Commitments::open(index.database())?;
+            c.put(&rec)?;
+            c.count()
+        })
+        .await;
+    let uid = &p.transaction_uid;
+    let (status, comment) = match put {
+        Ok(Ok(n)) => {
+            crate::metrics::global().commitment_pending(n);
+            return None;
+        }
+        Ok(Err(e @ CommitmentStoreError::Full(_))) => {
+            warn!(transaction = %uid, error = %e, "storage commitment request refused: too many pending");
+            (
+                status::RESOURCE_LIMITATION,
+                "too many storage commitment requests pending".to_owned(),
+            )
+        }
+        Ok(Err(e @ CommitmentStoreError::AeQuota { .. })) => {
+            warn!(transaction = %uid, requestor = %p.calling_ae_title, error = %e,
+                "storage commitment request refused: the requestor's quota is reached");
+            (
+                status::RESOURCE_LIMITATION,
+                format!("quota of {MAX_PENDING_PER_AE} pending requests per AE title reached"),
+            )
+        }
+        Ok(Err(e @ CommitmentStoreError::Duplicate(_))) => {
+            warn!(transaction = %uid, error = %e, "storage commitment request refused");
+            (
+                status::PROCESSING_FAILURE,
+                "Transaction UID already used for other references".to_owned(),
+            )
+        }
+        Ok(Err(e)) => {
+            warn!(transaction = %uid, error = %e, "storage commitment request cannot be recorded");
+            (
+                status::PROCESSING_FAILURE,
+                "cannot record the request".to_owned(),
+            )
+        }
+        Err(busy) => {
+            warn!(transaction = %uid, error = %busy, "storage commitment request refused: the pool is busy");
+            (status::RESOURCE_LIMITATION, busy.to_string())
+        }
+    };
+    Some(Refusal {
+        status,
+        comment,
+        attribute: None,
+    })
+}
+
+/// The full record of the claimed request `uid`, read on the pool; `None` if it is gone
+/// (acknowledged meanwhile) or cannot be read (logged; it stays pending).
+async fn commitment_load(scp: &CommitmentScp, uid: &str) -> Option<PendingCommitment> {
+    let index = scp.index.clone();
+    let u = uid.to_owned();
+    match scp
+        .pool
+        .run(move || Commitments::open(index.database())?.get(&u))
+        .await
+    {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            warn!(transaction = %uid, error = %e, "storage commitment: cannot read a pending request");
+            None
+        }
+        Err(e) => {
+            warn!(transaction = %uid, error = %e, "storage commitment: cannot read a pending request now");
+            None
+        }
     }
 }

@@ -53,6 +53,12 @@ pub const SOP_CLASS: &str = "1.2.840.10008.1.20.1";
 /// The well-known SOP Instance UID every request names (PS3.4 J.3.5).
 pub const WELL_KNOWN_INSTANCE: &str = "1.2.840.10008.1.20.1.1";
 
+/// Most Referenced SOP Sequence items in one N-ACTION: the 1 MiB dataset bound alone lets a
+/// request name ~15,000 references, each recorded, judged (an index read and a `stat`) and
+/// reported; a request beyond it is refused with 0213 and nothing is recorded. A modality
+/// commits a study or a series per request, far below it.
+pub const MAX_REFERENCES: usize = 10_000;
+
 /// Action Type ID of "Request Storage Commitment".
 pub const REQUEST_STORAGE_COMMITMENT: u16 = 1;
 
@@ -70,7 +76,8 @@ pub mod status {
     pub const NO_SUCH_SOP_CLASS: u16 = 0x0118;
     /// No such action (an Action Type ID other than 1).
     pub const NO_SUCH_ACTION: u16 = 0x0123;
-    /// Resource limitation (the service's work queue is full).
+    /// Resource limitation (the service's work queue is full, a quota or a bound is reached,
+    /// or the report could not be delivered).
     pub const RESOURCE_LIMITATION: u16 = 0x0213;
 }
 
@@ -154,6 +161,14 @@ pub fn decode_request(bytes: &[u8], ts: &str) -> Result<CommitmentRequest, Refus
     };
     if items.is_empty() {
         return Err(invalid("Referenced SOP Sequence is empty", seq));
+    }
+    if items.len() > MAX_REFERENCES {
+        // Before a reference is converted, recorded or judged: nothing is kept.
+        return Err(Refusal::new(
+            status::RESOURCE_LIMITATION,
+            format!("more than {MAX_REFERENCES} references in one request"),
+            Some(seq),
+        ));
     }
     let references = items
         .iter()
@@ -391,5 +406,31 @@ mod tests {
             status_of(action(SOP_CLASS, WELL_KNOWN_INSTANCE, None)),
             status::NO_SUCH_ACTION
         );
+    }
+
+    #[test]
+    fn a_request_with_too_many_references_is_a_resource_limitation() {
+        let items = |n: usize| {
+            (0..n)
+                .map(|i| item(Some(CT), Some(&format!("1.2.3.{i}"))))
+                .collect::<Vec<_>>()
+        };
+        let at = request(Some("1.2.3.99"), items(MAX_REFERENCES));
+        let bytes = write_dataset(&at, IMPLICIT_LE).unwrap();
+        assert_eq!(
+            decode_request(&bytes, IMPLICIT_LE)
+                .unwrap()
+                .references
+                .len(),
+            MAX_REFERENCES
+        );
+        let over = request(Some("1.2.3.99"), items(MAX_REFERENCES + 1));
+        let bytes = write_dataset(&over, IMPLICIT_LE).unwrap();
+        assert!(bytes.len() < 1 << 20, "within the dataset bound");
+        let r = decode_request(&bytes, IMPLICIT_LE).unwrap_err();
+        assert_eq!(r.status, status::RESOURCE_LIMITATION);
+        assert_eq!(r.attribute, Some(tags::REFERENCED_SOP_SEQUENCE));
+        assert!(r.comment.contains("more than 10000 references"), "{r:?}");
+        assert!(r.comment.len() <= 64);
     }
 }

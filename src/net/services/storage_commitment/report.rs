@@ -12,7 +12,8 @@
 //! at start-up (requests whose association died with the daemon) and whenever woken, with an
 //! exponential backoff per request, logging each attempt. A request stays in the pending
 //! table (`store::commitment`) until the requestor acknowledges a report with a success
-//! status.
+//! status, or until it is older than `store::commitment::MAX_AGE` (then it is dropped with a
+//! WARN line and counted as `expired`).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -30,7 +31,7 @@ use crate::config::CommitmentReport;
 use crate::net::dimse::command::{tags as ct, CommandBuilder, CommandField};
 use crate::net::dimse::dataset::write_dataset;
 use crate::net::scu::{AssocParams, Association, ScuError, ScuTls};
-use crate::store::commitment::{CommitmentStoreError, Commitments, PendingCommitment};
+use crate::store::commitment::{CommitmentStoreError, Commitments, PendingCommitment, MAX_AGE};
 use crate::store::index::Index;
 
 /// Failure Reason (0008,1197) values of the Failed SOP Sequence (PS3.4 J.3.2.1.1.2).
@@ -335,7 +336,32 @@ fn deliver_due(scp: &CommitmentScp, rt: &tokio::runtime::Runtime) -> Duration {
             return Duration::from_secs(10);
         }
     };
-    let pending = match store.list() {
+    // Requests older than MAX_AGE are dropped first, in every mode (under
+    // `same-association` a requestor that never comes back would hold them forever); one an
+    // association is reporting right now is left to it.
+    let mut taken = Vec::new();
+    match store.remove_expired(now_us(), |s| {
+        let got = scp.reports.claim(&s.transaction_uid);
+        if got {
+            taken.push(s.transaction_uid.clone());
+        }
+        got
+    }) {
+        Ok(gone) => {
+            for s in gone {
+                warn!(transaction = %s.transaction_uid, requestor = %s.calling_ae_title,
+                    attempts = s.attempts, max_age_days = MAX_AGE.as_secs() / 86_400,
+                    "storage commitment request expired undelivered; dropped");
+                crate::metrics::global().commitment_expired();
+            }
+        }
+        Err(e) => warn!(error = %e, "storage commitment: cannot drop expired requests"),
+    }
+    for uid in taken {
+        scp.reports.release(&uid);
+    }
+    // The schedule only (a few dozen bytes a request): a full record is read when it is due.
+    let pending = match store.schedule() {
         Ok(p) => p,
         Err(e) => {
             warn!(error = %e, "storage commitment: cannot read the pending requests");
