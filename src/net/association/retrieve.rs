@@ -40,6 +40,9 @@ use crate::store::index::InstanceRecord;
 /// How often a C-MOVE looks for a C-CANCEL while no sub-operation ends.
 const CANCEL_POLL: Duration = Duration::from_millis(200);
 
+/// Shortest interval between two C-MOVE pending responses (the first goes out at once).
+const PENDING_EVERY: Duration = Duration::from_millis(50);
+
 /// How the sub-operations ended.
 struct SubOpsEnd {
     tally: Tally,
@@ -342,6 +345,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             }
             None => {}
         };
+        let mut last_pending: Option<Instant> = None;
         loop {
             let watching = !end.cancelled && !end.gone;
             tokio::select! {
@@ -352,10 +356,15 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                     if watching {
                         let i = self.conn.poll_cancel(cmd.message_id);
                         stop_reading(&mut end, i);
-                        if !end.cancelled && !end.gone && end.tally.remaining() > 0
-                            && !self.pending(cmd, pc_id, field, &end.tally).await
-                        {
-                            stop_reading(&mut end, Some(Interrupt::Gone));
+                        // Pending responses are optional (PS3.4 C.4.2.3.1): at most one per
+                        // PENDING_EVERY, so a fast transfer of small objects does not spend
+                        // as much CPU on progress reports as on the objects.
+                        let due = last_pending.is_none_or(|t| t.elapsed() >= PENDING_EVERY);
+                        if due && !end.cancelled && !end.gone && end.tally.remaining() > 0 {
+                            last_pending = Some(Instant::now());
+                            if !self.pending(cmd, pc_id, field, &end.tally).await {
+                                stop_reading(&mut end, Some(Interrupt::Gone));
+                            }
                         }
                     }
                 }
