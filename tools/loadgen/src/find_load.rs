@@ -5,11 +5,53 @@ use dicom_gw::net::dimse::command::{tags, CommandBuilder, CommandField};
 use dicom_gw::net::dimse::status::{category, Category};
 use hdrhistogram::Histogram;
 
-use dicom_loadgen::scu::{Association, ScuError};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dicom_loadgen::dataset::{EXPLICIT_LE, IMPLICIT_LE};
+use dicom_loadgen::scu::{AssocParams, Association, ScuError};
 
 /// Microseconds, 1 µs to 1 h, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// The association a C-FIND load opens per worker: one context for `sop_class`, explicit or
+/// implicit VR little endian.
+pub fn find_params(
+    addr: SocketAddr,
+    calling: &str,
+    called: &str,
+    max_pdu: u32,
+    timeout: Duration,
+    sop_class: &str,
+) -> AssocParams {
+    AssocParams {
+        addr,
+        calling: calling.to_owned(),
+        called: called.to_owned(),
+        max_pdu,
+        timeout,
+        connect_timeout: None,
+        contexts: vec![(
+            sop_class.to_owned(),
+            vec![EXPLICIT_LE.to_owned(), IMPLICIT_LE.to_owned()],
+        )],
+        implementation_class_uid: dicom_loadgen::dataset::IMPLEMENTATION_CLASS_UID.to_owned(),
+        implementation_version_name: dicom_loadgen::dataset::IMPLEMENTATION_VERSION_NAME.to_owned(),
+    }
+}
+
+/// Cumulative weights of the kinds with a positive weight, for a draw in `[0, total)`.
+pub fn cumulative<K: Copy>(mix: impl IntoIterator<Item = (K, f64)>) -> Vec<(K, f64)> {
+    let mut acc = 0.0;
+    mix.into_iter()
+        .filter(|(_, w)| *w > 0.0)
+        .map(|(k, w)| {
+            acc += w;
+            (k, acc)
+        })
+        .collect()
 }
 
 /// Per-kind counters of one worker (merged at the end).

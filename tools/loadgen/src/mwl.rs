@@ -42,13 +42,13 @@ use dicom_loadgen::synth::civil;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use dicom_loadgen::dataset::{encode_meta, Ts, EXPLICIT_LE, IMPLICIT_LE};
+use dicom_loadgen::dataset::{encode_meta, Ts, EXPLICIT_LE};
 use dicom_loadgen::query::Query;
 use dicom_loadgen::run::MWL_FIND;
 use dicom_loadgen::scu::{AssocParams, Association, ScuError};
 use dicom_loadgen::stats::Percentiles;
 
-use crate::find_load::{c_find, KindStats, Rng};
+use crate::find_load::{c_find, cumulative, find_params, KindStats, Rng};
 
 /// Modalities assigned to stations in rotation.
 pub const MODALITIES: [&str; 8] = ["CT", "MR", "US", "CR", "DX", "MG", "NM", "XA"];
@@ -654,31 +654,22 @@ impl Shared {
 /// Runs the query load; blocks until every worker is done.
 pub fn run(cfg: MwlConfig) -> MwlSummary {
     let queries = instances(&cfg.layout);
-    let mut acc = 0.0;
-    let cumulative: Vec<(Kind, f64)> = cfg
-        .mix
-        .0
-        .iter()
-        .filter(|(k, w)| *w > 0.0 && queries.get(k).is_some_and(|v| !v.is_empty()))
-        .map(|(k, w)| {
-            acc += w;
-            (*k, acc)
-        })
-        .collect();
-    let params = AssocParams {
-        addr: cfg.addr,
-        calling: cfg.calling.clone(),
-        called: cfg.called.clone(),
-        max_pdu: cfg.max_pdu,
-        timeout: cfg.timeout,
-        connect_timeout: None,
-        contexts: vec![(
-            MWL_FIND.to_owned(),
-            vec![EXPLICIT_LE.to_owned(), IMPLICIT_LE.to_owned()],
-        )],
-        implementation_class_uid: dicom_loadgen::dataset::IMPLEMENTATION_CLASS_UID.to_owned(),
-        implementation_version_name: dicom_loadgen::dataset::IMPLEMENTATION_VERSION_NAME.to_owned(),
-    };
+    // Only kinds the layout has instances of can be drawn.
+    let cumulative = cumulative(
+        cfg.mix
+            .0
+            .iter()
+            .copied()
+            .filter(|(k, _)| queries.get(k).is_some_and(|v| !v.is_empty())),
+    );
+    let params = find_params(
+        cfg.addr,
+        &cfg.calling,
+        &cfg.called,
+        cfg.max_pdu,
+        cfg.timeout,
+        MWL_FIND,
+    );
     let c = cfg.concurrency.max(1);
     let shared = Arc::new(Shared {
         cfg,

@@ -34,11 +34,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use dicom_loadgen::dataset::{Encoder, Ts, EXPLICIT_LE, IMPLICIT_LE};
+use dicom_loadgen::dataset::{Encoder, Ts, EXPLICIT_LE};
 use dicom_loadgen::scu::{AssocParams, Association, ScuError};
 use dicom_loadgen::stats::Percentiles;
 
-use crate::find_load::{c_find, KindStats, Rng};
+use crate::find_load::{c_find, cumulative, find_params, KindStats, Rng};
 
 /// Study Root Query/Retrieve Information Model – FIND.
 pub const STUDY_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.2.1";
@@ -500,30 +500,15 @@ struct WorkerOut {
 
 /// Runs the query load; blocks until every worker is done.
 pub fn run(cfg: QrConfig) -> QrSummary {
-    let mut acc = 0.0;
-    let cumulative: Vec<(Kind, f64)> = cfg
-        .mix
-        .iter()
-        .filter(|(_, w)| *w > 0.0)
-        .map(|(k, w)| {
-            acc += w;
-            (*k, acc)
-        })
-        .collect();
-    let params = AssocParams {
-        addr: cfg.addr,
-        calling: cfg.calling.clone(),
-        called: cfg.called.clone(),
-        max_pdu: cfg.max_pdu,
-        timeout: cfg.timeout,
-        connect_timeout: None,
-        contexts: vec![(
-            STUDY_ROOT_FIND.to_owned(),
-            vec![EXPLICIT_LE.to_owned(), IMPLICIT_LE.to_owned()],
-        )],
-        implementation_class_uid: dicom_loadgen::dataset::IMPLEMENTATION_CLASS_UID.to_owned(),
-        implementation_version_name: dicom_loadgen::dataset::IMPLEMENTATION_VERSION_NAME.to_owned(),
-    };
+    let cumulative = cumulative(cfg.mix.iter().copied());
+    let params = find_params(
+        cfg.addr,
+        &cfg.calling,
+        &cfg.called,
+        cfg.max_pdu,
+        cfg.timeout,
+        STUDY_ROOT_FIND,
+    );
     let c = cfg.concurrency.max(1);
     let shared = Arc::new(Shared {
         cfg,
