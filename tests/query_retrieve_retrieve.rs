@@ -598,6 +598,70 @@ fn movescu_to_a_destination_refusing_one_sop_class_gets_b000_listing_exactly_tho
     gw.stop();
 }
 
+/// Each sub-operation's object is read and framed while the destination stores the one
+/// before it (one write each), except objects above one write batch, which are streamed: a
+/// study mixing both, with one file gone from disk in the middle, delivers every other object
+/// byte-identical on the same association and lists exactly the missing one.
+#[test]
+fn movescu_mixing_staged_and_streamed_objects_with_one_file_missing_fails_only_that_one() {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    let dest = Storescp::start(w.join("dest"), &["-d"]);
+    let mut gw = start(w, &destination("archive", "DEST", dest.port));
+    let first = ObjSpec::new(50).patient("MOVE^MIX", "PMIX");
+    let specs: Vec<ObjSpec> = std::iter::once(first.clone())
+        .chain((51..56).map(|n| {
+            let s = ObjSpec::new(n).same_series_as(&first);
+            // Two objects above the 1 MiB write batch: streamed, not staged.
+            if n == 52 || n == 54 {
+                s.pixel_bytes(3 << 20)
+            } else {
+                s
+            }
+        }))
+        .collect();
+    let with_ts: Vec<(&ObjSpec, Ts)> = specs.iter().map(|s| (s, Ts::ExplicitLE)).collect();
+    let files = store(gw.port, w, &with_ts);
+    let data = w.join("data");
+    let gone = &specs[3];
+    let path = gone.stored_path(&data);
+    wait_for("the object file", Duration::from_secs(30), || {
+        path.exists().then_some(()).ok_or("not yet".to_string())
+    });
+    std::fs::remove_file(&path).unwrap();
+
+    let log = movescu(
+        gw.port,
+        "-S",
+        "DEST",
+        &[
+            "QueryRetrieveLevel=STUDY".into(),
+            format!("StudyInstanceUID={}", first.study_instance_uid),
+        ],
+        &[],
+    );
+    assert_eq!(final_status(&log), "0XB000", "movescu log:\n{log}");
+    assert_eq!(count(&log, "Completed Suboperations"), 5, "{log}");
+    assert_eq!(count(&log, "Failed Suboperations"), 1, "{log}");
+    let list_line = log
+        .lines()
+        .find(|l| l.contains("(0008,0058)"))
+        .unwrap_or_else(|| panic!("no Failed SOP Instance UID List:\n{log}"));
+    assert!(list_line.contains(&gone.sop_instance_uid), "{list_line}");
+    dest.wait_for_files(5, Duration::from_secs(30));
+    let sent: Vec<(&ObjSpec, &PathBuf)> = specs
+        .iter()
+        .zip(&files)
+        .filter(|(s, _)| s.sop_instance_uid != gone.sop_instance_uid)
+        .collect();
+    assert_identical(&by_uid(&dest.dir), &sent);
+    // One association carried them all: a missing file is not a broken association.
+    let associations = dest.log().matches("I: Association Received").count();
+    assert_eq!(associations, 1, "storescp log:\n{}", dest.log());
+    gw.stop();
+}
+
 // C-GET sends from the association's own task: run on both I/O backends.
 gwtest!(getscu_retrieves_a_study_byte_identical, |io: &str| {
     require_dcmtk();

@@ -658,6 +658,69 @@ impl Association {
         self.store_response(message_id, sop_instance_uid)
     }
 
+    /// Reads and frames, into `out`, the message [`Association::send_dataset_from`] would
+    /// send, without sending it, when it fits in one write batch (≤ [`WRITE_BATCH`] bytes of
+    /// dataset): `Ok(true)`, and [`Association::send_staged`] writes it later in one call.
+    /// `Ok(false)` (nothing read) for a larger dataset, which is streamed instead.
+    ///
+    /// Why: a sender of many objects can read and frame the next one while the peer is still
+    /// storing the current one, so the peer's response is followed at once by the next
+    /// request instead of by our file read (C-MOVE sub-operations). A file that cannot be
+    /// read is [`ScuError::Source`] here, before anything is written, so unlike a failed
+    /// [`Association::send_dataset_from`] it leaves the association usable.
+    pub fn stage_from_file(
+        &mut self,
+        out: &mut BytesMut,
+        pc: u8,
+        command: &[u8],
+        file: &File,
+        offset: u64,
+        len: u64,
+    ) -> Result<bool, ScuError> {
+        if len > batch_len(self.peer_max_pdu) as u64 {
+            return Ok(false);
+        }
+        let mut source = FileRange {
+            file,
+            offset,
+            len,
+            buf: &mut self.scratch,
+        };
+        // One batch: frame_pieces leaves the whole message in `out` and calls the sink once.
+        match frame_pieces(
+            out,
+            pc,
+            command,
+            Some(&mut source),
+            self.peer_max_pdu,
+            &mut |_| Ok(()),
+        ) {
+            Ok(()) => Ok(true),
+            Err(FrameError::Source(e) | FrameError::Sink(e)) => {
+                out.clear();
+                Err(ScuError::Source(e))
+            }
+        }
+    }
+
+    /// Writes a message staged by [`Association::stage_from_file`] on this association. The
+    /// C-STORE-RSP is then awaited with [`Association::c_store_response`]; staging the next
+    /// object in between is the point. After an error the message may be incomplete: abort.
+    pub fn send_staged(&mut self, staged: &[u8]) -> Result<(), ScuError> {
+        self.stream.write_all(staged)?;
+        Ok(())
+    }
+
+    /// Waits for the C-STORE-RSP to `message_id` about `sop_instance_uid`, for a request sent
+    /// with [`Association::send_staged`] (see [`Association::c_store_from_file`]).
+    pub fn c_store_response(
+        &mut self,
+        message_id: u16,
+        sop_instance_uid: &str,
+    ) -> Result<StoreResponse, ScuError> {
+        self.store_response(message_id, sop_instance_uid)
+    }
+
     /// Receives the next message whatever it is (a response, or a request the peer sends us:
     /// the C-STOREs of a C-GET), handing its dataset, fragment by fragment, to `sink`: so an
     /// object of any size costs one PDU of memory. Returns the command and its context ID.
@@ -1377,6 +1440,79 @@ mod tests {
             };
             assert!(r.largest_pdu <= cap, "max {max}: PDU of {}", r.largest_pdu);
         }
+    }
+
+    #[test]
+    fn staged_messages_are_the_bytes_send_dataset_from_sends() {
+        let (file, _) = temp_file(2_500_000);
+        let cases: &[(u32, u64, u64)] = &[
+            // (peer max PDU, offset, len): all within one write batch
+            (16_384, 777, 524_288),
+            (10_000, 1, 999_990), // 10_000 - 6 divides neither batch nor length
+            (0, 3, WRITE_BATCH as u64),
+            (16_384, 5, 0),
+        ];
+        for &(max, offset, len) in cases {
+            // What the streaming path writes...
+            let (c, s) = tcp_pair();
+            let peer = sink_peer(s);
+            let mut a = Association::with_stream(c, 16_384);
+            a.peer_max_pdu = max;
+            a.send_dataset_from(5, b"store-rq", &file, offset, len)
+                .unwrap();
+            drop(a);
+            let streamed = peer.join().unwrap();
+            // ...is what staging frames, and send_staged writes, twice in a row on one
+            // association with the buffer reused.
+            let (c, s) = tcp_pair();
+            let peer = sink_peer(s);
+            let mut a = Association::with_stream(c, 16_384);
+            a.peer_max_pdu = max;
+            let mut buf = BytesMut::new();
+            for _ in 0..2 {
+                let staged = a
+                    .stage_from_file(&mut buf, 5, b"store-rq", &file, offset, len)
+                    .unwrap();
+                assert!(staged, "max {max} len {len} fits one batch");
+                assert_eq!(
+                    &buf[..],
+                    &streamed[..],
+                    "max {max} offset {offset} len {len}"
+                );
+                a.send_staged(&buf).unwrap();
+            }
+            drop(a);
+            assert_eq!(
+                peer.join().unwrap(),
+                [&streamed[..], &streamed[..]].concat()
+            );
+        }
+    }
+
+    #[test]
+    fn staging_declines_a_dataset_above_one_batch_and_a_short_file_keeps_the_association() {
+        let (file, _) = temp_file(3 << 20);
+        let (c, s) = tcp_pair();
+        let peer = sink_peer(s);
+        let mut a = Association::with_stream(c, 16_384);
+        a.peer_max_pdu = 16_384;
+        let mut buf = BytesMut::new();
+        let big = batch_len(16_384) as u64 + 1;
+        assert!(!a
+            .stage_from_file(&mut buf, 1, b"rq", &file, 0, big)
+            .unwrap());
+        // The file ends before the range: our problem, reported before anything is written.
+        let e = a
+            .stage_from_file(&mut buf, 1, b"rq", &file, (3 << 20) - 10, 100)
+            .unwrap_err();
+        assert_eq!(e.kind(), "source");
+        assert!(buf.is_empty(), "nothing half-framed is left to send");
+        // The association was not touched: a message still goes out whole.
+        a.send(1, b"next", None).unwrap();
+        drop(a);
+        let r = unframe(Bytes::from(peer.join().unwrap()), 16_384);
+        assert_eq!(r.command, b"next");
+        assert!(r.others.is_empty(), "no A-ABORT");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use dicom_core::VR;
 use dicom_dictionary_std::{tags, uids};
 use redb::ReadableDatabase;
@@ -539,6 +540,10 @@ pub fn run_move(
         let batch = &items[start..end];
         start = end;
         let mut assoc: Option<Association> = None;
+        // The object on the wire and the next one, read and framed while the destination
+        // stores this one (both buffers reused for the whole batch).
+        let (mut cur, mut next) = (BytesMut::new(), BytesMut::new());
+        let mut ahead: Option<Prepared> = None;
         let mut message_id: u16 = 0;
         for (i, rec) in batch.iter().enumerate() {
             if cancel.load(Ordering::Relaxed) {
@@ -565,13 +570,30 @@ pub fn run_move(
                 }
             }
             let a = assoc.as_mut().expect("opened above");
-            message_id = message_id.wrapping_add(1).max(1);
-            let outcome = match store_one(a, data, rec, message_id, originator) {
-                Ok(o) => o,
+            let current = match ahead.take() {
+                Some(p) => p,
+                None => {
+                    message_id = message_id.wrapping_add(1).max(1);
+                    prepare(a, data, rec, message_id, originator, &mut cur)
+                }
+            };
+            let sent = send(a, current, &cur);
+            if sent.is_ok() {
+                if let Some(n) = batch.get(i + 1) {
+                    message_id = message_id.wrapping_add(1).max(1);
+                    ahead = Some(prepare(a, data, n, message_id, originator, &mut next));
+                }
+            }
+            let outcome = match sent.and_then(|id| {
+                a.c_store_response(id, &rec.sop_instance_uid)
+                    .map_err(|e| (Outcome::Failed(e.to_string()), true))
+            }) {
+                Ok(rsp) => Outcome::of_status(rsp.status, rsp.error_comment.as_deref()),
                 Err((o, broken)) => {
                     if broken {
                         // The association is unusable after a failed send: a new one for the
-                        // next object.
+                        // next object (which is read again for it).
+                        ahead = None;
                         if let Some(a) = assoc.take() {
                             a.abort();
                         }
@@ -579,6 +601,7 @@ pub fn run_move(
                     o
                 }
             };
+            std::mem::swap(&mut cur, &mut next);
             if let Outcome::Failed(why) = &outcome {
                 tracing::warn!(destination = %dest.name, sop = %rec.sop_instance_uid, "C-MOVE sub-operation failed: {why}");
             }
@@ -592,24 +615,43 @@ pub fn run_move(
     }
 }
 
-/// One C-STORE of a C-MOVE; `Err((outcome, true))` when the association broke.
-fn store_one(
+/// A sub-operation made ready before its turn on the association.
+enum Prepared {
+    /// Read and framed into the caller's buffer: one write sends it.
+    Staged { message_id: u16 },
+    /// Larger than one write batch: streamed from the file at its turn.
+    Stream {
+        message_id: u16,
+        pc: u8,
+        command: Vec<u8>,
+        file: std::fs::File,
+        offset: u64,
+        len: u64,
+    },
+    /// It cannot be sent (no accepted context, unreadable file): why.
+    Failed(String),
+}
+
+/// Prepares the C-STORE of `rec` on `a` as request `message_id`: framed into `buf` when it
+/// fits one write, else to be streamed. Nothing is written to the association.
+fn prepare(
     a: &mut Association,
     data: &DataDir,
     rec: &InstanceRecord,
     message_id: u16,
     originator: &Originator,
-) -> Result<Outcome, (Outcome, bool)> {
+    buf: &mut BytesMut,
+) -> Prepared {
     let (class, ts) = (&rec.sop_class_uid, &rec.transfer_syntax_uid);
-    let pc = a.context(class, ts).map_err(|_| {
-        (
-            Outcome::Failed(format!(
-                "the destination refused SOP class {class} in transfer syntax {ts} (sent as stored, never converted)"
-            )),
-            false,
-        )
-    })?;
-    let file = open_stored(data, rec).map_err(|e| (Outcome::Failed(e), false))?;
+    let Ok(pc) = a.context(class, ts) else {
+        return Prepared::Failed(format!(
+            "the destination refused SOP class {class} in transfer syntax {ts} (sent as stored, never converted)"
+        ));
+    };
+    let file = match open_stored(data, rec) {
+        Ok(f) => f,
+        Err(e) => return Prepared::Failed(e),
+    };
     let command = crate::net::dimse::command::encode_store_rq_for_move(
         message_id,
         class,
@@ -617,17 +659,46 @@ fn store_one(
         &originator.ae_title,
         originator.message_id,
     );
-    match a.c_store_command_from_file(
-        pc,
-        message_id,
-        &command,
-        &rec.sop_instance_uid,
-        &file,
+    let (offset, len) = (
         rec.file_size.saturating_sub(rec.dataset_size),
         rec.dataset_size,
-    ) {
-        Ok(rsp) => Ok(Outcome::of_status(rsp.status, rsp.error_comment.as_deref())),
-        Err(e) => Err((Outcome::Failed(e.to_string()), true)),
+    );
+    match a.stage_from_file(buf, pc, &command, &file, offset, len) {
+        Ok(true) => Prepared::Staged { message_id },
+        Ok(false) => Prepared::Stream {
+            message_id,
+            pc,
+            command,
+            file,
+            offset,
+            len,
+        },
+        Err(e) => Prepared::Failed(e.to_string()),
+    }
+}
+
+/// Writes a prepared C-STORE-RQ (`staged`: the buffer it was framed into); its message ID to
+/// await the response with, or the outcome and whether the association broke.
+fn send(a: &mut Association, p: Prepared, staged: &[u8]) -> Result<u16, (Outcome, bool)> {
+    let broken = |e: ScuError| (Outcome::Failed(e.to_string()), true);
+    match p {
+        Prepared::Failed(why) => Err((Outcome::Failed(why), false)),
+        Prepared::Staged { message_id } => {
+            a.send_staged(staged).map_err(broken)?;
+            Ok(message_id)
+        }
+        Prepared::Stream {
+            message_id,
+            pc,
+            command,
+            file,
+            offset,
+            len,
+        } => {
+            a.send_dataset_from(pc, &command, &file, offset, len)
+                .map_err(broken)?;
+            Ok(message_id)
+        }
     }
 }
 
