@@ -259,6 +259,7 @@ pub(super) fn run<S: Storage>(rx: mpsc::Receiver<Msg>, shared: Arc<Shared<S>>) {
     let mut closed = false;
     let mut failing_since: Option<Instant> = None;
     let mut made_dirs = HashSet::new();
+    let mut last_objects = Instant::now();
     loop {
         let wait = match since {
             _ if closed => Duration::ZERO,
@@ -297,6 +298,12 @@ pub(super) fn run<S: Storage>(rx: mpsc::Receiver<Msg>, shared: Arc<Shared<S>>) {
                 }
             }
         }
+        if end.is_some() {
+            last_objects = Instant::now();
+        } else if last_objects.elapsed() >= cfg.trim_buffers_after {
+            // Ingest went quiet: the buffers pooled for the next objects can go.
+            cfg.buffers.trim();
+        }
         shared
             .progress
             .lag(pending.first().map(|i| i.meta.record.received_at_us));
@@ -326,6 +333,14 @@ pub(super) fn run<S: Storage>(rx: mpsc::Receiver<Msg>, shared: Arc<Shared<S>>) {
             &mut made_dirs,
         ) {
             Ok(done) => {
+                // The objects are in their files: their buffers serve the next ones (before
+                // anyone waiting for this checkpoint is let go).
+                let objects = pending.len();
+                for it in pending.drain(..) {
+                    if let Some(b) = it.bytes {
+                        cfg.buffers.give_bytes(b);
+                    }
+                }
                 if let Err(err) = shared.journal().release_through(&e) {
                     tracing::error!(error = %err, "journal release failed");
                 }
@@ -343,12 +358,12 @@ pub(super) fn run<S: Storage>(rx: mpsc::Receiver<Msg>, shared: Arc<Shared<S>>) {
                     }
                 }
                 tracing::debug!(
-                    objects = pending.len(),
+                    objects,
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "checkpoint"
                 );
-                crate::metrics::global().checkpoint(pending.len(), started.elapsed());
-                pending.clear();
+                crate::metrics::global().checkpoint(objects, started.elapsed());
+
                 pending_bytes = 0;
                 end = None;
                 since = None;

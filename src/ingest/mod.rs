@@ -68,6 +68,11 @@ pub struct IngestConfig {
     pub full_wait: Duration,
     /// How files are made durable (checkpoints, large objects before their record).
     pub sync: SyncMethod,
+    /// Where in-memory objects' buffers go once their files are written (the pool the
+    /// storage service's writers take from).
+    pub buffers: &'static crate::store::buffers::BufferPool,
+    /// After this long without objects the pool's idle buffers are freed.
+    pub trim_buffers_after: Duration,
 }
 
 impl IngestConfig {
@@ -84,6 +89,8 @@ impl IngestConfig {
             checkpoint_objects: 4096,
             full_wait: Duration::from_secs(30),
             sync: SyncMethod::Syncfs,
+            buffers: crate::store::buffers::BufferPool::objects(),
+            trim_buffers_after: Duration::from_secs(1),
         }
     }
 }

@@ -8,6 +8,7 @@ use futures_util::future::join_all;
 
 use super::*;
 use crate::store::attrs::IndexAttrs;
+use crate::store::buffers::BufferPool;
 use crate::store::crashdb::CrashBackend;
 use crate::store::journal::{CrashStorage, Tear};
 use crate::store::sink::Body;
@@ -527,5 +528,82 @@ fn groups_are_cut_by_size_with_large_meta_sections() {
     assert!(rt.block_on(ingest.settle.settle(Duration::from_secs(10))));
     assert_eq!(index.instance_count().unwrap(), 24);
     drop(snap);
+    ingest.join();
+}
+
+/// Issue 12 item 7: an object received in memory is journaled and written from one buffer,
+/// which the checkpoint hands back to the pool the storage service's writers take from (so
+/// the next object reuses it instead of faulting in fresh pages); a buffer still shared
+/// elsewhere is left alone.
+#[test]
+fn the_checkpoint_returns_object_buffers_to_the_pool() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = DataDir::prepare(dir.path()).unwrap();
+    let index = Arc::new(Index::open(&data.index_path()).unwrap());
+    let routing = Arc::new(ArcSwap::from_pointee(Routing::new(Vec::new())));
+    let pool: &'static BufferPool = Box::leak(Box::default());
+    let mut c = cfg(DuplicatePolicy::Keep);
+    c.buffers = pool;
+    c.trim_buffers_after = Duration::from_secs(3600);
+    let ingest = Ingest::start(
+        CrashStorage::new(),
+        jcfg(),
+        index.clone(),
+        data.clone(),
+        c,
+        routing,
+    )
+    .unwrap();
+    let submit = |spec: Spec, keep: bool| {
+        let mut o = spec.object();
+        let Body::Inline(b) = &o.body else {
+            unreachable!()
+        };
+        let mut v = pool.take(64 * 1024);
+        v.extend_from_slice(b);
+        let (addr, b) = (v.as_ptr() as usize, Bytes::from(v));
+        let kept = keep.then(|| b.slice(0..1));
+        o.body = Body::Inline(b);
+        let r = rt.block_on(ingest.pipeline.snapshot().submit(o));
+        assert_eq!(r.unwrap(), Accepted::Stored);
+        (addr, kept)
+    };
+    let (first, _) = submit(s(1, 1, "1.5"), false);
+    let (second, held) = submit(s(2, 1, "1.5"), true);
+    assert!(rt.block_on(ingest.settle.settle(Duration::from_secs(10))));
+    assert!(index.instance(&s(1, 1, "1.5").sop()).unwrap().is_some());
+    // Held until the end, so no address can be handed out twice.
+    let idle: Vec<Vec<u8>> = (0..pool.idle()).map(|_| pool.take(0)).collect();
+    let idle: Vec<usize> = idle.iter().map(|v| v.as_ptr() as usize).collect();
+    assert_eq!(idle, vec![first], "only the unshared buffer came back");
+    assert_ne!(first, second);
+    drop(held);
+    ingest.join();
+}
+
+/// ...and once ingest has been quiet for `trim_buffers_after`, the pool lets them go.
+#[test]
+fn a_quiet_pipeline_frees_the_pooled_buffers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = DataDir::prepare(dir.path()).unwrap();
+    let index = Arc::new(Index::open(&data.index_path()).unwrap());
+    let routing = Arc::new(ArcSwap::from_pointee(Routing::new(Vec::new())));
+    let pool: &'static BufferPool = Box::leak(Box::default());
+    let mut c = cfg(DuplicatePolicy::Keep);
+    c.buffers = pool;
+    c.trim_buffers_after = Duration::ZERO;
+    let ingest = Ingest::start(CrashStorage::new(), jcfg(), index, data, c, routing).unwrap();
+    pool.give(Vec::with_capacity(1000));
+    assert_eq!(pool.idle(), 1);
+    // The materializer looks at least once a second while nothing is pending.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pool.idle() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool was never trimmed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     ingest.join();
 }

@@ -3,6 +3,7 @@
 //! the network layer: it knows files and bytes, not associations.
 
 pub mod attrs;
+pub mod buffers;
 pub mod commitment;
 pub mod crashdb;
 pub mod error;

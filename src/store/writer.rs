@@ -72,7 +72,7 @@ pub struct WrittenObject {
     /// BLAKE3 of the dataset bytes, hex.
     pub dataset_blake3: String,
     /// The first [`PREFIX_LEN`] bytes of the dataset (or all of it).
-    pub prefix: Vec<u8>,
+    pub prefix: Bytes,
     /// What the structure check found (`Ok` also when the syntax is not one it knows).
     pub structure: Result<(), ScanError>,
 }
@@ -89,7 +89,7 @@ impl<F: ObjFile> ObjectWriter<F> {
     ) -> io::Result<Self> {
         let header_len = header.len() as u64;
         if header.len() < inline_max {
-            let mut mem = Vec::with_capacity(inline_max.min(64 * 1024));
+            let mut mem = super::buffers::BufferPool::objects().take(inline_max.min(64 * 1024));
             mem.extend_from_slice(&header);
             return Ok(Self {
                 file: None,
@@ -192,9 +192,12 @@ impl<F: ObjFile> ObjectWriter<F> {
         if let Some(mem) = self.mem.take() {
             let dataset_start = self.header_len as usize;
             let prefix_end = mem.len().min(dataset_start + PREFIX_LEN);
+            let body = Bytes::from(mem);
             return Ok(WrittenObject {
-                prefix: mem[dataset_start..prefix_end].to_vec(),
-                body: Body::Inline(Bytes::from(mem)),
+                // A view, not a copy: drop it before the body is done with, so the buffer can
+                // go back to the pool (see `store::buffers`).
+                prefix: body.slice(dataset_start..prefix_end),
+                body: Body::Inline(body),
                 file_size: self.pos,
                 dataset_offset: self.header_len,
                 dataset_size: self.pos - self.header_len,
@@ -226,7 +229,7 @@ impl<F: ObjFile> ObjectWriter<F> {
             dataset_offset: self.header_len,
             dataset_size: self.pos - self.header_len,
             dataset_blake3: self.hasher.finalize().to_hex().to_string(),
-            prefix: std::mem::take(&mut self.prefix),
+            prefix: Bytes::from(std::mem::take(&mut self.prefix)),
             structure: self.check.take().map_or(Ok(()), |c| c.finish().map(drop)),
         })
     }

@@ -392,6 +392,9 @@ impl StorageScp {
             };
             Ok::<_, StoreError>((attrs, path))
         })();
+        // The prefix may be a view of the body's buffer: let go of it, so the buffer goes back
+        // to the pool once the object is on disk.
+        drop(obj.prefix);
         let (attrs, rel_path) = match checked {
             Ok(x) => x,
             Err(e) => {
