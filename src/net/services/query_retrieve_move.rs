@@ -707,34 +707,6 @@ fn open_destination(
     our_ae_title: &str,
     pairs: &[(String, String)],
 ) -> Result<Association, ScuError> {
-    use std::net::ToSocketAddrs;
-    let addr = (dest.host.as_str(), dest.port)
-        .to_socket_addrs()
-        .map_err(|e| {
-            ScuError::Io(std::io::Error::other(format!(
-                "cannot resolve {}: {e}",
-                dest.host
-            )))
-        })?
-        .next()
-        .ok_or_else(|| {
-            ScuError::Io(std::io::Error::other(format!(
-                "{} has no address",
-                dest.host
-            )))
-        })?;
-    let tls = match &dest.tls {
-        None => None,
-        Some(t) => Some(ScuTls {
-            config: crate::tls::client_config(
-                Some(&t.ca_file),
-                t.client.as_ref().map(|c| c.0.as_path()),
-                t.client.as_ref().map(|c| c.1.as_path()),
-            )
-            .map_err(|source| ScuError::Tls { addr, source })?,
-            server_name: t.verify_name(&dest.host).to_owned(),
-        }),
-    };
     // The destination's own calling AE title when it has one configured (its access list
     // knows it), else ours.
     let calling = if dest.calling_ae_title.trim().is_empty() {
@@ -742,23 +714,11 @@ fn open_destination(
     } else {
         dest.calling_ae_title.clone()
     };
-    Association::open_with_tls(
-        &AssocParams {
-            addr,
-            calling,
-            called: dest.ae_title.clone(),
-            max_pdu: dest.max_pdu_length,
-            timeout: dest.dimse_timeout,
-            connect_timeout: Some(dest.connect_timeout),
-            contexts: pairs
-                .iter()
-                .map(|(c, t)| (c.clone(), vec![t.clone()]))
-                .collect(),
-            implementation_class_uid: crate::IMPLEMENTATION_CLASS_UID.to_owned(),
-            implementation_version_name: crate::IMPLEMENTATION_VERSION_NAME.to_owned(),
-        },
-        tls.as_ref(),
-    )
+    let contexts = pairs
+        .iter()
+        .map(|(c, t)| (c.clone(), vec![t.clone()]))
+        .collect();
+    crate::net::scu::link_to(dest, calling, contexts, &[])
 }
 
 /// The SCU side (`dicom-gw scu move|get`): how one C-MOVE or C-GET ended.
