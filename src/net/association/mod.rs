@@ -304,6 +304,16 @@ async fn run<F: ObjFile, S: NetStream>(
     drop(active);
 }
 
+/// The status for a service job the work pool did not finish: `busy` (out of resources)
+/// when the queue was full, `failed` (unable to process) when the job itself failed.
+fn pool_status(e: &crate::rt::PoolError, busy: u16, failed: u16) -> u16 {
+    if e.is_busy() {
+        busy
+    } else {
+        failed
+    }
+}
+
 /// Logs every presentation context we refused, with its SOP class and the reason, so an
 /// integration engineer sees at once why a modality's object "cannot be sent".
 fn log_refused_contexts(rq: &AssociationRQ, results: &[dicom_ul::pdu::PresentationContextResult]) {
@@ -814,9 +824,13 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
         let answer = pool
             .run(move || query_retrieve_find::find_encoded(&scp, &rq, &identifier, &ts, relational))
             .await
-            .unwrap_or_else(|busy| FindAnswer::Refused {
-                status: find_status::OUT_OF_RESOURCES,
-                comment: busy.to_string(),
+            .unwrap_or_else(|e| FindAnswer::Refused {
+                status: pool_status(
+                    &e,
+                    find_status::OUT_OF_RESOURCES,
+                    find_status::UNABLE_TO_PROCESS,
+                ),
+                comment: e.to_string(),
                 offending: None,
             });
         let (end, sent) = find::respond(&mut self.conn, &cmd, pc_id, answer).await;
@@ -873,9 +887,13 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 .pool
                 .run(move || mwl::find_encoded(&*store, &rq, &identifier, &ts, limit))
                 .await
-                .unwrap_or_else(|busy| FindAnswer::Refused {
-                    status: find_status::OUT_OF_RESOURCES,
-                    comment: busy.to_string(),
+                .unwrap_or_else(|e| FindAnswer::Refused {
+                    status: pool_status(
+                        &e,
+                        find_status::OUT_OF_RESOURCES,
+                        find_status::UNABLE_TO_PROCESS,
+                    ),
+                    comment: e.to_string(),
                     offending: None,
                 });
             let (end, sent) = find::respond(&mut self.conn, &cmd, pc_id, answer).await;
@@ -910,14 +928,18 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 }
             })
             .await
-            .unwrap_or_else(|busy| {
+            .unwrap_or_else(|e| {
                 mpps::Answer::fail(
                     cmd.affected_sop_instance_uid
                         .as_deref()
                         .or(cmd.requested_sop_instance_uid.as_deref())
                         .unwrap_or(""),
-                    mpps::status::RESOURCE_LIMITATION,
-                    busy.to_string(),
+                    pool_status(
+                        &e,
+                        mpps::status::RESOURCE_LIMITATION,
+                        mpps::status::PROCESSING_FAILURE,
+                    ),
+                    e.to_string(),
                 )
             });
         let op = if create { MppsOp::Create } else { MppsOp::Set };
