@@ -147,6 +147,10 @@ pub enum ScuError {
         /// Why.
         why: String,
     },
+    /// The operation did not finish within the caller's overall deadline (each step may
+    /// have been within its timeout: a peer that answers slowly but steadily).
+    #[error("did not finish within {0:?}")]
+    Deadline(Duration),
     /// The peer closed the connection.
     #[error("connection closed by the peer")]
     Closed,
@@ -184,6 +188,7 @@ impl ScuError {
             ScuError::Aborted(_) => "aborted",
             ScuError::Timeout => "timeout",
             ScuError::Resolve { .. } => "resolve",
+            ScuError::Deadline(_) => "deadline",
             ScuError::Closed => "closed",
             ScuError::Io(_) => "io",
             ScuError::Protocol(_) => "protocol",
@@ -289,6 +294,14 @@ impl Write for Link {
 }
 
 impl Link {
+    /// The TCP socket under the link.
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Link::Plain(s) => s,
+            Link::Tls(s) => &s.sock,
+        }
+    }
+
     /// Shuts the connection down both ways (after close_notify on TLS, best effort).
     fn shutdown(&mut self) {
         let sock = match self {
@@ -572,6 +585,14 @@ impl Association {
             pdvs: VecDeque::new(),
             assembler: MessageAssembler::default(),
         }
+    }
+
+    /// Sets the read timeout of the steps that follow (at least 1 ms): a caller with an
+    /// overall deadline bounds its last waits by what is left of it.
+    pub fn set_read_timeout(&mut self, d: Duration) -> Result<(), ScuError> {
+        let d = d.max(Duration::from_millis(1));
+        self.stream.socket().set_read_timeout(Some(d))?;
+        Ok(())
     }
 
     /// The peer's Maximum Length (0 = unlimited): the PDU size our messages are cut to.

@@ -240,11 +240,20 @@ pub async fn query(
     let actor = ctx.principal.name.clone();
     let task = tokio::task::spawn_blocking(move || {
         let (params, tls) = params_for(&d, model)?;
-        qr::scu_find(&params, tls.as_ref(), model, &id, Some(MAX_REMOTE_MATCHES))
+        // The same bound on the blocking call: it stops (C-CANCEL, then abort) instead of
+        // reading a slow peer's answers after the API has given up on them.
+        qr::scu_find_until(
+            &params,
+            tls.as_ref(),
+            model,
+            &id,
+            Some(MAX_REMOTE_MATCHES),
+            Some(REMOTE_QUERY_TIMEOUT),
+        )
     });
     let found = match tokio::time::timeout(REMOTE_QUERY_TIMEOUT, task).await {
         Err(_) => {
-            // The blocking task ends by itself: each of its steps is bounded.
+            // The blocking task ends by itself: it has the same deadline.
             tracing::warn!(destination = %name, %peer, "remote C-FIND timed out");
             return Err(bad_gateway(format!(
                 "{name} ({peer}) did not finish the C-FIND within {} s",
