@@ -7,10 +7,7 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dicom_gw::dicom::dataset::Dataset;
@@ -28,71 +25,16 @@ const INTERVAL: f64 = 0.25;
 /// the deadline and its grace, few enough that an SCU without a deadline fails in 25 s.
 const RESPONSES: u32 = 100;
 
-/// The pynetdicom SCP, killed on drop; its stdout lines as they come.
-struct SlowScp {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+/// The slow SCP with the default pace.
+fn slow_scp(port: u16) -> PyServer {
+    slow_scp_with(port, INTERVAL, RESPONSES)
 }
 
-impl SlowScp {
-    fn start(port: u16) -> SlowScp {
-        SlowScp::start_with(port, INTERVAL, RESPONSES)
-    }
-
-    /// `responses` pending responses, one every `interval` seconds.
-    fn start_with(port: u16, interval: f64, responses: u32) -> SlowScp {
-        let mut child = Command::new(pynetdicom_python())
-            .arg(SLOW_FIND)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let job = serde_json::json!({"port": port, "ae": "SLOW", "interval": interval,
-            "responses": responses});
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(job.to_string().as_bytes())
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (out, l2) = (child.stdout.take().unwrap(), lines.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                l2.lock().unwrap().push(line);
-            }
-        });
-        let scp = SlowScp { child, lines };
-        scp.wait_line("LISTENING", Duration::from_secs(60));
-        scp
-    }
-
-    fn wait_line(&self, line: &str, timeout: Duration) {
-        wait_for(
-            &format!("the slow C-FIND SCP to print {line:?}"),
-            timeout,
-            || {
-                let lines = self.lines.lock().unwrap();
-                if lines.iter().any(|l| l == line) {
-                    Ok(())
-                } else {
-                    Err(format!("lines so far: {lines:?}"))
-                }
-            },
-        );
-    }
-
-    fn has(&self, line: &str) -> bool {
-        self.lines.lock().unwrap().iter().any(|l| l == line)
-    }
-}
-
-impl Drop for SlowScp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `responses` pending responses, one every `interval` seconds.
+fn slow_scp_with(port: u16, interval: f64, responses: u32) -> PyServer {
+    let job = serde_json::json!({"port": port, "ae": "SLOW", "interval": interval,
+        "responses": responses});
+    PyServer::start(SLOW_FIND, &job, "LISTENING")
 }
 
 fn params(port: u16, calling: &str) -> AssocParams {
@@ -145,7 +87,7 @@ fn find_with_deadline(port: u16, calling: &str) -> (ScuError, Duration) {
 #[test]
 fn a_slow_peer_gets_a_c_cancel_at_the_deadline_and_an_abort_if_it_ignores_it() {
     let port = free_port();
-    let scp = SlowScp::start(port);
+    let scp = slow_scp(port);
     // The whole answer would take 100 × 0.25 s; the bound below is far from it, and only
     // says the call did not run on with the peer (not how fast it is).
     let bound = DEADLINE + CANCEL_GRACE + Duration::from_secs(5);
@@ -172,7 +114,7 @@ fn a_slow_peer_gets_a_c_cancel_at_the_deadline_and_an_abort_if_it_ignores_it() {
 #[test]
 fn without_a_deadline_the_answer_is_complete() {
     let port = free_port();
-    let scp = SlowScp::start_with(port, 0.0, 3);
+    let scp = slow_scp_with(port, 0.0, 3);
     let f = qr::scu_find_until(
         &params(port, "HONOUR"),
         None,

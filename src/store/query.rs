@@ -415,16 +415,22 @@ struct Tables {
     patients: ReadOnlyTable<&'static str, &'static [u8]>,
 }
 
+impl Tables {
+    fn open(tx: &redb::ReadTransaction) -> Result<Tables, IndexError> {
+        Ok(Tables {
+            objects: tx.open_table(db::QR_OBJECTS)?,
+            keys: tx.open_table(db::QR_STUDY_KEYS)?,
+            studies: tx.open_table(db::STUDIES)?,
+            series: tx.open_table(db::SERIES)?,
+            patients: tx.open_table(db::PATIENTS)?,
+        })
+    }
+}
+
 /// Runs a C-FIND over the index (one read transaction).
 pub fn find(db: &Database, s: &Search) -> Result<Found, IndexError> {
     let tx = db.begin_read()?;
-    let t = Tables {
-        objects: tx.open_table(db::QR_OBJECTS)?,
-        keys: tx.open_table(db::QR_STUDY_KEYS)?,
-        studies: tx.open_table(db::STUDIES)?,
-        series: tx.open_table(db::SERIES)?,
-        patients: tx.open_table(db::PATIENTS)?,
-    };
+    let t = Tables::open(&tx)?;
     let mut found = Found::default();
     let emit = |ds: Dataset, found: &mut Found| -> bool {
         if !s.query.matches(&ds) {
@@ -521,13 +527,7 @@ pub fn retrieve_instances(
     limit: usize,
 ) -> Result<Option<Vec<InstanceRecord>>, IndexError> {
     let tx = db.begin_read()?;
-    let t = Tables {
-        objects: tx.open_table(db::QR_OBJECTS)?,
-        keys: tx.open_table(db::QR_STUDY_KEYS)?,
-        studies: tx.open_table(db::STUDIES)?,
-        series: tx.open_table(db::SERIES)?,
-        patients: tx.open_table(db::PATIENTS)?,
-    };
+    let t = Tables::open(&tx)?;
     let instances = tx.open_table(db::INSTANCES)?;
     let mut studies: Vec<String> = Vec::new();
     if sel.level == Level::Patient {

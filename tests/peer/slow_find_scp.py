@@ -17,6 +17,7 @@ import time
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as StudyRoot
+from serve import serve
 
 
 def main():
@@ -57,21 +58,15 @@ def main():
     def on_aborted(event):
         print(f"ABORTED {calling(event)}", flush=True)
 
-    server = ae.start_server(
-        ("127.0.0.1", job["port"]),
-        block=False,
-        evt_handlers=[
+    serve(
+        ae,
+        job["port"],
+        [
             (evt.EVT_C_FIND, on_find),
             (evt.EVT_RELEASED, on_released),
             (evt.EVT_ABORTED, on_aborted),
         ],
     )
-    print("LISTENING", flush=True)
-    try:
-        while True:
-            time.sleep(1)
-    finally:
-        server.shutdown()
 
 
 main()

@@ -42,7 +42,7 @@ use crate::config::ListenerSettings;
 use crate::metrics::{FindResult, MppsOp, Service};
 use crate::net::dimse::assembly::{DimseError, Fragment, MessageAssembler};
 use crate::net::dimse::command::{encode_response, Command, CommandField};
-use crate::net::dimse::find::{final_response, status as find_status, FindAnswer};
+use crate::net::dimse::find::{final_response, status as find_status};
 use crate::net::dimse::status::UNRECOGNIZED_OPERATION;
 use crate::net::services::modality_performed_procedure_step as mpps;
 use crate::net::services::modality_worklist as mwl;
@@ -302,16 +302,6 @@ async fn run<F: ObjFile, S: NetStream>(
         metric.released();
     }
     drop(active);
-}
-
-/// The status for a service job the work pool did not finish: `busy` (out of resources)
-/// when the queue was full, `failed` (unable to process) when the job itself failed.
-fn pool_status(e: &crate::rt::PoolError, busy: u16, failed: u16) -> u16 {
-    if e.is_busy() {
-        busy
-    } else {
-        failed
-    }
 }
 
 /// Logs every presentation context we refused, with its SOP class and the reason, so an
@@ -824,15 +814,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
         let answer = pool
             .run(move || query_retrieve_find::find_encoded(&scp, &rq, &identifier, &ts, relational))
             .await
-            .unwrap_or_else(|e| FindAnswer::Refused {
-                status: pool_status(
-                    &e,
-                    find_status::OUT_OF_RESOURCES,
-                    find_status::UNABLE_TO_PROCESS,
-                ),
-                comment: e.to_string(),
-                offending: None,
-            });
+            .unwrap_or_else(|e| find::pool_refusal(&e));
         let (end, sent) = find::respond(&mut self.conn, &cmd, pc_id, answer).await;
         let status = match end {
             FindEnd::Success => find_status::SUCCESS,
@@ -887,15 +869,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 .pool
                 .run(move || mwl::find_encoded(&*store, &rq, &identifier, &ts, limit))
                 .await
-                .unwrap_or_else(|e| FindAnswer::Refused {
-                    status: pool_status(
-                        &e,
-                        find_status::OUT_OF_RESOURCES,
-                        find_status::UNABLE_TO_PROCESS,
-                    ),
-                    comment: e.to_string(),
-                    offending: None,
-                });
+                .unwrap_or_else(|e| find::pool_refusal(&e));
             let (end, sent) = find::respond(&mut self.conn, &cmd, pc_id, answer).await;
             let result = match end {
                 FindEnd::Success => FindResult::Success,
@@ -934,11 +908,11 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                         .as_deref()
                         .or(cmd.requested_sop_instance_uid.as_deref())
                         .unwrap_or(""),
-                    pool_status(
-                        &e,
-                        mpps::status::RESOURCE_LIMITATION,
-                        mpps::status::PROCESSING_FAILURE,
-                    ),
+                    if e.is_busy() {
+                        mpps::status::RESOURCE_LIMITATION
+                    } else {
+                        mpps::status::PROCESSING_FAILURE
+                    },
                     e.to_string(),
                 )
             });
