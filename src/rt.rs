@@ -313,10 +313,41 @@ pub struct WorkPool {
     name: &'static str,
 }
 
-/// The pool's queue is full (or its threads are gone).
+/// Why [`WorkPool::run`] has no result. The two call for different answers: a full queue is
+/// "out of resources, try later"; a failed job is a processing failure that a retry may well
+/// meet again.
 #[derive(Debug, thiserror::Error)]
-#[error("the {0} work queue is full")]
-pub struct PoolBusy(pub &'static str);
+#[non_exhaustive]
+pub enum PoolError {
+    /// The pool's queue is full (or its threads are gone): the job never ran.
+    #[error("the {0} work queue is full")]
+    Busy(&'static str),
+    /// The job panicked (a bug, logged with its message); the pool's thread lives on.
+    #[error("a job on the {pool} pool failed ({message})")]
+    Panicked {
+        /// The pool's name.
+        pool: &'static str,
+        /// The panic message.
+        message: String,
+    },
+}
+
+impl PoolError {
+    /// Whether the job never ran because the queue was full (the answer is "out of
+    /// resources"), as opposed to a job that ran and failed.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, PoolError::Busy(_))
+    }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panicked".to_owned())
+}
 
 impl WorkPool {
     /// Starts `threads` threads named `name` at `nice`, with room for `queue` waiting jobs.
@@ -360,14 +391,29 @@ impl WorkPool {
     pub async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, PoolBusy> {
+    ) -> Result<T, PoolError> {
         let (done, rx) = tokio::sync::oneshot::channel();
         let job: Box<dyn FnOnce() + Send> = Box::new(move || {
-            let _ = done.send(f());
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+                .map_err(|p| panic_message(&*p));
+            let _ = done.send(r);
         });
-        self.tx.try_send(job).map_err(|_| PoolBusy(self.name))?;
-        // The sender is dropped without a value only if the job panicked.
-        rx.await.map_err(|_| PoolBusy(self.name))
+        let name = self.name;
+        self.tx.try_send(job).map_err(|_| PoolError::Busy(name))?;
+        let panicked = |message: String| {
+            tracing::error!(pool = name, panic = %message, "a job on the work pool panicked");
+            PoolError::Panicked {
+                pool: name,
+                message,
+            }
+        };
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(message)) => Err(panicked(message)),
+            // Not reached (the job catches its own panic), but a dropped sender means the
+            // job did not finish either way.
+            Err(_) => Err(panicked("the job ended without a result".to_owned())),
+        }
     }
 }
 
@@ -392,4 +438,33 @@ pub fn bind_shared(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpLi
     }
     out.insert(0, first);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job that panics is reported as a failed job, not as a full queue, with its message;
+    /// the pool's only thread survives it and runs the next job.
+    #[test]
+    fn a_panicked_job_is_a_failed_job_not_a_full_queue() {
+        let pool = WorkPool::start("test", 1, 4, 0).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(pool.run(|| -> u32 { panic!("job {} exploded", 7) }))
+            .unwrap_err();
+        assert!(!e.is_busy());
+        match &e {
+            PoolError::Panicked { pool, message } => {
+                assert_eq!(*pool, "test");
+                assert_eq!(message, "job 7 exploded");
+            }
+            other => panic!("expected Panicked, got {other:?}"),
+        }
+        assert!(e.to_string().contains("failed"), "{e}");
+        assert!(!e.to_string().contains("full"), "{e}");
+        assert_eq!(rt.block_on(pool.run(|| 42)).unwrap(), 42);
+    }
 }

@@ -11,10 +11,8 @@
 mod util;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -330,11 +328,8 @@ fn movescu_unknown_destination_is_a801_and_a_destination_down_is_a702() {
     gw.stop();
 }
 
-/// A pynetdicom peer process from tests/peer/qr_get.py, killed on drop.
-struct PyPeer {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
+/// A pynetdicom storage SCP from tests/peer/qr_get.py, killed on drop.
+struct PyPeer(PyServer);
 
 impl PyPeer {
     fn store_scp(
@@ -343,78 +338,23 @@ impl PyPeer {
         hold_seconds: f64,
         classes: Option<&[&str]>,
     ) -> PyPeer {
-        let python = pynetdicom_python();
-        let mut child = Command::new(python)
-            .arg(QR_GET)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
         let job = serde_json::json!({"mode": "store_scp", "port": port, "ae": "SLOW",
             "hold_after": hold_after, "hold_seconds": hold_seconds, "classes": classes});
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(job.to_string().as_bytes())
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().unwrap();
-        let l2 = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                l2.lock().unwrap().push(line);
-            }
-        });
-        let peer = PyPeer { child, lines };
-        wait_for(
-            "the pynetdicom storage SCP to listen",
-            Duration::from_secs(60),
-            || {
-                if peer.lines.lock().unwrap().iter().any(|l| l == "LISTENING") {
-                    Ok(())
-                } else {
-                    Err("not yet".into())
-                }
-            },
-        );
-        peer
+        PyPeer(PyServer::start(QR_GET, &job, "LISTENING"))
     }
 
     fn stores(&self) -> Vec<Value> {
-        self.lines
-            .lock()
-            .unwrap()
+        self.0
+            .lines()
             .iter()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
 }
 
-impl Drop for PyPeer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Runs qr_get.py in "get" mode; its JSON result.
 fn py_get(job: Value) -> Value {
-    let python = pynetdicom_python();
-    let mut child = Command::new(python)
-        .arg(QR_GET)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(job.to_string().as_bytes())
-        .unwrap();
+    let mut child = spawn_script(QR_GET, &job, Stdio::piped());
     let (out_buf, _) = drain(child.stdout.take().unwrap());
     let (err_buf, _) = drain(child.stderr.take().unwrap());
     let st = wait_timeout(&mut child, RUN_TIMEOUT);

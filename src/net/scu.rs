@@ -29,6 +29,7 @@ use dicom_ul::pdu::{
     PresentationContextResultReason, UserVariableItem, MAXIMUM_PDU_SIZE,
 };
 
+use crate::config::Destination;
 use crate::net::dimse::assembly::{Fragment, MessageAssembler};
 use crate::net::dimse::command::{encode_store_rq, Command, CommandField};
 use crate::net::ul::association::{max_length, DICOM_APPLICATION_CONTEXT};
@@ -138,6 +139,18 @@ pub enum ScuError {
     /// No data within the timeout.
     #[error("timed out waiting for the peer")]
     Timeout,
+    /// The peer's host name does not resolve (DNS, a typo in the configuration).
+    #[error("cannot resolve {host}: {why}")]
+    Resolve {
+        /// Host as configured.
+        host: String,
+        /// Why.
+        why: String,
+    },
+    /// The operation did not finish within the caller's overall deadline (each step may
+    /// have been within its timeout: a peer that answers slowly but steadily).
+    #[error("did not finish within {0:?}")]
+    Deadline(Duration),
     /// The peer closed the connection.
     #[error("connection closed by the peer")]
     Closed,
@@ -174,6 +187,8 @@ impl ScuError {
             ScuError::Rejected { .. } => "rejected",
             ScuError::Aborted(_) => "aborted",
             ScuError::Timeout => "timeout",
+            ScuError::Resolve { .. } => "resolve",
+            ScuError::Deadline(_) => "deadline",
             ScuError::Closed => "closed",
             ScuError::Io(_) => "io",
             ScuError::Protocol(_) => "protocol",
@@ -279,6 +294,14 @@ impl Write for Link {
 }
 
 impl Link {
+    /// The TCP socket under the link.
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Link::Plain(s) => s,
+            Link::Tls(s) => &s.sock,
+        }
+    }
+
     /// Shuts the connection down both ways (after close_notify on TLS, best effort).
     fn shutdown(&mut self) {
         let sock = match self {
@@ -313,6 +336,64 @@ fn tls_handshake(mut sock: TcpStream, tls: &ScuTls, addr: SocketAddr) -> Result<
         }
     }
     Ok(Link::Tls(Box::new(rustls::StreamOwned::new(conn, sock))))
+}
+
+/// The association parameters and TLS towards a configured destination: its resolved
+/// address, AE title, timeouts and Maximum Length, with our `calling` AE title (the callers'
+/// rules differ: the forwarder's configured one, the AE the requestor called, …) and the
+/// `contexts` to propose. Every path that opens a link to a destination comes through here,
+/// so they reach it the same way. The TLS files are read on each call: a renewed certificate
+/// or CA is picked up without a restart, and a broken one fails with the file named.
+pub fn destination_params(
+    dest: &Destination,
+    calling: String,
+    contexts: Vec<(String, Vec<String>)>,
+) -> Result<(AssocParams, Option<ScuTls>), ScuError> {
+    let resolve = |why: String| ScuError::Resolve {
+        host: dest.host.clone(),
+        why,
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(dest.host.as_str(), dest.port))
+        .map_err(|e| resolve(e.to_string()))?
+        .next()
+        .ok_or_else(|| resolve("no address".into()))?;
+    let tls = match &dest.tls {
+        None => None,
+        Some(t) => Some(ScuTls {
+            config: crate::tls::client_config(
+                Some(&t.ca_file),
+                t.client.as_ref().map(|c| c.0.as_path()),
+                t.client.as_ref().map(|c| c.1.as_path()),
+            )
+            .map_err(|source| ScuError::Tls { addr, source })?,
+            server_name: t.verify_name(&dest.host).to_owned(),
+        }),
+    };
+    let params = AssocParams {
+        addr,
+        calling,
+        called: dest.ae_title.clone(),
+        max_pdu: dest.max_pdu_length,
+        timeout: dest.dimse_timeout,
+        connect_timeout: Some(dest.connect_timeout),
+        contexts,
+        implementation_class_uid: crate::IMPLEMENTATION_CLASS_UID.to_owned(),
+        implementation_version_name: crate::IMPLEMENTATION_VERSION_NAME.to_owned(),
+    };
+    Ok((params, tls))
+}
+
+/// Opens an association to a configured destination ([`destination_params`]), proposing
+/// `contexts` and an SCP/SCU Role Selection sub-item for each `(SOP class, SCU role, SCP
+/// role)` of `roles` (none for a plain storage or verification SCU).
+pub fn link_to(
+    dest: &Destination,
+    calling: String,
+    contexts: Vec<(String, Vec<String>)>,
+    roles: &[(String, bool, bool)],
+) -> Result<Association, ScuError> {
+    let (params, tls) = destination_params(dest, calling, contexts)?;
+    Association::open_with_role_items(&params, tls.as_ref(), roles)
 }
 
 /// An established association.
@@ -504,6 +585,14 @@ impl Association {
             pdvs: VecDeque::new(),
             assembler: MessageAssembler::default(),
         }
+    }
+
+    /// Sets the read timeout of the steps that follow (at least 1 ms): a caller with an
+    /// overall deadline bounds its last waits by what is left of it.
+    pub fn set_read_timeout(&mut self, d: Duration) -> Result<(), ScuError> {
+        let d = d.max(Duration::from_millis(1));
+        self.stream.socket().set_read_timeout(Some(d))?;
+        Ok(())
     }
 
     /// The peer's Maximum Length (0 = unlimited): the PDU size our messages are cut to.

@@ -30,7 +30,6 @@
 //! and reason) and counted in `dicomgw_forward_total{result="dead"}`.
 
 use std::collections::{HashMap, HashSet};
-use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -44,7 +43,7 @@ use crate::clock::timestamp_us;
 use crate::config::{Destination, TranscodePolicy};
 use crate::dicom::transcode::{self, Syntax, TranscodeError};
 use crate::metrics::ForwardResult;
-use crate::net::scu::{AssocParams, Association, ScuError, ScuTls};
+use crate::net::scu::{self, Association, ScuError};
 use crate::store::index::InstanceRecord;
 use crate::store::DataDir;
 
@@ -525,53 +524,12 @@ fn proposed_contexts(
 }
 
 fn open_link(cfg: &Destination, pairs: &HashSet<(String, String)>) -> Result<Link, ScuError> {
-    let addr = (cfg.host.as_str(), cfg.port)
-        .to_socket_addrs()
-        .map_err(|e| {
-            ScuError::Io(std::io::Error::other(format!(
-                "cannot resolve {}: {e}",
-                cfg.host
-            )))
-        })?
-        .next()
-        .ok_or_else(|| {
-            ScuError::Io(std::io::Error::other(format!(
-                "{} has no address",
-                cfg.host
-            )))
-        })?;
     let mut sorted: Vec<&(String, String)> = pairs.iter().collect();
     sorted.sort();
-    // The TLS files are read for each association: a renewed certificate or CA is picked up
-    // without a restart, and a broken one is a retried failure with the file named.
-    let tls = match &cfg.tls {
-        None => None,
-        Some(t) => Some(ScuTls {
-            config: crate::tls::client_config(
-                Some(&t.ca_file),
-                t.client.as_ref().map(|c| c.0.as_path()),
-                t.client.as_ref().map(|c| c.1.as_path()),
-            )
-            .map_err(|source| ScuError::Tls { addr, source })?,
-            server_name: t.verify_name(&cfg.host).to_owned(),
-        }),
-    };
     let contexts = proposed_contexts(cfg.transcode, &sorted);
     let count = contexts.len();
-    let assoc = Association::open_with_tls(
-        &AssocParams {
-            addr,
-            calling: cfg.calling_ae_title.clone(),
-            called: cfg.ae_title.clone(),
-            max_pdu: cfg.max_pdu_length,
-            timeout: cfg.dimse_timeout,
-            connect_timeout: Some(cfg.connect_timeout),
-            contexts,
-            implementation_class_uid: crate::IMPLEMENTATION_CLASS_UID.to_owned(),
-            implementation_version_name: crate::IMPLEMENTATION_VERSION_NAME.to_owned(),
-        },
-        tls.as_ref(),
-    )?;
+    // The destination's configured calling AE title, always (its access list knows it).
+    let assoc = scu::link_to(cfg, cfg.calling_ae_title.clone(), contexts, &[])?;
     Ok(Link {
         assoc,
         proposed: pairs.clone(),

@@ -415,16 +415,22 @@ struct Tables {
     patients: ReadOnlyTable<&'static str, &'static [u8]>,
 }
 
+impl Tables {
+    fn open(tx: &redb::ReadTransaction) -> Result<Tables, IndexError> {
+        Ok(Tables {
+            objects: tx.open_table(db::QR_OBJECTS)?,
+            keys: tx.open_table(db::QR_STUDY_KEYS)?,
+            studies: tx.open_table(db::STUDIES)?,
+            series: tx.open_table(db::SERIES)?,
+            patients: tx.open_table(db::PATIENTS)?,
+        })
+    }
+}
+
 /// Runs a C-FIND over the index (one read transaction).
 pub fn find(db: &Database, s: &Search) -> Result<Found, IndexError> {
     let tx = db.begin_read()?;
-    let t = Tables {
-        objects: tx.open_table(db::QR_OBJECTS)?,
-        keys: tx.open_table(db::QR_STUDY_KEYS)?,
-        studies: tx.open_table(db::STUDIES)?,
-        series: tx.open_table(db::SERIES)?,
-        patients: tx.open_table(db::PATIENTS)?,
-    };
+    let t = Tables::open(&tx)?;
     let mut found = Found::default();
     let emit = |ds: Dataset, found: &mut Found| -> bool {
         if !s.query.matches(&ds) {
@@ -492,6 +498,96 @@ pub fn find(db: &Database, s: &Search) -> Result<Found, IndexError> {
         }
     }
     Ok(found)
+}
+
+/// The entities a C-MOVE or C-GET identifier names by their unique keys (PS3.4 C.4.2.2.1),
+/// as the retrieve service checked them: one value of each unique key above the level, one or
+/// more at the level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    /// Query/Retrieve Level.
+    pub level: Level,
+    /// Patient IDs (Patient Root: one above PATIENT, a list at PATIENT).
+    pub patients: Vec<String>,
+    /// Study Instance UIDs (empty at PATIENT level).
+    pub studies: Vec<String>,
+    /// Series Instance UIDs (SERIES and IMAGE levels).
+    pub series: Vec<String>,
+    /// SOP Instance UIDs (IMAGE level).
+    pub instances: Vec<String>,
+}
+
+/// The instances a selection names, from the index (one read transaction), in study, series,
+/// instance order, each once; `None` when more than `limit` match (counted during the scan,
+/// so a patient-level request costs at most `limit` records of memory). A patient's studies
+/// come from the same Patient ID rows of `QR_STUDY_KEYS` a C-FIND scans.
+pub fn retrieve_instances(
+    db: &Database,
+    sel: &Selection,
+    limit: usize,
+) -> Result<Option<Vec<InstanceRecord>>, IndexError> {
+    let tx = db.begin_read()?;
+    let t = Tables::open(&tx)?;
+    let instances = tx.open_table(db::INSTANCES)?;
+    let mut studies: Vec<String> = Vec::new();
+    if sel.level == Level::Patient {
+        for pid in &sel.patients {
+            let mut of_patient = BTreeSet::new();
+            scan_keys(
+                &t,
+                KeyKind::PatientId as u8,
+                pid,
+                pid,
+                false,
+                &mut of_patient,
+            )?;
+            studies.extend(of_patient);
+        }
+    } else {
+        studies.clone_from(&sel.studies);
+    }
+    let wanted: BTreeSet<&str> = sel.instances.iter().map(String::as_str).collect();
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for study in &studies {
+        let Some(rec) = t.studies.get(study.as_str())? else {
+            continue;
+        };
+        // Patient Root: the study must be the named patient's.
+        if let [pid] = sel.patients.as_slice() {
+            let rec: StudyRecord = decode(study, rec.value())?;
+            if rec.patient_id.trim() != pid {
+                continue;
+            }
+        }
+        let series: Vec<&str> = if sel.series.is_empty() {
+            vec![""]
+        } else {
+            sel.series.iter().map(String::as_str).collect()
+        };
+        for se in series {
+            for row in t.objects.range((study.as_str(), se, "")..)? {
+                let (k, _) = row?;
+                let (st, row_series, sop) = k.value();
+                if st != study || (!se.is_empty() && row_series != se) {
+                    break;
+                }
+                if !wanted.is_empty() && !wanted.contains(sop) {
+                    continue;
+                }
+                if !seen.insert(sop.to_owned()) {
+                    continue;
+                }
+                if out.len() == limit {
+                    return Ok(None);
+                }
+                if let Some(v) = instances.get(sop)? {
+                    out.push(decode(sop, v.value())?);
+                }
+            }
+        }
+    }
+    Ok(Some(out))
 }
 
 /// The single value of a key that names one entity exactly (no wildcard, not empty).
@@ -1034,5 +1130,89 @@ mod tests {
         assert_eq!(level_of(tags::MODALITY), Level::Series);
         assert_eq!(level_of(tags::SOP_INSTANCE_UID), Level::Image);
         assert_eq!(level_of(tags::INSTANCE_NUMBER), Level::Image);
+    }
+
+    /// The selection over a real index: each level, UID lists, the Patient Root ownership
+    /// check, duplicates in a list, and unknown UIDs.
+    #[test]
+    fn selection_lists_exactly_the_named_instances() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("gateway.redb")).unwrap();
+        let put = |study: &str, series: &str, sop: &str, pid: &str| {
+            let rec = rec(study, series, sop);
+            let attrs = IndexAttrs {
+                patient_id: pid.into(),
+                study_instance_uid: study.into(),
+                series_instance_uid: series.into(),
+                sop_instance_uid: sop.into(),
+                modality: "CT".into(),
+                ..IndexAttrs::default()
+            };
+            let tx = index.database().begin_write().unwrap();
+            put_instance(&tx, &rec, &attrs, false).unwrap();
+            tx.commit().unwrap();
+        };
+        put("1.1", "1.1.1", "1.1.1.1", "PA");
+        put("1.1", "1.1.1", "1.1.1.2", "PA");
+        put("1.1", "1.1.2", "1.1.2.1", "PA");
+        put("1.2", "1.2.1", "1.2.1.1", "PA");
+        put("2.1", "2.1.1", "2.1.1.1", "PB");
+        let sops = |sel: Selection| -> Vec<String> {
+            retrieve_instances(index.database(), &sel, 100)
+                .unwrap()
+                .unwrap()
+                .into_iter()
+                .map(|r| r.sop_instance_uid)
+                .collect()
+        };
+        let sel = |level, p: &[&str], st: &[&str], se: &[&str], i: &[&str]| Selection {
+            level,
+            patients: p.iter().map(|s| s.to_string()).collect(),
+            studies: st.iter().map(|s| s.to_string()).collect(),
+            series: se.iter().map(|s| s.to_string()).collect(),
+            instances: i.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(
+            sops(sel(
+                Level::Study,
+                &[],
+                &["1.1", "2.1", "9.9", "1.1"],
+                &[],
+                &[]
+            )),
+            ["1.1.1.1", "1.1.1.2", "1.1.2.1", "2.1.1.1"]
+        );
+        assert_eq!(
+            sops(sel(Level::Patient, &["PA"], &[], &[], &[])),
+            ["1.1.1.1", "1.1.1.2", "1.1.2.1", "1.2.1.1"]
+        );
+        // Patient Root: a study of another patient is not selected.
+        assert!(sops(sel(Level::Study, &["PB"], &["1.1"], &[], &[])).is_empty());
+        assert_eq!(
+            sops(sel(Level::Series, &[], &["1.1"], &["1.1.2", "1.2.1"], &[])),
+            ["1.1.2.1"]
+        );
+        assert_eq!(
+            sops(sel(
+                Level::Image,
+                &[],
+                &["1.1"],
+                &["1.1.1"],
+                &["1.1.1.2", "2.1.1.1"]
+            )),
+            ["1.1.1.2"]
+        );
+        // The limit: exactly `limit` matches pass, one more is refused before it is kept.
+        let patient = || sel(Level::Patient, &["PA"], &[], &[], &[]);
+        assert_eq!(
+            retrieve_instances(index.database(), &patient(), 4)
+                .unwrap()
+                .unwrap()
+                .len(),
+            4
+        );
+        assert!(retrieve_instances(index.database(), &patient(), 3)
+            .unwrap()
+            .is_none());
     }
 }

@@ -26,6 +26,7 @@ import time
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt, AllStoragePresentationContexts
+from serve import serve
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelGet as PatientRootGet,
     StudyRootQueryRetrieveInformationModelGet as StudyRootGet,
@@ -121,15 +122,7 @@ def store_scp(job):
             time.sleep(job.get("hold_seconds", 0))
         return 0x0000
 
-    server = ae.start_server(
-        ("127.0.0.1", job["port"]), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
-    )
-    print("LISTENING", flush=True)
-    try:
-        while True:
-            time.sleep(1)
-    finally:
-        server.shutdown()
+    serve(ae, job["port"], [(evt.EVT_C_STORE, on_store)])
 
 
 def main():

@@ -106,3 +106,82 @@ pub fn pynetdicom_python() -> PathBuf {
         },
     )
 }
+
+/// Runs pynetdicom's python on `script` with `job` (JSON) written to its stdin, stdout piped
+/// and `stderr` as given.
+pub fn spawn_script(
+    script: &str,
+    job: &serde_json::Value,
+    stderr: std::process::Stdio,
+) -> std::process::Child {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(pynetdicom_python())
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(job.to_string().as_bytes()).unwrap();
+    child
+}
+
+/// A long-running pynetdicom peer script (an SCP): started with a JSON job on its stdin,
+/// ready once it prints `ready`, its stdout lines gathered as they come, killed on drop.
+pub struct PyServer {
+    child: std::process::Child,
+    lines: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+impl PyServer {
+    /// Starts `script` with `job`; waits (at most 60 s, the first run may build the venv's
+    /// caches) for the line `ready`.
+    pub fn start(script: &str, job: &serde_json::Value, ready: &str) -> PyServer {
+        use std::io::{BufRead, BufReader};
+        let mut child = spawn_script(script, job, std::process::Stdio::null());
+        let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (out, l2) = (child.stdout.take().unwrap(), lines.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        let server = PyServer { child, lines };
+        server.wait_line(ready, Duration::from_secs(60));
+        server
+    }
+
+    /// The lines printed so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Whether `line` has been printed.
+    pub fn has(&self, line: &str) -> bool {
+        self.lines.lock().unwrap().iter().any(|l| l == line)
+    }
+
+    /// Waits (at most `timeout`, else panics with the lines so far) for `line`.
+    pub fn wait_line(&self, line: &str, timeout: Duration) {
+        super::wait_for(
+            &format!("the peer script to print {line:?}"),
+            timeout,
+            || {
+                if self.has(line) {
+                    Ok(())
+                } else {
+                    Err(format!("lines so far: {:?}", self.lines()))
+                }
+            },
+        );
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

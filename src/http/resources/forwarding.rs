@@ -568,41 +568,23 @@ struct EchoOutcome {
 }
 
 /// Opens an association to `d` proposing Verification, sends one C-ECHO-RQ, waits for its
-/// response and releases: the same path (address, AE titles, timeouts) a forwarding worker
-/// takes, so a success here means the destination would take an association from us.
+/// response and releases: the same path (address, AE titles, timeouts, TLS) a forwarding
+/// worker takes, so a success here means the destination would take an association from us.
 fn echo_destination(d: &Destination) -> EchoOutcome {
     use crate::net::dimse::command::encode_echo_rq;
-    use crate::net::scu::{AssocParams, Association, ScuError};
+    use crate::net::scu::{link_to, Association, ScuError};
     use dicom_dictionary_std::uids::{IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION};
-    use std::net::ToSocketAddrs;
     let start = std::time::Instant::now();
     let run = || -> Result<u16, ScuError> {
-        let addr = (d.host.as_str(), d.port)
-            .to_socket_addrs()
-            .map_err(|e| {
-                ScuError::Io(std::io::Error::other(format!(
-                    "cannot resolve {}: {e}",
-                    d.host
-                )))
-            })?
-            .next()
-            .ok_or_else(|| {
-                ScuError::Io(std::io::Error::other(format!("{} has no address", d.host)))
-            })?;
-        let mut a = Association::open(&AssocParams {
-            addr,
-            calling: d.calling_ae_title.clone(),
-            called: d.ae_title.clone(),
-            max_pdu: d.max_pdu_length,
-            timeout: d.dimse_timeout,
-            connect_timeout: Some(d.connect_timeout),
-            contexts: vec![(
+        let mut a = link_to(
+            d,
+            d.calling_ae_title.clone(),
+            vec![(
                 VERIFICATION.to_owned(),
                 vec![IMPLICIT_VR_LITTLE_ENDIAN.to_owned()],
             )],
-            implementation_class_uid: crate::IMPLEMENTATION_CLASS_UID.to_owned(),
-            implementation_version_name: crate::IMPLEMENTATION_VERSION_NAME.to_owned(),
-        })?;
+            &[],
+        )?;
         let exchange = |a: &mut Association| -> Result<u16, ScuError> {
             let pc = a.context(VERIFICATION, IMPLICIT_VR_LITTLE_ENDIAN)?;
             a.send(pc, &encode_echo_rq(1), None)?;

@@ -168,46 +168,19 @@ fn identifier(level: &str, keys: &Map<String, Value>) -> Result<Dataset, ApiErro
 /// at [`REMOTE_STEP_TIMEOUT`].
 fn params_for(d: &Destination, model: &str) -> Result<(AssocParams, Option<ScuTls>), ScuError> {
     use dicom_dictionary_std::uids::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
-    use std::net::ToSocketAddrs;
-    let addr = (d.host.as_str(), d.port)
-        .to_socket_addrs()
-        .map_err(|e| {
-            ScuError::Io(std::io::Error::other(format!(
-                "cannot resolve {}: {e}",
-                d.host
-            )))
-        })?
-        .next()
-        .ok_or_else(|| ScuError::Io(std::io::Error::other(format!("{} has no address", d.host))))?;
-    let tls = match &d.tls {
-        None => None,
-        Some(t) => Some(ScuTls {
-            config: crate::tls::client_config(
-                Some(&t.ca_file),
-                t.client.as_ref().map(|c| c.0.as_path()),
-                t.client.as_ref().map(|c| c.1.as_path()),
-            )
-            .map_err(|source| ScuError::Tls { addr, source })?,
-            server_name: t.verify_name(&d.host).to_owned(),
-        }),
-    };
-    let params = AssocParams {
-        addr,
-        calling: d.calling_ae_title.clone(),
-        called: d.ae_title.clone(),
-        max_pdu: d.max_pdu_length,
-        timeout: d.dimse_timeout.min(REMOTE_STEP_TIMEOUT),
-        connect_timeout: Some(d.connect_timeout.min(REMOTE_STEP_TIMEOUT)),
-        contexts: vec![(
+    let (mut params, tls) = crate::net::scu::destination_params(
+        d,
+        d.calling_ae_title.clone(),
+        vec![(
             model.to_owned(),
             vec![
                 EXPLICIT_VR_LITTLE_ENDIAN.to_owned(),
                 IMPLICIT_VR_LITTLE_ENDIAN.to_owned(),
             ],
         )],
-        implementation_class_uid: crate::IMPLEMENTATION_CLASS_UID.to_owned(),
-        implementation_version_name: crate::IMPLEMENTATION_VERSION_NAME.to_owned(),
-    };
+    )?;
+    params.timeout = d.dimse_timeout.min(REMOTE_STEP_TIMEOUT);
+    params.connect_timeout = Some(d.connect_timeout.min(REMOTE_STEP_TIMEOUT));
     Ok((params, tls))
 }
 
@@ -267,11 +240,20 @@ pub async fn query(
     let actor = ctx.principal.name.clone();
     let task = tokio::task::spawn_blocking(move || {
         let (params, tls) = params_for(&d, model)?;
-        qr::scu_find(&params, tls.as_ref(), model, &id, Some(MAX_REMOTE_MATCHES))
+        // The same bound on the blocking call: it stops (C-CANCEL, then abort) instead of
+        // reading a slow peer's answers after the API has given up on them.
+        qr::scu_find_until(
+            &params,
+            tls.as_ref(),
+            model,
+            &id,
+            Some(MAX_REMOTE_MATCHES),
+            Some(REMOTE_QUERY_TIMEOUT),
+        )
     });
     let found = match tokio::time::timeout(REMOTE_QUERY_TIMEOUT, task).await {
         Err(_) => {
-            // The blocking task ends by itself: each of its steps is bounded.
+            // The blocking task ends by itself: it has the same deadline.
             tracing::warn!(destination = %name, %peer, "remote C-FIND timed out");
             return Err(bad_gateway(format!(
                 "{name} ({peer}) did not finish the C-FIND within {} s",

@@ -243,9 +243,16 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             }
         }
         let (index, root, refs) = (scp.index.clone(), scp.data_root.clone(), p.references);
-        let Ok(judgement) = scp.pool.run(move || judge(&index, &root, &refs)).await else {
-            hand_back("the commitment pool is busy");
-            return Flow::Continue;
+        let judgement = match scp.pool.run(move || judge(&index, &root, &refs)).await {
+            Ok(j) => j,
+            Err(e) if e.is_busy() => {
+                hand_back("the commitment pool is busy");
+                return Flow::Continue;
+            }
+            Err(_) => {
+                hand_back("judging the references failed");
+                return Flow::Continue;
+            }
         };
         // A requestor that releases right after the N-ACTION-RSP (as most modalities do) must
         // not get a report in the middle of its release: its A-RELEASE-RQ is awaited for a
@@ -406,9 +413,16 @@ async fn commitment_record(scp: &CommitmentScp, p: &PendingCommitment) -> Option
                 "cannot record the request".to_owned(),
             )
         }
-        Err(busy) => {
-            warn!(transaction = %uid, error = %busy, "storage commitment request refused: the pool is busy");
-            (status::RESOURCE_LIMITATION, busy.to_string())
+        Err(e) if e.is_busy() => {
+            warn!(transaction = %uid, error = %e, "storage commitment request refused: the pool is busy");
+            (status::RESOURCE_LIMITATION, e.to_string())
+        }
+        Err(e) => {
+            warn!(transaction = %uid, error = %e, "storage commitment request cannot be recorded");
+            (
+                status::PROCESSING_FAILURE,
+                "cannot record the request (the job failed)".to_owned(),
+            )
         }
     };
     Some(Refusal {

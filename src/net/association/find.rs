@@ -26,6 +26,20 @@ pub enum FindEnd {
     Gone,
 }
 
+/// The answer when the work pool did not finish a C-FIND job: out of resources (A700) when
+/// its queue was full, unable to process (C000) when the job itself failed.
+pub fn pool_refusal(e: &crate::rt::PoolError) -> FindAnswer {
+    FindAnswer::Refused {
+        status: if e.is_busy() {
+            status::OUT_OF_RESOURCES
+        } else {
+            status::UNABLE_TO_PROCESS
+        },
+        comment: e.to_string(),
+        offending: None,
+    }
+}
+
 /// Streams `answer` to the C-FIND-RQ `rq` on `pc_id`; returns how it ended and how many
 /// pending responses went out.
 pub async fn respond<S: NetStream>(

@@ -42,7 +42,7 @@ use crate::config::ListenerSettings;
 use crate::metrics::{FindResult, MppsOp, Service};
 use crate::net::dimse::assembly::{DimseError, Fragment, MessageAssembler};
 use crate::net::dimse::command::{encode_response, Command, CommandField};
-use crate::net::dimse::find::{final_response, status as find_status, FindAnswer};
+use crate::net::dimse::find::{final_response, status as find_status};
 use crate::net::dimse::status::UNRECOGNIZED_OPERATION;
 use crate::net::services::modality_performed_procedure_step as mpps;
 use crate::net::services::modality_worklist as mwl;
@@ -814,11 +814,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
         let answer = pool
             .run(move || query_retrieve_find::find_encoded(&scp, &rq, &identifier, &ts, relational))
             .await
-            .unwrap_or_else(|busy| FindAnswer::Refused {
-                status: find_status::OUT_OF_RESOURCES,
-                comment: busy.to_string(),
-                offending: None,
-            });
+            .unwrap_or_else(|e| find::pool_refusal(&e));
         let (end, sent) = find::respond(&mut self.conn, &cmd, pc_id, answer).await;
         let status = match end {
             FindEnd::Success => find_status::SUCCESS,
@@ -873,11 +869,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 .pool
                 .run(move || mwl::find_encoded(&*store, &rq, &identifier, &ts, limit))
                 .await
-                .unwrap_or_else(|busy| FindAnswer::Refused {
-                    status: find_status::OUT_OF_RESOURCES,
-                    comment: busy.to_string(),
-                    offending: None,
-                });
+                .unwrap_or_else(|e| find::pool_refusal(&e));
             let (end, sent) = find::respond(&mut self.conn, &cmd, pc_id, answer).await;
             let result = match end {
                 FindEnd::Success => FindResult::Success,
@@ -910,14 +902,18 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
                 }
             })
             .await
-            .unwrap_or_else(|busy| {
+            .unwrap_or_else(|e| {
                 mpps::Answer::fail(
                     cmd.affected_sop_instance_uid
                         .as_deref()
                         .or(cmd.requested_sop_instance_uid.as_deref())
                         .unwrap_or(""),
-                    mpps::status::RESOURCE_LIMITATION,
-                    busy.to_string(),
+                    if e.is_busy() {
+                        mpps::status::RESOURCE_LIMITATION
+                    } else {
+                        mpps::status::PROCESSING_FAILURE
+                    },
+                    e.to_string(),
                 )
             });
         let op = if create { MppsOp::Create } else { MppsOp::Set };

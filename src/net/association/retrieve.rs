@@ -189,8 +189,14 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             .run(move || qr::select(&index, &class, &identifier, &ts2, limit))
             .await
         {
-            Err(busy) => {
-                let rsp = refuse(status::UNABLE_TO_CALCULATE_MATCHES, &busy.to_string());
+            Err(e) => {
+                // A full pool is out of resources; a selection that panicked cannot be done.
+                let st = if e.is_busy() {
+                    status::UNABLE_TO_CALCULATE_MATCHES
+                } else {
+                    status::UNABLE_TO_PROCESS
+                };
+                let rsp = refuse(st, &e.to_string());
                 return self.reply(pc_id, &rsp, None).await;
             }
             Ok(Err(r)) => {
@@ -378,9 +384,14 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             Some(r) => r,
             None => job.await,
         };
-        if let Err(busy) = result {
-            // The job never ran: every sub-operation failed before it started.
-            let why = format!("{busy}: no sub-operation could start");
+        if let Err(e) = result {
+            // Busy: the job never ran, so no sub-operation started. Panicked: it stopped
+            // part-way; those it did not report fail with the reason.
+            let why = if e.is_busy() {
+                format!("{e}: no sub-operation could start")
+            } else {
+                format!("the C-MOVE job failed: {e}; the sub-operation did not run")
+            };
             warn!("C-MOVE: {why}");
             for u in uids
                 .iter()

@@ -26,6 +26,7 @@
 //!   status is still 0000 (as the Modality Worklist's cap), with a warning in the log.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::{tags, uids};
@@ -410,6 +411,10 @@ pub fn parse_key(arg: &str) -> Result<(Tag, VR, Value), String> {
 /// Pending responses [`scu_find`] reads after its C-CANCEL before it gives up on the peer.
 const MAX_AFTER_CANCEL: usize = 10_000;
 
+/// How long [`scu_find_until`] waits, once its deadline has passed and its C-CANCEL is out,
+/// for the peer's final response before it aborts.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
 /// Sends one C-FIND-RQ on `model` with `identifier` and gathers the answers; with
 /// `cancel_after = Some(n)`, sends a C-CANCEL-RQ after the n-th pending response and keeps
 /// no more than n.
@@ -420,8 +425,26 @@ pub fn scu_find(
     identifier: &Dataset,
     cancel_after: Option<usize>,
 ) -> Result<FindResult, crate::net::scu::ScuError> {
+    scu_find_until(params, tls, model, identifier, cancel_after, None)
+}
+
+/// [`scu_find`] with an overall `deadline` from the call: each step is bounded by the
+/// association's timeout, but a peer that keeps sending pending responses slowly would
+/// otherwise hold the caller for as long as it likes. The deadline is checked between
+/// responses; once it has passed, a C-CANCEL-RQ goes out, what still comes is dropped, and
+/// after [`CANCEL_GRACE`] without the final response the association is aborted. Either way
+/// the answer is [`ScuError::Deadline`] (the matches so far are not a complete answer).
+pub fn scu_find_until(
+    params: &crate::net::scu::AssocParams,
+    tls: Option<&crate::net::scu::ScuTls>,
+    model: &str,
+    identifier: &Dataset,
+    cancel_after: Option<usize>,
+    deadline: Option<Duration>,
+) -> Result<FindResult, crate::net::scu::ScuError> {
     use crate::net::dimse::command::{tags as ct, CommandBuilder, CommandField, NO_DATASET};
     use crate::net::scu::{Association, ScuError};
+    let started = Instant::now();
     let mut a = Association::open_with_tls(params, tls)?;
     let ctx = a.any_context(model)?.clone();
     let mut id = identifier.clone();
@@ -445,20 +468,53 @@ pub fn scu_find(
         a.abort();
         return Err(e);
     }
+    let cancel = CommandBuilder::new()
+        .us(ct::COMMAND_FIELD, CommandField::CCancelRq as u16)
+        .us(ct::MESSAGE_ID_BEING_RESPONDED_TO, message_id)
+        .us(ct::COMMAND_DATA_SET_TYPE, NO_DATASET)
+        .build();
     let mut out = FindResult::default();
     let mut buf = Vec::new();
     let mut ignored = 0usize;
+    let mut cancel_sent = false;
+    // When the deadline passed: from then on only the final response is awaited.
+    let mut expired: Option<Instant> = None;
     loop {
+        if let Some(d) = deadline {
+            if expired.is_none() && started.elapsed() >= d {
+                tracing::debug!(after = ?d, "C-FIND SCU: deadline passed; sending C-CANCEL");
+                if !cancel_sent {
+                    if let Err(e) = a.send(ctx.id, &cancel, None) {
+                        tracing::debug!(error = %e, "C-FIND SCU: the C-CANCEL could not be sent");
+                        a.abort();
+                        return Err(ScuError::Deadline(d));
+                    }
+                    cancel_sent = true;
+                }
+                expired = Some(Instant::now());
+            }
+            if let Some(t) = expired {
+                let left = CANCEL_GRACE.saturating_sub(t.elapsed());
+                if left.is_zero() || a.set_read_timeout(left).is_err() {
+                    tracing::debug!("C-FIND SCU: no final response after the C-CANCEL; aborting");
+                    a.abort();
+                    return Err(ScuError::Deadline(d));
+                }
+            }
+        }
         let msg = match a.receive_with_dataset(message_id, MAX_RESPONSE_IDENTIFIER, &mut buf) {
             Ok(m) => m,
             Err(e) => {
                 a.abort();
-                return Err(e);
+                return Err(match (deadline, expired) {
+                    (Some(d), Some(_)) => ScuError::Deadline(d),
+                    _ => e,
+                });
             }
         };
         let st = msg.command.status.unwrap_or(0xC000);
         if matches!(st, 0xFF00 | 0xFF01) {
-            if cancel_after.is_some_and(|n| out.matches.len() >= n) {
+            if expired.is_some() || cancel_after.is_some_and(|n| out.matches.len() >= n) {
                 // Cancelled already: what still comes is dropped, and a peer that ignores the
                 // C-CANCEL cannot make us keep reading for ever.
                 ignored += 1;
@@ -476,18 +532,19 @@ pub fn scu_find(
                 out.matches.push(ds);
             }
             if cancel_after == Some(out.matches.len()) {
-                let cancel = CommandBuilder::new()
-                    .us(ct::COMMAND_FIELD, CommandField::CCancelRq as u16)
-                    .us(ct::MESSAGE_ID_BEING_RESPONDED_TO, message_id)
-                    .us(ct::COMMAND_DATA_SET_TYPE, NO_DATASET)
-                    .build();
                 a.send(ctx.id, &cancel, None)?;
+                cancel_sent = true;
             }
             continue;
         }
         out.status = st;
         out.error_comment = msg.error_comment;
         break;
+    }
+    if let (Some(d), Some(_)) = (deadline, expired) {
+        // The peer honoured the C-CANCEL in time: a clean release, but not an answer.
+        let _ = a.release();
+        return Err(ScuError::Deadline(d));
     }
     a.release()?;
     Ok(out)

@@ -1,5 +1,6 @@
 //! Query/Retrieve C-MOVE SCP (PS3.4 C.4.2), and what C-MOVE and C-GET (C.4.3) share: the
-//! selection of the instances an identifier names, the sub-operation tally and its responses,
+//! identifier rules that make a [`Selection`] (the index scan behind it is
+//! [`crate::store::query::retrieve_instances`]), the sub-operation tally and its responses,
 //! the status table. The C-MOVE sub-operations themselves (one storage SCU association to the
 //! destination, stored bytes sent verbatim) run here, on the retrieve pool; the association
 //! engine (`net::association::retrieve`) streams the pending responses and sees C-CANCEL.
@@ -19,14 +20,12 @@
 //!   association — DCMTK's dcmqrscp answers A702 there too); FE00 after a C-CANCEL. Failure,
 //!   warning and cancel finals carry the Failed SOP Instance UID List (0008,0058).
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use dicom_core::VR;
 use dicom_dictionary_std::{tags, uids};
-use redb::ReadableDatabase;
 
 use crate::config::Destination;
 use crate::dicom::dataset::{Dataset, Value};
@@ -36,7 +35,7 @@ use crate::net::dimse::status::{category, Category};
 use crate::net::scu::{AssocParams, Association, ScuError, ScuTls};
 use crate::net::services::query_retrieve_find::{decode_identifier, Refusal, Settled};
 use crate::rt::WorkPool;
-use crate::store::index::{decode, Index, IndexError, InstanceRecord, StudyRecord};
+use crate::store::index::{Index, InstanceRecord};
 use crate::store::query::Level;
 use crate::store::DataDir;
 
@@ -110,21 +109,7 @@ pub fn patient_root(sop_class: &str) -> Option<bool> {
     }
 }
 
-/// The entities a retrieve identifier names (PS3.4 C.4.2.2.1): one value of each unique key
-/// above the level, one or more at the level.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Selection {
-    /// Query/Retrieve Level.
-    pub level: Level,
-    /// Patient IDs (Patient Root: one above PATIENT, a list at PATIENT).
-    pub patients: Vec<String>,
-    /// Study Instance UIDs (empty at PATIENT level).
-    pub studies: Vec<String>,
-    /// Series Instance UIDs (SERIES and IMAGE levels).
-    pub series: Vec<String>,
-    /// SOP Instance UIDs (IMAGE level).
-    pub instances: Vec<String>,
-}
+pub use crate::store::query::Selection;
 
 fn refusal(status: u16, comment: impl Into<String>, offending: Option<dicom_core::Tag>) -> Refusal {
     Refusal {
@@ -210,79 +195,6 @@ pub fn check_retrieve(patient_root: bool, identifier: &Dataset) -> Result<Select
     Ok(sel)
 }
 
-/// The instances a selection names, from the index (one read transaction), in study, series,
-/// instance order, each once; `None` when more than `limit` match (counted during the scan,
-/// so a patient-level request costs at most `limit` records of memory).
-pub fn list(
-    index: &Index,
-    sel: &Selection,
-    limit: usize,
-) -> Result<Option<Vec<InstanceRecord>>, IndexError> {
-    let tx = index.database().begin_read()?;
-    let objects = tx.open_table(crate::db::QR_OBJECTS)?;
-    let keys = tx.open_table(crate::db::QR_STUDY_KEYS)?;
-    let studies_t = tx.open_table(crate::db::STUDIES)?;
-    let instances = tx.open_table(crate::db::INSTANCES)?;
-    let mut studies: Vec<String> = Vec::new();
-    if sel.level == Level::Patient {
-        for pid in &sel.patients {
-            let kind = crate::store::query::KeyKind::PatientId as u8;
-            for row in keys.range((kind, pid.as_str(), "")..)? {
-                let (k, _) = row?;
-                let (kd, value, study) = k.value();
-                if kd != kind || value != pid {
-                    break;
-                }
-                studies.push(study.to_owned());
-            }
-        }
-    } else {
-        studies.clone_from(&sel.studies);
-    }
-    let wanted: BTreeSet<&str> = sel.instances.iter().map(String::as_str).collect();
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for study in &studies {
-        let Some(rec) = studies_t.get(study.as_str())? else {
-            continue;
-        };
-        // Patient Root: the study must be the named patient's.
-        if let [pid] = sel.patients.as_slice() {
-            let rec: StudyRecord = decode(study, rec.value())?;
-            if rec.patient_id.trim() != pid {
-                continue;
-            }
-        }
-        let series: Vec<&str> = if sel.series.is_empty() {
-            vec![""]
-        } else {
-            sel.series.iter().map(String::as_str).collect()
-        };
-        for se in series {
-            for row in objects.range((study.as_str(), se, "")..)? {
-                let (k, _) = row?;
-                let (st, row_series, sop) = k.value();
-                if st != study || (!se.is_empty() && row_series != se) {
-                    break;
-                }
-                if !wanted.is_empty() && !wanted.contains(sop) {
-                    continue;
-                }
-                if !seen.insert(sop.to_owned()) {
-                    continue;
-                }
-                if out.len() == limit {
-                    return Ok(None);
-                }
-                if let Some(v) = instances.get(sop)? {
-                    out.push(decode(sop, v.value())?);
-                }
-            }
-        }
-    }
-    Ok(Some(out))
-}
-
 /// Decodes, checks and lists a C-MOVE/C-GET identifier (on the retrieve pool); more than
 /// `limit` matching instances is refused with A701.
 pub fn select(
@@ -301,7 +213,7 @@ pub fn select(
     })?;
     let ds = decode_identifier(identifier, ts)?;
     let sel = check_retrieve(patient_root, &ds)?;
-    match list(index, &sel, limit) {
+    match crate::store::query::retrieve_instances(index.database(), &sel, limit) {
         Ok(Some(items)) => Ok(items),
         Ok(None) => Err(refusal(
             status::UNABLE_TO_CALCULATE_MATCHES,
@@ -707,34 +619,6 @@ fn open_destination(
     our_ae_title: &str,
     pairs: &[(String, String)],
 ) -> Result<Association, ScuError> {
-    use std::net::ToSocketAddrs;
-    let addr = (dest.host.as_str(), dest.port)
-        .to_socket_addrs()
-        .map_err(|e| {
-            ScuError::Io(std::io::Error::other(format!(
-                "cannot resolve {}: {e}",
-                dest.host
-            )))
-        })?
-        .next()
-        .ok_or_else(|| {
-            ScuError::Io(std::io::Error::other(format!(
-                "{} has no address",
-                dest.host
-            )))
-        })?;
-    let tls = match &dest.tls {
-        None => None,
-        Some(t) => Some(ScuTls {
-            config: crate::tls::client_config(
-                Some(&t.ca_file),
-                t.client.as_ref().map(|c| c.0.as_path()),
-                t.client.as_ref().map(|c| c.1.as_path()),
-            )
-            .map_err(|source| ScuError::Tls { addr, source })?,
-            server_name: t.verify_name(&dest.host).to_owned(),
-        }),
-    };
     // The destination's own calling AE title when it has one configured (its access list
     // knows it), else ours.
     let calling = if dest.calling_ae_title.trim().is_empty() {
@@ -742,23 +626,11 @@ fn open_destination(
     } else {
         dest.calling_ae_title.clone()
     };
-    Association::open_with_tls(
-        &AssocParams {
-            addr,
-            calling,
-            called: dest.ae_title.clone(),
-            max_pdu: dest.max_pdu_length,
-            timeout: dest.dimse_timeout,
-            connect_timeout: Some(dest.connect_timeout),
-            contexts: pairs
-                .iter()
-                .map(|(c, t)| (c.clone(), vec![t.clone()]))
-                .collect(),
-            implementation_class_uid: crate::IMPLEMENTATION_CLASS_UID.to_owned(),
-            implementation_version_name: crate::IMPLEMENTATION_VERSION_NAME.to_owned(),
-        },
-        tls.as_ref(),
-    )
+    let contexts = pairs
+        .iter()
+        .map(|(c, t)| (c.clone(), vec![t.clone()]))
+        .collect();
+    crate::net::scu::link_to(dest, calling, contexts, &[])
 }
 
 /// The SCU side (`dicom-gw scu move|get`): how one C-MOVE or C-GET ended.
@@ -1131,98 +1003,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.patients, vec!["A", "B"]);
-    }
-
-    /// The selection over a real index: each level, UID lists, the Patient Root ownership
-    /// check, duplicates in a list, and unknown UIDs.
-    #[test]
-    fn selection_lists_exactly_the_named_instances() {
-        use crate::store::attrs::IndexAttrs;
-        use crate::store::index::put_instance;
-        let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(&dir.path().join("gateway.redb")).unwrap();
-        let put = |study: &str, series: &str, sop: &str, pid: &str| {
-            let rec = InstanceRecord {
-                sop_instance_uid: sop.into(),
-                sop_class_uid: uids::CT_IMAGE_STORAGE.into(),
-                study_instance_uid: study.into(),
-                series_instance_uid: series.into(),
-                instance_number: "1".into(),
-                transfer_syntax_uid: uids::EXPLICIT_VR_LITTLE_ENDIAN.into(),
-                file_size: 0,
-                dataset_size: 0,
-                dataset_blake3: String::new(),
-                received_at_us: 0,
-                calling_ae_title: String::new(),
-                called_ae_title: String::new(),
-                path: String::new(),
-            };
-            let attrs = IndexAttrs {
-                patient_id: pid.into(),
-                study_instance_uid: study.into(),
-                series_instance_uid: series.into(),
-                sop_instance_uid: sop.into(),
-                modality: "CT".into(),
-                ..IndexAttrs::default()
-            };
-            let tx = index.database().begin_write().unwrap();
-            put_instance(&tx, &rec, &attrs, false).unwrap();
-            tx.commit().unwrap();
-        };
-        put("1.1", "1.1.1", "1.1.1.1", "PA");
-        put("1.1", "1.1.1", "1.1.1.2", "PA");
-        put("1.1", "1.1.2", "1.1.2.1", "PA");
-        put("1.2", "1.2.1", "1.2.1.1", "PA");
-        put("2.1", "2.1.1", "2.1.1.1", "PB");
-        let sops = |sel: Selection| -> Vec<String> {
-            list(&index, &sel, 100)
-                .unwrap()
-                .unwrap()
-                .into_iter()
-                .map(|r| r.sop_instance_uid)
-                .collect()
-        };
-        let sel = |level, p: &[&str], st: &[&str], se: &[&str], i: &[&str]| Selection {
-            level,
-            patients: p.iter().map(|s| s.to_string()).collect(),
-            studies: st.iter().map(|s| s.to_string()).collect(),
-            series: se.iter().map(|s| s.to_string()).collect(),
-            instances: i.iter().map(|s| s.to_string()).collect(),
-        };
-        assert_eq!(
-            sops(sel(
-                Level::Study,
-                &[],
-                &["1.1", "2.1", "9.9", "1.1"],
-                &[],
-                &[]
-            )),
-            ["1.1.1.1", "1.1.1.2", "1.1.2.1", "2.1.1.1"]
-        );
-        assert_eq!(
-            sops(sel(Level::Patient, &["PA"], &[], &[], &[])),
-            ["1.1.1.1", "1.1.1.2", "1.1.2.1", "1.2.1.1"]
-        );
-        // Patient Root: a study of another patient is not selected.
-        assert!(sops(sel(Level::Study, &["PB"], &["1.1"], &[], &[])).is_empty());
-        assert_eq!(
-            sops(sel(Level::Series, &[], &["1.1"], &["1.1.2", "1.2.1"], &[])),
-            ["1.1.2.1"]
-        );
-        assert_eq!(
-            sops(sel(
-                Level::Image,
-                &[],
-                &["1.1"],
-                &["1.1.1"],
-                &["1.1.1.2", "2.1.1.1"]
-            )),
-            ["1.1.1.2"]
-        );
-        // The limit: exactly `limit` matches pass, one more is refused before it is kept.
-        let patient = || sel(Level::Patient, &["PA"], &[], &[], &[]);
-        assert_eq!(list(&index, &patient(), 4).unwrap().unwrap().len(), 4);
-        assert!(list(&index, &patient(), 3).unwrap().is_none());
     }
 
     #[test]

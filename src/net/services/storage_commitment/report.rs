@@ -30,7 +30,7 @@ use super::{CommitmentScp, SOP_CLASS, WELL_KNOWN_INSTANCE};
 use crate::config::CommitmentReport;
 use crate::net::dimse::command::{tags as ct, CommandBuilder, CommandField};
 use crate::net::dimse::dataset::write_dataset;
-use crate::net::scu::{AssocParams, Association, ScuError, ScuTls};
+use crate::net::scu::ScuError;
 use crate::store::commitment::{CommitmentStoreError, Commitments, PendingCommitment, MAX_AGE};
 use crate::store::index::Index;
 
@@ -229,14 +229,6 @@ pub enum DeliveryError {
         "no [[destinations]] entry has AE title {0:?}: add one so the report can be delivered"
     )]
     UnknownAe(String),
-    /// The destination's host does not resolve.
-    #[error("cannot resolve {host}: {why}")]
-    Resolve {
-        /// Host as configured.
-        host: String,
-        /// Why.
-        why: String,
-    },
     /// The association or the exchange failed.
     #[error("report association: {0}")]
     Scu(#[from] ScuError),
@@ -458,51 +450,19 @@ pub fn deliver_new_association(
         .by_ae_title(&p.calling_ae_title)
         .ok_or_else(|| DeliveryError::UnknownAe(p.calling_ae_title.clone()))?;
     let j = judge(&scp.index, &scp.data_root, &p.references);
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(dest.host.as_str(), dest.port))
-        .map_err(|e| DeliveryError::Resolve {
-            host: dest.host.clone(),
-            why: e.to_string(),
-        })?
-        .next()
-        .ok_or_else(|| DeliveryError::Resolve {
-            host: dest.host.clone(),
-            why: "no address".into(),
-        })?;
-    let tls = match &dest.tls {
-        None => None,
-        Some(t) => Some(ScuTls {
-            config: crate::tls::client_config(
-                Some(&t.ca_file),
-                t.client.as_ref().map(|c| c.0.as_path()),
-                t.client.as_ref().map(|c| c.1.as_path()),
-            )
-            .map_err(|source| ScuError::Tls { addr, source })?,
-            server_name: t.verify_name(&dest.host).to_owned(),
-        }),
-    };
     // Calling AE: the AE the modality called (dcm4chee #3592: modalities check it).
     let calling = if p.called_ae_title.is_empty() {
         scp.ae_title.clone()
     } else {
         p.called_ae_title.clone()
     };
-    let params = AssocParams {
-        addr,
+    let mut a = crate::net::scu::link_to(
+        &dest,
         calling,
-        called: dest.ae_title.clone(),
-        max_pdu: dest.max_pdu_length,
-        timeout: dest.dimse_timeout,
-        connect_timeout: Some(dest.connect_timeout),
-        contexts: vec![(
+        vec![(
             SOP_CLASS.to_owned(),
             REPORT_SYNTAXES.iter().map(|s| (*s).to_owned()).collect(),
         )],
-        implementation_class_uid: crate::IMPLEMENTATION_CLASS_UID.to_owned(),
-        implementation_version_name: crate::IMPLEMENTATION_VERSION_NAME.to_owned(),
-    };
-    let mut a = Association::open_with_role_items(
-        &params,
-        tls.as_ref(),
         &[(SOP_CLASS.to_owned(), false, true)],
     )?;
     let result = (|| {
