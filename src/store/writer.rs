@@ -24,6 +24,12 @@ use crate::rt::ObjFile;
 /// back from the file in the rare case the wanted groups are longer.
 pub const PREFIX_LEN: usize = 64 * 1024;
 
+/// The capacity a new in-memory object starts with (it grows as needed). Small: every
+/// object holds its buffer until its checkpoint, so at thousands of objects per second the
+/// difference between this and the object's size is held thousands of times over, and the
+/// pool (`store::buffers`) keeps as many buffers as fit its byte bound.
+const FIRST_CAPACITY: usize = 32 * 1024;
+
 /// An object being received.
 #[derive(Debug)]
 pub struct ObjectWriter<F: ObjFile> {
@@ -89,7 +95,7 @@ impl<F: ObjFile> ObjectWriter<F> {
     ) -> io::Result<Self> {
         let header_len = header.len() as u64;
         if header.len() < inline_max {
-            let mut mem = super::buffers::BufferPool::objects().take(inline_max.min(64 * 1024));
+            let mut mem = super::buffers::BufferPool::objects().take(inline_max.min(FIRST_CAPACITY));
             mem.extend_from_slice(&header);
             return Ok(Self {
                 file: None,
