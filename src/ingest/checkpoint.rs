@@ -110,7 +110,7 @@ pub fn checkpoint(
                 rec.path = versioned(&rec.path, &rec.dataset_blake3);
             }
             let dest = data.root().join(&rec.path);
-            place(it, &meta.staged, staged_dir, &dest, data, made_dirs)?;
+            place(it, &meta.staged, staged_dir, &dest, made_dirs)?;
             created.push(dest.clone());
             if let Some(old) = &existing {
                 index::remove_instance(&tx, sop)?;
@@ -202,7 +202,6 @@ fn place(
     staged: &Option<String>,
     staged_dir: &Path,
     dest: &Path,
-    data: &DataDir,
     made_dirs: &mut HashSet<PathBuf>,
 ) -> Result<(), StoreError> {
     let dir = dest
@@ -214,17 +213,14 @@ fn place(
         made_dirs.insert(dir);
     }
     match (&it.bytes, staged) {
-        (Some(bytes), _) => {
-            let tmp = data.tmp().join(format!("mat-{}.part", it.seq));
-            std::fs::write(&tmp, bytes).map_err(|e| {
-                remove_quietly(&tmp);
-                StoreError::from_io("write object", &e)
-            })?;
-            std::fs::rename(&tmp, dest).map_err(|e| {
-                remove_quietly(&tmp);
-                StoreError::from_io("rename into place", &e)
-            })
-        }
+        // Written at its final name, without a temporary file and a rename: nothing reads
+        // `dest` before the commit that indexes it (an indexed file is never at `dest`: a new
+        // version gets its own name), and a crash or a failure before that commit leaves at
+        // worst a partial file that the retry or the replay overwrites.
+        (Some(bytes), _) => std::fs::write(dest, bytes).map_err(|e| {
+            remove_quietly(dest);
+            StoreError::from_io("write object", &e)
+        }),
         (None, Some(name)) => {
             let from = staged_dir.join(name);
             match std::fs::rename(&from, dest) {

@@ -607,3 +607,28 @@ fn a_quiet_pipeline_frees_the_pooled_buffers() {
     }
     ingest.join();
 }
+
+/// The checkpoint writes each file at its final name (no temporary file and rename): what a
+/// crash or a failed checkpoint left there, not indexed, is overwritten whole, never kept or
+/// appended to.
+#[test]
+fn a_partial_file_left_at_the_final_name_is_overwritten_by_the_checkpoint() {
+    let rt = runtime();
+    let (_dir, data, _storage, ingest, index) = file_rig(DuplicatePolicy::Keep);
+    let x = s(11, 1, "1.5");
+    let o = x.object();
+    let Body::Inline(want) = &o.body else {
+        unreachable!()
+    };
+    let want = want.to_vec();
+    let dest = data.root().join(&o.rel_path);
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    // Longer than the object: a write that did not truncate would leave its tail.
+    std::fs::write(&dest, vec![0xAB; want.len() + 4096]).unwrap();
+    assert_eq!(store(&ingest, &rt, x).unwrap(), Accepted::Stored);
+    assert!(rt.block_on(ingest.settle.settle(Duration::from_secs(10))));
+    let rec = index.instance(&x.sop()).unwrap().expect("indexed");
+    assert_eq!(data.root().join(&rec.path), dest);
+    assert_eq!(std::fs::read(&dest).unwrap(), want);
+    ingest.join();
+}

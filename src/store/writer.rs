@@ -95,7 +95,8 @@ impl<F: ObjFile> ObjectWriter<F> {
     ) -> io::Result<Self> {
         let header_len = header.len() as u64;
         if header.len() < inline_max {
-            let mut mem = super::buffers::BufferPool::objects().take(inline_max.min(FIRST_CAPACITY));
+            let mut mem =
+                super::buffers::BufferPool::objects().take(inline_max.min(FIRST_CAPACITY));
             mem.extend_from_slice(&header);
             return Ok(Self {
                 file: None,
