@@ -122,7 +122,7 @@ pub fn checkpoint(
                     replaced_files.push(f);
                 }
             }
-            index::put_instance(&tx, &rec, &meta.attrs, false)?;
+            index::put_instance_deferring_keys(&tx, &rec, &meta.attrs, false)?;
             touched.insert(rec.study_instance_uid.clone());
             for d in &meta.destinations {
                 crate::queue::enqueue(&tx, d, sop, now)
@@ -134,6 +134,10 @@ pub fn checkpoint(
                     .map_err(|e| StoreError::Io(e.to_string()))?;
             }
             out.placed.push((sop.to_owned(), it.seq));
+        }
+        // Each touched study's query keys once, not once per object.
+        for study in &touched {
+            crate::store::query::sync_study_keys(&tx, study)?;
         }
         {
             let mut t = tx

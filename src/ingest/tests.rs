@@ -632,3 +632,66 @@ fn a_partial_file_left_at_the_final_name_is_overwritten_by_the_checkpoint() {
     assert_eq!(std::fs::read(&dest).unwrap(), want);
     ingest.join();
 }
+
+/// The checkpoint writes each touched study's Query/Retrieve keys once, after all its
+/// objects (not once per object): afterwards they are exactly what a per-object sync gives,
+/// for new studies, a study that grew, and the study a replacement left.
+#[test]
+fn a_checkpoint_leaves_every_touched_studys_query_keys_in_step() {
+    use redb::{ReadableDatabase, ReadableTable};
+    let rt = runtime();
+    let (_dir, _data, _storage, ingest, index) = file_rig(DuplicatePolicy::Replace);
+    for spec in [
+        s(1, 1, "1.5"),
+        s(2, 1, "1.5"),
+        s(3, 1, "1.6"),
+        s(4, 1, "1.7"),
+    ] {
+        store(&ingest, &rt, spec).unwrap();
+    }
+    assert!(rt.block_on(ingest.settle.settle(Duration::from_secs(10))));
+    // One more object in 1.5, and object 4 replaced into study 1.5 (study 1.7 empties).
+    store(&ingest, &rt, s(5, 1, "1.5")).unwrap();
+    assert_eq!(
+        store(&ingest, &rt, s(4, 2, "1.5")).unwrap(),
+        Accepted::Replaced
+    );
+    assert!(rt.block_on(ingest.settle.settle(Duration::from_secs(10))));
+    let keys_of = |study: &str| -> Option<Vec<u8>> {
+        let r = index.database().begin_read().unwrap();
+        let t = r.open_table(crate::db::QR_STUDY_KEYS_OF).unwrap();
+        t.get(study).unwrap().map(|g| g.value().to_vec())
+    };
+    let all_keys = || -> Vec<(u8, String, String)> {
+        let r = index.database().begin_read().unwrap();
+        let t = r.open_table(crate::db::QR_STUDY_KEYS).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|e| {
+                let k = e.unwrap().0;
+                let (kind, value, study) = k.value();
+                (kind, value.to_owned(), study.to_owned())
+            })
+            .collect()
+    };
+    let before: Vec<_> = ["1.5", "1.6", "1.7"].iter().map(|s| keys_of(s)).collect();
+    let rows_before = all_keys();
+    assert!(
+        before[0].is_some() && before[1].is_some(),
+        "studies with objects have keys"
+    );
+    assert!(before[2].is_none(), "the emptied study has none");
+    assert!(rows_before
+        .iter()
+        .any(|(_, v, st)| v == "P1" && st == "1.5"));
+    // A per-study sync now changes nothing.
+    let tx = index.database().begin_write().unwrap();
+    for study in ["1.5", "1.6", "1.7"] {
+        crate::store::query::sync_study_keys(&tx, study).unwrap();
+    }
+    tx.commit().unwrap();
+    let after: Vec<_> = ["1.5", "1.6", "1.7"].iter().map(|s| keys_of(s)).collect();
+    assert_eq!(before, after);
+    assert_eq!(rows_before, all_keys());
+    ingest.join();
+}

@@ -214,6 +214,19 @@ pub fn put_instance(
     attrs: &IndexAttrs,
     replaced: bool,
 ) -> Result<(), IndexError> {
+    put_instance_deferring_keys(tx, rec, attrs, replaced)?;
+    super::query::sync_study_keys(tx, &rec.study_instance_uid)
+}
+
+/// [`put_instance`] without the study's Query/Retrieve key rows: the caller must call
+/// [`super::query::sync_study_keys`] for every study it touched before committing. A
+/// checkpoint of thousands of objects of a few studies does that once per study.
+pub fn put_instance_deferring_keys(
+    tx: &WriteTransaction,
+    rec: &InstanceRecord,
+    attrs: &IndexAttrs,
+    replaced: bool,
+) -> Result<(), IndexError> {
     let mut instances = tx.open_table(db::INSTANCES)?;
     instances.insert(rec.sop_instance_uid.as_str(), encode(rec).as_slice())?;
     drop(instances);
@@ -289,9 +302,8 @@ pub fn put_instance(
     }
     patients.insert(pid, encode(&patient).as_slice())?;
     drop(patients);
-    // Query/Retrieve rows (issue 13).
-    super::query::on_put(tx, rec, attrs)?;
-    Ok(())
+    // Query/Retrieve rows (issue 13); the study keys are the caller's.
+    super::query::put_object_row(tx, rec, attrs)
 }
 
 /// Removes an instance's row and its contribution to the series, study and patient counts

@@ -1,8 +1,9 @@
 //! The index built for Query/Retrieve C-FIND (issue 13, point 2), and the search over it.
 //!
-//! Two kinds of rows, written by [`on_put`] and [`on_remove`] (called from
-//! `index::put_instance` and `index::remove_instance`, so whatever ingest path writes the index
-//! keeps them in step, in the same transaction):
+//! Two kinds of rows, written by [`put_object_row`] with [`sync_study_keys`] and by
+//! [`on_remove`] (called from `index::put_instance` and `index::remove_instance`, so whatever
+//! ingest path writes the index keeps them in step, in the same transaction; the checkpoint
+//! syncs each touched study's keys once per transaction):
 //!
 //! - `QR_OBJECTS` (study, series, SOP) → the instance's small attributes (a postcard
 //!   [`Dataset`], text decoded to Unicode, see `attrs::IndexAttrs::attributes`). A C-FIND
@@ -197,8 +198,10 @@ fn object_row(rec: &InstanceRecord, attrs: &IndexAttrs) -> Vec<u8> {
     postcard::to_allocvec(&ds).expect("postcard encoding of a dataset cannot fail")
 }
 
-/// Hook of `index::put_instance`, after the study/series/patient rows are written.
-pub fn on_put(
+/// The `QR_OBJECTS` row of an instance alone: a writer of many instances in one transaction
+/// ([`crate::store::index::put_instance_deferring_keys`]) syncs each study's keys once, with
+/// [`sync_study_keys`], instead of once per instance.
+pub fn put_object_row(
     tx: &WriteTransaction,
     rec: &InstanceRecord,
     attrs: &IndexAttrs,
@@ -212,8 +215,7 @@ pub fn on_put(
         ),
         object_row(rec, attrs).as_slice(),
     )?;
-    drop(objects);
-    sync_study_keys(tx, &rec.study_instance_uid)
+    Ok(())
 }
 
 /// Hook of `index::remove_instance`, after the rows and counts are updated.
@@ -229,7 +231,7 @@ pub fn on_remove(tx: &WriteTransaction, rec: &InstanceRecord) -> Result<(), Inde
 }
 
 /// Rewrites the `QR_STUDY_KEYS` rows of a study from its current study and series rows.
-fn sync_study_keys(tx: &WriteTransaction, study_uid: &str) -> Result<(), IndexError> {
+pub fn sync_study_keys(tx: &WriteTransaction, study_uid: &str) -> Result<(), IndexError> {
     let study = tx
         .open_table(db::STUDIES)?
         .get(study_uid)?
