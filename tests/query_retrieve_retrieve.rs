@@ -127,6 +127,13 @@ fn by_uid(dir: &Path) -> BTreeMap<String, PathBuf> {
         .collect()
 }
 
+/// The line of a DCMTK log that shows the Failed SOP Instance UID List (0008,0058).
+fn failed_list(log: &str) -> &str {
+    log.lines()
+        .find(|l| l.contains("(0008,0058)"))
+        .unwrap_or_else(|| panic!("no Failed SOP Instance UID List:\n{log}"))
+}
+
 /// Asserts `got` holds exactly the objects of `sent` (by SOP Instance UID), each with the same
 /// transfer syntax and dataset bytes.
 fn assert_identical(got: &BTreeMap<String, PathBuf>, sent: &[(&ObjSpec, &PathBuf)]) {
@@ -518,10 +525,7 @@ fn movescu_to_a_destination_refusing_one_sop_class_gets_b000_listing_exactly_tho
     assert_eq!(final_status(&log), "0XB000", "movescu log:\n{log}");
     assert_eq!(count(&log, "Completed Suboperations"), 2, "{log}");
     assert_eq!(count(&log, "Failed Suboperations"), 1, "{log}");
-    let list_line = log
-        .lines()
-        .find(|l| l.contains("(0008,0058)"))
-        .unwrap_or_else(|| panic!("no Failed SOP Instance UID List:\n{log}"));
+    let list_line = failed_list(&log);
     assert!(list_line.contains(&mr.sop_instance_uid), "{list_line}");
     assert!(
         !list_line.contains(&ct1.sop_instance_uid) && !list_line.contains(&ct2.sop_instance_uid)
@@ -584,10 +588,7 @@ fn movescu_mixing_staged_and_streamed_objects_with_one_file_missing_fails_only_t
     assert_eq!(final_status(&log), "0XB000", "movescu log:\n{log}");
     assert_eq!(count(&log, "Completed Suboperations"), 5, "{log}");
     assert_eq!(count(&log, "Failed Suboperations"), 1, "{log}");
-    let list_line = log
-        .lines()
-        .find(|l| l.contains("(0008,0058)"))
-        .unwrap_or_else(|| panic!("no Failed SOP Instance UID List:\n{log}"));
+    let list_line = failed_list(&log);
     assert!(list_line.contains(&gone.sop_instance_uid), "{list_line}");
     dest.wait_for_files(5, Duration::from_secs(30));
     let sent: Vec<(&ObjSpec, &PathBuf)> = specs

@@ -1479,6 +1479,19 @@ mod tests {
         })
     }
 
+    /// Everything `send_dataset_from` writes for a "store-rq" command and the `len` bytes of
+    /// `file` at `offset`, to a peer whose Maximum Length is `max`.
+    fn streamed(file: &File, max: u32, offset: u64, len: u64) -> Vec<u8> {
+        let (c, s) = tcp_pair();
+        let peer = sink_peer(s);
+        let mut a = Association::with_stream(c, 16_384);
+        a.peer_max_pdu = max;
+        a.send_dataset_from(5, b"store-rq", file, offset, len)
+            .unwrap();
+        drop(a);
+        peer.join().unwrap()
+    }
+
     /// A temporary file of `n` pseudo-random bytes.
     fn temp_file(n: usize) -> (File, Vec<u8>) {
         let mut x = 0x1234_5678_9abc_def0u64;
@@ -1509,14 +1522,7 @@ mod tests {
             (16_384, 2_499_999, 1),
         ];
         for &(max, offset, len) in cases {
-            let (c, s) = tcp_pair();
-            let peer = sink_peer(s);
-            let mut a = Association::with_stream(c, 16_384);
-            a.peer_max_pdu = max;
-            a.send_dataset_from(5, b"store-rq", &file, offset, len)
-                .unwrap();
-            drop(a);
-            let r = unframe(Bytes::from(peer.join().unwrap()), max);
+            let r = unframe(Bytes::from(streamed(&file, max, offset, len)), max);
             let want = &bytes[offset as usize..(offset + len) as usize];
             assert_eq!(r.command, b"store-rq");
             assert!(r.dataset == want, "max {max} offset {offset} len {len}");
@@ -1543,14 +1549,7 @@ mod tests {
         ];
         for &(max, offset, len) in cases {
             // What the streaming path writes...
-            let (c, s) = tcp_pair();
-            let peer = sink_peer(s);
-            let mut a = Association::with_stream(c, 16_384);
-            a.peer_max_pdu = max;
-            a.send_dataset_from(5, b"store-rq", &file, offset, len)
-                .unwrap();
-            drop(a);
-            let streamed = peer.join().unwrap();
+            let streamed = streamed(&file, max, offset, len);
             // ...is what staging frames, and send_staged writes, twice in a row on one
             // association with the buffer reused.
             let (c, s) = tcp_pair();
