@@ -6,5 +6,5 @@
 pub mod fs;
 pub mod model;
 
-pub use fs::{Lossy, CTL_NAME};
+pub use fs::{unmount, Lossy, CTL_NAME};
 pub use model::Model;

@@ -38,7 +38,7 @@ fn run(mode: IoMode, want: FileIo) {
     drop(st);
 
     fs.cut();
-    session.umount_and_join().unwrap();
+    lossyfs::unmount(session).unwrap();
     fs.power_on();
     let session = fs.mount(&mnt).unwrap();
 
@@ -63,7 +63,7 @@ fn run(mode: IoMode, want: FileIo) {
     drop(st);
     let c = fs.counters();
     assert!(c.fdatasync > 0 && c.fsyncdir > 0, "{c:?}");
-    session.umount_and_join().unwrap();
+    lossyfs::unmount(session).unwrap();
 }
 
 fn fuse() -> bool {

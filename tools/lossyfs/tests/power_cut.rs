@@ -222,7 +222,7 @@ impl Mounted {
     /// Unmounts and mounts the (durable) state again, with the power on.
     fn remount(&mut self) {
         if let Some(s) = self.session.take() {
-            s.umount_and_join().expect("unmount lossyfs");
+            lossyfs::unmount(s).expect("unmount lossyfs");
         }
         self.fs.power_on();
         self.session = Some(self.fs.mount(&self.dir).expect("mount lossyfs again"));
@@ -232,7 +232,7 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            let _ = s.umount_and_join();
+            let _ = lossyfs::unmount(s);
         }
     }
 }
