@@ -127,6 +127,20 @@ fn by_uid(dir: &Path) -> BTreeMap<String, PathBuf> {
         .collect()
 }
 
+/// `movescu -S` of one study (STUDY level) to `dest`; its log.
+fn move_study(port: u16, dest: &str, study_uid: &str) -> String {
+    movescu(
+        port,
+        "-S",
+        dest,
+        &[
+            "QueryRetrieveLevel=STUDY".into(),
+            format!("StudyInstanceUID={study_uid}"),
+        ],
+        &[],
+    )
+}
+
 /// The line of a DCMTK log that shows the Failed SOP Instance UID List (0008,0058).
 fn failed_list(log: &str) -> &str {
     log.lines()
@@ -187,16 +201,7 @@ fn movescu_study_and_patient_root_deliver_byte_identical_objects_with_the_move_o
         ],
     );
 
-    let log = movescu(
-        gw.port,
-        "-S",
-        "DEST",
-        &[
-            "QueryRetrieveLevel=STUDY".into(),
-            format!("StudyInstanceUID={}", a.study_instance_uid),
-        ],
-        &[],
-    );
+    let log = move_study(gw.port, "DEST", &a.study_instance_uid);
     assert_eq!(final_status(&log), "0X0000", "movescu log:\n{log}");
     assert_eq!(count(&log, "Completed Suboperations"), 2, "{log}");
     dest.wait_for_files(2, Duration::from_secs(30));
@@ -267,16 +272,7 @@ fn movescu_study_and_patient_root_deliver_byte_identical_objects_with_the_move_o
     );
     assert_eq!(final_status(&log), "0XA900", "movescu log:\n{log}");
     // Nothing matches: success with zero sub-operations.
-    let log = movescu(
-        gw.port,
-        "-S",
-        "DEST",
-        &[
-            "QueryRetrieveLevel=STUDY".into(),
-            "StudyInstanceUID=1.2.3.999".into(),
-        ],
-        &[],
-    );
+    let log = move_study(gw.port, "DEST", "1.2.3.999");
     assert_eq!(final_status(&log), "0X0000", "movescu log:\n{log}");
     assert_eq!(count(&log, "Completed Suboperations"), 0, "{log}");
     gw.stop();
@@ -512,16 +508,7 @@ fn movescu_to_a_destination_refusing_one_sop_class_gets_b000_listing_exactly_tho
             (&ct2, Ts::ExplicitLE),
         ],
     );
-    let log = movescu(
-        gw.port,
-        "-S",
-        "CTONLY",
-        &[
-            "QueryRetrieveLevel=STUDY".into(),
-            format!("StudyInstanceUID={}", ct1.study_instance_uid),
-        ],
-        &[],
-    );
+    let log = move_study(gw.port, "CTONLY", &ct1.study_instance_uid);
     assert_eq!(final_status(&log), "0XB000", "movescu log:\n{log}");
     assert_eq!(count(&log, "Completed Suboperations"), 2, "{log}");
     assert_eq!(count(&log, "Failed Suboperations"), 1, "{log}");
@@ -575,16 +562,7 @@ fn movescu_mixing_staged_and_streamed_objects_with_one_file_missing_fails_only_t
     });
     std::fs::remove_file(&path).unwrap();
 
-    let log = movescu(
-        gw.port,
-        "-S",
-        "DEST",
-        &[
-            "QueryRetrieveLevel=STUDY".into(),
-            format!("StudyInstanceUID={}", first.study_instance_uid),
-        ],
-        &[],
-    );
+    let log = move_study(gw.port, "DEST", &first.study_instance_uid);
     assert_eq!(final_status(&log), "0XB000", "movescu log:\n{log}");
     assert_eq!(count(&log, "Completed Suboperations"), 5, "{log}");
     assert_eq!(count(&log, "Failed Suboperations"), 1, "{log}");
