@@ -64,25 +64,17 @@ struct Gw {
 /// - 3: SMITH^JANE (PID-B), study B, MR, 20230601, ACC-B;
 /// - 4: doe^jane (PID-C), study C, CT, 20240301, ACC-C.
 fn objects() -> Vec<ObjSpec> {
-    let mut a0 = ObjSpec::new(0).patient("DOE^JOHN", "PID-A").modality("CT");
-    a0.accession_number = "ACC-A".into();
-    a0.study_date = "20240115".into();
-    a0.instance_number = 1;
-    let mut a1 = ObjSpec::new(1).same_series_as(&a0).modality("CT");
-    a1.study_date = a0.study_date.clone();
-    a1.instance_number = 2;
-    let mut a2 = ObjSpec::new(2).same_study_as(&a0).modality("MR");
-    a2.study_date = a0.study_date.clone();
-    a2.series_number = 2;
-    let mut b = ObjSpec::new(3)
-        .patient("SMITH^JANE", "PID-B")
-        .modality("MR");
-    b.accession_number = "ACC-B".into();
-    b.study_date = "20230601".into();
+    // Studies A and B are the retrieve tests' corpus, with accession numbers.
+    let mut objs = two_studies();
+    for a in &mut objs[..3] {
+        a.accession_number = "ACC-A".into();
+    }
+    objs[3].accession_number = "ACC-B".into();
     let mut c = ObjSpec::new(4).patient("doe^jane", "PID-C").modality("CT");
     c.accession_number = "ACC-C".into();
     c.study_date = "20240301".into();
-    vec![a0, a1, a2, b, c]
+    objs.push(c);
+    objs
 }
 
 impl Gw {
