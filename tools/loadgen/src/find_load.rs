@@ -1,15 +1,13 @@
 //! What the C-FIND loads (`mwl`, `qr`) share: the latency histogram, per-kind counters, the
-//! query-choice generator and one C-FIND exchange.
+//! query-choice generator, and (from `run`, which the `find` load uses too) one C-FIND exchange.
 
-use dicom_gw::net::dimse::command::{tags, CommandBuilder, CommandField};
-use dicom_gw::net::dimse::status::{category, Category};
 use hdrhistogram::Histogram;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use dicom_loadgen::dataset::{EXPLICIT_LE, IMPLICIT_LE};
-use dicom_loadgen::scu::{AssocParams, Association, ScuError};
+use dicom_loadgen::scu::AssocParams;
 
 /// Microseconds, 1 µs to 1 h, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
@@ -113,46 +111,4 @@ impl Rng {
     }
 }
 
-/// One C-FIND of `identifier` (encoded in the transfer syntax of context `pc`) on
-/// `sop_class`: (final status, pending responses). More than `max_pending` pending responses
-/// is a protocol error (a runaway peer stays bounded).
-pub fn c_find(
-    a: &mut Association,
-    id: u16,
-    sop_class: &str,
-    pc: u8,
-    identifier: &[u8],
-    max_pending: u64,
-) -> Result<(u16, u64), ScuError> {
-    let cmd = CommandBuilder::new()
-        .uid(tags::AFFECTED_SOP_CLASS_UID, sop_class)
-        .us(tags::COMMAND_FIELD, CommandField::CFindRq as u16)
-        .us(tags::MESSAGE_ID, id)
-        .us(tags::PRIORITY, 0)
-        .us(tags::COMMAND_DATA_SET_TYPE, 0x0000)
-        .build();
-    a.send(pc, &cmd, Some((identifier, &[])))?;
-    let mut pending = 0u64;
-    loop {
-        let rsp = a.receive(id)?;
-        let c = &rsp.command;
-        if c.command_field != CommandField::CFindRsp as u16 {
-            return Err(ScuError::Protocol(format!(
-                "expected C-FIND-RSP, got command field 0x{:04X}",
-                c.command_field
-            )));
-        }
-        let status = c
-            .status
-            .ok_or_else(|| ScuError::Protocol("response without Status (0000,0900)".into()))?;
-        if category(status) != Category::Pending {
-            return Ok((status, pending));
-        }
-        pending += 1;
-        if pending > max_pending {
-            return Err(ScuError::Protocol(format!(
-                "more than {max_pending} pending responses"
-            )));
-        }
-    }
-}
+pub use dicom_loadgen::run::c_find;

@@ -40,8 +40,6 @@ use crate::verify::SentRecord;
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 /// Modality Worklist Information Model – FIND.
 pub const MWL_FIND: &str = "1.2.840.10008.5.1.4.31";
-/// C-FIND-RQ command field.
-const C_FIND_RQ: u16 = 0x0020;
 
 /// What each request does.
 #[derive(Debug, Clone)]
@@ -426,9 +424,28 @@ fn find(
     let (pc, explicit) = (ctx.id, ctx.transfer_syntax == EXPLICIT_LE);
     let ids = ids.expect("find has encoded identifiers");
     let identifier = if explicit { &ids[0] } else { &ids[1] };
+    let (status, pending) = c_find(a, id, model, pc, identifier, MAX_PENDING)?;
+    Ok(Done {
+        status,
+        pending,
+        bytes: 0,
+    })
+}
+
+/// One C-FIND of `identifier` (encoded in the transfer syntax of context `pc`) on
+/// `sop_class`: (final status, pending responses). More than `max_pending` pending responses
+/// is a protocol error (a runaway peer stays bounded).
+pub fn c_find(
+    a: &mut Association,
+    id: u16,
+    sop_class: &str,
+    pc: u8,
+    identifier: &[u8],
+    max_pending: u64,
+) -> Result<(u16, u64), ScuError> {
     let cmd = CommandBuilder::new()
-        .uid(tags::AFFECTED_SOP_CLASS_UID, model)
-        .us(tags::COMMAND_FIELD, C_FIND_RQ)
+        .uid(tags::AFFECTED_SOP_CLASS_UID, sop_class)
+        .us(tags::COMMAND_FIELD, CommandField::CFindRq as u16)
         .us(tags::MESSAGE_ID, id)
         .us(tags::PRIORITY, 0)
         .us(tags::COMMAND_DATA_SET_TYPE, 0x0000)
@@ -437,21 +454,25 @@ fn find(
     let mut pending = 0u64;
     loop {
         let rsp = a.receive(id)?;
-        let status = final_status(&rsp.command)?;
-        if category(status) == Category::Pending {
-            pending += 1;
-            if pending > MAX_PENDING {
-                return Err(ScuError::Protocol(format!(
-                    "more than {MAX_PENDING} pending responses"
-                )));
-            }
-            continue;
+        let c = &rsp.command;
+        if c.command_field != CommandField::CFindRsp as u16 {
+            return Err(ScuError::Protocol(format!(
+                "expected C-FIND-RSP, got command field 0x{:04X}",
+                c.command_field
+            )));
         }
-        return Ok(Done {
-            status,
-            pending,
-            bytes: 0,
-        });
+        let status = c
+            .status
+            .ok_or_else(|| ScuError::Protocol("response without Status (0000,0900)".into()))?;
+        if category(status) != Category::Pending {
+            return Ok((status, pending));
+        }
+        pending += 1;
+        if pending > max_pending {
+            return Err(ScuError::Protocol(format!(
+                "more than {max_pending} pending responses"
+            )));
+        }
     }
 }
 
