@@ -335,6 +335,10 @@ pub struct RawStore {
     pub commit_window_micros: Option<u64>,
     /// Most objects per group commit (default 1024).
     pub commit_max_batch: Option<usize>,
+    /// Journal groups written and flushed at once (default 1, 1–4): with 2 or more, the next
+    /// group is written while one's flush is in flight, and answers still go out in journal
+    /// order. Worth it only where the device overlaps flushes (see docs/benchmarks.md).
+    pub journal_groups_in_flight: Option<usize>,
     /// Objects (Part-10 header and dataset) up to this size are received in memory and
     /// journaled whole; larger ones stream to a file (KiB, default 256).
     pub inline_max_kib: Option<u64>,
@@ -721,6 +725,8 @@ pub struct StoreSettings {
     pub commit_window: Duration,
     /// Group-commit batch cap.
     pub commit_max_batch: usize,
+    /// Journal groups in flight at once.
+    pub journal_groups_in_flight: usize,
     /// Largest object received in memory and journaled whole, bytes.
     pub inline_max: usize,
     /// Journal ring: segment count.
@@ -988,6 +994,15 @@ impl RawConfig {
                 "must be at least 1".into(),
             ));
         }
+        let journal_groups_in_flight = s.journal_groups_in_flight.unwrap_or(1);
+        if !(1..=4).contains(&journal_groups_in_flight) {
+            return Err(invalid(
+                Some("store"),
+                "journal_groups_in_flight",
+                false,
+                "must be between 1 and 4".into(),
+            ));
+        }
         let journal_segments = s.journal_segments.unwrap_or(8);
         if !(2..=64).contains(&journal_segments) {
             return Err(invalid(
@@ -1242,6 +1257,7 @@ impl RawConfig {
                 duplicate_policy: s.duplicate_policy.unwrap_or_default(),
                 commit_window: Duration::from_micros(s.commit_window_micros.unwrap_or(0)),
                 commit_max_batch,
+                journal_groups_in_flight,
                 inline_max: (inline_max_kib * 1024) as usize,
                 journal_segments,
                 sync_method: s.sync_method.unwrap_or_default(),
@@ -1732,6 +1748,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("store.dimse_timeout_seconds"), "{e}");
+        for n in [0, 5] {
+            let e = resolve(&format!("[store]\njournal_groups_in_flight = {n}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("store.journal_groups_in_flight"), "{e}");
+        }
+        let s = resolve("[store]\njournal_groups_in_flight = 2\n").unwrap();
+        assert_eq!(s.store.journal_groups_in_flight, 2);
+        assert_eq!(resolve("").unwrap().store.journal_groups_in_flight, 1);
         let e = resolve("[store]  # the store service\n\nmax_associations = 0\n")
             .unwrap_err()
             .to_string();

@@ -185,6 +185,7 @@ pub fn serve(
     let ingest = {
         let mut cfg = IngestConfig::new(settings.durability, settings.store.duplicate_policy);
         cfg.max_batch = settings.store.commit_max_batch;
+        cfg.groups_in_flight = settings.store.journal_groups_in_flight;
         cfg.window = settings.store.commit_window;
         cfg.retire_unrouted = gateway_mode;
         cfg.sync = settings.store.sync_method;

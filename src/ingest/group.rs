@@ -1,5 +1,6 @@
-//! The journal writer: one thread that turns the objects the cores finished into journal
-//! groups, one write and one flush per group, and answers them once that flush completed.
+//! The journal writer: the thread (or threads: lanes) that turns the objects the cores
+//! finished into journal groups, one write and one flush per group, and answers them once
+//! that flush completed.
 //!
 //! Decisions come first, in journal order: whether the object is new, an identical re-send,
 //! or a different object under a known SOP Instance UID (the duplicate policy), read from
@@ -10,7 +11,9 @@
 //! One journal and one writer for all cores: every decision about a UID is taken in the order
 //! the journal holds, so a re-send acknowledged on one core can never depend on a copy that
 //! another core's journal failed to write. A group in flight collects the next one meanwhile,
-//! so groups grow with load and an idle daemon answers after one flush.
+//! so groups grow with load and an idle daemon answers after one flush. With more than one
+//! lane (`[store] journal_groups_in_flight`) the next group is also *written* meanwhile; the
+//! answers still go out in journal order (see `Lanes`).
 //!
 //! Faults: a failed write or flush poisons the journal. Nothing more is acknowledged (every
 //! object is refused 0110 with a comment, `/readyz` says why) until the process restarts
@@ -19,7 +22,7 @@
 //! [`IngestConfig::full_wait`](super::IngestConfig) refuses A700.
 
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -29,7 +32,7 @@ use super::overlay::{self, Undo};
 use super::record::{Decision, RecordMeta};
 use super::{Item, Msg, Shared};
 use crate::config::{DuplicatePolicy, Durability};
-use crate::store::journal::{JournalError, RecordIn, Storage};
+use crate::store::journal::{AlignedBuf, JournalError, RecordIn, Reserved, Storage};
 use crate::store::sink::{Accepted, Body};
 use crate::store::writer::remove_quietly;
 use crate::store::{attrs::IndexAttrs, index::InstanceRecord, StoreError};
@@ -68,7 +71,40 @@ fn group_bytes(e: &Entry) -> u64 {
     48 + 4096 + (attrs.attributes.len() + extra) as u64 + body
 }
 
-pub(super) fn run<S: Storage>(
+/// Where the lanes meet: the submissions and the order groups are taken in (`front`, held
+/// while a group is collected, decided and reserved), and the order they are answered in
+/// (`back`).
+struct Lanes<'a, S: Storage> {
+    shared: &'a Shared<S>,
+    mat: &'a mpsc::Sender<Msg>,
+    root: Option<&'a std::fs::File>,
+    front: Mutex<Front>,
+    back: Mutex<Back>,
+    answered: Condvar,
+}
+
+struct Front {
+    rx: mpsc::Receiver<Entry>,
+    carry: Option<Entry>,
+    /// The ticket the next reserved group gets.
+    ticket: u64,
+}
+
+struct Back {
+    /// The ticket of the next group to answer.
+    next: u64,
+    /// Why the journal stopped (a failed write, flush or state write), once it has.
+    poisoned: Option<String>,
+}
+
+/// Runs the journal writer: [`IngestConfig::groups_in_flight`](super::IngestConfig) lanes
+/// (threads `journal`, `journal-2`, …). A lane collects what is queued, decides it and
+/// reserves its place in the journal, all in journal order under one lock; then writes and
+/// flushes it without the lock, while the next lane collects and writes the next group; then
+/// answers it, in journal order, once every group before it was answered. So an object that
+/// arrives during a flush is written at once instead of after it, and two flushes overlap on
+/// the device.
+pub(super) fn run<S: Storage + Send>(
     rx: mpsc::Receiver<Entry>,
     shared: Arc<Shared<S>>,
     mat: mpsc::Sender<Msg>,
@@ -81,47 +117,43 @@ pub(super) fn run<S: Storage>(
             None
         }
     };
-    let limit = shared.max_group_bytes.saturating_sub(8192);
-    let mut poisoned: Option<String> = None;
-    let mut carry: Option<Entry> = None;
-    loop {
-        let first = match carry.take() {
-            Some(e) => e,
-            None => match rx.recv() {
-                Ok(e) => e,
-                Err(_) => break,
-            },
-        };
-        let mut bytes = group_bytes(&first);
-        let mut batch = vec![first];
-        let cfg = &shared.cfg;
-        let deadline = (!cfg.window.is_zero()).then(|| Instant::now() + cfg.window);
-        while batch.len() < cfg.max_batch {
-            let next = match deadline {
-                Some(d) => rx
-                    .recv_timeout(d.saturating_duration_since(Instant::now()))
-                    .ok(),
-                None => rx.try_recv().ok(),
-            };
-            let Some(e) = next else { break };
-            let b = group_bytes(&e);
-            if bytes + b > limit {
-                carry = Some(e);
-                break;
+    let lanes = Lanes {
+        shared: &shared,
+        mat: &mat,
+        root: root.as_ref(),
+        front: Mutex::new(Front {
+            rx,
+            carry: None,
+            ticket: 0,
+        }),
+        back: Mutex::new(Back {
+            next: 0,
+            poisoned: None,
+        }),
+        answered: Condvar::new(),
+    };
+    let n = shared.cfg.groups_in_flight.max(1);
+    std::thread::scope(|scope| {
+        for k in 2..=n {
+            let lanes = &lanes;
+            let started = std::thread::Builder::new()
+                .name(format!("journal-{k}"))
+                .spawn_scoped(scope, move || lanes.run());
+            if let Err(e) = started {
+                tracing::warn!(error = %e, "cannot start another journal lane; fewer groups in flight");
             }
-            bytes += b;
-            batch.push(e);
         }
-        let n = batch.len();
-        let started = Instant::now();
-        write_group(batch, &shared, &mat, root.as_ref(), &mut poisoned);
-        crate::metrics::global().commit_batch(n, started.elapsed());
-    }
+        lanes.run();
+    });
     // No core can submit any more: let the materializer finish (it stops once every sender
     // of its channel is gone).
     shared.progress.stop_kicks();
     drop(mat);
     vital.done();
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One object's plan inside a group.
@@ -140,119 +172,296 @@ fn refuse_all(batch: Vec<Entry>, err: impl Fn() -> StoreError) {
     }
 }
 
-fn write_group<S: Storage>(
-    batch: Vec<Entry>,
-    shared: &Shared<S>,
-    mat: &mpsc::Sender<Msg>,
-    root: Option<&std::fs::File>,
-    poisoned: &mut Option<String>,
-) {
-    if let Some(why) = poisoned {
-        refuse_all(batch, || {
-            StoreError::Io(format!(
-                "ingest journal unusable after a failed write ({why}); nothing is acknowledged until the daemon restarts and replays it"
-            ))
-        });
-        return;
-    }
-    let full = shared.cfg.durability == Durability::Full;
-    let mut undo = Undo::default();
-    let mut plans = Vec::with_capacity(batch.len());
-    for e in batch {
-        plans.push(plan(e, shared, &mut undo));
-    }
-    // Large objects' files must be on disk before a record names them.
-    let staged = plans.iter().any(|p| p.staged.is_some());
-    if staged && full {
-        let synced = match (shared.cfg.sync, root) {
-            (crate::config::SyncMethod::Fsync, _) => {
-                let files: Vec<PathBuf> = plans.iter().filter_map(|p| p.staged.clone()).collect();
-                super::fsync_all(&files, &[shared.staged_dir()])
-            }
-            (_, Some(r)) => crate::store::syncfs(r),
-            (_, None) => Err(std::io::Error::other("data directory not open")),
-        };
-        if let Err(e) = synced {
-            tracing::error!(error = %e, "syncfs before the journal append failed; refusing the group");
-            shared.overlay.undo(undo);
-            fail(plans, || StoreError::from_io("syncfs", &e), true);
-            return;
+/// A group decided and reserved, to be written and answered by its lane.
+struct Taken<G: crate::store::journal::Segment> {
+    ticket: u64,
+    plans: Vec<Plan>,
+    undo: Undo,
+    reserved: Reserved<G>,
+    objects: usize,
+    started: Instant,
+}
+
+impl<S: Storage + Send> Lanes<'_, S> {
+    fn run(&self) {
+        let mut buf = AlignedBuf::new(64 << 10);
+        loop {
+            let taken = {
+                let mut front = lock(&self.front);
+                let Some(batch) = self.collect(&mut front) else {
+                    break;
+                };
+                let Some(taken) = self.take(&mut front, batch, &mut buf) else {
+                    continue;
+                };
+                taken
+            };
+            let written = taken.reserved.write(&buf);
+            self.answer(taken, written);
         }
     }
-    let ins: Vec<RecordIn<'_>> = plans
-        .iter()
-        .filter_map(|p| p.record.as_ref())
-        .map(|(_, meta, bytes, off)| {
-            let (header, dataset) = match bytes {
-                Some(b) => b.split_at(*off as usize),
-                None => (&[][..], &[][..]),
+
+    /// The next group's objects: the first to arrive, then what is queued (or arrives within
+    /// the window) up to the size limits. `None` once the cores are gone.
+    fn collect(&self, front: &mut Front) -> Option<Vec<Entry>> {
+        let first = match front.carry.take() {
+            Some(e) => e,
+            None => front.rx.recv().ok()?,
+        };
+        let limit = self.shared.max_group_bytes.saturating_sub(8192);
+        let cfg = &self.shared.cfg;
+        let mut bytes = group_bytes(&first);
+        let mut batch = vec![first];
+        let deadline = (!cfg.window.is_zero()).then(|| Instant::now() + cfg.window);
+        while batch.len() < cfg.max_batch {
+            let next = match deadline {
+                Some(d) => front
+                    .rx
+                    .recv_timeout(d.saturating_duration_since(Instant::now()))
+                    .ok(),
+                None => front.rx.try_recv().ok(),
             };
-            RecordIn {
-                flags: 0,
-                meta,
-                header,
-                dataset,
+            let Some(e) = next else { break };
+            let b = group_bytes(&e);
+            if bytes + b > limit {
+                front.carry = Some(e);
+                break;
             }
-        })
-        .collect();
-    let appended = append(shared, mat, &ins);
-    drop(ins);
-    match appended {
-        Ok(end) => {
-            let count = plans.iter().filter(|p| p.record.is_some()).count() as u64;
-            let mut seq = end.seq - count;
-            let mut items = Vec::with_capacity(count as usize);
-            let mut seqs = Vec::with_capacity(count as usize);
-            for p in &mut plans {
-                if let Some((meta, _, bytes, _)) = p.record.take() {
-                    if meta.decision == Decision::Place {
-                        seqs.push((meta.record.sop_instance_uid.clone(), seq));
+            bytes += b;
+            batch.push(e);
+        }
+        Some(batch)
+    }
+
+    /// Decides a group and reserves its place (under the front lock: journal order). `None`
+    /// when it was answered already (refused, or nothing to write).
+    fn take(
+        &self,
+        front: &mut Front,
+        batch: Vec<Entry>,
+        buf: &mut AlignedBuf,
+    ) -> Option<Taken<S::Segment>> {
+        let shared = self.shared;
+        let started = Instant::now();
+        let objects = batch.len();
+        if let Some(why) = lock(&self.back).poisoned.clone() {
+            refuse_all(batch, || {
+                StoreError::Io(format!(
+                    "ingest journal unusable after a failed write ({why}); nothing is acknowledged until the daemon restarts and replays it"
+                ))
+            });
+            return None;
+        }
+        let full = shared.cfg.durability == Durability::Full;
+        let mut undo = Undo::default();
+        let mut plans = Vec::with_capacity(batch.len());
+        for e in batch {
+            plans.push(plan(e, shared, &mut undo));
+        }
+        // Large objects' files must be on disk before a record names them.
+        let staged = plans.iter().any(|p| p.staged.is_some());
+        if staged && full {
+            let synced = match (shared.cfg.sync, self.root) {
+                (crate::config::SyncMethod::Fsync, _) => {
+                    let files: Vec<PathBuf> =
+                        plans.iter().filter_map(|p| p.staged.clone()).collect();
+                    super::fsync_all(&files, &[shared.staged_dir()])
+                }
+                (_, Some(r)) => crate::store::syncfs(r),
+                (_, None) => Err(std::io::Error::other("data directory not open")),
+            };
+            if let Err(e) = synced {
+                tracing::error!(error = %e, "syncfs before the journal append failed; refusing the group");
+                shared.overlay.undo(undo);
+                fail(plans, || StoreError::from_io("syncfs", &e), true);
+                return None;
+            }
+        }
+        let ins: Vec<RecordIn<'_>> = plans
+            .iter()
+            .filter_map(|p| p.record.as_ref())
+            .map(|(_, meta, bytes, off)| {
+                let (header, dataset) = match bytes {
+                    Some(b) => b.split_at(*off as usize),
+                    None => (&[][..], &[][..]),
+                };
+                RecordIn {
+                    flags: 0,
+                    meta,
+                    header,
+                    dataset,
+                }
+            })
+            .collect();
+        let reserved = self.reserve(&ins, buf);
+        drop(ins);
+        match reserved {
+            Ok(reserved) => {
+                let ticket = front.ticket;
+                front.ticket += 1;
+                Some(Taken {
+                    ticket,
+                    plans,
+                    undo,
+                    reserved,
+                    objects,
+                    started,
+                })
+            }
+            Err(e) => {
+                shared.overlay.undo(undo);
+                // Neither a full ring nor an oversized group wrote anything: no poison.
+                let full_ring = matches!(e, JournalError::Full);
+                let nothing_written = full_ring || matches!(e, JournalError::TooLarge { .. });
+                if !nothing_written {
+                    self.poisoned(&e);
+                }
+                let msg = e.to_string();
+                fail(
+                    plans,
+                    || {
+                        if full_ring || e.is_out_of_space() {
+                            StoreError::DiskFull(msg.clone())
+                        } else {
+                            StoreError::Io(msg.clone())
+                        }
+                    },
+                    nothing_written,
+                );
+                None
+            }
+        }
+    }
+
+    /// Reserves the group's place, waiting for the checkpoint while the ring is full.
+    fn reserve(
+        &self,
+        ins: &[RecordIn<'_>],
+        buf: &mut AlignedBuf,
+    ) -> Result<Reserved<S::Segment>, JournalError> {
+        let shared = self.shared;
+        let deadline = Instant::now() + shared.cfg.full_wait;
+        let mut journal = shared.journal();
+        let mut warned = false;
+        loop {
+            match journal.reserve(ins, buf) {
+                Err(JournalError::Full) if Instant::now() < deadline => {
+                    if !warned {
+                        tracing::warn!("ingest journal full: waiting for the checkpoint (associations wait for their answers)");
+                        shared
+                            .progress
+                            .problem("journal", Some("full: waiting for the checkpoint".into()));
+                        warned = true;
                     }
-                    items.push(Item { seq, meta, bytes });
-                    seq += 1;
+                    let _ = self.mat.send(Msg::Hurry);
+                    journal = shared
+                        .released
+                        .wait_timeout(journal, std::time::Duration::from_millis(100))
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0;
+                }
+                r => {
+                    if warned && r.is_ok() {
+                        shared.progress.problem("journal", None);
+                    }
+                    return r;
                 }
             }
-            shared.overlay.confirm(&seqs);
-            if count > 0 {
-                shared.progress.acked(end.seq - 1);
-                // The materializer only goes away at shutdown, after this thread.
-                let _ = mat.send(Msg::Group { items, end });
-            }
-            for p in plans {
-                let _ = p.reply.send(p.outcome);
-            }
         }
-        Err(e) => {
-            shared.overlay.undo(undo);
-            // Neither a full ring nor an oversized group wrote anything: no poison.
-            let full_ring = matches!(e, JournalError::Full);
-            let nothing_written = full_ring || matches!(e, JournalError::TooLarge { .. });
-            if !nothing_written {
-                let why = e.to_string();
-                tracing::error!(error = %why, "ingest journal write failed: refusing every object until restart");
-                shared.progress.problem(
-                    "journal",
-                    Some(format!(
-                        "write failed ({why}); restart the daemon to replay the journal"
-                    )),
-                );
-                *poisoned = Some(why);
-            }
-            let msg = e.to_string();
-            // After a failed write the group may still be on disk (and replay would need its
-            // staged files); after a full ring nothing was written.
-            fail(
-                plans,
-                || {
-                    if full_ring || e.is_out_of_space() {
-                        StoreError::DiskFull(msg.clone())
-                    } else {
-                        StoreError::Io(msg.clone())
-                    }
-                },
-                nothing_written,
+    }
+
+    /// The journal failed: it is poisoned, `/readyz` says so, and every group not yet
+    /// answered is refused.
+    fn poisoned(&self, e: &JournalError) {
+        self.shared.journal().poison(e);
+        let why = e.to_string();
+        let mut back = lock(&self.back);
+        if back.poisoned.is_none() {
+            tracing::error!(error = %why, "ingest journal write failed: refusing every object until restart");
+            self.shared.progress.problem(
+                "journal",
+                Some(format!(
+                    "write failed ({why}); restart the daemon to replay the journal"
+                )),
             );
+            back.poisoned = Some(why);
         }
+    }
+
+    /// Answers a written group once every group reserved before it was answered: success
+    /// only if its write and every earlier one succeeded.
+    fn answer(&self, taken: Taken<S::Segment>, written: Result<(), JournalError>) {
+        let Taken {
+            ticket,
+            mut plans,
+            undo,
+            reserved,
+            objects,
+            started,
+        } = taken;
+        let shared = self.shared;
+        if let Err(e) = &written {
+            self.poisoned(e);
+        }
+        let mut back = lock(&self.back);
+        while back.next != ticket {
+            back = self
+                .answered
+                .wait(back)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        match &back.poisoned {
+            None => {
+                let end = reserved.end;
+                let count = plans.iter().filter(|p| p.record.is_some()).count() as u64;
+                let mut seq = end.seq - count;
+                let mut items = Vec::with_capacity(count as usize);
+                let mut seqs = Vec::with_capacity(count as usize);
+                for p in &mut plans {
+                    if let Some((meta, _, bytes, _)) = p.record.take() {
+                        if meta.decision == Decision::Place {
+                            seqs.push((meta.record.sop_instance_uid.clone(), seq));
+                        }
+                        items.push(Item { seq, meta, bytes });
+                        seq += 1;
+                    }
+                }
+                shared.overlay.confirm(&seqs);
+                if count > 0 {
+                    shared.progress.acked(end.seq - 1);
+                    // The materializer only goes away at shutdown, after the lanes.
+                    let _ = self.mat.send(Msg::Group { items, end });
+                }
+                for p in plans {
+                    let _ = p.reply.send(p.outcome);
+                }
+            }
+            Some(why) => {
+                // This group or one before it failed: the journal may hold it (its staged
+                // files stay for replay), but it is never answered success.
+                shared.overlay.undo(undo);
+                let msg = match &written {
+                    Err(e) => e.to_string(),
+                    Ok(()) => format!("an earlier journal write failed ({why})"),
+                };
+                let space = matches!(&written, Err(e) if e.is_out_of_space());
+                fail(
+                    plans,
+                    || {
+                        if space {
+                            StoreError::DiskFull(msg.clone())
+                        } else {
+                            StoreError::Io(msg.clone())
+                        }
+                    },
+                    false,
+                );
+            }
+        }
+        back.next += 1;
+        drop(back);
+        self.answered.notify_all();
+        crate::metrics::global().commit_batch(objects, started.elapsed());
     }
 }
 
@@ -268,42 +477,6 @@ fn fail(plans: Vec<Plan>, err: impl Fn() -> StoreError, remove_staged: bool) {
             Err(e) => Err(e),
         };
         let _ = p.reply.send(out);
-    }
-}
-
-/// Appends, waiting for the checkpoint while the ring is full.
-fn append<S: Storage>(
-    shared: &Shared<S>,
-    mat: &mpsc::Sender<Msg>,
-    ins: &[RecordIn<'_>],
-) -> Result<crate::store::journal::Position, JournalError> {
-    let deadline = Instant::now() + shared.cfg.full_wait;
-    let mut journal = shared.journal();
-    let mut warned = false;
-    loop {
-        match journal.append_group(ins) {
-            Err(JournalError::Full) if Instant::now() < deadline => {
-                if !warned {
-                    tracing::warn!("ingest journal full: waiting for the checkpoint (associations wait for their answers)");
-                    shared
-                        .progress
-                        .problem("journal", Some("full: waiting for the checkpoint".into()));
-                    warned = true;
-                }
-                let _ = mat.send(Msg::Hurry);
-                journal = shared
-                    .released
-                    .wait_timeout(journal, std::time::Duration::from_millis(100))
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .0;
-            }
-            r => {
-                if warned && r.is_ok() {
-                    shared.progress.problem("journal", None);
-                }
-                return r;
-            }
-        }
     }
 }
 

@@ -54,6 +54,9 @@ pub struct IngestConfig {
     pub duplicate_policy: DuplicatePolicy,
     /// Most objects in one journal group.
     pub max_batch: usize,
+    /// Journal groups written at once (lanes of the journal writer; 1 = each group waits
+    /// for the previous one's flush).
+    pub groups_in_flight: usize,
     /// Extra time to wait for more objects once one arrived (0 = take what is queued).
     pub window: Duration,
     /// Gateway-mode retention: an object no route sends anywhere is retirable at once.
@@ -82,6 +85,7 @@ impl IngestConfig {
             durability,
             duplicate_policy,
             max_batch: 1024,
+            groups_in_flight: 1,
             window: Duration::ZERO,
             retire_unrouted: false,
             wake: None,

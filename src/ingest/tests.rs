@@ -28,6 +28,9 @@ fn cfg(policy: DuplicatePolicy) -> IngestConfig {
     c.checkpoint_interval = Duration::from_secs(3600);
     c.checkpoint_objects = usize::MAX;
     c.full_wait = Duration::from_secs(5);
+    // Two lanes: the crash and fault tests then also cover groups written at once and
+    // answered in journal order.
+    c.groups_in_flight = 2;
     c
 }
 
@@ -682,5 +685,40 @@ fn a_checkpoint_leaves_every_touched_studys_query_keys_in_step() {
     let after: Vec<_> = ["1.5", "1.6", "1.7"].iter().map(|s| keys_of(s)).collect();
     assert_eq!(before, after);
     assert_eq!(rows_before, all_keys());
+    ingest.join();
+}
+
+/// Two groups in flight: the first group's write is slow and fails, the second's lands
+/// first. The second is still refused (answers go out in journal order, and nothing after a
+/// failed write is acknowledged), so is everything after it, and `/readyz` says why.
+#[test]
+fn a_later_group_written_first_is_refused_when_an_earlier_one_fails() {
+    let rt = runtime();
+    let (_dir, _data, storage, ingest, _index) = rig_with(cfg(DuplicatePolicy::Keep));
+    storage.slow_write(1, Duration::from_millis(400));
+    storage.fail_write(1);
+    let snap = ingest.pipeline.snapshot();
+    let (a, b) = (s(1, 1, "1.5"), s(2, 1, "1.5"));
+    let results = rt.block_on(async {
+        let first = snap.submit(a.object());
+        let second = async {
+            // Submitted once the first group is taken and writing: it becomes group 2.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            snap.submit(b.object()).await
+        };
+        tokio::join!(first, second)
+    });
+    let writes = storage.writes();
+    assert_eq!(writes, 2, "both groups were written");
+    assert!(results.0.is_err(), "{:?}", results.0);
+    assert!(
+        results.1.is_err(),
+        "group 2 reached the disk first but group 1 failed: {:?}",
+        results.1
+    );
+    assert!(store(&ingest, &rt, s(3, 1, "1.5")).is_err());
+    let why = ingest.settle.progress().readiness().unwrap_err();
+    assert!(why.contains("journal"), "{why}");
+    drop(snap);
     ingest.join();
 }

@@ -258,7 +258,10 @@ pub fn extract_with(
                             let t = text.trim_end_matches(['\0', ' ']).trim_start();
                             attrs.extra.push((tag, redecode(t)));
                         }
-                        store(&mut attrs, tag, Cow::Owned(redecode(&text_of(&v))));
+                        if let Some(slot) = slot(&mut attrs, tag) {
+                            let text = redecode(&text_of(&v));
+                            *slot = text.trim_end_matches(['\0', ' ']).trim_start().to_owned();
+                        }
                     }
                     if keep(tag, vr, len) {
                         if let Some(value) = value_of(&v, vr, &redecode) {
@@ -343,9 +346,10 @@ fn text_of(v: &dicom_core::value::PrimitiveValue) -> Cow<'_, str> {
     }
 }
 
-fn store(attrs: &mut IndexAttrs, tag: Tag, value: Cow<'_, str>) {
-    let v = value.trim_end_matches(['\0', ' ']).trim_start().to_owned();
-    let slot = match (tag.group(), tag.element()) {
+/// The [`IndexAttrs`] field a top-level element fills, if any (most elements fill none, so
+/// their text is never built).
+fn slot(attrs: &mut IndexAttrs, tag: Tag) -> Option<&mut String> {
+    Some(match (tag.group(), tag.element()) {
         (0x0008, 0x0005) => &mut attrs.specific_character_set,
         (0x0008, 0x0016) => &mut attrs.sop_class_uid,
         (0x0008, 0x0018) => &mut attrs.sop_instance_uid,
@@ -365,9 +369,8 @@ fn store(attrs: &mut IndexAttrs, tag: Tag, value: Cow<'_, str>) {
         (0x0020, 0x0010) => &mut attrs.study_id,
         (0x0020, 0x0011) => &mut attrs.series_number,
         (0x0020, 0x0013) => &mut attrs.instance_number,
-        _ => return,
-    };
-    *slot = v;
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

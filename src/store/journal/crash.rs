@@ -57,6 +57,7 @@ struct Disk {
     cut_at_flush: Option<u64>,
     fail_write: Option<u64>,
     fail_flush: Option<u64>,
+    slow_write: Option<(u64, std::time::Duration)>,
     dead: bool,
 }
 
@@ -91,6 +92,13 @@ impl CrashStorage {
     pub fn fail_write(&self, n: u64) {
         let mut d = self.disk();
         d.fail_write = Some(d.writes + n);
+    }
+
+    /// The `n`-th write from now takes `delay` before it lands (or fails), without holding
+    /// up other writes: a later group in flight can then reach the disk first.
+    pub fn slow_write(&self, n: u64, delay: std::time::Duration) {
+        let mut d = self.disk();
+        d.slow_write = Some((d.writes + n, delay));
     }
 
     /// The `n`-th flush from now fails with EIO; its writes stay unflushed (a later crash
@@ -252,13 +260,19 @@ impl CrashSegment {
 }
 
 impl Segment for CrashSegment {
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut d = self.disk();
         if d.dead {
             return Err(power_lost());
         }
         d.writes += 1;
-        if d.fail_write == Some(d.writes) {
+        let n = d.writes;
+        if let Some((_, delay)) = d.slow_write.filter(|(k, _)| *k == n) {
+            drop(d);
+            std::thread::sleep(delay);
+            d = self.disk();
+        }
+        if d.fail_write == Some(n) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         let offset = offset as usize;
@@ -277,7 +291,7 @@ impl Segment for CrashSegment {
         Ok(())
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&self) -> io::Result<()> {
         let mut d = self.disk();
         if d.dead {
             return Err(power_lost());
@@ -303,7 +317,7 @@ impl Segment for CrashSegment {
         Ok(())
     }
 
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let d = self.disk();
         if d.dead {
             return Err(power_lost());

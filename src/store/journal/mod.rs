@@ -2,7 +2,7 @@
 //! received objects are appended to, one write and one flush per group, so a group of
 //! C-STOREs can be acknowledged once that flush completes.
 //!
-//! Not yet wired into ingest. This module is the journal alone: format, append, replay, the
+//! This module is the journal alone (`crate::ingest::group` drives it): format, append, replay, the
 //! storage seam ([`Storage`], [`Segment`]) with the file implementation ([`FileStorage`]) and
 //! the power-loss model it is tested against ([`CrashStorage`]).
 //!
@@ -51,10 +51,13 @@
 //! and never goes round the ring more than once. A group is valid as a whole or not at all.
 //!
 //! # Crash safety
-//! * **A completed flush** (or `O_DSYNC` write) of a group makes the group durable, and every
-//!   group before it was durable already (one group in flight per journal, each append waits
-//!   for its flush), so the chain from the checkpoint to it replays: acknowledging its
-//!   objects after [`Journal::append_group`] returned is safe.
+//! * **A completed flush** (or `O_DSYNC` write) of a group makes the group durable. Groups
+//!   may be in flight together ([`Journal::reserve`], then [`Reserved::write`] on any
+//!   thread), so a later group can reach the disk before an earlier one; it replays only
+//!   once the earlier one is there too (its link names it). Hence answers go out in
+//!   reservation order, each once its group and every earlier group were written: the chain
+//!   from the checkpoint to it then replays. [`Journal::append_group`] is both steps with
+//!   one group in flight.
 //! * **A torn write** (power lost mid-write, sectors persisted in any order) fails a checksum
 //!   and ends the replay before that group; it was never acknowledged. A group whose write did
 //!   reach the disk whole but whose flush never reported back may replay: its objects were
@@ -78,10 +81,11 @@
 //!   [`JournalError::Full`] and the caller stops reading from its sockets.
 //!
 //! # What the integrator must do
-//! 1. Append each group (`&mut self`: one group in flight per journal, so completion order
-//!    is log order), answer its objects only after `append_group` returned `Ok`; on an
-//!    error answer the group with a failure and stop acknowledging on this core until the
-//!    journal is reopened (process restart or [`Journal::open`] again).
+//! 1. Append each group, answer its objects only after `append_group` returned `Ok` (or,
+//!    with groups in flight together, after its [`Reserved::write`] and those of every group
+//!    reserved before it returned `Ok`, in reservation order); on an error answer the group
+//!    and every later one with a failure, [poison](Journal::poison) the journal and stop
+//!    acknowledging until it is reopened (process restart or [`Journal::open`] again).
 //! 2. Checkpoint in this order: materialized files synced (`syncfs`), *then* one redb commit
 //!    holding their index rows, forward jobs and the journal [`Position`] of the last group
 //!    materialized, *then* [`Journal::release_through`] with that position. Releasing before
@@ -99,6 +103,7 @@ mod tests;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -372,7 +377,7 @@ pub struct Stop {
 /// A journal being replayed: [`Replay::next_group`] until `None`, then [`Replay::finish`].
 pub struct Replay<S: Storage> {
     storage: S,
-    segs: Vec<S::Segment>,
+    segs: Vec<Arc<S::Segment>>,
     cfg: JournalConfig,
     state: State,
     checkpoint: Position,
@@ -389,14 +394,42 @@ pub struct Replay<S: Storage> {
 /// One core's journal, ready to append.
 pub struct Journal<S: Storage> {
     storage: S,
-    segs: Vec<S::Segment>,
+    segs: Vec<Arc<S::Segment>>,
     cfg: JournalConfig,
     state: State,
     head: Position,
     released: u64,
     seg_last: Vec<Option<u64>>,
-    buf: AlignedBuf,
+    buf: Option<AlignedBuf>,
     poisoned: Option<&'static str>,
+}
+
+/// A group's place in the ring, encoded and not yet written ([`Journal::reserve`]).
+#[derive(Debug)]
+pub struct Reserved<G: Segment> {
+    seg: Arc<G>,
+    offset: u64,
+    len: usize,
+    sync: bool,
+    /// The position after the group (its records got the seqs just below `end.seq`).
+    pub end: Position,
+}
+
+impl<G: Segment> Reserved<G> {
+    /// Writes the group (the `buf` it was encoded into) and, with full durability, flushes
+    /// it. May run on any thread, at the same time as the next group's write.
+    pub fn write(&self, buf: &AlignedBuf) -> Result<(), JournalError> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        self.seg
+            .write_at(&buf[..self.len], self.offset)
+            .map_err(JournalError::io("write"))?;
+        if self.sync {
+            self.seg.flush().map_err(JournalError::io("flush"))?;
+        }
+        Ok(())
+    }
 }
 
 impl Journal<FileStorage> {
@@ -450,7 +483,7 @@ impl<S: Storage> Journal<S> {
                     cfg.segment_size
                 )));
             }
-            segs.push(seg);
+            segs.push(Arc::new(seg));
         }
         let state = match stored {
             Some(s) => s,
@@ -509,19 +542,62 @@ impl<S: Storage> Journal<S> {
     /// Appends one group (one write, then one flush unless relaxed) and returns the position
     /// after it; its records got the seqs just below `returned.seq`. An empty group writes
     /// nothing. On a write or flush error the journal is poisoned.
+    ///
+    /// [`Journal::reserve`] and [`Reserved::write`] in one step, one group in flight.
     pub fn append_group(&mut self, records: &[RecordIn<'_>]) -> Result<Position, JournalError> {
+        let mut buf = self.buf.take().unwrap_or_else(|| AlignedBuf::new(BLOCK));
+        let before = (self.head, self.seg_last.clone());
+        let result = match self.reserve(records, &mut buf) {
+            Ok(r) => match r.write(&buf) {
+                Ok(()) => Ok(r.end),
+                Err(e) => {
+                    // Nothing was reserved after it: the head goes back (the journal is
+                    // poisoned either way).
+                    (self.head, self.seg_last) = before;
+                    self.poison(&e);
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
+        self.buf = Some(buf);
+        result
+    }
+
+    /// Takes the next place in the ring for a group and encodes it into `buf`: the caller
+    /// then writes it with [`Reserved::write`], without holding the journal, so the next
+    /// group can be reserved and written while this one's flush is in flight.
+    ///
+    /// The journal's head moves at once; the group counts as written from here on. So the
+    /// caller must answer reserved groups in reservation order, each only once it and every
+    /// group before it were written: a group durable behind one that never reached the disk
+    /// is not replayed (its link names the missing group). After a failed write the caller
+    /// [poisons](Journal::poison) the journal and refuses every later group, written or not.
+    /// An empty group reserves nothing (`Reserved::write` then does nothing).
+    pub fn reserve(
+        &mut self,
+        records: &[RecordIn<'_>],
+        buf: &mut AlignedBuf,
+    ) -> Result<Reserved<S::Segment>, JournalError> {
         if let Some(what) = self.poisoned {
             return Err(JournalError::Poisoned(what));
         }
+        let head = self.head;
+        let sync = self.cfg.durability == Durability::Full;
         if records.is_empty() {
-            return Ok(self.head);
+            return Ok(Reserved {
+                seg: Arc::clone(&self.segs[head.segment as usize]),
+                offset: head.offset,
+                len: 0,
+                sync,
+                end: head,
+            });
         }
         let limit = self.cfg.max_group_bytes;
         let padded = format::body_len(records).map_or(u64::MAX, format::padded_len);
         if padded > limit {
             return Err(JournalError::TooLarge { len: padded, limit });
         }
-        let head = self.head;
         if head.seq.checked_add(records.len() as u64).is_none() {
             return Err(JournalError::State("sequence numbers exhausted".into()));
         }
@@ -559,25 +635,8 @@ impl<S: Storage> Journal<S> {
                 Durability::Relaxed => format::GROUP_RELAXED,
             },
         };
-        self.buf.ensure(padded as usize);
-        let group = format::encode_group(&mut self.buf[..padded as usize], &meta, records);
-        let seg = &mut self.segs[segment as usize];
-        if let Err(e) = seg.write_at(&self.buf[..padded as usize], offset) {
-            self.poisoned = Some("write");
-            return Err(JournalError::Io {
-                op: "write",
-                source: e,
-            });
-        }
-        if self.cfg.durability == Durability::Full {
-            if let Err(e) = seg.flush() {
-                self.poisoned = Some("flush");
-                return Err(JournalError::Io {
-                    op: "flush",
-                    source: e,
-                });
-            }
-        }
+        buf.ensure(padded as usize);
+        let group = format::encode_group(&mut buf[..padded as usize], &meta, records);
         let next = group.next(self.state.epoch);
         self.seg_last[segment as usize] = Some(next.seq - 1);
         self.head = Position {
@@ -587,7 +646,24 @@ impl<S: Storage> Journal<S> {
             seq: next.seq,
             link: group.link,
         };
-        Ok(self.head)
+        Ok(Reserved {
+            seg: Arc::clone(&self.segs[segment as usize]),
+            offset,
+            len: padded as usize,
+            sync,
+            end: self.head,
+        })
+    }
+
+    /// A reserved group's write failed: nothing more is appended until the journal is
+    /// reopened (see the crash-safety notes above).
+    pub fn poison(&mut self, failed: &JournalError) {
+        if self.poisoned.is_none() {
+            self.poisoned = Some(match failed {
+                JournalError::Io { op: "flush", .. } => "flush",
+                _ => "write",
+            });
+        }
     }
 
     fn next_epoch(&self) -> Result<u32, JournalError> {
@@ -675,7 +751,7 @@ impl<S: Storage> Replay<S> {
         .flatten()
         {
             let limit = (size - offset).min(self.group_limit);
-            let seg = &mut self.segs[segment as usize];
+            let seg = &self.segs[segment as usize];
             seg.read_at(&mut self.buf[..BLOCK], offset)
                 .map_err(JournalError::io("read"))?;
             let header = match format::decode_group_header(&self.buf[..BLOCK], &self.expect, limit)
@@ -752,7 +828,7 @@ impl<S: Storage> Replay<S> {
     /// takes a new epoch and returns the writer, positioned after the valid prefix.
     pub fn finish(mut self) -> Result<Journal<S>, JournalError> {
         while self.next_group()?.is_some() {}
-        for (seg, rewritten) in self.segs.iter_mut().zip(&self.rewritten) {
+        for (seg, rewritten) in self.segs.iter().zip(&self.rewritten) {
             if *rewritten {
                 seg.flush().map_err(JournalError::io("flush"))?;
             }
@@ -778,7 +854,7 @@ impl<S: Storage> Replay<S> {
             head: self.cursor,
             released: self.checkpoint.seq,
             seg_last: self.seg_last,
-            buf: self.buf,
+            buf: Some(self.buf),
             poisoned: None,
         })
     }

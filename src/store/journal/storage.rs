@@ -15,14 +15,17 @@ use super::format::BLOCK;
 use crate::config::Durability;
 
 /// One segment of the ring: a preallocated file the journal overwrites in place.
-pub trait Segment {
+///
+/// Shared (`&self`, `Send + Sync`): two groups may be written at once, at different offsets
+/// (see [`super::Journal::reserve`]).
+pub trait Segment: Send + Sync {
     /// Writes all of `buf` at `offset` (block-aligned offset, length and buffer).
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes every completed write durable (`fdatasync`; nothing to do when writes are
     /// synchronous already). After an error nothing is known about those writes.
-    fn flush(&mut self) -> io::Result<()>;
+    fn flush(&self) -> io::Result<()>;
     /// Reads exactly `buf.len()` bytes at `offset` (block-aligned offset, length and buffer).
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Length of the segment.
     fn len(&self) -> u64;
     /// Whether the segment has no bytes (not yet preallocated).
@@ -222,18 +225,18 @@ pub struct FileSegment {
 }
 
 impl Segment for FileSegment {
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.file.write_all_at(buf, offset)
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&self) -> io::Result<()> {
         match self.io {
             FileIo::DirectSync => Ok(()),
             FileIo::Buffered => self.file.sync_data(),
         }
     }
 
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
     }
 

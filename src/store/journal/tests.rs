@@ -917,3 +917,48 @@ fn file_storage_replays_after_reopen() {
         assert_eq!(j.position().seq, last.seq);
     }
 }
+
+/// Two groups in flight (reserved in order, written in the other order): a power cut with
+/// only the second on disk replays neither; with both, both; a failed write of the first
+/// poisons the journal for every later reservation.
+#[test]
+fn groups_in_flight_replay_only_as_a_chain_from_the_checkpoint() {
+    let cfg = config(3, 8, Durability::Full);
+    let (storage, mut j) = fresh(&cfg);
+    let mut acked = Vec::new();
+    append(&mut j, &group(1, 2, 300), &mut acked).unwrap();
+    let (a, b) = (group(2, 2, 900), group(3, 1, 900));
+    let (mut buf_a, mut buf_b) = (AlignedBuf::new(B as usize), AlignedBuf::new(B as usize));
+    let ra = j.reserve(&inputs(&a), &mut buf_a).unwrap();
+    let rb = j.reserve(&inputs(&b), &mut buf_b).unwrap();
+    assert_eq!(rb.end, j.position());
+    assert_eq!(ra.end.seq + 1, rb.end.seq, "seqs follow reservation order");
+
+    // B reached the disk, A never did.
+    rb.write(&buf_b).unwrap();
+    let (_, replayed) = reopen(&storage.crash(Tear::None), &cfg, None);
+    assert_eq!(replayed, acked, "B without A is not part of the chain");
+
+    // Both written: both replay, in reservation order.
+    ra.write(&buf_a).unwrap();
+    let first = ra.end.seq - a.len() as u64;
+    let mut both = acked.clone();
+    both.extend(
+        a.iter()
+            .enumerate()
+            .map(|(i, o)| o.record(first + i as u64)),
+    );
+    both.extend(b.iter().map(|o| o.record(rb.end.seq - 1)));
+    let (_, replayed) = reopen(&storage.crash(Tear::None), &cfg, None);
+    assert_eq!(replayed, both);
+
+    // A third in flight fails its write: the journal refuses every later reservation.
+    storage.fail_write(1);
+    let rc = j.reserve(&inputs(&group(4, 1, 100)), &mut buf_a).unwrap();
+    let err = rc.write(&buf_a).unwrap_err();
+    j.poison(&err);
+    assert!(matches!(
+        j.reserve(&inputs(&group(5, 1, 100)), &mut buf_b),
+        Err(JournalError::Poisoned("write"))
+    ));
+}
