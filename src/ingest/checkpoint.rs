@@ -77,6 +77,7 @@ pub fn checkpoint(
     let mut replaced_files: Vec<PathBuf> = Vec::new();
     let mut touched: HashSet<String> = HashSet::new();
     let now = timestamp_us();
+    let mut parents = index::ParentRows::default();
     let result = (|| -> Result<(), StoreError> {
         for it in items {
             let meta = &it.meta;
@@ -113,6 +114,8 @@ pub fn checkpoint(
             place(it, &meta.staged, staged_dir, &dest, made_dirs)?;
             created.push(dest.clone());
             if let Some(old) = &existing {
+                // remove_instance changes the series, study and patient rows itself.
+                parents.flush(&tx)?;
                 index::remove_instance(&tx, sop)?;
                 index::forget_deliveries(&tx, sop)?;
                 touched.insert(old.study_instance_uid.clone());
@@ -122,7 +125,7 @@ pub fn checkpoint(
                     replaced_files.push(f);
                 }
             }
-            index::put_instance_deferring_keys(&tx, &rec, &meta.attrs, false)?;
+            index::put_instance_batched(&tx, &rec, &meta.attrs, false, &mut parents)?;
             touched.insert(rec.study_instance_uid.clone());
             for d in &meta.destinations {
                 crate::queue::enqueue(&tx, d, sop, now)
@@ -135,6 +138,7 @@ pub fn checkpoint(
             }
             out.placed.push((sop.to_owned(), it.seq));
         }
+        parents.flush(&tx)?;
         // Each touched study's query keys once, not once per object.
         for study in &touched {
             crate::store::query::sync_study_keys(&tx, study)?;

@@ -4,6 +4,7 @@
 //! also holds the forwarding jobs, so an acknowledged object always has its rows. Readers
 //! (query/retrieve, the admin API, tests) use [`Index`].
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
@@ -227,19 +228,76 @@ pub fn put_instance_deferring_keys(
     attrs: &IndexAttrs,
     replaced: bool,
 ) -> Result<(), IndexError> {
+    let mut parents = ParentRows::default();
+    put_instance_batched(tx, rec, attrs, replaced, &mut parents)?;
+    parents.flush(tx)
+}
+
+/// The series, study and patient rows that a batch of new instances updates, held in memory
+/// and written once by [`ParentRows::flush`], not once per instance: a checkpoint of
+/// thousands of objects of one series reads and writes each of those rows once.
+#[derive(Debug, Default)]
+pub struct ParentRows {
+    series: HashMap<(String, String), SeriesRecord>,
+    studies: HashMap<String, StudyRecord>,
+    patients: HashMap<String, PatientRecord>,
+}
+
+impl ParentRows {
+    /// Writes the rows held and forgets them. Call it before anything else in the
+    /// transaction reads or changes those rows ([`remove_instance`], the study keys) and
+    /// before the commit.
+    pub fn flush(&mut self, tx: &WriteTransaction) -> Result<(), IndexError> {
+        if !self.series.is_empty() {
+            let mut t = tx.open_table(db::SERIES)?;
+            for ((study, series), row) in self.series.drain() {
+                t.insert((study.as_str(), series.as_str()), encode(&row).as_slice())?;
+            }
+        }
+        if !self.studies.is_empty() {
+            let mut t = tx.open_table(db::STUDIES)?;
+            for (study, row) in self.studies.drain() {
+                t.insert(study.as_str(), encode(&row).as_slice())?;
+            }
+        }
+        if !self.patients.is_empty() {
+            let mut t = tx.open_table(db::PATIENTS)?;
+            for (pid, row) in self.patients.drain() {
+                t.insert(pid.as_str(), encode(&row).as_slice())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`put_instance_deferring_keys`] with the series, study and patient rows in `parents`
+/// (written by its [`ParentRows::flush`]).
+pub fn put_instance_batched(
+    tx: &WriteTransaction,
+    rec: &InstanceRecord,
+    attrs: &IndexAttrs,
+    replaced: bool,
+    parents: &mut ParentRows,
+) -> Result<(), IndexError> {
     let mut instances = tx.open_table(db::INSTANCES)?;
     instances.insert(rec.sop_instance_uid.as_str(), encode(rec).as_slice())?;
     drop(instances);
 
     let study_uid = rec.study_instance_uid.as_str();
     let series_uid = rec.series_instance_uid.as_str();
-    let mut series_t = tx.open_table(db::SERIES)?;
-    let existing = series_t
-        .get((study_uid, series_uid))?
-        .map(|g| decode::<SeriesRecord>(series_uid, g.value()))
-        .transpose()?;
-    let new_series = existing.is_none();
-    let mut series = existing.unwrap_or_default();
+    let key = (study_uid.to_owned(), series_uid.to_owned());
+    let (series, new_series) = match parents.series.entry(key) {
+        std::collections::hash_map::Entry::Occupied(e) => (e.into_mut(), false),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let existing = tx
+                .open_table(db::SERIES)?
+                .get((study_uid, series_uid))?
+                .map(|g| decode::<SeriesRecord>(series_uid, g.value()))
+                .transpose()?;
+            let new = existing.is_none();
+            (e.insert(existing.unwrap_or_default()), new)
+        }
+    };
     series.study_instance_uid = study_uid.to_owned();
     series.series_instance_uid = series_uid.to_owned();
     series.modality.clone_from(&attrs.modality);
@@ -250,16 +308,19 @@ pub fn put_instance_deferring_keys(
     if !replaced {
         series.num_instances += 1;
     }
-    series_t.insert((study_uid, series_uid), encode(&series).as_slice())?;
-    drop(series_t);
 
-    let mut studies = tx.open_table(db::STUDIES)?;
-    let existing = studies
-        .get(study_uid)?
-        .map(|g| decode::<StudyRecord>(study_uid, g.value()))
-        .transpose()?;
-    let new_study = existing.is_none();
-    let mut study = existing.unwrap_or_default();
+    let (study, new_study) = match parents.studies.entry(study_uid.to_owned()) {
+        std::collections::hash_map::Entry::Occupied(e) => (e.into_mut(), false),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let existing = tx
+                .open_table(db::STUDIES)?
+                .get(study_uid)?
+                .map(|g| decode::<StudyRecord>(study_uid, g.value()))
+                .transpose()?;
+            let new = existing.is_none();
+            (e.insert(existing.unwrap_or_default()), new)
+        }
+    };
     study.study_instance_uid = study_uid.to_owned();
     study.patient_id.clone_from(&attrs.patient_id);
     study.patient_name.clone_from(&attrs.patient_name);
@@ -281,16 +342,19 @@ pub fn put_instance_deferring_keys(
     if !replaced {
         study.num_instances += 1;
     }
-    studies.insert(study_uid, encode(&study).as_slice())?;
-    drop(studies);
 
-    let mut patients = tx.open_table(db::PATIENTS)?;
     let pid = attrs.patient_id.as_str();
-    let mut patient = patients
-        .get(pid)?
-        .map(|g| decode::<PatientRecord>(pid, g.value()))
-        .transpose()?
-        .unwrap_or_default();
+    let patient = match parents.patients.entry(pid.to_owned()) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let existing = tx
+                .open_table(db::PATIENTS)?
+                .get(pid)?
+                .map(|g| decode::<PatientRecord>(pid, g.value()))
+                .transpose()?;
+            e.insert(existing.unwrap_or_default())
+        }
+    };
     patient.patient_id = pid.to_owned();
     patient.patient_name.clone_from(&attrs.patient_name);
     patient
@@ -300,8 +364,6 @@ pub fn put_instance_deferring_keys(
     if new_study {
         patient.num_studies += 1;
     }
-    patients.insert(pid, encode(&patient).as_slice())?;
-    drop(patients);
     // Query/Retrieve rows (issue 13); the study keys are the caller's.
     super::query::put_object_row(tx, rec, attrs)
 }
@@ -726,7 +788,13 @@ mod listing_tests {
         assert!(wildcard_ci("müller*", "MÜLLER^HANS"));
     }
 
-    fn put(tx: &WriteTransaction, study: &str, series: &str, sop: &str, num: &str, name: &str) {
+    fn instance(
+        study: &str,
+        series: &str,
+        sop: &str,
+        num: &str,
+        name: &str,
+    ) -> (InstanceRecord, IndexAttrs) {
         let attrs = IndexAttrs {
             study_instance_uid: study.into(),
             series_instance_uid: series.into(),
@@ -753,7 +821,62 @@ mod listing_tests {
             called_ae_title: String::new(),
             path: format!("objects/{study}/{series}/{sop}.dcm"),
         };
+        (rec, attrs)
+    }
+
+    fn put(tx: &WriteTransaction, study: &str, series: &str, sop: &str, num: &str, name: &str) {
+        let (rec, attrs) = instance(study, series, sop, num, name);
         put_instance(tx, &rec, &attrs, false).unwrap();
+    }
+
+    #[test]
+    fn batched_parent_rows_equal_the_rows_written_one_instance_at_a_time() {
+        let batch = [
+            ("1.1", "2.1", "3.1", "1", "A"),
+            ("1.1", "2.1", "3.2", "2", "A"),
+            ("1.1", "2.2", "3.3", "1", "A"),
+            ("1.2", "2.3", "3.4", "1", "A"),
+            ("1.3", "2.4", "3.5", "1", "B"),
+            ("1.1", "2.1", "3.6", "3", "A"),
+        ];
+        let d = tempfile::tempdir().unwrap();
+        let mut indexes = Vec::new();
+        for batched in [false, true] {
+            let index = Index::open(&d.path().join(format!("{batched}.redb"))).unwrap();
+            // Rows that exist before the batch: read once, then updated in memory.
+            let tx = index.database().begin_write().unwrap();
+            put(&tx, "1.1", "2.1", "3.0", "0", "A");
+            tx.commit().unwrap();
+            let tx = index.database().begin_write().unwrap();
+            let mut parents = ParentRows::default();
+            for (study, series, sop, num, name) in batch {
+                let (rec, attrs) = instance(study, series, sop, num, name);
+                if batched {
+                    put_instance_batched(&tx, &rec, &attrs, false, &mut parents).unwrap();
+                } else {
+                    put_instance_deferring_keys(&tx, &rec, &attrs, false).unwrap();
+                }
+            }
+            parents.flush(&tx).unwrap();
+            tx.commit().unwrap();
+            indexes.push(index);
+        }
+        let [one, batched] = &indexes[..] else {
+            unreachable!()
+        };
+        for (study, series, ..) in batch {
+            assert_eq!(one.study(study).unwrap(), batched.study(study).unwrap());
+            assert_eq!(
+                one.series(study, series).unwrap(),
+                batched.series(study, series).unwrap()
+            );
+        }
+        for pid in ["P-A", "P-B"] {
+            assert_eq!(one.patient(pid).unwrap(), batched.patient(pid).unwrap());
+        }
+        let study = batched.study("1.1").unwrap().unwrap();
+        assert_eq!((study.num_instances, study.num_series), (5, 2));
+        assert_eq!(batched.patient("P-A").unwrap().unwrap().num_studies, 2);
     }
 
     #[test]
