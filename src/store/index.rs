@@ -270,6 +270,23 @@ impl ParentRows {
     }
 }
 
+/// The row held under `key`, read by `load` the first time (a default row if there is none):
+/// the row and whether it is new to the index.
+fn held<K: std::hash::Hash + Eq, V: Default>(
+    rows: &mut HashMap<K, V>,
+    key: K,
+    load: impl FnOnce() -> Result<Option<V>, IndexError>,
+) -> Result<(&mut V, bool), IndexError> {
+    Ok(match rows.entry(key) {
+        std::collections::hash_map::Entry::Occupied(e) => (e.into_mut(), false),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let existing = load()?;
+            let new = existing.is_none();
+            (e.insert(existing.unwrap_or_default()), new)
+        }
+    })
+}
+
 /// [`put_instance_deferring_keys`] with the series, study and patient rows in `parents`
 /// (written by its [`ParentRows::flush`]).
 pub fn put_instance_batched(
@@ -286,18 +303,12 @@ pub fn put_instance_batched(
     let study_uid = rec.study_instance_uid.as_str();
     let series_uid = rec.series_instance_uid.as_str();
     let key = (study_uid.to_owned(), series_uid.to_owned());
-    let (series, new_series) = match parents.series.entry(key) {
-        std::collections::hash_map::Entry::Occupied(e) => (e.into_mut(), false),
-        std::collections::hash_map::Entry::Vacant(e) => {
-            let existing = tx
-                .open_table(db::SERIES)?
-                .get((study_uid, series_uid))?
-                .map(|g| decode::<SeriesRecord>(series_uid, g.value()))
-                .transpose()?;
-            let new = existing.is_none();
-            (e.insert(existing.unwrap_or_default()), new)
-        }
-    };
+    let (series, new_series) = held(&mut parents.series, key, || {
+        tx.open_table(db::SERIES)?
+            .get((study_uid, series_uid))?
+            .map(|g| decode::<SeriesRecord>(series_uid, g.value()))
+            .transpose()
+    })?;
     series.study_instance_uid = study_uid.to_owned();
     series.series_instance_uid = series_uid.to_owned();
     series.modality.clone_from(&attrs.modality);
@@ -309,18 +320,12 @@ pub fn put_instance_batched(
         series.num_instances += 1;
     }
 
-    let (study, new_study) = match parents.studies.entry(study_uid.to_owned()) {
-        std::collections::hash_map::Entry::Occupied(e) => (e.into_mut(), false),
-        std::collections::hash_map::Entry::Vacant(e) => {
-            let existing = tx
-                .open_table(db::STUDIES)?
-                .get(study_uid)?
-                .map(|g| decode::<StudyRecord>(study_uid, g.value()))
-                .transpose()?;
-            let new = existing.is_none();
-            (e.insert(existing.unwrap_or_default()), new)
-        }
-    };
+    let (study, new_study) = held(&mut parents.studies, study_uid.to_owned(), || {
+        tx.open_table(db::STUDIES)?
+            .get(study_uid)?
+            .map(|g| decode::<StudyRecord>(study_uid, g.value()))
+            .transpose()
+    })?;
     study.study_instance_uid = study_uid.to_owned();
     study.patient_id.clone_from(&attrs.patient_id);
     study.patient_name.clone_from(&attrs.patient_name);
@@ -344,17 +349,12 @@ pub fn put_instance_batched(
     }
 
     let pid = attrs.patient_id.as_str();
-    let patient = match parents.patients.entry(pid.to_owned()) {
-        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::hash_map::Entry::Vacant(e) => {
-            let existing = tx
-                .open_table(db::PATIENTS)?
-                .get(pid)?
-                .map(|g| decode::<PatientRecord>(pid, g.value()))
-                .transpose()?;
-            e.insert(existing.unwrap_or_default())
-        }
-    };
+    let (patient, _) = held(&mut parents.patients, pid.to_owned(), || {
+        tx.open_table(db::PATIENTS)?
+            .get(pid)?
+            .map(|g| decode::<PatientRecord>(pid, g.value()))
+            .transpose()
+    })?;
     patient.patient_id = pid.to_owned();
     patient.patient_name.clone_from(&attrs.patient_name);
     patient
