@@ -101,9 +101,10 @@ struct Back {
 /// (threads `journal`, `journal-2`, …). A lane collects what is queued, decides it and
 /// reserves its place in the journal, all in journal order under one lock; then writes and
 /// flushes it without the lock, while the next lane collects and writes the next group; then
-/// answers it, in journal order, once every group before it was answered. So an object that
-/// arrives during a flush is written at once instead of after it, and two flushes overlap on
-/// the device.
+/// answers it, in journal order, once every group before it was answered. With one lane
+/// (the default) each group waits for the previous one's flush; with more, an object that
+/// arrives during a flush is written at once, and the flushes overlap where the device lets
+/// them (on the benchmark VM it did not pay: docs/benchmarks.md).
 pub(super) fn run<S: Storage + Send>(
     rx: mpsc::Receiver<Entry>,
     shared: Arc<Shared<S>>,
