@@ -215,22 +215,10 @@ pub fn put_instance(
     attrs: &IndexAttrs,
     replaced: bool,
 ) -> Result<(), IndexError> {
-    put_instance_deferring_keys(tx, rec, attrs, replaced)?;
-    super::query::sync_study_keys(tx, &rec.study_instance_uid)
-}
-
-/// [`put_instance`] without the study's Query/Retrieve key rows: the caller must call
-/// [`super::query::sync_study_keys`] for every study it touched before committing. A
-/// checkpoint of thousands of objects of a few studies does that once per study.
-pub fn put_instance_deferring_keys(
-    tx: &WriteTransaction,
-    rec: &InstanceRecord,
-    attrs: &IndexAttrs,
-    replaced: bool,
-) -> Result<(), IndexError> {
     let mut parents = ParentRows::default();
     put_instance_batched(tx, rec, attrs, replaced, &mut parents)?;
-    parents.flush(tx)
+    parents.flush(tx)?;
+    super::query::sync_study_keys(tx, &rec.study_instance_uid)
 }
 
 /// The series, study and patient rows that a batch of new instances updates, held in memory
@@ -287,8 +275,10 @@ fn held<K: std::hash::Hash + Eq, V: Default>(
     })
 }
 
-/// [`put_instance_deferring_keys`] with the series, study and patient rows in `parents`
-/// (written by its [`ParentRows::flush`]).
+/// [`put_instance`] for a writer of many instances in one transaction (the checkpoint): the
+/// series, study and patient rows stay in `parents` until its [`ParentRows::flush`], and the
+/// study's Query/Retrieve key rows are the caller's ([`super::query::sync_study_keys`] once
+/// per touched study, after the flush, before the commit).
 pub fn put_instance_batched(
     tx: &WriteTransaction,
     rec: &InstanceRecord,
@@ -854,7 +844,7 @@ mod listing_tests {
                 if batched {
                     put_instance_batched(&tx, &rec, &attrs, false, &mut parents).unwrap();
                 } else {
-                    put_instance_deferring_keys(&tx, &rec, &attrs, false).unwrap();
+                    put_instance(&tx, &rec, &attrs, false).unwrap();
                 }
             }
             parents.flush(&tx).unwrap();

@@ -199,7 +199,7 @@ fn object_row(rec: &InstanceRecord, attrs: &IndexAttrs) -> Vec<u8> {
 }
 
 /// The `QR_OBJECTS` row of an instance alone: a writer of many instances in one transaction
-/// ([`crate::store::index::put_instance_deferring_keys`]) syncs each study's keys once, with
+/// ([`crate::store::index::put_instance_batched`]) syncs each study's keys once, with
 /// [`sync_study_keys`], instead of once per instance.
 pub fn put_object_row(
     tx: &WriteTransaction,
