@@ -317,18 +317,8 @@ impl<S: Storage + Send> Lanes<'_, S> {
                 if !nothing_written {
                     self.poisoned(&e);
                 }
-                let msg = e.to_string();
-                fail(
-                    plans,
-                    || {
-                        if full_ring || e.is_out_of_space() {
-                            StoreError::DiskFull(msg.clone())
-                        } else {
-                            StoreError::Io(msg.clone())
-                        }
-                    },
-                    nothing_written,
-                );
+                let (msg, space) = (e.to_string(), full_ring || e.is_out_of_space());
+                fail(plans, || refusal(&msg, space), nothing_written);
                 None
             }
         }
@@ -446,23 +436,23 @@ impl<S: Storage + Send> Lanes<'_, S> {
                     Ok(()) => format!("an earlier journal write failed ({why})"),
                 };
                 let space = matches!(&written, Err(e) if e.is_out_of_space());
-                fail(
-                    plans,
-                    || {
-                        if space {
-                            StoreError::DiskFull(msg.clone())
-                        } else {
-                            StoreError::Io(msg.clone())
-                        }
-                    },
-                    false,
-                );
+                fail(plans, || refusal(&msg, space), false);
             }
         }
         back.next += 1;
         drop(back);
         self.answered.notify_all();
         crate::metrics::global().commit_batch(objects, started.elapsed());
+    }
+}
+
+/// What a group the journal could not take is answered: out of space (a full ring, ENOSPC:
+/// A700) or an I/O failure (0110), with the journal's words.
+fn refusal(msg: &str, out_of_space: bool) -> StoreError {
+    if out_of_space {
+        StoreError::DiskFull(msg.to_owned())
+    } else {
+        StoreError::Io(msg.to_owned())
     }
 }
 
