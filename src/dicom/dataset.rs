@@ -116,6 +116,11 @@ impl Dataset {
     /// Inserts or replaces an element; returns the previous one.
     pub fn put(&mut self, tag: Tag, vr: VR, value: Value) -> Option<Element> {
         let element = Element { vr, value };
+        // Elements mostly arrive in tag order (a parse): append without a search.
+        if self.elements.last().is_none_or(|(last, _)| *last < tag) {
+            self.elements.push((tag, element));
+            return None;
+        }
         match self.elements.binary_search_by_key(&tag, |(t, _)| *t) {
             Ok(i) => Some(std::mem::replace(&mut self.elements[i].1, element)),
             Err(i) => {
@@ -584,8 +589,24 @@ mod tests {
         let order: Vec<Tag> = ds.iter().map(|(t, _)| t).collect();
         assert_eq!(order, vec![tags::ACCESSION_NUMBER, tags::PATIENT_ID]);
         assert_eq!(ds.str(tags::PATIENT_ID), Some("C"));
+        // Appended past the last tag, then one between, then the last replaced.
+        ds.put_str(tags::STUDY_ID, VR::SH, "S");
+        ds.put_str(tags::MODALITY, VR::CS, "CT");
+        let old = ds.put(tags::STUDY_ID, VR::SH, Value::Strs(vec!["T".into()]));
+        assert!(old.is_some_and(|e| e.value == Value::Strs(vec!["S".into()])));
+        let order: Vec<Tag> = ds.iter().map(|(t, _)| t).collect();
+        assert_eq!(
+            order,
+            vec![
+                tags::ACCESSION_NUMBER,
+                tags::MODALITY,
+                tags::PATIENT_ID,
+                tags::STUDY_ID
+            ]
+        );
+        assert_eq!(ds.str(tags::STUDY_ID), Some("T"));
         assert!(ds.remove(tags::PATIENT_ID).is_some());
-        assert_eq!(ds.len(), 1);
+        assert_eq!(ds.len(), 3);
     }
 
     #[test]

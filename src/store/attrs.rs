@@ -325,13 +325,23 @@ fn value_of(
             _ => return None,
         },
         VR::LT | VR::ST | VR::UT => Value::Strs(vec![redecode(trim_padding(&v.to_str(), vr))]),
-        _ => Value::Strs(
-            v.to_multi_str()
-                .iter()
-                .flat_map(|s| s.split('\\'))
-                .map(|s| redecode(trim_padding(s, vr)))
-                .collect(),
-        ),
+        // The parser already split multi-valued text at the backslashes (`Strs`): take each
+        // part as it is, without the copies `to_multi_str` would make.
+        _ => match v {
+            P::Strs(parts) if parts.iter().all(|s| !s.contains('\\')) => Value::Strs(
+                parts
+                    .iter()
+                    .map(|s| redecode(trim_padding(s, vr)))
+                    .collect(),
+            ),
+            _ => Value::Strs(
+                v.to_multi_str()
+                    .iter()
+                    .flat_map(|s| s.split('\\'))
+                    .map(|s| redecode(trim_padding(s, vr)))
+                    .collect(),
+            ),
+        },
     })
 }
 
