@@ -72,17 +72,22 @@ pub fn checkpoint(
     let _objects = data.objects_lock();
     let db = |e: IndexError| StoreError::Index(e);
     let tx = index.database().begin_write().map_err(|e| db(e.into()))?;
-    let mut out = Checkpointed::default();
-    let mut created: Vec<PathBuf> = Vec::new();
+    let mut out = Checkpointed {
+        placed: Vec::with_capacity(items.len()),
+        destinations: Vec::new(),
+    };
+    let mut created: Vec<PathBuf> = Vec::with_capacity(items.len());
     let mut replaced_files: Vec<PathBuf> = Vec::new();
     let mut touched: HashSet<String> = HashSet::new();
     let now = timestamp_us();
     let mut parents = index::ParentRows::default();
     let result = (|| -> Result<(), StoreError> {
+        // Open across the objects; closed around anything else that opens them.
+        let mut tables: Option<index::InstanceTables> = None;
         for it in items {
             let meta = &it.meta;
             let sop = meta.record.sop_instance_uid.as_str();
-            let existing = index::get_instance_tx(&tx, sop)?;
+            let existing = index::InstanceTables::held(&mut tables, &tx)?.get(sop)?;
             let intact = |old: &index::InstanceRecord| {
                 old.dataset_blake3 == meta.record.dataset_blake3
                     && old.dataset_size == meta.record.dataset_size
@@ -114,7 +119,9 @@ pub fn checkpoint(
             place(it, &meta.staged, staged_dir, &dest, made_dirs)?;
             created.push(dest.clone());
             if let Some(old) = &existing {
-                // remove_instance changes the series, study and patient rows itself.
+                // remove_instance changes the series, study and patient rows itself, and
+                // opens the instance tables.
+                tables = None;
                 parents.flush(&tx)?;
                 index::remove_instance(&tx, sop)?;
                 index::forget_deliveries(&tx, sop)?;
@@ -125,7 +132,8 @@ pub fn checkpoint(
                     replaced_files.push(f);
                 }
             }
-            index::put_instance_batched(&tx, &rec, &meta.attrs, false, &mut parents)?;
+            let t = index::InstanceTables::held(&mut tables, &tx)?;
+            index::put_instance_into(&tx, t, &rec, &meta.attrs, false, &mut parents)?;
             touched.insert(rec.study_instance_uid.clone());
             for d in &meta.destinations {
                 crate::queue::enqueue(&tx, d, sop, now)
@@ -138,6 +146,7 @@ pub fn checkpoint(
             }
             out.placed.push((sop.to_owned(), it.seq));
         }
+        drop(tables);
         parents.flush(&tx)?;
         // Each touched study's query keys once, not once per object.
         for study in &touched {

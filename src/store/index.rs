@@ -275,6 +275,45 @@ fn held<K: std::hash::Hash + Eq, V: Default>(
     })
 }
 
+/// The instance and Query/Retrieve object tables, which a checkpoint writes once per object,
+/// opened once for a run of objects: opening a table costs about as much as the insert it
+/// serves. While it is held nothing else in the transaction may open those two tables (redb
+/// refuses): drop it before [`remove_instance`] and the study keys.
+pub struct InstanceTables<'tx> {
+    instances: redb::Table<'tx, &'static str, &'static [u8]>,
+    objects: redb::Table<'tx, (&'static str, &'static str, &'static str), &'static [u8]>,
+}
+
+impl<'tx> InstanceTables<'tx> {
+    /// Opens both tables in `tx`.
+    pub fn open(tx: &'tx WriteTransaction) -> Result<Self, IndexError> {
+        Ok(InstanceTables {
+            instances: tx.open_table(db::INSTANCES)?,
+            objects: tx.open_table(db::QR_OBJECTS)?,
+        })
+    }
+
+    /// The tables held in `slot`, opened there first if they are not.
+    pub fn held<'a>(
+        slot: &'a mut Option<Self>,
+        tx: &'tx WriteTransaction,
+    ) -> Result<&'a mut Self, IndexError> {
+        let tables = match slot.take() {
+            Some(t) => t,
+            None => Self::open(tx)?,
+        };
+        Ok(slot.insert(tables))
+    }
+
+    /// An instance's row, as [`get_instance_tx`] reads it.
+    pub fn get(&self, sop_instance_uid: &str) -> Result<Option<InstanceRecord>, IndexError> {
+        self.instances
+            .get(sop_instance_uid)?
+            .map(|g| decode(sop_instance_uid, g.value()))
+            .transpose()
+    }
+}
+
 /// [`put_instance`] for a writer of many instances in one transaction (the checkpoint): the
 /// series, study and patient rows stay in `parents` until its [`ParentRows::flush`], and the
 /// study's Query/Retrieve key rows are the caller's ([`super::query::sync_study_keys`] once
@@ -286,9 +325,22 @@ pub fn put_instance_batched(
     replaced: bool,
     parents: &mut ParentRows,
 ) -> Result<(), IndexError> {
-    let mut instances = tx.open_table(db::INSTANCES)?;
-    instances.insert(rec.sop_instance_uid.as_str(), encode(rec).as_slice())?;
-    drop(instances);
+    let mut tables = InstanceTables::open(tx)?;
+    put_instance_into(tx, &mut tables, rec, attrs, replaced, parents)
+}
+
+/// [`put_instance_batched`] into tables the caller holds open across many instances.
+pub fn put_instance_into(
+    tx: &WriteTransaction,
+    tables: &mut InstanceTables<'_>,
+    rec: &InstanceRecord,
+    attrs: &IndexAttrs,
+    replaced: bool,
+    parents: &mut ParentRows,
+) -> Result<(), IndexError> {
+    tables
+        .instances
+        .insert(rec.sop_instance_uid.as_str(), encode(rec).as_slice())?;
 
     let study_uid = rec.study_instance_uid.as_str();
     let series_uid = rec.series_instance_uid.as_str();
@@ -355,7 +407,7 @@ pub fn put_instance_batched(
         patient.num_studies += 1;
     }
     // Query/Retrieve rows (issue 13); the study keys are the caller's.
-    super::query::put_object_row(tx, rec, attrs)
+    super::query::insert_object_row(&mut tables.objects, rec, attrs)
 }
 
 /// Removes an instance's row and its contribution to the series, study and patient counts

@@ -1,6 +1,6 @@
 //! The index built for Query/Retrieve C-FIND (issue 13, point 2), and the search over it.
 //!
-//! Two kinds of rows, written by [`put_object_row`] with [`sync_study_keys`] and by
+//! Two kinds of rows, written by [`insert_object_row`] with [`sync_study_keys`] and by
 //! [`on_remove`] (called from `index::put_instance` and `index::remove_instance`, so whatever
 //! ingest path writes the index keeps them in step, in the same transaction; the checkpoint
 //! syncs each touched study's keys once per transaction):
@@ -198,15 +198,15 @@ fn object_row(rec: &InstanceRecord, attrs: &IndexAttrs) -> Vec<u8> {
     postcard::to_allocvec(&ds).expect("postcard encoding of a dataset cannot fail")
 }
 
-/// The `QR_OBJECTS` row of an instance alone: a writer of many instances in one transaction
+/// The `QR_OBJECTS` row of an instance, into the table the caller holds open (the index's
+/// `InstanceTables`): a writer of many instances in one transaction
 /// ([`crate::store::index::put_instance_batched`]) syncs each study's keys once, with
 /// [`sync_study_keys`], instead of once per instance.
-pub fn put_object_row(
-    tx: &WriteTransaction,
+pub fn insert_object_row(
+    objects: &mut redb::Table<'_, (&'static str, &'static str, &'static str), &'static [u8]>,
     rec: &InstanceRecord,
     attrs: &IndexAttrs,
 ) -> Result<(), IndexError> {
-    let mut objects = tx.open_table(db::QR_OBJECTS)?;
     objects.insert(
         (
             rec.study_instance_uid.as_str(),
