@@ -84,6 +84,9 @@ pub fn checkpoint(
     let result = (|| -> Result<(), StoreError> {
         // Open across the objects; closed around anything else that opens them.
         let mut tables: Option<index::InstanceTables> = None;
+        // Jobs are written together, before anything reads them and at the end.
+        let mut jobs = crate::queue::NewJobs::default();
+        let queue_err = |e: crate::queue::QueueError| StoreError::Io(e.to_string());
         for it in items {
             let meta = &it.meta;
             let sop = meta.record.sop_instance_uid.as_str();
@@ -97,8 +100,9 @@ pub fn checkpoint(
             // An identical re-send whose stored copy was retired (or damaged) since is not
             // skipped: it restores the object.
             if meta.decision == Decision::Identical && existing.as_ref().is_some_and(intact) {
-                let added = crate::queue::reroute(&tx, sop, &meta.destinations, now)
-                    .map_err(|e| StoreError::Io(e.to_string()))?;
+                jobs.flush(&tx, now).map_err(queue_err)?;
+                let added =
+                    crate::queue::reroute(&tx, sop, &meta.destinations, now).map_err(queue_err)?;
                 if !added.is_empty() {
                     tracing::info!(sop_instance_uid = %sop, destinations = ?added,
                         "identical re-send routed to destinations that had not received it");
@@ -123,6 +127,7 @@ pub fn checkpoint(
                 // opens the instance tables.
                 tables = None;
                 parents.flush(&tx)?;
+                jobs.flush(&tx, now).map_err(queue_err)?;
                 index::remove_instance(&tx, sop)?;
                 index::forget_deliveries(&tx, sop)?;
                 touched.insert(old.study_instance_uid.clone());
@@ -136,17 +141,16 @@ pub fn checkpoint(
             index::put_instance_into(&tx, t, &rec, &meta.attrs, false, &mut parents)?;
             touched.insert(rec.study_instance_uid.clone());
             for d in &meta.destinations {
-                crate::queue::enqueue(&tx, d, sop, now)
-                    .map_err(|e| StoreError::Io(e.to_string()))?;
+                jobs.add(d, sop);
                 out.destinations.push(d.clone());
             }
             if meta.destinations.is_empty() && cfg.retire_unrouted {
-                crate::queue::mark_retirable(&tx, rec.received_at_us, sop)
-                    .map_err(|e| StoreError::Io(e.to_string()))?;
+                crate::queue::mark_retirable(&tx, rec.received_at_us, sop).map_err(queue_err)?;
             }
             out.placed.push((sop.to_owned(), it.seq));
         }
         drop(tables);
+        jobs.flush(&tx, now).map_err(queue_err)?;
         parents.flush(&tx)?;
         // Each touched study's query keys once, not once per object.
         for study in &touched {
