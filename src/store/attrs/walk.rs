@@ -191,21 +191,10 @@ impl Walk<'_> {
             return Err(Stop::Decline);
         }
         match len.get() {
-            Some(n) => {
-                let end = self.pos.saturating_add(n as usize);
-                while self.pos < end {
-                    let (tag, item_len) = self.item_header()?;
-                    if tag != ITEM {
-                        return Err(Stop::Decline);
-                    }
-                    self.item(item_len, depth)?;
-                }
-                if self.pos == end {
-                    Ok(())
-                } else {
-                    Err(Stop::Decline)
-                }
-            }
+            Some(n) => self.within(n, |w| match w.item_header()? {
+                (ITEM, item_len) => w.item(item_len, depth),
+                _ => Err(Stop::Decline),
+            }),
             None => loop {
                 let (tag, item_len) = self.item_header()?;
                 match tag {
@@ -217,20 +206,28 @@ impl Walk<'_> {
         }
     }
 
+    /// Repeats `step` over the next `n` bytes (a sequence's items, an item's elements); the
+    /// parser finds content that runs past them inconsistent.
+    fn within(
+        &mut self,
+        n: u32,
+        mut step: impl FnMut(&mut Self) -> Result<(), Stop>,
+    ) -> Result<(), Stop> {
+        let end = self.pos.saturating_add(n as usize);
+        while self.pos < end {
+            step(self)?;
+        }
+        if self.pos == end {
+            Ok(())
+        } else {
+            Err(Stop::Decline)
+        }
+    }
+
     /// Skips an item's elements.
     fn item(&mut self, len: Length, depth: usize) -> Result<(), Stop> {
         match len.get() {
-            Some(n) => {
-                let end = self.pos.saturating_add(n as usize);
-                while self.pos < end {
-                    self.nested_element(depth, false)?;
-                }
-                if self.pos == end {
-                    Ok(())
-                } else {
-                    Err(Stop::Decline)
-                }
-            }
+            Some(n) => self.within(n, |w| w.nested_element(depth, false).map(drop)),
             None => loop {
                 if self.nested_element(depth, true)? {
                     return Ok(());
