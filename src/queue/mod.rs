@@ -371,23 +371,21 @@ impl NewJobs {
         let mut queue = tx.open_table(db::QUEUE)?;
         let mut counts = tx.open_table(db::QUEUE_COUNTS)?;
         let mut out = tx.open_table(db::OUTSTANDING)?;
-        for (id, (dest, sop)) in (first..).zip(self.0.drain(..)) {
-            queue.insert(
-                (dest.as_str(), now_us, id),
-                encode_job(&JobRecord {
-                    id,
-                    destination: dest.clone(),
-                    sop_instance_uid: sop.clone(),
-                    attempts: 0,
-                    created_at_us: now_us,
-                    due_at_us: now_us,
-                    last_error: String::new(),
-                })
-                .as_slice(),
-            )?;
-            bump(&mut counts, &dest, "pending", 1)?;
-            let k = out.get(sop.as_str())?.map(|g| g.value()).unwrap_or(0);
-            out.insert(sop.as_str(), k + 1)?;
+        for (id, (destination, sop_instance_uid)) in (first..).zip(self.0.drain(..)) {
+            let job = JobRecord {
+                id,
+                destination,
+                sop_instance_uid,
+                attempts: 0,
+                created_at_us: now_us,
+                due_at_us: now_us,
+                last_error: String::new(),
+            };
+            let (dest, sop) = (job.destination.as_str(), job.sop_instance_uid.as_str());
+            queue.insert((dest, now_us, id), encode_job(&job).as_slice())?;
+            bump(&mut counts, dest, "pending", 1)?;
+            let k = out.get(sop)?.map(|g| g.value()).unwrap_or(0);
+            out.insert(sop, k + 1)?;
         }
         Ok(first..first + n)
     }

@@ -168,7 +168,7 @@ impl Walk<'_> {
 
     /// An item or delimiter header (tag and 32-bit length, no VR in either syntax).
     fn item_header(&mut self) -> Result<(Tag, Length), Stop> {
-        let b = self.take(8)?;
+        let b = self.advance(8)?;
         let tag = Tag(
             u16::from_le_bytes([b[0], b[1]]),
             u16::from_le_bytes([b[2], b[3]]),
@@ -176,8 +176,8 @@ impl Walk<'_> {
         Ok((tag, Length(u32::from_le_bytes([b[4], b[5], b[6], b[7]]))))
     }
 
-    /// The next `n` bytes.
-    fn take(&mut self, n: usize) -> Result<&[u8], Stop> {
+    /// The next `n` bytes, stepped over.
+    fn advance(&mut self, n: usize) -> Result<&[u8], Stop> {
         let end = self.pos.checked_add(n).ok_or(Stop::Truncated)?;
         let b = self.bytes.get(self.pos..end).ok_or(Stop::Truncated)?;
         self.pos = end;
@@ -260,7 +260,7 @@ impl Walk<'_> {
             return Err(Stop::Decline);
         }
         check(h.vr, len)?;
-        self.take(len)?;
+        self.advance(len)?;
         Ok(false)
     }
 
