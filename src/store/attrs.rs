@@ -186,7 +186,7 @@ fn scan(
     ts_uid: &str,
     complete: bool,
     wanted: &[Tag],
-    walk: bool,
+    try_walk: bool,
 ) -> Result<IndexAttrs, ExtractError> {
     let last_group = wanted
         .iter()
@@ -224,7 +224,7 @@ fn scan(
         Endianness::Little => Some(walk::Syntax::Explicit),
         Endianness::Big => None,
     };
-    if let Some(syntax) = syntax.filter(|_| walk) {
+    if let Some(syntax) = syntax.filter(|_| try_walk) {
         if let Some(attrs) = walk::extract(bytes, syntax, complete, wanted, last_group, terms) {
             return Ok(attrs);
         }

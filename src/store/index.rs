@@ -202,9 +202,17 @@ pub fn get_instance_tx(
     tx: &WriteTransaction,
     sop_instance_uid: &str,
 ) -> Result<Option<InstanceRecord>, IndexError> {
-    let t = tx.open_table(db::INSTANCES)?;
-    let v = t.get(sop_instance_uid)?;
-    v.map(|g| decode(sop_instance_uid, g.value())).transpose()
+    instance_row(&tx.open_table(db::INSTANCES)?, sop_instance_uid)
+}
+
+/// An instance's row in an open `INSTANCES` table (of a read or a write transaction).
+fn instance_row(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    sop_instance_uid: &str,
+) -> Result<Option<InstanceRecord>, IndexError> {
+    t.get(sop_instance_uid)?
+        .map(|g| decode(sop_instance_uid, g.value()))
+        .transpose()
 }
 
 /// Writes the rows of a newly stored instance (or of a replacement, `replaced = true`, which
@@ -216,7 +224,9 @@ pub fn put_instance(
     replaced: bool,
 ) -> Result<(), IndexError> {
     let mut parents = ParentRows::default();
-    put_instance_batched(tx, rec, attrs, replaced, &mut parents)?;
+    let mut tables = InstanceTables::open(tx)?;
+    put_instance_into(tx, &mut tables, rec, attrs, replaced, &mut parents)?;
+    drop(tables);
     parents.flush(tx)?;
     super::query::sync_study_keys(tx, &rec.study_instance_uid)
 }
@@ -307,29 +317,15 @@ impl<'tx> InstanceTables<'tx> {
 
     /// An instance's row, as [`get_instance_tx`] reads it.
     pub fn get(&self, sop_instance_uid: &str) -> Result<Option<InstanceRecord>, IndexError> {
-        self.instances
-            .get(sop_instance_uid)?
-            .map(|g| decode(sop_instance_uid, g.value()))
-            .transpose()
+        instance_row(&self.instances, sop_instance_uid)
     }
 }
 
-/// [`put_instance`] for a writer of many instances in one transaction (the checkpoint): the
-/// series, study and patient rows stay in `parents` until its [`ParentRows::flush`], and the
-/// study's Query/Retrieve key rows are the caller's ([`super::query::sync_study_keys`] once
-/// per touched study, after the flush, before the commit).
-pub fn put_instance_batched(
-    tx: &WriteTransaction,
-    rec: &InstanceRecord,
-    attrs: &IndexAttrs,
-    replaced: bool,
-    parents: &mut ParentRows,
-) -> Result<(), IndexError> {
-    let mut tables = InstanceTables::open(tx)?;
-    put_instance_into(tx, &mut tables, rec, attrs, replaced, parents)
-}
-
-/// [`put_instance_batched`] into tables the caller holds open across many instances.
+/// [`put_instance`] for a writer of many instances in one transaction (the checkpoint), into
+/// `tables` held open across them: the series, study and patient rows stay in `parents`
+/// until its [`ParentRows::flush`], and the study's Query/Retrieve key rows are the caller's
+/// ([`super::query::sync_study_keys`] once per touched study, after the flush, before the
+/// commit).
 pub fn put_instance_into(
     tx: &WriteTransaction,
     tables: &mut InstanceTables<'_>,
@@ -533,9 +529,7 @@ impl Index {
     /// One instance by SOP Instance UID.
     pub fn instance(&self, sop_instance_uid: &str) -> Result<Option<InstanceRecord>, IndexError> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(db::INSTANCES)?;
-        let v = t.get(sop_instance_uid)?;
-        v.map(|g| decode(sop_instance_uid, g.value())).transpose()
+        instance_row(&tx.open_table(db::INSTANCES)?, sop_instance_uid)
     }
 
     /// Number of stored instances.
@@ -891,14 +885,17 @@ mod listing_tests {
             tx.commit().unwrap();
             let tx = index.database().begin_write().unwrap();
             let mut parents = ParentRows::default();
+            let mut tables = None;
             for (study, series, sop, num, name) in batch {
                 let (rec, attrs) = instance(study, series, sop, num, name);
                 if batched {
-                    put_instance_batched(&tx, &rec, &attrs, false, &mut parents).unwrap();
+                    let t = InstanceTables::held(&mut tables, &tx).unwrap();
+                    put_instance_into(&tx, t, &rec, &attrs, false, &mut parents).unwrap();
                 } else {
                     put_instance(&tx, &rec, &attrs, false).unwrap();
                 }
             }
+            drop(tables);
             parents.flush(&tx).unwrap();
             tx.commit().unwrap();
             indexes.push(index);

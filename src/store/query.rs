@@ -200,7 +200,7 @@ fn object_row(rec: &InstanceRecord, attrs: &IndexAttrs) -> Vec<u8> {
 
 /// The `QR_OBJECTS` row of an instance, into the table the caller holds open (the index's
 /// `InstanceTables`): a writer of many instances in one transaction
-/// ([`crate::store::index::put_instance_batched`]) syncs each study's keys once, with
+/// ([`crate::store::index::put_instance_into`]) syncs each study's keys once, with
 /// [`sync_study_keys`], instead of once per instance.
 pub fn insert_object_row(
     objects: &mut redb::Table<'_, (&'static str, &'static str, &'static str), &'static [u8]>,
