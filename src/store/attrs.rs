@@ -87,6 +87,12 @@ pub struct IndexAttrs {
     /// (`store::query`). Bytes rather than the dataset so the record stays `Eq`.
     #[serde(default)]
     pub attributes: Vec<u8>,
+    /// Whether [`IndexAttrs::attributes`] is already the Query/Retrieve object row for this
+    /// object's own UIDs ([`complete_row`] applied by the scan), so the checkpoint stores the
+    /// bytes as they are instead of decoding and encoding them again. Not stored: a record
+    /// read back from the journal or the index takes the long way.
+    #[serde(skip)]
+    pub attributes_are_row: bool,
     /// Values of the extra top-level attributes asked for (routing keys), in tag order of
     /// appearance; not stored in the index.
     #[serde(skip)]
@@ -241,7 +247,7 @@ fn scan(
     for token in reader {
         let token = match token {
             Ok(t) => t,
-            Err(_) if past => return Ok(finish(attrs, &kept)),
+            Err(_) if past => return Ok(finish(attrs, kept)),
             Err(_) if !complete => return Err(ExtractError::NeedMore),
             Err(e) => return Err(ExtractError::Malformed(e.to_string())),
         };
@@ -251,7 +257,7 @@ fn scan(
             let beyond_data = h.len.get().is_some_and(|n| n as usize > bytes.len());
             if beyond_data {
                 if past || (depth == 0 && h.tag.group() > last_group) {
-                    return Ok(finish(attrs, &kept));
+                    return Ok(finish(attrs, kept));
                 }
                 return Err(if complete {
                     ExtractError::Malformed(format!("element {} is longer than the dataset", h.tag))
@@ -262,7 +268,7 @@ fn scan(
         }
         match token {
             // Pixel Data ends the parse.
-            DataToken::PixelSequenceStart if depth == 0 => return Ok(finish(attrs, &kept)),
+            DataToken::PixelSequenceStart if depth == 0 => return Ok(finish(attrs, kept)),
             DataToken::SequenceStart { tag, .. } => {
                 if depth == 0 {
                     pending = None;
@@ -276,7 +282,7 @@ fn scan(
             DataToken::SequenceEnd => depth = depth.saturating_sub(1),
             DataToken::ElementHeader(h) if depth == 0 => {
                 if h.tag.group() >= 0x7FE0 {
-                    return Ok(finish(attrs, &kept));
+                    return Ok(finish(attrs, kept));
                 }
                 if h.tag.group() > last_group {
                     past = true;
@@ -294,16 +300,84 @@ fn scan(
     // The token stream ended: the whole dataset was read, or the prefix ended exactly on an
     // element boundary.
     if complete || past {
-        Ok(finish(attrs, &kept))
+        Ok(finish(attrs, kept))
     } else {
         Err(ExtractError::NeedMore)
     }
 }
 
-/// The scan's result once the elements are read.
-fn finish(mut attrs: IndexAttrs, kept: &Dataset) -> IndexAttrs {
-    attrs.attributes = postcard::to_allocvec(kept).unwrap_or_default();
+/// The scan's result once the elements are read: the attribute list is encoded once, as
+/// the Query/Retrieve object row it becomes unless the object is indexed under other UIDs.
+fn finish(mut attrs: IndexAttrs, mut kept: Dataset) -> IndexAttrs {
+    let uids = RowUids {
+        sop_class: &attrs.sop_class_uid,
+        sop_instance: &attrs.sop_instance_uid,
+        study: &attrs.study_instance_uid,
+        series: &attrs.series_instance_uid,
+    };
+    complete_row(&mut kept, &attrs, &uids);
+    attrs.attributes = postcard::to_allocvec(&kept).unwrap_or_default();
+    attrs.attributes_are_row = true;
     attrs
+}
+
+/// The UIDs an object is indexed under (a quarantined object's are substitutes).
+pub struct RowUids<'a> {
+    /// SOP Class UID.
+    pub sop_class: &'a str,
+    /// SOP Instance UID.
+    pub sop_instance: &'a str,
+    /// Study Instance UID.
+    pub study: &'a str,
+    /// Series Instance UID.
+    pub series: &'a str,
+}
+
+/// Makes an attribute list the Query/Retrieve object row: the indexed fields filled in where
+/// the list lacks them (records from before the list existed, values over
+/// [`MAX_ATTRIBUTE_LEN`]) and the UIDs the index files it under. Applying it twice with the
+/// same UIDs changes nothing, which is what lets the scan apply it once for the checkpoint.
+pub fn complete_row(ds: &mut Dataset, attrs: &IndexAttrs, uids: &RowUids<'_>) {
+    use dicom_core::VR;
+    use dicom_dictionary_std::tags;
+    let fields = [
+        (tags::STUDY_DATE, VR::DA, &attrs.study_date),
+        (tags::STUDY_TIME, VR::TM, &attrs.study_time),
+        (tags::ACCESSION_NUMBER, VR::SH, &attrs.accession_number),
+        (tags::MODALITY, VR::CS, &attrs.modality),
+        (
+            tags::REFERRING_PHYSICIAN_NAME,
+            VR::PN,
+            &attrs.referring_physician_name,
+        ),
+        (tags::STUDY_DESCRIPTION, VR::LO, &attrs.study_description),
+        (tags::SERIES_DESCRIPTION, VR::LO, &attrs.series_description),
+        (tags::PATIENT_NAME, VR::PN, &attrs.patient_name),
+        (tags::PATIENT_ID, VR::LO, &attrs.patient_id),
+        (tags::PATIENT_BIRTH_DATE, VR::DA, &attrs.patient_birth_date),
+        (tags::PATIENT_SEX, VR::CS, &attrs.patient_sex),
+        (tags::STUDY_ID, VR::SH, &attrs.study_id),
+        (tags::SERIES_NUMBER, VR::IS, &attrs.series_number),
+        (tags::INSTANCE_NUMBER, VR::IS, &attrs.instance_number),
+    ];
+    for (tag, vr, v) in fields {
+        if !v.is_empty() && ds.get(tag).is_none() {
+            ds.put_str(tag, vr, v.as_str());
+        }
+    }
+    for (tag, uid) in [
+        (tags::SOP_CLASS_UID, uids.sop_class),
+        (tags::SOP_INSTANCE_UID, uids.sop_instance),
+        (tags::STUDY_INSTANCE_UID, uids.study),
+        (tags::SERIES_INSTANCE_UID, uids.series),
+    ] {
+        let same = ds.get(tag).is_some_and(|e| {
+            e.vr == VR::UI && matches!(&e.value, Value::Strs(v) if v.len() == 1 && v[0] == uid)
+        });
+        if !same {
+            ds.put_str(tag, VR::UI, uid);
+        }
+    }
 }
 
 /// What one top-level element's value gives (both scans call this): its index field and
@@ -445,7 +519,7 @@ fn slot(attrs: &mut IndexAttrs, tag: Tag) -> Option<&mut String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Encodes one Explicit VR Little Endian element with a short (2-byte) length.
@@ -479,6 +553,21 @@ mod tests {
         // Pixel Data OW with a 4-byte length header (explicit VR long form).
         ds.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 8, 0, 0, 0]);
         ds.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        ds
+    }
+
+    /// A dataset whose attribute list lacks indexed values: its SOP Instance UID encoded as
+    /// UN (bytes are not kept) and a Study Description over [`MAX_ATTRIBUTE_LEN`].
+    pub(crate) fn values_the_list_lacks() -> Vec<u8> {
+        let mut ds = Vec::new();
+        ds.extend(el(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2"));
+        let uid = b"1.9.999.1\0";
+        ds.extend_from_slice(&[0x08, 0x00, 0x18, 0x00, b'U', b'N', 0, 0]);
+        ds.extend_from_slice(&(uid.len() as u32).to_le_bytes());
+        ds.extend_from_slice(uid);
+        ds.extend(el(0x0008, 0x1030, b"LO", &[b'd'; 1200]));
+        ds.extend(el(0x0020, 0x000D, b"UI", b"1.2.3.4"));
+        ds.extend(el(0x0020, 0x000E, b"UI", b"1.2.3.4.5"));
         ds
     }
 
@@ -681,7 +770,7 @@ mod tests {
 
     /// The sample files' datasets and transfer syntaxes (tests/data/samples, and the shared
     /// corpus when it is there).
-    fn sample_datasets() -> Vec<(String, Vec<u8>, String)> {
+    pub(crate) fn sample_datasets() -> Vec<(String, Vec<u8>, String)> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut out = Vec::new();
         for dir in [

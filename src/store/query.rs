@@ -20,6 +20,7 @@
 //! query level (attributes of that level and above, plus the computed keys requested) and
 //! runs the one matching engine (`dicom::matching::Query`) on it.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use dicom_core::{Tag, VR};
@@ -30,7 +31,7 @@ use super::index::{decode, IndexError, InstanceRecord, PatientRecord, SeriesReco
 use crate::db;
 use crate::dicom::dataset::{Dataset, Value};
 use crate::dicom::matching::{pn_normalize, Query};
-use crate::store::attrs::IndexAttrs;
+use crate::store::attrs::{complete_row, IndexAttrs, RowUids};
 
 /// The kinds of `QR_STUDY_KEYS` rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,81 +128,27 @@ pub fn create_tables(tx: &WriteTransaction) -> Result<(), IndexError> {
 
 /// The object row of an instance: its kept attributes, with the UIDs the index uses (a
 /// quarantined object is indexed under substitute UIDs) and the indexed fields filled in when
-/// the attribute list is absent (records from before it existed).
-fn object_row(rec: &InstanceRecord, attrs: &IndexAttrs) -> Vec<u8> {
+/// the attribute list is absent (records from before it existed). The scan has usually built
+/// it already (`IndexAttrs::attributes_are_row`), then it is borrowed as it is.
+fn object_row<'a>(rec: &InstanceRecord, attrs: &'a IndexAttrs) -> Cow<'a, [u8]> {
+    let own_uids = rec.sop_class_uid == attrs.sop_class_uid
+        && rec.sop_instance_uid == attrs.sop_instance_uid
+        && rec.study_instance_uid == attrs.study_instance_uid
+        && rec.series_instance_uid == attrs.series_instance_uid;
+    if attrs.attributes_are_row && own_uids {
+        return Cow::Borrowed(&attrs.attributes);
+    }
     let mut ds = attrs.attributes();
-    let text = |ds: &mut Dataset, tag: Tag, vr: VR, v: &str| {
-        if ds.get(tag).is_none() && !v.is_empty() {
-            ds.put_str(tag, vr, v);
-        }
+    let uids = RowUids {
+        sop_class: &rec.sop_class_uid,
+        sop_instance: &rec.sop_instance_uid,
+        study: &rec.study_instance_uid,
+        series: &rec.series_instance_uid,
     };
-    text(&mut ds, tags::STUDY_DATE, VR::DA, &attrs.study_date);
-    text(&mut ds, tags::STUDY_TIME, VR::TM, &attrs.study_time);
-    text(
-        &mut ds,
-        tags::ACCESSION_NUMBER,
-        VR::SH,
-        &attrs.accession_number,
-    );
-    text(&mut ds, tags::MODALITY, VR::CS, &attrs.modality);
-    text(
-        &mut ds,
-        tags::REFERRING_PHYSICIAN_NAME,
-        VR::PN,
-        &attrs.referring_physician_name,
-    );
-    text(
-        &mut ds,
-        tags::STUDY_DESCRIPTION,
-        VR::LO,
-        &attrs.study_description,
-    );
-    text(
-        &mut ds,
-        tags::SERIES_DESCRIPTION,
-        VR::LO,
-        &attrs.series_description,
-    );
-    text(&mut ds, tags::PATIENT_NAME, VR::PN, &attrs.patient_name);
-    text(&mut ds, tags::PATIENT_ID, VR::LO, &attrs.patient_id);
-    text(
-        &mut ds,
-        tags::PATIENT_BIRTH_DATE,
-        VR::DA,
-        &attrs.patient_birth_date,
-    );
-    text(&mut ds, tags::PATIENT_SEX, VR::CS, &attrs.patient_sex);
-    text(&mut ds, tags::STUDY_ID, VR::SH, &attrs.study_id);
-    text(&mut ds, tags::SERIES_NUMBER, VR::IS, &attrs.series_number);
-    text(
-        &mut ds,
-        tags::INSTANCE_NUMBER,
-        VR::IS,
-        &attrs.instance_number,
-    );
-    ds.put_str(tags::SOP_CLASS_UID, VR::UI, rec.sop_class_uid.as_str());
-    ds.put_str(
-        tags::SOP_INSTANCE_UID,
-        VR::UI,
-        rec.sop_instance_uid.as_str(),
-    );
-    ds.put_str(
-        tags::STUDY_INSTANCE_UID,
-        VR::UI,
-        rec.study_instance_uid.as_str(),
-    );
-    ds.put_str(
-        tags::SERIES_INSTANCE_UID,
-        VR::UI,
-        rec.series_instance_uid.as_str(),
-    );
-    postcard::to_allocvec(&ds).expect("postcard encoding of a dataset cannot fail")
+    complete_row(&mut ds, attrs, &uids);
+    Cow::Owned(postcard::to_allocvec(&ds).expect("postcard encoding of a dataset cannot fail"))
 }
 
-/// The `QR_OBJECTS` row of an instance, into the table the caller holds open (the index's
-/// `InstanceTables`): a writer of many instances in one transaction
-/// ([`crate::store::index::put_instance_into`]) syncs each study's keys once, with
-/// [`sync_study_keys`], instead of once per instance.
 pub fn insert_object_row(
     objects: &mut redb::Table<'_, (&'static str, &'static str, &'static str), &'static [u8]>,
     rec: &InstanceRecord,
@@ -213,7 +160,7 @@ pub fn insert_object_row(
             rec.series_instance_uid.as_str(),
             rec.sop_instance_uid.as_str(),
         ),
-        object_row(rec, attrs).as_slice(),
+        object_row(rec, attrs).as_ref(),
     )?;
     Ok(())
 }
@@ -370,7 +317,7 @@ pub fn backfill(db: &Database) -> Result<u64, IndexError> {
             };
             objects.insert(
                 (st, se, rec.sop_instance_uid.as_str()),
-                object_row(&rec, &attrs).as_slice(),
+                object_row(&rec, &attrs).as_ref(),
             )?;
             if !study_uids.contains(st) {
                 study_uids.insert(st.to_owned());
@@ -999,6 +946,54 @@ mod tests {
             retrieve_ae_title: "GW",
         };
         find(index.database(), &s).unwrap().matches
+    }
+
+    /// The scan builds the object row once: for every sample, the attribute list the scan
+    /// keeps is, byte for byte, the row built the long way (decoded, completed, encoded), and
+    /// the index stores it as it is. Under substitute UIDs (quarantine) the row is built again
+    /// and carries them.
+    #[test]
+    fn the_row_the_scan_keeps_is_the_row_built_from_the_attributes() {
+        let mut n = 0;
+        let mut samples = crate::store::attrs::tests::sample_datasets();
+        samples.push((
+            "values the list lacks".into(),
+            crate::store::attrs::tests::values_the_list_lacks(),
+            dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN.into(),
+        ));
+        for (name, ds, ts) in samples {
+            let Ok(a) = crate::store::attrs::extract(&ds, &ts, true) else {
+                continue;
+            };
+            n += 1;
+            assert!(a.attributes_are_row, "{name}");
+            let mut r = rec(
+                &a.study_instance_uid,
+                &a.series_instance_uid,
+                &a.sop_instance_uid,
+            );
+            r.sop_class_uid.clone_from(&a.sop_class_uid);
+            let kept = object_row(&r, &a);
+            assert!(matches!(kept, Cow::Borrowed(_)), "{name}");
+            let mut long = a.clone();
+            long.attributes_are_row = false;
+            assert_eq!(kept, object_row(&r, &long), "{name}");
+            let row: Dataset = postcard::from_bytes(&kept).unwrap();
+            assert_eq!(
+                row.str(tags::SOP_INSTANCE_UID),
+                Some(r.sop_instance_uid.as_str()).filter(|s| !s.is_empty()),
+                "{name}"
+            );
+
+            let substitute = rec("2.25.1", "2.25.2", "2.25.3");
+            let moved = object_row(&substitute, &a);
+            assert!(matches!(moved, Cow::Owned(_)), "{name}");
+            let row: Dataset = postcard::from_bytes(&moved).unwrap();
+            assert_eq!(row.str(tags::STUDY_INSTANCE_UID), Some("2.25.1"));
+            assert_eq!(row.str(tags::SERIES_INSTANCE_UID), Some("2.25.2"));
+            assert_eq!(row.str(tags::SOP_INSTANCE_UID), Some("2.25.3"));
+        }
+        assert!(n >= 10, "{n} samples scanned");
     }
 
     /// The range keys follow the study through ingest, a second series, removals and the

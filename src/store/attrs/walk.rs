@@ -79,10 +79,10 @@ pub fn extract(
     loop {
         // Fewer bytes than a tag: the parser ends the stream here.
         if bytes.len() - w.pos < 4 {
-            return (complete || past).then(|| finish(attrs, &kept));
+            return (complete || past).then(|| finish(attrs, kept));
         }
         let Ok(h) = w.header() else {
-            return past.then(|| finish(attrs, &kept));
+            return past.then(|| finish(attrs, kept));
         };
         let group = h.tag.group();
         if group == 0xFFFE {
@@ -97,20 +97,20 @@ pub fn extract(
             }
             match w.sequence(h.len, 1) {
                 Ok(()) => continue,
-                Err(Stop::Truncated) if past => return Some(finish(attrs, &kept)),
+                Err(Stop::Truncated) if past => return Some(finish(attrs, kept)),
                 Err(_) => return None,
             }
         }
         if h.is_encapsulated_pixeldata() {
-            return Some(finish(attrs, &kept));
+            return Some(finish(attrs, kept));
         }
         let len = h.len.get()? as usize;
         if len > bytes.len() {
             // The parser's check of a value longer than all the bytes held.
-            return (past || group > last_group).then(|| finish(attrs, &kept));
+            return (past || group > last_group).then(|| finish(attrs, kept));
         }
         if group >= 0x7FE0 {
-            return Some(finish(attrs, &kept));
+            return Some(finish(attrs, kept));
         }
         if group > last_group {
             past = true;
@@ -118,7 +118,7 @@ pub fn extract(
         // Before the bytes are there: the parser reads an odd-sized binary value short.
         check(h.vr, len).ok()?;
         let Some(raw) = bytes.get(w.pos..w.pos + len) else {
-            return past.then(|| finish(attrs, &kept));
+            return past.then(|| finish(attrs, kept));
         };
         w.pos += len;
         if h.tag == CHARSET {
