@@ -1,10 +1,13 @@
 //! The Part-10 header written in front of every stored dataset (PS3.10 §7.1).
 //!
 //! 128-byte preamble (zeros), `DICM`, then the File Meta Information group in Explicit VR
-//! Little Endian, built with dicom-object's `FileMetaTableBuilder`. The Transfer Syntax UID is
-//! the presentation context's, because the dataset bytes that follow are exactly those received.
-
-use dicom_object::meta::FileMetaTableBuilder;
+//! Little Endian. The Transfer Syntax UID is the presentation context's, because the dataset
+//! bytes that follow are exactly those received.
+//!
+//! The group is encoded here, element by element, rather than with dicom-object's
+//! `FileMetaTableBuilder` and `FileMetaTable::write`: it is eight short elements, and going
+//! through dicom-object's token writer cost about 3 % of the daemon's CPU per stored object.
+//! A test checks that both give the same bytes for thousands of awkward inputs.
 
 /// Length of the preamble before `DICM`.
 pub const PREAMBLE_LEN: usize = 128;
@@ -15,28 +18,55 @@ pub const PREAMBLE_LEN: usize = 128;
 pub struct MetaError(String);
 
 /// Builds preamble + `DICM` + File Meta group for a dataset received on a presentation context
-/// with transfer syntax `ts_uid`, sent by `source_ae`.
+/// with transfer syntax `ts_uid`, sent by `source_ae` (left out when blank). Values are padded
+/// to even length as dicom-object pads them: UIDs with a NUL, text with a space.
 pub fn build_header(
     sop_class_uid: &str,
     sop_instance_uid: &str,
     ts_uid: &str,
     source_ae: &str,
 ) -> Result<Vec<u8>, MetaError> {
-    let mut builder = FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(sop_class_uid)
-        .media_storage_sop_instance_uid(sop_instance_uid)
-        .transfer_syntax(ts_uid)
-        .implementation_class_uid(crate::IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name(crate::IMPLEMENTATION_VERSION_NAME);
     let source_ae = source_ae.trim();
-    if !source_ae.is_empty() {
-        builder = builder.source_application_entity_title(source_ae);
-    }
-    let meta = builder.build().map_err(|e| MetaError(e.to_string()))?;
-    let mut out = Vec::with_capacity(PREAMBLE_LEN + 4 + 256);
+    let elements: [(u16, &[u8; 2], &str, u8); 6] = [
+        (0x0002, b"UI", sop_class_uid, 0),
+        (0x0003, b"UI", sop_instance_uid, 0),
+        (0x0010, b"UI", ts_uid, 0),
+        (0x0012, b"UI", crate::IMPLEMENTATION_CLASS_UID, 0),
+        (0x0013, b"SH", crate::IMPLEMENTATION_VERSION_NAME, b' '),
+        (0x0016, b"AE", source_ae, b' '),
+    ];
+    let values: usize = elements.iter().map(|e| e.2.len() + 9).sum();
+    let mut out = Vec::with_capacity(PREAMBLE_LEN + 4 + 12 + 14 + values);
     out.resize(PREAMBLE_LEN, 0);
     out.extend_from_slice(b"DICM");
-    meta.write(&mut out).map_err(|e| MetaError(e.to_string()))?;
+    // (0002,0000) UL: the group's length, set below.
+    let group = out.len();
+    out.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0, 0, 0, 0, 0]);
+    // (0002,0001) OB: File Meta Information Version 00 01.
+    out.extend_from_slice(&[0x02, 0x00, 0x01, 0x00, b'O', b'B', 0, 0, 2, 0, 0, 0, 0, 1]);
+    for (element, vr, value, pad) in elements {
+        if element == 0x0016 && value.is_empty() {
+            continue;
+        }
+        let odd = value.len() % 2;
+        let len = u16::try_from(value.len() + odd).map_err(|_| {
+            MetaError(format!(
+                "(0002,{element:04X}) is {} bytes long, more than an element of VR {} holds",
+                value.len(),
+                String::from_utf8_lossy(vr)
+            ))
+        })?;
+        out.extend_from_slice(&[0x02, 0x00]);
+        out.extend_from_slice(&element.to_le_bytes());
+        out.extend_from_slice(vr);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(value.as_bytes());
+        if odd == 1 {
+            out.push(pad);
+        }
+    }
+    let len = (out.len() - group - 12) as u32;
+    out[group + 8..group + 12].copy_from_slice(&len.to_le_bytes());
     Ok(out)
 }
 
@@ -89,6 +119,76 @@ mod tests {
             meta.source_application_entity_title().map(str::trim),
             Some("MODALITY1")
         );
+    }
+
+    /// The header as dicom-object builds and writes it: what [`build_header`] must equal.
+    fn with_dicom_object(class: &str, instance: &str, ts: &str, ae: &str) -> Vec<u8> {
+        let mut builder = dicom_object::meta::FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(class)
+            .media_storage_sop_instance_uid(instance)
+            .transfer_syntax(ts)
+            .implementation_class_uid(crate::IMPLEMENTATION_CLASS_UID)
+            .implementation_version_name(crate::IMPLEMENTATION_VERSION_NAME);
+        if !ae.trim().is_empty() {
+            builder = builder.source_application_entity_title(ae.trim());
+        }
+        let meta = builder.build().unwrap();
+        let mut out = vec![0u8; PREAMBLE_LEN];
+        out.extend_from_slice(b"DICM");
+        meta.write(&mut out).unwrap();
+        out
+    }
+
+    /// The header is dicom-object's, byte for byte: values of every length from empty to
+    /// past 64 characters, odd and even, already padded or not, blank and padded AE titles.
+    #[test]
+    fn header_is_the_one_dicom_object_writes() {
+        let mut rng: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let alphabet = b"0123456789.0123456789. \0A";
+        let mut value = |max: u64| -> String {
+            let n = next() % (max + 1);
+            (0..n)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize] as char)
+                .collect()
+        };
+        let fixed = [
+            (
+                "1.2.840.10008.5.1.4.1.1.2",
+                "1.2.3.4.5",
+                "1.2.840.10008.1.2.1",
+                "MODALITY1",
+            ),
+            ("", "", "1.2.840.10008.1.2", ""),
+            ("1.2", "1.2.3\0", "1.2.840.10008.1.2.4.50", "  CT 1  "),
+        ];
+        for (c, i, t, a) in fixed {
+            assert_eq!(
+                build_header(c, i, t, a).unwrap(),
+                with_dicom_object(c, i, t, a)
+            );
+        }
+        for _ in 0..5000 {
+            let (c, i, t, a) = (value(70), value(70), value(30), value(18));
+            assert_eq!(
+                build_header(&c, &i, &t, &a).unwrap(),
+                with_dicom_object(&c, &i, &t, &a),
+                "{c:?} {i:?} {t:?} {a:?}"
+            );
+        }
+    }
+
+    /// A value longer than an element with a 2-byte length holds is refused, not cut.
+    #[test]
+    fn a_value_too_long_for_its_element_is_refused() {
+        let long = "1".repeat(70_000);
+        let e = build_header(&long, "1.2", "1.2.840.10008.1.2", "").unwrap_err();
+        assert!(e.to_string().contains("(0002,0002)"), "{e}");
     }
 
     #[test]
