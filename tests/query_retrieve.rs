@@ -404,6 +404,58 @@ fn findscu_patient_and_study_root_at_every_level_return_exactly_the_stored_entit
     gw.stop();
 }
 
+/// A quarantined object (its Study Instance UID 77 characters long) is found by C-FIND under
+/// the substitute Study Instance UID it is indexed under, at every level down to IMAGE, and
+/// never answers with the raw one: its object row is built after quarantine replaced the UID.
+#[test]
+fn findscu_finds_a_quarantined_object_under_its_substitute_study_uid() {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    let mut gw = Daemon::start(BIN, w.join("data"), "epoll", &[]);
+    let mut q = ObjSpec::new(77).patient("GAMMA^GUS", "PIDQ");
+    q.study_instance_uid = format!("1.2.{}", "3".repeat(73));
+    let f = w.join("q.dcm");
+    gen_part10(&f, &q).unwrap();
+    storescu(gw.port, std::slice::from_ref(&f), &[]).assert_all_ok(std::slice::from_ref(&f));
+
+    let keys = [
+        "QueryRetrieveLevel=STUDY",
+        "PatientID=PIDQ",
+        "StudyInstanceUID",
+    ];
+    let found = findscu(gw.port, w, "-S", &keys, &[]);
+    let studies = found.values(tags::STUDY_INSTANCE_UID);
+    assert_eq!(studies.len(), 1, "{}", found.log);
+    let substitute = studies.into_iter().next().unwrap();
+    assert!(substitute.starts_with("2.25."), "{substitute}");
+
+    let study_key = format!("StudyInstanceUID={substitute}");
+    let series_key = format!("SeriesInstanceUID={}", q.series_instance_uid);
+    let keys = [
+        "QueryRetrieveLevel=IMAGE",
+        study_key.as_str(),
+        series_key.as_str(),
+        "SOPInstanceUID",
+        "PatientID",
+    ];
+    let found = findscu(gw.port, w, "-S", &keys, &[]);
+    assert_eq!(
+        found.values(tags::SOP_INSTANCE_UID),
+        set(&[&q.sop_instance_uid]),
+        "{}",
+        found.log
+    );
+    assert_eq!(
+        found.values(tags::STUDY_INSTANCE_UID),
+        set(&[&substitute]),
+        "{}",
+        found.log
+    );
+    assert_eq!(found.values(tags::PATIENT_ID), set(&["PIDQ"]));
+    gw.stop();
+}
+
 /// Synthesizes `n` studies (one instance each) into the index of `data` with the library's
 /// `put_instance`, as ingest writes them: no files, which C-FIND never reads.
 fn synthesize(data: &Path, n: usize) {

@@ -87,12 +87,14 @@ pub struct IndexAttrs {
     /// (`store::query`). Bytes rather than the dataset so the record stays `Eq`.
     #[serde(default)]
     pub attributes: Vec<u8>,
-    /// Whether [`IndexAttrs::attributes`] is already the Query/Retrieve object row for this
-    /// object's own UIDs ([`complete_row`] applied by the scan), so the checkpoint stores the
-    /// bytes as they are instead of decoding and encoding them again. Not stored: a record
-    /// read back from the journal or the index takes the long way.
+    /// The UIDs (SOP Class, SOP Instance, Study, Series) the scan completed
+    /// [`IndexAttrs::attributes`] with ([`complete_row`]): while the object is indexed under
+    /// exactly these, the list is its Query/Retrieve object row and the checkpoint stores it
+    /// as it is instead of decoding and encoding it again. The UIDs themselves, not a flag:
+    /// quarantine substitutes the UID fields above after the scan, and the row must then be
+    /// built again. Not stored: a record read back from the journal takes the long way.
     #[serde(skip)]
-    pub attributes_are_row: bool,
+    pub row_uids: Option<Box<[String; 4]>>,
     /// Values of the extra top-level attributes asked for (routing keys), in tag order of
     /// appearance; not stored in the index.
     #[serde(skip)]
@@ -317,7 +319,12 @@ fn finish(mut attrs: IndexAttrs, mut kept: Dataset) -> IndexAttrs {
     };
     complete_row(&mut kept, &attrs, &uids);
     attrs.attributes = postcard::to_allocvec(&kept).unwrap_or_default();
-    attrs.attributes_are_row = true;
+    attrs.row_uids = Some(Box::new([
+        attrs.sop_class_uid.clone(),
+        attrs.sop_instance_uid.clone(),
+        attrs.study_instance_uid.clone(),
+        attrs.series_instance_uid.clone(),
+    ]));
     attrs
 }
 
