@@ -87,14 +87,13 @@ pub struct IndexAttrs {
     /// (`store::query`). Bytes rather than the dataset so the record stays `Eq`.
     #[serde(default)]
     pub attributes: Vec<u8>,
-    /// The UIDs (SOP Class, SOP Instance, Study, Series) the scan completed
-    /// [`IndexAttrs::attributes`] with ([`complete_row`]): while the object is indexed under
+    /// The UIDs the scan completed [`IndexAttrs::attributes`] with ([`complete_row`]): while the object is indexed under
     /// exactly these, the list is its Query/Retrieve object row and the checkpoint stores it
     /// as it is instead of decoding and encoding it again. The UIDs themselves, not a flag:
     /// quarantine substitutes the UID fields above after the scan, and the row must then be
     /// built again. Not stored: a record read back from the journal takes the long way.
     #[serde(skip)]
-    pub row_uids: Option<Box<[String; 4]>>,
+    pub row_uids: Option<Box<RowUids>>,
     /// Values of the extra top-level attributes asked for (routing keys), in tag order of
     /// appearance; not stored in the index.
     #[serde(skip)]
@@ -312,39 +311,35 @@ fn scan(
 /// the Query/Retrieve object row it becomes unless the object is indexed under other UIDs.
 fn finish(mut attrs: IndexAttrs, mut kept: Dataset) -> IndexAttrs {
     let uids = RowUids {
-        sop_class: &attrs.sop_class_uid,
-        sop_instance: &attrs.sop_instance_uid,
-        study: &attrs.study_instance_uid,
-        series: &attrs.series_instance_uid,
+        sop_class: attrs.sop_class_uid.clone(),
+        sop_instance: attrs.sop_instance_uid.clone(),
+        study: attrs.study_instance_uid.clone(),
+        series: attrs.series_instance_uid.clone(),
     };
     complete_row(&mut kept, &attrs, &uids);
     attrs.attributes = postcard::to_allocvec(&kept).unwrap_or_default();
-    attrs.row_uids = Some(Box::new([
-        attrs.sop_class_uid.clone(),
-        attrs.sop_instance_uid.clone(),
-        attrs.study_instance_uid.clone(),
-        attrs.series_instance_uid.clone(),
-    ]));
+    attrs.row_uids = Some(Box::new(uids));
     attrs
 }
 
 /// The UIDs an object is indexed under (a quarantined object's are substitutes).
-pub struct RowUids<'a> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowUids {
     /// SOP Class UID.
-    pub sop_class: &'a str,
+    pub sop_class: String,
     /// SOP Instance UID.
-    pub sop_instance: &'a str,
+    pub sop_instance: String,
     /// Study Instance UID.
-    pub study: &'a str,
+    pub study: String,
     /// Series Instance UID.
-    pub series: &'a str,
+    pub series: String,
 }
 
 /// Makes an attribute list the Query/Retrieve object row: the indexed fields filled in where
 /// the list lacks them (records from before the list existed, values over
 /// [`MAX_ATTRIBUTE_LEN`]) and the UIDs the index files it under. Applying it twice with the
 /// same UIDs changes nothing, which is what lets the scan apply it once for the checkpoint.
-pub fn complete_row(ds: &mut Dataset, attrs: &IndexAttrs, uids: &RowUids<'_>) {
+pub fn complete_row(ds: &mut Dataset, attrs: &IndexAttrs, uids: &RowUids) {
     use dicom_core::VR;
     use dicom_dictionary_std::tags;
     let fields = [
@@ -373,16 +368,16 @@ pub fn complete_row(ds: &mut Dataset, attrs: &IndexAttrs, uids: &RowUids<'_>) {
         }
     }
     for (tag, uid) in [
-        (tags::SOP_CLASS_UID, uids.sop_class),
-        (tags::SOP_INSTANCE_UID, uids.sop_instance),
-        (tags::STUDY_INSTANCE_UID, uids.study),
-        (tags::SERIES_INSTANCE_UID, uids.series),
+        (tags::SOP_CLASS_UID, &uids.sop_class),
+        (tags::SOP_INSTANCE_UID, &uids.sop_instance),
+        (tags::STUDY_INSTANCE_UID, &uids.study),
+        (tags::SERIES_INSTANCE_UID, &uids.series),
     ] {
         let same = ds.get(tag).is_some_and(|e| {
-            e.vr == VR::UI && matches!(&e.value, Value::Strs(v) if v.len() == 1 && v[0] == uid)
+            e.vr == VR::UI && matches!(&e.value, Value::Strs(v) if v.len() == 1 && v[0] == *uid)
         });
         if !same {
-            ds.put_str(tag, VR::UI, uid);
+            ds.put_str(tag, VR::UI, uid.as_str());
         }
     }
 }
@@ -563,15 +558,20 @@ pub(crate) mod tests {
         ds
     }
 
+    /// (0008,0018) SOP Instance UID with VR UN (explicit VR, 4-byte length form).
+    fn sop_instance_uid_as_un(uid: &[u8]) -> Vec<u8> {
+        let mut out = vec![0x08, 0x00, 0x18, 0x00, b'U', b'N', 0, 0];
+        out.extend_from_slice(&(uid.len() as u32).to_le_bytes());
+        out.extend_from_slice(uid);
+        out
+    }
+
     /// A dataset whose attribute list lacks indexed values: its SOP Instance UID encoded as
     /// UN (bytes are not kept) and a Study Description over [`MAX_ATTRIBUTE_LEN`].
     pub(crate) fn values_the_list_lacks() -> Vec<u8> {
         let mut ds = Vec::new();
         ds.extend(el(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2"));
-        let uid = b"1.9.999.1\0";
-        ds.extend_from_slice(&[0x08, 0x00, 0x18, 0x00, b'U', b'N', 0, 0]);
-        ds.extend_from_slice(&(uid.len() as u32).to_le_bytes());
-        ds.extend_from_slice(uid);
+        ds.extend(sop_instance_uid_as_un(b"1.9.999.1\0"));
         ds.extend(el(0x0008, 0x1030, b"LO", &[b'd'; 1200]));
         ds.extend(el(0x0020, 0x000D, b"UI", b"1.2.3.4"));
         ds.extend(el(0x0020, 0x000E, b"UI", b"1.2.3.4.5"));
@@ -584,11 +584,7 @@ pub(crate) mod tests {
     fn uids_encoded_as_bytes_are_read_as_text() {
         let mut ds = Vec::new();
         ds.extend(el(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2"));
-        // (0008,0018) with VR UN: 4-byte length form.
-        let uid = b"1.9.999.1\0";
-        ds.extend_from_slice(&[0x08, 0x00, 0x18, 0x00, b'U', b'N', 0, 0]);
-        ds.extend_from_slice(&(uid.len() as u32).to_le_bytes());
-        ds.extend_from_slice(uid);
+        ds.extend(sop_instance_uid_as_un(b"1.9.999.1\0"));
         ds.extend(el(0x0020, 0x000D, b"UI", b"1.2.3.4"));
         let a = extract(
             &ds,

@@ -132,24 +132,21 @@ pub fn create_tables(tx: &WriteTransaction) -> Result<(), IndexError> {
 /// it already for the UIDs the record has (`IndexAttrs::row_uids`), then it is borrowed as it
 /// is.
 fn object_row<'a>(rec: &InstanceRecord, attrs: &'a IndexAttrs) -> Cow<'a, [u8]> {
-    let built_for_these = attrs
-        .row_uids
-        .as_deref()
-        .is_some_and(|[class, sop, study, series]| {
-            *class == rec.sop_class_uid
-                && *sop == rec.sop_instance_uid
-                && *study == rec.study_instance_uid
-                && *series == rec.series_instance_uid
-        });
+    let built_for_these = attrs.row_uids.as_deref().is_some_and(|u| {
+        u.sop_class == rec.sop_class_uid
+            && u.sop_instance == rec.sop_instance_uid
+            && u.study == rec.study_instance_uid
+            && u.series == rec.series_instance_uid
+    });
     if built_for_these {
         return Cow::Borrowed(&attrs.attributes);
     }
     let mut ds = attrs.attributes();
     let uids = RowUids {
-        sop_class: &rec.sop_class_uid,
-        sop_instance: &rec.sop_instance_uid,
-        study: &rec.study_instance_uid,
-        series: &rec.series_instance_uid,
+        sop_class: rec.sop_class_uid.clone(),
+        sop_instance: rec.sop_instance_uid.clone(),
+        study: rec.study_instance_uid.clone(),
+        series: rec.series_instance_uid.clone(),
     };
     complete_row(&mut ds, attrs, &uids);
     Cow::Owned(postcard::to_allocvec(&ds).expect("postcard encoding of a dataset cannot fail"))
