@@ -18,15 +18,20 @@ pub const PREAMBLE_LEN: usize = 128;
 pub struct MetaError(String);
 
 /// Builds preamble + `DICM` + File Meta group for a dataset received on a presentation context
-/// with transfer syntax `ts_uid`, sent by `source_ae` (left out when blank). Values are padded
-/// to even length as dicom-object pads them: UIDs with a NUL, text with a space.
+/// with transfer syntax `ts_uid`, sent by `source_ae` (left out when blank or not ASCII).
+/// Values are padded to even length as dicom-object pads them: UIDs with a NUL, text with a
+/// space. A UID outside ASCII or too long for its element is refused.
 pub fn build_header(
     sop_class_uid: &str,
     sop_instance_uid: &str,
     ts_uid: &str,
     source_ae: &str,
 ) -> Result<Vec<u8>, MetaError> {
-    let source_ae = source_ae.trim();
+    // An AE title is default repertoire (ASCII). One the peer sent outside it is left out:
+    // Source AE Title is optional, and the index keeps the calling AE title anyway.
+    let source_ae = Some(source_ae.trim())
+        .filter(|a| a.is_ascii())
+        .unwrap_or("");
     let elements: [(u16, &[u8; 2], &str, u8); 6] = [
         (0x0002, b"UI", sop_class_uid, 0),
         (0x0003, b"UI", sop_instance_uid, 0),
@@ -48,6 +53,13 @@ pub fn build_header(
         if element == 0x0016 && value.is_empty() {
             continue;
         }
+        // UIDs are ASCII (digits and dots once validated); dicom-object's writer would
+        // write Latin-1 bytes or refuse.
+        if !value.is_ascii() {
+            return Err(MetaError(format!(
+                "(0002,{element:04X}) holds characters outside the default repertoire"
+            )));
+        }
         let odd = value.len() % 2;
         let len = u16::try_from(value.len() + odd).map_err(|_| {
             MetaError(format!(
@@ -67,6 +79,31 @@ pub fn build_header(
     }
     let len = (out.len() - group - 12) as u32;
     out[group + 8..group + 12].copy_from_slice(&len.to_le_bytes());
+    Ok(out)
+}
+
+/// The header as dicom-object's `FileMetaTableBuilder` and writer make it: what
+/// [`build_header`] is checked against (tests and the `part10_header` fuzz target).
+#[doc(hidden)]
+pub fn build_header_with_dicom_object(
+    class: &str,
+    instance: &str,
+    ts: &str,
+    source_ae: &str,
+) -> Result<Vec<u8>, MetaError> {
+    let mut builder = dicom_object::meta::FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(class)
+        .media_storage_sop_instance_uid(instance)
+        .transfer_syntax(ts)
+        .implementation_class_uid(crate::IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(crate::IMPLEMENTATION_VERSION_NAME);
+    if !source_ae.trim().is_empty() {
+        builder = builder.source_application_entity_title(source_ae.trim());
+    }
+    let meta = builder.build().map_err(|e| MetaError(e.to_string()))?;
+    let mut out = vec![0u8; PREAMBLE_LEN];
+    out.extend_from_slice(b"DICM");
+    meta.write(&mut out).map_err(|e| MetaError(e.to_string()))?;
     Ok(out)
 }
 
@@ -121,24 +158,6 @@ mod tests {
         );
     }
 
-    /// The header as dicom-object builds and writes it: what [`build_header`] must equal.
-    fn with_dicom_object(class: &str, instance: &str, ts: &str, ae: &str) -> Vec<u8> {
-        let mut builder = dicom_object::meta::FileMetaTableBuilder::new()
-            .media_storage_sop_class_uid(class)
-            .media_storage_sop_instance_uid(instance)
-            .transfer_syntax(ts)
-            .implementation_class_uid(crate::IMPLEMENTATION_CLASS_UID)
-            .implementation_version_name(crate::IMPLEMENTATION_VERSION_NAME);
-        if !ae.trim().is_empty() {
-            builder = builder.source_application_entity_title(ae.trim());
-        }
-        let meta = builder.build().unwrap();
-        let mut out = vec![0u8; PREAMBLE_LEN];
-        out.extend_from_slice(b"DICM");
-        meta.write(&mut out).unwrap();
-        out
-    }
-
     /// The header is dicom-object's, byte for byte: values of every length from empty to
     /// past 64 characters, odd and even, already padded or not, blank and padded AE titles.
     #[test]
@@ -170,15 +189,30 @@ mod tests {
         for (c, i, t, a) in fixed {
             assert_eq!(
                 build_header(c, i, t, a).unwrap(),
-                with_dicom_object(c, i, t, a)
+                build_header_with_dicom_object(c, i, t, a).unwrap()
             );
         }
         for _ in 0..5000 {
             let (c, i, t, a) = (value(70), value(70), value(30), value(18));
             assert_eq!(
                 build_header(&c, &i, &t, &a).unwrap(),
-                with_dicom_object(&c, &i, &t, &a),
+                build_header_with_dicom_object(&c, &i, &t, &a).unwrap(),
                 "{c:?} {i:?} {t:?} {a:?}"
+            );
+        }
+    }
+
+    /// A UID outside ASCII is refused; a source AE title outside it is left out, and the
+    /// header is then the one dicom-object writes without one.
+    #[test]
+    fn values_outside_ascii() {
+        assert!(build_header("1.2\u{e9}", "1.2.3", "1.2.840.10008.1.2", "AE").is_err());
+        assert!(build_header("1.2", "1.2.3\u{FFFD}", "1.2.840.10008.1.2", "AE").is_err());
+        for ae in ["CT\u{e9}", "\u{3042}", " \u{FFFD} "] {
+            assert_eq!(
+                build_header("1.2", "1.2.3", "1.2.840.10008.1.2", ae).unwrap(),
+                build_header_with_dicom_object("1.2", "1.2.3", "1.2.840.10008.1.2", "").unwrap(),
+                "{ae:?}"
             );
         }
     }
