@@ -152,6 +152,10 @@ fn object_row<'a>(rec: &InstanceRecord, attrs: &'a IndexAttrs) -> Cow<'a, [u8]> 
     Cow::Owned(postcard::to_allocvec(&ds).expect("postcard encoding of a dataset cannot fail"))
 }
 
+/// The `QR_OBJECTS` row of an instance, into the table the caller holds open (the index's
+/// `InstanceTables`): a writer of many instances in one transaction
+/// ([`crate::store::index::put_instance_into`]) syncs each study's keys once, with
+/// [`sync_study_keys`], instead of once per instance.
 pub fn insert_object_row(
     objects: &mut redb::Table<'_, (&'static str, &'static str, &'static str), &'static [u8]>,
     rec: &InstanceRecord,
