@@ -20,13 +20,14 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::mailbox::Mailbox;
 use super::record::{Decision, RecordMeta};
-use super::{IngestConfig, Item, Msg, Shared};
+use super::{IngestConfig, Item, Shared};
 use crate::clock::timestamp_us;
 use crate::config::SyncMethod;
 use crate::store::index::{self, Index, IndexError};
@@ -282,7 +283,7 @@ fn write_and_start_writeback(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// `checkpoint_interval`, every `checkpoint_objects` objects, when the ring fills, when a
 /// reader asks (`Settle`) and at shutdown. A failed checkpoint is retried (its objects stay
 /// in the journal and the overlay); `/readyz` says why meanwhile.
-pub(super) fn run<S: Storage>(rx: mpsc::Receiver<Msg>, shared: Arc<Shared<S>>) {
+pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>) {
     let vital = crate::health::Vital::new("materializer");
     let cfg = &shared.cfg;
     let mut pending: Vec<Item> = Vec::new();
@@ -303,34 +304,20 @@ pub(super) fn run<S: Storage>(rx: mpsc::Receiver<Msg>, shared: Arc<Shared<S>>) {
             Some(_) => Duration::from_millis(500),
             None => Duration::from_secs(1),
         };
-        let mut take = |m: Msg, hurry: &mut bool| match m {
-            Msg::Group { items, end: e } => {
-                pending_bytes += items
-                    .iter()
-                    .map(|i| i.bytes.as_ref().map_or(0, |b| b.len() as u64))
-                    .sum::<u64>();
-                pending.extend(items);
-                end = Some(e);
-                since.get_or_insert_with(Instant::now);
-            }
-            Msg::Hurry => *hurry = true,
-        };
         if !closed {
-            match rx.recv_timeout(wait) {
-                Ok(m) => take(m, &mut hurry),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
+            // Woken by the first group, a threshold, a hurry or shutdown; otherwise the
+            // groups wait in the mailbox until `wait` (the interval) is up.
+            let got = mail.take(wait, pending.len(), pending_bytes);
+            if !got.items.is_empty() {
+                since.get_or_insert_with(Instant::now);
+                pending_bytes += got.bytes;
+                pending.extend(got.items);
             }
-            loop {
-                match rx.try_recv() {
-                    Ok(m) => take(m, &mut hurry),
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
-                }
+            if got.end.is_some() {
+                end = got.end;
             }
+            hurry |= got.hurry;
+            closed = got.closed;
         }
         if end.is_some() {
             last_objects = Instant::now();

@@ -28,9 +28,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::mailbox::Mailbox;
 use super::overlay::{self, Undo};
 use super::record::{Decision, RecordMeta};
-use super::{Item, Msg, Shared};
+use super::{Item, Shared};
 use crate::config::{DuplicatePolicy, Durability};
 use crate::store::journal::{AlignedBuf, JournalError, RecordIn, Reserved, Storage};
 use crate::store::sink::{Accepted, Body};
@@ -76,7 +77,7 @@ fn group_bytes(e: &Entry) -> u64 {
 /// (`back`).
 struct Lanes<'a, S: Storage> {
     shared: &'a Shared<S>,
-    mat: &'a mpsc::Sender<Msg>,
+    mat: &'a Mailbox,
     root: Option<&'a std::fs::File>,
     front: Mutex<Front>,
     back: Mutex<Back>,
@@ -108,7 +109,7 @@ struct Back {
 pub(super) fn run<S: Storage + Send>(
     rx: mpsc::Receiver<Entry>,
     shared: Arc<Shared<S>>,
-    mat: mpsc::Sender<Msg>,
+    mat: &Mailbox,
 ) {
     let vital = crate::health::Vital::new("journal writer");
     let root = match std::fs::File::open(shared.data.root()) {
@@ -120,7 +121,7 @@ pub(super) fn run<S: Storage + Send>(
     };
     let lanes = Lanes {
         shared: &shared,
-        mat: &mat,
+        mat,
         root: root.as_ref(),
         front: Mutex::new(Front {
             rx,
@@ -146,10 +147,8 @@ pub(super) fn run<S: Storage + Send>(
         }
         lanes.run();
     });
-    // No core can submit any more: let the materializer finish (it stops once every sender
-    // of its channel is gone).
-    shared.progress.stop_kicks();
-    drop(mat);
+    // No core can submit any more: the materializer runs its last checkpoint and stops.
+    mat.close();
     vital.done();
 }
 
@@ -344,7 +343,7 @@ impl<S: Storage + Send> Lanes<'_, S> {
                             .problem("journal", Some("full: waiting for the checkpoint".into()));
                         warned = true;
                     }
-                    let _ = self.mat.send(Msg::Hurry);
+                    self.mat.hurry();
                     journal = shared
                         .released
                         .wait_timeout(journal, std::time::Duration::from_millis(100))
@@ -420,8 +419,7 @@ impl<S: Storage + Send> Lanes<'_, S> {
                 shared.overlay.confirm(&seqs);
                 if count > 0 {
                     shared.progress.acked(end.seq - 1);
-                    // The materializer only goes away at shutdown, after the lanes.
-                    let _ = self.mat.send(Msg::Group { items, end });
+                    self.mat.post(items, end);
                 }
                 for p in plans {
                     let _ = p.reply.send(p.outcome);

@@ -18,6 +18,7 @@
 
 pub mod checkpoint;
 pub mod group;
+mod mailbox;
 pub mod overlay;
 pub mod record;
 
@@ -38,7 +39,7 @@ use crate::metrics::DuplicateOutcome;
 use crate::queue::routing::{RouteInput, Routing};
 use crate::queue::Wake;
 use crate::store::index::{Index, IndexError, InstanceRecord};
-use crate::store::journal::{Journal, JournalConfig, JournalError, Position, Storage};
+use crate::store::journal::{Journal, JournalConfig, JournalError, Storage};
 use crate::store::sink::{Accepted, ObjectSink, ReceivedObject, SinkSnapshot, Submission};
 use crate::store::{DataDir, StoreError};
 
@@ -134,20 +135,13 @@ pub struct Item {
     pub bytes: Option<Bytes>,
 }
 
-/// What the journal writer tells the materializer.
-pub(crate) enum Msg {
-    /// A durable group's records and the position after it.
-    Group { items: Vec<Item>, end: Position },
-    /// Checkpoint now (a reader waits, or the ring is full).
-    Hurry,
-}
-
 /// Progress shared with readers, metrics and `/readyz`.
 #[derive(Debug)]
 pub struct Progress {
     acked: AtomicU64,
     materialized: watch::Sender<u64>,
-    kick: Mutex<Option<mpsc::Sender<Msg>>>,
+    /// The materializer's mailbox, to ask it for a checkpoint now.
+    kick: Mutex<Option<Arc<mailbox::Mailbox>>>,
     problems: Mutex<BTreeMap<&'static str, String>>,
 }
 
@@ -182,13 +176,6 @@ impl Progress {
     fn lag(&self, oldest_received_us: Option<u64>) {
         let lag = oldest_received_us.map_or(0.0, |t| timestamp_us().saturating_sub(t) as f64 / 1e6);
         crate::metrics::global().journal_lag(lag);
-    }
-
-    fn stop_kicks(&self) {
-        self.kick
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
     }
 
     fn problem(&self, what: &'static str, message: Option<String>) {
@@ -251,7 +238,7 @@ impl Settle {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_ref()
         {
-            let _ = k.send(Msg::Hurry);
+            k.hurry();
         }
         let waited = tokio::time::timeout(limit, rx.wait_for(|m| *m >= target)).await;
         matches!(waited, Ok(Ok(_)))
@@ -338,25 +325,28 @@ impl Ingest {
             progress: progress.clone(),
         });
         let (tx, rx) = mpsc::channel::<group::Entry>();
-        let (mat_tx, mat_rx) = mpsc::channel::<Msg>();
+        let mail = Arc::new(mailbox::Mailbox::new(
+            shared.cfg.checkpoint_objects,
+            shared.ring_bytes / 4,
+        ));
         *progress
             .kick
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(mat_tx.clone());
-        let s = shared.clone();
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(mail.clone());
+        let (s, m) = (shared.clone(), mail.clone());
         let materializer = std::thread::Builder::new()
             .name("materializer".into())
             .spawn(move || {
                 // Background work: ingest answers first.
                 // SAFETY: setpriority on this thread only.
-                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
-                checkpoint::run(mat_rx, s)
+                crate::rt::lower_thread_priority(10);
+                checkpoint::run(&m, s)
             })
             .map_err(|e| IngestError::Io(format!("start the materializer: {e}")))?;
         let s = shared.clone();
         let writer = std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || group::run(rx, s, mat_tx))
+            .spawn(move || group::run(rx, s, &mail))
             .map_err(|e| IngestError::Io(format!("start the journal writer: {e}")))?;
         Ok(Ingest {
             pipeline: Pipeline { tx, routing },
