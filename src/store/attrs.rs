@@ -238,8 +238,7 @@ fn scan(
     }
     let reader = DataSetReader::new_with_ts(bytes, ts)
         .map_err(|e| ExtractError::Malformed(e.to_string()))?;
-    let mut attrs = IndexAttrs::default();
-    let mut kept = Dataset::new();
+    let mut found = Collected::new(wanted, terms);
     let mut depth = 0usize;
     let mut pending: Option<(Tag, dicom_core::VR, u32)> = None;
     // Past the last indexed group at the top level: the index keys are complete, and the
@@ -248,7 +247,7 @@ fn scan(
     for token in reader {
         let token = match token {
             Ok(t) => t,
-            Err(_) if past => return Ok(finish(attrs, kept)),
+            Err(_) if past => return Ok(found.finish()),
             Err(_) if !complete => return Err(ExtractError::NeedMore),
             Err(e) => return Err(ExtractError::Malformed(e.to_string())),
         };
@@ -258,7 +257,7 @@ fn scan(
             let beyond_data = h.len.get().is_some_and(|n| n as usize > bytes.len());
             if beyond_data {
                 if past || (depth == 0 && h.tag.group() > last_group) {
-                    return Ok(finish(attrs, kept));
+                    return Ok(found.finish());
                 }
                 return Err(if complete {
                     ExtractError::Malformed(format!("element {} is longer than the dataset", h.tag))
@@ -269,7 +268,7 @@ fn scan(
         }
         match token {
             // Pixel Data ends the parse.
-            DataToken::PixelSequenceStart if depth == 0 => return Ok(finish(attrs, kept)),
+            DataToken::PixelSequenceStart if depth == 0 => return Ok(found.finish()),
             DataToken::SequenceStart { tag, .. } => {
                 if depth == 0 {
                     pending = None;
@@ -283,7 +282,7 @@ fn scan(
             DataToken::SequenceEnd => depth = depth.saturating_sub(1),
             DataToken::ElementHeader(h) if depth == 0 => {
                 if h.tag.group() >= 0x7FE0 {
-                    return Ok(finish(attrs, kept));
+                    return Ok(found.finish());
                 }
                 if h.tag.group() > last_group {
                     past = true;
@@ -292,7 +291,7 @@ fn scan(
             }
             DataToken::PrimitiveValue(v) if depth == 0 => {
                 if let Some((tag, vr, len)) = pending.take() {
-                    take(&mut attrs, &mut kept, tag, vr, len, &v, past, wanted, terms);
+                    found.take(tag, vr, len, &v, past);
                 }
             }
             _ => {}
@@ -301,25 +300,10 @@ fn scan(
     // The token stream ended: the whole dataset was read, or the prefix ended exactly on an
     // element boundary.
     if complete || past {
-        Ok(finish(attrs, kept))
+        Ok(found.finish())
     } else {
         Err(ExtractError::NeedMore)
     }
-}
-
-/// The scan's result once the elements are read: the attribute list is encoded once, as
-/// the Query/Retrieve object row it becomes unless the object is indexed under other UIDs.
-fn finish(mut attrs: IndexAttrs, mut kept: Dataset) -> IndexAttrs {
-    let uids = RowUids {
-        sop_class: attrs.sop_class_uid.clone(),
-        sop_instance: attrs.sop_instance_uid.clone(),
-        study: attrs.study_instance_uid.clone(),
-        series: attrs.series_instance_uid.clone(),
-    };
-    complete_row(&mut kept, &attrs, &uids);
-    attrs.attributes = postcard::to_allocvec(&kept).unwrap_or_default();
-    attrs.row_uids = Some(Box::new(uids));
-    attrs
 }
 
 /// The UIDs an object is indexed under (a quarantined object's are substitutes).
@@ -382,40 +366,78 @@ pub fn complete_row(ds: &mut Dataset, attrs: &IndexAttrs, uids: &RowUids) {
     }
 }
 
-/// What one top-level element's value gives (both scans call this): its index field and
-/// routing value while the scan is not `past` the indexed groups, and its entry in
-/// [`IndexAttrs::attributes`]. `terms`: see `charset::latin1_transparent`.
-#[allow(clippy::too_many_arguments)]
-fn take(
-    attrs: &mut IndexAttrs,
-    kept: &mut Dataset,
-    tag: Tag,
-    vr: dicom_core::VR,
-    len: u32,
-    v: &dicom_core::value::PrimitiveValue,
-    past: bool,
-    wanted: &[Tag],
-    terms: Option<&[String]>,
-) {
-    let redecode = |s: &str| match terms {
-        Some(t) if charset::is_charset_vr(vr) => charset::redecode_latin1(s, t),
-        _ => s.to_owned(),
-    };
-    if !past {
-        if wanted.binary_search(&tag).is_ok() {
-            let text = text_of(v);
-            let t = text.trim_end_matches(['\0', ' ']).trim_start();
-            attrs.extra.push((tag, redecode(t)));
-        }
-        if let Some(slot) = slot(attrs, tag) {
-            let text = redecode(&text_of(v));
-            *slot = text.trim_end_matches(['\0', ' ']).trim_start().to_owned();
+/// What a scan collects from the top-level elements (both scans use it): the index fields,
+/// the routing values `wanted` and the attribute list. `terms`: see
+/// `charset::latin1_transparent`.
+struct Collected<'a> {
+    attrs: IndexAttrs,
+    kept: Dataset,
+    wanted: &'a [Tag],
+    terms: Option<&'a [String]>,
+}
+
+impl<'a> Collected<'a> {
+    fn new(wanted: &'a [Tag], terms: Option<&'a [String]>) -> Self {
+        Self {
+            attrs: IndexAttrs::default(),
+            kept: Dataset::new(),
+            wanted,
+            terms,
         }
     }
-    if keep(tag, vr, len) {
-        if let Some(value) = value_of(v, vr, &redecode) {
-            kept.put(tag, vr, value);
+
+    /// Takes one element's value: its index field and routing value while the scan is not
+    /// `past` the indexed groups, and its entry in [`IndexAttrs::attributes`].
+    fn take(
+        &mut self,
+        tag: Tag,
+        vr: dicom_core::VR,
+        len: u32,
+        v: &dicom_core::value::PrimitiveValue,
+        past: bool,
+    ) {
+        let terms = self.terms;
+        let redecode = |s: &str| match terms {
+            Some(t) if charset::is_charset_vr(vr) => charset::redecode_latin1(s, t),
+            _ => s.to_owned(),
+        };
+        if !past {
+            if self.wanted.binary_search(&tag).is_ok() {
+                let text = text_of(v);
+                let t = text.trim_end_matches(['\0', ' ']).trim_start();
+                self.attrs.extra.push((tag, redecode(t)));
+            }
+            if let Some(slot) = slot(&mut self.attrs, tag) {
+                let text = redecode(&text_of(v));
+                *slot = text.trim_end_matches(['\0', ' ']).trim_start().to_owned();
+            }
         }
+        if keep(tag, vr, len) {
+            if let Some(value) = value_of(v, vr, &redecode) {
+                self.kept.put(tag, vr, value);
+            }
+        }
+    }
+
+    /// The scan's result once the elements are read: the attribute list is encoded once, as
+    /// the Query/Retrieve object row it becomes unless the object is indexed under other
+    /// UIDs.
+    fn finish(self) -> IndexAttrs {
+        let Self {
+            mut attrs,
+            mut kept,
+            ..
+        } = self;
+        let uids = RowUids {
+            sop_class: attrs.sop_class_uid.clone(),
+            sop_instance: attrs.sop_instance_uid.clone(),
+            study: attrs.study_instance_uid.clone(),
+            series: attrs.series_instance_uid.clone(),
+        };
+        complete_row(&mut kept, &attrs, &uids);
+        attrs.attributes = postcard::to_allocvec(&kept).unwrap_or_default();
+        attrs.row_uids = Some(Box::new(uids));
+        attrs
     }
 }
 

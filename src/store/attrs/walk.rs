@@ -5,7 +5,7 @@
 //! a text codec that decodes character by character, a value buffer per element. This walk
 //! reads the same element headers with dicom-encoding's own header decoders, builds the same
 //! `PrimitiveValue` the parser would for the top-level elements the scan uses, and hands them
-//! to the same code ([`super::take`]).
+//! to the same code ([`super::Collected`]).
 //!
 //! It answers only where it is sure to give the parser's answer: the first element, sequence
 //! item or value that is anything but plain (an odd-sized binary value, a delimiter out of
@@ -23,8 +23,7 @@ use dicom_encoding::decode::explicit_le::ExplicitVRLittleEndianDecoder;
 use dicom_encoding::decode::implicit_le::ImplicitVRLittleEndianDecoder;
 use dicom_encoding::decode::Decode;
 
-use super::{finish, keep, take, IndexAttrs};
-use crate::dicom::dataset::Dataset;
+use super::{keep, Collected, IndexAttrs};
 
 /// Deepest sequence nesting walked; deeper ones are left to the parser.
 pub const MAX_DEPTH: usize = 16;
@@ -71,18 +70,17 @@ pub fn extract(
         signed: None,
         utf8: false,
     };
-    let mut attrs = IndexAttrs::default();
-    let mut kept = Dataset::new();
+    let mut found = Collected::new(wanted, terms);
     // Past the indexed groups, the parser ends the scan where the bytes end (see
     // `super::scan`); before, it asks for more or finds the dataset malformed.
     let mut past = false;
     loop {
         // Fewer bytes than a tag: the parser ends the stream here.
         if bytes.len() - w.pos < 4 {
-            return (complete || past).then(|| finish(attrs, kept));
+            return (complete || past).then(|| found.finish());
         }
         let Ok(h) = w.header() else {
-            return past.then(|| finish(attrs, kept));
+            return past.then(|| found.finish());
         };
         let group = h.tag.group();
         if group == 0xFFFE {
@@ -97,20 +95,20 @@ pub fn extract(
             }
             match w.sequence(h.len, 1) {
                 Ok(()) => continue,
-                Err(Stop::Truncated) if past => return Some(finish(attrs, kept)),
+                Err(Stop::Truncated) if past => return Some(found.finish()),
                 Err(_) => return None,
             }
         }
         if h.is_encapsulated_pixeldata() {
-            return Some(finish(attrs, kept));
+            return Some(found.finish());
         }
         let len = h.len.get()? as usize;
         if len > bytes.len() {
             // The parser's check of a value longer than all the bytes held.
-            return (past || group > last_group).then(|| finish(attrs, kept));
+            return (past || group > last_group).then(|| found.finish());
         }
         if group >= 0x7FE0 {
-            return Some(finish(attrs, kept));
+            return Some(found.finish());
         }
         if group > last_group {
             past = true;
@@ -118,7 +116,7 @@ pub fn extract(
         // Before the bytes are there: the parser reads an odd-sized binary value short.
         check(h.vr, len).ok()?;
         let Some(raw) = bytes.get(w.pos..w.pos + len) else {
-            return past.then(|| finish(attrs, kept));
+            return past.then(|| found.finish());
         };
         w.pos += len;
         if h.tag == CHARSET {
@@ -129,9 +127,7 @@ pub fn extract(
         }
         if !past || keep(h.tag, h.vr, len as u32) {
             let v = w.value(h.vr, raw)?;
-            take(
-                &mut attrs, &mut kept, h.tag, h.vr, len as u32, &v, past, wanted, terms,
-            );
+            found.take(h.tag, h.vr, len as u32, &v, past);
         }
     }
 }

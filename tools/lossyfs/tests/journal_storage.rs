@@ -29,7 +29,7 @@ fn run(mode: IoMode, want: FileIo) {
 
     let mut st = FileStorage::open(&dir, Durability::Full, mode).unwrap();
     assert_eq!(st.io(), want, "{mode:?}");
-    let mut seg = st.segment(0, SEG, true).unwrap();
+    let seg = st.segment(0, SEG, true).unwrap();
     seg.write_at(&block(1), 0).unwrap();
     seg.flush().unwrap();
     seg.write_at(&block(2), BLOCK as u64).unwrap(); // not flushed
@@ -44,7 +44,7 @@ fn run(mode: IoMode, want: FileIo) {
 
     let mut st = FileStorage::open(&dir, Durability::Full, mode).unwrap();
     assert_eq!(st.load_state().unwrap().as_deref(), Some(&b"state-1"[..]));
-    let mut seg = st
+    let seg = st
         .segment(0, SEG, false)
         .expect("the preallocated segment survives under its name");
     assert_eq!(seg.len(), SEG);
