@@ -356,7 +356,9 @@ pub struct Metrics {
     checkpoint_objects: AtomicHistogram<BATCH_BUCKETS>,
     checkpoint_duration: AtomicHistogram<LATENCY_BUCKETS>,
     journal_pending: AtomicU64,
-    journal_lag_us: AtomicU64,
+    /// Reception time (µs since the epoch) of the oldest object not yet checkpointed; 0:
+    /// none. The age is taken when the metrics are read, so it never goes stale.
+    journal_oldest_us: AtomicU64,
     destinations: RwLock<BTreeMap<String, Arc<DestinationMetrics>>>,
     worklist: WorklistMetrics,
     /// Rejected associations by service and [`REJECT_REASONS`] index (rare: shared atomics).
@@ -577,7 +579,7 @@ impl Metrics {
             checkpoint_objects: AtomicHistogram::new(),
             checkpoint_duration: AtomicHistogram::new(),
             journal_pending: AtomicU64::new(0),
-            journal_lag_us: AtomicU64::new(0),
+            journal_oldest_us: AtomicU64::new(0),
             destinations: RwLock::new(BTreeMap::new()),
             worklist: WorklistMetrics {
                 find: Default::default(),
@@ -722,10 +724,11 @@ impl Metrics {
         self.journal_pending.store(objects, Relaxed);
     }
 
-    /// Age of the oldest acknowledged object not yet in the index, seconds.
-    pub fn journal_lag(&self, seconds: f64) {
-        self.journal_lag_us
-            .store((seconds.max(0.0) * 1e6) as u64, Relaxed);
+    /// Reception time (µs since the epoch) of the oldest acknowledged object not yet in
+    /// the index, `None` when there is none: `dicomgw_journal_lag_seconds` is its age.
+    pub fn journal_oldest(&self, received_at_us: Option<u64>) {
+        self.journal_oldest_us
+            .store(received_at_us.unwrap_or(0), Relaxed);
     }
 
     /// One ingest journal group: objects in it and its time.
@@ -802,7 +805,10 @@ impl Metrics {
             checkpoint_objects: self.sum(&self.checkpoint_objects),
             checkpoint_duration: self.sum(&self.checkpoint_duration),
             journal_pending: self.journal_pending.load(Relaxed),
-            journal_lag_us: self.journal_lag_us.load(Relaxed),
+            journal_lag_us: match self.journal_oldest_us.load(Relaxed) {
+                0 => 0,
+                t => crate::clock::timestamp_us().saturating_sub(t),
+            },
             destinations: self.sum_destinations(snapshot),
             worklist: WorklistTotals {
                 find: std::array::from_fn(|i| self.worklist.find[i].load(Relaxed)),
@@ -1332,6 +1338,27 @@ mod tests {
         *samples(text)
             .get(key)
             .unwrap_or_else(|| panic!("no sample {key} in\n{text}"))
+    }
+
+    #[test]
+    fn the_journal_lag_is_the_oldest_objects_age_when_read() {
+        let m = Metrics::new(1);
+        let snapshot = Snapshot {
+            queue: vec![],
+            disk_total_bytes: 1 << 40,
+            disk_free_bytes: 1 << 30,
+            io_backend: "epoll".into(),
+        };
+        let lag = |m: &Metrics| value(&m.render(&snapshot), "dicomgw_journal_lag_seconds");
+        assert_eq!(lag(&m), 0.0, "nothing pending");
+        // Received 3 s ago: the gauge says at least that, and it grows without another update.
+        m.journal_oldest(Some(crate::clock::timestamp_us() - 3_000_000));
+        let first = lag(&m);
+        assert!((3.0..4.0).contains(&first), "{first}");
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(lag(&m) >= first + 0.05, "the age is taken at each read");
+        m.journal_oldest(None);
+        assert_eq!(lag(&m), 0.0, "checkpointed");
     }
 
     #[test]

@@ -291,8 +291,8 @@ impl Io for Epoll {
 /// Lowers the calling thread's CPU priority to `nice` (Linux: nice is per thread). Used by the
 /// threads that serve people and modalities' queries (admin API, worklist) and by the ingest
 /// materializer so that, when they compete for the CPU, the ingest cores and the journal
-/// writer win. Best effort: on failure the
-/// thread keeps its priority, and the reason is logged at debug level.
+/// writer win. Best effort: on failure the thread keeps its priority, and the reason is
+/// logged at debug level.
 pub fn lower_thread_priority(nice: i32) {
     // SAFETY: gettid and setpriority only read their arguments; the thread id is our own.
     let rc = unsafe {

@@ -327,7 +327,7 @@ pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>) {
         }
         shared
             .progress
-            .lag(pending.first().map(|i| i.meta.record.received_at_us));
+            .oldest_pending(pending.first().map(|i| i.meta.record.received_at_us));
         let Some(e) = end else {
             if closed {
                 break;

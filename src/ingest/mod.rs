@@ -173,9 +173,9 @@ impl Progress {
         crate::metrics::global().journal_pending(pending);
     }
 
-    fn lag(&self, oldest_received_us: Option<u64>) {
-        let lag = oldest_received_us.map_or(0.0, |t| timestamp_us().saturating_sub(t) as f64 / 1e6);
-        crate::metrics::global().journal_lag(lag);
+    /// The oldest object not yet checkpointed (its reception time), for the lag gauge.
+    fn oldest_pending(&self, received_at_us: Option<u64>) {
+        crate::metrics::global().journal_oldest(received_at_us);
     }
 
     fn problem(&self, what: &'static str, message: Option<String>) {
@@ -338,7 +338,6 @@ impl Ingest {
             .name("materializer".into())
             .spawn(move || {
                 // Background work: ingest answers first.
-                // SAFETY: setpriority on this thread only.
                 crate::rt::lower_thread_priority(10);
                 checkpoint::run(&m, s)
             })
