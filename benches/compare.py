@@ -1555,9 +1555,6 @@ def main():
     ap.add_argument("--sizes", default="16k,512k,50m", help="object sizes (default %(default)s)")
     ap.add_argument("--concurrency", default="1,8", help="associations (default %(default)s)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions (default %(default)s)")
-    ap.add_argument("--warmup-cells", type=int, default=1,
-                    help="--issue12: unrecorded disk-ceiling cells before each size's first "
-                    "repetition (default %(default)s)")
     ap.add_argument("-d", "--duration", type=float, default=5.0, help="seconds per cell (default %(default)s)")
     ap.add_argument("--min-duration-large", type=float, default=4.0,
                     help="at least this many seconds for sizes in MB (default %(default)s)")
@@ -1593,6 +1590,9 @@ def main():
         "(e) open loop at half the closed-loop maximum; the targets of issue 12 with verdicts.",
     )
     g.add_argument("--issue12", action="store_true", help="run the issue 12 preset instead of the matrix")
+    g.add_argument("--warmup-cells", type=int, default=1,
+                   help="unrecorded disk-ceiling cells before each size's first repetition "
+                   "(default %(default)s)")
     g.add_argument("--sustained-duration", type=float, default=60.0,
                    help="seconds of the sustained run, 0 to skip (default %(default)s)")
     g.add_argument("--sustained-gw", choices=["best", "uring", "epoll", "both"], default="best",
