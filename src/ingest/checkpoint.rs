@@ -325,9 +325,9 @@ pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>) {
             // Ingest went quiet: the buffers pooled for the next objects can go.
             cfg.buffers.trim();
         }
-        shared
-            .progress
-            .oldest_pending(pending.first().map(|i| i.meta.record.received_at_us));
+        // The lag gauge: its age is taken when the metrics are read.
+        crate::metrics::global()
+            .journal_oldest(pending.first().map(|i| i.meta.record.received_at_us));
         let Some(e) = end else {
             if closed {
                 break;

@@ -173,11 +173,6 @@ impl Progress {
         crate::metrics::global().journal_pending(pending);
     }
 
-    /// The oldest object not yet checkpointed (its reception time), for the lag gauge.
-    fn oldest_pending(&self, received_at_us: Option<u64>) {
-        crate::metrics::global().journal_oldest(received_at_us);
-    }
-
     fn problem(&self, what: &'static str, message: Option<String>) {
         let mut p = self
             .problems
