@@ -351,6 +351,12 @@ pub struct RawStore {
     pub journal_segment_mib: Option<u64>,
     /// Refuse new objects (A700) once the data filesystem is this full, percent (default 95).
     pub disk_high_water_percent: Option<u8>,
+    /// Longest wait of an acknowledged object for its checkpoint (files, index rows, forward
+    /// jobs), milliseconds (default 250, 10–600000).
+    pub checkpoint_interval_ms: Option<u64>,
+    /// A checkpoint starts at once when this many objects wait (default 4096,
+    /// 1–1000000). A quarter of the journal ring's bytes also starts one.
+    pub checkpoint_objects: Option<usize>,
     /// DICOM TLS listen address (PS3.15 Annex B; port 2762 by convention). Unset: no TLS
     /// listener. Runs beside the plain `listen`, which `listen = "off"` turns off.
     pub tls_listen: Option<String>,
@@ -737,6 +743,10 @@ pub struct StoreSettings {
     pub journal_segment_size: u64,
     /// Refuse objects once the data filesystem is this full (percent, 1–100; 100 = never).
     pub disk_high_water_percent: u8,
+    /// Longest wait of an acknowledged object for its checkpoint.
+    pub checkpoint_interval: Duration,
+    /// Objects waiting that start a checkpoint at once.
+    pub checkpoint_objects: usize,
 }
 
 /// A configuration error, naming the key (and line when known).
@@ -1003,6 +1013,24 @@ impl RawConfig {
                 "must be between 1 and 4".into(),
             ));
         }
+        let checkpoint_interval_ms = s.checkpoint_interval_ms.unwrap_or(250);
+        if !(10..=600_000).contains(&checkpoint_interval_ms) {
+            return Err(invalid(
+                Some("store"),
+                "checkpoint_interval_ms",
+                false,
+                "must be between 10 and 600000".into(),
+            ));
+        }
+        let checkpoint_objects = s.checkpoint_objects.unwrap_or(4096);
+        if !(1..=1_000_000).contains(&checkpoint_objects) {
+            return Err(invalid(
+                Some("store"),
+                "checkpoint_objects",
+                false,
+                "must be between 1 and 1000000".into(),
+            ));
+        }
         let journal_segments = s.journal_segments.unwrap_or(8);
         if !(2..=64).contains(&journal_segments) {
             return Err(invalid(
@@ -1263,6 +1291,8 @@ impl RawConfig {
                 sync_method: s.sync_method.unwrap_or_default(),
                 journal_segment_size: segment_mib << 20,
                 disk_high_water_percent,
+                checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
+                checkpoint_objects,
             },
             destinations,
             routes,
@@ -1757,6 +1787,25 @@ mod tests {
         let s = resolve("[store]\njournal_groups_in_flight = 2\n").unwrap();
         assert_eq!(s.store.journal_groups_in_flight, 2);
         assert_eq!(resolve("").unwrap().store.journal_groups_in_flight, 1);
+        for bad in [
+            "checkpoint_interval_ms = 9",
+            "checkpoint_interval_ms = 600001",
+            "checkpoint_objects = 0",
+            "checkpoint_objects = 1000001",
+        ] {
+            let e = resolve(&format!("[store]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            let key = bad.split(' ').next().unwrap();
+            assert!(e.contains(&format!("store.{key}")), "{e}");
+        }
+        let s = resolve("[store]\ncheckpoint_interval_ms = 5000\ncheckpoint_objects = 50000\n")
+            .unwrap();
+        assert_eq!(s.store.checkpoint_interval, Duration::from_secs(5));
+        assert_eq!(s.store.checkpoint_objects, 50_000);
+        let d = resolve("").unwrap();
+        assert_eq!(d.store.checkpoint_interval, Duration::from_millis(250));
+        assert_eq!(d.store.checkpoint_objects, 4096);
         let e = resolve("[store]  # the store service\n\nmax_associations = 0\n")
             .unwrap_err()
             .to_string();

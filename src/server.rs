@@ -189,6 +189,8 @@ pub fn serve(
         cfg.window = settings.store.commit_window;
         cfg.retire_unrouted = gateway_mode;
         cfg.sync = settings.store.sync_method;
+        cfg.checkpoint_interval = settings.store.checkpoint_interval;
+        cfg.checkpoint_objects = settings.store.checkpoint_objects;
         cfg.wake = Some(forwarder.wake_handle());
         let jcfg = crate::ingest::journal_config(
             settings.store.journal_segments,

@@ -354,3 +354,59 @@ fn forwarding_metrics_per_destination() {
     assert_promtool_accepts(&body);
     gw.stop();
 }
+
+// `[store] checkpoint_interval_ms` and `checkpoint_objects` reach the materializer: with a
+// ten-minute interval and a threshold of two objects, one acknowledged object stays in the
+// journal (`dicomgw_journal_pending_objects` 1, well past the default 250 ms interval) and
+// the second starts the checkpoint at once (0 pending, one checkpoint of both).
+gwtest!(checkpoint_settings_reach_the_materializer, |io: &str| {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&input).unwrap();
+    let cfg = tmp.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        "[store]\ncheckpoint_interval_ms = 600000\ncheckpoint_objects = 2\n",
+    )
+    .unwrap();
+    let mut gw = Daemon::start(BIN, &data, io, &["--config", cfg.to_str().unwrap()]);
+    let files: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let f = input.join(format!("{i}.dcm"));
+            gen_part10(&f, &ObjSpec::new(i).pixel_bytes(4_096)).unwrap();
+            f
+        })
+        .collect();
+    let pending = "dicomgw_journal_pending_objects";
+    let checkpoints = "dicomgw_checkpoint_objects_count";
+
+    storescu(gw.port, &files[..1], &storescu_flags_for(Ts::ExplicitLE)).assert_all_ok(&files[..1]);
+    let body = scrape_until(gw.http_port, |s| s.get(pending) == Some(&1.0));
+    assert_eq!(samples(&body).get(pending), Some(&1.0), "{body}");
+    // Six default intervals later it still waits for its checkpoint.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let s = samples(&http_get(gw.http_port, "/metrics").body);
+    assert_eq!(
+        s.get(pending),
+        Some(&1.0),
+        "checkpointed before the threshold"
+    );
+    assert_eq!(s.get(checkpoints), Some(&0.0));
+
+    storescu(gw.port, &files[1..], &storescu_flags_for(Ts::ExplicitLE)).assert_all_ok(&files[1..]);
+    let body = scrape_until(gw.http_port, |s| {
+        s.get(pending) == Some(&0.0) && s.get(checkpoints) == Some(&1.0)
+    });
+    let s = samples(&body);
+    assert_eq!(s.get(pending), Some(&0.0), "{body}");
+    assert_eq!(s.get(checkpoints), Some(&1.0), "{body}");
+    assert_eq!(
+        s.get("dicomgw_checkpoint_objects_sum"),
+        Some(&2.0),
+        "{body}"
+    );
+    gw.stop();
+});
