@@ -139,6 +139,8 @@ enum ScuOp {
         host: String,
         /// Peer port.
         port: u16,
+        #[command(flatten)]
+        tls: scu_cli::TlsArgs,
     },
     /// C-ECHO (Verification): prints {"status"}. Exit code 0 on 0000, 1 on another status,
     /// 2 if the association fails.
@@ -200,7 +202,12 @@ struct CommitArgs {
     transaction_uid: Option<String>,
     /// Listen on this port for the report on a new association (the association of the
     /// N-ACTION is then released at once).
-    #[arg(long = "port", id = "listen_port", value_name = "P")]
+    #[arg(
+        long = "port",
+        id = "listen_port",
+        value_name = "P",
+        conflicts_with = "tls"
+    )]
     listen_port: Option<u16>,
     /// Our AE title (calling; the peer reports to it).
     #[arg(long, default_value = "DICOMGW-SCU")]
@@ -217,6 +224,10 @@ struct CommitArgs {
     port: u16,
     /// DICOM files whose SOP class and instance are named in the request.
     files: Vec<PathBuf>,
+    /// DICOM TLS for the N-ACTION's association (and a report on it); the report listener
+    /// (`--port`) does not speak TLS.
+    #[command(flatten)]
+    tls: scu_cli::TlsArgs,
 }
 
 /// The flags `scu move` and `scu get` share with `scu find`.
@@ -248,6 +259,8 @@ struct RetrieveArgs {
     host: String,
     /// Peer port.
     port: u16,
+    #[command(flatten)]
+    tls: scu_cli::TlsArgs,
 }
 
 /// Where the queue commands find the data.
@@ -564,10 +577,14 @@ fn scu_retrieve(op: ScuOp) -> anyhow::Result<ExitCode> {
         implementation_class_uid: dicom_gw::IMPLEMENTATION_CLASS_UID.to_owned(),
         implementation_version_name: dicom_gw::IMPLEMENTATION_VERSION_NAME.to_owned(),
     };
+    let tls = match scu_cli::tls_client(&common.tls, &common.host) {
+        Ok(t) => t,
+        Err(code) => return Ok(code),
+    };
     let result = match &op {
         ScuOp::Move { destination, .. } => qm::scu_move(
             &params,
-            None,
+            tls.as_ref(),
             model,
             &identifier,
             destination,
@@ -635,7 +652,7 @@ fn scu_retrieve(op: ScuOp) -> anyhow::Result<ExitCode> {
             }
             qm::scu_get(
                 &params,
-                None,
+                tls.as_ref(),
                 model,
                 &identifier,
                 &storage,
@@ -696,6 +713,7 @@ fn scu(op: ScuOp) -> anyhow::Result<ExitCode> {
         timeout,
         host,
         port,
+        tls,
     } = op
     else {
         anyhow::bail!("internal: an scu command was not dispatched");
@@ -735,7 +753,11 @@ fn scu(op: ScuOp) -> anyhow::Result<ExitCode> {
         implementation_class_uid: dicom_gw::IMPLEMENTATION_CLASS_UID.to_owned(),
         implementation_version_name: dicom_gw::IMPLEMENTATION_VERSION_NAME.to_owned(),
     };
-    let found = match qr::scu_find(&params, None, model, &identifier, cancel) {
+    let tls = match scu_cli::tls_client(&tls, &host) {
+        Ok(t) => t,
+        Err(code) => return Ok(code),
+    };
+    let found = match qr::scu_find(&params, tls.as_ref(), model, &identifier, cancel) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("C-FIND failed: {e}");
@@ -825,7 +847,18 @@ fn scu_commit(a: CommitArgs) -> anyhow::Result<ExitCode> {
         implementation_class_uid: dicom_gw::IMPLEMENTATION_CLASS_UID.to_owned(),
         implementation_version_name: dicom_gw::IMPLEMENTATION_VERSION_NAME.to_owned(),
     };
-    let out = match commit(&params, &transaction_uid, &refs, a.listen_port, timeout) {
+    let tls = match scu_cli::tls_client(&a.tls, &a.host) {
+        Ok(t) => t,
+        Err(code) => return Ok(code),
+    };
+    let out = match commit(
+        &params,
+        tls.as_ref(),
+        &transaction_uid,
+        &refs,
+        a.listen_port,
+        timeout,
+    ) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("storage commitment failed: {e}");

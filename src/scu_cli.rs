@@ -1,7 +1,8 @@
 //! `dicom-gw scu echo|store|mwl|mpps`: the SCU side of Verification, Storage, Modality
 //! Worklist and MPPS, on the same blocking SCU as the forwarder (`dicom_gw::net::scu`).
 //!
-//! Like DCMTK's tools: `--aet`/`--aec`, `--timeout`, then HOST PORT. Answers go to stdout as
+//! Like DCMTK's tools: `--aet`/`--aec`, `--timeout`, `--tls …` ([`TlsArgs`], shared with
+//! `find`, `move`, `get` and `commit`), then HOST PORT. Answers go to stdout as
 //! JSON (one value, or one line per file for `store`), the status to stderr, and the exit code
 //! says who failed: 0 success, 1 a DIMSE failure (a failure status, a file that could not be
 //! sent), 2 the association (connect, reject, abort, timeout) or the usage.
@@ -18,7 +19,7 @@ use dicom_core::VR;
 use dicom_dictionary_std::uids;
 use dicom_gw::dicom::dataset::{Dataset, Value};
 use dicom_gw::net::dimse::command::{tags as ct, CommandBuilder, CommandField};
-use dicom_gw::net::scu::{AssocParams, Association, ScuError};
+use dicom_gw::net::scu::{AssocParams, Association, ScuError, ScuTls};
 use dicom_gw::net::services::modality_performed_procedure_step as mpps;
 use dicom_gw::net::services::modality_worklist as mwl;
 use dicom_gw::net::services::query_retrieve_find as qr;
@@ -45,17 +46,75 @@ pub struct Peer {
     pub host: String,
     /// Peer port.
     pub port: u16,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// DICOM TLS towards the peer (PS3.15 Annex B, the BCP 195 profile the daemon uses): like
+/// DCMTK's `+tls KEY CERT +cf CA`, but the peer's certificate is always verified, against
+/// `--tls-ca`, for the name `--tls-server-name` (default: HOST).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Speak DICOM TLS (needs --tls-ca).
+    #[arg(long, requires = "tls_ca")]
+    pub tls: bool,
+    /// PEM file of the CA certificate(s) the peer's certificate must chain to.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub tls_ca: Option<PathBuf>,
+    /// Our PEM certificate chain, for a peer that requires one (with --tls-key).
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// Our PEM private key (with --tls-cert).
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
+    /// The name the peer's certificate must carry, a DNS name or an IP address (default:
+    /// HOST).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub tls_server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// The TLS client towards `host`, or `None` without `--tls`. The files are read here, so
+    /// a missing or broken one is a usage error naming it, before anything is sent.
+    pub fn client(&self, host: &str) -> anyhow::Result<Option<ScuTls>> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let config = dicom_gw::tls::client_config(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+        )?;
+        let server_name = self.tls_server_name.as_deref().unwrap_or(host).to_owned();
+        dicom_gw::tls::server_name(&server_name)?;
+        Ok(Some(ScuTls {
+            config,
+            server_name,
+        }))
+    }
+}
+
+/// [`TlsArgs::client`] for the commands whose other errors exit 1: a TLS file that cannot be
+/// used is printed and exits 2 (usage), as in the other `scu` commands.
+pub fn tls_client(tls: &TlsArgs, host: &str) -> Result<Option<ScuTls>, ExitCode> {
+    tls.client(host).map_err(|e| {
+        eprintln!("dicom-gw: {e:#}");
+        ExitCode::from(EXIT_ASSOCIATION)
+    })
 }
 
 impl Peer {
-    /// Association parameters proposing `contexts`.
-    fn params(&self, contexts: Vec<(String, Vec<String>)>) -> anyhow::Result<AssocParams> {
+    /// Association parameters proposing `contexts`, and the TLS client if `--tls`.
+    fn params(
+        &self,
+        contexts: Vec<(String, Vec<String>)>,
+    ) -> anyhow::Result<(AssocParams, Option<ScuTls>)> {
         let addr = (self.host.as_str(), self.port)
             .to_socket_addrs()
             .with_context(|| format!("{}: cannot resolve", self.host))?
             .next()
             .ok_or_else(|| anyhow!("{}: no address", self.host))?;
-        Ok(AssocParams {
+        let params = AssocParams {
             addr,
             calling: self.aet.clone(),
             called: self.aec.clone(),
@@ -65,7 +124,8 @@ impl Peer {
             contexts,
             implementation_class_uid: dicom_gw::IMPLEMENTATION_CLASS_UID.to_owned(),
             implementation_version_name: dicom_gw::IMPLEMENTATION_VERSION_NAME.to_owned(),
-        })
+        };
+        Ok((params, self.tls.client(&self.host)?))
     }
 }
 
@@ -238,13 +298,13 @@ pub fn echo(a: &EchoArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_echo(a: &EchoArgs) -> anyhow::Result<ExitCode> {
-    let params = a.peer.params(vec![(
+    let (params, tls) = a.peer.params(vec![(
         uids::VERIFICATION.to_owned(),
         vec![uids::IMPLICIT_VR_LITTLE_ENDIAN.to_owned()],
     )])?;
     let start = std::time::Instant::now();
     let run = || -> Result<u16, ScuError> {
-        let mut assoc = Association::open(&params)?;
+        let mut assoc = Association::open_with_tls(&params, tls.as_ref())?;
         let exchange = |assoc: &mut Association| -> Result<u16, ScuError> {
             let pc = assoc.any_context(uids::VERIFICATION)?.id;
             assoc.send(pc, &dicom_gw::net::dimse::command::encode_echo_rq(1), None)?;
@@ -359,13 +419,13 @@ fn run_store(a: &StoreArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_ASSOCIATION));
     }
-    let params = a.peer.params(
+    let (params, tls) = a.peer.params(
         pairs
             .into_iter()
             .map(|(class, ts)| (class, vec![ts]))
             .collect(),
     )?;
-    let mut assoc = match Association::open(&params) {
+    let mut assoc = match Association::open_with_tls(&params, tls.as_ref()) {
         Ok(x) => x,
         Err(e) => return Ok(association_failed("C-STORE", &e)),
     };
@@ -464,10 +524,10 @@ pub fn mwl(a: &MwlArgs) -> anyhow::Result<ExitCode> {
 
 fn run_mwl(a: &MwlArgs) -> anyhow::Result<ExitCode> {
     let identifier = dataset_of(a.json.as_deref(), &a.keys)?;
-    let params = a
+    let (params, tls) = a
         .peer
         .params(vec![(mwl::SOP_CLASS.to_owned(), plain_syntaxes())])?;
-    let found = match qr::scu_find(&params, None, mwl::SOP_CLASS, &identifier, a.cancel) {
+    let found = match qr::scu_find(&params, tls.as_ref(), mwl::SOP_CLASS, &identifier, a.cancel) {
         Ok(f) => f,
         Err(e) => return Ok(association_failed("C-FIND (worklist)", &e)),
     };
@@ -511,10 +571,10 @@ fn run_mpps(a: &MppsArgs) -> anyhow::Result<ExitCode> {
     };
     dicom_gw::dicom::uid::validate_uid(&uid).map_err(|e| anyhow!("--uid {uid}: {e}"))?;
     let ds = dataset_of(attrs.json.as_deref(), &attrs.keys)?;
-    let params = attrs
+    let (params, tls) = attrs
         .peer
         .params(vec![(mpps::SOP_CLASS.to_owned(), plain_syntaxes())])?;
-    let mut assoc = match Association::open(&params) {
+    let mut assoc = match Association::open_with_tls(&params, tls.as_ref()) {
         Ok(x) => x,
         Err(e) => return Ok(association_failed("MPPS", &e)),
     };

@@ -428,3 +428,162 @@ gwtest!(
         gw.stop();
     }
 );
+
+// ---------------------------------------------------------------------------------------------
+// `dicom-gw scu … --tls`: our own SCU commands against the daemon's TLS listeners.
+
+/// `dicom-gw scu ARGS`: (exit code, stdout, stderr).
+fn gw_scu(args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(GW_BIN);
+    cmd.arg("scu").args(args);
+    let (out, timed_out) = run_timeout(&mut cmd, Duration::from_secs(60));
+    assert!(!timed_out, "dicom-gw scu {args:?} timed out");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every `scu` command speaks DICOM TLS with `--tls`: echo, store, find, get, commit on the
+/// store listener and mwl on the worklist's; the peer's certificate is verified (another
+/// CA, another name: exit 2 before anything is sent), a client certificate is presented
+/// where the daemon requires one, and unusable flags are usage errors (exit 2).
+#[test]
+fn scu_commands_speak_dicom_tls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = certs::make(&tmp.path().join("certs").tap_mkdir());
+    let mut gw = start_tls_gw(&tmp.path().join("one").tap_mkdir(), "epoll", &k, false);
+    let tls_port = gw.tls_port.to_string();
+    let wl_port = gw.worklist_tls_port.to_string();
+    let host = "127.0.0.1";
+    let with_ca = |ca: &Path, rest: &[&str]| -> Vec<String> {
+        ["--aec", "DICOM_GW", "--tls", "--tls-ca", p(ca)]
+            .iter()
+            .chain(rest)
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    let run = |cmd: &str, args: Vec<String>| {
+        let mut all = vec![cmd];
+        all.extend(args.iter().map(String::as_str));
+        gw_scu(&all)
+    };
+
+    let (code, out, err) = run("echo", with_ca(&k.ca, &[host, &tls_port]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"0000\""), "{out}");
+
+    // Untrusted CA, a name the certificate does not carry, plain DICOM on the TLS port.
+    let (code, _, err) = run("echo", with_ca(&k.other_ca, &[host, &tls_port]));
+    assert_eq!(
+        code, 2,
+        "an untrusted server certificate was accepted: {err}"
+    );
+    assert!(err.to_lowercase().contains("tls"), "{err}");
+    let (code, _, err) = run(
+        "echo",
+        with_ca(
+            &k.ca,
+            &["--tls-server-name", "pacs.example", host, &tls_port],
+        ),
+    );
+    assert_eq!(
+        code, 2,
+        "a certificate for another name was accepted: {err}"
+    );
+    let (code, _, _) = gw_scu(&["echo", "--timeout", "5", host, &tls_port]);
+    assert_eq!(code, 2, "plain DICOM was answered on the TLS port");
+
+    // store, then find and get what was stored, and commit to it.
+    let objs = gen_objs(&tmp.path().join("src"), 47_000, 2);
+    let files: Vec<&str> = objs.iter().map(|(_, f)| p(f)).collect();
+    let mut store_args = vec![host, tls_port.as_str()];
+    store_args.extend(&files);
+    let (code, out, err) = run("store", with_ca(&k.ca, &store_args));
+    assert_eq!(code, 0, "{out}{err}");
+    for (spec, sent) in &objs {
+        assert!(
+            same_dataset(spec.settled_path(&gw.data_dir), sent),
+            "stored over TLS by scu store: dataset differs"
+        );
+    }
+    let study = &objs[0].0.study_instance_uid;
+    let study_key = format!("StudyInstanceUID={study}");
+    let level = "QueryRetrieveLevel=STUDY";
+    let (code, out, err) = run(
+        "find",
+        with_ca(&k.ca, &["-k", level, "-k", &study_key, host, &tls_port]),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(study.as_str()), "{out}");
+    let od = tmp.path().join("got").tap_mkdir();
+    let (code, out, err) = run(
+        "get",
+        with_ca(
+            &k.ca,
+            &[
+                "-k",
+                level,
+                "-k",
+                &study_key,
+                "--od",
+                p(&od),
+                host,
+                &tls_port,
+            ],
+        ),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // (Each generated object has its own study.)
+    let (spec, sent) = &objs[0];
+    let got = od.join(format!("{}.dcm", spec.sop_instance_uid));
+    assert!(same_dataset(&got, sent), "C-GET over TLS: {got:?} differs");
+    let mut commit_args = vec!["--aet", "MODALITY1", host, tls_port.as_str()];
+    commit_args.extend(&files);
+    let (code, out, err) = run("commit", with_ca(&k.ca, &commit_args));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"via\": \"same\""), "{out}");
+    let (code, out, err) = run(
+        "mwl",
+        with_ca(&k.ca, &["-k", "PatientName=", host, &wl_port]),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Usage errors: --tls without a CA, a CA file that does not exist, a certificate
+    // without its key, a TLS N-ACTION with a plain report listener.
+    let (code, _, err) = gw_scu(&["echo", "--tls", host, &tls_port]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--tls-ca"), "{err}");
+    let missing = tmp.path().join("no-such-ca.pem");
+    let (code, _, err) = run("echo", with_ca(&missing, &[host, &tls_port]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no-such-ca.pem"), "{err}");
+    let (code, _, err) = run("find", with_ca(&missing, &["-k", level, host, &tls_port]));
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run(
+        "echo",
+        with_ca(&k.ca, &["--tls-cert", p(&k.client_cert), host, &tls_port]),
+    );
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run("commit", with_ca(&k.ca, &["--port", "1", host, &tls_port]));
+    assert_eq!(code, 2, "{err}");
+    gw.stop();
+
+    // Mutual TLS: refused without our certificate, served with it.
+    let mut gw = start_tls_gw(&tmp.path().join("two").tap_mkdir(), "epoll", &k, true);
+    let tls_port = gw.tls_port.to_string();
+    let (code, _, err) = run("echo", with_ca(&k.ca, &[host, &tls_port]));
+    assert_eq!(code, 2, "served without a client certificate: {err}");
+    let client = [
+        "--tls-cert",
+        p(&k.client_cert),
+        "--tls-key",
+        p(&k.client_key),
+        host,
+        &tls_port,
+    ];
+    let (code, out, err) = run("echo", with_ca(&k.ca, &client));
+    assert_eq!(code, 0, "{out}{err}");
+    gw.stop();
+}

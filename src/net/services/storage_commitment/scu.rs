@@ -22,7 +22,7 @@ use dicom_object::InMemDicomObject;
 use super::{Reference, REQUEST_STORAGE_COMMITMENT, SOP_CLASS, WELL_KNOWN_INSTANCE};
 use crate::net::dimse::command::{tags as ct, CommandBuilder, CommandField, NO_DATASET};
 use crate::net::dimse::dataset::{read_dataset, write_dataset};
-use crate::net::scu::{AssocParams, Association, ScuError};
+use crate::net::scu::{AssocParams, Association, ScuError, ScuTls};
 use crate::net::ul::association::{AcceptorPolicy, Offered};
 
 /// Largest report dataset accepted (a report lists UIDs: a few hundred bytes per object).
@@ -233,6 +233,7 @@ fn await_report(
 /// same association, or (with `listen`) on a new one accepted on that port within `wait`.
 pub fn commit(
     params: &AssocParams,
+    tls: Option<&ScuTls>,
     transaction_uid: &str,
     refs: &[Reference],
     listen: Option<u16>,
@@ -246,7 +247,7 @@ pub fn commit(
         ),
         None => None,
     };
-    let mut a = Association::open(params)?;
+    let mut a = Association::open_with_tls(params, tls)?;
     let ctx = a.any_context(SOP_CLASS)?.clone();
     let ds = write_dataset(
         &request_dataset(transaction_uid, refs),
