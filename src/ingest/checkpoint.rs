@@ -2,10 +2,10 @@
 //! files under `objects/` and their index rows.
 //!
 //! A checkpoint, for every record since the last one, in journal order:
-//! 1. places the object's file (inline bytes written to `tmp/` and renamed, a large object's
-//!    staged file renamed) — a replacement under a new, versioned name
-//!    (`<SOP>.<hash8>.dcm`), so an indexed file is never overwritten and a reader that opened
-//!    a version reads that version whole (audit H2, H3);
+//! 1. places the object's file (inline bytes written at its final name, which nothing reads
+//!    before step 3; a large object's staged file renamed) — a replacement under a new,
+//!    versioned name (`<SOP>.<hash8>.dcm`), so an indexed file is never overwritten and a
+//!    reader that opened a version reads that version whole (audit H2, H3);
 //! 2. runs one `syncfs`: the files' data and directory entries are on disk;
 //! 3. commits one redb transaction: the index rows (a replacement removes the old rows
 //!    first, so a changed Study/Series moves the instance, audit M4), the forward jobs and
