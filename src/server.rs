@@ -167,6 +167,16 @@ pub fn serve(
 
     let gateway_mode = settings.retention.mode == RetentionMode::Gateway;
     let queue = Queue::new(index.clone(), gateway_mode);
+    match queue.prepare_job_index() {
+        Ok(None | Some(0)) => {}
+        Ok(Some(jobs)) => info!(
+            jobs,
+            "built the forwarding queue's job index of existing jobs"
+        ),
+        Err(e) => {
+            warn!(error = %e, "cannot build the forwarding queue's job index now; the first checkpoint will")
+        }
+    }
     let (destinations, routes, from_db) = live::effective(
         &index,
         settings.destinations.clone(),

@@ -14,7 +14,7 @@ pub mod live;
 pub mod retention;
 pub mod routing;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -270,7 +270,7 @@ pub fn reroute(
         if delivered.get((sop, dest.as_str()))?.is_some() {
             continue;
         }
-        if outstanding > 0 && has_job(tx, dest, sop)? {
+        if outstanding > 0 && !jobs_of(tx, dest, sop)?.is_empty() {
             continue;
         }
         enqueue(tx, dest, sop, now_us)?;
@@ -279,8 +279,6 @@ pub fn reroute(
     Ok(added)
 }
 
-/// Whether `dest` has a job for `sop` (pending, in flight or dead). Scans that destination's
-/// jobs: only an identical re-send of an object with outstanding jobs asks.
 /// Moves dead job `id` of `dest` back to the queue, due now, with its attempts reset;
 /// whether it was there.
 fn revive_dead(
@@ -304,30 +302,51 @@ fn revive_dead(
     Ok(true)
 }
 
-fn has_job(tx: &WriteTransaction, dest: &str, sop: &str) -> Result<bool, QueueError> {
-    let q = tx.open_table(db::QUEUE)?;
-    for row in q.range((dest, 0u64, 0u64)..=(dest, u64::MAX, u64::MAX))? {
-        let (k, v) = row?;
-        if decode_job(k.value().2, v.value())?.sop_instance_uid == sop {
-            return Ok(true);
-        }
+/// The ids of `dest`'s jobs for `sop` (pending, in flight or dead), from [`db::JOBS_OF`].
+fn jobs_of(tx: &WriteTransaction, dest: &str, sop: &str) -> Result<Vec<u64>, QueueError> {
+    ensure_job_index(tx)?;
+    let t = tx.open_table(db::JOBS_OF)?;
+    let mut ids = Vec::new();
+    for row in t.range((dest, sop, 0u64)..=(dest, sop, u64::MAX))? {
+        ids.push(row?.0.value().2);
     }
-    let dead = tx.open_table(db::DEAD)?;
-    for row in dead.range((dest, 0u64)..=(dest, u64::MAX))? {
-        let (k, v) = row?;
-        if decode_job(k.value().1, v.value())?.sop_instance_uid == sop {
-            return Ok(true);
-        }
+    Ok(ids)
+}
+
+/// `META` flag: [`db::JOBS_OF`] holds every job.
+const JOBS_OF_BUILT: &str = "jobs_of_built";
+
+/// Builds [`db::JOBS_OF`] from the job tables if this database was written before it existed
+/// (once: a flag in `META` says it is complete). Every job change keeps it in step from then
+/// on, so it can only lack jobs written by an older version, which this adds. Returns how
+/// many jobs it indexed, `None` if the index was complete.
+fn ensure_job_index(tx: &WriteTransaction) -> Result<Option<usize>, QueueError> {
+    let mut meta = tx.open_table(db::META)?;
+    if meta.get(JOBS_OF_BUILT)?.is_some() {
+        return Ok(None);
     }
-    let flight = tx.open_table(db::IN_FLIGHT)?;
-    for row in flight.iter()? {
+    let mut jobs: Vec<(String, String, u64)> = Vec::new();
+    for row in tx.open_table(db::QUEUE)?.iter()? {
+        let (k, v) = row?;
+        let j = decode_job(k.value().2, v.value())?;
+        jobs.push((j.destination, j.sop_instance_uid, j.id));
+    }
+    for row in tx.open_table(db::IN_FLIGHT)?.iter()? {
         let (k, v) = row?;
         let j = decode_job(k.value(), v.value())?;
-        if j.destination == dest && j.sop_instance_uid == sop {
-            return Ok(true);
-        }
+        jobs.push((j.destination, j.sop_instance_uid, j.id));
     }
-    Ok(false)
+    for row in tx.open_table(db::DEAD)?.iter()? {
+        let (k, v) = row?;
+        let j = decode_job(k.value().1, v.value())?;
+        jobs.push((j.destination, j.sop_instance_uid, j.id));
+    }
+    let mut index = tx.open_table(db::JOBS_OF)?;
+    for (dest, sop, id) in &jobs {
+        index.insert((dest.as_str(), sop.as_str(), *id), ())?;
+    }
+    meta.insert(JOBS_OF_BUILT, 1)?;
+    Ok(Some(jobs.len()))
 }
 
 /// Adds a pending job "send `sop` to `dest`" inside the caller's transaction (the committer's,
@@ -371,6 +390,7 @@ impl NewJobs {
         let mut queue = tx.open_table(db::QUEUE)?;
         let mut counts = tx.open_table(db::QUEUE_COUNTS)?;
         let mut out = tx.open_table(db::OUTSTANDING)?;
+        let mut index = tx.open_table(db::JOBS_OF)?;
         for (id, (destination, sop_instance_uid)) in (first..).zip(self.0.drain(..)) {
             let job = JobRecord {
                 id,
@@ -383,6 +403,7 @@ impl NewJobs {
             };
             let (dest, sop) = (job.destination.as_str(), job.sop_instance_uid.as_str());
             queue.insert((dest, now_us, id), encode_job(&job).as_slice())?;
+            index.insert((dest, sop, id), ())?;
             bump(&mut counts, dest, "pending", 1)?;
             let k = out.get(sop)?.map(|g| g.value()).unwrap_or(0);
             out.insert(sop, k + 1)?;
@@ -403,42 +424,6 @@ pub fn mark_retirable(
     Ok(())
 }
 
-/// Deletes every waiting job of the given objects (used when start-up recovery removes the rows
-/// of objects that were never acknowledged). Scans the waiting jobs: a rare path.
-pub fn remove_jobs_of(tx: &WriteTransaction, sops: &HashSet<String>) -> Result<usize, QueueError> {
-    if sops.is_empty() {
-        return Ok(0);
-    }
-    let mut doomed = Vec::new();
-    {
-        let q = tx.open_table(db::QUEUE)?;
-        for row in q.iter()? {
-            let (k, v) = row?;
-            let (dest, due, id) = k.value();
-            let job = decode_job(id, v.value())?;
-            if sops.contains(&job.sop_instance_uid) {
-                doomed.push((dest.to_owned(), due, id, job.attempts));
-            }
-        }
-    }
-    let mut q = tx.open_table(db::QUEUE)?;
-    let mut counts = tx.open_table(db::QUEUE_COUNTS)?;
-    for (dest, due, id, attempts) in &doomed {
-        q.remove((dest.as_str(), *due, *id))?;
-        bump(
-            &mut counts,
-            dest,
-            JobState::waiting(*attempts).counter(),
-            -1,
-        )?;
-    }
-    let mut out = tx.open_table(db::OUTSTANDING)?;
-    for sop in sops {
-        out.remove(sop.as_str())?;
-    }
-    Ok(doomed.len())
-}
-
 /// The queue operations of forwarders, the CLI and the API, over the gateway database.
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -454,6 +439,20 @@ impl Queue {
             index,
             retire_delivered,
         }
+    }
+
+    /// Builds the job index ([`db::JOBS_OF`]) of a database written before it existed, so the
+    /// first checkpoint does not (the queue's readers build it on first use otherwise).
+    /// Returns how many jobs it indexed, `None` if the index was complete.
+    pub fn prepare_job_index(&self) -> Result<Option<usize>, QueueError> {
+        let tx = self.index.database().begin_write()?;
+        let built = ensure_job_index(&tx)?;
+        if built.is_some() {
+            tx.commit()?;
+        } else {
+            tx.abort()?;
+        }
+        Ok(built)
     }
 
     /// The index this queue lives beside.
@@ -550,6 +549,7 @@ impl Queue {
             let mut out = tx.open_table(db::OUTSTANDING)?;
             let mut retirable = tx.open_table(db::RETIRABLE)?;
             let mut delivered = tx.open_table(db::DELIVERED)?;
+            let mut index = tx.open_table(db::JOBS_OF)?;
             let instances = tx.open_table(db::INSTANCES)?;
             for (mut job, outcome) in results {
                 let dest = job.destination.clone();
@@ -563,6 +563,7 @@ impl Queue {
                         bump(&mut counts, &dest, "done", 1)?;
                         let sop = job.sop_instance_uid.as_str();
                         delivered.insert((sop, dest.as_str()), now_us)?;
+                        index.remove((dest.as_str(), sop, job.id))?;
                         let left = out.get(sop)?.map(|g| g.value()).unwrap_or(1);
                         if left <= 1 {
                             out.remove(sop)?;
@@ -896,43 +897,33 @@ impl Queue {
         let tx = self.index.database().begin_write()?;
         let mut done = StudyEnqueued::default();
         {
-            // The destination's jobs, once: waiting and in flight (left alone), dead (revived).
-            let mut busy = HashSet::new();
-            for row in tx
-                .open_table(db::QUEUE)?
-                .range((dest, 0u64, 0u64)..=(dest, u64::MAX, u64::MAX))?
-            {
-                let (k, v) = row?;
-                busy.insert(decode_job(k.value().2, v.value())?.sop_instance_uid);
-            }
-            for row in tx.open_table(db::IN_FLIGHT)?.iter()? {
-                let (k, v) = row?;
-                let j = decode_job(k.value(), v.value())?;
-                if j.destination == dest {
-                    busy.insert(j.sop_instance_uid);
-                }
-            }
-            let mut dead_of = std::collections::HashMap::new();
-            for row in tx
-                .open_table(db::DEAD)?
-                .range((dest, 0u64)..=(dest, u64::MAX))?
-            {
-                let (k, v) = row?;
-                let id = k.value().1;
-                dead_of.insert(decode_job(id, v.value())?.sop_instance_uid, id);
-            }
             let instances = tx.open_table(db::INSTANCES)?;
             for sop in &sops {
                 // Only what is still stored: an instance removed since the scan gets no job.
                 if instances.get(sop.as_str())?.is_none() {
                     continue;
                 }
-                if busy.contains(sop) {
+                // Its jobs for `dest`: one waiting or in flight is left alone, a dead one is
+                // revived, none gets a new one.
+                let mut dead_one = None;
+                let mut busy = false;
+                let ids = jobs_of(&tx, dest, sop)?;
+                {
+                    let dead = tx.open_table(db::DEAD)?;
+                    for id in ids {
+                        if dead.get((dest, id))?.is_some() {
+                            dead_one = Some(id);
+                        } else {
+                            busy = true;
+                        }
+                    }
+                }
+                if busy {
                     done.already_queued += 1;
                     continue;
                 }
-                match dead_of.get(sop) {
-                    Some(&id) => {
+                match dead_one {
+                    Some(id) => {
                         let revived = revive_dead(
                             &mut tx.open_table(db::DEAD)?,
                             &mut tx.open_table(db::QUEUE)?,
@@ -949,7 +940,6 @@ impl Queue {
                         enqueue(&tx, dest, sop, now_us)?;
                     }
                 }
-                busy.insert(sop.clone());
                 done.queued += 1;
             }
         }
@@ -1060,6 +1050,114 @@ mod tests {
         [s.pending, s.retry, s.in_flight, s.dead, s.done]
     }
 
+    /// [`db::JOBS_OF`] holds exactly the jobs of `QUEUE`, `IN_FLIGHT` and `DEAD`.
+    fn assert_job_index_exact(q: &Queue) {
+        let rtx = q.index().database().begin_read().unwrap();
+        let mut want = Vec::new();
+        for r in rtx.open_table(db::QUEUE).unwrap().iter().unwrap() {
+            let (k, v) = r.unwrap();
+            let j = decode_job(k.value().2, v.value()).unwrap();
+            want.push((j.destination, j.sop_instance_uid, j.id));
+        }
+        for r in rtx.open_table(db::IN_FLIGHT).unwrap().iter().unwrap() {
+            let (k, v) = r.unwrap();
+            let j = decode_job(k.value(), v.value()).unwrap();
+            want.push((j.destination, j.sop_instance_uid, j.id));
+        }
+        for r in rtx.open_table(db::DEAD).unwrap().iter().unwrap() {
+            let (k, v) = r.unwrap();
+            let j = decode_job(k.value().1, v.value()).unwrap();
+            want.push((j.destination, j.sop_instance_uid, j.id));
+        }
+        want.sort();
+        let mut have: Vec<(String, String, u64)> = rtx
+            .open_table(db::JOBS_OF)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|r| {
+                let (k, _) = r.unwrap();
+                let (d, s, id) = k.value();
+                (d.to_owned(), s.to_owned(), id)
+            })
+            .collect();
+        have.sort();
+        assert_eq!(have, want, "the job index differs from the job tables");
+    }
+
+    /// A database written before the job index existed (its jobs not in it, no flag) gets it
+    /// built once, on first use, and then answers as the scan did: a destination with a
+    /// waiting, in-flight or dead job is not routed again; the others are.
+    #[test]
+    fn an_older_database_gets_its_job_index_built_once() {
+        let (_d, q) = setup(3, false);
+        add_job(&q, "a", "1.2.3.1", 0);
+        add_job(&q, "b", "1.2.3.1", 0);
+        add_job(&q, "a", "1.2.3.2", 0);
+        add_job(&q, "c", "1.2.3.2", 0);
+        let claimed = q.claim("b", 1, 10).unwrap();
+        assert_eq!(claimed.len(), 1);
+        let c = q.claim("c", 1, 10).unwrap();
+        let results = c
+            .into_iter()
+            .map(|cl| (cl.job, Outcome::Dead("no".into())))
+            .collect();
+        q.finish(results, &policy(3), 2, || 0.0).unwrap();
+        // As an older version left it.
+        let tx = q.index().database().begin_write().unwrap();
+        tx.delete_table(db::JOBS_OF).unwrap();
+        tx.open_table(db::META)
+            .unwrap()
+            .remove(JOBS_OF_BUILT)
+            .unwrap();
+        tx.commit().unwrap();
+        assert_eq!(q.prepare_job_index().unwrap(), Some(4));
+        assert_job_index_exact(&q);
+        assert_eq!(q.prepare_job_index().unwrap(), None, "once");
+        // And lazily, by the first reader, when nobody prepared it.
+        let tx = q.index().database().begin_write().unwrap();
+        tx.delete_table(db::JOBS_OF).unwrap();
+        tx.open_table(db::META)
+            .unwrap()
+            .remove(JOBS_OF_BUILT)
+            .unwrap();
+        tx.commit().unwrap();
+        let tx = q.index().database().begin_write().unwrap();
+        let all = ["a", "b", "c", "d"].map(String::from);
+        assert_eq!(reroute(&tx, "1.2.3.1", &all, 3).unwrap(), ["c", "d"]);
+        assert_eq!(reroute(&tx, "1.2.3.2", &all, 3).unwrap(), ["b", "d"]);
+        tx.commit().unwrap();
+        assert_job_index_exact(&q);
+    }
+
+    /// Two jobs of one object for one destination (a replay doubles them): delivering one
+    /// leaves the other indexed, so the object still counts as queued there.
+    #[test]
+    fn the_job_index_keeps_a_second_job_of_the_same_object() {
+        let (_d, q) = setup(1, false);
+        q.replay_study("a", "1.2", 1, no_audit).unwrap();
+        q.replay_study("a", "1.2", 2, no_audit).unwrap();
+        let c = q.claim("a", 3, 1).unwrap();
+        let results = c
+            .into_iter()
+            .map(|cl| (cl.job, Outcome::Delivered))
+            .collect();
+        q.finish(results, &policy(3), 4, || 0.0).unwrap();
+        assert_job_index_exact(&q);
+        let r = q.enqueue_study("a", "1.2", 5, no_audit).unwrap().unwrap();
+        assert_eq!((r.queued, r.already_queued), (0, 1));
+        let c = q.claim("a", 6, 1).unwrap();
+        let results = c
+            .into_iter()
+            .map(|cl| (cl.job, Outcome::Delivered))
+            .collect();
+        q.finish(results, &policy(3), 7, || 0.0).unwrap();
+        assert_job_index_exact(&q);
+        let r = q.enqueue_study("a", "1.2", 8, no_audit).unwrap().unwrap();
+        assert_eq!((r.queued, r.already_queued), (1, 0));
+        assert_job_index_exact(&q);
+    }
+
     /// An identical re-send is routed only to destinations that neither received the object
     /// nor hold a job for it; a replacement (new bytes) has been delivered nowhere.
     #[test]
@@ -1114,6 +1212,7 @@ mod tests {
             .get((sop, "z"))
             .unwrap()
             .is_none());
+        assert_job_index_exact(&q);
     }
 
     /// Every row of the job tables, for comparing two databases.
@@ -1275,6 +1374,7 @@ mod tests {
             dead[0].job.last_error
         );
         assert_eq!(q.next_due("a").unwrap(), None);
+        assert_job_index_exact(&q);
     }
 
     #[test]
@@ -1350,6 +1450,7 @@ mod tests {
         assert_eq!(keys, vec!["1.2.3.4"]);
         let o = tx.open_table(db::OUTSTANDING).unwrap();
         assert_eq!(o.get("1.2.3.1").unwrap().unwrap().value(), 1);
+        assert_job_index_exact(&q);
     }
 
     #[test]
@@ -1379,6 +1480,7 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].job.attempts, 0, "attempts reset");
         assert_eq!(again[0].job.last_error, "rejected", "history kept");
+        assert_job_index_exact(&q);
     }
 
     #[test]
@@ -1396,6 +1498,7 @@ mod tests {
         let c = q.claim("a", 10, 10).unwrap();
         assert_eq!(c.len(), 4);
         assert!(c.iter().any(|c| c.instance.is_none()));
+        assert_job_index_exact(&q);
     }
 
     /// A study move queues each instance once: again while its job waits or is in flight
@@ -1438,20 +1541,7 @@ mod tests {
             .collect();
         sops.sort_unstable();
         assert_eq!(sops, ["1.2.3.1", "1.2.3.2", "1.2.3.3"]);
-    }
-
-    #[test]
-    fn start_up_recovery_drops_jobs_of_unacknowledged_objects() {
-        let (_d, q) = setup(2, false);
-        add_job(&q, "a", "1.2.3.1", 0);
-        add_job(&q, "b", "1.2.3.1", 0);
-        add_job(&q, "a", "1.2.3.2", 0);
-        let tx = q.index().database().begin_write().unwrap();
-        let gone: HashSet<String> = ["1.2.3.1".to_owned()].into();
-        assert_eq!(remove_jobs_of(&tx, &gone).unwrap(), 2);
-        tx.commit().unwrap();
-        assert_eq!(counts(&stats(&q, "a")), [1, 0, 0, 0, 0]);
-        assert_eq!(counts(&stats(&q, "b")), [0, 0, 0, 0, 0]);
+        assert_job_index_exact(&q);
     }
 
     /// A hook that appends a real audit entry (as the control operations' do).

@@ -183,6 +183,7 @@ pub fn create_tables(tx: &WriteTransaction) -> Result<(), IndexError> {
     tx.open_table(db::DEAD)?;
     tx.open_table(db::QUEUE_COUNTS)?;
     tx.open_table(db::OUTSTANDING)?;
+    tx.open_table(db::JOBS_OF)?;
     tx.open_table(db::RETIRABLE)?;
     tx.open_table(db::PAUSED)?;
     tx.open_table(db::DELIVERED)?;

@@ -1,0 +1,48 @@
+//! The forwarding queue's "has this destination a job for this object?" (`queue::reroute`,
+//! which an identical re-send asks inside a checkpoint) against a destination with a backlog:
+//! 100,000 waiting jobs (an archive that has been unreachable for a while), the asked-about
+//! object's job the last one due. One call per iteration, in a write transaction that is
+//! aborted, so the backlog stays as it is.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use dicom_gw::queue::{reroute, NewJobs, Queue};
+use dicom_gw::store::index::Index;
+
+const BACKLOG: u64 = 100_000;
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let index = std::sync::Arc::new(Index::open(&dir.path().join("gateway.redb")).unwrap());
+    let db = index.database();
+    let tx = db.begin_write().unwrap();
+    let mut jobs = NewJobs::default();
+    for k in 0..BACKLOG {
+        jobs.add("archive", &format!("1.2.3.{k}"));
+    }
+    jobs.flush(&tx, 1).unwrap();
+    // The asked-about object: due last.
+    let mut last = NewJobs::default();
+    last.add("archive", "1.2.9.9");
+    last.flush(&tx, 2).unwrap();
+    tx.commit().unwrap();
+    // As the daemon's start does (a no-op before the job index existed).
+    let _ = Queue::new(index.clone(), false).prepare_job_index();
+    let dests = ["archive".to_owned()];
+    c.bench_function("reroute, object queued, 100k backlog", |b| {
+        b.iter(|| {
+            let tx = db.begin_write().unwrap();
+            let added = reroute(&tx, black_box("1.2.9.9"), &dests, 3).unwrap();
+            assert!(added.is_empty());
+            tx.abort().unwrap();
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = bench
+}
+criterion_main!(benches);
