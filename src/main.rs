@@ -202,12 +202,7 @@ struct CommitArgs {
     transaction_uid: Option<String>,
     /// Listen on this port for the report on a new association (the association of the
     /// N-ACTION is then released at once).
-    #[arg(
-        long = "port",
-        id = "listen_port",
-        value_name = "P",
-        conflicts_with = "tls"
-    )]
+    #[arg(long = "port", id = "listen_port", value_name = "P")]
     listen_port: Option<u16>,
     /// Our AE title (calling; the peer reports to it).
     #[arg(long, default_value = "DICOMGW-SCU")]
@@ -224,8 +219,9 @@ struct CommitArgs {
     port: u16,
     /// DICOM files whose SOP class and instance are named in the request.
     files: Vec<PathBuf>,
-    /// DICOM TLS for the N-ACTION's association (and a report on it); the report listener
-    /// (`--port`) does not speak TLS.
+    /// DICOM TLS for the N-ACTION's association and the report. With `--port` the listener
+    /// speaks TLS too: it presents --tls-cert/--tls-key (required then) and accepts only an
+    /// SCP whose client certificate chains to --tls-ca.
     #[command(flatten)]
     tls: scu_cli::TlsArgs,
 }
@@ -788,6 +784,27 @@ fn scu(op: ScuOp) -> anyhow::Result<ExitCode> {
 }
 
 /// `dicom-gw scu commit`.
+/// The `scu commit --port` listener: plain, or with `--tls` a TLS server presenting our
+/// certificate and requiring the reporting SCP's, verified against the CA (a report is a
+/// claim about our objects: it must come from the peer we trust).
+fn report_listener(
+    port: u16,
+    tls: &scu_cli::TlsArgs,
+) -> anyhow::Result<dicom_gw::net::services::storage_commitment::scu::ReportListener> {
+    use dicom_gw::net::services::storage_commitment::scu::ReportListener;
+    if !tls.tls {
+        return Ok(ReportListener { port, tls: None });
+    }
+    let (Some(cert), Some(key)) = (&tls.tls_cert, &tls.tls_key) else {
+        anyhow::bail!("--port with --tls: the report listener needs --tls-cert and --tls-key");
+    };
+    let config = dicom_gw::tls::server_config(cert, key, tls.tls_ca.as_deref())?;
+    Ok(ReportListener {
+        port,
+        tls: Some(config),
+    })
+}
+
 fn scu_commit(a: CommitArgs) -> anyhow::Result<ExitCode> {
     use dicom_gw::net::services::storage_commitment::{self as sc, scu::commit, Reference};
     use std::net::ToSocketAddrs;
@@ -851,12 +868,20 @@ fn scu_commit(a: CommitArgs) -> anyhow::Result<ExitCode> {
         Ok(t) => t,
         Err(code) => return Ok(code),
     };
+    let listener = match a.listen_port.map(|port| report_listener(port, &a.tls)) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            eprintln!("dicom-gw: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let out = match commit(
         &params,
         tls.as_ref(),
         &transaction_uid,
         &refs,
-        a.listen_port,
+        listener.as_ref(),
         timeout,
     ) {
         Ok(o) => o,

@@ -220,13 +220,18 @@ fn tls_failures_towards_a_destination_are_retried_with_the_reason() {
 /// Starts the daemon with TLS listeners on both services; `mutual`: client certificates are
 /// required (tls_client_ca_file) on both.
 fn start_tls_gw(dir: &Path, io: &str, k: &TestCerts, mutual: bool) -> Daemon {
+    start_tls_gw_with(dir, io, k, mutual, "")
+}
+
+/// [`start_tls_gw`] with more configuration (`extra`, TOML after the listeners' sections).
+fn start_tls_gw_with(dir: &Path, io: &str, k: &TestCerts, mutual: bool, extra: &str) -> Daemon {
     let ca = if mutual {
         format!("tls_client_ca_file = {:?}\n", p(&k.ca))
     } else {
         String::new()
     };
     let toml = format!(
-        "[store]\ntls_cert_file = {:?}\ntls_key_file = {:?}\n{ca}[worklist]\n{ca}",
+        "[store]\ntls_cert_file = {:?}\ntls_key_file = {:?}\n{ca}[worklist]\n{ca}{extra}",
         p(&k.server_cert),
         p(&k.server_key)
     );
@@ -566,8 +571,15 @@ fn scu_commands_speak_dicom_tls() {
         with_ca(&k.ca, &["--tls-cert", p(&k.client_cert), host, &tls_port]),
     );
     assert_eq!(code, 2, "{err}");
-    let (code, _, err) = run("commit", with_ca(&k.ca, &["--port", "1", host, &tls_port]));
-    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run(
+        "commit",
+        with_ca(&k.ca, &["--port", "1", host, &tls_port, files[0]]),
+    );
+    assert_eq!(
+        code, 2,
+        "a TLS report listener without a certificate: {err}"
+    );
+    assert!(err.contains("--tls-cert"), "{err}");
     gw.stop();
 
     // Mutual TLS: refused without our certificate, served with it.
@@ -586,4 +598,79 @@ fn scu_commands_speak_dicom_tls() {
     let (code, out, err) = run("echo", with_ca(&k.ca, &client));
     assert_eq!(code, 0, "{out}{err}");
     gw.stop();
+}
+
+/// `scu commit --tls --port`: the report comes on a new association over DICOM TLS; the
+/// listener presents our certificate and accepts only an SCP whose client certificate chains
+/// to our CA (the daemon's destination for our AE title presents one). The same daemon
+/// reporting without a client certificate gets no report through.
+#[test]
+fn scu_commit_takes_the_report_on_a_tls_listener() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = certs::make(&tmp.path().join("certs").tap_mkdir());
+    let objs = gen_objs(&tmp.path().join("src"), 47_100, 1);
+    let file = p(&objs[0].1).to_owned();
+    for (name, client_cert) in [("with", true), ("without", false)] {
+        let listener = free_port();
+        let client = client_cert.then_some((k.client_cert.as_path(), k.client_key.as_path()));
+        let extra = format!(
+            "[storage_commitment]\nreport = \"new-association\"\n\n[[destinations]]\nname = \"modality1\"\nae_title = \"MODALITY1\"\nhost = \"127.0.0.1\"\nport = {listener}\n{}",
+            tls_table(&k.ca, client)
+        );
+        let mut gw = start_tls_gw_with(
+            &tmp.path().join(name).tap_mkdir(),
+            "epoll",
+            &k,
+            false,
+            &extra,
+        );
+        let tls_port = gw.tls_port.to_string();
+        let (code, out, err) = gw_scu(&[
+            "store",
+            "--aec",
+            "DICOM_GW",
+            "--tls",
+            "--tls-ca",
+            p(&k.ca),
+            "127.0.0.1",
+            &tls_port,
+            &file,
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        let (code, out, err) = gw_scu(&[
+            "commit",
+            "--aet",
+            "MODALITY1",
+            "--aec",
+            "DICOM_GW",
+            "--timeout",
+            "8",
+            "--tls",
+            "--tls-ca",
+            p(&k.ca),
+            "--tls-cert",
+            p(&k.server_cert),
+            "--tls-key",
+            p(&k.server_key),
+            "--port",
+            &listener.to_string(),
+            "127.0.0.1",
+            &tls_port,
+            &file,
+        ]);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+        if client_cert {
+            assert_eq!(code, 0, "{out}{err}\n{}", gw.stderr());
+            assert_eq!(v["report"]["via"], "new", "{v}");
+            assert_eq!(v["report"]["event_type"], 1, "{v}");
+        } else {
+            assert_eq!(code, 1, "{out}{err}");
+            assert!(
+                v["report"].is_null(),
+                "a report came from an unauthenticated SCP: {v}"
+            );
+        }
+        gw.stop();
+    }
 }

@@ -241,10 +241,12 @@ pub struct StoreResponse {
     pub error_comment: Option<String>,
 }
 
-/// The connection under an association: TCP, or TLS over TCP.
+/// The connection under an association: TCP, or TLS over TCP (as the client, or as the
+/// server of an association we accept: a Storage Commitment report).
 enum Link {
     Plain(TcpStream),
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    TlsServer(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
 }
 
 impl std::fmt::Debug for Link {
@@ -252,6 +254,7 @@ impl std::fmt::Debug for Link {
         match self {
             Link::Plain(s) => f.debug_tuple("Plain").field(s).finish(),
             Link::Tls(s) => f.debug_tuple("Tls").field(&s.sock).finish(),
+            Link::TlsServer(s) => f.debug_tuple("TlsServer").field(&s.sock).finish(),
         }
     }
 }
@@ -261,6 +264,7 @@ impl Read for Link {
         match self {
             Link::Plain(s) => s.read(buf),
             Link::Tls(s) => s.read(buf),
+            Link::TlsServer(s) => s.read(buf),
         }
     }
 }
@@ -270,6 +274,7 @@ impl Write for Link {
         match self {
             Link::Plain(s) => s.write(buf),
             Link::Tls(s) => s.write(buf),
+            Link::TlsServer(s) => s.write(buf),
         }
     }
 
@@ -282,6 +287,10 @@ impl Write for Link {
                 s.write_all(buf)?;
                 s.flush()
             }
+            Link::TlsServer(s) => {
+                s.write_all(buf)?;
+                s.flush()
+            }
         }
     }
 
@@ -289,6 +298,7 @@ impl Write for Link {
         match self {
             Link::Plain(s) => s.flush(),
             Link::Tls(s) => s.flush(),
+            Link::TlsServer(s) => s.flush(),
         }
     }
 }
@@ -299,6 +309,7 @@ impl Link {
         match self {
             Link::Plain(s) => s,
             Link::Tls(s) => &s.sock,
+            Link::TlsServer(s) => &s.sock,
         }
     }
 
@@ -311,9 +322,42 @@ impl Link {
                 let _ = s.flush();
                 &s.sock
             }
+            Link::TlsServer(s) => {
+                s.conn.send_close_notify();
+                let _ = s.flush();
+                &s.sock
+            }
         };
         let _ = sock.shutdown(Shutdown::Both);
     }
+}
+
+/// The server side of the TLS handshake on an accepted socket (bounded by the socket's
+/// timeouts).
+fn tls_accept(
+    mut sock: TcpStream,
+    config: &Arc<rustls::ServerConfig>,
+    addr: SocketAddr,
+) -> Result<Link, ScuError> {
+    let fail = |source| ScuError::Tls { addr, source };
+    let mut conn = rustls::ServerConnection::new(config.clone()).map_err(|e| {
+        fail(TlsError::from_blocking_io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            e,
+        )))
+    })?;
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(&mut sock) {
+            let _ = sock.shutdown(Shutdown::Both);
+            return Err(match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ScuError::Timeout,
+                _ => fail(TlsError::from_blocking_io(e)),
+            });
+        }
+    }
+    Ok(Link::TlsServer(Box::new(rustls::StreamOwned::new(
+        conn, sock,
+    ))))
 }
 
 /// The TLS handshake on a connected socket (bounded by the socket's timeouts).
@@ -1307,11 +1351,31 @@ impl Association {
         policy: &crate::net::ul::association::AcceptorPolicy,
         offered: impl crate::net::ul::association::Offered,
     ) -> Result<(Association, crate::net::ul::association::Negotiated), ScuError> {
+        Association::accept_with_tls(stream, None, timeout, policy, offered)
+    }
+
+    /// Like [`Association::accept`], over DICOM TLS when `tls` is given: the server side of
+    /// the handshake (bounded by `timeout`) comes before the A-ASSOCIATE-RQ; a peer whose
+    /// certificate the configuration refuses fails with [`ScuError::Tls`].
+    pub fn accept_with_tls(
+        stream: TcpStream,
+        tls: Option<&Arc<rustls::ServerConfig>>,
+        timeout: Duration,
+        policy: &crate::net::ul::association::AcceptorPolicy,
+        offered: impl crate::net::ul::association::Offered,
+    ) -> Result<(Association, crate::net::ul::association::Negotiated), ScuError> {
         use crate::net::ul::association::{negotiate, Decision};
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        let mut a = Association::with_link(Link::Plain(stream), policy.max_pdu_length);
+        let link = match tls {
+            None => Link::Plain(stream),
+            Some(cfg) => {
+                let addr = stream.peer_addr()?;
+                tls_accept(stream, cfg, addr)?
+            }
+        };
+        let mut a = Association::with_link(link, policy.max_pdu_length);
         let (ty, pdu) = a.read_raw()?;
         if ty != PduType::AssociateRq {
             return Err(protocol(format!("expected A-ASSOCIATE-RQ, got {ty:?}")));

@@ -12,6 +12,7 @@
 //! the SCP keeps the request and tries again.
 
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dicom_core::value::DataSetSequence;
@@ -229,24 +230,39 @@ fn await_report(
     }
 }
 
-/// Sends the N-ACTION for `refs` under `transaction_uid` and waits for the report: on the
-/// same association, or (with `listen`) on a new one accepted on that port within `wait`.
+/// Where the report is awaited when not on the N-ACTION's association: a port, and the TLS
+/// server configuration if the reporting SCP connects with DICOM TLS.
+#[derive(Debug, Clone)]
+pub struct ReportListener {
+    /// TCP port to listen on (all addresses).
+    pub port: u16,
+    /// DICOM TLS on the listener ([`crate::tls::server_config`]); `None`: plain.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Sends the N-ACTION for `refs` under `transaction_uid` (over `tls` if given) and waits for
+/// the report: on the same association, or (with `listen`) on a new one accepted there within
+/// `wait`.
 pub fn commit(
     params: &AssocParams,
     tls: Option<&ScuTls>,
     transaction_uid: &str,
     refs: &[Reference],
-    listen: Option<u16>,
+    listen: Option<&ReportListener>,
     wait: Duration,
 ) -> Result<CommitOutcome, CommitScuError> {
     let listener = match listen {
-        Some(port) => Some(
-            TcpListener::bind(("0.0.0.0", port))
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|source| CommitScuError::Listen { port, source })?,
+        Some(l) => Some(
+            TcpListener::bind(("0.0.0.0", l.port))
+                .and_then(|t| t.set_nonblocking(true).map(|()| t))
+                .map_err(|source| CommitScuError::Listen {
+                    port: l.port,
+                    source,
+                })?,
         ),
         None => None,
     };
+    let listener_tls = listen.and_then(|l| l.tls.as_ref());
     let mut a = Association::open_with_tls(params, tls)?;
     let ctx = a.any_context(SOP_CLASS)?.clone();
     let ds = write_dataset(
@@ -289,9 +305,13 @@ pub fn commit(
             Err(e) => return Err(ScuError::from(e).into()),
         };
         stream.set_nonblocking(false).map_err(ScuError::from)?;
-        let Ok((mut b, negotiated)) =
-            Association::accept(stream, params.timeout, &policy, ReportOffer)
-        else {
+        let Ok((mut b, negotiated)) = Association::accept_with_tls(
+            stream,
+            listener_tls,
+            params.timeout,
+            &policy,
+            ReportOffer,
+        ) else {
             continue;
         };
         match await_report(&mut b, transaction_uid, "new", &negotiated.calling_ae_title) {
