@@ -783,7 +783,6 @@ fn scu(op: ScuOp) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `dicom-gw scu commit`.
 /// The `scu commit --port` listener: plain, or with `--tls` a TLS server presenting our
 /// certificate and requiring the reporting SCP's, verified against the CA (a report is a
 /// claim about our objects: it must come from the peer we trust).
@@ -805,6 +804,7 @@ fn report_listener(
     })
 }
 
+/// `dicom-gw scu commit`.
 fn scu_commit(a: CommitArgs) -> anyhow::Result<ExitCode> {
     use dicom_gw::net::services::storage_commitment::{self as sc, scu::commit, Reference};
     use std::net::ToSocketAddrs;

@@ -332,53 +332,57 @@ impl Link {
     }
 }
 
-/// The server side of the TLS handshake on an accepted socket (bounded by the socket's
-/// timeouts).
+/// Drives a TLS handshake (either side) to its end on `sock`, bounded by the socket's
+/// timeouts; a failure closes the socket.
+fn finish_handshake<D>(
+    conn: &mut rustls::ConnectionCommon<D>,
+    sock: &mut TcpStream,
+    addr: SocketAddr,
+) -> Result<(), ScuError> {
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(sock) {
+            let _ = sock.shutdown(Shutdown::Both);
+            return Err(match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ScuError::Timeout,
+                _ => ScuError::Tls {
+                    addr,
+                    source: TlsError::from_blocking_io(e),
+                },
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A connection rustls refused to set up, as a TLS error towards `addr`.
+fn tls_setup_error(addr: SocketAddr, e: rustls::Error) -> ScuError {
+    ScuError::Tls {
+        addr,
+        source: TlsError::from_blocking_io(io::Error::new(io::ErrorKind::InvalidData, e)),
+    }
+}
+
+/// The server side of the TLS handshake on an accepted socket.
 fn tls_accept(
     mut sock: TcpStream,
     config: &Arc<rustls::ServerConfig>,
     addr: SocketAddr,
 ) -> Result<Link, ScuError> {
-    let fail = |source| ScuError::Tls { addr, source };
-    let mut conn = rustls::ServerConnection::new(config.clone()).map_err(|e| {
-        fail(TlsError::from_blocking_io(io::Error::new(
-            io::ErrorKind::InvalidData,
-            e,
-        )))
-    })?;
-    while conn.is_handshaking() {
-        if let Err(e) = conn.complete_io(&mut sock) {
-            let _ = sock.shutdown(Shutdown::Both);
-            return Err(match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ScuError::Timeout,
-                _ => fail(TlsError::from_blocking_io(e)),
-            });
-        }
-    }
+    let mut conn =
+        rustls::ServerConnection::new(config.clone()).map_err(|e| tls_setup_error(addr, e))?;
+    finish_handshake(&mut conn, &mut sock, addr)?;
     Ok(Link::TlsServer(Box::new(rustls::StreamOwned::new(
         conn, sock,
     ))))
 }
 
-/// The TLS handshake on a connected socket (bounded by the socket's timeouts).
+/// The TLS handshake on a connected socket.
 fn tls_handshake(mut sock: TcpStream, tls: &ScuTls, addr: SocketAddr) -> Result<Link, ScuError> {
-    let fail = |source| ScuError::Tls { addr, source };
-    let name = crate::tls::server_name(&tls.server_name).map_err(fail)?;
-    let mut conn = rustls::ClientConnection::new(tls.config.clone(), name).map_err(|e| {
-        fail(TlsError::from_blocking_io(io::Error::new(
-            io::ErrorKind::InvalidData,
-            e,
-        )))
-    })?;
-    while conn.is_handshaking() {
-        if let Err(e) = conn.complete_io(&mut sock) {
-            let _ = sock.shutdown(Shutdown::Both);
-            return Err(match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ScuError::Timeout,
-                _ => fail(TlsError::from_blocking_io(e)),
-            });
-        }
-    }
+    let name = crate::tls::server_name(&tls.server_name)
+        .map_err(|source| ScuError::Tls { addr, source })?;
+    let mut conn = rustls::ClientConnection::new(tls.config.clone(), name)
+        .map_err(|e| tls_setup_error(addr, e))?;
+    finish_handshake(&mut conn, &mut sock, addr)?;
     Ok(Link::Tls(Box::new(rustls::StreamOwned::new(conn, sock))))
 }
 
