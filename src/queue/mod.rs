@@ -265,6 +265,9 @@ pub fn reroute(
         .open_table(db::OUTSTANDING)?
         .get(sop)?
         .map_or(0, |g| g.value());
+    if outstanding > 0 {
+        ensure_job_index(tx)?;
+    }
     let delivered = tx.open_table(db::DELIVERED)?;
     for dest in dests {
         if delivered.get((sop, dest.as_str()))?.is_some() {
@@ -302,9 +305,9 @@ fn revive_dead(
     Ok(true)
 }
 
-/// The ids of `dest`'s jobs for `sop` (pending, in flight or dead), from [`db::JOBS_OF`].
+/// The ids of `dest`'s jobs for `sop` (pending, in flight or dead), from [`db::JOBS_OF`]
+/// (the caller has run [`ensure_job_index`] in this transaction).
 fn jobs_of(tx: &WriteTransaction, dest: &str, sop: &str) -> Result<Vec<u64>, QueueError> {
-    ensure_job_index(tx)?;
     let t = tx.open_table(db::JOBS_OF)?;
     let mut ids = Vec::new();
     for row in t.range((dest, sop, 0u64)..=(dest, sop, u64::MAX))? {
@@ -325,28 +328,30 @@ fn ensure_job_index(tx: &WriteTransaction) -> Result<Option<usize>, QueueError> 
     if meta.get(JOBS_OF_BUILT)?.is_some() {
         return Ok(None);
     }
-    let mut jobs: Vec<(String, String, u64)> = Vec::new();
+    let mut index = tx.open_table(db::JOBS_OF)?;
+    let mut n = 0;
+    let mut add = |j: JobRecord| -> Result<(), QueueError> {
+        index.insert(
+            (j.destination.as_str(), j.sop_instance_uid.as_str(), j.id),
+            (),
+        )?;
+        n += 1;
+        Ok(())
+    };
     for row in tx.open_table(db::QUEUE)?.iter()? {
         let (k, v) = row?;
-        let j = decode_job(k.value().2, v.value())?;
-        jobs.push((j.destination, j.sop_instance_uid, j.id));
+        add(decode_job(k.value().2, v.value())?)?;
     }
     for row in tx.open_table(db::IN_FLIGHT)?.iter()? {
         let (k, v) = row?;
-        let j = decode_job(k.value(), v.value())?;
-        jobs.push((j.destination, j.sop_instance_uid, j.id));
+        add(decode_job(k.value(), v.value())?)?;
     }
     for row in tx.open_table(db::DEAD)?.iter()? {
         let (k, v) = row?;
-        let j = decode_job(k.value().1, v.value())?;
-        jobs.push((j.destination, j.sop_instance_uid, j.id));
-    }
-    let mut index = tx.open_table(db::JOBS_OF)?;
-    for (dest, sop, id) in &jobs {
-        index.insert((dest.as_str(), sop.as_str(), *id), ())?;
+        add(decode_job(k.value().1, v.value())?)?;
     }
     meta.insert(JOBS_OF_BUILT, 1)?;
-    Ok(Some(jobs.len()))
+    Ok(Some(n))
 }
 
 /// Adds a pending job "send `sop` to `dest`" inside the caller's transaction (the committer's,
@@ -895,6 +900,7 @@ impl Queue {
             }
         }
         let tx = self.index.database().begin_write()?;
+        ensure_job_index(&tx)?;
         let mut done = StudyEnqueued::default();
         {
             let instances = tx.open_table(db::INSTANCES)?;
