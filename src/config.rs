@@ -749,6 +749,22 @@ pub struct StoreSettings {
     pub checkpoint_objects: usize,
 }
 
+/// `Ok` if `value` lies in `range`, else the message "must be between LO and HI".
+fn within<T: PartialOrd + std::fmt::Display>(
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), String> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be between {} and {}",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
 /// A configuration error, naming the key (and line when known).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -1005,41 +1021,17 @@ impl RawConfig {
             ));
         }
         let journal_groups_in_flight = s.journal_groups_in_flight.unwrap_or(1);
-        if !(1..=4).contains(&journal_groups_in_flight) {
-            return Err(invalid(
-                Some("store"),
-                "journal_groups_in_flight",
-                false,
-                "must be between 1 and 4".into(),
-            ));
-        }
+        within(journal_groups_in_flight, 1..=4)
+            .map_err(|m| invalid(Some("store"), "journal_groups_in_flight", false, m))?;
         let checkpoint_interval_ms = s.checkpoint_interval_ms.unwrap_or(250);
-        if !(10..=600_000).contains(&checkpoint_interval_ms) {
-            return Err(invalid(
-                Some("store"),
-                "checkpoint_interval_ms",
-                false,
-                "must be between 10 and 600000".into(),
-            ));
-        }
+        within(checkpoint_interval_ms, 10..=600_000)
+            .map_err(|m| invalid(Some("store"), "checkpoint_interval_ms", false, m))?;
         let checkpoint_objects = s.checkpoint_objects.unwrap_or(4096);
-        if !(1..=1_000_000).contains(&checkpoint_objects) {
-            return Err(invalid(
-                Some("store"),
-                "checkpoint_objects",
-                false,
-                "must be between 1 and 1000000".into(),
-            ));
-        }
+        within(checkpoint_objects, 1..=1_000_000)
+            .map_err(|m| invalid(Some("store"), "checkpoint_objects", false, m))?;
         let journal_segments = s.journal_segments.unwrap_or(8);
-        if !(2..=64).contains(&journal_segments) {
-            return Err(invalid(
-                Some("store"),
-                "journal_segments",
-                false,
-                "must be between 2 and 64".into(),
-            ));
-        }
+        within(journal_segments, 2..=64)
+            .map_err(|m| invalid(Some("store"), "journal_segments", false, m))?;
         let segment_mib = s
             .journal_segment_mib
             .or_else(|| {
@@ -1048,14 +1040,8 @@ impl RawConfig {
                     .and_then(|v| v.parse::<u64>().ok())
             })
             .unwrap_or(64);
-        if !(1..=1024).contains(&segment_mib) {
-            return Err(invalid(
-                Some("store"),
-                "journal_segment_mib",
-                false,
-                "must be between 1 and 1024".into(),
-            ));
-        }
+        within(segment_mib, 1..=1024)
+            .map_err(|m| invalid(Some("store"), "journal_segment_mib", false, m))?;
         let inline_max_kib = s.inline_max_kib.unwrap_or(256);
         // A group holds at least one inline object: keep them well under a segment.
         if inline_max_kib * 4 > segment_mib * 1024 {
@@ -1798,6 +1784,7 @@ mod tests {
                 .to_string();
             let key = bad.split(' ').next().unwrap();
             assert!(e.contains(&format!("store.{key}")), "{e}");
+            assert!(e.contains("must be between"), "{e}");
         }
         let s = resolve("[store]\ncheckpoint_interval_ms = 5000\ncheckpoint_objects = 50000\n")
             .unwrap();
