@@ -182,13 +182,18 @@ fn scrape_until(port: u16, done: impl Fn(&BTreeMap<String, f64>) -> bool) -> Str
     }
 }
 
-gwtest!(metrics_after_storescu_load, |io: &str| {
-    require_dcmtk();
+/// A temporary directory with `data/` (the daemon's) and `in/` (the files to send).
+fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let input = tmp.path().join("in");
+    let (data, input) = (tmp.path().join("data"), tmp.path().join("in"));
     std::fs::create_dir_all(&data).unwrap();
     std::fs::create_dir_all(&input).unwrap();
+    (tmp, data, input)
+}
+
+gwtest!(metrics_after_storescu_load, |io: &str| {
+    require_dcmtk();
+    let (_tmp, data, input) = dirs();
     let mut gw = Daemon::start(BIN, &data, io, &[]);
     assert_ne!(
         gw.http_port,
@@ -361,11 +366,7 @@ fn forwarding_metrics_per_destination() {
 // the second starts the checkpoint at once (0 pending, one checkpoint of both).
 gwtest!(checkpoint_settings_reach_the_materializer, |io: &str| {
     require_dcmtk();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let input = tmp.path().join("in");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::create_dir_all(&input).unwrap();
+    let (tmp, data, input) = dirs();
     let cfg = tmp.path().join("gw.toml");
     std::fs::write(
         &cfg,

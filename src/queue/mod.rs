@@ -1109,25 +1109,22 @@ mod tests {
             .map(|cl| (cl.job, Outcome::Dead("no".into())))
             .collect();
         q.finish(results, &policy(3), 2, || 0.0).unwrap();
-        // As an older version left it.
-        let tx = q.index().database().begin_write().unwrap();
-        tx.delete_table(db::JOBS_OF).unwrap();
-        tx.open_table(db::META)
-            .unwrap()
-            .remove(JOBS_OF_BUILT)
-            .unwrap();
-        tx.commit().unwrap();
+        // As an older version left it: no job index, no flag.
+        let forget_the_index = || {
+            let tx = q.index().database().begin_write().unwrap();
+            tx.delete_table(db::JOBS_OF).unwrap();
+            tx.open_table(db::META)
+                .unwrap()
+                .remove(JOBS_OF_BUILT)
+                .unwrap();
+            tx.commit().unwrap();
+        };
+        forget_the_index();
         assert_eq!(q.prepare_job_index().unwrap(), Some(4));
         assert_job_index_exact(&q);
         assert_eq!(q.prepare_job_index().unwrap(), None, "once");
         // And lazily, by the first reader, when nobody prepared it.
-        let tx = q.index().database().begin_write().unwrap();
-        tx.delete_table(db::JOBS_OF).unwrap();
-        tx.open_table(db::META)
-            .unwrap()
-            .remove(JOBS_OF_BUILT)
-            .unwrap();
-        tx.commit().unwrap();
+        forget_the_index();
         let tx = q.index().database().begin_write().unwrap();
         let all = ["a", "b", "c", "d"].map(String::from);
         assert_eq!(reroute(&tx, "1.2.3.1", &all, 3).unwrap(), ["c", "d"]);
@@ -1143,21 +1140,21 @@ mod tests {
         let (_d, q) = setup(1, false);
         q.replay_study("a", "1.2", 1, no_audit).unwrap();
         q.replay_study("a", "1.2", 2, no_audit).unwrap();
-        let c = q.claim("a", 3, 1).unwrap();
-        let results = c
-            .into_iter()
-            .map(|cl| (cl.job, Outcome::Delivered))
-            .collect();
-        q.finish(results, &policy(3), 4, || 0.0).unwrap();
+        // Claims one job of "a" at `now` and records it delivered.
+        let deliver_one = |now: u64| {
+            let c = q.claim("a", now, 1).unwrap();
+            assert_eq!(c.len(), 1);
+            let results = c
+                .into_iter()
+                .map(|cl| (cl.job, Outcome::Delivered))
+                .collect();
+            q.finish(results, &policy(3), now + 1, || 0.0).unwrap();
+        };
+        deliver_one(3);
         assert_job_index_exact(&q);
         let r = q.enqueue_study("a", "1.2", 5, no_audit).unwrap().unwrap();
         assert_eq!((r.queued, r.already_queued), (0, 1));
-        let c = q.claim("a", 6, 1).unwrap();
-        let results = c
-            .into_iter()
-            .map(|cl| (cl.job, Outcome::Delivered))
-            .collect();
-        q.finish(results, &policy(3), 7, || 0.0).unwrap();
+        deliver_one(6);
         assert_job_index_exact(&q);
         let r = q.enqueue_study("a", "1.2", 8, no_audit).unwrap().unwrap();
         assert_eq!((r.queued, r.already_queued), (1, 0));
