@@ -16,7 +16,6 @@ mod util;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -24,7 +23,6 @@ use util::orthanc::{require_orthanc, Modality, Orthanc, ORTHANC_AET};
 use util::*;
 
 const SETTLE: Duration = Duration::from_secs(60);
-const CLI_LIMIT: Duration = Duration::from_secs(120);
 
 /// dicom-gw with `toml` (after a `[store]` with the disk mark at 100) on backend `io`.
 fn start_gw_io(dir: &Path, io: &str, toml: &str) -> (Daemon, PathBuf) {
@@ -170,22 +168,6 @@ gwtest!(orthanc_moves_a_study_from_gw, |io: &str| {
     }
     drop(gw);
 });
-
-/// `dicom-gw scu …` with a timeout; (exit code, stdout, stderr).
-fn gw_scu(args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(GW_BIN);
-    cmd.arg("scu").args(args);
-    let (out, timed_out) = run_timeout(&mut cmd, CLI_LIMIT);
-    assert!(
-        !timed_out,
-        "dicom-gw scu {args:?} did not finish within {CLI_LIMIT:?}"
-    );
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// DICOM JSON first value as text (PN: Alphabetic).
 fn first(m: &Value, tag: &str) -> String {

@@ -7,7 +7,6 @@
 mod util;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -15,22 +14,6 @@ use util::*;
 
 const LIMIT: Duration = Duration::from_secs(120);
 const STORE: &str = "[store]\ndisk_high_water_percent = 100\n";
-
-/// `dicom-gw scu ARGS` with a time limit: (exit code, stdout, stderr).
-fn gw_scu(args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(GW_BIN);
-    cmd.arg("scu").args(args);
-    let (out, timed_out) = run_timeout(&mut cmd, LIMIT);
-    assert!(
-        !timed_out,
-        "dicom-gw scu {args:?} did not finish within {LIMIT:?}"
-    );
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn json_lines(out: &str) -> Vec<Value> {
     out.lines()

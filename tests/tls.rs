@@ -437,19 +437,6 @@ gwtest!(
 // ---------------------------------------------------------------------------------------------
 // `dicom-gw scu … --tls`: our own SCU commands against the daemon's TLS listeners.
 
-/// `dicom-gw scu ARGS`: (exit code, stdout, stderr).
-fn gw_scu(args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(GW_BIN);
-    cmd.arg("scu").args(args);
-    let (out, timed_out) = run_timeout(&mut cmd, Duration::from_secs(60));
-    assert!(!timed_out, "dicom-gw scu {args:?} timed out");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Every `scu` command speaks DICOM TLS with `--tls`: echo, store, find, get, commit on the
 /// store listener and mwl on the worklist's; the peer's certificate is verified (another
 /// CA, another name: exit 2 before anything is sent), a client certificate is presented

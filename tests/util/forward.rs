@@ -16,6 +16,23 @@ use super::part10::{list_files, meta_str, parse_part10, tag};
 
 /// The daemon binary under test.
 pub const GW_BIN: &str = env!("CARGO_BIN_EXE_dicom-gw");
+
+/// `dicom-gw scu ARGS` with a time limit (120 s): (exit code, stdout, stderr).
+pub fn gw_scu(args: &[&str]) -> (i32, String, String) {
+    let limit = Duration::from_secs(120);
+    let mut cmd = Command::new(GW_BIN);
+    cmd.arg("scu").args(args);
+    let (out, timed_out) = run_timeout(&mut cmd, limit);
+    assert!(
+        !timed_out,
+        "dicom-gw scu {args:?} did not finish within {limit:?}"
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
 /// Longest a `dicom-gw queue …` / `index` command may take.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 
