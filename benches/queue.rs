@@ -1,8 +1,12 @@
-//! The forwarding queue's "has this destination a job for this object?" (`queue::reroute`,
-//! which an identical re-send asks inside a checkpoint) against a destination with a backlog:
-//! 100,000 waiting jobs (an archive that has been unreachable for a while), the asked-about
-//! object's job the last one due. One call per iteration, in a write transaction that is
-//! aborted, so the backlog stays as it is.
+//! The forwarding queue inside a checkpoint's write transaction:
+//! - "has this destination a job for this object?" (`queue::reroute`, which an identical
+//!   re-send asks) against a destination with a backlog: 100,000 waiting jobs (an archive
+//!   that has been unreachable for a while), the asked-about object's job the last one due;
+//! - writing one checkpoint's jobs (`NewJobs::flush` of 4,096 jobs, one per object), what
+//!   every routed object costs.
+//!
+//! One operation per iteration, in a write transaction that is aborted, so the database stays
+//! as it is.
 
 use std::hint::black_box;
 
@@ -35,6 +39,17 @@ fn bench(c: &mut Criterion) {
             let tx = db.begin_write().unwrap();
             let added = reroute(&tx, black_box("1.2.9.9"), &dests, 3).unwrap();
             assert!(added.is_empty());
+            tx.abort().unwrap();
+        })
+    });
+    c.bench_function("NewJobs::flush, 4096 jobs, 100k backlog", |b| {
+        b.iter(|| {
+            let tx = db.begin_write().unwrap();
+            let mut jobs = NewJobs::default();
+            for k in 0..4096 {
+                jobs.add("archive", &format!("1.2.4.{k}"));
+            }
+            black_box(jobs.flush(&tx, 4).unwrap());
             tx.abort().unwrap();
         })
     });

@@ -380,7 +380,7 @@ struct StoreArgs {
     /// --verify against a flat directory as written by DCMTK storescp (files <prefix>.<SOP>).
     #[arg(long = "verify-flat", value_name = "DIR", conflicts_with = "verify")]
     verify_flat: Option<PathBuf>,
-    /// How long verification waits for objects not yet on disk.
+    /// How long verification waits for objects not yet on disk, or not yet complete.
     #[arg(long = "verify-wait", value_name = "SECONDS", default_value_t = 10.0)]
     verify_wait: f64,
     /// Write every acknowledged object (UIDs, blake3 of the dataset) as JSON lines to FILE.
@@ -523,7 +523,7 @@ struct VerifyArgs {
     /// Flat storescp layout instead of objects/<Study>/<Series>/<SOP>.dcm.
     #[arg(long)]
     flat: bool,
-    /// How long to wait for objects not yet on disk.
+    /// How long to wait for objects not yet on disk, or not yet complete.
     #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
     wait: f64,
     /// Write the report as JSON to FILE.

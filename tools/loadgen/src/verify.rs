@@ -140,7 +140,10 @@ fn flat_index(dir: &Path) -> HashMap<String, PathBuf> {
 }
 
 /// Checks every distinct record (last one per SOP Instance UID wins) against `dir`. Objects
-/// not found are looked for again until `wait` has passed (the SCP may still be committing).
+/// not found, or found but not identical, are looked at again until `wait` has passed: the
+/// SCP may still be committing, and a file can be seen while it is being written at its final
+/// name (dicom-gw's checkpoint and DCMTK storescp both write that way; only dicom-gw's index
+/// says when a file is complete). What still differs at the deadline is a mismatch.
 pub fn verify(records: &[SentRecord], dir: &Path, layout: Layout, wait: Duration) -> VerifyReport {
     let mut by_sop: HashMap<&str, &SentRecord> = HashMap::new();
     let mut order = Vec::new();
@@ -158,7 +161,8 @@ pub fn verify(records: &[SentRecord], dir: &Path, layout: Layout, wait: Duration
     let mut todo: Vec<&str> = order;
     loop {
         let flat = (layout == Layout::Flat).then(|| flat_index(dir));
-        let mut still_missing = Vec::new();
+        // Not identical yet: (SOP, why), `None` for not found.
+        let mut not_yet: Vec<(&str, Option<String>)> = Vec::new();
         for sop in todo {
             let r = by_sop[sop];
             let path = match &flat {
@@ -171,47 +175,47 @@ pub fn verify(records: &[SentRecord], dir: &Path, layout: Layout, wait: Duration
                 Some(idx) => idx.get(sop).cloned(),
             };
             let Some(path) = path.filter(|p| p.is_file()) else {
-                still_missing.push(sop);
+                not_yet.push((sop, None));
                 continue;
             };
-            match dataset_hash(&path) {
+            let why = match dataset_hash(&path) {
                 Ok((h, _)) if blake3::Hash::from(h).to_hex().as_str() == r.blake3 => {
                     rep.identical += 1;
+                    continue;
                 }
-                Ok((h, len)) => {
-                    rep.mismatched += 1;
-                    if rep.mismatched_objects.len() < LIST_MAX {
-                        rep.mismatched_objects.push(format!(
-                            "{sop}: {}: dataset of {len} bytes, blake3 {}; sent {} bytes, blake3 {}",
-                            path.display(),
-                            blake3::Hash::from(h).to_hex(),
-                            r.len,
-                            r.blake3
-                        ));
+                Ok((h, len)) => format!(
+                    "{sop}: {}: dataset of {len} bytes, blake3 {}; sent {} bytes, blake3 {}",
+                    path.display(),
+                    blake3::Hash::from(h).to_hex(),
+                    r.len,
+                    r.blake3
+                ),
+                Err(e) => format!("{sop}: {}: {e}", path.display()),
+            };
+            not_yet.push((sop, Some(why)));
+        }
+        if not_yet.is_empty() || Instant::now() >= deadline {
+            for (sop, why) in not_yet {
+                match why {
+                    None => {
+                        rep.missing += 1;
+                        if rep.missing_objects.len() < LIST_MAX {
+                            rep.missing_objects.push(sop.to_owned());
+                        }
                     }
-                }
-                Err(e) => {
-                    rep.mismatched += 1;
-                    if rep.mismatched_objects.len() < LIST_MAX {
-                        rep.mismatched_objects
-                            .push(format!("{sop}: {}: {e}", path.display()));
+                    Some(why) => {
+                        rep.mismatched += 1;
+                        if rep.mismatched_objects.len() < LIST_MAX {
+                            rep.mismatched_objects.push(why);
+                        }
                     }
                 }
             }
+            return rep;
         }
-        todo = still_missing;
-        if todo.is_empty() || Instant::now() >= deadline {
-            break;
-        }
+        todo = not_yet.into_iter().map(|(sop, _)| sop).collect();
         std::thread::sleep(Duration::from_millis(100));
     }
-    rep.missing = todo.len() as u64;
-    rep.missing_objects = todo
-        .iter()
-        .take(LIST_MAX)
-        .map(|s| (*s).to_owned())
-        .collect();
-    rep
 }
 
 #[cfg(test)]
@@ -270,6 +274,26 @@ mod tests {
         let recs = vec![rec("1.5.1", &data)];
         write_manifest(&m, &recs).unwrap();
         assert_eq!(read_manifest(&m).unwrap(), recs);
+    }
+
+    /// A file seen while it is being written (empty, then complete 300 ms later, as a
+    /// receiver writing at the final name leaves it) is looked at again, not reported.
+    #[test]
+    fn a_file_still_being_written_is_looked_at_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = b"\x08\x00\x18\x00UI\x02\x001\0".to_vec();
+        let r = rec("1.5.7", &data);
+        let p = store(tmp.path(), &r, &data);
+        std::fs::write(&p, b"").unwrap();
+        let (root, d2, r2) = (tmp.path().to_path_buf(), data.clone(), r.clone());
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            store(&root, &r2, &d2);
+        });
+        let rep = verify(&[r], tmp.path(), Layout::Gw, Duration::from_secs(10));
+        writer.join().unwrap();
+        assert!(rep.ok(), "{rep:?}");
+        assert_eq!(rep.identical, 1);
     }
 
     #[test]
