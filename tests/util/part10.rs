@@ -229,11 +229,20 @@ impl ObjSpec {
     pub fn settled_path(&self, data_dir: &Path) -> PathBuf {
         let p = self.stored_path(data_dir);
         // A C-STORE is answered once the object is in the ingest journal; its file reaches
-        // objects/ at the next checkpoint (a fraction of a second). Its final name appears
-        // atomically, complete.
+        // objects/ at the next checkpoint (a fraction of a second). The checkpoint creates it
+        // at its final name and fills it with one write (the index, which these tests cannot
+        // read while the daemon holds it, names it only after the sync), so a file seen at
+        // once may still be filling: it counts once its size held for 50 ms.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !p.exists() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+        let mut last = None;
+        while std::time::Instant::now() < deadline {
+            let now = len(&p);
+            if now.is_some_and(|n| n > 0) && now == last {
+                break;
+            }
+            last = now;
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
         p
     }
