@@ -723,6 +723,7 @@ fn duplicate_case(io: &str, policy: &str, expect_second: u16, expect_stored_seco
             files.len() == 1 && (policy != "replace" || files[0] != first.stored_path(&data));
         if settled || Instant::now() > deadline {
             assert_eq!(files.len(), 1, "{policy}: {files:?}");
+            wait_complete(&files[0]);
             break files[0].clone();
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -225,25 +225,10 @@ impl ObjSpec {
     }
 
     /// Where the daemon stores this object under `data_dir`, once it is there (waits up to
-    /// 30 s for the ingest checkpoint).
+    /// 30 s for the ingest checkpoint: [`wait_complete`]).
     pub fn settled_path(&self, data_dir: &Path) -> PathBuf {
         let p = self.stored_path(data_dir);
-        // A C-STORE is answered once the object is in the ingest journal; its file reaches
-        // objects/ at the next checkpoint (a fraction of a second). The checkpoint creates it
-        // at its final name and fills it with one write (the index, which these tests cannot
-        // read while the daemon holds it, names it only after the sync), so a file seen at
-        // once may still be filling: it counts once its size held for 50 ms.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
-        let mut last = None;
-        while std::time::Instant::now() < deadline {
-            let now = len(&p);
-            if now.is_some_and(|n| n > 0) && now == last {
-                break;
-            }
-            last = now;
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_complete(&p);
         p
     }
 
@@ -255,6 +240,26 @@ impl ObjSpec {
             .join(&self.study_instance_uid)
             .join(&self.series_instance_uid)
             .join(format!("{}.dcm", self.sop_instance_uid))
+    }
+}
+
+/// Waits (up to 30 s) until the daemon's file at `p` is there and complete. A C-STORE is
+/// answered once the object is in the ingest journal; its file reaches objects/ at the next
+/// checkpoint (a fraction of a second), which creates it at its final name and fills it with
+/// one write (the index, which a test cannot read while the daemon holds it, names it only
+/// after the sync). So a file seen at once may still be filling: it counts once its size held
+/// for 50 ms.
+pub fn wait_complete(p: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        let now = len(p);
+        if now.is_some_and(|n| n > 0) && now == last {
+            return;
+        }
+        last = now;
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 
