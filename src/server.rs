@@ -167,14 +167,10 @@ pub fn serve(
 
     let gateway_mode = settings.retention.mode == RetentionMode::Gateway;
     let queue = Queue::new(index.clone(), gateway_mode);
-    match queue.prepare_job_index() {
-        Ok(None | Some(0)) => {}
-        Ok(Some(jobs)) => info!(
-            jobs,
-            "built the forwarding queue's job index of existing jobs"
-        ),
+    match queue.rebuild_job_index() {
+        Ok(jobs) => tracing::debug!(jobs, "rebuilt the forwarding queue's job index"),
         Err(e) => {
-            warn!(error = %e, "cannot build the forwarding queue's job index now; the first checkpoint will")
+            warn!(error = %e, "cannot rebuild the forwarding queue's job index; it stays as it was")
         }
     }
     let (destinations, routes, from_db) = live::effective(

@@ -320,9 +320,10 @@ fn jobs_of(tx: &WriteTransaction, dest: &str, sop: &str) -> Result<Vec<u64>, Que
 const JOBS_OF_BUILT: &str = "jobs_of_built";
 
 /// Builds [`db::JOBS_OF`] from the job tables if this database was written before it existed
-/// (once: a flag in `META` says it is complete). Every job change keeps it in step from then
-/// on, so it can only lack jobs written by an older version, which this adds. Returns how
-/// many jobs it indexed, `None` if the index was complete.
+/// (once: a flag in `META` says it is complete; the daemon also rebuilds it at every start,
+/// [`Queue::rebuild_job_index`]). Every job change keeps it in step, so it can only lack jobs
+/// written by an older version, which this adds. Returns how many jobs it indexed, `None` if
+/// the index was complete.
 fn ensure_job_index(tx: &WriteTransaction) -> Result<Option<usize>, QueueError> {
     let mut meta = tx.open_table(db::META)?;
     if meta.get(JOBS_OF_BUILT)?.is_some() {
@@ -446,18 +447,17 @@ impl Queue {
         }
     }
 
-    /// Builds the job index ([`db::JOBS_OF`]) of a database written before it existed, so the
-    /// first checkpoint does not (the queue's readers build it on first use otherwise).
-    /// Returns how many jobs it indexed, `None` if the index was complete.
-    pub fn prepare_job_index(&self) -> Result<Option<usize>, QueueError> {
+    /// Rebuilds the job index ([`db::JOBS_OF`]) from the job tables (the daemon's start-up):
+    /// derived state made whole again once per start, whatever changed the job tables without
+    /// it (a version from before it existed, run on this database after a newer one). One
+    /// scan of every job. Returns how many jobs it indexed.
+    pub fn rebuild_job_index(&self) -> Result<usize, QueueError> {
         let tx = self.index.database().begin_write()?;
-        let built = ensure_job_index(&tx)?;
-        if built.is_some() {
-            tx.commit()?;
-        } else {
-            tx.abort()?;
-        }
-        Ok(built)
+        tx.delete_table(db::JOBS_OF)?;
+        tx.open_table(db::META)?.remove(JOBS_OF_BUILT)?;
+        let n = ensure_job_index(&tx)?.unwrap_or(0);
+        tx.commit()?;
+        Ok(n)
     }
 
     /// The index this queue lives beside.
@@ -1092,10 +1092,12 @@ mod tests {
     }
 
     /// A database written before the job index existed (its jobs not in it, no flag) gets it
-    /// built once, on first use, and then answers as the scan did: a destination with a
-    /// waiting, in-flight or dead job is not routed again; the others are.
+    /// built by the first reader, and then answers as the scan did: a destination with a
+    /// waiting, in-flight or dead job is not routed again; the others are. The start-up
+    /// rebuild mends an index that drifted from the job tables (rows of delivered jobs, jobs
+    /// without rows: what an older version running on this database would leave).
     #[test]
-    fn an_older_database_gets_its_job_index_built_once() {
+    fn the_job_index_is_built_for_an_older_database_and_rebuilt_at_start() {
         let (_d, q) = setup(3, false);
         add_job(&q, "a", "1.2.3.1", 0);
         add_job(&q, "b", "1.2.3.1", 0);
@@ -1110,26 +1112,33 @@ mod tests {
             .collect();
         q.finish(results, &policy(3), 2, || 0.0).unwrap();
         // As an older version left it: no job index, no flag.
-        let forget_the_index = || {
-            let tx = q.index().database().begin_write().unwrap();
-            tx.delete_table(db::JOBS_OF).unwrap();
-            tx.open_table(db::META)
-                .unwrap()
-                .remove(JOBS_OF_BUILT)
-                .unwrap();
-            tx.commit().unwrap();
-        };
-        forget_the_index();
-        assert_eq!(q.prepare_job_index().unwrap(), Some(4));
-        assert_job_index_exact(&q);
-        assert_eq!(q.prepare_job_index().unwrap(), None, "once");
-        // And lazily, by the first reader, when nobody prepared it.
-        forget_the_index();
+        let tx = q.index().database().begin_write().unwrap();
+        tx.delete_table(db::JOBS_OF).unwrap();
+        tx.open_table(db::META)
+            .unwrap()
+            .remove(JOBS_OF_BUILT)
+            .unwrap();
+        tx.commit().unwrap();
         let tx = q.index().database().begin_write().unwrap();
         let all = ["a", "b", "c", "d"].map(String::from);
         assert_eq!(reroute(&tx, "1.2.3.1", &all, 3).unwrap(), ["c", "d"]);
         assert_eq!(reroute(&tx, "1.2.3.2", &all, 3).unwrap(), ["b", "d"]);
         tx.commit().unwrap();
+        assert_job_index_exact(&q);
+        // Drift: a row for a job that no longer exists, a job whose row is gone.
+        let tx = q.index().database().begin_write().unwrap();
+        {
+            let mut t = tx.open_table(db::JOBS_OF).unwrap();
+            t.insert(("a", "1.2.3.3", 999), ()).unwrap();
+            let (dest, sop, id) = {
+                let (k, _) = t.first().unwrap().unwrap();
+                let (d, s, id) = k.value();
+                (d.to_owned(), s.to_owned(), id)
+            };
+            t.remove((dest.as_str(), sop.as_str(), id)).unwrap();
+        }
+        tx.commit().unwrap();
+        assert_eq!(q.rebuild_job_index().unwrap(), 8);
         assert_job_index_exact(&q);
     }
 
