@@ -34,8 +34,9 @@ pub const OUTSTANDING: TableDefinition<&str, u64> = TableDefinition::new("outsta
 /// `QUEUE`, `IN_FLIGHT` or `DEAD`, kept in step with them (added with the job, removed when it
 /// is delivered). "Has D a job for this object?" is then one short range read, not a scan of
 /// D's jobs, which an identical re-send asks inside a checkpoint even when an unreachable
-/// archive has a backlog of millions. Rebuilt from the job tables at every daemon start, and
-/// by the first reader of a database written before it existed (`META` `jobs_of_built`).
+/// archive has a backlog of millions. Checked against the job tables at every daemon start
+/// (rebuilt if they differ), and built by the first reader of a database written before it
+/// existed (`META` `jobs_of_built`).
 pub const JOBS_OF: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("jobs_of");
 /// Gateway-mode retention candidates: (received at µs, SOP Instance UID) → (), written when an
 /// object's last job is delivered (or at ingest when no route matched).

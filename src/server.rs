@@ -167,10 +167,14 @@ pub fn serve(
 
     let gateway_mode = settings.retention.mode == RetentionMode::Gateway;
     let queue = Queue::new(index.clone(), gateway_mode);
-    match queue.rebuild_job_index() {
-        Ok(jobs) => tracing::debug!(jobs, "rebuilt the forwarding queue's job index"),
+    match queue.mend_job_index() {
+        Ok(None) => {}
+        Ok(Some(jobs)) => info!(
+            jobs,
+            "rebuilt the forwarding queue's job index, which did not match its jobs"
+        ),
         Err(e) => {
-            warn!(error = %e, "cannot rebuild the forwarding queue's job index; it stays as it was")
+            warn!(error = %e, "cannot check the forwarding queue's job index; it stays as it was")
         }
     }
     let (destinations, routes, from_db) = live::effective(

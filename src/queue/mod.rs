@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redb::{ReadableDatabase, ReadableTable, Table, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditHook;
@@ -321,7 +321,7 @@ const JOBS_OF_BUILT: &str = "jobs_of_built";
 
 /// Builds [`db::JOBS_OF`] from the job tables if this database was written before it existed
 /// (once: a flag in `META` says it is complete; the daemon also rebuilds it at every start,
-/// [`Queue::rebuild_job_index`]). Every job change keeps it in step, so it can only lack jobs
+/// [`Queue::mend_job_index`]). Every job change keeps it in step, so it can only lack jobs
 /// written by an older version, which this adds. Returns how many jobs it indexed, `None` if
 /// the index was complete.
 fn ensure_job_index(tx: &WriteTransaction) -> Result<Option<usize>, QueueError> {
@@ -447,17 +447,81 @@ impl Queue {
         }
     }
 
-    /// Rebuilds the job index ([`db::JOBS_OF`]) from the job tables (the daemon's start-up):
-    /// derived state made whole again once per start, whatever changed the job tables without
-    /// it (a version from before it existed, run on this database after a newer one). One
-    /// scan of every job. Returns how many jobs it indexed.
-    pub fn rebuild_job_index(&self) -> Result<usize, QueueError> {
+    /// Checks the job index ([`db::JOBS_OF`]) against the job tables and rebuilds it if they
+    /// differ (the daemon's start-up): derived state made whole once per start, whatever
+    /// changed the job tables without it (a version from before it existed, run on this
+    /// database after a newer one). The check reads every job once, a lookup each, and writes
+    /// nothing when the index is whole. Returns `None` if it was, else how many jobs the
+    /// rebuilt index holds.
+    pub fn mend_job_index(&self) -> Result<Option<usize>, QueueError> {
+        if self.job_index_is_whole()? {
+            return Ok(None);
+        }
         let tx = self.index.database().begin_write()?;
         tx.delete_table(db::JOBS_OF)?;
         tx.open_table(db::META)?.remove(JOBS_OF_BUILT)?;
         let n = ensure_job_index(&tx)?.unwrap_or(0);
         tx.commit()?;
-        Ok(n)
+        Ok(Some(n))
+    }
+
+    /// Whether [`db::JOBS_OF`] is complete (flag set) and holds exactly the jobs of `QUEUE`,
+    /// `IN_FLIGHT` and `DEAD`: each job has its row, and there are no more rows than jobs.
+    fn job_index_is_whole(&self) -> Result<bool, QueueError> {
+        let rtx = self
+            .index
+            .database()
+            .begin_read()
+            .map_err(IndexError::from)?;
+        let flag = rtx.open_table(db::META).map_err(IndexError::from)?;
+        if flag.get(JOBS_OF_BUILT).map_err(IndexError::from)?.is_none() {
+            return Ok(false);
+        }
+        let index = match rtx.open_table(db::JOBS_OF) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(IndexError::from(e).into()),
+        };
+        let mut jobs = 0u64;
+        let mut indexed = |j: JobRecord| -> Result<bool, QueueError> {
+            jobs += 1;
+            let key = (j.destination.as_str(), j.sop_instance_uid.as_str(), j.id);
+            Ok(index.get(key).map_err(IndexError::from)?.is_some())
+        };
+        for row in rtx
+            .open_table(db::QUEUE)
+            .map_err(IndexError::from)?
+            .iter()
+            .map_err(IndexError::from)?
+        {
+            let (k, v) = row.map_err(IndexError::from)?;
+            if !indexed(decode_job(k.value().2, v.value())?)? {
+                return Ok(false);
+            }
+        }
+        for row in rtx
+            .open_table(db::IN_FLIGHT)
+            .map_err(IndexError::from)?
+            .iter()
+            .map_err(IndexError::from)?
+        {
+            let (k, v) = row.map_err(IndexError::from)?;
+            if !indexed(decode_job(k.value(), v.value())?)? {
+                return Ok(false);
+            }
+        }
+        for row in rtx
+            .open_table(db::DEAD)
+            .map_err(IndexError::from)?
+            .iter()
+            .map_err(IndexError::from)?
+        {
+            let (k, v) = row.map_err(IndexError::from)?;
+            if !indexed(decode_job(k.value().1, v.value())?)? {
+                return Ok(false);
+            }
+        }
+        Ok(index.len().map_err(IndexError::from)? == jobs)
     }
 
     /// The index this queue lives beside.
@@ -1125,6 +1189,7 @@ mod tests {
         assert_eq!(reroute(&tx, "1.2.3.2", &all, 3).unwrap(), ["b", "d"]);
         tx.commit().unwrap();
         assert_job_index_exact(&q);
+        assert_eq!(q.mend_job_index().unwrap(), None);
         // Drift: a row for a job that no longer exists, a job whose row is gone.
         let tx = q.index().database().begin_write().unwrap();
         {
@@ -1138,8 +1203,9 @@ mod tests {
             t.remove((dest.as_str(), sop.as_str(), id)).unwrap();
         }
         tx.commit().unwrap();
-        assert_eq!(q.rebuild_job_index().unwrap(), 8);
+        assert_eq!(q.mend_job_index().unwrap(), Some(8));
         assert_job_index_exact(&q);
+        assert_eq!(q.mend_job_index().unwrap(), None, "whole: nothing written");
     }
 
     /// Two jobs of one object for one destination (a replay doubles them): delivering one
