@@ -102,18 +102,42 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The socket inodes listening on TCP `port` (from /proc/net/tcp*, without connecting).
+fn listening_inodes(port: u16) -> Vec<String> {
+    let want = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() > 9 && f[1].ends_with(&want) && f[3] == "0A").then(|| f[9].to_owned())
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// True if a socket listens on TCP `port` (from /proc/net/tcp*, without connecting).
 pub fn is_listening(port: u16) -> bool {
-    let want = format!(":{port:04X}");
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|p| {
-        std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .lines()
-            .skip(1)
-            .any(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.len() > 3 && f[1].ends_with(&want) && f[3] == "0A"
-            })
+    !listening_inodes(port).is_empty()
+}
+
+/// True if process `pid` itself holds a socket listening on TCP `port`: a port taken from
+/// `free_port` can be handed to a parallel test too, whose peer's listener must not count.
+pub fn pid_listens(pid: u32, port: u16) -> bool {
+    let inodes = listening_inodes(port);
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|t| {
+            let t = t.to_string_lossy();
+            inodes.iter().any(|i| t == format!("socket:[{i}]"))
+        })
     })
 }
 
@@ -166,7 +190,7 @@ impl Peer {
                     );
                     break;
                 }
-                if is_listening(port) {
+                if pid_listens(child.id(), port) {
                     return Peer { port, child, log };
                 }
                 if Instant::now() > deadline {
