@@ -144,12 +144,14 @@ pub fn serve(
     );
     // A new index file's name, like the directories, must be durable before it is used.
     let _ = crate::store::fsync_dir(data.root());
-    // Query/Retrieve rows for an index written before they existed (issue 13).
-    match crate::store::query::backfill(index.database()) {
-        Ok(0) => {}
-        Ok(n) => info!(
-            instances = n,
-            "built the Query/Retrieve index of existing objects"
+    // Query/Retrieve rows for an index written before they existed (issue 13), or by an
+    // older version since.
+    match crate::store::query::mend(index.database()) {
+        Ok(m) if m == crate::store::query::Mended::default() => {}
+        Ok(m) => info!(
+            added = m.added,
+            removed = m.removed,
+            "brought the Query/Retrieve index in step with the stored objects"
         ),
         Err(e) => {
             warn!(error = %e, "cannot build the Query/Retrieve index of existing objects; C-FIND will not see them")

@@ -499,6 +499,62 @@ fn synthesize(data: &Path, n: usize) {
     tx.commit().unwrap();
 }
 
+/// A downgrade and back: objects indexed by a version that kept no Query/Retrieve rows are
+/// found by C-FIND once this version has started on the data directory again.
+#[test]
+fn findscu_finds_objects_an_older_version_indexed_without_their_rows() {
+    require_dcmtk();
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    let data = w.join("data");
+    synthesize(&data, 10);
+    // Five more studies as the older version wrote them: index rows, no Query/Retrieve rows.
+    {
+        let index = dicom_gw::store::index::Index::open(&data.join("gateway.redb")).unwrap();
+        let tx = index.database().begin_write().unwrap();
+        let mut objects = tx.open_table(dicom_gw::db::QR_OBJECTS).unwrap();
+        let mut keys = tx.open_table(dicom_gw::db::QR_STUDY_KEYS).unwrap();
+        let mut keys_of = tx.open_table(dicom_gw::db::QR_STUDY_KEYS_OF).unwrap();
+        for i in 5..10 {
+            let study = format!("1.2.826.0.1.3680043.10.1.{i}");
+            let sop = format!("{study}.1.1");
+            objects
+                .remove((study.as_str(), format!("{study}.1").as_str(), sop.as_str()))
+                .unwrap()
+                .expect("the row synthesize wrote");
+            keys.retain(|(_, _, st), _| st != study).unwrap();
+            keys_of.remove(study.as_str()).unwrap();
+        }
+        drop((objects, keys, keys_of));
+        tx.commit().unwrap();
+    }
+    let mut gw = Daemon::start(BIN, &data, "epoll", &[]);
+    let f = findscu(
+        gw.port,
+        w,
+        "-S",
+        &["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientID"],
+        &[],
+    );
+    let want: BTreeSet<String> = (0..10).map(|i| format!("S{i:05}")).collect();
+    assert_eq!(f.values(tags::PATIENT_ID), want, "{}", f.final_status());
+    // The mended study keys answer a query by name too.
+    let f = findscu(
+        gw.port,
+        w,
+        "-S",
+        &["QueryRetrieveLevel=STUDY", "PatientName=SYNTH^00007"],
+        &[],
+    );
+    assert_eq!(f.responses.len(), 1, "{}", f.final_status());
+    assert!(
+        gw.stderr().contains("Query/Retrieve index in step"),
+        "{}",
+        gw.stderr()
+    );
+    gw.stop();
+}
+
 #[test]
 fn findscu_cancel_gets_fe00_and_max_results_caps_the_answer() {
     require_dcmtk();
