@@ -34,9 +34,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dicom_loadgen::synth::civil;
 use serde::Serialize;
@@ -45,10 +43,10 @@ use serde_json::{json, Value};
 use dicom_loadgen::dataset::{encode_meta, Ts, EXPLICIT_LE};
 use dicom_loadgen::query::Query;
 use dicom_loadgen::run::MWL_FIND;
-use dicom_loadgen::scu::{AssocParams, Association, ScuError};
+use dicom_loadgen::scu::{Association, ScuError};
 use dicom_loadgen::stats::Percentiles;
 
-use crate::find_load::{c_find, cumulative, find_params, KindStats, Rng};
+use crate::find_load::{c_find, cumulative, find_params, Drive, Outcome, Queries, Rng};
 
 /// Modalities assigned to stations in rotation.
 pub const MODALITIES: [&str; 8] = ["CT", "MR", "US", "CR", "DX", "MG", "NM", "XA"];
@@ -497,14 +495,6 @@ pub struct MwlConfig {
     pub rate: Option<f64>,
 }
 
-#[derive(Debug)]
-struct WorkerOut {
-    kinds: BTreeMap<Kind, KindStats>,
-    errors: BTreeMap<String, u64>,
-    associations: u64,
-    last_done: Option<Instant>,
-}
-
 /// Summary of one kind.
 #[derive(Debug, Clone, Serialize)]
 pub struct KindSummary {
@@ -630,113 +620,69 @@ impl MwlSummary {
     }
 }
 
-struct Shared {
-    cfg: MwlConfig,
-    params: AssocParams,
-    queries: BTreeMap<Kind, Vec<Instance>>,
-    /// Cumulative weights over the kinds with instances.
-    cumulative: Vec<(Kind, f64)>,
-    issued: AtomicU64,
-    stop: AtomicBool,
-    fatal: Mutex<Option<String>>,
-    barrier: Barrier,
-    start: OnceLock<Instant>,
-}
+/// The worklist queries of a layout, by kind.
+struct MwlQueries(BTreeMap<Kind, Vec<Instance>>);
 
-impl Shared {
-    fn fail(&self, why: String) {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut f = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
-        f.get_or_insert(why);
+impl Queries for MwlQueries {
+    type Kind = Kind;
+    type Query = (Kind, usize);
+
+    fn draw(&self, kind: Kind, rng: &mut Rng) -> (Kind, usize) {
+        (kind, (rng.next() % self.0[&kind].len() as u64) as usize)
+    }
+
+    fn send(
+        &self,
+        a: &mut Association,
+        id: u16,
+        &(kind, i): &(Kind, usize),
+    ) -> Result<(u16, u64), ScuError> {
+        find(a, id, &self.0[&kind][i])
+    }
+
+    fn expected(&self, &(kind, i): &(Kind, usize)) -> Option<u64> {
+        Some(self.0[&kind][i].expected)
+    }
+
+    fn name(&self, kind: Kind) -> &'static str {
+        kind.name()
     }
 }
 
 /// Runs the query load; blocks until every worker is done.
 pub fn run(cfg: MwlConfig) -> MwlSummary {
-    let queries = instances(&cfg.layout);
+    let queries = MwlQueries(instances(&cfg.layout));
     // Only kinds the layout has instances of can be drawn.
     let cumulative = cumulative(
         cfg.mix
             .0
             .iter()
             .copied()
-            .filter(|(k, _)| queries.get(k).is_some_and(|v| !v.is_empty())),
+            .filter(|(k, _)| queries.0.get(k).is_some_and(|v| !v.is_empty())),
     );
-    let params = find_params(
-        cfg.addr,
-        &cfg.calling,
-        &cfg.called,
-        cfg.max_pdu,
-        cfg.timeout,
-        MWL_FIND,
-    );
-    let c = cfg.concurrency.max(1);
-    let shared = Arc::new(Shared {
-        cfg,
-        params,
-        queries,
-        cumulative,
-        issued: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-        fatal: Mutex::new(None),
-        barrier: Barrier::new(c + 1),
-        start: OnceLock::new(),
-    });
-    let handles: Vec<_> = (0..c)
-        .map(|w| {
-            let s = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("mwl-{w}"))
-                .spawn(move || worker(&s, w as u64))
-                .expect("spawn worker thread")
-        })
-        .collect();
-    shared.barrier.wait();
-    let start = Instant::now();
-    let _ = shared.start.set(start);
-    let mut kinds: BTreeMap<Kind, KindStats> = BTreeMap::new();
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    let mut associations = 0;
-    let mut last = None::<Instant>;
-    for h in handles {
-        match h.join() {
-            Ok(out) => {
-                for (k, s) in &out.kinds {
-                    kinds.entry(*k).or_insert_with(KindStats::new).merge(s);
-                }
-                for (k, v) in out.errors {
-                    *errors.entry(k).or_default() += v;
-                }
-                associations += out.associations;
-                last = last.max(out.last_done);
-            }
-            Err(_) => shared.fail("a worker thread panicked".into()),
-        }
-    }
-    let elapsed = last
-        .unwrap_or_else(Instant::now)
-        .saturating_duration_since(start);
-    let fatal = shared
-        .fatal
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    summarize(&shared.cfg, &kinds, errors, associations, elapsed, fatal)
+    let drive = Drive {
+        params: find_params(
+            cfg.addr,
+            &cfg.calling,
+            &cfg.called,
+            cfg.max_pdu,
+            cfg.timeout,
+            MWL_FIND,
+        ),
+        concurrency: cfg.concurrency,
+        duration: cfg.duration,
+        count: cfg.count,
+        rate: cfg.rate,
+        seed: cfg.seed,
+        expect: cfg.expect,
+        thread_name: "mwl",
+    };
+    summarize(&cfg, crate::find_load::drive(&drive, &queries, &cumulative))
 }
 
-fn summarize(
-    cfg: &MwlConfig,
-    kinds: &BTreeMap<Kind, KindStats>,
-    errors_by_kind: BTreeMap<String, u64>,
-    associations: u64,
-    elapsed: Duration,
-    fatal: Option<String>,
-) -> MwlSummary {
-    let secs = elapsed.as_secs_f64().max(1e-9);
-    let mut all = KindStats::new();
-    for s in kinds.values() {
-        all.merge(s);
-    }
+fn summarize(cfg: &MwlConfig, out: Outcome<Kind>) -> MwlSummary {
+    let secs = out.elapsed.as_secs_f64().max(1e-9);
+    let all = out.all();
     let round2 = |x: f64| (x * 100.0).round() / 100.0;
     MwlSummary {
         operation: "mwl".into(),
@@ -750,14 +696,15 @@ fn summarize(
         elapsed_s: (secs * 1e6).round() / 1e6,
         queries: all.queries,
         ok: all.ok,
-        errors: errors_by_kind.values().sum(),
-        errors_by_kind,
+        errors: out.errors.values().sum(),
+        errors_by_kind: out.errors,
         queries_per_s: round2(all.ok as f64 / secs),
         responses_per_s: round2(all.matches as f64 / secs),
         matches: all.matches,
-        associations_opened: associations,
+        associations_opened: out.associations,
         latency_ms: Percentiles::of(&all.latency),
-        kinds: kinds
+        kinds: out
+            .kinds
             .iter()
             .map(|(k, s)| {
                 let done = s.latency.len().max(1) as f64;
@@ -774,122 +721,8 @@ fn summarize(
                 )
             })
             .collect(),
-        fatal,
+        fatal: out.fatal,
     }
-}
-
-fn open(s: &Shared, out: &mut WorkerOut) -> Result<Association, ScuError> {
-    let a = Association::open(&s.params)?;
-    out.associations += 1;
-    Ok(a)
-}
-
-fn worker(s: &Shared, w: u64) -> WorkerOut {
-    let mut out = WorkerOut {
-        kinds: BTreeMap::new(),
-        errors: BTreeMap::new(),
-        associations: 0,
-        last_done: None,
-    };
-    let mut assoc = match open(s, &mut out) {
-        Ok(a) => Some(a),
-        Err(e) => {
-            s.fail(e.to_string());
-            None
-        }
-    };
-    s.barrier.wait();
-    let start = *s.start.wait();
-    let deadline = s.cfg.duration.map(|d| start + d);
-    let total = s.cumulative.last().map_or(0.0, |x| x.1);
-    let mut rng = Rng((s.cfg.seed.wrapping_add(w))
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .max(1));
-    let mut msg_id = 0u16;
-    while !s.stop.load(Ordering::Relaxed) {
-        if deadline.is_some_and(|dl| Instant::now() >= dl) {
-            break;
-        }
-        // Every query takes a number: it bounds -n and, in open loop, schedules the query.
-        let i = s.issued.fetch_add(1, Ordering::Relaxed);
-        if s.cfg.count.is_some_and(|n| i >= n) {
-            break;
-        }
-        let intended = s
-            .cfg
-            .rate
-            .map(|r| start + Duration::from_secs_f64(i as f64 / r));
-        if let Some(t) = intended {
-            if deadline.is_some_and(|dl| t >= dl) {
-                break;
-            }
-            let now = Instant::now();
-            if t > now {
-                std::thread::sleep(t - now);
-            }
-        }
-        let x = rng.unit() * total;
-        let Some(kind) = s
-            .cumulative
-            .iter()
-            .find(|(_, c)| x < *c)
-            .or(s.cumulative.last())
-            .map(|(k, _)| *k)
-        else {
-            break;
-        };
-        let list = &s.queries[&kind];
-        let inst = &list[(rng.next() % list.len() as u64) as usize];
-        if assoc.is_none() {
-            match open(s, &mut out) {
-                Ok(a) => assoc = Some(a),
-                Err(e) => {
-                    s.fail(e.to_string());
-                    break;
-                }
-            }
-        }
-        let Some(a) = assoc.as_mut() else { break };
-        msg_id = msg_id.wrapping_add(1).max(1);
-        let ks = out.kinds.entry(kind).or_insert_with(KindStats::new);
-        ks.queries += 1;
-        // Open loop: latency from the intended send time (coordinated omission corrected).
-        let t0 = intended.unwrap_or_else(Instant::now);
-        let r = find(a, msg_id, inst);
-        let t1 = Instant::now();
-        out.last_done = Some(t1);
-        match r {
-            Ok((status, pending)) => {
-                ks.matches += pending;
-                ks.latency
-                    .saturating_record((t1 - t0).as_micros().clamp(1, 3_600_000_000) as u64);
-                if status != 0x0000 {
-                    *out.errors.entry(format!("0x{status:04X}")).or_default() += 1;
-                } else if s.cfg.expect && pending != inst.expected {
-                    ks.mismatches += 1;
-                    *out.errors
-                        .entry(format!("mismatch-{}", kind.name()))
-                        .or_default() += 1;
-                } else {
-                    ks.ok += 1;
-                }
-            }
-            Err(e) => {
-                *out.errors.entry(e.kind().to_owned()).or_default() += 1;
-                if let Some(a) = assoc.take() {
-                    a.abort();
-                }
-            }
-        }
-    }
-    if let Some(a) = assoc.take() {
-        if let Err(e) = a.release() {
-            *out.errors
-                .entry(format!("release-{}", e.kind()))
-                .or_default() += 1;
-        }
-    }
-    out
 }
 
 /// Upper bound on pending responses to one query (a runaway peer stays bounded).

@@ -28,17 +28,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use dicom_loadgen::dataset::{Encoder, Ts, EXPLICIT_LE};
-use dicom_loadgen::scu::{AssocParams, Association, ScuError};
+use dicom_loadgen::scu::{Association, ScuError};
 use dicom_loadgen::stats::Percentiles;
 
-use crate::find_load::{c_find, cumulative, find_params, KindStats, Rng};
+use crate::find_load::{c_find, cumulative, find_params, Drive, Queries, Rng};
 
 /// Study Root Query/Retrieve Information Model – FIND.
 pub const STUDY_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.2.1";
@@ -473,97 +471,63 @@ impl QrSummary {
     }
 }
 
-struct Shared {
-    cfg: QrConfig,
-    params: AssocParams,
-    cumulative: Vec<(Kind, f64)>,
-    issued: AtomicU64,
-    stop: AtomicBool,
-    fatal: Mutex<Option<String>>,
-    barrier: Barrier,
-    start: OnceLock<Instant>,
-}
+/// The study-level queries over a corpus.
+struct QrQueries<'a>(&'a QrConfig);
 
-impl Shared {
-    fn fail(&self, why: String) {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut f = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
-        f.get_or_insert(why);
+impl Queries for QrQueries<'_> {
+    type Kind = Kind;
+    /// The kind, and the study its key values come from.
+    type Query = (Kind, u64);
+
+    fn draw(&self, kind: Kind, rng: &mut Rng) -> (Kind, u64) {
+        (kind, rng.next() % self.0.corpus.studies().max(1))
     }
-}
 
-struct WorkerOut {
-    kinds: BTreeMap<Kind, KindStats>,
-    errors: BTreeMap<String, u64>,
-    last_done: Option<Instant>,
+    fn send(
+        &self,
+        a: &mut Association,
+        id: u16,
+        &(kind, k): &(Kind, u64),
+    ) -> Result<(u16, u64), ScuError> {
+        find(a, id, kind, &self.0.root, k)
+    }
+
+    fn expected(&self, &(kind, k): &(Kind, u64)) -> Option<u64> {
+        expected(kind, &self.0.corpus, k)
+    }
+
+    fn name(&self, kind: Kind) -> &'static str {
+        kind.name()
+    }
 }
 
 /// Runs the query load; blocks until every worker is done.
 pub fn run(cfg: QrConfig) -> QrSummary {
-    let cumulative = cumulative(cfg.mix.iter().copied());
-    let params = find_params(
-        cfg.addr,
-        &cfg.calling,
-        &cfg.called,
-        cfg.max_pdu,
-        cfg.timeout,
-        STUDY_ROOT_FIND,
+    let drive = Drive {
+        params: find_params(
+            cfg.addr,
+            &cfg.calling,
+            &cfg.called,
+            cfg.max_pdu,
+            cfg.timeout,
+            STUDY_ROOT_FIND,
+        ),
+        concurrency: cfg.concurrency,
+        duration: cfg.duration,
+        count: cfg.count,
+        rate: None,
+        seed: cfg.seed,
+        expect: cfg.expect,
+        thread_name: "qr",
+    };
+    let out = crate::find_load::drive(
+        &drive,
+        &QrQueries(&cfg),
+        &cumulative(cfg.mix.iter().copied()),
     );
-    let c = cfg.concurrency.max(1);
-    let shared = Arc::new(Shared {
-        cfg,
-        params,
-        cumulative,
-        issued: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-        fatal: Mutex::new(None),
-        barrier: Barrier::new(c + 1),
-        start: OnceLock::new(),
-    });
-    let handles: Vec<_> = (0..c)
-        .map(|w| {
-            let s = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("qr-{w}"))
-                .spawn(move || worker(&s, w as u64))
-                .expect("spawn worker thread")
-        })
-        .collect();
-    shared.barrier.wait();
-    let start = Instant::now();
-    let _ = shared.start.set(start);
-    let mut kinds: BTreeMap<Kind, KindStats> = BTreeMap::new();
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    let mut last = None::<Instant>;
-    for h in handles {
-        match h.join() {
-            Ok(out) => {
-                for (k, s) in &out.kinds {
-                    kinds.entry(*k).or_insert_with(KindStats::new).merge(s);
-                }
-                for (k, v) in out.errors {
-                    *errors.entry(k).or_default() += v;
-                }
-                last = last.max(out.last_done);
-            }
-            Err(_) => shared.fail("a worker thread panicked".into()),
-        }
-    }
-    let elapsed = last
-        .unwrap_or_else(Instant::now)
-        .saturating_duration_since(start);
-    let fatal = shared
-        .fatal
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    let secs = elapsed.as_secs_f64().max(1e-9);
-    let mut all = KindStats::new();
-    for s in kinds.values() {
-        all.merge(s);
-    }
+    let secs = out.elapsed.as_secs_f64().max(1e-9);
+    let all = out.all();
     let round2 = |x: f64| (x * 100.0).round() / 100.0;
-    let cfg = &shared.cfg;
     QrSummary {
         operation: "qr".into(),
         target: cfg.target.clone(),
@@ -572,12 +536,13 @@ pub fn run(cfg: QrConfig) -> QrSummary {
         elapsed_s: (secs * 1e6).round() / 1e6,
         queries: all.queries,
         ok: all.ok,
-        errors: errors.values().sum(),
-        errors_by_kind: errors,
+        errors: out.errors.values().sum(),
+        errors_by_kind: out.errors,
         queries_per_s: round2(all.ok as f64 / secs),
         responses_per_s: round2(all.matches as f64 / secs),
         latency_ms: Percentiles::of(&all.latency),
-        kinds: kinds
+        kinds: out
+            .kinds
             .iter()
             .map(|(k, s)| {
                 let done = s.latency.len().max(1) as f64;
@@ -598,98 +563,8 @@ pub fn run(cfg: QrConfig) -> QrSummary {
                 )
             })
             .collect(),
-        fatal,
+        fatal: out.fatal,
     }
-}
-
-fn worker(s: &Shared, w: u64) -> WorkerOut {
-    let mut out = WorkerOut {
-        kinds: BTreeMap::new(),
-        errors: BTreeMap::new(),
-        last_done: None,
-    };
-    let mut assoc = match Association::open(&s.params) {
-        Ok(a) => Some(a),
-        Err(e) => {
-            s.fail(e.to_string());
-            None
-        }
-    };
-    s.barrier.wait();
-    let start = *s.start.wait();
-    let deadline = s.cfg.duration.map(|d| start + d);
-    let total = s.cumulative.last().map_or(0.0, |x| x.1);
-    let mut rng = Rng((s.cfg.seed.wrapping_add(w))
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .max(1));
-    let studies = s.cfg.corpus.studies().max(1);
-    let mut msg_id = 0u16;
-    while !s.stop.load(Ordering::Relaxed) {
-        if deadline.is_some_and(|dl| Instant::now() >= dl) {
-            break;
-        }
-        let i = s.issued.fetch_add(1, Ordering::Relaxed);
-        if s.cfg.count.is_some_and(|n| i >= n) {
-            break;
-        }
-        let x = rng.unit() * total;
-        let Some(kind) = s
-            .cumulative
-            .iter()
-            .find(|(_, c)| x < *c)
-            .or(s.cumulative.last())
-            .map(|(k, _)| *k)
-        else {
-            break;
-        };
-        let k = rng.next() % studies;
-        if assoc.is_none() {
-            match Association::open(&s.params) {
-                Ok(a) => assoc = Some(a),
-                Err(e) => {
-                    s.fail(e.to_string());
-                    break;
-                }
-            }
-        }
-        let Some(a) = assoc.as_mut() else { break };
-        msg_id = msg_id.wrapping_add(1).max(1);
-        let ks = out.kinds.entry(kind).or_insert_with(KindStats::new);
-        ks.queries += 1;
-        let t0 = Instant::now();
-        let r = find(a, msg_id, kind, &s.cfg.root, k);
-        let t1 = Instant::now();
-        out.last_done = Some(t1);
-        ks.busy_us += (t1 - t0).as_micros() as u64;
-        match r {
-            Ok((status, pending)) => {
-                ks.matches += pending;
-                ks.latency
-                    .saturating_record((t1 - t0).as_micros().clamp(1, 3_600_000_000) as u64);
-                let want = expected(kind, &s.cfg.corpus, k);
-                if status != 0x0000 {
-                    *out.errors.entry(format!("0x{status:04X}")).or_default() += 1;
-                } else if s.cfg.expect && want.is_some_and(|n| n != pending) {
-                    ks.mismatches += 1;
-                    *out.errors
-                        .entry(format!("mismatch-{}", kind.name()))
-                        .or_default() += 1;
-                } else {
-                    ks.ok += 1;
-                }
-            }
-            Err(e) => {
-                *out.errors.entry(e.kind().to_owned()).or_default() += 1;
-                if let Some(a) = assoc.take() {
-                    a.abort();
-                }
-            }
-        }
-    }
-    if let Some(a) = assoc.take() {
-        let _ = a.release();
-    }
-    out
 }
 
 /// Upper bound on pending responses to one query.

@@ -126,3 +126,84 @@ fn store_and_verify_against_dicom_gw() {
         gone.file_stem().unwrap().to_str()
     );
 }
+
+/// `qr-index` writes a corpus the daemon answers for: `qr --expect` counts every query's
+/// matches against the corpus, all kinds, two associations; told a larger corpus than the one
+/// indexed, the same check reports the differences.
+#[test]
+fn qr_load_finds_the_corpus_it_indexed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let corpus = |instances: &'static str| {
+        [
+            "--instances",
+            instances,
+            "--per-series",
+            "10",
+            "--series-per-study",
+            "2",
+        ]
+    };
+    let mut args = vec!["qr-index", "--data-dir", data.to_str().unwrap()];
+    args.extend(corpus("2000"));
+    let o = loadgen(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let gw = Gw::start(&data);
+    let json = tmp.path().join("qr.json");
+    let addr = gw.addr();
+    let run = |instances: &'static str| {
+        let mut args = vec![
+            "qr",
+            &addr,
+            "-n",
+            "240",
+            "-c",
+            "2",
+            "--expect",
+            "--mix",
+            "patient-id,accession,name,study-uid,date,universal",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        args.extend(corpus(instances));
+        let o = loadgen(&args);
+        (o, read_json(&json))
+    };
+    let (o, j) = run("2000");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        (j["ok"].as_u64(), j["errors"].as_u64()),
+        (Some(240), Some(0)),
+        "{j}"
+    );
+    for kind in [
+        "patient-id",
+        "accession",
+        "name",
+        "study-uid",
+        "date",
+        "universal",
+    ] {
+        let k = &j["kinds"][kind];
+        assert!(k["queries"].as_u64() > Some(0), "{kind}: {j}");
+        assert_eq!(k["mismatches"], 0, "{kind}: {j}");
+    }
+    // 2,000 instances, 10 per series, 2 series per study: 100 studies, one per date.
+    assert_eq!(j["kinds"]["universal"]["mean_matches"], 100.0, "{j}");
+    assert_eq!(j["kinds"]["date"]["mean_matches"], 1.0, "{j}");
+
+    let (_, j) = run("4000");
+    assert!(
+        j["kinds"]["universal"]["mismatches"] == 0,
+        "universal is never checked: {j}"
+    );
+    assert!(
+        j["errors_by_kind"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.starts_with("mismatch-")),
+        "{j}"
+    );
+    gw.stop();
+}
