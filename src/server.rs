@@ -154,7 +154,7 @@ pub fn serve(
             "brought the Query/Retrieve index in step with the stored objects"
         ),
         Err(e) => {
-            warn!(error = %e, "cannot build the Query/Retrieve index of existing objects; C-FIND will not see them")
+            warn!(error = %e, "cannot bring the Query/Retrieve index in step with the stored objects; C-FIND may miss some or list removed ones")
         }
     }
     let backend = rt::resolve(settings.io)?;
