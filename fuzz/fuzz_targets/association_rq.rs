@@ -46,12 +46,17 @@ fuzz_target!(|data: &[u8]| {
         max_pdu_length: MAX_PDU,
     };
     black_box(max_length(&rq.user_variables));
-    match negotiate(&rq, &policy, flags & 8 != 0, |a: &str| SUPPORTED.contains(&a)) {
+    match negotiate(&rq, &policy, flags & 8 != 0, |a: &str| {
+        SUPPORTED.contains(&a)
+    }) {
         Decision::Accept(ac, negotiated) => {
             assert_eq!(ac.presentation_contexts.len(), ids.len());
             for (id, ctx) in &negotiated.contexts {
                 let answer = ac.presentation_contexts.iter().find(|r| r.id == *id);
-                assert_eq!(answer.map(|r| r.transfer_syntax.as_str()), Some(ctx.transfer_syntax.as_str()));
+                assert_eq!(
+                    answer.map(|r| r.transfer_syntax.as_str()),
+                    Some(ctx.transfer_syntax.as_str())
+                );
             }
             for (id, ctx) in &negotiated.contexts {
                 let proposed = rq

@@ -81,7 +81,10 @@ fn check_chain(image: &[u8], s: &format::Scan<'_>, expect: Expect) {
         );
         assert_eq!(&again, h);
         let content = format::GROUP_HEADER_LEN + h.body_len as usize;
-        assert_eq!(out[..content], image[*off as usize..*off as usize + content]);
+        assert_eq!(
+            out[..content],
+            image[*off as usize..*off as usize + content]
+        );
         next = h.next(expect.epoch_max);
         at += padded as u64;
     }
@@ -99,7 +102,11 @@ fn damaged_chain(rest: &[u8]) {
     let (ctl, payload) = rest.split_at(4);
     let groups = usize::from(ctl[0] % 6) + 1;
     let mut sizes = payload.iter().copied().cycle();
-    let mut fill = payload.iter().copied().chain(std::iter::repeat(0x5a)).cycle();
+    let mut fill = payload
+        .iter()
+        .copied()
+        .chain(std::iter::repeat(0x5a))
+        .cycle();
     let mut owned: Vec<Vec<(u16, Vec<u8>, Vec<u8>, Vec<u8>)>> = Vec::new();
     for _ in 0..groups {
         let n = usize::from(sizes.next().unwrap_or(0) % 4) + 1;
@@ -160,7 +167,9 @@ fn damaged_chain(rest: &[u8]) {
     let s = format::scan(&image, 0, start, MAX_GROUP);
     check_chain(&image, &s, start);
     let intact = spans.iter().take_while(|(_, end)| *end <= damage).count();
-    let hit = spans.iter().position(|(a, end)| damage >= *a && damage < *end);
+    let hit = spans
+        .iter()
+        .position(|(a, end)| damage >= *a && damage < *end);
     if flip {
         // CRC32C catches every single-byte change; a flip in padding changes nothing.
         let want = hit.unwrap_or(owned.len());
@@ -171,7 +180,10 @@ fn damaged_chain(rest: &[u8]) {
     for (k, (_, g)) in s.groups.iter().enumerate() {
         assert_eq!(g.records.len(), owned[k].len());
         for (r, (f, m, h, d)) in g.records.iter().zip(&owned[k]) {
-            assert_eq!((r.flags, r.meta, r.header, r.dataset), (*f, &m[..], &h[..], &d[..]));
+            assert_eq!(
+                (r.flags, r.meta, r.header, r.dataset),
+                (*f, &m[..], &h[..], &d[..])
+            );
         }
     }
 }

@@ -10,11 +10,11 @@ mod alloc_guard;
 
 use std::hint::black_box;
 
+use dicom_gw::dicom::dataset::DatasetError;
+use dicom_gw::dicom::json::parse_datasets;
 use dicom_gw::dicom::scan::{check, Limits};
 use dicom_gw::net::services::modality_performed_procedure_step::new_instance_uid;
 use dicom_gw::net::services::modality_worklist::read_dataset;
-use dicom_gw::dicom::dataset::DatasetError;
-use dicom_gw::dicom::json::parse_datasets;
 use dicom_gw::worklist::mpps::{links_to, n_create, n_set, step_refs};
 use dicom_gw::worklist::{Dataset, MppsInstance};
 use libfuzzer_sys::fuzz_target;

@@ -3,7 +3,9 @@
 //! `read_dataset`, `Query::from_identifier`, match against a small store).
 //!
 //! Oracle: what passes the scan must never be refused by the model for depth — the scanner
-//! must count the nesting dicom-object builds (otherwise the C1 stack overflow is back).
+//! must count the nesting dicom-object builds (otherwise the C1 stack overflow is back); a
+//! refusal's response carries an Error Comment an LO holds (at most 64 ASCII characters; the
+//! log gets the comment whole).
 #![no_main]
 
 #[path = "common/alloc_guard.rs"]
@@ -12,10 +14,11 @@ mod alloc_guard;
 use std::hint::black_box;
 use std::sync::OnceLock;
 
-use dicom_gw::dicom::scan::{check, Limits};
-use dicom_gw::net::dimse::command::{Command, CommandField};
-use dicom_gw::net::services::modality_worklist::{find, read_dataset, FindOutcome, SOP_CLASS};
 use dicom_gw::dicom::dataset::DatasetError;
+use dicom_gw::dicom::scan::{check, Limits};
+use dicom_gw::net::dimse::command::{decode_command, Command, CommandField};
+use dicom_gw::net::dimse::find::final_response;
+use dicom_gw::net::services::modality_worklist::{find, read_dataset, FindOutcome, SOP_CLASS};
 use dicom_gw::worklist::{Dataset, WorklistStore};
 use libfuzzer_sys::fuzz_target;
 
@@ -87,6 +90,21 @@ fuzz_target!(|data: &[u8]| {
             assert!(m.len() <= 10);
             black_box(m);
         }
-        FindOutcome::Refused { comment, .. } => assert!(comment.chars().count() <= 64),
+        // The comment is kept whole for the log; the response carries what an LO holds.
+        FindOutcome::Refused {
+            status,
+            comment,
+            offending,
+        } => {
+            let rsp = final_response(&rq(), status, Some(&comment), offending);
+            let sent = decode_command(&rsp).expect("our own response decodes");
+            let sent = sent.error_comment.unwrap_or_default();
+            assert!(sent.len() <= 64 && sent.is_ascii(), "{sent:?}");
+            let printable = comment.chars().any(|c| c.is_ascii_graphic());
+            assert!(
+                !printable || !sent.is_empty(),
+                "{comment:?} sent as nothing"
+            );
+        }
     }
 });

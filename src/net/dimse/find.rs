@@ -95,3 +95,36 @@ pub fn final_response(
     }
     b.build()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::dimse::command::decode_command;
+
+    /// A refusal's comment is kept whole for the log (a sequence-key message runs past 64
+    /// characters); the final response carries the first 64 printable ASCII characters, as
+    /// an LO holds (cargo-fuzz `mwl_identifier` checks this for every refusal).
+    #[test]
+    fn a_long_error_comment_is_cut_to_an_lo_on_the_wire() {
+        let rq = Command {
+            command_field: CommandField::CFindRq as u16,
+            message_id: 7,
+            affected_sop_class_uid: Some("1.2.840.10008.5.1.4.31".into()),
+            has_dataset: true,
+            ..Command::default()
+        };
+        let comment =
+            "DoseReferenceSequence (300A,0010): a sequence key must have one item, it has 2";
+        assert!(comment.len() > 64);
+        let rsp = decode_command(&final_response(&rq, 0xA900, Some(comment), None)).unwrap();
+        assert_eq!(rsp.status, Some(0xA900));
+        // (The 64th is a space, which the decoder trims as LO padding.)
+        assert_eq!(rsp.error_comment.as_deref(), Some(comment[..64].trim_end()));
+        let odd = "Müller\u{7}: a \u{1b}[31mcoloured\u{1b}[0m value";
+        let rsp = decode_command(&final_response(&rq, 0xC000, Some(odd), None)).unwrap();
+        assert_eq!(
+            rsp.error_comment.as_deref(),
+            Some("Mller: a [31mcoloured[0m value")
+        );
+    }
+}
