@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# CPU per stored object, machine-wide, of dicom-gw and DCMTK storescp +B in the same run,
+# alternating per repetition, each cell on a freshly formatted ext4 loop mount.
+#
+#   benches/machine_cpu.sh [reps] [seconds] [size]
+#
+# Why machine-wide: a receiver's own process CPU leaves out the work the kernel does for it
+# in other threads — writeback of its files by the flusher, the loop device's worker, the
+# ext4 journal. storescp never syncs, so most of its files' writeback is done after the load
+# by those threads; dicom-gw starts each file's writeback itself and syncs before its
+# checkpoint. Here each cell counts every busy CPU tick of the machine (/proc/stat: user,
+# nice, system, irq, softirq, steal) from the load's start until its data is on the disk
+# (`sync` after the load, for both), minus the load generator's own CPU, per object. The
+# receiver's own process CPU is printed beside it.
+#
+# Environment: GW (default target/release/dicom-gw), LOADGEN (target/release/dicom-loadgen),
+# DURABILITY (full). Needs root (loop mount) and storescp.
+set -euo pipefail
+
+reps=${1:-3}
+secs=${2:-8}
+size=${3:-16k}
+gw=${GW:-target/release/dicom-gw}
+loadgen=${LOADGEN:-target/release/dicom-loadgen}
+durability=${DURABILITY:-full}
+hz=$(getconf CLK_TCK)
+
+work=$(mktemp -d /tmp/machine-cpu.XXXXXX)
+img=$work/disk.img
+mnt=$work/mnt
+mkdir "$mnt"
+cleanup() {
+    [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null || true
+    umount "$mnt" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+ticks() { awk '{print $14+$15+$16+$17}' "/proc/$1/stat"; }
+
+# One cell: prints "receiver inst/s own_ms machine_ms".
+cell() {
+    local who=$1 port
+    truncate -s 8G "$img"
+    mkfs.ext4 -q -F "$img"
+    mount -o loop "$img" "$mnt"
+    mkdir -p "$mnt/sc"
+    port=$((20000 + RANDOM % 20000))
+    if [ "$who" = dicom-gw ]; then
+        "$gw" serve --data-dir "$mnt/gw" --store-listen "127.0.0.1:$port" --io epoll \
+            --durability "$durability" --http-listen 127.0.0.1:0 \
+            --worklist-listen 127.0.0.1:0 > "$work/receiver.log" 2>&1 &
+    else
+        TCP_NODELAY=1 storescp --fork +B -od "$mnt/sc" "$port" > "$work/receiver.log" 2>&1 &
+    fi
+    pid=$!
+    for _ in $(seq 100); do
+        (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.1
+    done
+    # Warm-up, then a quiet disk.
+    "$loadgen" store "127.0.0.1:$port" -c 8 -d 2 --size "$size" > /dev/null 2>&1
+    sync
+    sleep 1
+    local b0 t0 b1 t1
+    b0=$(busy)
+    t0=$(ticks "$pid")
+    /usr/bin/time -f "%U %S" -o "$work/time.txt" \
+        "$loadgen" store "127.0.0.1:$port" -c 8 -d "$secs" --size "$size" \
+        --json "$work/load.json" > /dev/null 2>&1
+    sleep 1
+    sync
+    sleep 1
+    b1=$(busy)
+    t1=$(ticks "$pid")
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    pid=
+    umount "$mnt"
+    python3 - "$who" "$b0" "$b1" "$t0" "$t1" "$hz" "$work/load.json" "$work/time.txt" <<'PY'
+import json, sys
+who, b0, b1, t0, t1, hz = sys.argv[1], *map(int, sys.argv[2:7])
+load = json.load(open(sys.argv[7]))
+user, system = map(float, open(sys.argv[8]).read().split()[-2:])
+n = load["ok"]
+own = (t1 - t0) / hz * 1000 / n
+machine = ((b1 - b0) / hz - user - system) * 1000 / n
+print(f"{who:9} {load['requests_per_s']:9.0f} inst/s  own {own:.3f} ms/obj  machine {machine:.3f} ms/obj")
+PY
+}
+
+echo "# $(date -u +%FT%TZ) $size, -c 8, ${secs}s, durability $durability; CPU per object: the receiver's process, and the machine minus the generator"
+for r in $(seq "$reps"); do
+    if [ $((r % 2)) = 1 ]; then order="storescp dicom-gw"; else order="dicom-gw storescp"; fi
+    for who in $order; do
+        cell "$who"
+    done
+done
