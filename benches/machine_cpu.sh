@@ -14,7 +14,9 @@
 # receiver's own process CPU is printed beside it.
 #
 # Environment: GW (default target/release/dicom-gw), LOADGEN (target/release/dicom-loadgen),
-# DURABILITY (full). Needs root (loop mount) and storescp.
+# DURABILITY (full), IMG_DIR (where the loop image lives; default a directory under /tmp: a
+# tmpfs there gives a device whose flushes cost nothing, a model of a disk with power-loss
+# protection, not stable storage). Needs root (loop mount) and storescp.
 set -euo pipefail
 
 reps=${1:-3}
@@ -26,13 +28,13 @@ durability=${DURABILITY:-full}
 hz=$(getconf CLK_TCK)
 
 work=$(mktemp -d /tmp/machine-cpu.XXXXXX)
-img=$work/disk.img
+img=${IMG_DIR:-$work}/machine-cpu-disk.img
 mnt=$work/mnt
 mkdir "$mnt"
 cleanup() {
     [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null || true
     umount "$mnt" 2>/dev/null || true
-    rm -rf "$work"
+    rm -rf "$work" "$img"
 }
 trap cleanup EXIT
 
@@ -78,6 +80,7 @@ cell() {
     wait "$pid" 2>/dev/null || true
     pid=
     umount "$mnt"
+    rm -f "$img"
     python3 - "$who" "$b0" "$b1" "$t0" "$t1" "$hz" "$work/load.json" "$work/time.txt" <<'PY'
 import json, sys
 who, b0, b1, t0, t1, hz = sys.argv[1], *map(int, sys.argv[2:7])
@@ -90,7 +93,7 @@ print(f"{who:9} {load['requests_per_s']:9.0f} inst/s  own {own:.3f} ms/obj  mach
 PY
 }
 
-echo "# $(date -u +%FT%TZ) $size, -c 8, ${secs}s, durability $durability; CPU per object: the receiver's process, and the machine minus the generator"
+echo "# $(date -u +%FT%TZ) $size, -c 8, ${secs}s, durability $durability, image in ${IMG_DIR:-/tmp}; CPU per object: the receiver's process, and the machine minus the generator"
 for r in $(seq "$reps"); do
     if [ $((r % 2)) = 1 ]; then order="storescp dicom-gw"; else order="dicom-gw storescp"; fi
     for who in $order; do
