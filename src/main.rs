@@ -104,6 +104,11 @@ enum Command {
         /// Data directory.
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
+        /// Instead of printing: check every Query/Retrieve row against the instance rows and
+        /// mend them (after an older version ran on this data directory; start-up only
+        /// compares row counts). Prints {"added":N,"removed":M}.
+        #[arg(long)]
+        mend_query_rows: bool,
     },
 }
 
@@ -1029,8 +1034,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit { op } => audit_command(op),
         Command::Worklist { op } => worklist_command(op),
         Command::Scu { op } => scu(op),
-        Command::Index { data_dir } => {
+        Command::Index {
+            data_dir,
+            mend_query_rows,
+        } => {
             let index = dicom_gw::store::index::Index::open(&data_dir.join("gateway.redb"))?;
+            if mend_query_rows {
+                let m = dicom_gw::store::query::mend_every_row(index.database())?;
+                println!(
+                    "{}",
+                    serde_json::json!({"added": m.added, "removed": m.removed})
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             for rec in index.instances()? {
                 println!("{}", serde_json::to_string(&rec)?);
             }
