@@ -580,18 +580,11 @@ fn findscu_finds_objects_an_older_version_indexed_without_their_rows() {
         drop(objects);
         tx.commit().unwrap();
     }
+    let d = data.to_str().unwrap();
     let mend = || {
-        let out = Command::new(BIN)
-            .args(["index", "--mend-query-rows", "--data-dir"])
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        gw_cli(&["index", "--mend-query-rows", "--data-dir", d])
+            .ok()
+            .json()
     };
     assert_eq!(mend(), json!({"added": 1, "removed": 1}));
     assert_eq!(mend(), json!({"added": 0, "removed": 0}));
