@@ -387,6 +387,11 @@ pub fn mend_every_row(db: &Database) -> Result<Mended, IndexError> {
             return Err(e);
         }
     }
+    if touched.is_empty() {
+        // Nothing to mend: no durable commit for an unchanged index.
+        tx.abort()?;
+        return Ok(mended);
+    }
     for st in &touched {
         sync_study_keys(&tx, st)?;
     }
