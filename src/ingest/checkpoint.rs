@@ -78,6 +78,7 @@ pub fn checkpoint(
         destinations: Vec::new(),
     };
     let mut created: Vec<PathBuf> = Vec::with_capacity(items.len());
+    let early_writeback = cfg.durability == crate::config::Durability::Full;
     let mut replaced_files: Vec<PathBuf> = Vec::new();
     let mut touched: HashSet<String> = HashSet::new();
     let now = timestamp_us();
@@ -121,7 +122,14 @@ pub fn checkpoint(
                 rec.path = versioned(&rec.path, &rec.dataset_blake3);
             }
             let dest = data.root().join(&rec.path);
-            place(it, &meta.staged, staged_dir, &dest, made_dirs)?;
+            place(
+                it,
+                &meta.staged,
+                staged_dir,
+                &dest,
+                made_dirs,
+                early_writeback,
+            )?;
             created.push(dest.clone());
             if let Some(old) = &existing {
                 // remove_instance changes the series, study and patient rows itself, and
@@ -225,6 +233,7 @@ fn place(
     staged_dir: &Path,
     dest: &Path,
     made_dirs: &mut HashSet<PathBuf>,
+    early_writeback: bool,
 ) -> Result<(), StoreError> {
     let dir = dest
         .parent()
@@ -239,7 +248,7 @@ fn place(
         // `dest` before the commit that indexes it (an indexed file is never at `dest`: a new
         // version gets its own name), and a crash or a failure before that commit leaves at
         // worst a partial file that the retry or the replay overwrites.
-        (Some(bytes), _) => write_and_start_writeback(dest, bytes).map_err(|e| {
+        (Some(bytes), _) => write_object(dest, bytes, early_writeback).map_err(|e| {
             remove_quietly(dest);
             StoreError::from_io("write object", &e)
         }),
@@ -262,15 +271,20 @@ fn place(
     }
 }
 
-/// Writes a file and starts its writeback at once (`sync_file_range(SYNC_FILE_RANGE_WRITE)`,
-/// which does not wait): the device then takes the checkpoint's data as it is produced,
-/// instead of all at once at its `syncfs`, where the journal's flushes would queue behind
-/// tens of megabytes (the tail latency of the answers).
-fn write_and_start_writeback(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a file and, with `early_writeback`, starts its writeback at once
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does not wait): the device then takes
+/// the checkpoint's data as it is produced, instead of all at once at its `syncfs`, where
+/// the journal's flushes would queue behind tens of megabytes (the tail latency of the
+/// answers). Without journal flushes (relaxed durability) there is nothing to queue behind,
+/// and the writeback is left to the kernel's flusher and the `syncfs`, as storescp leaves it.
+fn write_object(dest: &Path, bytes: &[u8], early_writeback: bool) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::fd::AsRawFd;
     let mut f = std::fs::File::create(dest)?;
     f.write_all(bytes)?;
+    if !early_writeback {
+        return Ok(());
+    }
     // SAFETY: sync_file_range only uses the descriptor, which `f` keeps open. Advisory: an
     // error only means the checkpoint's syncfs writes the data instead.
     unsafe {
