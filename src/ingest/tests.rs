@@ -570,7 +570,7 @@ fn the_checkpoint_returns_object_buffers_to_the_pool() {
     assert!(rt.block_on(ingest.settle.settle(Duration::from_secs(10))));
     assert!(index.instance(&s(1, 1, "1.5").sop()).unwrap().is_some());
     // Held until the end, so no address can be handed out twice.
-    let idle: Vec<Vec<u8>> = (0..pool.idle()).map(|_| pool.take(0)).collect();
+    let idle: Vec<Vec<u8>> = (0..pool.idle()).map(|_| pool.take(64 * 1024)).collect();
     let idle: Vec<usize> = idle.iter().map(|v| v.as_ptr() as usize).collect();
     assert_eq!(idle, vec![first], "only the unshared buffer came back");
     assert_ne!(first, second);

@@ -6,13 +6,20 @@
 //! the allocator returned such memory to the kernel between uses, so every object paid for
 //! zeroed pages and page faults on the hot path (`clear_page_erms` in the profile).
 //!
+//! Sized to fit: every object holds its buffer until its checkpoint, and when the
+//! materializer falls behind (relaxed durability, small objects) that is hundreds of
+//! thousands of buffers, bounded only by the journal ring. A buffer of a fixed 32 KiB held a
+//! 1 KiB object 30 times over (5 GiB resident after 40 s of 1 KiB objects). So buffers come
+//! in [size classes](class) at most an eighth (or 1 KiB) larger than what they hold, and the pool keeps
+//! one free list per class: a stream of objects of one size reuses the same buffers.
+//!
 //! Bounded: idle buffers total at most [`MAX_IDLE_BYTES`] of capacity, and none larger than
 //! [`MAX_CAPACITY`] is kept. The bound is sized for a checkpoint's worth of small objects
-//! (a quarter second at several thousand objects/s, 64 KiB each), which all come back at
-//! once; with a smaller pool half of them were allocated afresh at 4,000 objects/s. The
+//! (a quarter second at several thousand objects/s), which all come back at once. The
 //! materializer [trims](BufferPool::trim) the pool when ingest goes quiet, so the memory is
 //! only held while objects keep coming.
 
+use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
@@ -24,7 +31,33 @@ pub const MAX_IDLE_BYTES: usize = 128 << 20;
 /// threshold (256 KiB) plus its Part-10 header.
 pub const MAX_CAPACITY: usize = 260 * 1024;
 
-/// A free list of byte buffers.
+/// Smallest size class.
+const MIN_CLASS: usize = 1024;
+
+/// The capacity a buffer for `len` bytes gets: `len` rounded up to a sixteenth of the next
+/// power of two (in steps of at least 1 KiB), so at most an eighth of `len`, or 1 KiB, is
+/// unused.
+pub fn class(len: usize) -> usize {
+    let len = len.max(MIN_CLASS);
+    let step = (len.next_power_of_two() / 16).max(MIN_CLASS);
+    len.div_ceil(step) * step
+}
+
+/// The largest class a buffer of `capacity` bytes can serve (0 below the smallest).
+fn class_within(capacity: usize) -> usize {
+    if capacity < MIN_CLASS {
+        return 0;
+    }
+    let step = (capacity.next_power_of_two() / 16).max(MIN_CLASS);
+    capacity / step * step
+}
+
+/// Whether `v` could serve a larger size class than its contents need.
+pub fn oversized(v: &Vec<u8>) -> bool {
+    class_within(v.capacity()) > class(v.len())
+}
+
+/// Free lists of byte buffers, one per size class.
 #[derive(Debug, Default)]
 pub struct BufferPool {
     free: Mutex<Free>,
@@ -32,9 +65,12 @@ pub struct BufferPool {
 
 #[derive(Debug, Default)]
 struct Free {
-    buffers: Vec<Vec<u8>>,
+    /// Class → buffers of at least that capacity (less than the next class's).
+    by_class: HashMap<usize, Vec<Vec<u8>>>,
     /// Sum of their capacities.
     bytes: usize,
+    /// How many buffers.
+    count: usize,
 }
 
 impl BufferPool {
@@ -44,34 +80,39 @@ impl BufferPool {
         POOL.get_or_init(BufferPool::default)
     }
 
-    /// An empty buffer with room for at least `capacity` bytes: a returned one if there is
-    /// one, else a new one.
-    pub fn take(&self, capacity: usize) -> Vec<u8> {
+    /// An empty buffer with room for at least `len` bytes, of capacity [`class`]`(len)`
+    /// (or slightly more): a returned one if there is one of that class, else a new one.
+    pub fn take(&self, len: usize) -> Vec<u8> {
+        let want = class(len);
         let reused = {
             let mut free = self.lock();
-            let v = free.buffers.pop();
-            free.bytes -= v.as_ref().map_or(0, Vec::capacity);
+            let v = free.by_class.get_mut(&want).and_then(Vec::pop);
+            if let Some(v) = &v {
+                free.bytes -= v.capacity();
+                free.count -= 1;
+            }
             v
         };
         match reused {
             Some(mut v) => {
                 v.clear();
-                v.reserve(capacity);
                 v
             }
-            None => Vec::with_capacity(capacity),
+            None => Vec::with_capacity(want),
         }
     }
 
     /// Takes back a buffer no one uses any more (dropped if the pool is full or it is large).
     pub fn give(&self, v: Vec<u8>) {
-        if v.capacity() == 0 || v.capacity() > MAX_CAPACITY {
+        let c = class_within(v.capacity());
+        if c == 0 || v.capacity() > MAX_CAPACITY {
             return;
         }
         let mut free = self.lock();
         if free.bytes + v.capacity() <= MAX_IDLE_BYTES {
             free.bytes += v.capacity();
-            free.buffers.push(v);
+            free.count += 1;
+            free.by_class.entry(c).or_default().push(v);
         }
     }
 
@@ -85,13 +126,12 @@ impl BufferPool {
     /// Frees every idle buffer (ingest went quiet).
     pub fn trim(&self) {
         let mut free = self.lock();
-        free.buffers = Vec::new();
-        free.bytes = 0;
+        *free = Free::default();
     }
 
     /// Idle buffers held now.
     pub fn idle(&self) -> usize {
-        self.lock().buffers.len()
+        self.lock().count
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Free> {
@@ -106,17 +146,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_returned_buffer_is_handed_out_again_empty() {
+    fn a_class_holds_its_length_with_at_most_an_eighth_or_1_kib_to_spare() {
+        for len in (0..300 * 1024)
+            .step_by(97)
+            .chain([1024, 1025, 16 * 1024, 16 * 1024 + 1])
+        {
+            let c = class(len);
+            assert!(c >= len, "{len} → {c}");
+            assert!(c <= len + (len / 8).max(MIN_CLASS), "{len} → {c}");
+            assert_eq!(class(c), c, "a class is its own class");
+            assert_eq!(class_within(c), c);
+        }
+        assert_eq!(class(1), 1024);
+        assert_eq!(class(16 * 1024 + 300), 18 * 1024);
+        // Any capacity serves the largest class it covers, and no larger.
+        for cap in (1024..300 * 1024).step_by(101) {
+            let c = class_within(cap);
+            assert!(c <= cap && class(c) == c, "{cap} → {c}");
+            assert!(class(c + 1) > cap, "{cap}: class {c} is not the largest");
+        }
+    }
+
+    #[test]
+    fn a_returned_buffer_is_handed_out_again_empty_for_its_class() {
         let pool = BufferPool::default();
-        let mut v = pool.take(64 * 1024);
+        let mut v = pool.take(16 * 1024 + 300);
+        assert_eq!(v.capacity(), 18 * 1024, "sized to fit, not a fixed size");
         v.extend_from_slice(b"object bytes");
         let addr = v.as_ptr();
         pool.give_bytes(Bytes::from(v));
         assert_eq!(pool.idle(), 1);
-        let again = pool.take(1000);
+        // Another size class: a new buffer, the returned one stays.
+        let small = pool.take(1000);
+        assert_ne!(small.as_ptr(), addr);
+        assert_eq!(small.capacity(), 1024);
+        assert_eq!(pool.idle(), 1);
+        let again = pool.take(17 * 1024);
         assert_eq!(again.as_ptr(), addr, "the same allocation");
         assert!(again.is_empty());
-        assert!(again.capacity() >= 64 * 1024);
+        assert_eq!(pool.idle(), 0);
     }
 
     #[test]
@@ -130,8 +198,9 @@ mod tests {
         pool.give_bytes(b);
         assert_eq!(pool.idle(), 0);
         drop(slice);
-        // Larger than any inline object: freed, not kept.
+        // Larger than any inline object, or smaller than any class: freed, not kept.
         pool.give(Vec::with_capacity(MAX_CAPACITY + 1));
+        pool.give(Vec::with_capacity(MIN_CLASS - 1));
         assert_eq!(pool.idle(), 0);
         // Past the byte bound: freed, and taking one out makes room again.
         let each = MAX_CAPACITY;
@@ -140,7 +209,8 @@ mod tests {
             pool.give(Vec::with_capacity(each));
         }
         assert_eq!(pool.idle(), fits);
-        let v = pool.take(10);
+        let v = pool.take(class_within(each));
+        assert_eq!(v.capacity(), each);
         assert_eq!(pool.idle(), fits - 1);
         pool.give(v);
         assert_eq!(pool.idle(), fits);

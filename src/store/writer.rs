@@ -24,10 +24,13 @@ use crate::rt::ObjFile;
 /// back from the file in the rare case the wanted groups are longer.
 pub const PREFIX_LEN: usize = 64 * 1024;
 
-/// The capacity a new in-memory object starts with (it grows as needed). Small: every
-/// object holds its buffer until its checkpoint, so at thousands of objects per second the
-/// difference between this and the object's size is held thousands of times over, and the
-/// pool (`store::buffers`) keeps as many buffers as fit its byte bound.
+/// The capacity an in-memory object whose first fragment is not its last starts with (it
+/// grows as needed). An object that arrives in one fragment (most small ones: the PDU
+/// length we announce is larger) gets a buffer of its size instead. Every object holds its
+/// buffer until its checkpoint, so at thousands of objects per second the difference
+/// between a buffer and its object's size is held thousands of times over: a buffer that
+/// ended larger than its object's [size class](super::buffers::class) is swapped for one
+/// that fits when the object is complete.
 const FIRST_CAPACITY: usize = 32 * 1024;
 
 /// An object being received.
@@ -95,12 +98,10 @@ impl<F: ObjFile> ObjectWriter<F> {
     ) -> io::Result<Self> {
         let header_len = header.len() as u64;
         if header.len() < inline_max {
-            let mut mem =
-                super::buffers::BufferPool::objects().take(inline_max.min(FIRST_CAPACITY));
-            mem.extend_from_slice(&header);
+            // The header alone until the first fragment says how large a buffer to take.
             return Ok(Self {
                 file: None,
-                mem: Some(mem),
+                mem: Some(header),
                 inline_max,
                 temp_path,
                 pos: header_len,
@@ -134,13 +135,27 @@ impl<F: ObjFile> ObjectWriter<F> {
         Ok(w)
     }
 
-    /// Appends one dataset fragment. After a write error the fragment is only counted.
-    pub async fn write(&mut self, data: Bytes) {
+    /// Appends one dataset fragment (`last`: the object's last one). After a write error the
+    /// fragment is only counted.
+    pub async fn write(&mut self, data: Bytes, last: bool) {
         if self.error.is_some() {
             return;
         }
         if let Some(mem) = &mut self.mem {
             if mem.len() + data.len() <= self.inline_max {
+                if self.pos == self.header_len && (last || !data.is_empty()) {
+                    // The first fragment: the buffer the object is held in until its
+                    // checkpoint, of its size when this is all of it.
+                    let whole = mem.len() + data.len();
+                    let want = if last {
+                        whole
+                    } else {
+                        whole.max(FIRST_CAPACITY).min(self.inline_max)
+                    };
+                    let mut buf = super::buffers::BufferPool::objects().take(want);
+                    buf.extend_from_slice(mem);
+                    *mem = buf;
+                }
                 self.hasher.update(&data);
                 if let Some(c) = &mut self.check {
                     c.push(&data);
@@ -196,7 +211,15 @@ impl<F: ObjFile> ObjectWriter<F> {
     /// Closes the file. On any earlier or closing error the temporary file is removed and the
     /// error returned, so no partial file survives.
     pub async fn finish(mut self) -> io::Result<WrittenObject> {
-        if let Some(mem) = self.mem.take() {
+        if let Some(mut mem) = self.mem.take() {
+            let pool = super::buffers::BufferPool::objects();
+            if super::buffers::oversized(&mem) {
+                // Grew past its size class (several fragments): held until its checkpoint,
+                // so copied into one that fits, and the large one serves the next object.
+                let mut fit = pool.take(mem.len());
+                fit.extend_from_slice(&mem);
+                pool.give(std::mem::replace(&mut mem, fit));
+            }
             let dataset_start = self.header_len as usize;
             let prefix_end = mem.len().min(dataset_start + PREFIX_LEN);
             let body = Bytes::from(mem);
@@ -276,4 +299,71 @@ pub fn read_dataset_prefix(obj: &WrittenObject, len: usize) -> io::Result<Vec<u8
     let mut buf = vec![0u8; len];
     f.read_exact_at(&mut buf, obj.dataset_offset)?;
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rt::InlineFile;
+    use crate::store::buffers::class;
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// Receives `fragments` after a 300-byte header; returns the buffer's capacity and the
+    /// bytes held.
+    fn receive(fragments: &[usize]) -> (usize, Bytes) {
+        let dir = tempfile::tempdir().unwrap();
+        run(async {
+            let header = vec![7u8; 300];
+            let mut w =
+                ObjectWriter::<InlineFile>::create(dir.path().join("t"), header, None, 256 * 1024)
+                    .await
+                    .unwrap();
+            for (i, &n) in fragments.iter().enumerate() {
+                let last = i + 1 == fragments.len();
+                w.write(Bytes::from(vec![i as u8; n]), last).await;
+            }
+            let obj = w.finish().await.unwrap();
+            let Body::Inline(b) = obj.body else {
+                panic!("inline")
+            };
+            drop(obj.prefix);
+            let v = Vec::from(b.try_into_mut().expect("one handle"));
+            (v.capacity(), Bytes::from(v))
+        })
+    }
+
+    /// Every in-memory object holds its buffer until its checkpoint, so the buffer must fit
+    /// the object (a fixed 32 KiB held a 1 KiB object 30 times over), whether the dataset
+    /// came in one fragment or grew over several.
+    #[test]
+    fn an_object_held_in_memory_is_held_in_a_buffer_of_its_size() {
+        for fragments in [
+            &[700][..],
+            &[16 * 1024],
+            &[0, 16 * 1024],
+            &[4000, 4000, 4000, 4000],
+            &[30 * 1024, 30 * 1024, 30 * 1024],
+            &[100 * 1024, 150 * 1024],
+        ] {
+            let len = 300 + fragments.iter().sum::<usize>();
+            let (capacity, held) = receive(fragments);
+            assert_eq!(held.len(), len, "{fragments:?}");
+            assert_eq!(&held[..300], &[7u8; 300][..]);
+            let mut at = 300;
+            for (i, &n) in fragments.iter().enumerate() {
+                assert!(held[at..at + n].iter().all(|&b| b == i as u8));
+                at += n;
+            }
+            assert!(
+                capacity <= class(len) + class(len) / 16,
+                "{fragments:?}: {len} bytes held in {capacity}"
+            );
+        }
+    }
 }

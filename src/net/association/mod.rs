@@ -491,7 +491,7 @@ impl<F: ObjFile, S: NetStream> Established<F, S> {
             Some(Inbound::Store {
                 reception: Reception::Streaming(w),
                 ..
-            }) => w.write(data).await,
+            }) => w.write(data, last).await,
             Some(Inbound::Store { .. } | Inbound::Discard { .. }) => {}
             Some(Inbound::Buffer {
                 data: buf,
