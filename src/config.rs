@@ -357,6 +357,10 @@ pub struct RawStore {
     /// A checkpoint starts at once when this many objects wait (default 4096,
     /// 1–1000000). A quarter of the journal ring's bytes also starts one.
     pub checkpoint_objects: Option<usize>,
+    /// Most acknowledged objects waiting for their checkpoint, whose bytes and index rows
+    /// are held in memory until then; past it new objects wait as for a full ring (default
+    /// 65536 or twice `checkpoint_objects`, at least `checkpoint_objects`, at most 10000000).
+    pub max_pending_objects: Option<usize>,
     /// DICOM TLS listen address (PS3.15 Annex B; port 2762 by convention). Unset: no TLS
     /// listener. Runs beside the plain `listen`, which `listen = "off"` turns off.
     pub tls_listen: Option<String>,
@@ -747,6 +751,8 @@ pub struct StoreSettings {
     pub checkpoint_interval: Duration,
     /// Objects waiting that start a checkpoint at once.
     pub checkpoint_objects: usize,
+    /// Most objects waiting for their checkpoint.
+    pub max_pending_objects: usize,
 }
 
 /// `Ok` if `value` lies in `range`, else the message "must be between LO and HI".
@@ -1029,6 +1035,11 @@ impl RawConfig {
         let checkpoint_objects = s.checkpoint_objects.unwrap_or(4096);
         within(checkpoint_objects, 1..=1_000_000)
             .map_err(|m| invalid(Some("store"), "checkpoint_objects", false, m))?;
+        let max_pending_objects = s
+            .max_pending_objects
+            .unwrap_or(checkpoint_objects.saturating_mul(2).max(65_536));
+        within(max_pending_objects, checkpoint_objects..=10_000_000)
+            .map_err(|m| invalid(Some("store"), "max_pending_objects", false, m))?;
         let journal_segments = s.journal_segments.unwrap_or(8);
         within(journal_segments, 2..=64)
             .map_err(|m| invalid(Some("store"), "journal_segments", false, m))?;
@@ -1279,6 +1290,7 @@ impl RawConfig {
                 disk_high_water_percent,
                 checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
                 checkpoint_objects,
+                max_pending_objects,
             },
             destinations,
             routes,
@@ -1793,6 +1805,25 @@ mod tests {
         let d = resolve("").unwrap();
         assert_eq!(d.store.checkpoint_interval, Duration::from_millis(250));
         assert_eq!(d.store.checkpoint_objects, 4096);
+        assert_eq!(d.store.max_pending_objects, 65_536);
+        let s = resolve("[store]\ncheckpoint_objects = 50000\n").unwrap();
+        assert_eq!(
+            s.store.max_pending_objects, 100_000,
+            "twice checkpoint_objects"
+        );
+        let s = resolve("[store]\nmax_pending_objects = 5000\n").unwrap();
+        assert_eq!(s.store.max_pending_objects, 5000);
+        for bad in [
+            "max_pending_objects = 4095",
+            "max_pending_objects = 10000001",
+            "checkpoint_objects = 8000\nmax_pending_objects = 7999",
+        ] {
+            let e = resolve(&format!("[store]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("store.max_pending_objects"), "{e}");
+            assert!(e.contains("must be between"), "{e}");
+        }
         let e = resolve("[store]  # the store service\n\nmax_associations = 0\n")
             .unwrap_err()
             .to_string();

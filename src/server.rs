@@ -203,6 +203,7 @@ pub fn serve(
         cfg.sync = settings.store.sync_method;
         cfg.checkpoint_interval = settings.store.checkpoint_interval;
         cfg.checkpoint_objects = settings.store.checkpoint_objects;
+        cfg.max_pending_objects = settings.store.max_pending_objects;
         cfg.wake = Some(forwarder.wake_handle());
         let jcfg = crate::ingest::journal_config(
             settings.store.journal_segments,

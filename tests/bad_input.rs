@@ -864,6 +864,83 @@ gwtest!(disk_full_refuses_and_recovers, |io: &str| {
     drop(gw);
 });
 
+// Acknowledged objects wait in memory for their checkpoint; `[store] max_pending_objects`
+// bounds how many (rule 3). With the checkpoint failing (the study's directory cannot be
+// made), the C-STORE past the bound is not answered: its association waits and `/readyz`
+// says why (503, "2 objects wait for the checkpoint"); once the checkpoint succeeds the same
+// C-STORE is answered 0000, and all three objects are stored.
+gwtest!(
+    max_pending_objects_holds_the_next_object_until_the_checkpoint,
+    |io: &str| {
+        require_dcmtk();
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let gw = start_on(
+            tmp.path(),
+            &data,
+            io,
+            "[store]\ncheckpoint_objects = 2\nmax_pending_objects = 2\n",
+        );
+        let ready = |gw: &Daemon| request(gw.http_port, "GET", "/readyz", None, None);
+        let study = "1.2.826.0.1.3680043.10.1234.77";
+        let specs: Vec<ObjSpec> = (0..3)
+            .map(|i| ObjSpec::new(700 + i).study(study).pixel_bytes(4096))
+            .collect();
+        let files: Vec<PathBuf> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| gen(tmp.path(), &format!("p{i}"), s))
+            .collect();
+        let blocker = data.join("objects").join(study);
+        std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+        std::fs::write(&blocker, b"not a directory").unwrap();
+        for f in &files[..2] {
+            assert_eq!(
+                store_one(&gw, f).0,
+                Some(0),
+                "acknowledged from the journal"
+            );
+        }
+        std::thread::scope(|scope| {
+            let third = scope.spawn(|| store_one(&gw, &files[2]));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let rsp = loop {
+                let r = ready(&gw);
+                if r.text().contains("objects wait for the checkpoint") || Instant::now() > deadline
+                {
+                    break r;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            assert_eq!(rsp.status, 503, "{}", rsp.text());
+            assert!(
+                rsp.text().contains("2 objects wait for the checkpoint"),
+                "{}",
+                rsp.text()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(!third.is_finished(), "answered past the bound");
+            assert!(!specs[0].stored_path(&data).exists());
+            std::fs::remove_file(&blocker).unwrap();
+            let (status, r) = third.join().unwrap();
+            assert_eq!(status, Some(0), "{}", r.output);
+        });
+        for (s, f) in specs.iter().zip(&files) {
+            assert!(
+                same_dataset(s.settled_path(&data), f),
+                "{}",
+                s.sop_instance_uid
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ready(&gw).status != 200 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(ready(&gw).status, 200, "{}", ready(&gw).text());
+        assert!(!gw.stderr().contains("panicked"), "{}", gw.stderr());
+    }
+);
+
 // A full disk under the materializer (issue 12, audit H4): objects the journal acknowledged
 // wait in it while checkpoints fail on ENOSPC, `/readyz` says so (503, "ingest"), and once
 // space is back the same process indexes them and takes more: no restart, nothing lost.

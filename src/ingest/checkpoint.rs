@@ -379,7 +379,6 @@ pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>) {
                 if let Err(err) = shared.journal().release_through(&e) {
                     tracing::error!(error = %err, "journal release failed");
                 }
-                shared.released.notify_all();
                 shared.overlay.indexed(&done.placed);
                 // Healthy again before anyone waiting for this checkpoint is let go.
                 if failing_since.take().is_some() {
@@ -387,6 +386,8 @@ pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>) {
                     shared.progress.problem("checkpoint", None);
                 }
                 shared.progress.materialized(e.seq - 1);
+                // The journal writer may wait for room in the ring or for the backlog.
+                shared.released.notify_all();
                 if let Some(w) = &cfg.wake {
                     for d in &done.destinations {
                         (w.0)(d);

@@ -17,8 +17,10 @@
 //!
 //! Faults: a failed write or flush poisons the journal. Nothing more is acknowledged (every
 //! object is refused 0110 with a comment, `/readyz` says why) until the process restarts
-//! and recovery replays what reached the disk. A full ring waits for the checkpoint
-//! (backpressure: the cores' associations wait for their answers), and after
+//! and recovery replays what reached the disk. A full ring, or a backlog of
+//! [`IngestConfig::max_pending_objects`](super::IngestConfig) acknowledged objects (held in
+//! memory until their checkpoint), waits for the checkpoint (backpressure: the cores'
+//! associations wait for their answers), and after
 //! [`IngestConfig::full_wait`](super::IngestConfig) refuses A700.
 
 use std::path::PathBuf;
@@ -308,7 +310,16 @@ impl<S: Storage + Send> Lanes<'_, S> {
                     started,
                 })
             }
-            Err(e) => {
+            Err(None) => {
+                shared.overlay.undo(undo);
+                let msg = format!(
+                    "{} acknowledged objects wait for the checkpoint (max_pending_objects)",
+                    shared.cfg.max_pending_objects
+                );
+                fail(plans, || refusal(&msg, true), true);
+                None
+            }
+            Err(Some(e)) => {
                 shared.overlay.undo(undo);
                 // Neither a full ring nor an oversized group wrote anything: no poison.
                 let full_ring = matches!(e, JournalError::Full);
@@ -323,24 +334,40 @@ impl<S: Storage + Send> Lanes<'_, S> {
         }
     }
 
-    /// Reserves the group's place, waiting for the checkpoint while the ring is full.
+    /// Reserves the group's place, waiting for the checkpoint while the ring is full or the
+    /// backlog at its bound (`Err(None)`: still at its bound when the wait ended).
     fn reserve(
         &self,
         ins: &[RecordIn<'_>],
         buf: &mut AlignedBuf,
-    ) -> Result<Reserved<S::Segment>, JournalError> {
+    ) -> Result<Reserved<S::Segment>, Option<JournalError>> {
         let shared = self.shared;
         let deadline = Instant::now() + shared.cfg.full_wait;
         let mut journal = shared.journal();
         let mut warned = false;
+        let bound = shared.cfg.max_pending_objects as u64;
         loop {
-            match journal.reserve(ins, buf) {
+            let backlog = shared.progress.pending() >= bound;
+            let r = if backlog {
+                Err(JournalError::Full)
+            } else {
+                journal.reserve(ins, buf)
+            };
+            match r {
                 Err(JournalError::Full) if Instant::now() < deadline => {
                     if !warned {
-                        tracing::warn!("ingest journal full: waiting for the checkpoint (associations wait for their answers)");
-                        shared
-                            .progress
-                            .problem("journal", Some("full: waiting for the checkpoint".into()));
+                        let what = if backlog {
+                            format!("{bound} objects wait for the checkpoint")
+                        } else {
+                            "full".to_owned()
+                        };
+                        tracing::warn!(
+                            "ingest journal {what}: waiting for the checkpoint (associations wait for their answers)"
+                        );
+                        shared.progress.problem(
+                            "journal",
+                            Some(format!("{what}: waiting for the checkpoint")),
+                        );
                         warned = true;
                     }
                     self.mat.hurry();
@@ -350,11 +377,12 @@ impl<S: Storage + Send> Lanes<'_, S> {
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .0;
                 }
+                Err(JournalError::Full) if backlog => return Err(None),
                 r => {
                     if warned && r.is_ok() {
                         shared.progress.problem("journal", None);
                     }
-                    return r;
+                    return r.map_err(Some);
                 }
             }
         }

@@ -68,6 +68,10 @@ pub struct IngestConfig {
     pub checkpoint_interval: Duration,
     /// A checkpoint starts at once when this many objects wait.
     pub checkpoint_objects: usize,
+    /// Most acknowledged objects waiting for their checkpoint: each holds its bytes and its
+    /// index rows in memory until then, so past this the journal writer waits for the
+    /// checkpoint as it does for a full ring.
+    pub max_pending_objects: usize,
     /// How long a group waits for room in a full journal before it is refused A700.
     pub full_wait: Duration,
     /// How files are made durable (checkpoints, large objects before their record).
@@ -92,6 +96,7 @@ impl IngestConfig {
             wake: None,
             checkpoint_interval: Duration::from_millis(250),
             checkpoint_objects: 4096,
+            max_pending_objects: 65_536,
             full_wait: Duration::from_secs(30),
             sync: SyncMethod::Syncfs,
             buffers: crate::store::buffers::BufferPool::objects(),

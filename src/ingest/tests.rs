@@ -722,3 +722,55 @@ fn a_later_group_written_first_is_refused_when_an_earlier_one_fails() {
     drop(snap);
     ingest.join();
 }
+
+/// Rule 3: every acknowledged object holds its bytes and index rows in memory until its
+/// checkpoint, so their number is bounded before the memory is spent. Past
+/// `max_pending_objects` a new object waits for the checkpoint, as for a full ring; when
+/// none comes within `full_wait` it is refused out of resources (A700 at the DICOM edge)
+/// with a comment, unacknowledged, and `/readyz` says why; once the checkpoint runs, the
+/// next one is taken.
+#[test]
+fn past_max_pending_objects_new_objects_wait_for_the_checkpoint() {
+    let rt = runtime();
+    let mut c = cfg(DuplicatePolicy::Keep);
+    c.max_pending_objects = 3;
+    c.full_wait = Duration::from_millis(300);
+    let (_dir, data, _storage, ingest, index) = rig_with(c);
+    // The checkpoint cannot run while this is held.
+    let held = data.objects_lock();
+    for n in 1..=3 {
+        assert_eq!(
+            store(&ingest, &rt, s(n, 1, "1.5")).unwrap(),
+            Accepted::Stored
+        );
+    }
+    assert_eq!(ingest.settle.progress().pending(), 3);
+    let e = store(&ingest, &rt, s(4, 1, "1.5")).unwrap_err();
+    assert!(
+        matches!(&e, StoreError::DiskFull(m) if m.contains("max_pending_objects")),
+        "{e:?}"
+    );
+    let why = ingest.settle.progress().readiness().unwrap_err();
+    assert!(why.contains("3 objects wait for the checkpoint"), "{why}");
+    assert_eq!(
+        ingest.settle.progress().pending(),
+        3,
+        "the refused one is not pending"
+    );
+    drop(held);
+    // At the bound still: this one waits for the checkpoint it asks for, then is taken.
+    assert_eq!(
+        store(&ingest, &rt, s(5, 1, "1.5")).unwrap(),
+        Accepted::Stored
+    );
+    assert_eq!(ingest.settle.progress().readiness(), Ok(()));
+    assert!(rt.block_on(ingest.settle.settle(Duration::from_secs(10))));
+    for n in [1, 2, 3, 5] {
+        assert!(
+            index.instance(&s(n, 1, "1.5").sop()).unwrap().is_some(),
+            "{n}"
+        );
+    }
+    assert!(index.instance(&s(4, 1, "1.5").sop()).unwrap().is_none());
+    ingest.join();
+}
