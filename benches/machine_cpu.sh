@@ -35,11 +35,31 @@ cleanup() {
     [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null || true
     umount "$mnt" 2>/dev/null || true
     rm -rf "$work" "$img"
+    [ -n "${cg:-}" ] && rmdir "$cg" 2>/dev/null || true
 }
 trap cleanup EXIT
 
 busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
-ticks() { awk '{print $14+$15+$16+$17}' "/proc/$1/stat"; }
+
+# The receiver's own CPU, in nanoseconds, from a cgroup it is moved into (its children
+# follow): storescp --fork reaps a finished child only when the next association arrives, so
+# the children's CPU is not in its /proc cutime after the load. Without cgroups, /proc.
+cg=
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    cg=/sys/fs/cgroup/machine-cpu.$$
+elif [ -d /sys/fs/cgroup/cpuacct ]; then
+    cg=/sys/fs/cgroup/cpuacct/machine-cpu.$$
+fi
+[ -n "$cg" ] && ! mkdir -p "$cg" 2>/dev/null && cg=
+own_ns() {
+    if [ -z "$cg" ]; then
+        awk -v hz="$hz" '{print ($14+$15+$16+$17) / hz * 1e9}' "/proc/$1/stat"
+    elif [ -f "$cg/cpu.stat" ]; then
+        awk '/^usage_usec/{print $2 * 1000}' "$cg/cpu.stat"
+    else
+        cat "$cg/cpuacct.usage"
+    fi
+}
 
 # One cell: prints "receiver inst/s own_ms machine_ms".
 cell() {
@@ -57,6 +77,7 @@ cell() {
         TCP_NODELAY=1 storescp --fork +B -od "$mnt/sc" "$port" > "$work/receiver.log" 2>&1 &
     fi
     pid=$!
+    [ -n "$cg" ] && echo "$pid" > "$cg/cgroup.procs"
     for _ in $(seq 100); do
         (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
         sleep 0.1
@@ -67,7 +88,7 @@ cell() {
     sleep 1
     local b0 t0 b1 t1
     b0=$(busy)
-    t0=$(ticks "$pid")
+    t0=$(own_ns "$pid")
     /usr/bin/time -f "%U %S" -o "$work/time.txt" \
         "$loadgen" store "127.0.0.1:$port" -c 8 -d "$secs" --size "$size" \
         --json "$work/load.json" > /dev/null 2>&1
@@ -75,7 +96,7 @@ cell() {
     sync
     sleep 1
     b1=$(busy)
-    t1=$(ticks "$pid")
+    t1=$(own_ns "$pid")
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     pid=
@@ -83,11 +104,12 @@ cell() {
     rm -f "$img"
     python3 - "$who" "$b0" "$b1" "$t0" "$t1" "$hz" "$work/load.json" "$work/time.txt" <<'PY'
 import json, sys
-who, b0, b1, t0, t1, hz = sys.argv[1], *map(int, sys.argv[2:7])
+who = sys.argv[1]
+b0, b1, t0, t1, hz = map(float, sys.argv[2:7])
 load = json.load(open(sys.argv[7]))
 user, system = map(float, open(sys.argv[8]).read().split()[-2:])
 n = load["ok"]
-own = (t1 - t0) / hz * 1000 / n
+own = (t1 - t0) / 1e6 / n
 machine = ((b1 - b0) / hz - user - system) * 1000 / n
 print(f"{who:9} {load['requests_per_s']:9.0f} inst/s  own {own:.3f} ms/obj  machine {machine:.3f} ms/obj")
 PY
