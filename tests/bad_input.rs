@@ -132,6 +132,18 @@ fn store_one(gw: &Daemon, file: &Path) -> (Option<u16>, StoreResult) {
     (r.status_of(file), r)
 }
 
+/// `/readyz` once it satisfies `want`, or as it is after 20 s.
+fn readyz_when(gw: &Daemon, want: impl Fn(&Resp) -> bool) -> Resp {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = request(gw.http_port, "GET", "/readyz", None, None);
+        if want(&r) || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Malformed PDUs and DIMSE messages: A-ABORT and close, never a hang.
 
@@ -881,7 +893,6 @@ gwtest!(
             io,
             "[store]\ncheckpoint_objects = 2\nmax_pending_objects = 2\n",
         );
-        let ready = |gw: &Daemon| request(gw.http_port, "GET", "/readyz", None, None);
         let study = "1.2.826.0.1.3680043.10.1234.77";
         let specs: Vec<ObjSpec> = (0..3)
             .map(|i| ObjSpec::new(700 + i).study(study).pixel_bytes(4096))
@@ -903,15 +914,9 @@ gwtest!(
         }
         std::thread::scope(|scope| {
             let third = scope.spawn(|| store_one(&gw, &files[2]));
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let rsp = loop {
-                let r = ready(&gw);
-                if r.text().contains("objects wait for the checkpoint") || Instant::now() > deadline
-                {
-                    break r;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            };
+            let rsp = readyz_when(&gw, |r| {
+                r.text().contains("objects wait for the checkpoint")
+            });
             assert_eq!(rsp.status, 503, "{}", rsp.text());
             assert!(
                 rsp.text().contains("2 objects wait for the checkpoint"),
@@ -932,11 +937,8 @@ gwtest!(
                 s.sop_instance_uid
             );
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while ready(&gw).status != 200 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert_eq!(ready(&gw).status, 200, "{}", ready(&gw).text());
+        let rsp = readyz_when(&gw, |r| r.status == 200);
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
         assert!(!gw.stderr().contains("panicked"), "{}", gw.stderr());
     }
 );
@@ -994,14 +996,7 @@ gwtest!(
             );
         }
         // The checkpoint cannot place them: not ready, and says why.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let rsp = loop {
-            let r = ready(&gw);
-            if r.status == 503 || Instant::now() > deadline {
-                break r;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let rsp = readyz_when(&gw, |r| r.status == 503);
         assert_eq!(rsp.status, 503, "{}", rsp.text());
         let body = rsp.text();
         assert!(
@@ -1018,11 +1013,8 @@ gwtest!(
                 s.sop_instance_uid
             );
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while ready(&gw).status != 200 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert_eq!(ready(&gw).status, 200, "{}", ready(&gw).text());
+        let rsp = readyz_when(&gw, |r| r.status == 200);
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
         let more = ObjSpec::new(600);
         let fmore = gen(tmp.path(), "more", &more);
         assert_eq!(store_one(&gw, &fmore).0, Some(0));
