@@ -7,11 +7,12 @@
 //! zeroed pages and page faults on the hot path (`clear_page_erms` in the profile).
 //!
 //! Sized to fit: every object holds its buffer until its checkpoint, and when the
-//! materializer falls behind (relaxed durability, small objects) that is hundreds of
-//! thousands of buffers, bounded only by the journal ring. A buffer of a fixed 32 KiB held a
-//! 1 KiB object 30 times over (5 GiB resident after 40 s of 1 KiB objects). So buffers come
-//! in [size classes](class) at most an eighth (or 1 KiB) larger than what they hold, and the pool keeps
-//! one free list per class: a stream of objects of one size reuses the same buffers.
+//! materializer falls behind (relaxed durability, small objects) that is tens of thousands
+//! of buffers (`[store] max_pending_objects` bounds them). A buffer of a fixed 32 KiB held a
+//! 1 KiB object 30 times over (5.1 GB resident after 40 s of 1 KiB objects, 2.1 GB sized).
+//! So buffers come in [size classes](class) at most an eighth (or 1 KiB) larger than what
+//! they hold, and the pool keeps one free list per class: a stream of objects of one size
+//! reuses the same buffers.
 //!
 //! Bounded: idle buffers total at most [`MAX_IDLE_BYTES`] of capacity, and none larger than
 //! [`MAX_CAPACITY`] is kept. The bound is sized for a checkpoint's worth of small objects
