@@ -309,6 +309,7 @@ pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>) {
     let mut failing_since: Option<Instant> = None;
     let mut made_dirs = HashSet::new();
     let mut last_objects = Instant::now();
+    let mut last_trim = Instant::now();
     loop {
         let wait = match since {
             _ if closed => Duration::ZERO,
@@ -338,6 +339,12 @@ pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>) {
         } else if last_objects.elapsed() >= cfg.trim_buffers_after {
             // Ingest went quiet: the buffers pooled for the next objects can go.
             cfg.buffers.trim();
+        }
+        if last_trim.elapsed() >= cfg.trim_buffers_after {
+            // Under load the pool keeps what the checkpoints give back; what no object
+            // needed for a whole period goes.
+            cfg.buffers.trim_unused();
+            last_trim = Instant::now();
         }
         // The lag gauge: its age is taken when the metrics are read.
         crate::metrics::global()

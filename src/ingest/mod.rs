@@ -79,7 +79,8 @@ pub struct IngestConfig {
     /// Where in-memory objects' buffers go once their files are written (the pool the
     /// storage service's writers take from).
     pub buffers: &'static crate::store::buffers::BufferPool,
-    /// After this long without objects the pool's idle buffers are freed.
+    /// After this long without objects the pool's idle buffers are freed; under load, every
+    /// this long, those no object needed meanwhile.
     pub trim_buffers_after: Duration,
 }
 

@@ -587,7 +587,8 @@ fn a_quiet_pipeline_frees_the_pooled_buffers() {
     c.trim_buffers_after = Duration::ZERO;
     let (_dir, _data, _storage, ingest, _index) = rig_with(c);
     // (Taken at once: the trim may come any moment from now.)
-    pool.give(Vec::with_capacity(1000));
+    pool.give(Vec::with_capacity(4096));
+    assert_eq!(pool.idle(), 1);
     // The materializer looks at least once a second while nothing is pending.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while pool.idle() > 0 {

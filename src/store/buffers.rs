@@ -14,11 +14,14 @@
 //! they hold, and the pool keeps one free list per class: a stream of objects of one size
 //! reuses the same buffers.
 //!
-//! Bounded: idle buffers total at most [`MAX_IDLE_BYTES`] of capacity, and none larger than
-//! [`MAX_CAPACITY`] is kept. The bound is sized for a checkpoint's worth of small objects
-//! (a quarter second at several thousand objects/s), which all come back at once. The
-//! materializer [trims](BufferPool::trim) the pool when ingest goes quiet, so the memory is
-//! only held while objects keep coming.
+//! Kept while used: a checkpoint gives back every buffer of its objects at once, as many as
+//! the backlog held (a 128 MiB bound dropped half of them under a relaxed load, and the next
+//! backlog was allocated and zeroed afresh). So the pool keeps what comes back, up to
+//! [`MAX_IDLE_BYTES`] (more than the default journal ring holds) and none larger than
+//! [`MAX_CAPACITY`], and the materializer frees, once a second, the buffers that stayed idle
+//! the whole second ([`trim_unused`](BufferPool::trim_unused)), and all of them when ingest
+//! goes quiet ([`trim`](BufferPool::trim)). The pool never holds more than the backlog did a
+//! moment before, so it does not raise the peak.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -26,7 +29,7 @@ use std::sync::{Mutex, OnceLock};
 use bytes::Bytes;
 
 /// Total capacity of the idle buffers kept at most.
-pub const MAX_IDLE_BYTES: usize = 128 << 20;
+pub const MAX_IDLE_BYTES: usize = 512 << 20;
 
 /// Largest capacity kept (bigger buffers are freed): an inline object of the default
 /// threshold (256 KiB) plus its Part-10 header.
@@ -72,6 +75,9 @@ struct Free {
     bytes: usize,
     /// How many buffers.
     count: usize,
+    /// The fewest idle buffers since the last [`BufferPool::trim_unused`]: that many were
+    /// not needed all that time.
+    low: usize,
 }
 
 impl BufferPool {
@@ -92,6 +98,7 @@ impl BufferPool {
                 free.bytes -= v.capacity();
                 free.count -= 1;
             }
+            free.low = free.low.min(free.count);
             v
         };
         match reused {
@@ -128,6 +135,29 @@ impl BufferPool {
     pub fn trim(&self) {
         let mut free = self.lock();
         *free = Free::default();
+    }
+
+    /// Frees the buffers that no one needed since the last call (the fewest that were idle
+    /// meanwhile), so the pool follows the load down. Called periodically.
+    pub fn trim_unused(&self) {
+        let mut free = self.lock();
+        let mut surplus = free.low;
+        let Free {
+            by_class,
+            bytes,
+            count,
+            ..
+        } = &mut *free;
+        by_class.retain(|_, list| {
+            while surplus > 0 {
+                let Some(v) = list.pop() else { break };
+                *bytes -= v.capacity();
+                *count -= 1;
+                surplus -= 1;
+            }
+            !list.is_empty()
+        });
+        free.low = free.count;
     }
 
     /// Idle buffers held now.
@@ -186,6 +216,51 @@ mod tests {
         assert_eq!(again.as_ptr(), addr, "the same allocation");
         assert!(again.is_empty());
         assert_eq!(pool.idle(), 0);
+    }
+
+    /// Under load the pool keeps what comes back; what no object needed for a whole period
+    /// goes at the next periodic trim.
+    #[test]
+    fn the_periodic_trim_frees_only_what_was_not_needed() {
+        let pool = BufferPool::default();
+        let give = |n: usize, len: usize| {
+            for _ in 0..n {
+                pool.give(Vec::with_capacity(class(len)));
+            }
+        };
+        give(10, 16 * 1024);
+        give(2, 1024);
+        pool.trim_unused(); // starts a period: 12 idle
+        let taken: Vec<Vec<u8>> = (0..3).map(|_| pool.take(16 * 1024)).collect();
+        assert_eq!(pool.idle(), 9);
+        pool.trim_unused(); // 9 were idle the whole period
+        assert_eq!(pool.idle(), 0);
+        for v in taken {
+            pool.give(v);
+        }
+        // A period in which every idle buffer was taken frees none.
+        let taken: Vec<Vec<u8>> = (0..3).map(|_| pool.take(16 * 1024)).collect();
+        assert_eq!(pool.idle(), 0);
+        for v in taken {
+            pool.give(v);
+        }
+        pool.trim_unused();
+        assert_eq!(pool.idle(), 3, "all of them were needed");
+        let again = pool.take(16 * 1024);
+        assert_eq!(
+            again.capacity(),
+            class(16 * 1024),
+            "and are handed out again"
+        );
+        pool.give(again);
+        pool.trim_unused();
+        assert_eq!(
+            pool.idle(),
+            1,
+            "one was taken meanwhile: the two never taken go"
+        );
+        pool.trim_unused();
+        assert_eq!(pool.idle(), 0, "a period without takes frees the rest");
     }
 
     #[test]
