@@ -70,13 +70,19 @@ pub struct BufferPool {
 #[derive(Debug, Default)]
 struct Free {
     /// Class → buffers of at least that capacity (less than the next class's).
-    by_class: HashMap<usize, Vec<Vec<u8>>>,
+    by_class: HashMap<usize, List>,
     /// Sum of their capacities.
     bytes: usize,
     /// How many buffers.
     count: usize,
-    /// The fewest idle buffers since the last [`BufferPool::trim_unused`]: that many were
-    /// not needed all that time.
+}
+
+/// The idle buffers of one class.
+#[derive(Debug, Default)]
+struct List {
+    buffers: Vec<Vec<u8>>,
+    /// The fewest idle since the last [`BufferPool::trim_unused`]: that many were not needed
+    /// all that time.
     low: usize,
 }
 
@@ -93,12 +99,15 @@ impl BufferPool {
         let want = class(len);
         let reused = {
             let mut free = self.lock();
-            let v = free.by_class.get_mut(&want).and_then(Vec::pop);
+            let v = free.by_class.get_mut(&want).and_then(|list| {
+                let v = list.buffers.pop();
+                list.low = list.low.min(list.buffers.len());
+                v
+            });
             if let Some(v) = &v {
                 free.bytes -= v.capacity();
                 free.count -= 1;
             }
-            free.low = free.low.min(free.count);
             v
         };
         match reused {
@@ -120,7 +129,7 @@ impl BufferPool {
         if free.bytes + v.capacity() <= MAX_IDLE_BYTES {
             free.bytes += v.capacity();
             free.count += 1;
-            free.by_class.entry(c).or_default().push(v);
+            free.by_class.entry(c).or_default().buffers.push(v);
         }
     }
 
@@ -137,27 +146,24 @@ impl BufferPool {
         *free = Free::default();
     }
 
-    /// Frees the buffers that no one needed since the last call (the fewest that were idle
-    /// meanwhile), so the pool follows the load down. Called periodically.
+    /// Frees, in each size class, the buffers that no one needed since the last call (the
+    /// fewest that were idle meanwhile), so the pool follows the load down. Called
+    /// periodically.
     pub fn trim_unused(&self) {
         let mut free = self.lock();
-        let mut surplus = free.low;
         let Free {
             by_class,
             bytes,
             count,
-            ..
         } = &mut *free;
         by_class.retain(|_, list| {
-            while surplus > 0 {
-                let Some(v) = list.pop() else { break };
+            for v in list.buffers.drain(..list.low) {
                 *bytes -= v.capacity();
                 *count -= 1;
-                surplus -= 1;
             }
-            !list.is_empty()
+            list.low = list.buffers.len();
+            !list.buffers.is_empty()
         });
-        free.low = free.count;
     }
 
     /// Idle buffers held now.
@@ -261,6 +267,20 @@ mod tests {
         );
         pool.trim_unused();
         assert_eq!(pool.idle(), 0, "a period without takes frees the rest");
+        // Per size class: a class in use keeps what it needs, an idle class goes.
+        give(2, 16 * 1024);
+        give(3, 1024);
+        pool.trim_unused();
+        let v = pool.take(16 * 1024);
+        pool.give(v);
+        pool.trim_unused();
+        assert_eq!(
+            pool.idle(),
+            1,
+            "the 16 KiB buffer in use stays, the 1 KiB ones go"
+        );
+        assert_eq!(pool.take(16 * 1024).capacity(), class(16 * 1024));
+        assert_eq!(pool.idle(), 0);
     }
 
     #[test]
