@@ -43,8 +43,7 @@ const MIN_CLASS: usize = 1024;
 /// unused.
 pub fn class(len: usize) -> usize {
     let len = len.max(MIN_CLASS);
-    let step = (len.next_power_of_two() / 16).max(MIN_CLASS);
-    len.div_ceil(step) * step
+    len.div_ceil(step(len)) * step(len)
 }
 
 /// The largest class a buffer of `capacity` bytes can serve (0 below the smallest).
@@ -52,8 +51,13 @@ fn class_within(capacity: usize) -> usize {
     if capacity < MIN_CLASS {
         return 0;
     }
-    let step = (capacity.next_power_of_two() / 16).max(MIN_CLASS);
-    capacity / step * step
+    capacity / step(capacity) * step(capacity)
+}
+
+/// The spacing of the classes around `n`: a sixteenth of its next power of two, at least
+/// the smallest class.
+fn step(n: usize) -> usize {
+    (n.next_power_of_two() / 16).max(MIN_CLASS)
 }
 
 /// Whether `v` could serve a larger size class than its contents need.
@@ -73,8 +77,6 @@ struct Free {
     by_class: HashMap<usize, List>,
     /// Sum of their capacities.
     bytes: usize,
-    /// How many buffers.
-    count: usize,
 }
 
 /// The idle buffers of one class.
@@ -106,7 +108,6 @@ impl BufferPool {
             });
             if let Some(v) = &v {
                 free.bytes -= v.capacity();
-                free.count -= 1;
             }
             v
         };
@@ -128,7 +129,6 @@ impl BufferPool {
         let mut free = self.lock();
         if free.bytes + v.capacity() <= MAX_IDLE_BYTES {
             free.bytes += v.capacity();
-            free.count += 1;
             free.by_class.entry(c).or_default().buffers.push(v);
         }
     }
@@ -151,15 +151,10 @@ impl BufferPool {
     /// periodically.
     pub fn trim_unused(&self) {
         let mut free = self.lock();
-        let Free {
-            by_class,
-            bytes,
-            count,
-        } = &mut *free;
+        let Free { by_class, bytes } = &mut *free;
         by_class.retain(|_, list| {
             for v in list.buffers.drain(..list.low) {
                 *bytes -= v.capacity();
-                *count -= 1;
             }
             list.low = list.buffers.len();
             !list.buffers.is_empty()
@@ -168,7 +163,7 @@ impl BufferPool {
 
     /// Idle buffers held now.
     pub fn idle(&self) -> usize {
-        self.lock().count
+        self.lock().by_class.values().map(|l| l.buffers.len()).sum()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Free> {

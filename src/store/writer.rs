@@ -212,10 +212,10 @@ impl<F: ObjFile> ObjectWriter<F> {
     /// error returned, so no partial file survives.
     pub async fn finish(mut self) -> io::Result<WrittenObject> {
         if let Some(mut mem) = self.mem.take() {
-            let pool = super::buffers::BufferPool::objects();
             if super::buffers::oversized(&mem) {
                 // Grew past its size class (several fragments): held until its checkpoint,
                 // so copied into one that fits, and the large one serves the next object.
+                let pool = super::buffers::BufferPool::objects();
                 let mut fit = pool.take(mem.len());
                 fit.extend_from_slice(&mem);
                 pool.give(std::mem::replace(&mut mem, fit));
