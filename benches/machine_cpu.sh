@@ -14,7 +14,7 @@
 # receiver's own process CPU is printed beside it.
 #
 # Environment: GW (default target/release/dicom-gw), LOADGEN (target/release/dicom-loadgen),
-# DURABILITY (full), IMG_DIR (where the loop image lives; default a directory under /tmp: a
+# DURABILITY (full), CONFIG (a dicom-gw config file, optional), IMG_DIR (where the loop image lives; default a directory under /tmp: a
 # tmpfs there gives a device whose flushes cost nothing, a model of a disk with power-loss
 # protection, not stable storage). Needs root (loop mount) and storescp.
 set -euo pipefail
@@ -69,9 +69,11 @@ cell() {
     mount -o loop "$img" "$mnt"
     mkdir -p "$mnt/sc"
     port=$((20000 + RANDOM % 20000))
+    http=$((port + 1))
     if [ "$who" = dicom-gw ]; then
-        "$gw" serve --data-dir "$mnt/gw" --store-listen "127.0.0.1:$port" --io epoll \
-            --durability "$durability" --http-listen 127.0.0.1:0 \
+        "$gw" serve ${CONFIG:+--config "$CONFIG"} --data-dir "$mnt/gw" \
+            --store-listen "127.0.0.1:$port" --io epoll \
+            --durability "$durability" --http-listen "127.0.0.1:$http" \
             --worklist-listen 127.0.0.1:0 > "$work/receiver.log" 2>&1 &
     else
         TCP_NODELAY=1 storescp --fork +B -od "$mnt/sc" "$port" > "$work/receiver.log" 2>&1 &
@@ -92,6 +94,16 @@ cell() {
     /usr/bin/time -f "%U %S" -o "$work/time.txt" \
         "$loadgen" store "127.0.0.1:$port" -c 8 -d "$secs" --size "$size" \
         --json "$work/load.json" > /dev/null 2>&1
+    # dicom-gw answers before its files are written (they follow at its checkpoints): wait
+    # until every acknowledged object is materialized, or its catch-up is not counted.
+    if [ "$who" = dicom-gw ]; then
+        for _ in $(seq 600); do
+            pending=$(curl -s "127.0.0.1:$http/metrics" |
+                awk '/^dicomgw_journal_pending_objects /{print $2}')
+            [ "${pending:-1}" = 0 ] && break
+            sleep 0.1
+        done
+    fi
     sleep 1
     sync
     sleep 1
