@@ -14,9 +14,10 @@
 # receiver's own process CPU is printed beside it.
 #
 # Environment: GW (default target/release/dicom-gw), LOADGEN (target/release/dicom-loadgen),
-# DURABILITY (full), CONFIG (a dicom-gw config file, optional), IMG_DIR (where the loop image lives; default a directory under /tmp: a
-# tmpfs there gives a device whose flushes cost nothing, a model of a disk with power-loss
-# protection, not stable storage). Needs root (loop mount) and storescp.
+# DURABILITY (full), CONFIG (a dicom-gw config file, optional), IMG_DIR (where the loop image
+# lives; default a directory under /tmp: a tmpfs there gives a device whose flushes cost
+# nothing, a model of a disk with power-loss protection, not stable storage). Needs root
+# (loop mount), storescp and curl.
 set -euo pipefail
 
 reps=${1:-3}
