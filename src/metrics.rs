@@ -43,7 +43,10 @@
 //! - `journal_pending_objects`: acknowledged objects not yet checkpointed into the index;
 //!   `journal_lag_seconds`: age of the oldest of them; `checkpoint_objects`,
 //!   `checkpoint_duration_seconds`: objects per checkpoint and its time (files, syncfs,
-//!   index commit).
+//!   index commit); `journal_waits_total{reason}`, `journal_wait_seconds_total{reason}`:
+//!   how often and how long the journal writer held a group back until a checkpoint made
+//!   room (`ring_full`: no free segment; `max_pending_objects`: the backlog at its bound),
+//!   the associations waiting for their answers meanwhile.
 //! - `forward_total{destination,result}`: forward attempts by outcome (`delivered`, `retry`,
 //!   `dead`; the attempt that sends a job to the dead letters counts as `dead`, whether it was
 //!   refused outright or exhausted `max_attempts` or `max_object_attempts`);
@@ -356,6 +359,9 @@ pub struct Metrics {
     checkpoint_objects: AtomicHistogram<BATCH_BUCKETS>,
     checkpoint_duration: AtomicHistogram<LATENCY_BUCKETS>,
     journal_pending: AtomicU64,
+    /// Waits for a checkpoint by [`JournalWait`], and their nanoseconds (rare: shared atomics).
+    journal_waits: [AtomicU64; 2],
+    journal_wait_ns: [AtomicU64; 2],
     /// Reception time (µs since the epoch) of the oldest object not yet checkpointed; 0:
     /// none. The age is taken when the metrics are read, so it never goes stale.
     journal_oldest_us: AtomicU64,
@@ -442,6 +448,29 @@ pub enum FindResult {
     Cancel,
     /// Refused (A900, C000, …).
     Failure,
+}
+
+/// Why the journal writer waited for a checkpoint ([`Metrics::journal_waited`],
+/// `dicomgw_journal_waits_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalWait {
+    /// No free segment in the journal's ring.
+    RingFull,
+    /// `[store] max_pending_objects` acknowledged objects wait for their checkpoint.
+    MaxPendingObjects,
+}
+
+impl JournalWait {
+    /// Every reason, in label order.
+    pub const ALL: [JournalWait; 2] = [JournalWait::RingFull, JournalWait::MaxPendingObjects];
+
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            JournalWait::RingFull => "ring_full",
+            JournalWait::MaxPendingObjects => "max_pending_objects",
+        }
+    }
 }
 
 /// What became of an object whose SOP Instance UID was stored already, for
@@ -579,6 +608,8 @@ impl Metrics {
             checkpoint_objects: AtomicHistogram::new(),
             checkpoint_duration: AtomicHistogram::new(),
             journal_pending: AtomicU64::new(0),
+            journal_waits: std::array::from_fn(|_| AtomicU64::new(0)),
+            journal_wait_ns: std::array::from_fn(|_| AtomicU64::new(0)),
             journal_oldest_us: AtomicU64::new(0),
             destinations: RwLock::new(BTreeMap::new()),
             worklist: WorklistMetrics {
@@ -724,6 +755,13 @@ impl Metrics {
         self.journal_pending.store(objects, Relaxed);
     }
 
+    /// The journal writer held a group back for `waited` until a checkpoint made room (or
+    /// until it gave up and refused the group).
+    pub fn journal_waited(&self, why: JournalWait, waited: Duration) {
+        self.journal_waits[why as usize].fetch_add(1, Relaxed);
+        self.journal_wait_ns[why as usize].fetch_add(nanos(waited), Relaxed);
+    }
+
     /// Reception time (µs since the epoch) of the oldest acknowledged object not yet in
     /// the index, `None` when there is none: `dicomgw_journal_lag_seconds` is its age.
     pub fn journal_oldest(&self, received_at_us: Option<u64>) {
@@ -805,6 +843,8 @@ impl Metrics {
             checkpoint_objects: self.sum(&self.checkpoint_objects),
             checkpoint_duration: self.sum(&self.checkpoint_duration),
             journal_pending: self.journal_pending.load(Relaxed),
+            journal_waits: std::array::from_fn(|i| self.journal_waits[i].load(Relaxed)),
+            journal_wait_ns: std::array::from_fn(|i| self.journal_wait_ns[i].load(Relaxed)),
             journal_lag_us: match self.journal_oldest_us.load(Relaxed) {
                 0 => 0,
                 t => crate::clock::timestamp_us().saturating_sub(t),
@@ -929,6 +969,8 @@ struct Exposition {
     checkpoint_objects: HistogramValue,
     checkpoint_duration: HistogramValue,
     journal_pending: u64,
+    journal_waits: [u64; 2],
+    journal_wait_ns: [u64; 2],
     journal_lag_us: u64,
     destinations: Vec<(String, DestinationTotals)>,
     worklist: WorklistTotals,
@@ -1121,6 +1163,27 @@ impl Collector for Exposition {
             Gauge,
         )?;
         m.encode_gauge(&(self.journal_lag_us as f64 / 1e6))?;
+
+        let mut m = enc.encode_descriptor(
+            "dicomgw_journal_waits_total",
+            "Times the ingest journal writer held a group back until a checkpoint made room, by reason: ring_full (no free journal segment), max_pending_objects (the acknowledged backlog at its bound). The group's associations wait for their answers meanwhile.",
+            None,
+            Counter,
+        )?;
+        for (w, n) in JournalWait::ALL.iter().zip(self.journal_waits) {
+            sample(&mut m, &[("reason", e(w.label()))], n)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "dicomgw_journal_wait_seconds_total",
+            "Time the ingest journal writer spent holding groups back until a checkpoint made room, by reason (as dicomgw_journal_waits_total).",
+            None,
+            Counter,
+        )?;
+        for (w, ns) in JournalWait::ALL.iter().zip(self.journal_wait_ns) {
+            let labels: &[(&str, Escaped)] = &[("reason", e(w.label()))];
+            m.encode_family(&labels)?
+                .encode_gauge(&(ns as f64 / NS_PER_SECOND))?;
+        }
 
         let queue = &self.snapshot.queue;
         let mut m = enc.encode_descriptor(
@@ -1359,6 +1422,29 @@ mod tests {
         assert!(lag(&m) >= first + 0.05, "the age is taken at each read");
         m.journal_oldest(None);
         assert_eq!(lag(&m), 0.0, "checkpointed");
+    }
+
+    #[test]
+    fn journal_waits_are_counted_by_reason_with_their_time() {
+        let m = Metrics::new(1);
+        m.journal_waited(JournalWait::RingFull, Duration::from_millis(250));
+        m.journal_waited(JournalWait::RingFull, Duration::from_millis(250));
+        m.journal_waited(JournalWait::MaxPendingObjects, Duration::from_secs(30));
+        let out = m.render(&Snapshot::default());
+        let v = |k: &str| value(&out, k);
+        assert_eq!(v("dicomgw_journal_waits_total{reason=\"ring_full\"}"), 2.0);
+        assert_eq!(
+            v("dicomgw_journal_waits_total{reason=\"max_pending_objects\"}"),
+            1.0
+        );
+        assert_eq!(
+            v("dicomgw_journal_wait_seconds_total{reason=\"ring_full\"}"),
+            0.5
+        );
+        assert_eq!(
+            v("dicomgw_journal_wait_seconds_total{reason=\"max_pending_objects\"}"),
+            30.0
+        );
     }
 
     #[test]
@@ -1669,6 +1755,8 @@ mod tests {
             "dicomgw_cstore_duration_seconds",
             "dicomgw_commit_batch_objects",
             "dicomgw_commit_duration_seconds",
+            "dicomgw_journal_waits_total",
+            "dicomgw_journal_wait_seconds_total",
             "dicomgw_queue_jobs",
             "dicomgw_forward_total",
             "dicomgw_forward_duration_seconds",

@@ -35,6 +35,7 @@ use super::overlay::{self, Undo};
 use super::record::{Decision, RecordMeta};
 use super::{Item, Shared};
 use crate::config::{DuplicatePolicy, Durability};
+use crate::metrics::JournalWait;
 use crate::store::journal::{AlignedBuf, JournalError, RecordIn, Reserved, Storage};
 use crate::store::sink::{Accepted, Body};
 use crate::store::writer::remove_quietly;
@@ -344,8 +345,14 @@ impl<S: Storage + Send> Lanes<'_, S> {
         let shared = self.shared;
         let deadline = Instant::now() + shared.cfg.full_wait;
         let mut journal = shared.journal();
-        let mut warned = false;
+        // Why and since when this group waits (it warns once), for the metrics at the end.
+        let mut waiting: Option<(JournalWait, Instant)> = None;
         let bound = shared.cfg.max_pending_objects as u64;
+        let waited = |w: Option<(JournalWait, Instant)>| {
+            if let Some((why, since)) = w {
+                crate::metrics::global().journal_waited(why, since.elapsed());
+            }
+        };
         loop {
             let backlog = shared.progress.pending() >= bound;
             let r = if backlog {
@@ -355,11 +362,14 @@ impl<S: Storage + Send> Lanes<'_, S> {
             };
             match r {
                 Err(JournalError::Full) if Instant::now() < deadline => {
-                    if !warned {
-                        let what = if backlog {
-                            format!("{bound} objects wait for the checkpoint")
+                    if waiting.is_none() {
+                        let (why, what) = if backlog {
+                            (
+                                JournalWait::MaxPendingObjects,
+                                format!("{bound} objects wait for the checkpoint"),
+                            )
                         } else {
-                            "full".to_owned()
+                            (JournalWait::RingFull, "full".to_owned())
                         };
                         tracing::warn!(
                             "ingest journal {what}: waiting for the checkpoint (associations wait for their answers)"
@@ -368,7 +378,7 @@ impl<S: Storage + Send> Lanes<'_, S> {
                             "journal",
                             Some(format!("{what}: waiting for the checkpoint")),
                         );
-                        warned = true;
+                        waiting = Some((why, Instant::now()));
                     }
                     self.mat.hurry();
                     journal = shared
@@ -377,9 +387,13 @@ impl<S: Storage + Send> Lanes<'_, S> {
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .0;
                 }
-                Err(JournalError::Full) if backlog => return Err(None),
+                Err(JournalError::Full) if backlog => {
+                    waited(waiting);
+                    return Err(None);
+                }
                 r => {
-                    if warned && r.is_ok() {
+                    waited(waiting);
+                    if waiting.is_some() && r.is_ok() {
                         shared.progress.problem("journal", None);
                     }
                     return r.map_err(Some);

@@ -730,6 +730,24 @@ fn a_later_group_written_first_is_refused_when_an_earlier_one_fails() {
 /// none comes within `full_wait` it is refused out of resources (A700 at the DICOM edge)
 /// with a comment, unacknowledged, and `/readyz` says why; once the checkpoint runs, the
 /// next one is taken.
+/// The process-wide `dicomgw_journal_waits_total` and `…_wait_seconds_total` for
+/// `reason="max_pending_objects"`.
+fn backlog_waits() -> (f64, f64) {
+    let out = crate::metrics::render(&crate::metrics::Snapshot::default());
+    let value = |name: &str| -> f64 {
+        let key = format!("{name}{{reason=\"max_pending_objects\"}} ");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&key))
+            .unwrap_or_else(|| panic!("no {key} in\n{out}"));
+        line[key.len()..].parse().expect("a number")
+    };
+    (
+        value("dicomgw_journal_waits_total"),
+        value("dicomgw_journal_wait_seconds_total"),
+    )
+}
+
 #[test]
 fn past_max_pending_objects_new_objects_wait_for_the_checkpoint() {
     let rt = runtime();
@@ -746,11 +764,16 @@ fn past_max_pending_objects_new_objects_wait_for_the_checkpoint() {
         );
     }
     assert_eq!(ingest.settle.progress().pending(), 3);
+    let before = backlog_waits();
     let e = store(&ingest, &rt, s(4, 1, "1.5")).unwrap_err();
     assert!(
         matches!(&e, StoreError::DiskFull(m) if m.contains("max_pending_objects")),
         "{e:?}"
     );
+    // The wait is counted, with its length (the metrics are process-wide: at least).
+    let refused = backlog_waits();
+    assert!(refused.0 > before.0, "{before:?} {refused:?}");
+    assert!(refused.1 - before.1 >= 0.3, "{before:?} {refused:?}");
     let why = ingest.settle.progress().readiness().unwrap_err();
     assert!(why.contains("3 objects wait for the checkpoint"), "{why}");
     assert_eq!(
@@ -765,6 +788,10 @@ fn past_max_pending_objects_new_objects_wait_for_the_checkpoint() {
         Accepted::Stored
     );
     assert_eq!(ingest.settle.progress().readiness(), Ok(()));
+    assert!(
+        backlog_waits().0 > refused.0,
+        "the wait that ended in success counts too"
+    );
     assert!(rt.block_on(ingest.settle.settle(Duration::from_secs(10))));
     for n in [1, 2, 3, 5] {
         assert!(
