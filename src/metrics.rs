@@ -1383,7 +1383,7 @@ impl Collector for Exposition {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// `name{labels} value` lines of the exposition, keyed by `name{labels}`.
@@ -1397,7 +1397,8 @@ mod tests {
             .collect()
     }
 
-    fn value(text: &str, key: &str) -> f64 {
+    /// The sample `key` (name and labels as rendered) of an exposition.
+    pub(crate) fn value(text: &str, key: &str) -> f64 {
         *samples(text)
             .get(key)
             .unwrap_or_else(|| panic!("no sample {key} in\n{text}"))

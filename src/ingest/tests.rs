@@ -724,23 +724,12 @@ fn a_later_group_written_first_is_refused_when_an_earlier_one_fails() {
     ingest.join();
 }
 
-/// Rule 3: every acknowledged object holds its bytes and index rows in memory until its
-/// checkpoint, so their number is bounded before the memory is spent. Past
-/// `max_pending_objects` a new object waits for the checkpoint, as for a full ring; when
-/// none comes within `full_wait` it is refused out of resources (A700 at the DICOM edge)
-/// with a comment, unacknowledged, and `/readyz` says why; once the checkpoint runs, the
-/// next one is taken.
 /// The process-wide `dicomgw_journal_waits_total` and `…_wait_seconds_total` for
 /// `reason="max_pending_objects"`.
 fn backlog_waits() -> (f64, f64) {
     let out = crate::metrics::render(&crate::metrics::Snapshot::default());
-    let value = |name: &str| -> f64 {
-        let key = format!("{name}{{reason=\"max_pending_objects\"}} ");
-        let line = out
-            .lines()
-            .find(|l| l.starts_with(&key))
-            .unwrap_or_else(|| panic!("no {key} in\n{out}"));
-        line[key.len()..].parse().expect("a number")
+    let value = |name: &str| {
+        crate::metrics::tests::value(&out, &format!("{name}{{reason=\"max_pending_objects\"}}"))
     };
     (
         value("dicomgw_journal_waits_total"),
@@ -748,6 +737,12 @@ fn backlog_waits() -> (f64, f64) {
     )
 }
 
+/// Rule 3: every acknowledged object holds its bytes and index rows in memory until its
+/// checkpoint, so their number is bounded before the memory is spent. Past
+/// `max_pending_objects` a new object waits for the checkpoint, as for a full ring; when
+/// none comes within `full_wait` it is refused out of resources (A700 at the DICOM edge)
+/// with a comment, unacknowledged, and `/readyz` says why; once the checkpoint runs, the
+/// next one is taken. Both waits are counted in `dicomgw_journal_waits_total`.
 #[test]
 fn past_max_pending_objects_new_objects_wait_for_the_checkpoint() {
     let rt = runtime();
