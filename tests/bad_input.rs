@@ -132,11 +132,16 @@ fn store_one(gw: &Daemon, file: &Path) -> (Option<u16>, StoreResult) {
     (r.status_of(file), r)
 }
 
+/// `/readyz` now.
+fn readyz(gw: &Daemon) -> Resp {
+    request(gw.http_port, "GET", "/readyz", None, None)
+}
+
 /// `/readyz` once it satisfies `want`, or as it is after 20 s.
 fn readyz_when(gw: &Daemon, want: impl Fn(&Resp) -> bool) -> Resp {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let r = request(gw.http_port, "GET", "/readyz", None, None);
+        let r = readyz(gw);
         if want(&r) || Instant::now() > deadline {
             return r;
         }
@@ -967,8 +972,8 @@ gwtest!(
         io,
         "[store]\njournal_segments = 2\njournal_segment_mib = 1\ndisk_high_water_percent = 100\n",
     );
-        let ready = |gw: &Daemon| request(gw.http_port, "GET", "/readyz", None, None);
-        assert_eq!(ready(&gw).status, 200, "{}", ready(&gw).text());
+        let rsp = readyz(&gw);
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
         // Fill the filesystem.
         let filler = data.join("filler");
         {

@@ -43,7 +43,8 @@ const MIN_CLASS: usize = 1024;
 /// unused.
 pub fn class(len: usize) -> usize {
     let len = len.max(MIN_CLASS);
-    len.div_ceil(step(len)) * step(len)
+    let step = step(len);
+    len.div_ceil(step) * step
 }
 
 /// The largest class a buffer of `capacity` bytes can serve (0 below the smallest).
@@ -51,7 +52,8 @@ fn class_within(capacity: usize) -> usize {
     if capacity < MIN_CLASS {
         return 0;
     }
-    capacity / step(capacity) * step(capacity)
+    let step = step(capacity);
+    capacity / step * step
 }
 
 /// The spacing of the classes around `n`: a sixteenth of its next power of two, at least
