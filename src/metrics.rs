@@ -46,7 +46,9 @@
 //!   index commit); `journal_waits_total{reason}`, `journal_wait_seconds_total{reason}`:
 //!   how often and how long the journal writer held a group back until a checkpoint made
 //!   room (`ring_full`: no free segment; `max_pending_objects`: the backlog at its bound),
-//!   the associations waiting for their answers meanwhile.
+//!   the associations waiting for their answers meanwhile; `ingest_lost_objects_total`:
+//!   acknowledged objects given up because a disk write failed and their bytes could not be
+//!   read back intact (never indexed damaged; each has an ERROR line naming it).
 //! - `forward_total{destination,result}`: forward attempts by outcome (`delivered`, `retry`,
 //!   `dead`; the attempt that sends a job to the dead letters counts as `dead`, whether it was
 //!   refused outright or exhausted `max_attempts` or `max_object_attempts`);
@@ -362,6 +364,8 @@ pub struct Metrics {
     /// Waits for a checkpoint by [`JournalWait`], and their nanoseconds (rare: shared atomics).
     journal_waits: [AtomicU64; 2],
     journal_wait_ns: [AtomicU64; 2],
+    /// Acknowledged objects lost to a failed disk write.
+    ingest_lost: AtomicU64,
     /// Reception time (µs since the epoch) of the oldest object not yet checkpointed; 0:
     /// none. The age is taken when the metrics are read, so it never goes stale.
     journal_oldest_us: AtomicU64,
@@ -610,6 +614,7 @@ impl Metrics {
             journal_pending: AtomicU64::new(0),
             journal_waits: std::array::from_fn(|_| AtomicU64::new(0)),
             journal_wait_ns: std::array::from_fn(|_| AtomicU64::new(0)),
+            ingest_lost: AtomicU64::new(0),
             journal_oldest_us: AtomicU64::new(0),
             destinations: RwLock::new(BTreeMap::new()),
             worklist: WorklistMetrics {
@@ -762,6 +767,12 @@ impl Metrics {
         self.journal_wait_ns[why as usize].fetch_add(nanos(waited), Relaxed);
     }
 
+    /// An acknowledged object was given up: a disk write failed and its bytes did not read
+    /// back intact.
+    pub fn ingest_lost_object(&self) {
+        self.ingest_lost.fetch_add(1, Relaxed);
+    }
+
     /// Reception time (µs since the epoch) of the oldest acknowledged object not yet in
     /// the index, `None` when there is none: `dicomgw_journal_lag_seconds` is its age.
     pub fn journal_oldest(&self, received_at_us: Option<u64>) {
@@ -845,6 +856,7 @@ impl Metrics {
             journal_pending: self.journal_pending.load(Relaxed),
             journal_waits: std::array::from_fn(|i| self.journal_waits[i].load(Relaxed)),
             journal_wait_ns: std::array::from_fn(|i| self.journal_wait_ns[i].load(Relaxed)),
+            ingest_lost: self.ingest_lost.load(Relaxed),
             journal_lag_us: match self.journal_oldest_us.load(Relaxed) {
                 0 => 0,
                 t => crate::clock::timestamp_us().saturating_sub(t),
@@ -971,6 +983,7 @@ struct Exposition {
     journal_pending: u64,
     journal_waits: [u64; 2],
     journal_wait_ns: [u64; 2],
+    ingest_lost: u64,
     journal_lag_us: u64,
     destinations: Vec<(String, DestinationTotals)>,
     worklist: WorklistTotals,
@@ -1184,6 +1197,13 @@ impl Collector for Exposition {
             m.encode_family(&labels)?
                 .encode_gauge(&(ns as f64 / NS_PER_SECOND))?;
         }
+        let mut m = enc.encode_descriptor(
+            "dicomgw_ingest_lost_objects_total",
+            "Acknowledged objects given up because a disk write failed and their bytes no longer read back intact: never indexed damaged; an ERROR log line names each, for its sender to send again.",
+            None,
+            Counter,
+        )?;
+        sample(&mut m, &[], self.ingest_lost)?;
 
         let queue = &self.snapshot.queue;
         let mut m = enc.encode_descriptor(
@@ -1446,6 +1466,21 @@ pub(crate) mod tests {
             v("dicomgw_journal_wait_seconds_total{reason=\"max_pending_objects\"}"),
             30.0
         );
+    }
+
+    #[test]
+    fn lost_objects_are_counted() {
+        let m = Metrics::new(1);
+        let lost = |m: &Metrics| {
+            value(
+                &m.render(&Snapshot::default()),
+                "dicomgw_ingest_lost_objects_total",
+            )
+        };
+        assert_eq!(lost(&m), 0.0);
+        m.ingest_lost_object();
+        m.ingest_lost_object();
+        assert_eq!(lost(&m), 2.0);
     }
 
     #[test]
@@ -1758,6 +1793,7 @@ pub(crate) mod tests {
             "dicomgw_commit_duration_seconds",
             "dicomgw_journal_waits_total",
             "dicomgw_journal_wait_seconds_total",
+            "dicomgw_ingest_lost_objects_total",
             "dicomgw_queue_jobs",
             "dicomgw_forward_total",
             "dicomgw_forward_duration_seconds",

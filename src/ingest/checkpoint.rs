@@ -6,7 +6,8 @@
 //!    before step 3; a large object's staged file renamed) — a replacement under a new,
 //!    versioned name (`<SOP>.<hash8>.dcm`), so an indexed file is never overwritten and a
 //!    reader that opened a version reads that version whole (audit H2, H3);
-//! 2. runs one `syncfs`: the files' data and directory entries are on disk;
+//! 2. runs one `syncfs`: the files' data and directory entries are on disk (through a
+//!    descriptor opened before any of them was written: see [`Placer`]);
 //! 3. commits one redb transaction: the index rows (a replacement removes the old rows
 //!    first, so a changed Study/Series moves the instance, audit M4), the forward jobs and
 //!    the journal [`Position`] after the last record;
@@ -14,14 +15,20 @@
 //!    journal's segments, drops the overlay entries and wakes the forwarder.
 //!
 //! A crash anywhere before 3 leaves the position where it was: recovery places the same
-//! files again (idempotent, the same names) and commits. A crash after 3 may leave a
-//! replaced version's file behind, which nothing indexes. Steps 1–3 hold the data
-//! directory's objects lock, which retention also holds from its commit to its last unlink.
+//! files again (idempotent, the same names) and commits. A failure before 3 is retried. A
+//! failed write-back leaves the page cache holding what the disk lacks, and a later sync has
+//! nothing left to write, so nothing written before a failure is trusted: inline objects are
+//! written from memory at every attempt anyway, and a large object whose file was begun
+//! before the last failure is written again from its bytes if those still hash to what was
+//! received, else reported lost (`dicomgw_ingest_lost_objects_total`), never indexed damaged.
+//! A crash after 3 may leave a replaced version's file behind, which nothing indexes. Steps
+//! 1–3 hold the data directory's objects lock, which retention also holds from its commit to
+//! its last unlink.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
@@ -41,7 +48,8 @@ pub const JOURNAL_NAME: &str = "core-0";
 /// What a checkpoint did, for the caller's bookkeeping.
 #[derive(Debug, Default)]
 pub struct Checkpointed {
-    /// (SOP Instance UID, seq) of every record placed.
+    /// (SOP Instance UID, seq) of every record placed, or given up as lost: neither is
+    /// pending any more.
     pub placed: Vec<(String, u64)>,
     /// Destinations that got jobs.
     pub destinations: Vec<String>,
@@ -59,6 +67,33 @@ fn versioned(path: &str, blake3: &str) -> String {
     format!("{stem}.{}.dcm", &blake3[..blake3.len().min(8)])
 }
 
+/// What the materializer keeps from one checkpoint to the next.
+#[derive(Debug)]
+pub struct Placer {
+    /// The data directory, opened before anything a checkpoint syncs was written. `syncfs`
+    /// reports a write-back error once to each descriptor opened before the error; one
+    /// opened afterwards misses it if someone else saw it first (an administrator's
+    /// `sync -f`, the journal writer's `syncfs` before a large object's record), and the
+    /// checkpoint would index files whose bytes never reached the disk.
+    root: std::fs::File,
+    /// Directories known to exist.
+    made_dirs: HashSet<PathBuf>,
+    /// When the last checkpoint failed: a large object's file begun before then is written
+    /// again (see the module doc).
+    failed_at: Option<SystemTime>,
+}
+
+impl Placer {
+    /// Opens the data directory: before the first object this placer will sync is written.
+    pub fn new(data: &DataDir) -> std::io::Result<Placer> {
+        Ok(Placer {
+            root: std::fs::File::open(data.root())?,
+            made_dirs: HashSet::new(),
+            failed_at: None,
+        })
+    }
+}
+
 /// Runs one checkpoint over `items` (journal order) ending at `end`. Nothing is released
 /// or answered here: see [`Checkpointed`].
 pub fn checkpoint(
@@ -68,7 +103,26 @@ pub fn checkpoint(
     staged_dir: &Path,
     items: &[Item],
     end: Position,
-    made_dirs: &mut HashSet<PathBuf>,
+    placer: &mut Placer,
+) -> Result<Checkpointed, StoreError> {
+    let r = checkpoint_once(index, data, cfg, staged_dir, items, end, placer);
+    if r.is_err() {
+        placer.failed_at = Some(SystemTime::now());
+        placer.made_dirs.clear();
+    } else if placer.made_dirs.len() > 100_000 {
+        placer.made_dirs.clear();
+    }
+    r
+}
+
+fn checkpoint_once(
+    index: &Index,
+    data: &DataDir,
+    cfg: &IngestConfig,
+    staged_dir: &Path,
+    items: &[Item],
+    end: Position,
+    placer: &mut Placer,
 ) -> Result<Checkpointed, StoreError> {
     let _objects = data.objects_lock();
     let db = |e: IndexError| StoreError::Index(e);
@@ -122,14 +176,16 @@ pub fn checkpoint(
                 rec.path = versioned(&rec.path, &rec.dataset_blake3);
             }
             let dest = data.root().join(&rec.path);
-            place(
-                it,
-                &meta.staged,
-                staged_dir,
-                &dest,
-                made_dirs,
-                early_writeback,
-            )?;
+            if let Placed::Lost(why) = place(it, staged_dir, &dest, placer, early_writeback)? {
+                // Acknowledged, but its bytes are gone: say so, and never index it damaged.
+                tracing::error!(sop_instance_uid = %sop, calling_ae_title = %rec.calling_ae_title,
+                    received_at_us = rec.received_at_us, reason = %why,
+                    "acknowledged object lost to a failed disk write; its sender must send it again");
+                crate::metrics::global().ingest_lost_object();
+                remove_quietly(&dest);
+                out.placed.push((sop.to_owned(), it.seq));
+                continue;
+            }
             created.push(dest.clone());
             if let Some(old) = &existing {
                 // remove_instance changes the series, study and patient rows itself, and
@@ -175,9 +231,8 @@ pub fn checkpoint(
         // 2. The files first…
         match cfg.sync {
             SyncMethod::Syncfs => {
-                let root = std::fs::File::open(data.root())
-                    .map_err(|e| StoreError::from_io("open data directory", &e))?;
-                crate::store::syncfs(&root).map_err(|e| StoreError::from_io("syncfs", &e))?;
+                crate::store::syncfs(&placer.root)
+                    .map_err(|e| StoreError::from_io("syncfs", &e))?;
             }
             SyncMethod::Fsync => {
                 // Each placed file, its directory, and the directories above it that may be new.
@@ -226,49 +281,123 @@ pub fn checkpoint(
     Ok(out)
 }
 
+/// How placing a file went.
+enum Placed {
+    Placed,
+    /// A large object's file is gone, or its bytes no longer hash to what was received (a
+    /// failed write-back, or a power cut in relaxed durability): why.
+    Lost(String),
+}
+
 /// Puts one object's file at `dest` (not synced: the checkpoint's `syncfs` does that).
 fn place(
     it: &Item,
-    staged: &Option<String>,
     staged_dir: &Path,
     dest: &Path,
-    made_dirs: &mut HashSet<PathBuf>,
+    placer: &mut Placer,
     early_writeback: bool,
-) -> Result<(), StoreError> {
+) -> Result<Placed, StoreError> {
     let dir = dest
         .parent()
         .expect("object paths have a directory")
         .to_path_buf();
-    if !made_dirs.contains(&dir) {
+    if !placer.made_dirs.contains(&dir) {
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::from_io("create directory", &e))?;
-        made_dirs.insert(dir);
+        placer.made_dirs.insert(dir);
     }
-    match (&it.bytes, staged) {
+    match (&it.bytes, &it.meta.staged) {
         // Written at its final name, without a temporary file and a rename: nothing reads
         // `dest` before the commit that indexes it (an indexed file is never at `dest`: a new
         // version gets its own name), and a crash or a failure before that commit leaves at
         // worst a partial file that the retry or the replay overwrites.
-        (Some(bytes), _) => write_object(dest, bytes, early_writeback).map_err(|e| {
-            remove_quietly(dest);
-            StoreError::from_io("write object", &e)
-        }),
+        (Some(bytes), _) => write_object(dest, bytes, early_writeback)
+            .map(|()| Placed::Placed)
+            .map_err(|e| {
+                remove_quietly(dest);
+                StoreError::from_io("write object", &e)
+            }),
         (None, Some(name)) => {
             let from = staged_dir.join(name);
-            match std::fs::rename(&from, dest) {
-                Ok(()) => Ok(()),
-                // Placed by an earlier attempt whose checkpoint did not commit.
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::NotFound
-                        && std::fs::metadata(dest)
-                            .is_ok_and(|m| m.len() == it.meta.record.file_size) =>
-                {
-                    Ok(())
+            let size = it.meta.record.file_size;
+            let doubtful = |dest: &Path| {
+                placer
+                    .failed_at
+                    .is_some_and(|t| super::begun_before(dest, t))
+            };
+            let doubt = match std::fs::rename(&from, dest) {
+                Ok(()) => doubtful(dest),
+                // Placed by an earlier attempt whose checkpoint did not commit (or before a
+                // crash): whole, unless a write-back failed since, or the power was cut
+                // before it reached the disk (relaxed durability). (With the staged file
+                // still there, it is the directory that is missing: an error, retried.)
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !from.exists() => {
+                    match std::fs::metadata(dest) {
+                        Ok(m) => m.len() != size || doubtful(dest),
+                        Err(_) => {
+                            return Ok(Placed::Lost(format!(
+                                "its file is neither in {} nor in objects/",
+                                staged_dir.display()
+                            )))
+                        }
+                    }
                 }
-                Err(e) => Err(StoreError::from_io("place large object", &e)),
+                Err(e) => return Err(StoreError::from_io("place large object", &e)),
+            };
+            if !doubt {
+                return Ok(Placed::Placed);
             }
+            let tmp = staged_dir.join(format!("{name}.rewrite"));
+            let r = rewrite_checked(dest, &tmp, &it.meta.record);
+            if !matches!(r, Ok(Placed::Placed)) {
+                remove_quietly(&tmp);
+            }
+            r.map_err(|e| StoreError::from_io("write large object again", &e))
         }
         (None, None) => Err(StoreError::Io("journal record without bytes".into())),
     }
+}
+
+/// Writes a large object's file again, through `tmp` renamed over it, if its bytes still
+/// hash to what was received: after a failed write-back the page cache may hold the bytes
+/// the disk lacks (then this puts them on the disk), or have let them go (then the disk's
+/// are read back, and do not match).
+fn rewrite_checked(
+    dest: &Path,
+    tmp: &Path,
+    rec: &crate::store::index::InstanceRecord,
+) -> std::io::Result<Placed> {
+    use std::io::{Read, Write};
+    let mut from = std::fs::File::open(dest)?;
+    let mut to = std::fs::File::create(tmp)?;
+    let header = rec.file_size.saturating_sub(rec.dataset_size);
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        let skip = usize::try_from(header.saturating_sub(at))
+            .unwrap_or(usize::MAX)
+            .min(n);
+        hasher.update(&chunk[skip..]);
+        to.write_all(chunk)?;
+        at += n as u64;
+    }
+    let hash = hasher.finalize().to_hex();
+    if at != rec.file_size || hash.as_str() != rec.dataset_blake3 {
+        return Ok(Placed::Lost(format!(
+            "{at} of {} bytes read back, dataset BLAKE3 {} instead of {}",
+            rec.file_size,
+            &hash.as_str()[..16],
+            &rec.dataset_blake3[..rec.dataset_blake3.len().min(16)]
+        )));
+    }
+    drop(to);
+    std::fs::rename(tmp, dest)?;
+    Ok(Placed::Placed)
 }
 
 /// Writes a file and, with `early_writeback`, starts its writeback at once
@@ -297,7 +426,7 @@ fn write_object(dest: &Path, bytes: &[u8], early_writeback: bool) -> std::io::Re
 /// `checkpoint_interval`, every `checkpoint_objects` objects, when the ring fills, when a
 /// reader asks (`Settle`) and at shutdown. A failed checkpoint is retried (its objects stay
 /// in the journal and the overlay); `/readyz` says why meanwhile.
-pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>) {
+pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>, mut placer: Placer) {
     let vital = crate::health::Vital::new("materializer");
     let cfg = &shared.cfg;
     let mut pending: Vec<Item> = Vec::new();
@@ -307,7 +436,6 @@ pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>) {
     let mut hurry = false;
     let mut closed = false;
     let mut failing_since: Option<Instant> = None;
-    let mut made_dirs = HashSet::new();
     let mut last_objects = Instant::now();
     let mut last_trim = Instant::now();
     loop {
@@ -372,7 +500,7 @@ pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>) {
             &staged_dir,
             &pending,
             e,
-            &mut made_dirs,
+            &mut placer,
         ) {
             Ok(done) => {
                 // The objects are in their files: their buffers serve the next ones (before
@@ -411,12 +539,8 @@ pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>) {
                 end = None;
                 since = None;
                 hurry = false;
-                if made_dirs.len() > 100_000 {
-                    made_dirs.clear();
-                }
             }
             Err(err) => {
-                made_dirs.clear();
                 if failing_since.is_none() {
                     failing_since = Some(Instant::now());
                 }
@@ -456,6 +580,7 @@ pub fn recover<S: Storage>(
     index: &Index,
     data: &DataDir,
     cfg: &IngestConfig,
+    placer: &mut Placer,
 ) -> Result<(Journal<S>, Recovered), super::IngestError> {
     let cp = read_checkpoint(index)?;
     let mut replay = Journal::open(storage, jcfg, cp)?;
@@ -467,7 +592,6 @@ pub fn recover<S: Storage>(
     let mut items: Vec<Item> = Vec::new();
     let mut bytes = 0u64;
     let mut end = None;
-    let mut made_dirs = HashSet::new();
     while let Some(g) = replay.next_group()? {
         rep.groups += 1;
         for r in &g.records {
@@ -496,7 +620,7 @@ pub fn recover<S: Storage>(
         end = Some(g.end);
         if bytes > 64 << 20 {
             let e = end.expect("set above");
-            checkpoint(index, data, cfg, &staged_dir, &items, e, &mut made_dirs)?;
+            checkpoint(index, data, cfg, &staged_dir, &items, e, placer)?;
             rep.records += items.len() as u64;
             items.clear();
             bytes = 0;
@@ -508,7 +632,7 @@ pub fn recover<S: Storage>(
     let mut journal = replay.finish()?;
     if let Some(e) = end {
         if !items.is_empty() {
-            checkpoint(index, data, cfg, &staged_dir, &items, e, &mut made_dirs)?;
+            checkpoint(index, data, cfg, &staged_dir, &items, e, placer)?;
             rep.records += items.len() as u64;
         }
         journal.release_through(&e)?;

@@ -92,6 +92,10 @@ struct Front {
     carry: Option<Entry>,
     /// The ticket the next reserved group gets.
     ticket: u64,
+    /// When a sync before an append last failed. A staged file begun before then may have
+    /// lost a write-back that the failed sync reported (once) and no later one will, so its
+    /// group is refused, not acknowledged.
+    sync_failed_at: Option<std::time::SystemTime>,
 }
 
 struct Back {
@@ -109,13 +113,18 @@ struct Back {
 /// (the default) each group waits for the previous one's flush; with more, an object that
 /// arrives during a flush is written at once, and the flushes overlap where the device lets
 /// them (on the benchmark VM it did not pay: docs/benchmarks.md).
+///
+/// `root` is the data directory, opened before the first staged file this writer syncs was
+/// written, and by this writer alone: `syncfs` reports a write-back error once to each
+/// descriptor opened before it (see `checkpoint::Placer`).
 pub(super) fn run<S: Storage + Send>(
     rx: mpsc::Receiver<Entry>,
     shared: Arc<Shared<S>>,
     mat: &Mailbox,
+    root: std::io::Result<std::fs::File>,
 ) {
     let vital = crate::health::Vital::new("journal writer");
-    let root = match std::fs::File::open(shared.data.root()) {
+    let root = match root {
         Ok(f) => Some(f),
         Err(e) => {
             tracing::error!(error = %e, "cannot open the data directory for syncfs");
@@ -130,6 +139,7 @@ pub(super) fn run<S: Storage + Send>(
             rx,
             carry: None,
             ticket: 0,
+            sync_failed_at: None,
         }),
         back: Mutex::new(Back {
             next: 0,
@@ -273,10 +283,40 @@ impl<S: Storage + Send> Lanes<'_, S> {
                 (_, Some(r)) => crate::store::syncfs(r),
                 (_, None) => Err(std::io::Error::other("data directory not open")),
             };
+            #[cfg(test)]
+            let synced = synced.and_then(|()| {
+                use std::sync::atomic::Ordering::SeqCst;
+                let left = &shared.cfg.failing_syncs;
+                match left.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)) {
+                    Ok(_) => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+                    Err(_) => Ok(()),
+                }
+            });
             if let Err(e) = synced {
+                front.sync_failed_at = Some(std::time::SystemTime::now());
                 tracing::error!(error = %e, "syncfs before the journal append failed; refusing the group");
                 shared.overlay.undo(undo);
                 fail(plans, || StoreError::from_io("syncfs", &e), true);
+                return None;
+            }
+            let doubtful = front.sync_failed_at.is_some_and(|t| {
+                plans
+                    .iter()
+                    .filter_map(|p| p.staged.as_deref())
+                    .any(|f| super::begun_before(f, t))
+            });
+            if doubtful {
+                tracing::error!(
+                    "a large object's file was begun before a failed sync; refusing the group"
+                );
+                shared.overlay.undo(undo);
+                fail(
+                    plans,
+                    || {
+                        StoreError::Io("a disk write failed while this object was being received; send it again".into())
+                    },
+                    true,
+                );
                 return None;
             }
         }

@@ -82,6 +82,10 @@ pub struct IngestConfig {
     /// After this long without objects the pool's idle buffers are freed; under load, every
     /// this long, those no object needed meanwhile.
     pub trim_buffers_after: Duration,
+    /// Tests: this many of the journal writer's next syncs of large objects' files fail
+    /// with EIO (after syncing), as a disk's write-back error would make them.
+    #[cfg(test)]
+    pub(crate) failing_syncs: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl IngestConfig {
@@ -102,6 +106,8 @@ impl IngestConfig {
             sync: SyncMethod::Syncfs,
             buffers: crate::store::buffers::BufferPool::objects(),
             trim_buffers_after: Duration::from_secs(1),
+            #[cfg(test)]
+            failing_syncs: Arc::default(),
         }
     }
 }
@@ -303,7 +309,11 @@ impl Ingest {
         S::Segment: Send,
     {
         let started = std::time::Instant::now();
-        let (journal, recovered) = checkpoint::recover(storage, jcfg.clone(), &index, &data, &cfg)?;
+        // Before anything it will sync is written, the replay's files included.
+        let mut placer = checkpoint::Placer::new(&data)
+            .map_err(|e| IngestError::Io(format!("open {}: {e}", data.root().display())))?;
+        let (journal, recovered) =
+            checkpoint::recover(storage, jcfg.clone(), &index, &data, &cfg, &mut placer)?;
         if recovered.records > 0 {
             tracing::info!(
                 records = recovered.records,
@@ -340,13 +350,14 @@ impl Ingest {
             .spawn(move || {
                 // Background work: ingest answers first.
                 crate::rt::lower_thread_priority(10);
-                checkpoint::run(&m, s)
+                checkpoint::run(&m, s, placer)
             })
             .map_err(|e| IngestError::Io(format!("start the materializer: {e}")))?;
         let s = shared.clone();
+        let root = std::fs::File::open(shared.data.root());
         let writer = std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || group::run(rx, s, &mail))
+            .spawn(move || group::run(rx, s, &mail, root))
             .map_err(|e| IngestError::Io(format!("start the journal writer: {e}")))?;
         Ok(Ingest {
             pipeline: Pipeline { tx, routing },
@@ -364,6 +375,18 @@ impl Ingest {
             let _ = t.join();
         }
     }
+}
+
+/// Whether the file at `path` was begun at or before `t` (its birth time where the
+/// filesystem keeps one, else its last change). After a failed sync at `t`, such a file may
+/// have lost a write-back that no later sync reports.
+pub(crate) fn begun_before(path: &Path, t: std::time::SystemTime) -> bool {
+    let Ok(m) = std::fs::metadata(path) else {
+        return true;
+    };
+    m.created()
+        .or_else(|_| m.modified())
+        .map_or(true, |b| b <= t)
 }
 
 /// The journal configuration the daemon uses for `data`.

@@ -797,3 +797,100 @@ fn past_max_pending_objects_new_objects_wait_for_the_checkpoint() {
     assert!(index.instance(&s(4, 1, "1.5").sop()).unwrap().is_none());
     ingest.join();
 }
+
+/// `o` received as a large object: its file under tmp/, begun now.
+fn staged(data: &DataDir, o: Spec) -> ReceivedObject {
+    let mut obj = o.object();
+    let Body::Inline(b) = &obj.body else {
+        unreachable!("Spec::object is inline")
+    };
+    let p = data.tmp().join(format!("{}-{}.part", o.n, o.version));
+    std::fs::write(&p, b).unwrap();
+    obj.body = Body::File(p);
+    obj
+}
+
+/// A large object whose file was begun before a failed sync of the data directory is
+/// refused, not acknowledged, even when its own sync succeeds: the failure may have been a
+/// write-back of its file, which the kernel reports once per descriptor and no later sync
+/// reports again. One begun after the failure is acknowledged; so is a re-send.
+#[test]
+fn a_large_object_begun_before_a_failed_sync_is_refused() {
+    let rt = runtime();
+    let c = cfg(DuplicatePolicy::Reject);
+    let failing = c.failing_syncs.clone();
+    let (_dir, data, _storage, ingest, index) = rig_with(c);
+    let submit = |o: ReceivedObject| rt.block_on(ingest.pipeline.snapshot().submit(o));
+    let (early, x, late) = (s(1, 1, "1.9"), s(2, 1, "1.9"), s(3, 1, "1.9"));
+    let early_obj = staged(&data, early);
+    // Timestamps are coarse (a few ms): the order must be plain.
+    std::thread::sleep(Duration::from_millis(30));
+    failing.store(1, std::sync::atomic::Ordering::SeqCst);
+    let r = submit(staged(&data, x));
+    assert!(
+        r.as_ref().is_err_and(|e| e.to_string().contains("syncfs")),
+        "{r:?}"
+    );
+    std::thread::sleep(Duration::from_millis(30));
+    let late_obj = staged(&data, late);
+    let r = submit(early_obj);
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.to_string().contains("send it again")),
+        "begun before the failure: {r:?}"
+    );
+    assert!(submit(late_obj).is_ok(), "begun after the failure");
+    assert!(submit(staged(&data, early)).is_ok(), "a re-send");
+    let left: Vec<_> = std::fs::read_dir(data.tmp()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "refused files removed: {left:?}");
+    ingest.join();
+    let indexed: Vec<String> = index
+        .instances()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.sop_instance_uid)
+        .collect();
+    assert_eq!(indexed.len(), 2, "{indexed:?}");
+    assert!(indexed.contains(&early.sop()) && indexed.contains(&late.sop()));
+}
+
+/// A replayed large object whose file is gone (its journal record outlived it: a power cut
+/// in relaxed durability, where large objects are not synced before their record) is
+/// reported lost, and the start-up goes on with the rest; it used to stop the start-up.
+#[test]
+fn a_replayed_large_object_whose_file_is_gone_is_reported_lost() {
+    let rt = runtime();
+    let lost = || {
+        let out = crate::metrics::render(&crate::metrics::Snapshot::default());
+        crate::metrics::tests::value(&out, "dicomgw_ingest_lost_objects_total")
+    };
+    let before = lost();
+    let (_dir, data, storage, handle, ingest, index) = crash_rig();
+    let (small, big) = (s(1, 1, "1.8"), s(2, 1, "1.8"));
+    store(&ingest, &rt, small).unwrap();
+    rt.block_on(ingest.pipeline.snapshot().submit(staged(&data, big)))
+        .unwrap();
+    // The cut, before any checkpoint: the journal and the index as flushed so far.
+    let journal = storage.crash(Tear::None);
+    let image = handle.boundaries().pop().unwrap().image_after_crash(0, 0);
+    ingest.join();
+    drop(index);
+    // What the shutdown's checkpoint placed (on this test's real disk) is not on the cut's.
+    let placed = data
+        .root()
+        .join(DataDir::object_rel_path("1.8", "1.8.1", &big.sop()).unwrap());
+    std::fs::remove_file(&placed).expect("the shutdown placed the large object");
+    let (backend, _) = CrashBackend::from_image(image);
+    let db = redb::Database::builder()
+        .create_with_backend(backend)
+        .unwrap();
+    let (ingest, index) = start(journal, db, &data, DuplicatePolicy::Replace);
+    assert_eq!(ingest.recovered.records, 2, "both records replayed");
+    ingest.join();
+    assert!(index.instance(&small.sop()).unwrap().is_some());
+    assert!(
+        index.instance(&big.sop()).unwrap().is_none(),
+        "never indexed without its file"
+    );
+    assert!(lost() >= before + 1.0, "counted");
+}

@@ -34,6 +34,14 @@ pub struct State {
     /// Requests the server did not understand (e.g. `Unknown FUSE opcode (50)` for
     /// FUSE_SYNCFS), as fuser logged them.
     pub unknown: Vec<String>,
+    /// A failing disk that keeps its power: every write of at least this many bytes fails
+    /// with EIO (and changes nothing) until `heal`. Under a loop device the failures are a
+    /// block device's write errors; with the kernel's writeback cache
+    /// ([`Lossy::with_writeback_cache`]) they reach processes as write-back errors, at their
+    /// next `fsync`, `syncfs` or close.
+    pub failing_writes: Option<u64>,
+    /// Whether the next mount asks the kernel for its writeback cache.
+    pub writeback_cache: bool,
 }
 
 /// A handle on a lossy filesystem, shared by its FUSE sessions and the test that drives it.
@@ -57,6 +65,15 @@ impl Lossy {
         let mut s = self.state();
         s.model.cut();
         s.dead = true;
+    }
+
+    /// The same filesystem, mounted with the kernel's writeback cache: writes stay in the
+    /// page cache and reach the server later, as on a block device, so a failed write is a
+    /// writeback error (see [`State::failing_writes`]). Otherwise writes are synchronous
+    /// (the default, which the power-cut tests use).
+    pub fn with_writeback_cache(self) -> Lossy {
+        self.state().writeback_cache = true;
+        self
     }
 
     /// Power back on (remount first: the kernel may cache what the cut took away).
@@ -89,7 +106,8 @@ impl Lossy {
         )
     }
 
-    /// Runs one control command: `cut`, `power-on`, `sync`, `tear SEED`, `no-tear`.
+    /// Runs one control command: `cut`, `power-on`, `sync`, `tear SEED`, `no-tear`,
+    /// `fail-writes [MIN_BYTES]`, `heal`.
     pub fn control(&self, cmd: &str) -> Result<(), String> {
         let mut w = cmd.split_whitespace();
         match (w.next(), w.next()) {
@@ -101,6 +119,13 @@ impl Lossy {
                 self.state().model.set_tear(Some(seed));
             }
             (Some("no-tear"), None) => self.state().model.set_tear(None),
+            (Some("fail-writes"), min) => {
+                let min = min
+                    .map_or(Ok(0), str::parse)
+                    .map_err(|e| format!("fail-writes: {e}"))?;
+                self.state().failing_writes = Some(min);
+            }
+            (Some("heal"), None) => self.state().failing_writes = None,
             (None, _) => {}
             _ => return Err(format!("unknown command {cmd:?}")),
         }
@@ -267,7 +292,12 @@ impl Fs {
 }
 
 impl Filesystem for Fs {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if self.0.state().writeback_cache {
+            config
+                .add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE)
+                .map_err(|_| std::io::Error::other("the kernel offers no writeback cache"))?;
+        }
         Ok(())
     }
 
@@ -515,10 +545,13 @@ impl Filesystem for Fs {
             }
             return reply.written(data.len() as u32);
         }
-        match self
-            .live()
-            .and_then(|mut s| s.model.write(ino.0, offset, data).map_err(err))
-        {
+        match self.live().and_then(|mut s| {
+            if s.failing_writes.is_some_and(|min| data.len() as u64 >= min) {
+                s.model.counters.failed_writes += 1;
+                return Err(Errno::EIO);
+            }
+            s.model.write(ino.0, offset, data).map_err(err)
+        }) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(e),
         }

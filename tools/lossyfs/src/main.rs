@@ -1,6 +1,6 @@
 //! `lossyfs MOUNTPOINT`: serves an empty lossy filesystem at MOUNTPOINT in the foreground.
-//! Control: write `cut`, `sync`, `tear SEED` or `no-tear` to MOUNTPOINT/.lossyfs-ctl; read it
-//! for the counters. After a `cut`, unmount (`umount MOUNTPOINT`): lossyfs mounts again with
+//! Control: write `cut`, `sync`, `tear SEED`, `no-tear`, `fail-writes [MIN_BYTES]` or `heal`
+//! to MOUNTPOINT/.lossyfs-ctl; read it for the counters. After a `cut`, unmount (`umount MOUNTPOINT`): lossyfs mounts again with
 //! the durable state. Unmounting while the power is on ends it.
 
 fn main() {

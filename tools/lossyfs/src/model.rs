@@ -170,6 +170,8 @@ pub struct Counters {
     pub open_dsync: u64,
     /// Power cuts.
     pub cuts: u64,
+    /// Writes refused with EIO (control `fail-writes`).
+    pub failed_writes: u64,
 }
 
 /// The whole filesystem.

@@ -1,0 +1,343 @@
+//! A disk write that fails while the power stays on, end to end: dicom-gw (relaxed
+//! durability, checkpoints held back) keeps its data directory on an ext4 whose block device
+//! (a loop device) lives on lossyfs, so lossyfs's `fail-writes` makes the device fail every
+//! write as a failing disk would (ext4's own journal is on a second, healthy loop device, so
+//! the filesystem itself survives). Large objects are acknowledged while their files are
+//! still in the page cache; then the device fails while someone else's `syncfs` (an
+//! administrator's `sync -f`, a backup agent) pushes those pages out and sees the error
+//! first; the device heals; a read of the admin API makes the checkpoint run.
+//!
+//! The kernel reports a write-back error once to each descriptor opened before it (see
+//! `failing_writes.rs`), so a checkpoint that opened the data directory afresh would see a
+//! clean `syncfs` and index files whose bytes never reached the disk, and a retry that
+//! trusted the page cache would too. What must happen instead:
+//! - while the page cache still holds the bytes: the checkpoint fails once, its retry writes
+//!   the files again, and on the device's own contents (remounted) every indexed object's
+//!   file hashes to what was sent;
+//! - when the page cache has let them go (`drop_caches`): the objects are reported lost
+//!   (`dicomgw_ingest_lost_objects_total`, an ERROR line each), never indexed damaged.
+//!
+//! Needs /dev/fuse, loop devices, mkfs.ext4 and root; skips without /dev/fuse or a free
+//! loop device.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dicom_loadgen::dataset::{dataset_hash, Ts};
+use dicom_loadgen::run::{Operation, RunConfig};
+use dicom_loadgen::source::Source;
+use dicom_loadgen::synth::{SizeMix, SynthSpec, UidRoot, CT_IMAGE_STORAGE};
+use dicom_loadgen::verify::SentRecord;
+
+mod common;
+use common::{hex, viewer_token, Gw, Mounted};
+
+/// Relaxed durability, objects above 64 KiB staged to files, no checkpoint until asked.
+const CONFIG: &str = "durability = \"relaxed\"\n\
+[store]\n\
+inline_max_kib = 64\n\
+checkpoint_interval_ms = 600000\n\
+checkpoint_objects = 1000000\n";
+
+fn syncfs(f: &std::fs::File) -> std::io::Result<()> {
+    // SAFETY: syncfs only reads the descriptor, which `f` keeps open.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Stores `n` synthetic 300 KiB CT objects over one association; the acknowledged ones.
+fn store(port: u16, n: u64, seed: u64) -> Vec<SentRecord> {
+    let spec = SynthSpec {
+        root: UidRoot::new(&format!("1.2.826.0.1.3680043.10.543.7.{seed}")).unwrap(),
+        ts: Ts::ExplicitLe,
+        sop_class: CT_IMAGE_STORAGE.to_owned(),
+        modality: "CT".to_owned(),
+        sizes: SizeMix::parse("300k").unwrap(),
+        series_size: 10,
+        series_per_study: 1,
+    };
+    let cfg = RunConfig {
+        addr: ([127, 0, 0, 1], port).into(),
+        calling: "WRITE_ERRORS".to_owned(),
+        called: "DICOM_GW".to_owned(),
+        concurrency: 1,
+        count: Some(n),
+        duration: None,
+        rate: None,
+        per_association: None,
+        timeout: Duration::from_secs(10),
+        max_pdu: 262_144,
+        record_sent: true,
+        tls: None,
+    };
+    let op = Operation::Store(Arc::new(Source::synthetic(spec)));
+    dicom_loadgen::run::run(cfg, op).sent
+}
+
+/// The value of an unlabelled sample in the Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Runs a command; its trimmed stdout, or why it failed.
+fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// An ext4 whose device can be made to fail: its image on lossyfs behind a loop device, its
+/// journal on a healthy loop device beside.
+struct Disk {
+    lossy: Mounted,
+    image: PathBuf,
+    journal_loop: String,
+    disk_loop: Option<String>,
+    dir: PathBuf,
+}
+
+impl Disk {
+    /// None (with a note) where no loop device can be set up.
+    fn new(tmp: &Path) -> Option<Disk> {
+        let mnt = tmp.join("lossy");
+        let dir = tmp.join("ext4");
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        let lossy = Mounted::new(&mnt);
+        let image = mnt.join("disk.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(128 << 20))
+            .unwrap();
+        let journal = tmp.join("journal.img");
+        std::fs::File::create(&journal)
+            .and_then(|f| f.set_len(16 << 20))
+            .unwrap();
+        sh(
+            "mkfs.ext4",
+            &["-q", "-O", "journal_dev", "-b", "4096", path(&journal)],
+        )
+        .unwrap();
+        let journal_loop = match sh("losetup", &["-f", "--show", path(&journal)]) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("SKIP: no loop device: {e}");
+                return None;
+            }
+        };
+        let mut disk = Disk {
+            lossy,
+            image,
+            journal_loop,
+            disk_loop: None,
+            dir,
+        };
+        let jdev = format!("device={}", disk.journal_loop);
+        sh(
+            "mkfs.ext4",
+            &["-q", "-F", "-b", "4096", "-J", &jdev, path(&disk.image)],
+        )
+        .unwrap();
+        disk.attach();
+        Some(disk)
+    }
+
+    fn attach(&mut self) {
+        let l = sh("losetup", &["-f", "--show", path(&self.image)]).unwrap();
+        let opt = format!("journal_path={}", self.journal_loop);
+        let mounted = sh("mount", &["-o", &opt, &l, path(&self.dir)]);
+        self.disk_loop = Some(l);
+        mounted.unwrap();
+    }
+
+    fn detach(&mut self) {
+        let _ = sh("umount", &[path(&self.dir)]);
+        if let Some(l) = self.disk_loop.take() {
+            let _ = sh("losetup", &["-d", &l]);
+        }
+    }
+
+    /// Mounted again on the device's own contents: no page of the old mounts is cached.
+    fn remount(&mut self) {
+        self.detach();
+        self.lossy.remount();
+        self.attach();
+    }
+
+    fn control(&self, cmd: &str) {
+        self.lossy.fs.control(cmd).unwrap();
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        self.detach();
+        let _ = sh("losetup", &["-d", &self.journal_loop]);
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 temporary path")
+}
+
+/// What one run found, read back from the disk's own contents.
+struct Outcome {
+    sent: Vec<SentRecord>,
+    /// SOP Instance UIDs the admin API shows, with the hash it shows.
+    shown: Vec<String>,
+    /// Index rows whose file (after a remount) does not hash to the row.
+    damaged: Vec<String>,
+    /// Index rows.
+    rows: usize,
+    lost_metric: f64,
+    stderr: String,
+}
+
+fn run(drop_cache: bool) -> Option<Outcome> {
+    // One at a time: each sets up its own devices and drops caches.
+    static ONE: Mutex<()> = Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("SKIP: /dev/fuse is absent: no FUSE here");
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut disk = Disk::new(tmp.path())?;
+    let data = disk.dir.join("data");
+    std::fs::create_dir(&data).unwrap();
+    let config = tmp.path().join("gw.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let token = viewer_token(&data);
+    let gw = Gw::start(&data, None, Some(&config));
+    // Nothing else is dirty when the disk starts failing.
+    syncfs(&std::fs::File::open(&data).unwrap()).expect("a healthy disk syncs");
+
+    let sent = store(gw.port, 3, u64::from(drop_cache));
+    assert_eq!(sent.len(), 3, "acknowledged: {}", gw.stderr());
+
+    // The disk fails; someone else's syncfs writes the staged files back and sees the error.
+    // Writes of 64 KiB and more: the objects' data, not the filesystem's own 4 KiB metadata blocks
+    // (a failed metadata write would abort ext4, another story).
+    disk.control("fail-writes 65536");
+    let other = syncfs(&std::fs::File::open(&data).unwrap());
+    disk.control("heal");
+    assert_eq!(
+        other.map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EIO)),
+        "the failed write-back reaches the other syncfs"
+    );
+    assert!(disk.lossy.fs.counters().failed_writes > 0);
+    if drop_cache {
+        std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop the page cache (root)");
+    }
+
+    // A read of the index makes the checkpoint run (and its retry, 500 ms after a failure).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (shown, lost_metric) = loop {
+        let shown: Vec<String> = sent
+            .iter()
+            .filter(|r| {
+                let (status, body) =
+                    gw.get(&format!("/api/v1/instances/{}", r.sop_instance), &token);
+                status == 200 && body.contains(&r.blake3)
+            })
+            .map(|r| r.sop_instance.clone())
+            .collect();
+        let (_, metrics) = gw.get("/metrics", &token);
+        let lost = metric(&metrics, "dicomgw_ingest_lost_objects_total").unwrap_or(0.0);
+        let pending = metric(&metrics, "dicomgw_journal_pending_objects");
+        if pending == Some(0.0) || Instant::now() > deadline {
+            break (shown, lost);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stderr = gw.stderr();
+    gw.stop();
+
+    // The disk's own contents, not the kernel's cache of them.
+    disk.remount();
+    let idx = dicom_gw::store::index::Index::open(&data.join("gateway.redb"))
+        .unwrap_or_else(|e| panic!("cannot open the index: {e}"));
+    let rows = idx.instances().unwrap();
+    let damaged = rows
+        .iter()
+        .filter(|row| {
+            !matches!(dataset_hash(&data.join(&row.path)),
+                Ok((h, len)) if hex(&h) == row.dataset_blake3 && len == row.dataset_size)
+        })
+        .map(|row| row.sop_instance_uid.clone())
+        .collect();
+    Some(Outcome {
+        sent,
+        shown,
+        damaged,
+        rows: rows.len(),
+        lost_metric,
+        stderr,
+    })
+}
+
+/// The page cache still holds the bytes: the retry writes them to the disk, and every
+/// object is indexed whole.
+#[test]
+fn a_failed_write_back_seen_elsewhere_fails_the_checkpoint_and_the_retry_writes_again() {
+    let Some(o) = run(false) else { return };
+    assert!(
+        o.damaged.is_empty(),
+        "indexed without their bytes on the disk: {:?}\n{}",
+        o.damaged,
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains("checkpoint failed"),
+        "the checkpoint saw the write-back error; stderr:\n{}",
+        o.stderr
+    );
+    assert_eq!(
+        o.rows,
+        o.sent.len(),
+        "every acknowledged object indexed:\n{}",
+        o.stderr
+    );
+    assert_eq!(o.shown.len(), o.sent.len(), "and shown by the API");
+    assert_eq!(o.lost_metric, 0.0);
+}
+
+/// The page cache let the bytes go: the objects are reported lost, never indexed damaged.
+#[test]
+fn bytes_lost_to_a_failed_write_back_are_reported_never_indexed() {
+    let Some(o) = run(true) else { return };
+    assert!(
+        o.damaged.is_empty(),
+        "indexed without their bytes on the disk: {:?}\n{}",
+        o.damaged,
+        o.stderr
+    );
+    assert_eq!(o.rows, 0, "nothing indexed:\n{}", o.stderr);
+    assert!(o.shown.is_empty());
+    assert_eq!(
+        o.lost_metric,
+        o.sent.len() as f64,
+        "each counted:\n{}",
+        o.stderr
+    );
+    let lines = o
+        .stderr
+        .matches("acknowledged object lost to a failed disk write")
+        .count();
+    assert_eq!(lines, o.sent.len(), "an ERROR line each:\n{}", o.stderr);
+}
