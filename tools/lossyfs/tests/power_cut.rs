@@ -27,13 +27,12 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dicom_loadgen::dataset::{dataset_hash, Ts};
+use dicom_loadgen::dataset::dataset_hash;
 use dicom_loadgen::run::{Operation, RunConfig};
 use dicom_loadgen::source::Source;
-use dicom_loadgen::synth::{SizeMix, SynthSpec, UidRoot, CT_IMAGE_STORAGE};
 use dicom_loadgen::verify::{verify, Layout, SentRecord};
 mod common;
-use common::{files_under, hex, viewer_token, Gw, Mounted};
+use common::{ct_spec, files_under, hex, store_config, viewer_token, Gw, Mounted};
 
 const CLIENTS: usize = 4;
 
@@ -90,32 +89,11 @@ int syncfs(int fd) {
 /// One load: CLIENTS associations storing synthetic objects until the daemon goes away (or
 /// 20 s). Returns the acknowledged objects.
 fn load(port: u16, seed: u64) -> std::thread::JoinHandle<Vec<SentRecord>> {
-    let spec = SynthSpec {
-        root: UidRoot::new(&format!(
-            "1.2.826.0.1.3680043.10.543.{}",
-            seed % 1_000_000_000
-        ))
-        .unwrap(),
-        ts: Ts::ExplicitLe,
-        sop_class: CT_IMAGE_STORAGE.to_owned(),
-        modality: "CT".to_owned(),
-        sizes: SizeMix::parse("2k,8k,32k,100k").unwrap(),
-        series_size: 25,
-        series_per_study: 2,
-    };
+    let root = format!("1.2.826.0.1.3680043.10.543.{}", seed % 1_000_000_000);
+    let spec = ct_spec(&root, "2k,8k,32k,100k", 25, 2);
     let cfg = RunConfig {
-        addr: ([127, 0, 0, 1], port).into(),
-        calling: "LOADGEN".to_owned(),
-        called: "DICOM_GW".to_owned(),
-        concurrency: CLIENTS,
-        count: None,
         duration: Some(Duration::from_secs(20)),
-        rate: None,
-        per_association: None,
-        timeout: Duration::from_secs(10),
-        max_pdu: 262_144,
-        record_sent: true,
-        tls: None,
+        ..store_config(port, "LOADGEN", CLIENTS)
     };
     let op = Operation::Store(Arc::new(Source::synthetic(spec)));
     std::thread::spawn(move || dicom_loadgen::run::run(cfg, op).sent)

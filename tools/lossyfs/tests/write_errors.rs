@@ -26,14 +26,13 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dicom_loadgen::dataset::{dataset_hash, Ts};
+use dicom_loadgen::dataset::dataset_hash;
 use dicom_loadgen::run::{Operation, RunConfig};
 use dicom_loadgen::source::Source;
-use dicom_loadgen::synth::{SizeMix, SynthSpec, UidRoot, CT_IMAGE_STORAGE};
 use dicom_loadgen::verify::SentRecord;
 
 mod common;
-use common::{hex, viewer_token, Gw, Mounted};
+use common::{ct_spec, hex, store_config, viewer_token, Gw, Mounted};
 
 /// Relaxed durability, objects above 64 KiB staged to files, no checkpoint until asked.
 const CONFIG: &str = "durability = \"relaxed\"\n\
@@ -53,28 +52,15 @@ fn syncfs(f: &std::fs::File) -> std::io::Result<()> {
 
 /// Stores `n` synthetic 300 KiB CT objects over one association; the acknowledged ones.
 fn store(port: u16, n: u64, seed: u64) -> Vec<SentRecord> {
-    let spec = SynthSpec {
-        root: UidRoot::new(&format!("1.2.826.0.1.3680043.10.543.7.{seed}")).unwrap(),
-        ts: Ts::ExplicitLe,
-        sop_class: CT_IMAGE_STORAGE.to_owned(),
-        modality: "CT".to_owned(),
-        sizes: SizeMix::parse("300k").unwrap(),
-        series_size: 10,
-        series_per_study: 1,
-    };
+    let spec = ct_spec(
+        &format!("1.2.826.0.1.3680043.10.543.7.{seed}"),
+        "300k",
+        10,
+        1,
+    );
     let cfg = RunConfig {
-        addr: ([127, 0, 0, 1], port).into(),
-        calling: "WRITE_ERRORS".to_owned(),
-        called: "DICOM_GW".to_owned(),
-        concurrency: 1,
         count: Some(n),
-        duration: None,
-        rate: None,
-        per_association: None,
-        timeout: Duration::from_secs(10),
-        max_pdu: 262_144,
-        record_sent: true,
-        tls: None,
+        ..store_config(port, "WRITE_ERRORS", 1)
     };
     let op = Operation::Store(Arc::new(Source::synthetic(spec)));
     dicom_loadgen::run::run(cfg, op).sent

@@ -8,7 +8,42 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dicom_loadgen::dataset::Ts;
+use dicom_loadgen::run::RunConfig;
+use dicom_loadgen::synth::{SizeMix, SynthSpec, UidRoot, CT_IMAGE_STORAGE};
 use lossyfs::Lossy;
+
+/// Synthetic explicit-VR CT objects of the `sizes` mix under UID root `root`.
+pub fn ct_spec(root: &str, sizes: &str, series_size: u64, series_per_study: u64) -> SynthSpec {
+    SynthSpec {
+        root: UidRoot::new(root).unwrap(),
+        ts: Ts::ExplicitLe,
+        sop_class: CT_IMAGE_STORAGE.to_owned(),
+        modality: "CT".to_owned(),
+        sizes: SizeMix::parse(sizes).unwrap(),
+        series_size,
+        series_per_study,
+    }
+}
+
+/// A closed-loop C-STORE run against the daemon's `port` that records what was acknowledged;
+/// no count and no duration yet (the caller sets one).
+pub fn store_config(port: u16, calling: &str, concurrency: usize) -> RunConfig {
+    RunConfig {
+        addr: ([127, 0, 0, 1], port).into(),
+        calling: calling.to_owned(),
+        called: "DICOM_GW".to_owned(),
+        concurrency,
+        count: None,
+        duration: None,
+        rate: None,
+        per_association: None,
+        timeout: Duration::from_secs(10),
+        max_pdu: 262_144,
+        record_sent: true,
+        tls: None,
+    }
+}
 
 pub fn hex(h: &[u8]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
