@@ -92,6 +92,13 @@ impl Placer {
             failed_at: None,
         })
     }
+
+    /// A checkpoint failed: nothing written before now is trusted (see the module doc), and
+    /// the directories are made again.
+    fn failed(&mut self) {
+        self.failed_at = Some(SystemTime::now());
+        self.made_dirs.clear();
+    }
 }
 
 /// Runs one checkpoint over `items` (journal order) ending at `end`. Nothing is released
@@ -105,28 +112,15 @@ pub fn checkpoint(
     end: Position,
     placer: &mut Placer,
 ) -> Result<Checkpointed, StoreError> {
-    let r = checkpoint_once(index, data, cfg, staged_dir, items, end, placer);
-    if r.is_err() {
-        placer.failed_at = Some(SystemTime::now());
-        placer.made_dirs.clear();
-    } else if placer.made_dirs.len() > 100_000 {
-        placer.made_dirs.clear();
-    }
-    r
-}
-
-fn checkpoint_once(
-    index: &Index,
-    data: &DataDir,
-    cfg: &IngestConfig,
-    staged_dir: &Path,
-    items: &[Item],
-    end: Position,
-    placer: &mut Placer,
-) -> Result<Checkpointed, StoreError> {
     let _objects = data.objects_lock();
     let db = |e: IndexError| StoreError::Index(e);
-    let tx = index.database().begin_write().map_err(|e| db(e.into()))?;
+    let tx = match index.database().begin_write() {
+        Ok(tx) => tx,
+        Err(e) => {
+            placer.failed();
+            return Err(db(e.into()));
+        }
+    };
     let mut out = Checkpointed {
         placed: Vec::with_capacity(items.len()),
         destinations: Vec::new(),
@@ -261,13 +255,15 @@ fn checkpoint_once(
         }
         Ok(())
     })();
-    if let Err(e) = result {
+    if let Err(e) = result.and_then(|()| tx.commit().map_err(|e| db(e.into()))) {
         // Dropping the transaction aborts it. Files placed under new names stay until the
         // retry places them again; none of them is indexed.
-        drop(tx);
+        placer.failed();
         return Err(e);
     }
-    tx.commit().map_err(|e| db(e.into()))?;
+    if placer.made_dirs.len() > 100_000 {
+        placer.made_dirs.clear();
+    }
     for f in &replaced_files {
         if !created.contains(f) {
             remove_quietly(f);
