@@ -584,6 +584,12 @@ pub fn recover<S: Storage>(
     std::fs::create_dir_all(&staged_dir)
         .and_then(|()| crate::store::fsync_dir(staged_dir.parent().unwrap_or(&staged_dir)))
         .map_err(|e| super::IngestError::Io(format!("create {}: {e}", staged_dir.display())))?;
+    // What the last run wrote and did not checkpoint is not trusted: it may have been cut by
+    // the power before reaching the disk (relaxed durability), or have lost a write-back
+    // that the last run's syncs saw and this run's never will. Inline objects are written
+    // again from the journal anyway; a large object's file is written again if it still
+    // hashes to its record, else reported lost.
+    placer.failed_at = Some(SystemTime::now());
     let mut rep = Recovered::default();
     let mut items: Vec<Item> = Vec::new();
     let mut bytes = 0u64;
@@ -640,6 +646,8 @@ pub fn recover<S: Storage>(
             remove_quietly(&f.path());
         }
     }
+    // Everything from before the start is indexed or gone: new files are trusted again.
+    placer.failed_at = None;
     Ok((journal, rep))
 }
 

@@ -894,3 +894,53 @@ fn a_replayed_large_object_whose_file_is_gone_is_reported_lost() {
     );
     assert!(lost() >= before + 1.0, "counted");
 }
+
+/// A replayed large object whose file has the right size but not the bytes received (a
+/// write-back the last run lost, or a power cut that left zeros) is reported lost, never
+/// indexed damaged; an intact one beside it is indexed.
+#[test]
+fn a_replayed_large_object_whose_bytes_differ_is_reported_lost() {
+    let rt = runtime();
+    let (_dir, data, storage, handle, ingest, index) = crash_rig();
+    let (whole, damaged) = (s(3, 1, "1.7"), s(4, 1, "1.7"));
+    for o in [whole, damaged] {
+        rt.block_on(ingest.pipeline.snapshot().submit(staged(&data, o)))
+            .unwrap();
+    }
+    // The cut, before any checkpoint.
+    let journal = storage.crash(Tear::None);
+    let image = handle.boundaries().pop().unwrap().image_after_crash(0, 0);
+    ingest.join();
+    drop(index);
+    // The shutdown placed both files (on this test's real disk); one's bytes did not last.
+    let path = |o: Spec| {
+        data.root()
+            .join(DataDir::object_rel_path("1.7", "1.7.1", &o.sop()).unwrap())
+    };
+    let len = std::fs::metadata(path(damaged)).unwrap().len();
+    std::fs::write(path(damaged), vec![0u8; len as usize]).unwrap();
+    let (backend, _) = CrashBackend::from_image(image);
+    let db = redb::Database::builder()
+        .create_with_backend(backend)
+        .unwrap();
+    let (ingest, index) = start(journal, db, &data, DuplicatePolicy::Replace);
+    assert_eq!(ingest.recovered.records, 2, "both records replayed");
+    ingest.join();
+    let rec = index
+        .instance(&whole.sop())
+        .unwrap()
+        .expect("the intact one is indexed");
+    assert_eq!(rec.dataset_blake3, whole.blake3());
+    let bytes = std::fs::read(data.root().join(&rec.path)).unwrap();
+    assert_eq!(
+        blake3::hash(&bytes[bytes.len() - whole.dataset().len()..])
+            .to_hex()
+            .as_str(),
+        whole.blake3()
+    );
+    assert!(
+        index.instance(&damaged.sop()).unwrap().is_none(),
+        "never indexed damaged"
+    );
+    assert!(!path(damaged).exists(), "its damaged file removed");
+}
