@@ -854,39 +854,61 @@ fn a_large_object_begun_before_a_failed_sync_is_refused() {
     assert!(indexed.contains(&early.sop()) && indexed.contains(&late.sop()));
 }
 
-/// A replayed large object whose file is gone (its journal record outlived it: a power cut
-/// in relaxed durability, where large objects are not synced before their record) is
-/// reported lost, and the start-up goes on with the rest; it used to stop the start-up.
-#[test]
-fn a_replayed_large_object_whose_file_is_gone_is_reported_lost() {
+/// Stores `inline` and then `large` (staged), cuts the power before any checkpoint (the
+/// journal and the index as flushed), lets the shutdown's checkpoint place the files on this
+/// test's real disk, lets `damage` change what it placed (the cut's disk would not have it
+/// whole), starts again and lets the replay run: the recovered records and the index.
+fn replay_after_damage(
+    inline: &[Spec],
+    large: &[Spec],
+    damage: impl FnOnce(&DataDir),
+) -> (tempfile::TempDir, DataDir, u64, Arc<Index>) {
     let rt = runtime();
-    let lost = || {
-        let out = crate::metrics::render(&crate::metrics::Snapshot::default());
-        crate::metrics::tests::value(&out, "dicomgw_ingest_lost_objects_total")
-    };
-    let before = lost();
-    let (_dir, data, storage, handle, ingest, index) = crash_rig();
-    let (small, big) = (s(1, 1, "1.8"), s(2, 1, "1.8"));
-    store(&ingest, &rt, small).unwrap();
-    rt.block_on(ingest.pipeline.snapshot().submit(staged(&data, big)))
-        .unwrap();
-    // The cut, before any checkpoint: the journal and the index as flushed so far.
+    let (dir, data, storage, handle, ingest, index) = crash_rig();
+    for o in inline {
+        store(&ingest, &rt, *o).unwrap();
+    }
+    for o in large {
+        rt.block_on(ingest.pipeline.snapshot().submit(staged(&data, *o)))
+            .unwrap();
+    }
     let journal = storage.crash(Tear::None);
     let image = handle.boundaries().pop().unwrap().image_after_crash(0, 0);
     ingest.join();
     drop(index);
-    // What the shutdown's checkpoint placed (on this test's real disk) is not on the cut's.
-    let placed = data
-        .root()
-        .join(DataDir::object_rel_path("1.8", "1.8.1", &big.sop()).unwrap());
-    std::fs::remove_file(&placed).expect("the shutdown placed the large object");
+    damage(&data);
     let (backend, _) = CrashBackend::from_image(image);
     let db = redb::Database::builder()
         .create_with_backend(backend)
         .unwrap();
     let (ingest, index) = start(journal, db, &data, DuplicatePolicy::Replace);
-    assert_eq!(ingest.recovered.records, 2, "both records replayed");
+    let records = ingest.recovered.records;
     ingest.join();
+    (dir, data, records, index)
+}
+
+/// Where the checkpoint puts `o` (study `o.study`, its series `.1`).
+fn placed_at(data: &DataDir, o: Spec) -> std::path::PathBuf {
+    let series = format!("{}.1", o.study);
+    data.root()
+        .join(DataDir::object_rel_path(o.study, &series, &o.sop()).unwrap())
+}
+
+/// A replayed large object whose file is gone (its journal record outlived it: a power cut
+/// in relaxed durability, where large objects are not synced before their record) is
+/// reported lost, and the start-up goes on with the rest; it used to stop the start-up.
+#[test]
+fn a_replayed_large_object_whose_file_is_gone_is_reported_lost() {
+    let lost = || {
+        let out = crate::metrics::render(&crate::metrics::Snapshot::default());
+        crate::metrics::tests::value(&out, "dicomgw_ingest_lost_objects_total")
+    };
+    let before = lost();
+    let (small, big) = (s(1, 1, "1.8"), s(2, 1, "1.8"));
+    let (_dir, _data, records, index) = replay_after_damage(&[small], &[big], |data| {
+        std::fs::remove_file(placed_at(data, big)).expect("the shutdown placed the large object")
+    });
+    assert_eq!(records, 2, "both records replayed");
     assert!(index.instance(&small.sop()).unwrap().is_some());
     assert!(
         index.instance(&big.sop()).unwrap().is_none(),
@@ -900,32 +922,13 @@ fn a_replayed_large_object_whose_file_is_gone_is_reported_lost() {
 /// indexed damaged; an intact one beside it is indexed.
 #[test]
 fn a_replayed_large_object_whose_bytes_differ_is_reported_lost() {
-    let rt = runtime();
-    let (_dir, data, storage, handle, ingest, index) = crash_rig();
     let (whole, damaged) = (s(3, 1, "1.7"), s(4, 1, "1.7"));
-    for o in [whole, damaged] {
-        rt.block_on(ingest.pipeline.snapshot().submit(staged(&data, o)))
-            .unwrap();
-    }
-    // The cut, before any checkpoint.
-    let journal = storage.crash(Tear::None);
-    let image = handle.boundaries().pop().unwrap().image_after_crash(0, 0);
-    ingest.join();
-    drop(index);
-    // The shutdown placed both files (on this test's real disk); one's bytes did not last.
-    let path = |o: Spec| {
-        data.root()
-            .join(DataDir::object_rel_path("1.7", "1.7.1", &o.sop()).unwrap())
-    };
-    let len = std::fs::metadata(path(damaged)).unwrap().len();
-    std::fs::write(path(damaged), vec![0u8; len as usize]).unwrap();
-    let (backend, _) = CrashBackend::from_image(image);
-    let db = redb::Database::builder()
-        .create_with_backend(backend)
-        .unwrap();
-    let (ingest, index) = start(journal, db, &data, DuplicatePolicy::Replace);
-    assert_eq!(ingest.recovered.records, 2, "both records replayed");
-    ingest.join();
+    let (_dir, data, records, index) = replay_after_damage(&[], &[whole, damaged], |data| {
+        let p = placed_at(data, damaged);
+        let len = std::fs::metadata(&p).unwrap().len();
+        std::fs::write(&p, vec![0u8; len as usize]).unwrap();
+    });
+    assert_eq!(records, 2, "both records replayed");
     let rec = index
         .instance(&whole.sop())
         .unwrap()
@@ -942,5 +945,8 @@ fn a_replayed_large_object_whose_bytes_differ_is_reported_lost() {
         index.instance(&damaged.sop()).unwrap().is_none(),
         "never indexed damaged"
     );
-    assert!(!path(damaged).exists(), "its damaged file removed");
+    assert!(
+        !placed_at(&data, damaged).exists(),
+        "its damaged file removed"
+    );
 }
