@@ -3,18 +3,9 @@
 //! Needs /dev/fuse and root; skips without /dev/fuse.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
 
+use dicom_gw::store::syncfs;
 use lossyfs::Lossy;
-
-fn syncfs(f: &std::fs::File) -> std::io::Result<()> {
-    // SAFETY: syncfs only reads the descriptor, which `f` keeps open.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
 
 /// What dicom-gw's checkpoint relies on (`ingest::checkpoint::Placer`): a failed write-back
 /// reaches `syncfs` once on every descriptor opened before it, and not at all on one opened

@@ -20,12 +20,12 @@
 //! Needs /dev/fuse, loop devices, mkfs.ext4 and root; skips without /dev/fuse or a free
 //! loop device.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dicom_gw::store::syncfs;
 use dicom_loadgen::dataset::dataset_hash;
 use dicom_loadgen::run::{Operation, RunConfig};
 use dicom_loadgen::source::Source;
@@ -40,15 +40,6 @@ const CONFIG: &str = "durability = \"relaxed\"\n\
 inline_max_kib = 64\n\
 checkpoint_interval_ms = 600000\n\
 checkpoint_objects = 1000000\n";
-
-fn syncfs(f: &std::fs::File) -> std::io::Result<()> {
-    // SAFETY: syncfs only reads the descriptor, which `f` keeps open.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
 
 /// Stores `n` synthetic 300 KiB CT objects over one association; the acknowledged ones.
 fn store(port: u16, n: u64, seed: u64) -> Vec<SentRecord> {
