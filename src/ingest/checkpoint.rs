@@ -423,7 +423,7 @@ fn write_object(dest: &Path, bytes: &[u8], early_writeback: bool) -> std::io::Re
 /// reader asks (`Settle`) and at shutdown. A failed checkpoint is retried (its objects stay
 /// in the journal and the overlay); `/readyz` says why meanwhile.
 pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>, mut placer: Placer) {
-    let vital = crate::health::Vital::new("materializer");
+    let vital = crate::health::Vital::in_registry("materializer", shared.cfg.health);
     let cfg = &shared.cfg;
     let mut pending: Vec<Item> = Vec::new();
     let mut pending_bytes: u64 = 0;

@@ -16,8 +16,8 @@
 //! answers still go out in journal order (see `Lanes`).
 //!
 //! Faults: a failed write or flush poisons the journal. Nothing more is acknowledged (every
-//! object is refused 0110 with a comment, `/readyz` says why) until the process restarts
-//! and recovery replays what reached the disk. A full ring, or a backlog of
+//! object is refused 0110 with a comment, `/readyz` says why); the failure is vital, so the
+//! daemon stops and its next start replays what reached the disk. A full ring, or a backlog of
 //! [`IngestConfig::max_pending_objects`](super::IngestConfig) acknowledged objects (held in
 //! memory until their checkpoint), waits for the checkpoint (backpressure: the cores'
 //! associations wait for their answers), and after
@@ -123,7 +123,7 @@ pub(super) fn run<S: Storage + Send>(
     mat: &Mailbox,
     root: std::io::Result<std::fs::File>,
 ) {
-    let vital = crate::health::Vital::new("journal writer");
+    let vital = crate::health::Vital::in_registry("journal writer", shared.cfg.health);
     let root = match root {
         Ok(f) => Some(f),
         Err(e) => {
@@ -442,19 +442,26 @@ impl<S: Storage + Send> Lanes<'_, S> {
         }
     }
 
-    /// The journal failed: it is poisoned, `/readyz` says so, and every group not yet
-    /// answered is refused.
+    /// The journal failed: it is poisoned, `/readyz` says so, every group not yet answered
+    /// is refused, and the failure is recorded as vital: the daemon stops (exit status 1)
+    /// and its supervisor starts it again, whose replay reads what reached the disk.
+    /// Trusting the journal again in this process would need the same proof the replay
+    /// gives; waiting for an operator would refuse every object meanwhile.
     fn poisoned(&self, e: &JournalError) {
         self.shared.journal().poison(e);
         let why = e.to_string();
         let mut back = lock(&self.back);
         if back.poisoned.is_none() {
-            tracing::error!(error = %why, "ingest journal write failed: refusing every object until restart");
+            tracing::error!(error = %why, "ingest journal write failed: refusing every object; the daemon stops and its next start replays the journal");
             self.shared.progress.problem(
                 "journal",
                 Some(format!(
-                    "write failed ({why}); restart the daemon to replay the journal"
+                    "write failed ({why}); the daemon stops and its next start replays the journal"
                 )),
+            );
+            self.shared.cfg.health.fail(
+                "ingest journal",
+                &format!("write failed ({why}); the next start replays the journal"),
             );
             back.poisoned = Some(why);
         }

@@ -82,6 +82,10 @@ pub struct IngestConfig {
     /// After this long without objects the pool's idle buffers are freed; under load, every
     /// this long, those no object needed meanwhile.
     pub trim_buffers_after: Duration,
+    /// Where a vital failure is recorded: a journal that failed a write or flush, a thread
+    /// of ours that ended early. The daemon's registry stops the daemon (exit status 1, so its
+    /// supervisor starts it again and the replay recovers); tests give each pipeline its own.
+    pub health: &'static crate::health::Registry,
     /// Tests: this many of the journal writer's next syncs of large objects' files fail
     /// with EIO (after syncing), as a disk's write-back error would make them.
     #[cfg(test)]
@@ -106,6 +110,7 @@ impl IngestConfig {
             sync: SyncMethod::Syncfs,
             buffers: crate::store::buffers::BufferPool::objects(),
             trim_buffers_after: Duration::from_secs(1),
+            health: crate::health::global(),
             #[cfg(test)]
             failing_syncs: Arc::default(),
         }
@@ -291,6 +296,8 @@ pub struct Ingest {
     pub settle: Settle,
     /// What recovery did at start-up.
     pub recovered: Recovered,
+    #[cfg(test)]
+    health: &'static crate::health::Registry,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -353,6 +360,8 @@ impl Ingest {
                 checkpoint::run(&m, s, placer)
             })
             .map_err(|e| IngestError::Io(format!("start the materializer: {e}")))?;
+        #[cfg(test)]
+        let health = shared.cfg.health;
         let s = shared.clone();
         let root = std::fs::File::open(shared.data.root());
         let writer = std::thread::Builder::new()
@@ -363,6 +372,8 @@ impl Ingest {
             pipeline: Pipeline { tx, routing },
             settle: Settle { progress },
             recovered,
+            #[cfg(test)]
+            health,
             threads: vec![writer, materializer],
         })
     }

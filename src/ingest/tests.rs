@@ -31,6 +31,8 @@ fn cfg(policy: DuplicatePolicy) -> IngestConfig {
     // Two lanes: the crash and fault tests then also cover groups written at once and
     // answered in journal order.
     c.groups_in_flight = 2;
+    // Each pipeline its own: a failure must stop its daemon, not every other test's.
+    c.health = Box::leak(Box::default());
     c
 }
 
@@ -363,6 +365,14 @@ fn a_failed_flush_is_never_followed_by_a_success() {
         );
         let why = run.readiness.clone().unwrap_err();
         assert!(why.contains("journal"), "{why}");
+        // The daemon stops, and its next start replays the journal (as below).
+        let vital = ingest.health.failed();
+        assert!(
+            vital
+                .as_deref()
+                .is_some_and(|f| f.starts_with("ingest journal: write failed")),
+            "fail at flush {k}: the failure is recorded as vital: {vital:?}"
+        );
         ingest.join();
         drop(index);
         let last = handle.boundaries().pop().unwrap();
@@ -375,6 +385,11 @@ fn a_failed_flush_is_never_followed_by_a_success() {
             db,
             &data,
             DuplicatePolicy::Replace,
+        );
+        assert_eq!(
+            ingest.health.failed(),
+            None,
+            "fail at flush {k}: the replay"
         );
         ingest.join();
         // The failed group stays readable (page cache) and may replay, as if torn whole.

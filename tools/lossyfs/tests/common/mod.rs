@@ -179,6 +179,21 @@ impl Gw {
         }
     }
 
+    /// Waits up to `within` for the daemon to exit on its own: its exit status, or None if it
+    /// still runs.
+    pub fn exited_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `GET path` on the admin API (HTTP/1.0, so the body is not chunked): status and body.
     pub fn get(&self, path: &str, token: &str) -> (u16, String) {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).unwrap();
