@@ -1,6 +1,6 @@
 //! The wall clock, in the unit every stored time uses: microseconds since the Unix epoch.
 //! A leaf, so that low layers (the audit log, the queue) can stamp times without depending on
-//! the group committer.
+//! ingest.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,6 +1,7 @@
-//! Vital components: threads the daemon cannot serve without (the group committer, the core
-//! threads). If one ends while it should still run — a panic, an exhausted resource — the
-//! failure is recorded here: `/readyz` reports it at once and the daemon stops with a non-zero
+//! Vital components: threads the daemon cannot serve without (the journal writer, the
+//! materializer, the core threads), and the ingest journal itself. If one ends while it should
+//! still run — a panic, an exhausted resource — or the journal failed a write, the failure is
+//! recorded here: `/readyz` reports it at once and the daemon stops with a non-zero
 //! exit status, so its supervisor restarts it. A daemon that answers every C-STORE with 0110
 //! while `/readyz` says 200 is worse than one that is down (audit C2).
 

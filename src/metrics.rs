@@ -8,9 +8,10 @@
 //! indexes beyond the slots made at start-up (or a [`global`] used before [`init`]) fall back
 //! to one shared overflow slot: still correct, merely shared. Histograms are fixed buckets of
 //! per-slot atomic counts plus an integer sum (nanoseconds or objects), so nothing on the hot
-//! path touches a float or a lock. The committer thread (batch sizes, commit durations) and
-//! the forwarder's workers (results and latency per destination) record into their own
-//! atomics; a destination's are created on first use behind a read-mostly lock.
+//! path touches a float or a lock. The journal writer (group sizes and times), the
+//! materializer (checkpoints) and the forwarder's workers (results and latency per
+//! destination) record into their own atomics; a destination's are created on first use
+//! behind a read-mostly lock.
 //!
 //! **Scraping.** [`render`] sums the slots and adds what only the caller knows at scrape time
 //! ([`Snapshot`]: queue depths read from the database, disk space, the I/O backend), then
@@ -746,7 +747,6 @@ impl Metrics {
             .observe(&LATENCY_BOUNDS_NS, nanos(elapsed));
     }
 
-    /// The committer committed (or refused) a batch of `objects` in `elapsed`.
     /// One checkpoint: objects materialized and indexed, and its time.
     pub fn checkpoint(&self, objects: usize, elapsed: Duration) {
         self.checkpoint_objects

@@ -225,7 +225,7 @@ impl NetStream for tokio::net::TcpStream {
 }
 
 /// A std file written inline on the core's thread (both backends): page-cache writes are
-/// short, and the durable sync happens on the committer thread, not here.
+/// short, and the durable sync happens on the journal writer's thread, not here.
 #[derive(Debug)]
 pub struct InlineFile(std::fs::File);
 

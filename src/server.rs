@@ -1,10 +1,11 @@
-//! Wires the daemon together: data directory, index, committer, the DICOM ports (store and
+//! Wires the daemon together: data directory, index, ingest pipeline, the DICOM ports (store and
 //! worklist, plain and TLS) served by one thread per core with its own runtime, the admin API,
 //! and shutdown in phases.
 //!
 //! Shutdown (SIGTERM/SIGINT): stop accepting; let associations finish for the grace period;
-//! abort what is left; the committer finishes every object already handed to it (so each
-//! association that got far enough is answered) and the process exits 0.
+//! abort what is left; the journal writer answers every object already handed to it (so each
+//! association that got far enough is answered), the materializer runs its last checkpoint,
+//! and the process exits 0 (1 after a vital failure, see `health`).
 
 use std::future::Future;
 use std::net::SocketAddr;

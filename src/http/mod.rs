@@ -166,7 +166,7 @@ pub fn tls_config(
 }
 
 /// Nice value of the API thread and its blocking pool: administration yields the CPU to the
-/// ingest cores and the committer when they compete (measured in docs/benchmarks.md: a
+/// ingest cores and the journal writer when they compete (measured in docs/benchmarks.md: a
 /// saturating study search at normal priority took about a core from ingest on 2 vCPUs).
 pub const API_NICE: i32 = 10;
 

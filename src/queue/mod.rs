@@ -1,6 +1,6 @@
 //! The forwarding queue: durable jobs in redb, their state machine and backoff.
 //!
-//! A job is "send object S to destination D". Jobs are created by the group committer in the
+//! A job is "send object S to destination D". Jobs are created by ingest's checkpoint in the
 //! same transaction as the object's index rows ([`enqueue`]), so an acknowledged object always
 //! has its jobs. States: pending → in-flight → done (deleted at once; only counted) | retry at
 //! *t* → … → dead (after the destination's maximum attempts, or at once for a permanent
@@ -355,7 +355,7 @@ fn ensure_job_index(tx: &WriteTransaction) -> Result<Option<usize>, QueueError> 
     Ok(Some(n))
 }
 
-/// Adds a pending job "send `sop` to `dest`" inside the caller's transaction (the committer's,
+/// Adds a pending job "send `sop` to `dest`" inside the caller's transaction (a checkpoint's,
 /// so jobs and index rows become durable together). Returns the job id.
 pub fn enqueue(
     tx: &WriteTransaction,

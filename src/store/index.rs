@@ -1,7 +1,8 @@
 //! The instance index in redb: patients, studies, series and instances.
 //!
-//! Rows are written only by the group committer, inside the same transaction that (later)
-//! also holds the forwarding jobs, so an acknowledged object always has its rows. Readers
+//! Rows of new objects are written only by ingest's checkpoints (and the start-up replay),
+//! inside the transaction that also holds their forwarding jobs and the journal position, so
+//! an acknowledged object always has its rows once its checkpoint committed. Readers
 //! (query/retrieve, the admin API, tests) use [`Index`].
 
 use std::collections::HashMap;
@@ -177,7 +178,7 @@ pub fn create_tables(tx: &WriteTransaction) -> Result<(), IndexError> {
     tx.open_table(db::STUDIES)?;
     tx.open_table(db::PATIENTS)?;
     tx.open_table(db::JOURNAL)?;
-    // The forwarding queue shares the database (and the committer's transactions).
+    // The forwarding queue shares the database (and the checkpoints' transactions).
     tx.open_table(db::QUEUE)?;
     tx.open_table(db::IN_FLIGHT)?;
     tx.open_table(db::DEAD)?;
@@ -522,7 +523,7 @@ impl Index {
         &self.studies
     }
 
-    /// The underlying database, for the committer's write transactions.
+    /// The underlying database, for the checkpoints' write transactions.
     pub fn database(&self) -> &Database {
         &self.db
     }

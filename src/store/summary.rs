@@ -7,7 +7,7 @@
 //! and a search only filters shared records under a read lock: no redb transaction, no
 //! decoding.
 //!
-//! The index stays the source of truth. Every writer of study rows (the committer, start-up
+//! The index stays the source of truth. Every writer of study rows (the checkpoints, start-up
 //! recovery, the retention sweep) calls [`StudySummary::refresh`] with the studies it touched
 //! *after* its commit; the refresh re-reads exactly those rows. Refreshes are serialised and
 //! each reads after its own commit, so once the last one returns the summary equals the
