@@ -544,6 +544,16 @@ pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>, mut placer
                 shared
                     .progress
                     .problem("checkpoint", Some(format!("failing: {err}")));
+                if let StoreError::Index(e) = &err {
+                    if e.needs_reopen() {
+                        // No retry can succeed in this process; a restart reopens the index
+                        // and replays the journal.
+                        cfg.health.fail(
+                            "index",
+                            &format!("{e}; the next start reopens it and replays the journal"),
+                        );
+                    }
+                }
                 if closed {
                     tracing::error!("stopping with objects not yet indexed: the next start replays them from the journal");
                     break;

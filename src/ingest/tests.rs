@@ -397,6 +397,71 @@ fn a_failed_flush_is_never_followed_by_a_success() {
     }
 }
 
+/// An index sync that fails (EIO) latches redb: every later operation fails until the
+/// database is opened again, so no checkpoint can succeed in this process. The failure is
+/// vital (the daemon stops and its supervisor starts it again), and the next start's replay
+/// indexes every acknowledged object from the journal.
+#[test]
+fn a_failed_index_sync_is_vital_and_the_next_start_loses_nothing() {
+    let rt = runtime();
+    let (_dir, data, storage, handle, ingest, index) = crash_rig();
+    let mut run = Run {
+        acked: BTreeMap::new(),
+        sent: BTreeMap::new(),
+        success_after_failure: false,
+        refused: false,
+        readiness: Ok(()),
+    };
+    let mut store_all = |ingest: &Ingest, ns: std::ops::Range<u32>| {
+        for n in ns {
+            let o = Spec {
+                n,
+                version: 1,
+                study: "1.7",
+            };
+            run.sent.insert(o.sop(), vec![o.blake3()]);
+            assert!(store(ingest, &rt, o).is_ok(), "{} acknowledged", o.sop());
+            run.acked.insert(o.sop(), o.blake3());
+        }
+    };
+    store_all(&ingest, 1..4);
+    assert!(rt.block_on(ingest.settle.settle(Duration::from_secs(10))));
+    assert_eq!(ingest.health.failed(), None, "a healthy checkpoint");
+    handle.fail_sync_after(0);
+    store_all(&ingest, 4..8);
+    let settled = rt.block_on(ingest.settle.settle(Duration::from_secs(2)));
+    assert!(!settled, "no checkpoint succeeds after the failed sync");
+    let vital = ingest.health.failed();
+    assert!(
+        vital.as_deref().is_some_and(|f| f.starts_with("index: ")),
+        "the failure is recorded as vital: {vital:?}"
+    );
+    let readiness = ingest.settle.progress().readiness();
+    assert!(
+        readiness.as_ref().is_err_and(|w| w.contains("checkpoint")),
+        "{readiness:?}"
+    );
+    ingest.join();
+    drop(index);
+
+    // The next start, on what the index's disk holds: the last successful sync.
+    let last = handle.boundaries().pop().unwrap();
+    let (backend, _) = CrashBackend::from_image(last.image_after_crash(0, 0));
+    let db = redb::Database::builder()
+        .create_with_backend(backend)
+        .unwrap();
+    let (ingest, index) = start(
+        storage.crash(Tear::None),
+        db,
+        &data,
+        DuplicatePolicy::Replace,
+    );
+    assert!(ingest.recovered.records >= 4, "{:?}", ingest.recovered);
+    assert_eq!(ingest.health.failed(), None, "the replay");
+    ingest.join();
+    check_recovered(&index, &data, &run, "after a failed index sync", false);
+}
+
 fn file_rig(
     policy: DuplicatePolicy,
 ) -> (tempfile::TempDir, DataDir, CrashStorage, Ingest, Arc<Index>) {

@@ -160,6 +160,8 @@ pub struct Shared {
     dests: RwLock<HashMap<String, Arc<DestinationState>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     stop: AtomicBool,
+    /// Where a queue database that needs reopening is recorded as a vital failure.
+    health: &'static crate::health::Registry,
 }
 
 impl Shared {
@@ -278,6 +280,16 @@ pub struct Forwarder {
 impl Forwarder {
     /// Returns jobs left in flight by a previous run to waiting, then starts the workers.
     pub fn start(queue: Queue, data: DataDir, dests: Vec<Destination>) -> std::io::Result<Self> {
+        Forwarder::start_in(queue, data, dests, crate::health::global())
+    }
+
+    /// [`Forwarder::start`], recording vital failures into `health` (tests: their own).
+    pub fn start_in(
+        queue: Queue,
+        data: DataDir,
+        dests: Vec<Destination>,
+        health: &'static crate::health::Registry,
+    ) -> std::io::Result<Self> {
         let io = |e: super::QueueError| std::io::Error::other(e.to_string());
         let back = queue.requeue_in_flight(timestamp_us()).map_err(io)?;
         if back > 0 {
@@ -292,6 +304,7 @@ impl Forwarder {
             dests: RwLock::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
+            health,
         });
         for d in dests {
             shared.upsert_destination(d)?;
@@ -348,6 +361,22 @@ impl Link {
     }
 }
 
+/// After an I/O error redb fails every operation until the database is reopened
+/// ([`crate::store::index::IndexError::needs_reopen`]): no worker can claim or record
+/// anything any more, ingest's checkpoints fail too, and only a restart helps. Recorded as
+/// a vital failure, so the daemon stops and its supervisor starts it again, also when no
+/// C-STORE arrives to fail a checkpoint.
+fn vital_if_latched(shared: &Shared, e: &super::QueueError) {
+    if let super::QueueError::Index(i) = e {
+        if i.needs_reopen() {
+            shared.health.fail(
+                "forwarding queue",
+                &format!("{i}; the next start reopens the index"),
+            );
+        }
+    }
+}
+
 fn worker(shared: &Shared, d: &DestinationState) {
     let cfg = &d.config;
     let mut rng = fastrand::Rng::new();
@@ -374,6 +403,7 @@ fn worker(shared: &Shared, d: &DestinationState) {
             Ok(c) => c,
             Err(e) => {
                 error!(destination = %cfg.name, error = %e, "cannot claim jobs");
+                vital_if_latched(shared, &e);
                 d.nap(seen, MAX_NAP);
                 continue;
             }
@@ -459,6 +489,7 @@ fn worker(shared: &Shared, d: &DestinationState) {
             Err(e) => {
                 // The jobs stay in flight and are sent again after a restart (at-least-once).
                 error!(destination = %cfg.name, error = %e, "cannot record forwarding results");
+                vital_if_latched(shared, &e);
                 d.nap(seen, MAX_NAP);
             }
         }
@@ -867,6 +898,56 @@ mod tests {
             )
         );
         assert_eq!(proposed_contexts(TranscodePolicy::Never, &refs).len(), 3);
+    }
+
+    /// The queue's database fails a sync (EIO) while a worker records its results: redb
+    /// latches, no later claim or record can succeed, and the forwarder records a vital
+    /// failure (the daemon restarts) instead of retrying forever with `/readyz` at 200.
+    #[test]
+    fn a_queue_database_that_needs_reopening_is_a_vital_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, _) = DataDir::prepare(dir.path()).unwrap();
+        let (backend, handle) = crate::store::crashdb::CrashBackend::from_image(Vec::new());
+        let db = redb::Database::builder()
+            .create_with_backend(backend)
+            .unwrap();
+        let index = Arc::new(crate::store::index::Index::from_database(db).unwrap());
+        let tx = index.database().begin_write().unwrap();
+        super::super::enqueue(&tx, "a", "1.2.3.4", 0).unwrap();
+        tx.commit().unwrap();
+        let health: &'static crate::health::Registry = Box::leak(Box::default());
+        let fwd = Forwarder::start_in(Queue::new(index, false), data, Vec::new(), health).unwrap();
+        handle.fail_sync_after(0);
+        // Nobody listens there: the attempt fails at once and its result is recorded.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dest = crate::config::resolve_destination(
+            crate::config::RawDestination {
+                name: Some("a".into()),
+                ae_title: Some("A".into()),
+                host: Some("127.0.0.1".into()),
+                port: Some(closed),
+                ..Default::default()
+            },
+            "GW",
+        )
+        .unwrap();
+        fwd.shared().upsert_destination(dest).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while health.failed().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fwd.stop();
+        let failed = health.failed();
+        assert!(
+            failed
+                .as_deref()
+                .is_some_and(|f| f.starts_with("forwarding queue: ")),
+            "{failed:?}"
+        );
     }
 
     #[test]

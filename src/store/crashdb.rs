@@ -35,6 +35,9 @@ struct State {
     volatile: Vec<u8>,
     /// `history[0]` is the image the backend started from (before any sync).
     history: Vec<Boundary>,
+    /// Syncs still to succeed before one fails with EIO (a disk's write-back error): that
+    /// sync makes nothing durable.
+    fail_sync_in: Option<usize>,
 }
 
 /// The backend; clone the [`CrashHandle`] first to look at its history.
@@ -58,6 +61,7 @@ impl CrashBackend {
                 durable: image,
                 after: Vec::new(),
             }],
+            fail_sync_in: None,
         }));
         (
             CrashBackend {
@@ -76,6 +80,11 @@ impl CrashHandle {
     /// Syncs completed so far.
     pub fn syncs(&self) -> usize {
         self.with(|s| s.history.len() - 1)
+    }
+
+    /// The sync after the next `ok` ones fails with EIO and makes nothing durable.
+    pub fn fail_sync_after(&self, ok: usize) {
+        self.with(|s| s.fail_sync_in = Some(ok));
     }
 
     /// The flush boundaries seen so far (`[0]`: the starting image).
@@ -147,13 +156,21 @@ impl redb::StorageBackend for CrashBackend {
 
     fn sync_data(&self) -> Result<(), io::Error> {
         self.with(|s| {
+            match s.fail_sync_in {
+                Some(0) => {
+                    s.fail_sync_in = None;
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
+                Some(n) => s.fail_sync_in = Some(n - 1),
+                None => {}
+            }
             let durable = s.volatile.clone();
             s.history.push(Boundary {
                 durable,
                 after: Vec::new(),
             });
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {

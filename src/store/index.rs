@@ -32,6 +32,18 @@ pub enum IndexError {
     },
 }
 
+impl IndexError {
+    /// Whether the database is unusable until it is opened again: redb latches after any I/O
+    /// error of its file (a failed write, sync, read or resize, ENOSPC included), and every
+    /// later operation fails with `PreviousIo`.
+    pub fn needs_reopen(&self) -> bool {
+        matches!(
+            self,
+            IndexError::Db(redb::Error::Io(_) | redb::Error::PreviousIo)
+        )
+    }
+}
+
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for IndexError {
