@@ -138,5 +138,68 @@ fn bench_append(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, bench_encode, bench_append);
+/// A record's meta section (index record, attributes, routing, decision) as the journal
+/// writer encodes it for every object: UIDs of realistic length.
+fn bench_record_meta(c: &mut Criterion) {
+    use dicom_gw::ingest::record::{Decision, RecordMeta};
+    use dicom_gw::store::attrs::IndexAttrs;
+    use dicom_gw::store::index::InstanceRecord;
+    let uid = |tail: &str| format!("1.2.826.0.1.3680043.8.498.{tail}");
+    let (study, series, sop) = (
+        uid("10203040506070809.1"),
+        uid("10203040506070809.1.2"),
+        uid("10203040506070809.1.2.345"),
+    );
+    let class = "1.2.840.10008.5.1.4.1.1.2".to_owned();
+    let meta = RecordMeta {
+        record: InstanceRecord {
+            sop_instance_uid: sop.clone(),
+            sop_class_uid: class.clone(),
+            study_instance_uid: study.clone(),
+            series_instance_uid: series.clone(),
+            instance_number: "345".into(),
+            transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+            file_size: 16_722,
+            dataset_size: 16_384,
+            dataset_blake3: "ab".repeat(32),
+            received_at_us: 1_765_152_000_000_000,
+            calling_ae_title: "CT_SCANNER_1".into(),
+            called_ae_title: "DICOM_GW".into(),
+            path: format!("objects/{study}/{series}/{sop}.dcm"),
+        },
+        attrs: IndexAttrs {
+            specific_character_set: "ISO_IR 100".into(),
+            sop_class_uid: class,
+            sop_instance_uid: sop,
+            study_date: "20261208".into(),
+            study_time: "101500".into(),
+            accession_number: "ACC0012345".into(),
+            modality: "CT".into(),
+            referring_physician_name: "Doe^John".into(),
+            study_description: "CT THORAX".into(),
+            series_description: "AXIAL 1.25".into(),
+            patient_name: "Müller^Anna".into(),
+            patient_id: "PID0012345".into(),
+            patient_birth_date: "19700101".into(),
+            patient_sex: "F".into(),
+            study_instance_uid: study,
+            series_instance_uid: series,
+            study_id: "1".into(),
+            series_number: "2".into(),
+            instance_number: "345".into(),
+            // The short top-level attributes for C-FIND, postcard-encoded: about this much
+            // for a CT slice.
+            attributes: vec![0x5a; 1200],
+            ..Default::default()
+        },
+        destinations: vec!["pacs".into()],
+        decision: Decision::Place,
+        staged: None,
+    };
+    let mut g = c.benchmark_group("journal/record_meta");
+    g.bench_function("encode", |b| b.iter(|| black_box(&meta).encode()));
+    g.finish();
+}
+
+criterion_group!(benches, bench_encode, bench_append, bench_record_meta);
 criterion_main!(benches);

@@ -61,7 +61,8 @@
 //!   (dropped undelivered after the maximum age);
 //!   `storage_commitment_pending`: requests recorded and not yet acknowledged.
 //! - `queue_jobs{destination,state}`, `queue_paused{destination}`, `disk_free_bytes`,
-//!   `disk_size_bytes`, `io_backend_info{backend}`, `build_info{version}`.
+//!   `disk_size_bytes`, `io_backend_info{backend}`, `build_info{version}`; and the
+//!   conventional `process_start_time_seconds` (alert `DicomGwRestarting` counts its changes).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -367,6 +368,9 @@ pub struct Metrics {
     journal_wait_ns: [AtomicU64; 2],
     /// Acknowledged objects lost to a failed disk write.
     ingest_lost: AtomicU64,
+    /// When this process's metrics began (the daemon's start), seconds since the epoch: a
+    /// change of `process_start_time_seconds` is a restart.
+    started_at_s: u64,
     /// Reception time (µs since the epoch) of the oldest object not yet checkpointed; 0:
     /// none. The age is taken when the metrics are read, so it never goes stale.
     journal_oldest_us: AtomicU64,
@@ -616,6 +620,7 @@ impl Metrics {
             journal_waits: std::array::from_fn(|_| AtomicU64::new(0)),
             journal_wait_ns: std::array::from_fn(|_| AtomicU64::new(0)),
             ingest_lost: AtomicU64::new(0),
+            started_at_s: crate::clock::timestamp_us() / 1_000_000,
             journal_oldest_us: AtomicU64::new(0),
             destinations: RwLock::new(BTreeMap::new()),
             worklist: WorklistMetrics {
@@ -857,6 +862,7 @@ impl Metrics {
             journal_waits: std::array::from_fn(|i| self.journal_waits[i].load(Relaxed)),
             journal_wait_ns: std::array::from_fn(|i| self.journal_wait_ns[i].load(Relaxed)),
             ingest_lost: self.ingest_lost.load(Relaxed),
+            started_at_s: self.started_at_s,
             journal_lag_us: match self.journal_oldest_us.load(Relaxed) {
                 0 => 0,
                 t => crate::clock::timestamp_us().saturating_sub(t),
@@ -984,6 +990,7 @@ struct Exposition {
     journal_waits: [u64; 2],
     journal_wait_ns: [u64; 2],
     ingest_lost: u64,
+    started_at_s: u64,
     journal_lag_us: u64,
     destinations: Vec<(String, DestinationTotals)>,
     worklist: WorklistTotals,
@@ -1398,6 +1405,15 @@ impl Collector for Exposition {
             Gauge,
         )?;
         sample(&mut m, &[("version", e(env!("CARGO_PKG_VERSION")))], 1)?;
+
+        // The conventional name, so that restarts read as everywhere else.
+        let mut m = enc.encode_descriptor(
+            "process_start_time_seconds",
+            "Start time of the daemon since the Unix epoch, in seconds (a change is a restart).",
+            None,
+            Gauge,
+        )?;
+        sample(&mut m, &[], self.started_at_s)?;
         Ok(())
     }
 }
@@ -1481,6 +1497,21 @@ pub(crate) mod tests {
         m.ingest_lost_object();
         m.ingest_lost_object();
         assert_eq!(lost(&m), 2.0);
+    }
+
+    #[test]
+    fn the_start_time_is_exposed() {
+        let before = crate::clock::timestamp_us() / 1_000_000;
+        let m = Metrics::new(1);
+        let after = crate::clock::timestamp_us() / 1_000_000;
+        let t = value(
+            &m.render(&Snapshot::default()),
+            "process_start_time_seconds",
+        );
+        assert!(
+            (before as f64..=after as f64).contains(&t),
+            "{before} <= {t} <= {after}"
+        );
     }
 
     #[test]
@@ -1801,6 +1832,7 @@ pub(crate) mod tests {
             "dicomgw_disk_free_bytes",
             "dicomgw_io_backend_info",
             "dicomgw_build_info",
+            "process_start_time_seconds",
         ] {
             assert!(families.iter().any(|f| f == required), "no {required}");
         }
