@@ -34,9 +34,11 @@ pub struct RecordMeta {
 }
 
 impl RecordMeta {
-    /// Encodes the section.
+    /// Encodes the section, into a vector sized once: grown from empty, as
+    /// `postcard::to_allocvec` does, it was reallocated about eight times per record.
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).expect("encoding owned strings cannot fail")
+        let room = Vec::with_capacity(self.attrs.attributes.len() + 1024);
+        postcard::to_extend(self, room).expect("encoding owned strings cannot fail")
     }
 
     /// Decodes a section written by [`RecordMeta::encode`].
