@@ -72,6 +72,17 @@ enum StoredMpps {
     },
 }
 
+impl WorklistStoreError {
+    /// Whether the database is unusable until it is opened again (see
+    /// [`crate::store::index::IndexError::needs_reopen`]).
+    pub fn needs_reopen(&self) -> bool {
+        matches!(
+            self,
+            WorklistStoreError::Db(redb::Error::Io(_) | redb::Error::PreviousIo)
+        )
+    }
+}
+
 /// Errors of the worklist database.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -244,6 +255,8 @@ pub struct WorklistStore {
     items: RwLock<Cache>,
     /// Serialises writers from their transaction to their cache update.
     writer: Mutex<()>,
+    /// Where a database that needs reopening is recorded as a vital failure.
+    health: &'static crate::health::Registry,
 }
 
 impl std::fmt::Debug for WorklistStore {
@@ -365,7 +378,15 @@ enum Change {
 impl WorklistStore {
     /// Opens (or creates) the database at `path` and its tables, and loads the items.
     pub fn open(path: &Path) -> Result<Self, WorklistStoreError> {
-        let db = Database::create(path)?;
+        Self::from_database(Database::create(path)?, crate::health::global())
+    }
+
+    /// [`WorklistStore::open`] on an opened database, recording vital failures into
+    /// `health` (tests: their own, and a database on a test backend).
+    pub fn from_database(
+        db: Database,
+        health: &'static crate::health::Registry,
+    ) -> Result<Self, WorklistStoreError> {
         let tx = db.begin_write()?;
         {
             tx.open_table(ITEMS)?;
@@ -388,6 +409,7 @@ impl WorklistStore {
             db,
             items: RwLock::new(items),
             writer: Mutex::new(()),
+            health,
         })
     }
 
@@ -416,13 +438,13 @@ impl WorklistStore {
         let tx = self
             .db
             .begin_write()
-            .map_err(|e| E::from(WorklistStoreError::from(e)))?;
+            .map_err(|e| E::from(self.vital_if_latched(e.into())))?;
         let (out, changes) = {
             let cache = self.items.read().unwrap_or_else(PoisonError::into_inner);
             body(&tx, &cache)?
         };
         tx.commit()
-            .map_err(|e| E::from(WorklistStoreError::from(e)))?;
+            .map_err(|e| E::from(self.vital_if_latched(e.into())))?;
         let mut cache = self.items.write().unwrap_or_else(PoisonError::into_inner);
         for change in changes {
             match change {
@@ -435,6 +457,19 @@ impl WorklistStore {
             }
         }
         Ok(out)
+    }
+
+    /// After an I/O error redb fails every operation until the database is reopened: no MPPS
+    /// message or item change could be stored any more (C-FIND still answers from the cache,
+    /// which hides it). Recorded as a vital failure, so the daemon restarts and reopens it.
+    fn vital_if_latched(&self, e: WorklistStoreError) -> WorklistStoreError {
+        if e.needs_reopen() {
+            self.health.fail(
+                "worklist database",
+                &format!("{e}; the next start reopens it"),
+            );
+        }
+        e
     }
 
     /// Creates one item, audited (`audit`, given the items created) in the same transaction.
@@ -893,6 +928,36 @@ mod tests {
     fn find_all(store: &WorklistStore, identifier: serde_json::Value) -> Vec<Dataset> {
         let q = Query::from_dataset(&dataset_from_json(&identifier).unwrap()).unwrap();
         store.find(&q, None)
+    }
+
+    /// A sync of the worklist database fails (EIO): redb latches, every later write fails
+    /// too, and the store records a vital failure so that the daemon restarts and reopens it.
+    #[test]
+    fn a_failed_sync_is_a_vital_failure() {
+        let (backend, handle) = crate::store::crashdb::CrashBackend::from_image(Vec::new());
+        let db = Database::builder().create_with_backend(backend).unwrap();
+        let health: &'static crate::health::Registry = Box::leak(Box::default());
+        let store = WorklistStore::from_database(db, health).unwrap();
+        store
+            .create(new_item("P1", "ACC1", None), no_audit)
+            .unwrap();
+        assert_eq!(health.failed(), None);
+        handle.fail_sync_after(0);
+        assert!(store
+            .create(new_item("P2", "ACC2", None), no_audit)
+            .is_err());
+        let later = store.create(new_item("P3", "ACC3", None), no_audit);
+        assert!(
+            later.as_ref().is_err_and(WorklistStoreError::needs_reopen),
+            "latched: {later:?}"
+        );
+        let failed = health.failed();
+        assert!(
+            failed
+                .as_deref()
+                .is_some_and(|f| f.starts_with("worklist database: ")),
+            "{failed:?}"
+        );
     }
 
     #[test]
