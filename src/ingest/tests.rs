@@ -170,6 +170,20 @@ fn crash_rig() -> (
     (dir, data, storage, handle, ingest, index)
 }
 
+/// The index's disk after a crash: what its last successful sync made durable.
+fn last_sync(handle: &crate::store::crashdb::CrashHandle) -> Vec<u8> {
+    handle.boundaries().pop().unwrap().image_after_crash(0, 0)
+}
+
+/// The next start, on `journal` and the index disk `image` as a crash left them.
+fn restart(journal: CrashStorage, image: Vec<u8>, data: &DataDir) -> (Ingest, Arc<Index>) {
+    let (backend, _) = CrashBackend::from_image(image);
+    let db = redb::Database::builder()
+        .create_with_backend(backend)
+        .unwrap();
+    start(journal, db, data, DuplicatePolicy::Replace)
+}
+
 fn run_workload(ingest: &Ingest, rt: &tokio::runtime::Runtime) -> Run {
     let mut run = Run {
         acked: BTreeMap::new(),
@@ -375,17 +389,7 @@ fn a_failed_flush_is_never_followed_by_a_success() {
         );
         ingest.join();
         drop(index);
-        let last = handle.boundaries().pop().unwrap();
-        let (backend, _) = CrashBackend::from_image(last.image_after_crash(0, 0));
-        let db = redb::Database::builder()
-            .create_with_backend(backend)
-            .unwrap();
-        let (ingest, index) = start(
-            storage.crash(Tear::None),
-            db,
-            &data,
-            DuplicatePolicy::Replace,
-        );
+        let (ingest, index) = restart(storage.crash(Tear::None), last_sync(&handle), &data);
         assert_eq!(
             ingest.health.failed(),
             None,
@@ -445,17 +449,7 @@ fn a_failed_index_sync_is_vital_and_the_next_start_loses_nothing() {
     drop(index);
 
     // The next start, on what the index's disk holds: the last successful sync.
-    let last = handle.boundaries().pop().unwrap();
-    let (backend, _) = CrashBackend::from_image(last.image_after_crash(0, 0));
-    let db = redb::Database::builder()
-        .create_with_backend(backend)
-        .unwrap();
-    let (ingest, index) = start(
-        storage.crash(Tear::None),
-        db,
-        &data,
-        DuplicatePolicy::Replace,
-    );
+    let (ingest, index) = restart(storage.crash(Tear::None), last_sync(&handle), &data);
     assert!(ingest.recovered.records >= 4, "{:?}", ingest.recovered);
     assert_eq!(ingest.health.failed(), None, "the replay");
     ingest.join();
@@ -953,15 +947,11 @@ fn replay_after_damage(
             .unwrap();
     }
     let journal = storage.crash(Tear::None);
-    let image = handle.boundaries().pop().unwrap().image_after_crash(0, 0);
+    let image = last_sync(&handle);
     ingest.join();
     drop(index);
     damage(&data);
-    let (backend, _) = CrashBackend::from_image(image);
-    let db = redb::Database::builder()
-        .create_with_backend(backend)
-        .unwrap();
-    let (ingest, index) = start(journal, db, &data, DuplicatePolicy::Replace);
+    let (ingest, index) = restart(journal, image, &data);
     let records = ingest.recovered.records;
     ingest.join();
     (dir, data, records, index)
