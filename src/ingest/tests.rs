@@ -122,6 +122,19 @@ struct Run {
     readiness: Result<(), String>,
 }
 
+impl Run {
+    /// Nothing sent yet.
+    fn new() -> Run {
+        Run {
+            acked: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            success_after_failure: false,
+            refused: false,
+            readiness: Ok(()),
+        }
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -185,13 +198,7 @@ fn restart(journal: CrashStorage, image: Vec<u8>, data: &DataDir) -> (Ingest, Ar
 }
 
 fn run_workload(ingest: &Ingest, rt: &tokio::runtime::Runtime) -> Run {
-    let mut run = Run {
-        acked: BTreeMap::new(),
-        sent: BTreeMap::new(),
-        success_after_failure: false,
-        refused: false,
-        readiness: Ok(()),
-    };
+    let mut run = Run::new();
     let mut failed = false;
     for (round, settle) in workload() {
         let snap = ingest.pipeline.snapshot();
@@ -409,13 +416,7 @@ fn a_failed_flush_is_never_followed_by_a_success() {
 fn a_failed_index_sync_is_vital_and_the_next_start_loses_nothing() {
     let rt = runtime();
     let (_dir, data, storage, handle, ingest, index) = crash_rig();
-    let mut run = Run {
-        acked: BTreeMap::new(),
-        sent: BTreeMap::new(),
-        success_after_failure: false,
-        refused: false,
-        readiness: Ok(()),
-    };
+    let mut run = Run::new();
     let mut store_all = |ingest: &Ingest, ns: std::ops::Range<u32>| {
         for n in ns {
             let o = Spec {
