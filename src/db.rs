@@ -2,9 +2,17 @@
 //! can span the index and the forwarding queue.
 //!
 //! Keys are UIDs (or UID pairs) as text; values are records encoded with postcard (see
-//! `store::index` for the record types and `docs/design.md` for the schema).
+//! `store::index` for the record types and `docs/design.md` for the schema). Also what both
+//! databases (`gateway.redb`, `worklist.redb`) must know about redb's failures.
 
 use redb::TableDefinition;
+
+/// Whether a database is unusable until it is opened again: redb latches after any I/O error
+/// of its file (a failed write, sync, read or resize, ENOSPC included), and every later
+/// operation fails with `PreviousIo`.
+pub fn needs_reopen(e: &redb::Error) -> bool {
+    matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo)
+}
 
 /// SOP Instance UID → `InstanceRecord`.
 pub const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");

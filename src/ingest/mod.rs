@@ -83,8 +83,9 @@ pub struct IngestConfig {
     /// this long, those no object needed meanwhile.
     pub trim_buffers_after: Duration,
     /// Where a vital failure is recorded: a journal that failed a write or flush, an index
-    /// that needs reopening, a thread of ours that ended early. The daemon's registry stops the daemon (exit status 1, so its
-    /// supervisor starts it again and the replay recovers); tests give each pipeline its own.
+    /// that needs reopening, a thread of ours that ended early. The daemon's registry stops
+    /// the daemon (exit status 1, so its supervisor starts it again and the replay
+    /// recovers); tests give each pipeline its own.
     pub health: &'static crate::health::Registry,
     /// Tests: this many of the journal writer's next syncs of large objects' files fail
     /// with EIO (after syncing), as a disk's write-back error would make them.

@@ -362,7 +362,7 @@ impl Link {
 }
 
 /// After an I/O error redb fails every operation until the database is reopened
-/// ([`crate::store::index::IndexError::needs_reopen`]): no worker can claim or record
+/// ([`crate::db::needs_reopen`]): no worker can claim or record
 /// anything any more, ingest's checkpoints fail too, and only a restart helps. Recorded as
 /// a vital failure, so the daemon stops and its supervisor starts it again, also when no
 /// C-STORE arrives to fail a checkpoint.

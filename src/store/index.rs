@@ -33,14 +33,9 @@ pub enum IndexError {
 }
 
 impl IndexError {
-    /// Whether the database is unusable until it is opened again: redb latches after any I/O
-    /// error of its file (a failed write, sync, read or resize, ENOSPC included), and every
-    /// later operation fails with `PreviousIo`.
+    /// Whether the database is unusable until it is opened again ([`db::needs_reopen`]).
     pub fn needs_reopen(&self) -> bool {
-        matches!(
-            self,
-            IndexError::Db(redb::Error::Io(_) | redb::Error::PreviousIo)
-        )
+        matches!(self, IndexError::Db(e) if db::needs_reopen(e))
     }
 }
 

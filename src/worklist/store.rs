@@ -73,13 +73,10 @@ enum StoredMpps {
 }
 
 impl WorklistStoreError {
-    /// Whether the database is unusable until it is opened again (see
-    /// [`crate::store::index::IndexError::needs_reopen`]).
+    /// Whether the database is unusable until it is opened again
+    /// ([`crate::db::needs_reopen`]).
     pub fn needs_reopen(&self) -> bool {
-        matches!(
-            self,
-            WorklistStoreError::Db(redb::Error::Io(_) | redb::Error::PreviousIo)
-        )
+        matches!(self, WorklistStoreError::Db(e) if crate::db::needs_reopen(e))
     }
 }
 
