@@ -4,7 +4,7 @@
 //!
 //! Decisions come first, in journal order: whether the object is new, an identical re-send,
 //! or a different object under a known SOP Instance UID (the duplicate policy), read from
-//! the [overlay](super::overlay) of acknowledged but not yet indexed objects and then from
+//! the [overlay] of acknowledged but not yet indexed objects and then from
 //! the index. They are written into the record, so replay repeats them. Then one append;
 //! then every object of the group is answered, and the group goes to the materializer.
 //!

@@ -3,7 +3,7 @@
 //! matching with return-key projection, and the MPPS state machine.
 //!
 //! The MWL C-FIND SCP and MPPS SCP (`net`) and the admin API (`http`) are thin layers over
-//! this module: the SCP turns an identifier into a [`matching::Query`] and asks
+//! this module: the SCP turns an identifier into a [`matching::Query`](crate::dicom::matching::Query) and asks
 //! [`store::WorklistStore::find`]; N-CREATE/N-SET go to [`store::WorklistStore::mpps_create`]
 //! and [`store::WorklistStore::mpps_set`]; the API parses bodies with [`model::parse_items`]
 //! and calls the store's create/update/cancel/delete. Every refusal is a typed error that

@@ -433,7 +433,7 @@ pub fn scu_find(
 /// otherwise hold the caller for as long as it likes. The deadline is checked between
 /// responses; once it has passed, a C-CANCEL-RQ goes out, what still comes is dropped, and
 /// after [`CANCEL_GRACE`] without the final response the association is aborted. Either way
-/// the answer is [`ScuError::Deadline`] (the matches so far are not a complete answer).
+/// the answer is [`ScuError::Deadline`](crate::net::scu::ScuError::Deadline) (the matches so far are not a complete answer).
 pub fn scu_find_until(
     params: &crate::net::scu::AssocParams,
     tls: Option<&crate::net::scu::ScuTls>,

@@ -16,7 +16,7 @@
 //! `state` file (replaced by rename, synced) holds the ring geometry and the highest epoch
 //! ever handed out.
 //!
-//! # Format (all integers little endian; [`format`] encodes and decodes, pure over bytes)
+//! # Format (all integers little endian; [`format`](mod@format) encodes and decodes, pure over bytes)
 //! A *group* is what one append writes: a 64-byte group header, its records back to back,
 //! zero padding to a multiple of 4 KiB. Groups start at 4 KiB-aligned offsets inside a
 //! segment; one that does not fit in the rest of a segment goes to the start of the next.
