@@ -386,7 +386,7 @@ fn a_failed_journal_write_stops_the_daemon_and_the_next_start_loses_nothing() {
     disk.control("heal");
     assert!(
         during.sent.is_empty(),
-        "acknowledged while every write failed: {:?}\n{stderr}",
+        "acknowledged while the disk failed its writes: {:?}\n{stderr}",
         during.sent
     );
     assert!(
