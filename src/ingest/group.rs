@@ -362,9 +362,10 @@ impl<S: Storage + Send> Lanes<'_, S> {
             }
             Err(Some(e)) => {
                 shared.overlay.undo(undo);
-                // Neither a full ring nor an oversized group wrote anything: no poison.
+                // A full ring, an oversized group, no room for a new lap's state: nothing
+                // written, no poison.
                 let full_ring = matches!(e, JournalError::Full);
-                let nothing_written = full_ring || matches!(e, JournalError::TooLarge { .. });
+                let nothing_written = e.wrote_nothing();
                 if !nothing_written {
                     self.poisoned(&e);
                 }

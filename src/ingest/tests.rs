@@ -457,6 +457,45 @@ fn a_failed_index_sync_is_vital_and_the_next_start_loses_nothing() {
     check_recovered(&index, &data, &run, "after a failed index sync", false);
 }
 
+/// The filesystem is full when the journal starts a new lap (its epoch is stored first, in a
+/// new state file): that object is refused A700 "out of resources", the journal is not
+/// poisoned and the daemon does not stop; the objects after it are acknowledged, the lap
+/// begins once there is room, and a crash after it loses nothing acknowledged.
+#[test]
+fn no_room_for_a_new_laps_state_refuses_a700_and_ingest_goes_on() {
+    let rt = runtime();
+    let (_dir, data, storage, handle, ingest, index) = crash_rig();
+    storage.state_out_of_space(1);
+    let mut run = Run::new();
+    let mut refused = Vec::new();
+    // One group per object: the 1 MiB ring laps after about 256 (checkpoints free it).
+    for n in 1..=400 {
+        let o = s(n, 1, "1.8");
+        run.sent.insert(o.sop(), vec![o.blake3()]);
+        match store(&ingest, &rt, o) {
+            Ok(_) => {
+                run.acked.insert(o.sop(), o.blake3());
+            }
+            Err(e) => refused.push((n, e.status())),
+        }
+    }
+    assert_eq!(
+        refused.len(),
+        1,
+        "one object met the full disk: {refused:?}"
+    );
+    assert_eq!(refused[0].1, 0xA700, "out of resources");
+    assert_eq!(ingest.health.failed(), None, "no vital failure");
+    assert_eq!(ingest.settle.progress().readiness(), Ok(()));
+    let journal = storage.crash(Tear::None);
+    let image = last_sync(&handle);
+    ingest.join();
+    drop(index);
+    let (ingest, index) = restart(journal, image, &data);
+    ingest.join();
+    check_recovered(&index, &data, &run, "after a full disk at a new lap", false);
+}
+
 fn file_rig(
     policy: DuplicatePolicy,
 ) -> (tempfile::TempDir, DataDir, CrashStorage, Ingest, Arc<Index>) {

@@ -58,6 +58,8 @@ struct Disk {
     fail_write: Option<u64>,
     fail_flush: Option<u64>,
     slow_write: Option<(u64, std::time::Duration)>,
+    /// State writes still to fail with ENOSPC (storing nothing).
+    state_enospc: u64,
     dead: bool,
 }
 
@@ -106,6 +108,12 @@ impl CrashStorage {
     pub fn fail_flush(&self, n: u64) {
         let mut d = self.disk();
         d.fail_flush = Some(d.flushes + n);
+    }
+
+    /// The next `n` state writes fail with ENOSPC and store nothing (a full filesystem: the
+    /// state file is replaced through a new file).
+    pub fn state_out_of_space(&self, n: u64) {
+        self.disk().state_enospc = n;
     }
 
     /// Writes issued so far.
@@ -240,6 +248,10 @@ impl Storage for CrashStorage {
         let mut d = self.disk();
         if d.dead {
             return Err(power_lost());
+        }
+        if d.state_enospc > 0 {
+            d.state_enospc -= 1;
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         d.state = Some(bytes.to_vec());
         Ok(())

@@ -241,6 +241,10 @@ pub enum JournalError {
         /// The error.
         source: io::Error,
     },
+    /// A new lap's epoch could not be stored for want of space: nothing was written and the
+    /// journal is not poisoned; the next group tries again.
+    #[error("journal state write: {0}")]
+    StateNoSpace(io::Error),
     /// The group is larger than `max_group_bytes` (nothing was written).
     #[error("group of {len} bytes exceeds the journal's group limit of {limit} bytes")]
     TooLarge {
@@ -271,8 +275,25 @@ impl JournalError {
 
     /// Whether the cause is a full filesystem or quota (answer A700, not 0110).
     pub fn is_out_of_space(&self) -> bool {
-        matches!(self, JournalError::Io { source, .. }
-            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+        match self {
+            JournalError::StateNoSpace(_) => true,
+            JournalError::Io { source, .. } => {
+                matches!(
+                    source.raw_os_error(),
+                    Some(libc::ENOSPC) | Some(libc::EDQUOT)
+                )
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the append wrote nothing and left the journal usable (a full ring, an
+    /// oversized group, no room for a new lap's state): the group is refused, not the journal.
+    pub fn wrote_nothing(&self) -> bool {
+        matches!(
+            self,
+            JournalError::Full | JournalError::TooLarge { .. } | JournalError::StateNoSpace(_)
+        )
     }
 }
 
@@ -616,6 +637,13 @@ impl<S: Storage> Journal<S> {
                     ..self.state
                 };
                 if let Err(e) = self.storage.store_state(&state.encode()) {
+                    // Out of space, the old state stands (the new one goes through a new
+                    // file and a rename) and nothing of the lap is written: refuse this group
+                    // and try again with the next, once there is room. Anything else leaves
+                    // the state in doubt.
+                    if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+                        return Err(JournalError::StateNoSpace(e));
+                    }
                     self.poisoned = Some("state write");
                     return Err(JournalError::Io {
                         op: "store state",

@@ -645,6 +645,40 @@ fn full_ring_refuses_until_released_and_never_overwrites() {
     ));
 }
 
+/// A new lap needs its epoch stored first; on a full filesystem that fails (ENOSPC). The
+/// old state stands and nothing of the lap was written, so the group is refused without
+/// poisoning the journal, and once there is room the next group starts the lap.
+#[test]
+fn a_new_laps_state_without_space_is_refused_without_poisoning() {
+    let cfg = config(3, 2, Durability::Full);
+    let (storage, mut j) = fresh(&cfg);
+    let mut acked = Vec::new();
+    let mut positions = Vec::new();
+    for tag in 1..=6 {
+        positions.push(append(&mut j, &group(tag, 1, 1000), &mut acked).unwrap());
+    }
+    j.release_through(&positions[1]).unwrap();
+    let (epoch, writes) = (j.epoch(), storage.writes());
+    storage.state_out_of_space(2);
+    for _ in 0..2 {
+        let e = j.append_group(&inputs(&group(7, 1, 1000))).unwrap_err();
+        assert!(
+            matches!(e, JournalError::StateNoSpace(_)) && e.is_out_of_space() && e.wrote_nothing(),
+            "{e}"
+        );
+    }
+    assert!(!j.is_poisoned(), "out of space is a refusal, not a failure");
+    assert_eq!(storage.writes(), writes, "nothing of the lap written");
+    assert_eq!(j.epoch(), epoch);
+    // Room again: the lap starts, under a new epoch.
+    let last = append(&mut j, &group(7, 1, 1000), &mut acked).unwrap();
+    assert_eq!((last.segment, j.epoch()), (0, epoch + 1));
+    drop(j);
+    let (_, replayed) = reopen(&storage.crash(Tear::None), &cfg, Some(positions[1]));
+    assert_eq!(seqs(&replayed), vec![3, 4, 5, 6, 7]);
+    assert_eq!(replayed[..], acked[2..]);
+}
+
 #[test]
 fn oversized_group_is_refused_without_poisoning() {
     let cfg = JournalConfig {
