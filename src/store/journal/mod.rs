@@ -277,12 +277,7 @@ impl JournalError {
     pub fn is_out_of_space(&self) -> bool {
         match self {
             JournalError::StateNoSpace(_) => true,
-            JournalError::Io { source, .. } => {
-                matches!(
-                    source.raw_os_error(),
-                    Some(libc::ENOSPC) | Some(libc::EDQUOT)
-                )
-            }
+            JournalError::Io { source, .. } => no_space(source),
             _ => false,
         }
     }
@@ -295,6 +290,11 @@ impl JournalError {
             JournalError::Full | JournalError::TooLarge { .. } | JournalError::StateNoSpace(_)
         )
     }
+}
+
+/// A full filesystem or quota.
+fn no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 /// The `state` file: ring geometry, highest epoch handed out, whether the ring has wrapped.
@@ -641,7 +641,7 @@ impl<S: Storage> Journal<S> {
                     // file and a rename) and nothing of the lap is written: refuse this group
                     // and try again with the next, once there is room. Anything else leaves
                     // the state in doubt.
-                    if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+                    if no_space(&e) {
                         return Err(JournalError::StateNoSpace(e));
                     }
                     self.poisoned = Some("state write");
