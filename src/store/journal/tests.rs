@@ -602,15 +602,29 @@ fn failed_write_poisons() {
     append(&mut j, &group(4, 1, 100), &mut acked).unwrap();
 }
 
-#[test]
-fn full_ring_refuses_until_released_and_never_overwrites() {
-    let cfg = config(3, 2, Durability::Full);
-    let (storage, mut j) = fresh(&cfg);
+/// A fresh ring filled with six one-block groups (tags 1 to 6), which is all that `cfg`
+/// holds when it has three two-block segments: the records and each group's end position.
+fn full_ring(
+    cfg: &JournalConfig,
+) -> (
+    CrashStorage,
+    Journal<CrashStorage>,
+    Vec<Record>,
+    Vec<Position>,
+) {
+    let (storage, mut j) = fresh(cfg);
     let mut acked = Vec::new();
     let mut positions = Vec::new();
     for tag in 1..=6 {
         positions.push(append(&mut j, &group(tag, 1, 1000), &mut acked).unwrap());
     }
+    (storage, j, acked, positions)
+}
+
+#[test]
+fn full_ring_refuses_until_released_and_never_overwrites() {
+    let cfg = config(3, 2, Durability::Full);
+    let (storage, mut j, mut acked, positions) = full_ring(&cfg);
     assert_eq!(j.free_segments(), 0);
     let writes = storage.writes();
     for _ in 0..3 {
@@ -651,12 +665,7 @@ fn full_ring_refuses_until_released_and_never_overwrites() {
 #[test]
 fn a_new_laps_state_without_space_is_refused_without_poisoning() {
     let cfg = config(3, 2, Durability::Full);
-    let (storage, mut j) = fresh(&cfg);
-    let mut acked = Vec::new();
-    let mut positions = Vec::new();
-    for tag in 1..=6 {
-        positions.push(append(&mut j, &group(tag, 1, 1000), &mut acked).unwrap());
-    }
+    let (storage, mut j, mut acked, positions) = full_ring(&cfg);
     j.release_through(&positions[1]).unwrap();
     let (epoch, writes) = (j.epoch(), storage.writes());
     storage.state_out_of_space(2);
