@@ -446,11 +446,10 @@ pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>, mut placer
         if !closed {
             // Woken by the first group, a threshold, a hurry or shutdown; otherwise the
             // groups wait in the mailbox until `wait` (the interval) is up.
-            let got = mail.take(wait, pending.len(), pending_bytes);
-            if !got.items.is_empty() {
+            let got = mail.take(wait, &mut pending, pending_bytes);
+            if got.objects > 0 {
                 since.get_or_insert_with(Instant::now);
                 pending_bytes += got.bytes;
-                pending.extend(got.items);
             }
             if got.end.is_some() {
                 end = got.end;
@@ -461,8 +460,11 @@ pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>, mut placer
         if end.is_some() {
             last_objects = Instant::now();
         } else if last_objects.elapsed() >= cfg.trim_buffers_after {
-            // Ingest went quiet: the buffers pooled for the next objects can go.
+            // Ingest went quiet: the buffers pooled for the next objects can go, and the
+            // room the last backlog's records took.
             cfg.buffers.trim();
+            pending.shrink_to_fit();
+            mail.trim();
         }
         if last_trim.elapsed() >= cfg.trim_buffers_after {
             // Under load the pool keeps what the checkpoints give back; what no object

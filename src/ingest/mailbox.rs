@@ -37,11 +37,11 @@ struct Inbox {
     closed: bool,
 }
 
-/// What one `take` found.
+/// What one `take` found (its records went into the caller's vector).
 #[derive(Debug, Default)]
 pub(crate) struct Mail {
-    /// The records of the groups posted since, in journal order.
-    pub items: Vec<Item>,
+    /// How many records of groups posted since were taken.
+    pub objects: usize,
     /// The position after the last of them.
     pub end: Option<Position>,
     /// Their inline bytes.
@@ -99,18 +99,32 @@ impl Mailbox {
         self.woken.notify_one();
     }
 
+    /// Gives back the room an empty inbox kept from its last backlog.
+    pub fn trim(&self) {
+        let mut inbox = self.inbox();
+        if inbox.items.is_empty() {
+            inbox.items = Vec::new();
+        }
+    }
+
     /// Nothing more will be posted: the materializer runs its last checkpoint and stops.
     pub fn close(&self) {
         self.inbox().closed = true;
         self.woken.notify_one();
     }
 
-    /// Takes what was posted, first waiting (at most `wait`) when nothing was. `held` and
-    /// `held_bytes` are what the caller holds unindexed before this take: with them `post`
-    /// knows when a threshold is crossed. May return early and empty (spurious wake-up).
-    pub fn take(&self, wait: Duration, held: usize, held_bytes: u64) -> Mail {
+    /// Moves what was posted to the end of `pending`, first waiting (at most `wait`) when
+    /// nothing was. `pending` and `held_bytes` are what the caller holds unindexed before
+    /// this take: with them `post` knows when a threshold is crossed. May return early and
+    /// empty (spurious wake-up).
+    ///
+    /// Neither vector gives up its capacity: an empty `pending` (the first take after a
+    /// checkpoint) trades places with the inbox, otherwise the records are appended. A
+    /// vector taken whole left the inbox to grow from nothing again, reallocating (and
+    /// copying thousands of records, on fresh pages) on the journal writer's thread.
+    pub fn take(&self, wait: Duration, pending: &mut Vec<Item>, held_bytes: u64) -> Mail {
         let mut inbox = self.inbox();
-        inbox.held = held;
+        inbox.held = pending.len();
         inbox.held_bytes = held_bytes;
         if inbox.items.is_empty() && !inbox.hurry && !inbox.closed && !wait.is_zero() {
             inbox = self
@@ -119,14 +133,20 @@ impl Mailbox {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
+        let objects = inbox.items.len();
+        if pending.is_empty() {
+            std::mem::swap(pending, &mut inbox.items);
+        } else {
+            pending.append(&mut inbox.items);
+        }
         let mail = Mail {
-            items: std::mem::take(&mut inbox.items),
+            objects,
             end: inbox.end.take(),
             bytes: std::mem::take(&mut inbox.bytes),
             hurry: std::mem::take(&mut inbox.hurry),
             closed: inbox.closed,
         };
-        inbox.held += mail.items.len();
+        inbox.held += objects;
         inbox.held_bytes += mail.bytes;
         mail
     }
@@ -186,16 +206,27 @@ mod tests {
         }
     }
 
-    /// Runs `take` with a long wait on another thread and returns what it took if `act`
-    /// woke it (within a bound far above a wake-up's cost), `None` if it slept on.
-    fn woken_by(m: &Arc<Mailbox>, held: usize, act: impl FnOnce(&Mailbox)) -> Option<Mail> {
+    /// `n` records already held.
+    fn held(n: usize) -> Vec<Item> {
+        (0..n as u64).map(|seq| item(seq, 0)).collect()
+    }
+
+    /// Runs `take` with a long wait on another thread, holding `held` records, and returns
+    /// what it found and the records it took if `act` woke it (within a bound far above a
+    /// wake-up's cost), `None` if it slept on.
+    fn woken_by(
+        m: &Arc<Mailbox>,
+        held: usize,
+        act: impl FnOnce(&Mailbox),
+    ) -> Option<(Mail, Vec<Item>)> {
         let (tx, rx) = std::sync::mpsc::channel();
         // A value no taker publishes: `until_asleep` then sees this taker's own.
         m.inbox().held = usize::MAX;
         let m2 = m.clone();
         let taker = std::thread::spawn(move || {
-            let mail = m2.take(Duration::from_secs(30), held, 0);
-            let _ = tx.send(mail);
+            let mut pending = self::held(held);
+            let mail = m2.take(Duration::from_secs(30), &mut pending, 0);
+            let _ = tx.send((mail, pending.split_off(held)));
         });
         until_asleep(m, held);
         act(m);
@@ -208,11 +239,15 @@ mod tests {
         got
     }
 
+    fn seqs(items: &[Item]) -> Vec<u64> {
+        items.iter().map(|i| i.seq).collect()
+    }
+
     #[test]
     fn the_first_group_wakes_the_materializer_and_later_ones_wait_for_its_deadline() {
         let m = Arc::new(Mailbox::new(100, u64::MAX));
-        let mail = woken_by(&m, 0, |m| m.post(vec![item(1, 10)], at(2))).expect("woken");
-        assert_eq!(mail.items.len(), 1);
+        let (mail, items) = woken_by(&m, 0, |m| m.post(vec![item(1, 10)], at(2))).expect("woken");
+        assert_eq!((mail.objects, seqs(&items)), (1, vec![1]));
         assert_eq!(mail.end, Some(at(2)));
         assert_eq!(mail.bytes, 10);
         // Now it holds one object: another group below the threshold does not wake it.
@@ -223,17 +258,18 @@ mod tests {
     fn a_crossed_threshold_a_hurry_and_shutdown_wake_it() {
         let m = Arc::new(Mailbox::new(4, u64::MAX));
         // Holding 2, a group of 2 reaches 4 objects.
-        let mail = woken_by(&m, 2, |m| m.post(vec![item(1, 1), item(2, 1)], at(3)));
-        assert_eq!(mail.expect("objects threshold").items.len(), 2);
+        let (mail, items) = woken_by(&m, 2, |m| m.post(vec![item(11, 1), item(12, 1)], at(13)))
+            .expect("objects threshold");
+        assert_eq!((mail.objects, seqs(&items)), (2, vec![11, 12]));
         let m = Arc::new(Mailbox::new(usize::MAX, 100));
-        let mail = woken_by(&m, 1, |m| m.post(vec![item(1, 100)], at(2)));
-        assert_eq!(mail.expect("bytes threshold").bytes, 100);
-        let mail = woken_by(&m, 1, |m| m.hurry()).expect("hurry");
-        assert!(mail.hurry && !mail.closed && mail.items.is_empty());
-        let mail = woken_by(&m, 1, |m| m.close()).expect("close");
+        let (mail, _) = woken_by(&m, 1, |m| m.post(vec![item(1, 100)], at(2))).expect("bytes");
+        assert_eq!(mail.bytes, 100);
+        let (mail, items) = woken_by(&m, 1, |m| m.hurry()).expect("hurry");
+        assert!(mail.hurry && !mail.closed && mail.objects == 0 && items.is_empty());
+        let (mail, _) = woken_by(&m, 1, |m| m.close()).expect("close");
         assert!(mail.closed);
         // Closed stays closed; a hurry is reported once.
-        let mail = m.take(Duration::from_secs(30), 0, 0);
+        let mail = m.take(Duration::from_secs(30), &mut Vec::new(), 0);
         assert!(mail.closed && !mail.hurry);
     }
 
@@ -242,11 +278,34 @@ mod tests {
         let m = Mailbox::new(usize::MAX, u64::MAX);
         m.post(vec![item(1, 1), item(2, 2)], at(3));
         m.post(vec![item(3, 3)], at(4));
-        let mail = m.take(Duration::ZERO, 0, 0);
-        let seqs: Vec<u64> = mail.items.iter().map(|i| i.seq).collect();
-        assert_eq!(seqs, [1, 2, 3]);
-        assert_eq!((mail.end, mail.bytes), (Some(at(4)), 6));
-        let again = m.take(Duration::ZERO, 3, 6);
-        assert!(again.items.is_empty() && again.end.is_none() && again.bytes == 0);
+        let mut pending = Vec::new();
+        let mail = m.take(Duration::ZERO, &mut pending, 0);
+        assert_eq!(seqs(&pending), [1, 2, 3]);
+        assert_eq!((mail.objects, mail.end, mail.bytes), (3, Some(at(4)), 6));
+        let again = m.take(Duration::ZERO, &mut pending, 6);
+        assert!(again.objects == 0 && again.end.is_none() && again.bytes == 0);
+        // Later groups go after what is held.
+        m.post(vec![item(4, 4)], at(5));
+        m.take(Duration::ZERO, &mut pending, 6);
+        assert_eq!(seqs(&pending), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn neither_side_gives_up_its_capacity() {
+        let m = Mailbox::new(usize::MAX, u64::MAX);
+        m.post((0..100).map(|seq| item(seq, 0)).collect(), at(100));
+        let mut pending = Vec::with_capacity(500);
+        m.take(Duration::ZERO, &mut pending, 0);
+        // The empty vector took the inbox's place…
+        assert_eq!(pending.len(), 100);
+        assert!(m.inbox().items.capacity() >= 500);
+        // …and records appended to a held backlog leave the inbox's capacity with it.
+        m.post((100..200).map(|seq| item(seq, 0)).collect(), at(200));
+        m.take(Duration::ZERO, &mut pending, 0);
+        assert_eq!(pending.len(), 200);
+        assert!(m.inbox().items.capacity() >= 500);
+        // When ingest goes quiet it is given back.
+        m.trim();
+        assert_eq!(m.inbox().items.capacity(), 0);
     }
 }
