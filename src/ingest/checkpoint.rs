@@ -418,6 +418,18 @@ fn write_object(dest: &Path, bytes: &[u8], early_writeback: bool) -> std::io::Re
     Ok(())
 }
 
+/// How often an idle materializer checks whether the index was latched.
+pub(super) const LATCH_PROBE: Duration = Duration::from_secs(1);
+
+/// The index needs reopening: no checkpoint can succeed in this process, a restart reopens it
+/// and replays the journal.
+fn index_latched(cfg: &IngestConfig, e: &IndexError) {
+    cfg.health.fail(
+        "index",
+        &format!("{e}; the next start reopens it and replays the journal"),
+    );
+}
+
 /// The materializer thread: gathers acknowledged groups and checkpoints them every
 /// `checkpoint_interval`, every `checkpoint_objects` objects, when the ring fills, when a
 /// reader asks (`Settle`) and at shutdown. A failed checkpoint is retried (its objects stay
@@ -434,6 +446,7 @@ pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>, mut placer
     let mut failing_since: Option<Instant> = None;
     let mut last_objects = Instant::now();
     let mut last_trim = Instant::now();
+    let mut last_probe = Instant::now();
     loop {
         let wait = match since {
             _ if closed => Duration::ZERO,
@@ -478,6 +491,14 @@ pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>, mut placer
         let Some(e) = end else {
             if closed {
                 break;
+            }
+            if last_probe.elapsed() >= LATCH_PROBE {
+                // Idle: no checkpoint meets an I/O error another writer latched the index
+                // with, so look for one.
+                last_probe = Instant::now();
+                if let Some(err) = shared.index.latched() {
+                    index_latched(cfg, &err);
+                }
             }
             continue;
         };
@@ -548,12 +569,7 @@ pub(super) fn run<S: Storage>(mail: &Mailbox, shared: Arc<Shared<S>>, mut placer
                     .problem("checkpoint", Some(format!("failing: {err}")));
                 if let StoreError::Index(e) = &err {
                     if e.needs_reopen() {
-                        // No retry can succeed in this process; a restart reopens the index
-                        // and replays the journal.
-                        cfg.health.fail(
-                            "index",
-                            &format!("{e}; the next start reopens it and replays the journal"),
-                        );
+                        index_latched(cfg, e);
                     }
                 }
                 if closed {

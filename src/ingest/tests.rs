@@ -10,6 +10,7 @@ use super::*;
 use crate::store::attrs::IndexAttrs;
 use crate::store::buffers::BufferPool;
 use crate::store::crashdb::CrashBackend;
+use crate::store::index::IndexError;
 use crate::store::journal::{CrashStorage, Tear};
 use crate::store::sink::Body;
 
@@ -455,6 +456,43 @@ fn a_failed_index_sync_is_vital_and_the_next_start_loses_nothing() {
     assert_eq!(ingest.health.failed(), None, "the replay");
     ingest.join();
     check_recovered(&index, &data, &run, "after a failed index sync", false);
+}
+
+/// Another writer of the index (an API call, the retention sweep, the audit outbox) meets
+/// the I/O error that latches it while ingest is idle: no checkpoint would ever notice, so
+/// the idle materializer looks, and the failure is vital (the restart reopens the index).
+#[test]
+fn an_index_latched_by_another_writer_is_vital_while_ingest_is_idle() {
+    let rt = runtime();
+    let (_dir, _data, _storage, handle, ingest, index) = crash_rig();
+    assert!(store(&ingest, &rt, s(1, 1, "1.9")).is_ok());
+    assert!(rt.block_on(ingest.settle.settle(Duration::from_secs(10))));
+    assert_eq!(index.latched().map(|e| e.to_string()), None, "healthy");
+    // Idle for longer than the probe's period: nothing is recorded.
+    std::thread::sleep(checkpoint::LATCH_PROBE * 2);
+    assert_eq!(ingest.health.failed(), None, "no failure while healthy");
+
+    handle.fail_sync_after(0);
+    let tx = index.database().begin_write().unwrap();
+    {
+        const OTHER: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("other");
+        tx.open_table(OTHER).unwrap().insert("x", 1).unwrap();
+    }
+    let failed = tx.commit().expect_err("the sync fails");
+    assert!(
+        IndexError::from(failed).needs_reopen(),
+        "the database is latched"
+    );
+    let t = std::time::Instant::now();
+    while ingest.health.failed().is_none() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let vital = ingest.health.failed();
+    assert!(
+        vital.as_deref().is_some_and(|f| f.starts_with("index: ")),
+        "the idle materializer found the latch: {vital:?}"
+    );
+    ingest.join();
 }
 
 /// The filesystem is full when the journal starts a new lap (its epoch is stored first, in a

@@ -530,6 +530,22 @@ impl Index {
         &self.studies
     }
 
+    /// Whether an I/O error of any writer (an API call, the retention sweep, the audit
+    /// outbox, …) has latched the database ([`db::needs_reopen`]), found without waiting: a
+    /// write transaction begun and abandoned. `None` also while another writer holds the
+    /// write slot (it meets the latch itself).
+    pub fn latched(&self) -> Option<IndexError> {
+        let e: IndexError = match self.db.try_begin_write() {
+            Ok(tx) => match tx.abort() {
+                Ok(()) => return None,
+                Err(e) => e.into(),
+            },
+            Err(redb::TransactionError::WouldBlock) => return None,
+            Err(e) => e.into(),
+        };
+        e.needs_reopen().then_some(e)
+    }
+
     /// The underlying database, for the checkpoints' write transactions.
     pub fn database(&self) -> &Database {
         &self.db
