@@ -314,10 +314,8 @@ mod tests {
             .block_on(f)
     }
 
-    /// Receives `fragments` after a 300-byte header; returns the buffer's capacity and the
-    /// bytes held.
-    /// The bytes of an object received in `fragments`, and whether its buffer could serve a
-    /// larger size class than they need.
+    /// Receives `fragments` after a 300-byte header; returns whether the buffer could serve a
+    /// larger size class than its bytes need, and the bytes held.
     fn receive(fragments: &[usize]) -> (bool, Bytes) {
         let dir = tempfile::tempdir().unwrap();
         run(async {
