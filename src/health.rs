@@ -57,6 +57,26 @@ impl Registry {
     }
 }
 
+#[cfg(test)]
+impl Registry {
+    /// Waits (at most `within`) until a failure is recorded, and asserts that it is
+    /// `component`'s (recorded as `component: why`).
+    pub fn assert_fails_within(&self, component: &str, within: std::time::Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while self.failed().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let failed = self.failed();
+        assert!(
+            failed
+                .as_deref()
+                .and_then(|f| f.strip_prefix(component))
+                .is_some_and(|why| why.starts_with(": ")),
+            "expected a vital failure of {component}, recorded: {failed:?}"
+        );
+    }
+}
+
 /// Records that `component` failed, in the daemon's registry.
 pub fn fail(component: &str, why: &str) {
     global().fail(component, why);
