@@ -1012,8 +1012,15 @@ gwtest!(
         // Space back: the same process catches up.
         std::fs::remove_file(&filler).unwrap();
         for (s, f) in specs.iter().zip(&files) {
+            let placed = s.settled_path(&data);
             assert!(
-                same_dataset(s.settled_path(&data), f),
+                placed.exists(),
+                "{} not placed after space came back; the daemon said:\n{}",
+                s.sop_instance_uid,
+                gw.stderr()
+            );
+            assert!(
+                same_dataset(placed, f),
                 "{} after space came back",
                 s.sop_instance_uid
             );
