@@ -453,6 +453,19 @@ mod tests {
         assert_eq!(c.count_of("MODALITY").unwrap(), 1);
     }
 
+    /// The index creates the tables with its own, so the reporter's first look (at start,
+    /// beside ingest) only reads: a write there on a disk that had just filled up latched
+    /// the whole database.
+    #[test]
+    fn opening_the_tables_of_a_fresh_index_writes_nothing() {
+        let (backend, handle) = crate::store::crashdb::CrashBackend::from_image(Vec::new());
+        let db = Database::builder().create_with_backend(backend).unwrap();
+        let index = crate::store::index::Index::from_database(db).unwrap();
+        let syncs = handle.syncs();
+        Commitments::open(index.database()).unwrap();
+        assert_eq!(handle.syncs(), syncs, "no write transaction was committed");
+    }
+
     #[test]
     fn the_table_is_bounded() {
         let dir = tempfile::tempdir().unwrap();

@@ -201,6 +201,12 @@ pub fn create_tables(tx: &WriteTransaction) -> Result<(), IndexError> {
     tx.open_table(db::USERS)?;
     tx.open_table(db::AUDIT)?;
     tx.open_table(db::CONFIG)?;
+    // Storage Commitment's, here rather than by its reporter thread when it first looks:
+    // that write ran beside ingest, and on a disk that had just filled up it failed and
+    // latched the whole database (redb refuses everything after an I/O error).
+    tx.open_table(db::COMMITMENTS)?;
+    tx.open_table(db::COMMITMENT_SCHEDULE)?;
+    tx.open_table(db::COMMITMENT_AE_COUNTS)?;
     super::query::create_tables(tx)?;
     Ok(())
 }
